@@ -1,0 +1,9 @@
+//! Berth: a storage-first, Nomad-compatible workload orchestrator.
+//!
+//! The crate holds the `berth` binary's parts: the jobspec and agent-config
+//! parsers, the server (state store, scheduler, plan applier), the client
+//! (fingerprint, allocation and task runners, drivers), the HTTP API and the
+//! CLI. `main.rs` is only the entry point.
+
+pub mod structs;
+pub mod util;

@@ -1,0 +1,3 @@
+//! Entry point of the `berth` binary.
+
+fn main() {}

@@ -1,0 +1,321 @@
+//! Allocations, evaluations, deployments and their status vocabulary,
+//! shaped like Nomad's API structs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::job::Job;
+
+/// Desired status values set by the server.
+pub mod desired {
+    /// The allocation should run.
+    pub const RUN: &str = "run";
+    /// The allocation should stop.
+    pub const STOP: &str = "stop";
+    /// The allocation was evicted.
+    pub const EVICT: &str = "evict";
+}
+
+/// Client status values reported by the node.
+pub mod client_status {
+    /// Not started yet.
+    pub const PENDING: &str = "pending";
+    /// All tasks running.
+    pub const RUNNING: &str = "running";
+    /// Finished successfully (or stopped on request).
+    pub const COMPLETE: &str = "complete";
+    /// A task failed beyond its restart policy.
+    pub const FAILED: &str = "failed";
+    /// The node went down.
+    pub const LOST: &str = "lost";
+}
+
+/// Evaluation status values.
+pub mod eval_status {
+    /// Waiting for a scheduler.
+    pub const PENDING: &str = "pending";
+    /// Scheduled.
+    pub const COMPLETE: &str = "complete";
+    /// The scheduler failed.
+    pub const FAILED: &str = "failed";
+    /// Waiting for capacity.
+    pub const BLOCKED: &str = "blocked";
+    /// Superseded.
+    pub const CANCELED: &str = "canceled";
+}
+
+/// A placement of a task group on a node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Allocation {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub namespace: String,
+    #[serde(rename = "EvalID")]
+    pub eval_id: String,
+    pub name: String,
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    pub node_name: String,
+    #[serde(rename = "JobID")]
+    pub job_id: String,
+    pub job: Option<Job>,
+    pub task_group: String,
+    pub allocated_resources: AllocatedResources,
+    pub desired_status: String,
+    pub desired_description: String,
+    pub client_status: String,
+    pub client_description: String,
+    pub task_states: BTreeMap<String, TaskState>,
+    #[serde(rename = "PreviousAllocation")]
+    pub previous_allocation: String,
+    #[serde(rename = "NextAllocation")]
+    pub next_allocation: String,
+    #[serde(rename = "DeploymentID")]
+    pub deployment_id: String,
+    pub reschedule_tracker: Option<RescheduleTracker>,
+    pub metrics: Option<AllocMetric>,
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub alloc_modify_index: u64,
+    pub create_time: i64,
+    pub modify_time: i64,
+}
+
+/// Resources granted to an allocation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AllocatedResources {
+    pub tasks: BTreeMap<String, AllocatedTaskResources>,
+    pub shared: AllocatedSharedResources,
+}
+
+/// Per-task CPU and memory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AllocatedTaskResources {
+    pub cpu: AllocatedCpu,
+    pub memory: AllocatedMemory,
+}
+
+/// CPU shares in MHz.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AllocatedCpu {
+    pub cpu_shares: u64,
+}
+
+/// Memory in MB.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AllocatedMemory {
+    #[serde(rename = "MemoryMB")]
+    pub memory_mb: u64,
+    #[serde(rename = "MemoryMaxMB")]
+    pub memory_max_mb: u64,
+}
+
+/// Group-wide network resources: the mode and the ports granted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AllocatedSharedResources {
+    #[serde(rename = "DiskMB")]
+    pub disk_mb: u64,
+    pub networks: Vec<super::NetworkResource>,
+    pub ports: Vec<AllocatedPort>,
+}
+
+/// A port granted on the node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default, Hash)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AllocatedPort {
+    pub label: String,
+    /// Host port.
+    pub value: u16,
+    /// Port inside the allocation's network namespace (0 = same as value).
+    pub to: i32,
+    #[serde(rename = "HostIP")]
+    pub host_ip: String,
+}
+
+/// The state of one task on the client.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TaskState {
+    /// pending, running or dead.
+    pub state: String,
+    pub failed: bool,
+    pub restarts: u64,
+    /// RFC 3339, empty when never.
+    pub last_restart: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub events: Vec<TaskEvent>,
+}
+
+/// An event in a task's life.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TaskEvent {
+    #[serde(rename = "Type")]
+    pub event_type: String,
+    /// Unix nanoseconds.
+    pub time: i64,
+    pub display_message: String,
+    pub message: String,
+    pub exit_code: i64,
+    pub signal: i64,
+    pub driver_error: String,
+    pub restart_reason: String,
+    pub details: BTreeMap<String, String>,
+}
+
+/// Past reschedules of an allocation's lineage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RescheduleTracker {
+    pub events: Vec<RescheduleEvent>,
+}
+
+/// One reschedule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RescheduleEvent {
+    /// Unix nanoseconds.
+    pub reschedule_time: i64,
+    #[serde(rename = "PrevAllocID")]
+    pub prev_alloc_id: String,
+    #[serde(rename = "PrevNodeID")]
+    pub prev_node_id: String,
+    /// Nanoseconds.
+    pub delay: i64,
+}
+
+/// Why placements failed, or how one was made.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AllocMetric {
+    pub nodes_evaluated: u64,
+    pub nodes_filtered: u64,
+    pub nodes_in_pool: u64,
+    pub nodes_available: BTreeMap<String, u64>,
+    pub class_filtered: BTreeMap<String, u64>,
+    pub constraint_filtered: BTreeMap<String, u64>,
+    pub nodes_exhausted: u64,
+    pub class_exhausted: BTreeMap<String, u64>,
+    pub dimension_exhausted: BTreeMap<String, u64>,
+    pub quota_exhausted: Vec<String>,
+    pub coalesced_failures: u64,
+    /// Nanoseconds.
+    pub allocation_time: i64,
+}
+
+/// A request for the scheduler to reconcile a job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Evaluation {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub namespace: String,
+    pub priority: i64,
+    #[serde(rename = "Type")]
+    pub eval_type: String,
+    pub triggered_by: String,
+    #[serde(rename = "JobID")]
+    pub job_id: String,
+    pub job_modify_index: u64,
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    #[serde(rename = "DeploymentID")]
+    pub deployment_id: String,
+    pub status: String,
+    pub status_description: String,
+    /// Unix nanoseconds; the eval is not processed before this.
+    pub wait_until: i64,
+    pub next_eval: String,
+    pub previous_eval: String,
+    pub blocked_eval: String,
+    #[serde(rename = "FailedTGAllocs")]
+    pub failed_tg_allocs: BTreeMap<String, AllocMetric>,
+    pub queued_allocations: BTreeMap<String, u64>,
+    pub snapshot_index: u64,
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub create_time: i64,
+    pub modify_time: i64,
+}
+
+/// A rolling update of a service job to a new version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Deployment {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub namespace: String,
+    #[serde(rename = "JobID")]
+    pub job_id: String,
+    pub job_version: u64,
+    pub status: String,
+    pub status_description: String,
+    pub task_groups: BTreeMap<String, DeploymentState>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// Progress of one task group within a deployment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DeploymentState {
+    pub desired_total: u32,
+    pub placed_allocs: u32,
+    pub healthy_allocs: u32,
+    pub unhealthy_allocs: u32,
+}
+
+impl Allocation {
+    /// True once the server wants it stopped or the client finished it.
+    pub fn is_terminal(&self) -> bool {
+        self.server_terminal() || self.client_terminal()
+    }
+
+    /// The server asked for it to stop.
+    pub fn server_terminal(&self) -> bool {
+        self.desired_status == desired::STOP || self.desired_status == desired::EVICT
+    }
+
+    /// The client reports it finished, failed or lost.
+    pub fn client_terminal(&self) -> bool {
+        matches!(
+            self.client_status.as_str(),
+            client_status::COMPLETE | client_status::FAILED | client_status::LOST
+        )
+    }
+
+    /// The job version this allocation runs.
+    pub fn job_version(&self) -> u64 {
+        self.job.as_ref().map(|j| j.version).unwrap_or(0)
+    }
+
+    /// The allocation's index within its group, from `job.group[N]`.
+    pub fn index(&self) -> u32 {
+        self.name
+            .rsplit_once('[')
+            .and_then(|(_, rest)| rest.trim_end_matches(']').parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl TaskEvent {
+    /// A new event of `event_type` stamped now.
+    pub fn new(event_type: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        TaskEvent {
+            event_type: event_type.to_string(),
+            time: crate::util::now_nanos(),
+            display_message: message.clone(),
+            message,
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The job model: `Job`, `TaskGroup`, `Task` and their blocks, shaped like
+//! Nomad's API structs so that JSON from existing Nomad clients decodes as is
+//! (PascalCase, acronyms upper case, durations in nanoseconds).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Job types the scheduler knows.
+pub const JOB_TYPE_SERVICE: &str = "service";
+/// Run-to-completion jobs.
+pub const JOB_TYPE_BATCH: &str = "batch";
+/// One allocation per eligible node.
+pub const JOB_TYPE_SYSTEM: &str = "system";
+/// Run-to-completion on every eligible node.
+pub const JOB_TYPE_SYSBATCH: &str = "sysbatch";
+
+/// A job as registered with the server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Job {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    pub region: String,
+    #[serde(rename = "Type")]
+    pub job_type: String,
+    pub priority: i64,
+    pub all_at_once: bool,
+    pub datacenters: Vec<String>,
+    pub node_pool: String,
+    pub constraints: Vec<Constraint>,
+    pub task_groups: Vec<TaskGroup>,
+    pub update: Option<UpdateStrategy>,
+    pub reschedule: Option<ReschedulePolicy>,
+    pub meta: BTreeMap<String, String>,
+    #[serde(rename = "ParentID")]
+    pub parent_id: String,
+    pub stop: bool,
+    pub status: String,
+    pub status_description: String,
+    pub stable: bool,
+    pub version: u64,
+    pub submit_time: i64,
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub job_modify_index: u64,
+}
+
+/// A group of tasks placed together on one node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TaskGroup {
+    pub name: String,
+    pub count: u32,
+    pub constraints: Vec<Constraint>,
+    pub tasks: Vec<Task>,
+    pub restart_policy: Option<RestartPolicy>,
+    pub reschedule_policy: Option<ReschedulePolicy>,
+    pub update: Option<UpdateStrategy>,
+    pub networks: Vec<NetworkResource>,
+    pub volumes: BTreeMap<String, VolumeRequest>,
+    pub services: Vec<Service>,
+    pub ephemeral_disk: Option<EphemeralDisk>,
+    pub meta: BTreeMap<String, String>,
+}
+
+/// One unit of work run by a driver.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Task {
+    pub name: String,
+    pub driver: String,
+    pub user: String,
+    /// Driver configuration; keys stay in the driver's own snake_case.
+    pub config: BTreeMap<String, serde_json::Value>,
+    pub env: BTreeMap<String, String>,
+    pub services: Vec<Service>,
+    pub constraints: Vec<Constraint>,
+    pub resources: Option<Resources>,
+    pub restart_policy: Option<RestartPolicy>,
+    pub meta: BTreeMap<String, String>,
+    /// Nanoseconds.
+    pub kill_timeout: Option<i64>,
+    pub kill_signal: String,
+    pub templates: Vec<Template>,
+    pub volume_mounts: Vec<VolumeMount>,
+    #[serde(rename = "CSIPluginConfig")]
+    pub csi_plugin_config: Option<CsiPluginConfig>,
+    pub log_config: Option<LogConfig>,
+    pub leader: bool,
+}
+
+/// A task `logs` block: rotation of the captured stdout/stderr.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct LogConfig {
+    pub max_files: u32,
+    #[serde(rename = "MaxFileSizeMB")]
+    pub max_file_size_mb: u64,
+}
+
+/// `constraint { attribute operator value }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default, Hash)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Constraint {
+    pub l_target: String,
+    pub r_target: String,
+    pub operand: String,
+}
+
+/// `restart` block; durations in nanoseconds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RestartPolicy {
+    pub attempts: u32,
+    pub interval: i64,
+    pub delay: i64,
+    pub mode: String,
+    pub render_templates: bool,
+}
+
+/// `reschedule` block; durations in nanoseconds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ReschedulePolicy {
+    pub attempts: u32,
+    pub interval: i64,
+    pub delay: i64,
+    pub delay_function: String,
+    pub max_delay: i64,
+    pub unlimited: bool,
+}
+
+/// `update` block; durations in nanoseconds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct UpdateStrategy {
+    pub stagger: i64,
+    pub max_parallel: u32,
+    pub health_check: String,
+    pub min_healthy_time: i64,
+    pub healthy_deadline: i64,
+    pub progress_deadline: i64,
+    pub auto_revert: bool,
+    pub auto_promote: bool,
+    pub canary: u32,
+}
+
+/// `ephemeral_disk` block.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EphemeralDisk {
+    pub sticky: bool,
+    #[serde(rename = "SizeMB")]
+    pub size_mb: u64,
+    pub migrate: bool,
+}
+
+/// Task resources.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Resources {
+    #[serde(rename = "CPU")]
+    pub cpu: u64,
+    pub cores: u64,
+    #[serde(rename = "MemoryMB")]
+    pub memory_mb: u64,
+    #[serde(rename = "MemoryMaxMB")]
+    pub memory_max_mb: u64,
+    #[serde(rename = "DiskMB")]
+    pub disk_mb: u64,
+    /// Deprecated task-level networks (HCL1 era); merged into the group.
+    pub networks: Vec<NetworkResource>,
+}
+
+/// A `network` block.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkResource {
+    pub mode: String,
+    pub device: String,
+    #[serde(rename = "CIDR")]
+    pub cidr: String,
+    #[serde(rename = "IP")]
+    pub ip: String,
+    #[serde(rename = "MBits")]
+    pub mbits: u64,
+    #[serde(rename = "DNS")]
+    pub dns: Option<DnsConfig>,
+    pub hostname: String,
+    pub reserved_ports: Vec<Port>,
+    pub dynamic_ports: Vec<Port>,
+}
+
+/// `dns` inside a network block.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DnsConfig {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
+}
+
+/// A port label with its static value (`Value`) and in-namespace port (`To`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default, Hash)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Port {
+    pub label: String,
+    pub value: u16,
+    pub to: i32,
+    pub host_network: String,
+}
+
+/// A group `volume` request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct VolumeRequest {
+    pub name: String,
+    #[serde(rename = "Type")]
+    pub volume_type: String,
+    pub source: String,
+    pub read_only: bool,
+    pub access_mode: String,
+    pub attachment_mode: String,
+    pub per_alloc: bool,
+    pub mount_options: Option<CsiMountOptions>,
+}
+
+/// `mount_options { fs_type mount_flags }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CsiMountOptions {
+    #[serde(rename = "FSType")]
+    pub fs_type: String,
+    pub mount_flags: Vec<String>,
+}
+
+/// A task `volume_mount`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct VolumeMount {
+    pub volume: String,
+    pub destination: String,
+    pub read_only: bool,
+    pub propagation_mode: String,
+}
+
+/// A task `csi_plugin` block.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CsiPluginConfig {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "Type")]
+    pub plugin_type: String,
+    pub mount_dir: String,
+    pub stage_publish_base_dir: String,
+    /// Nanoseconds.
+    pub health_timeout: i64,
+}
+
+/// A `template` block.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Template {
+    pub source_path: String,
+    pub dest_path: String,
+    pub embedded_tmpl: String,
+    pub change_mode: String,
+    pub change_signal: String,
+    pub envvars: bool,
+    pub perms: String,
+    pub left_delim: String,
+    pub right_delim: String,
+}
+
+/// A `service` block.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Service {
+    pub name: String,
+    pub tags: Vec<String>,
+    pub port_label: String,
+    pub provider: String,
+    pub address_mode: String,
+    pub checks: Vec<ServiceCheck>,
+    pub meta: BTreeMap<String, String>,
+}
+
+/// A `check` inside a service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ServiceCheck {
+    pub name: String,
+    #[serde(rename = "Type")]
+    pub check_type: String,
+    pub path: String,
+    pub protocol: String,
+    pub port_label: String,
+    pub method: String,
+    /// Nanoseconds.
+    pub interval: i64,
+    /// Nanoseconds.
+    pub timeout: i64,
+}
+
+impl Job {
+    /// True for job types whose allocations run to completion.
+    pub fn is_batch_like(&self) -> bool {
+        self.job_type == JOB_TYPE_BATCH || self.job_type == JOB_TYPE_SYSBATCH
+    }
+
+    /// True for job types placed once per eligible node.
+    pub fn is_system_like(&self) -> bool {
+        self.job_type == JOB_TYPE_SYSTEM || self.job_type == JOB_TYPE_SYSBATCH
+    }
+
+    /// Looks up a task group by name.
+    pub fn task_group(&self, name: &str) -> Option<&TaskGroup> {
+        self.task_groups.iter().find(|tg| tg.name == name)
+    }
+}
+
+impl TaskGroup {
+    /// The group's network: the group-level block, or, for HCL1-era jobs,
+    /// the networks declared inside task resources merged into one.
+    pub fn effective_network(&self) -> Option<NetworkResource> {
+        if let Some(n) = self.networks.first() {
+            return Some(n.clone());
+        }
+        let mut merged: Option<NetworkResource> = None;
+        for task in &self.tasks {
+            for n in task.resources.iter().flat_map(|r| r.networks.iter()) {
+                let m = merged.get_or_insert_with(|| NetworkResource {
+                    mode: "host".into(),
+                    ..Default::default()
+                });
+                m.mbits += n.mbits;
+                m.reserved_ports.extend(n.reserved_ports.iter().cloned());
+                m.dynamic_ports.extend(n.dynamic_ports.iter().cloned());
+            }
+        }
+        merged
+    }
+
+    /// Total CPU (MHz) and memory (MB) asked for by the group's tasks.
+    pub fn resource_ask(&self) -> (u64, u64) {
+        self.tasks
+            .iter()
+            .filter_map(|t| t.resources.as_ref())
+            .fold((0, 0), |(c, m), r| (c + r.cpu, m + r.memory_mb))
+    }
+}

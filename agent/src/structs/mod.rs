@@ -1,0 +1,12 @@
+//! Nomad-compatible API types shared by the server, the client, the HTTP
+//! API and the CLI. Everything here is plain data with serde derives; the
+//! JSON shape (PascalCase, upper-case acronyms, nanosecond times) is what
+//! existing Nomad clients send and expect.
+
+mod alloc;
+mod job;
+mod node;
+
+pub use alloc::*;
+pub use job::*;
+pub use node::*;

@@ -1,0 +1,128 @@
+//! Client nodes as the server knows them: fingerprinted attributes,
+//! resources, drivers and host volumes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Node status values.
+pub mod node_status {
+    /// Registered, not yet heartbeating.
+    pub const INITIALIZING: &str = "initializing";
+    /// Heartbeating and schedulable.
+    pub const READY: &str = "ready";
+    /// Missed its heartbeat deadline.
+    pub const DOWN: &str = "down";
+}
+
+/// A client node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Node {
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Shared between the client and servers only; never shown by the API.
+    #[serde(rename = "SecretID", skip_serializing_if = "String::is_empty")]
+    pub secret_id: String,
+    pub datacenter: String,
+    pub name: String,
+    #[serde(rename = "HTTPAddr")]
+    pub http_addr: String,
+    pub attributes: BTreeMap<String, String>,
+    pub node_resources: NodeResources,
+    pub meta: BTreeMap<String, String>,
+    pub node_class: String,
+    pub node_pool: String,
+    pub drivers: BTreeMap<String, DriverInfo>,
+    pub host_volumes: BTreeMap<String, ClientHostVolume>,
+    pub status: String,
+    pub status_description: String,
+    pub status_updated_at: i64,
+    pub scheduling_eligibility: String,
+    pub drain: bool,
+    pub events: Vec<NodeEvent>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// What a node offers to the scheduler.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NodeResources {
+    pub cpu: NodeCpu,
+    pub memory: NodeMemory,
+    pub disk: NodeDisk,
+    pub min_dynamic_port: u16,
+    pub max_dynamic_port: u16,
+}
+
+/// Total CPU compute in MHz.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NodeCpu {
+    pub cpu_shares: u64,
+    pub total_core_count: u64,
+}
+
+/// Total memory in MB.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NodeMemory {
+    #[serde(rename = "MemoryMB")]
+    pub memory_mb: u64,
+}
+
+/// Disk available for allocations, in MB.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NodeDisk {
+    #[serde(rename = "DiskMB")]
+    pub disk_mb: u64,
+}
+
+/// A task driver's fingerprint on a node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DriverInfo {
+    pub attributes: BTreeMap<String, String>,
+    pub detected: bool,
+    pub healthy: bool,
+    pub health_description: String,
+    /// RFC 3339.
+    pub update_time: String,
+}
+
+/// A host volume declared in the client config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ClientHostVolume {
+    pub name: String,
+    pub path: String,
+    pub read_only: bool,
+}
+
+/// Something that happened to a node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NodeEvent {
+    pub message: String,
+    pub subsystem: String,
+    /// RFC 3339.
+    pub timestamp: String,
+    pub create_index: u64,
+}
+
+impl Node {
+    /// True when the scheduler may place new allocations here.
+    pub fn is_schedulable(&self) -> bool {
+        self.status == node_status::READY && self.scheduling_eligibility != "ineligible" && !self.drain
+    }
+
+    /// A copy without the secret, for API output.
+    pub fn redacted(&self) -> Node {
+        Node {
+            secret_id: String::new(),
+            ..self.clone()
+        }
+    }
+}
