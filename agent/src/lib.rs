@@ -7,3 +7,8 @@
 
 pub mod structs;
 pub mod util;
+pub mod server;
+pub mod client;
+
+/// The agent's version, reported in fingerprints and `agent/self`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -74,6 +74,9 @@ pub struct Allocation {
     pub next_allocation: String,
     #[serde(rename = "DeploymentID")]
     pub deployment_id: String,
+    /// A delayed evaluation that will reschedule this failed allocation.
+    #[serde(rename = "FollowupEvalID")]
+    pub followup_eval_id: String,
     pub reschedule_tracker: Option<RescheduleTracker>,
     pub metrics: Option<AllocMetric>,
     pub create_index: u64,

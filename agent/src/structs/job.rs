@@ -317,6 +317,27 @@ impl Job {
         self.job_type == JOB_TYPE_SYSTEM || self.job_type == JOB_TYPE_SYSBATCH
     }
 
+    /// Deprecation warnings for HCL1-era forms, with Nomad's texts.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for task in self.task_groups.iter().flat_map(|tg| tg.tasks.iter()) {
+            let nets = task.resources.as_ref().map(|r| r.networks.as_slice()).unwrap_or(&[]);
+            if !nets.is_empty() {
+                out.push(format!(
+                    "Task \"{}\": task network resources have been deprecated as of Nomad 0.12.0. Please configure networking via group network block.",
+                    task.name
+                ));
+            }
+            if nets.iter().any(|n| n.mbits > 0) {
+                out.push(format!(
+                    "Task \"{}\": mbits has been deprecated as of Nomad 0.12.0. Please remove mbits from the network block",
+                    task.name
+                ));
+            }
+        }
+        out
+    }
+
     /// Looks up a task group by name.
     pub fn task_group(&self, name: &str) -> Option<&TaskGroup> {
         self.task_groups.iter().find(|tg| tg.name == name)

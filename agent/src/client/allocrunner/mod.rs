@@ -1,0 +1,323 @@
+//! The alloc runner: one tokio task per allocation. It runs the hooks,
+//! starts a task runner per task, folds their updates into the
+//! allocation's client status (a pure function of the task states),
+//! persists what a restarted client needs to re-attach, and reports
+//! changes to the server. Commands (`Update`, `Destroy`) come in over a
+//! channel; it owns its state and nothing else touches it.
+
+mod hooks;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::driver::Driver;
+use super::state::{ClientState, PersistedAlloc};
+use super::taskrunner::{task_state, TaskRunner, TaskUpdate};
+use crate::server::AllocClientUpdate;
+use crate::structs::{client_status, Allocation, Node, TaskEvent, TaskState};
+
+pub use hooks::{build_hooks, AllocHook, HookResources};
+
+/// Messages to a running alloc runner.
+#[derive(Debug)]
+pub enum AllocCommand {
+    /// The server changed the allocation (desired status, job version).
+    Update(Box<Allocation>),
+    /// The allocation is gone from the server: stop and remove everything.
+    Destroy,
+}
+
+/// What the client keeps of a running alloc runner.
+pub struct AllocRunnerCtl {
+    /// Command channel.
+    pub commands: mpsc::UnboundedSender<AllocCommand>,
+    /// The `AllocModifyIndex`/`ModifyIndex` last handed to it.
+    pub modify_index: u64,
+}
+
+/// Shared things every alloc runner uses.
+#[derive(Clone)]
+pub struct RunnerDeps {
+    /// This node.
+    pub node: Arc<Node>,
+    /// Drivers by name.
+    pub drivers: Arc<BTreeMap<String, Arc<dyn Driver>>>,
+    /// `<data_dir>/alloc`.
+    pub alloc_dir: PathBuf,
+    /// Status updates for the server.
+    pub updates: mpsc::UnboundedSender<AllocClientUpdate>,
+    /// Persisted client state.
+    pub store: Arc<ClientState>,
+    /// Agent shutdown: detach, leave tasks running.
+    pub shutdown: CancellationToken,
+}
+
+/// The allocation's client status from its tasks' states.
+pub fn client_status_of(states: &BTreeMap<String, TaskState>, task_count: usize) -> (&'static str, &'static str) {
+    if states.values().any(|s| s.failed) {
+        return (client_status::FAILED, "Failed tasks");
+    }
+    let dead = states.values().filter(|s| s.state == task_state::DEAD).count();
+    if task_count > 0 && dead == task_count {
+        return (client_status::COMPLETE, "All tasks have completed");
+    }
+    let running = states.values().filter(|s| s.state == task_state::RUNNING).count();
+    if running > 0 && running + dead == task_count {
+        return (client_status::RUNNING, "Tasks are running");
+    }
+    (client_status::PENDING, "No tasks have started")
+}
+
+/// Starts an alloc runner; `restored` carries state from before a restart.
+pub fn spawn(alloc: Allocation, restored: Option<PersistedAlloc>, deps: RunnerDeps) -> AllocRunnerCtl {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let modify_index = alloc.alloc_modify_index.max(alloc.modify_index);
+    let span = tracing::info_span!("alloc", alloc_id = %alloc.id);
+    tokio::spawn(tracing::Instrument::instrument(run(alloc, restored, deps, rx), span));
+    AllocRunnerCtl { commands: tx, modify_index }
+}
+
+struct Runner {
+    alloc: Allocation,
+    persisted: PersistedAlloc,
+    deps: RunnerDeps,
+    hooks: Vec<Box<dyn AllocHook>>,
+    reported: Option<(String, BTreeMap<String, TaskState>)>,
+}
+
+impl Runner {
+    fn task_count(&self) -> usize {
+        self.alloc.job.as_ref().and_then(|j| j.task_group(&self.alloc.task_group)).map(|tg| tg.tasks.len()).unwrap_or(0)
+    }
+
+    fn status(&self) -> (&'static str, &'static str) {
+        client_status_of(&self.persisted.task_states, self.task_count())
+    }
+
+    fn persist(&mut self) {
+        self.persisted.alloc = self.alloc.clone();
+        if let Err(e) = self.deps.store.put(&self.persisted) {
+            tracing::error!(error = %e, "persisting allocation state");
+        }
+    }
+
+    fn report(&mut self) {
+        let (status, desc) = self.status();
+        let now = (status.to_string(), self.persisted.task_states.clone());
+        if self.reported.as_ref() == Some(&now) {
+            return;
+        }
+        self.reported = Some(now);
+        let _ = self.deps.updates.send(AllocClientUpdate {
+            id: self.alloc.id.clone(),
+            client_status: status.into(),
+            client_description: desc.into(),
+            task_states: self.persisted.task_states.clone(),
+        });
+    }
+
+    fn fail_setup(&mut self, why: &str) {
+        let tasks: Vec<String> = self
+            .alloc
+            .job
+            .as_ref()
+            .and_then(|j| j.task_group(&self.alloc.task_group))
+            .map(|tg| tg.tasks.iter().map(|t| t.name.clone()).collect())
+            .unwrap_or_default();
+        for t in tasks {
+            let st = self.persisted.task_states.entry(t).or_default();
+            let mut ev = TaskEvent::new("Setup Failure", format!("failed to setup alloc: {why}"));
+            ev.driver_error = why.into();
+            st.events.push(ev);
+            st.state = task_state::DEAD.into();
+            st.failed = true;
+        }
+        self.persist();
+        self.report();
+    }
+
+    fn run_postrun(&self) {
+        for h in self.hooks.iter().rev() {
+            if let Err(e) = h.postrun(&self.alloc) {
+                tracing::warn!(hook = h.name(), error = %e, "postrun hook failed");
+            }
+        }
+    }
+
+    fn run_destroy(&self) {
+        for h in self.hooks.iter().rev() {
+            if let Err(e) = h.destroy(&self.alloc) {
+                tracing::warn!(hook = h.name(), error = %e, "destroy hook failed");
+            }
+        }
+        if let Err(e) = self.deps.store.delete(&self.alloc.id) {
+            tracing::error!(error = %e, "removing allocation state");
+        }
+    }
+
+    fn start_tasks(&mut self, kill: &CancellationToken, updates: &mpsc::UnboundedSender<TaskUpdate>) -> Result<(), String> {
+        let job = self.alloc.job.clone().ok_or("allocation has no job")?;
+        let tg = job.task_group(&self.alloc.task_group).ok_or("allocation's group is not in its job")?;
+        let node = self.deps.node.clone();
+        for task in &tg.tasks {
+            let driver = self
+                .deps
+                .drivers
+                .get(&task.driver)
+                .cloned()
+                .ok_or_else(|| format!("task {:?}: driver {:?} is not available on this client", task.name, task.driver))?;
+            let state = self.persisted.task_states.get(&task.name).cloned().unwrap_or_default();
+            if state.state == task_state::DEAD {
+                continue;
+            }
+            let runner = TaskRunner {
+                alloc: self.alloc.clone(),
+                task: task.clone(),
+                node: node.clone(),
+                driver,
+                alloc_root: self.deps.alloc_dir.join(&self.alloc.id),
+                restart: task.restart_policy.clone().or_else(|| tg.restart_policy.clone()).unwrap_or_default(),
+                batch: job.is_batch_like(),
+                state,
+                handle: self.persisted.handles.get(&task.name).cloned(),
+                kill: kill.child_token(),
+                shutdown: self.deps.shutdown.child_token(),
+                updates: updates.clone(),
+            };
+            tokio::spawn(tracing::Instrument::instrument(runner.run(), tracing::info_span!("task", task = %task.name)));
+        }
+        Ok(())
+    }
+}
+
+async fn run(
+    alloc: Allocation,
+    restored: Option<PersistedAlloc>,
+    deps: RunnerDeps,
+    mut commands: mpsc::UnboundedReceiver<AllocCommand>,
+) {
+    let root = deps.alloc_dir.join(&alloc.id);
+    let hooks = build_hooks(root, deps.node.clone());
+    let mut r = Runner {
+        persisted: restored.unwrap_or_else(|| PersistedAlloc { alloc: alloc.clone(), ..Default::default() }),
+        alloc,
+        deps,
+        hooks,
+        reported: None,
+    };
+    let kill = CancellationToken::new();
+    let (task_tx, mut task_rx) = mpsc::unbounded_channel::<TaskUpdate>();
+    let finished = |r: &Runner| r.status().0 == client_status::COMPLETE || r.status().0 == client_status::FAILED;
+    if r.alloc.server_terminal() || finished(&r) {
+        kill.cancel();
+    } else {
+        let mut res = HookResources::default();
+        let mut setup = Ok(());
+        for h in &r.hooks {
+            if let Err(e) = h.prerun(&r.alloc, &mut res) {
+                setup = Err(format!("{} hook: {e}", h.name()));
+                break;
+            }
+        }
+        match setup.and_then(|_| r.start_tasks(&kill, &task_tx)) {
+            Ok(()) => r.persist(),
+            Err(e) => {
+                tracing::warn!(error = %e, "allocation setup failed");
+                r.fail_setup(&e);
+                r.run_postrun();
+            }
+        }
+    }
+    r.report();
+    let mut destroying = false;
+    loop {
+        tokio::select! {
+            Some(u) = task_rx.recv() => {
+                let failed = u.state.failed;
+                r.persisted.task_states.insert(u.task.clone(), u.state);
+                match u.handle {
+                    Some(h) => { r.persisted.handles.insert(u.task, h); }
+                    None => { r.persisted.handles.remove(&u.task); }
+                }
+                if failed {
+                    kill.cancel();
+                }
+                r.persist();
+                r.report();
+                if finished(&r) || (kill.is_cancelled() && r.persisted.handles.is_empty() && all_dead(&r)) {
+                    r.run_postrun();
+                    if destroying {
+                        r.run_destroy();
+                        return;
+                    }
+                }
+            }
+            cmd = commands.recv() => match cmd {
+                Some(AllocCommand::Update(a)) => {
+                    r.alloc = *a;
+                    if r.alloc.server_terminal() {
+                        kill.cancel();
+                    }
+                    r.persist();
+                    if kill.is_cancelled() && r.persisted.handles.is_empty() {
+                        mark_unstarted_dead(&mut r);
+                        r.report();
+                    }
+                }
+                Some(AllocCommand::Destroy) | None => {
+                    destroying = true;
+                    kill.cancel();
+                    if r.persisted.handles.is_empty() {
+                        r.run_postrun();
+                        r.run_destroy();
+                        return;
+                    }
+                }
+            },
+            _ = r.deps.shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn all_dead(r: &Runner) -> bool {
+    r.persisted.task_states.values().all(|s| s.state == task_state::DEAD)
+}
+
+/// Tasks that never started (killed while pending) are dead, not failed.
+fn mark_unstarted_dead(r: &mut Runner) {
+    for s in r.persisted.task_states.values_mut() {
+        if s.state != task_state::DEAD {
+            s.state = task_state::DEAD.into();
+        }
+    }
+    r.persist();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(state: &str, failed: bool) -> TaskState {
+        TaskState { state: state.into(), failed, ..Default::default() }
+    }
+
+    #[test]
+    fn client_status_is_a_function_of_task_states() {
+        let mut m = BTreeMap::new();
+        assert_eq!(client_status_of(&m, 2).0, "pending");
+        m.insert("a".into(), st("running", false));
+        assert_eq!(client_status_of(&m, 2).0, "pending");
+        m.insert("b".into(), st("running", false));
+        assert_eq!(client_status_of(&m, 2).0, "running");
+        m.insert("b".into(), st("dead", false));
+        assert_eq!(client_status_of(&m, 2).0, "running");
+        m.insert("a".into(), st("dead", false));
+        assert_eq!(client_status_of(&m, 2).0, "complete");
+        m.insert("a".into(), st("dead", true));
+        assert_eq!(client_status_of(&m, 2).0, "failed");
+    }
+}

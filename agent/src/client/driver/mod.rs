@@ -1,0 +1,121 @@
+//! Task drivers: the narrow interface the task runner uses to start, wait
+//! for, signal, stop and recover a task, plus the drivers themselves.
+//! A driver's per-task state lives in an opaque, persisted `TaskHandle`, so
+//! a restarted client can re-attach to what is still running.
+
+mod process;
+pub mod raw_exec;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use super::logs::Rotation;
+use crate::structs::DriverInfo;
+
+/// Failures of a driver operation.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The task's `config` block is wrong.
+    #[error("invalid {driver} config: {reason}")]
+    Config {
+        /// Driver name.
+        driver: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The driver is disabled on this client.
+    #[error("driver {0} is not enabled on this client")]
+    Disabled(&'static str),
+    /// Starting the task failed.
+    #[error("failed to start task: {0}")]
+    Start(String),
+    /// An OS operation failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// What a driver needs to start one task.
+#[derive(Debug, Clone)]
+pub struct TaskConfig {
+    /// Allocation ID.
+    pub alloc_id: String,
+    /// Task name.
+    pub task: String,
+    /// Driver config, already interpolated.
+    pub config: BTreeMap<String, serde_json::Value>,
+    /// Complete environment.
+    pub env: BTreeMap<String, String>,
+    /// The task's directory on the host.
+    pub task_dir: PathBuf,
+    /// Where log files go.
+    pub log_dir: PathBuf,
+    /// Log rotation limits.
+    pub rotation: Rotation,
+    /// User to run as.
+    pub user: String,
+    /// CPU in MHz.
+    pub cpu: u64,
+    /// Memory in MB.
+    pub memory_mb: u64,
+}
+
+/// A driver's persisted reference to a running task.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct TaskHandle {
+    /// Which driver owns it.
+    pub driver: String,
+    /// Driver-specific state (PIDs, container ID, …).
+    pub state: serde_json::Value,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExitResult {
+    /// Exit code.
+    pub exit_code: i64,
+    /// Terminating signal, 0 if none.
+    pub signal: i64,
+    /// Set when the driver lost track of the task or it could not run.
+    pub error: Option<String>,
+}
+
+impl ExitResult {
+    /// True for a clean exit.
+    pub fn successful(&self) -> bool {
+        self.exit_code == 0 && self.signal == 0 && self.error.is_none()
+    }
+}
+
+/// A task driver.
+pub trait Driver: Send + Sync {
+    /// The name jobs use in `driver = "..."`.
+    fn name(&self) -> &'static str;
+    /// Detection and health, for the node's fingerprint.
+    fn fingerprint(&self) -> BoxFuture<'_, DriverInfo>;
+    /// Starts a task.
+    fn start<'a>(&'a self, cfg: &'a TaskConfig) -> BoxFuture<'a, Result<TaskHandle, DriverError>>;
+    /// Resolves when the task exits.
+    fn wait<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, ExitResult>;
+    /// Sends a signal to the task.
+    fn signal(&self, handle: &TaskHandle, signal: &str) -> Result<(), DriverError>;
+    /// Stops the task: `signal`, then a hard kill after `timeout`.
+    fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, ()>;
+    /// After a client restart: is the task behind this handle still running?
+    fn recover<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, bool>;
+}
+
+/// Parses a signal name ("SIGINT", "INT", "SIGTERM").
+pub fn parse_signal(name: &str) -> Option<nix::sys::signal::Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    full.parse().ok()
+}

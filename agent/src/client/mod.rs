@@ -1,0 +1,356 @@
+//! The client: fingerprints the node, registers and heartbeats with the
+//! servers, watches its allocations (a blocking query) and runs an alloc
+//! runner for each, and sends their status back in coalesced batches.
+//! Allocations persisted in the client state are restored (re-attached)
+//! before anything else, so an agent restart does not restart tasks.
+
+pub mod allocrunner;
+pub mod driver;
+pub mod fingerprint;
+pub mod logs;
+pub mod rpc;
+pub mod shim;
+pub mod state;
+pub mod taskenv;
+pub mod taskrunner;
+pub mod template;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::AllocClientUpdate;
+use crate::structs::{Allocation, ClientHostVolume, Node, NodeCpu, NodeDisk, NodeMemory, NodeResources};
+use allocrunner::{AllocCommand, AllocRunnerCtl, RunnerDeps};
+use driver::Driver;
+use rpc::{RpcError, ServerRpc};
+use state::ClientState;
+
+/// Failures starting the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The data dir is unusable.
+    #[error("client data dir {path}: {source}")]
+    DataDir {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The state database failed.
+    #[error(transparent)]
+    State(#[from] state::ClientStateError),
+}
+
+/// Client settings from the agent config.
+#[derive(Debug, Clone, Default)]
+pub struct ClientConfig {
+    /// Node name.
+    pub node_name: String,
+    /// Datacenter.
+    pub datacenter: String,
+    /// Node class.
+    pub node_class: String,
+    /// Client meta.
+    pub meta: BTreeMap<String, String>,
+    /// Declared host volumes.
+    pub host_volumes: BTreeMap<String, ClientHostVolume>,
+    /// Agent data dir.
+    pub data_dir: PathBuf,
+    /// IP address tasks' ports are published on.
+    pub advertise_ip: String,
+    /// `ip:port` of this agent's HTTP API (for log streaming).
+    pub http_addr: String,
+    /// `plugin "raw_exec" { config { enabled = true } }`.
+    pub raw_exec_enabled: bool,
+}
+
+/// The running client.
+pub struct Client {
+    /// Its node as last registered.
+    pub node: parking_lot::RwLock<Arc<Node>>,
+    config: ClientConfig,
+    rpc: Arc<dyn ServerRpc>,
+    drivers: Arc<BTreeMap<String, Arc<dyn Driver>>>,
+    runners: parking_lot::Mutex<HashMap<String, AllocRunnerCtl>>,
+    store: Arc<ClientState>,
+    updates: mpsc::UnboundedSender<AllocClientUpdate>,
+    shutdown: CancellationToken,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Identity {
+    id: String,
+    secret: String,
+}
+
+/// The node's ID and secret, created once and kept in the data dir.
+fn identity(dir: &Path) -> Result<Identity, ClientError> {
+    let path = dir.join("client-id.json");
+    if let Some(id) = std::fs::read(&path).ok().and_then(|d| serde_json::from_slice(&d).ok()) {
+        return Ok(id);
+    }
+    let id = Identity { id: crate::util::new_id(), secret: crate::util::new_id() };
+    let io = |source| ClientError::DataDir { path: path.display().to_string(), source };
+    std::fs::write(&path, serde_json::to_vec(&id).unwrap_or_default()).map_err(io)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(id)
+}
+
+impl Client {
+    /// Starts the client: restores persisted allocations, then registers
+    /// and runs its loops until `shutdown`.
+    pub async fn start(
+        config: ClientConfig,
+        rpc: Arc<dyn ServerRpc>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Client>, ClientError> {
+        let client_dir = config.data_dir.join("client");
+        std::fs::create_dir_all(&client_dir)
+            .map_err(|source| ClientError::DataDir { path: client_dir.display().to_string(), source })?;
+        let ident = identity(&client_dir)?;
+        let store = Arc::new(ClientState::open(&client_dir)?);
+        let mut drivers: BTreeMap<String, Arc<dyn Driver>> = BTreeMap::new();
+        drivers.insert("raw_exec".into(), Arc::new(driver::raw_exec::RawExec::new(config.raw_exec_enabled)));
+        let drivers = Arc::new(drivers);
+        let node = Self::build_node(&config, &ident, &drivers).await;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = Arc::new(Client {
+            node: parking_lot::RwLock::new(Arc::new(node)),
+            config,
+            rpc,
+            drivers,
+            runners: Default::default(),
+            store,
+            updates: tx,
+            shutdown,
+        });
+        client.restore()?;
+        tokio::spawn(client.clone().sync_updates(rx));
+        tokio::spawn(client.clone().membership());
+        tokio::spawn(client.clone().watch_allocs());
+        Ok(client)
+    }
+
+    async fn build_node(config: &ClientConfig, ident: &Identity, drivers: &BTreeMap<String, Arc<dyn Driver>>) -> Node {
+        let facts = fingerprint::fingerprint(&config.advertise_ip);
+        let mut node = Node {
+            id: ident.id.clone(),
+            secret_id: ident.secret.clone(),
+            datacenter: config.datacenter.clone(),
+            name: config.node_name.clone(),
+            http_addr: config.http_addr.clone(),
+            attributes: facts.attributes,
+            node_resources: NodeResources {
+                cpu: NodeCpu { cpu_shares: facts.cpu_mhz, total_core_count: facts.cores },
+                memory: NodeMemory { memory_mb: facts.memory_mb },
+                disk: NodeDisk { disk_mb: 0 },
+                min_dynamic_port: 20000,
+                max_dynamic_port: 32000,
+            },
+            meta: config.meta.clone(),
+            node_class: config.node_class.clone(),
+            node_pool: "default".into(),
+            host_volumes: config.host_volumes.clone(),
+            scheduling_eligibility: "eligible".into(),
+            ..Default::default()
+        };
+        for (name, d) in drivers {
+            let info = d.fingerprint().await;
+            if info.detected {
+                node.attributes.insert(format!("driver.{name}"), "1".into());
+            }
+            node.drivers.insert(name.clone(), info);
+        }
+        node
+    }
+
+    fn deps(&self) -> RunnerDeps {
+        RunnerDeps {
+            node: self.node.read().clone(),
+            drivers: self.drivers.clone(),
+            alloc_dir: self.config.data_dir.join("alloc"),
+            updates: self.updates.clone(),
+            store: self.store.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    /// Re-creates runners for persisted allocations (re-attaching tasks).
+    fn restore(&self) -> Result<(), ClientError> {
+        let persisted = self.store.load()?;
+        let mut runners = self.runners.lock();
+        for p in persisted {
+            tracing::info!(alloc_id = %p.alloc.id, tasks = p.handles.len(), "restoring allocation");
+            let id = p.alloc.id.clone();
+            let ctl = allocrunner::spawn(p.alloc.clone(), Some(p), self.deps());
+            runners.insert(id, ctl);
+        }
+        Ok(())
+    }
+
+    /// The directory of an allocation on this client, if it runs here.
+    pub fn alloc_root(&self, alloc_id: &str) -> Option<PathBuf> {
+        let dir = self.config.data_dir.join("alloc").join(alloc_id);
+        dir.is_dir().then_some(dir)
+    }
+
+    /// Registers, then heartbeats; re-registers when the server forgot us
+    /// and when driver health changes.
+    async fn membership(self: Arc<Self>) {
+        let mut ttl = Duration::from_secs(10);
+        let mut registered = false;
+        let mut backoff = Duration::from_millis(250);
+        let mut last_fingerprint = tokio::time::Instant::now();
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            if last_fingerprint.elapsed() > Duration::from_secs(15) {
+                last_fingerprint = tokio::time::Instant::now();
+                if self.refresh_drivers().await {
+                    registered = false;
+                }
+            }
+            let node = self.node.read().clone();
+            let result = if registered {
+                self.rpc.heartbeat(&node.id, &node.secret_id).await
+            } else {
+                self.rpc.register((*node).clone()).await
+            };
+            let pause = match result {
+                Ok(t) => {
+                    if !registered {
+                        tracing::info!(node_id = %node.id, "node registered");
+                    }
+                    registered = true;
+                    ttl = t;
+                    backoff = Duration::from_millis(250);
+                    ttl / 2
+                }
+                Err(RpcError::NodeNotFound) => {
+                    registered = false;
+                    Duration::from_millis(10)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach servers");
+                    backoff = (backoff * 2).min(ttl / 2);
+                    backoff
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Re-fingerprints drivers; true when anything changed.
+    async fn refresh_drivers(&self) -> bool {
+        let mut node = (**self.node.read()).clone();
+        let mut changed = false;
+        for (name, d) in self.drivers.iter() {
+            let mut info = d.fingerprint().await;
+            if let Some(old) = node.drivers.get(name) {
+                if old.detected == info.detected && old.healthy == info.healthy {
+                    continue;
+                }
+                info.update_time = crate::util::now_rfc3339();
+            }
+            node.drivers.insert(name.clone(), info);
+            changed = true;
+        }
+        if changed {
+            *self.node.write() = Arc::new(node);
+        }
+        changed
+    }
+
+    /// Follows the node's allocations and reconciles the runners.
+    async fn watch_allocs(self: Arc<Self>) {
+        let mut index = 0;
+        let node_id = self.node.read().id.clone();
+        loop {
+            let fetch = self.rpc.node_allocs(&node_id, index, Duration::from_secs(30));
+            let result = tokio::select! {
+                r = fetch => r,
+                _ = self.shutdown.cancelled() => return,
+            };
+            match result {
+                Ok((allocs, new_index)) => {
+                    if new_index < index {
+                        index = 0;
+                    } else {
+                        index = new_index;
+                    }
+                    self.reconcile(allocs);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "fetching allocations");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    fn reconcile(&self, allocs: Vec<Allocation>) {
+        let mut runners = self.runners.lock();
+        let present: HashSet<String> = allocs.iter().map(|a| a.id.clone()).collect();
+        for a in allocs {
+            let index = a.alloc_modify_index.max(a.modify_index);
+            match runners.get_mut(&a.id) {
+                Some(ctl) => {
+                    if index > ctl.modify_index {
+                        ctl.modify_index = index;
+                        let _ = ctl.commands.send(AllocCommand::Update(Box::new(a)));
+                    }
+                }
+                None if !a.is_terminal() => {
+                    let id = a.id.clone();
+                    runners.insert(id, allocrunner::spawn(a, None, self.deps()));
+                }
+                None => {}
+            }
+        }
+        runners.retain(|id, ctl| {
+            if present.contains(id) {
+                return true;
+            }
+            let _ = ctl.commands.send(AllocCommand::Destroy);
+            false
+        });
+    }
+
+    /// Sends allocation updates, coalescing whatever queued up meanwhile.
+    async fn sync_updates(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<AllocClientUpdate>) {
+        let mut pending: BTreeMap<String, AllocClientUpdate> = BTreeMap::new();
+        loop {
+            if pending.is_empty() {
+                tokio::select! {
+                    Some(u) = rx.recv() => { pending.insert(u.id.clone(), u); }
+                    _ = self.shutdown.cancelled() => return,
+                }
+            }
+            while let Ok(u) = rx.try_recv() {
+                pending.insert(u.id.clone(), u);
+            }
+            let node = self.node.read().clone();
+            let batch: Vec<AllocClientUpdate> = pending.values().cloned().collect();
+            match self.rpc.update_allocs(&node.id, &node.secret_id, batch).await {
+                Ok(()) => pending.clear(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "sending allocation updates");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! How a client talks to the servers: register, heartbeat, fetch its
+//! allocations (a blocking query) and report their status. `LocalRpc` calls
+//! an in-process server (dev agents); `HttpRpc` uses the servers' internal
+//! HTTP endpoints, trying each configured server in turn.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use crate::server::{AllocClientUpdate, Server, ServerError};
+use crate::structs::{Allocation, Node};
+
+/// Failures talking to a server.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// The server does not know this node (re-register).
+    #[error("node not registered")]
+    NodeNotFound,
+    /// Any other failure.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The client's view of the servers.
+pub trait ServerRpc: Send + Sync {
+    /// Registers the node; returns the heartbeat TTL.
+    fn register(&self, node: Node) -> BoxFuture<'_, Result<Duration, RpcError>>;
+    /// Heartbeats; returns the TTL.
+    fn heartbeat<'a>(&'a self, node_id: &'a str, secret: &'a str) -> BoxFuture<'a, Result<Duration, RpcError>>;
+    /// The node's allocations once the state index passes `min_index`.
+    fn node_allocs<'a>(&'a self, node_id: &'a str, min_index: u64, wait: Duration) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>>;
+    /// Reports allocation status.
+    fn update_allocs<'a>(&'a self, node_id: &'a str, secret: &'a str, updates: Vec<AllocClientUpdate>) -> BoxFuture<'a, Result<(), RpcError>>;
+}
+
+fn from_server(e: ServerError) -> RpcError {
+    match e {
+        ServerError::NotFound(_) => RpcError::NodeNotFound,
+        other => RpcError::Failed(other.to_string()),
+    }
+}
+
+/// An in-process server.
+pub struct LocalRpc(pub Arc<Server>);
+
+impl ServerRpc for LocalRpc {
+    fn register(&self, node: Node) -> BoxFuture<'_, Result<Duration, RpcError>> {
+        async move { self.0.register_node(node).map_err(from_server) }.boxed()
+    }
+
+    fn heartbeat<'a>(&'a self, node_id: &'a str, secret: &'a str) -> BoxFuture<'a, Result<Duration, RpcError>> {
+        async move { self.0.heartbeat(node_id, secret).map_err(from_server) }.boxed()
+    }
+
+    fn node_allocs<'a>(&'a self, node_id: &'a str, min_index: u64, wait: Duration) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>> {
+        async move {
+            let index = self.0.state.wait_index(min_index, wait).await;
+            let snap = self.0.state.snapshot();
+            Ok((snap.allocs_by_node(node_id).iter().map(|a| (**a).clone()).collect(), index))
+        }
+        .boxed()
+    }
+
+    fn update_allocs<'a>(&'a self, node_id: &'a str, _secret: &'a str, updates: Vec<AllocClientUpdate>) -> BoxFuture<'a, Result<(), RpcError>> {
+        async move { self.0.update_allocs(node_id, updates).map_err(from_server) }.boxed()
+    }
+}
+
+/// Servers reached over HTTP.
+pub struct HttpRpc {
+    servers: Vec<String>,
+    http: reqwest::Client,
+    current: parking_lot::Mutex<usize>,
+}
+
+/// Header carrying the node's secret on internal calls.
+pub const NODE_SECRET_HEADER: &str = "X-Berth-Node-Secret";
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TtlResponse {
+    heartbeat_ttl: u64,
+}
+
+impl HttpRpc {
+    /// Servers as `host:port` (or full URLs).
+    pub fn new(servers: Vec<String>) -> Self {
+        let servers = servers
+            .into_iter()
+            .map(|s| if s.starts_with("http") { s } else { format!("http://{s}") })
+            .collect();
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build().unwrap_or_default();
+        HttpRpc { servers, http, current: parking_lot::Mutex::new(0) }
+    }
+
+    async fn call(&self, build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder) -> Result<reqwest::Response, RpcError> {
+        let n = self.servers.len().max(1);
+        let mut last = RpcError::Failed("no servers configured".into());
+        for attempt in 0..n {
+            let i = (*self.current.lock() + attempt) % n;
+            let Some(base) = self.servers.get(i) else { break };
+            match build(&self.http, base).send().await {
+                Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => return Err(RpcError::NodeNotFound),
+                Ok(resp) if resp.status().is_success() => {
+                    *self.current.lock() = i;
+                    return Ok(resp);
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = resp.text().await.unwrap_or_default();
+                    last = RpcError::Failed(format!("server {base}: {status}: {body}"));
+                }
+                Err(e) => last = RpcError::Failed(format!("server {base}: {e}")),
+            }
+        }
+        Err(last)
+    }
+}
+
+fn ttl(r: TtlResponse) -> Duration {
+    Duration::from_nanos(r.heartbeat_ttl)
+}
+
+impl ServerRpc for HttpRpc {
+    fn register(&self, node: Node) -> BoxFuture<'_, Result<Duration, RpcError>> {
+        async move {
+            let resp = self.call(|c, base| c.put(format!("{base}/v1/internal/node/register")).json(&node)).await?;
+            resp.json::<TtlResponse>().await.map(ttl).map_err(|e| RpcError::Failed(e.to_string()))
+        }
+        .boxed()
+    }
+
+    fn heartbeat<'a>(&'a self, node_id: &'a str, secret: &'a str) -> BoxFuture<'a, Result<Duration, RpcError>> {
+        async move {
+            let resp = self
+                .call(|c, base| c.put(format!("{base}/v1/internal/node/{node_id}/heartbeat")).header(NODE_SECRET_HEADER, secret))
+                .await?;
+            resp.json::<TtlResponse>().await.map(ttl).map_err(|e| RpcError::Failed(e.to_string()))
+        }
+        .boxed()
+    }
+
+    fn node_allocs<'a>(&'a self, node_id: &'a str, min_index: u64, wait: Duration) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>> {
+        async move {
+            let url = |base: &str| format!("{base}/v1/internal/node/{node_id}/allocations?index={min_index}&wait={}ms", wait.as_millis());
+            let resp = self.call(|c, base| c.get(url(base)).timeout(wait + Duration::from_secs(10))).await?;
+            let index = resp
+                .headers()
+                .get("X-Nomad-Index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(min_index);
+            let allocs = resp.json().await.map_err(|e| RpcError::Failed(e.to_string()))?;
+            Ok((allocs, index))
+        }
+        .boxed()
+    }
+
+    fn update_allocs<'a>(&'a self, node_id: &'a str, secret: &'a str, updates: Vec<AllocClientUpdate>) -> BoxFuture<'a, Result<(), RpcError>> {
+        async move {
+            self.call(|c, base| {
+                c.put(format!("{base}/v1/internal/node/{node_id}/allocations")).header(NODE_SECRET_HEADER, secret).json(&updates)
+            })
+            .await
+            .map(|_| ())
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,310 @@
+//! The task runner: one tokio task per task that prepares the task (env,
+//! templates), starts it through its driver, waits, and applies the restart
+//! policy. Two tokens end it: `kill` stops the workload (the allocation is
+//! stopping), `shutdown` only detaches (the agent is exiting and the task
+//! keeps running, to be re-attached through its persisted handle).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::driver::{Driver, ExitResult, TaskConfig, TaskHandle};
+use super::logs::Rotation;
+use super::{taskenv, template};
+use crate::structs::{Allocation, Node, RestartPolicy, Task, TaskEvent, TaskState};
+use crate::util::{now_rfc3339, format_duration};
+
+/// Task lifecycle states, as Nomad names them.
+pub mod task_state {
+    /// Not started.
+    pub const PENDING: &str = "pending";
+    /// Running.
+    pub const RUNNING: &str = "running";
+    /// Finished, failed or killed.
+    pub const DEAD: &str = "dead";
+}
+
+/// What a task runner reports to its alloc runner.
+#[derive(Debug, Clone)]
+pub struct TaskUpdate {
+    /// Task name.
+    pub task: String,
+    /// New state.
+    pub state: TaskState,
+    /// The driver handle while the task runs (None once it exited).
+    pub handle: Option<TaskHandle>,
+}
+
+/// Everything a task runner needs.
+pub struct TaskRunner {
+    /// The allocation (for env).
+    pub alloc: Allocation,
+    /// The task spec.
+    pub task: Task,
+    /// The node (for interpolation).
+    pub node: Arc<Node>,
+    /// The driver.
+    pub driver: Arc<dyn Driver>,
+    /// The alloc's root directory.
+    pub alloc_root: PathBuf,
+    /// Restart policy (task's, else group's).
+    pub restart: RestartPolicy,
+    /// Batch jobs finish on a clean exit; others restart.
+    pub batch: bool,
+    /// State carried over from before a restart of the client.
+    pub state: TaskState,
+    /// A handle of a task still running from before.
+    pub handle: Option<TaskHandle>,
+    /// Stop the workload.
+    pub kill: CancellationToken,
+    /// Detach and leave the workload running.
+    pub shutdown: CancellationToken,
+    /// Where updates go.
+    pub updates: mpsc::UnboundedSender<TaskUpdate>,
+}
+
+enum Next {
+    Restart(Duration),
+    Done { failed: bool },
+}
+
+impl TaskRunner {
+    fn emit(&mut self, event: TaskEvent) {
+        tracing::debug!(alloc_id = %self.alloc.id, task = %self.task.name, event = %event.event_type, "{}", event.display_message);
+        self.state.events.push(event);
+        if self.state.events.len() > 10 {
+            self.state.events.remove(0);
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let _ = self.updates.send(TaskUpdate {
+            task: self.task.name.clone(),
+            state: self.state.clone(),
+            handle: self.handle.clone(),
+        });
+    }
+
+    fn task_dir(&self) -> PathBuf {
+        self.alloc_root.join(&self.task.name)
+    }
+
+    /// Builds the driver's config: env, interpolation and templates.
+    fn prepare(&self) -> Result<TaskConfig, String> {
+        let task_dir = self.task_dir();
+        let local = task_dir.join("local");
+        let secrets = task_dir.join("secrets");
+        let alloc_dir = self.alloc_root.join("alloc");
+        let dirs = taskenv::TaskDirs { alloc_dir: &alloc_dir, local_dir: &local, secrets_dir: &secrets };
+        let mut env = taskenv::build(&self.alloc, &self.task, &self.node, &dirs);
+        for (k, v) in &self.task.env {
+            let value = taskenv::interpolate(v, &env, &self.node);
+            env.insert(k.clone(), value);
+        }
+        for tmpl in &self.task.templates {
+            let data = if !tmpl.embedded_tmpl.is_empty() {
+                tmpl.embedded_tmpl.clone()
+            } else {
+                let src = taskenv::interpolate(&tmpl.source_path, &env, &self.node);
+                std::fs::read_to_string(&src).map_err(|e| format!("template source {src}: {e}"))?
+            };
+            let delims = (
+                if tmpl.left_delim.is_empty() { "{{" } else { tmpl.left_delim.as_str() },
+                if tmpl.right_delim.is_empty() { "}}" } else { tmpl.right_delim.as_str() },
+            );
+            let rendered = template::render(&tmpl.dest_path, &data, delims, &env, &self.node).map_err(|e| e.to_string())?;
+            let dest = taskenv::interpolate(&tmpl.dest_path, &env, &self.node);
+            let dest_path = if dest.starts_with('/') { PathBuf::from(&dest) } else { task_dir.join(&dest) };
+            if let Some(parent) = dest_path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("template {dest}: {e}"))?;
+            }
+            std::fs::write(&dest_path, &rendered).map_err(|e| format!("template {dest}: {e}"))?;
+            if let Ok(mode) = u32::from_str_radix(tmpl.perms.trim_start_matches("0o"), 8) {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&dest_path, std::fs::Permissions::from_mode(mode));
+            }
+            if tmpl.envvars {
+                env.extend(template::parse_env_file(&rendered));
+            }
+        }
+        let config: BTreeMap<String, serde_json::Value> = self
+            .task
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), taskenv::interpolate_json(v, &env, &self.node)))
+            .collect();
+        let resources = self.alloc.allocated_resources.tasks.get(&self.task.name);
+        let rotation = self
+            .task
+            .log_config
+            .as_ref()
+            .map(|l| Rotation { max_files: l.max_files.max(1), max_file_bytes: l.max_file_size_mb.max(1) * 1024 * 1024 })
+            .unwrap_or_default();
+        Ok(TaskConfig {
+            alloc_id: self.alloc.id.clone(),
+            task: self.task.name.clone(),
+            config,
+            env,
+            task_dir,
+            log_dir: alloc_dir.join("logs"),
+            rotation,
+            user: self.task.user.clone(),
+            cpu: resources.map(|r| r.cpu.cpu_shares).unwrap_or(0),
+            memory_mb: resources.map(|r| r.memory.memory_mb).unwrap_or(0),
+        })
+    }
+
+    fn mark_dead(&mut self, failed: bool) {
+        self.state.state = task_state::DEAD.into();
+        self.state.failed = failed;
+        self.state.finished_at = Some(now_rfc3339());
+        self.handle = None;
+        self.publish();
+    }
+
+    fn decide(&mut self, exit: &ExitResult, window: &mut (Instant, u32)) -> Next {
+        if self.batch && exit.successful() {
+            return Next::Done { failed: false };
+        }
+        let interval = Duration::from_nanos(self.restart.interval.max(0) as u64);
+        if window.0.elapsed() > interval {
+            *window = (Instant::now(), 0);
+        }
+        if window.1 >= self.restart.attempts {
+            if self.restart.mode == "delay" {
+                let wait = interval.saturating_sub(window.0.elapsed());
+                *window = (Instant::now() + wait, 0);
+                return Next::Restart(wait);
+            }
+            let msg = format!(
+                "Exceeded allowed attempts {} in interval {} and mode is \"fail\"",
+                self.restart.attempts,
+                format_duration(self.restart.interval)
+            );
+            self.emit(TaskEvent::new("Not Restarting", msg));
+            return Next::Done { failed: true };
+        }
+        window.1 += 1;
+        let base = self.restart.delay.max(0) as u64;
+        let jitter = if base > 0 { rand::rng().random_range(0..=base / 4) } else { 0 };
+        Next::Restart(Duration::from_nanos(base + jitter))
+    }
+
+    /// Runs the task to its end (or until shutdown detaches it).
+    pub async fn run(mut self) {
+        let mut window = (Instant::now(), 0u32);
+        if self.state.state.is_empty() {
+            self.state.state = task_state::PENDING.into();
+            self.emit(TaskEvent::new("Received", "Task received by client"));
+        }
+        loop {
+            if self.handle.is_none() {
+                if self.kill.is_cancelled() {
+                    self.mark_dead(self.state.failed);
+                    return;
+                }
+                self.emit(TaskEvent::new("Task Setup", "Building Task Directory"));
+                let cfg = match self.prepare() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let mut ev = TaskEvent::new("Setup Failure", format!("failed to setup task: {e}"));
+                        ev.driver_error = e;
+                        self.emit(ev);
+                        self.mark_dead(true);
+                        return;
+                    }
+                };
+                match self.driver.start(&cfg).await {
+                    Ok(h) => {
+                        self.handle = Some(h);
+                        self.state.state = task_state::RUNNING.into();
+                        self.state.started_at = Some(now_rfc3339());
+                        self.emit(TaskEvent::new("Started", "Task started by client"));
+                    }
+                    Err(e) => {
+                        let mut ev = TaskEvent::new("Driver Failure", e.to_string());
+                        ev.driver_error = e.to_string();
+                        self.emit(ev);
+                        let exit = ExitResult { exit_code: -1, signal: 0, error: Some(e.to_string()) };
+                        match self.decide(&exit, &mut window) {
+                            Next::Done { failed } => {
+                                self.mark_dead(failed);
+                                return;
+                            }
+                            Next::Restart(delay) => {
+                                if !self.restart_after(delay).await {
+                                    return;
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                }
+            }
+            let handle = self.handle.clone().expect("set above");
+            let exit = tokio::select! {
+                exit = self.driver.wait(&handle) => exit,
+                _ = self.kill.cancelled() => {
+                    self.emit(TaskEvent::new("Killing", "Sent interrupt. Waiting before force killing"));
+                    let timeout = Duration::from_nanos(self.task.kill_timeout.unwrap_or(5_000_000_000).max(0) as u64);
+                    let signal = if self.task.kill_signal.is_empty() { "SIGINT" } else { self.task.kill_signal.as_str() };
+                    self.driver.stop(&handle, signal, timeout).await;
+                    self.emit(TaskEvent::new("Killed", "Task successfully killed"));
+                    self.mark_dead(self.state.failed);
+                    return;
+                }
+                _ = self.shutdown.cancelled() => return,
+            };
+            let mut ev = TaskEvent::new(
+                "Terminated",
+                format!("Exit Code: {}{}", exit.exit_code, if exit.signal != 0 { format!(", Signal: {}", exit.signal) } else { String::new() }),
+            );
+            ev.exit_code = exit.exit_code;
+            ev.signal = exit.signal;
+            if let Some(e) = &exit.error {
+                ev.driver_error = e.clone();
+            }
+            self.handle = None;
+            self.emit(ev);
+            if self.kill.is_cancelled() {
+                self.mark_dead(false);
+                return;
+            }
+            match self.decide(&exit, &mut window) {
+                Next::Done { failed } => {
+                    self.mark_dead(failed);
+                    return;
+                }
+                Next::Restart(delay) => {
+                    if !self.restart_after(delay).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits out a restart delay; false when killed or shut down meanwhile.
+    async fn restart_after(&mut self, delay: Duration) -> bool {
+        let mut ev = TaskEvent::new("Restarting", format!("Task restarting in {}", format_duration(delay.as_nanos() as i64)));
+        ev.restart_reason = "Restart within policy".into();
+        self.state.restarts += 1;
+        self.state.last_restart = Some(now_rfc3339());
+        self.state.state = task_state::PENDING.into();
+        self.emit(ev);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = self.kill.cancelled() => {
+                self.mark_dead(false);
+                false
+            }
+            _ = self.shutdown.cancelled() => false,
+        }
+    }
+}

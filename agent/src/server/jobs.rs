@@ -1,0 +1,199 @@
+//! Job writes: register (with `-check-index` enforcement and versioning),
+//! stop or purge, and plan (a dry run of the scheduler with a diff).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::diff::{self, JobDiff};
+use super::scheduler::{self, DesiredUpdates};
+use super::state::{Tables, WriteBatch};
+use super::{Server, ServerError};
+use crate::structs::{client_status, AllocMetric, Allocation, Job};
+use crate::util::now_nanos;
+
+/// Answer to a job registration.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RegisterResult {
+    #[serde(rename = "EvalID")]
+    pub eval_id: String,
+    pub eval_create_index: u64,
+    pub job_modify_index: u64,
+    pub warnings: String,
+    pub index: u64,
+}
+
+/// Answer to `job plan`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PlanResult {
+    pub diff: JobDiff,
+    pub annotations: PlanAnnotations,
+    #[serde(rename = "FailedTGAllocs")]
+    pub failed_tg_allocs: BTreeMap<String, AllocMetric>,
+    pub job_modify_index: u64,
+    pub warnings: String,
+}
+
+/// Per-group counts of what a plan would do.
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct PlanAnnotations {
+    #[serde(rename = "DesiredTGUpdates")]
+    pub desired_tg_updates: BTreeMap<String, DesiredUpdates>,
+}
+
+/// The user-controlled part of a job, for "did the spec change?".
+fn spec(job: &Job) -> Job {
+    Job {
+        status: String::new(),
+        status_description: String::new(),
+        stable: false,
+        version: 0,
+        submit_time: 0,
+        create_index: 0,
+        modify_index: 0,
+        job_modify_index: 0,
+        ..job.clone()
+    }
+}
+
+/// A job's status from its allocations, with `overlay` (allocations about
+/// to be written) taking precedence over the snapshot's.
+pub fn job_status(snap: &Tables, job: &Job, overlay: &[Allocation]) -> String {
+    let mut allocs: HashMap<&str, &Allocation> = HashMap::new();
+    let stored = snap.allocs_by_job(&job.namespace, &job.id);
+    for a in &stored {
+        allocs.insert(a.id.as_str(), a);
+    }
+    for a in overlay.iter().filter(|a| a.job_id == job.id && a.namespace == job.namespace) {
+        allocs.insert(a.id.as_str(), a);
+    }
+    if allocs.values().any(|a| !a.is_terminal()) {
+        return "running".into();
+    }
+    if job.stop {
+        return "dead".into();
+    }
+    if job.is_batch_like() && !allocs.is_empty() {
+        let done = job.task_groups.iter().all(|tg| {
+            allocs.values().filter(|a| a.task_group == tg.name && a.client_status == client_status::COMPLETE).count()
+                >= tg.count as usize
+        });
+        if done {
+            return "dead".into();
+        }
+    }
+    "pending".into()
+}
+
+fn canonical(mut job: Job) -> Result<(Job, Vec<String>), ServerError> {
+    job.canonicalize();
+    if let Err(errs) = job.validate() {
+        let n = errs.len();
+        let list = errs.iter().map(|e| format!("* {e}")).collect::<Vec<_>>().join("\n");
+        return Err(ServerError::BadRequest(format!("{n} error(s) occurred:\n\n{list}")));
+    }
+    let warnings = job.warnings();
+    Ok((job, warnings))
+}
+
+impl Server {
+    /// The version a submitted job gets: unchanged specs keep theirs.
+    fn next_version(existing: Option<&Job>, job: &Job) -> u64 {
+        match existing {
+            Some(old) if spec(old) == spec(job) => old.version,
+            Some(old) => old.version + 1,
+            None => 0,
+        }
+    }
+
+    /// Registers (or updates) a job and creates its evaluation.
+    pub fn register_job(&self, job: Job, enforce_index: Option<u64>) -> Result<RegisterResult, ServerError> {
+        let (mut job, warnings) = canonical(job)?;
+        let snap = self.state.snapshot();
+        let existing = snap.job(&job.namespace, &job.id);
+        if let Some(idx) = enforce_index {
+            let prefix = format!("Enforcing job modify index {idx}");
+            match (&existing, idx) {
+                (Some(_), 0) => return Err(ServerError::BadRequest(format!("{prefix}: job already exists"))),
+                (None, i) if i > 0 => return Err(ServerError::BadRequest(format!("{prefix}: job does not exist"))),
+                (Some(e), i) if i > 0 && e.job_modify_index != i => {
+                    return Err(ServerError::BadRequest(format!(
+                        "{prefix}: job exists with conflicting job modify index: {}",
+                        e.job_modify_index
+                    )))
+                }
+                _ => {}
+            }
+        }
+        job.version = Self::next_version(existing.as_deref(), &job);
+        job.submit_time = now_nanos();
+        job.status = existing.as_ref().map(|e| e.status.clone()).unwrap_or_else(|| "pending".into());
+        job.job_modify_index = 0;
+        let eval = Server::new_eval(&job, "job-register");
+        let mut batch = WriteBatch::default();
+        batch.jobs.push(job);
+        batch.evals.push(eval.clone());
+        let index = self.state.apply(batch)?;
+        self.enqueue(&eval);
+        Ok(RegisterResult {
+            eval_id: eval.id,
+            eval_create_index: index,
+            job_modify_index: index,
+            warnings: warnings.join("\n"),
+            index,
+        })
+    }
+
+    /// Stops a job (it stays queryable as dead) or purges it.
+    pub fn deregister_job(&self, ns: &str, id: &str, purge: bool) -> Result<RegisterResult, ServerError> {
+        let snap = self.state.snapshot();
+        let existing = snap.job(ns, id).ok_or_else(|| ServerError::NotFound("job not found".into()))?;
+        let mut batch = WriteBatch::default();
+        let eval = Server::new_eval(&existing, "job-deregister");
+        if purge {
+            batch.delete_jobs.push((ns.to_string(), id.to_string()));
+        } else if !existing.stop {
+            let mut j = (*existing).clone();
+            j.stop = true;
+            j.version += 1;
+            j.submit_time = now_nanos();
+            j.job_modify_index = 0;
+            batch.jobs.push(j);
+        }
+        batch.evals.push(eval.clone());
+        let index = self.state.apply(batch)?;
+        self.enqueue(&eval);
+        Ok(RegisterResult {
+            eval_id: eval.id,
+            eval_create_index: index,
+            job_modify_index: index,
+            warnings: String::new(),
+            index,
+        })
+    }
+
+    /// Dry-runs the scheduler for a submitted job and diffs it against the
+    /// registered version.
+    pub fn plan_job(&self, job: Job) -> Result<PlanResult, ServerError> {
+        let (mut job, warnings) = canonical(job)?;
+        let snap = self.state.snapshot();
+        let existing = snap.job(&job.namespace, &job.id);
+        job.version = Self::next_version(existing.as_deref(), &job);
+        job.job_modify_index = existing.as_ref().map(|e| e.job_modify_index).unwrap_or(0);
+        let scratch = snap.with_job(job.clone());
+        let eval = Server::new_eval(&job, "job-register");
+        let plan = scheduler::process(&scratch, &eval);
+        let old = existing.as_deref().filter(|e| !e.stop);
+        let diff = diff::job_diff(old, &job, &plan.desired_updates);
+        Ok(PlanResult {
+            diff,
+            annotations: PlanAnnotations { desired_tg_updates: plan.desired_updates },
+            failed_tg_allocs: plan.failed_tg_allocs,
+            job_modify_index: existing.map(|e| e.job_modify_index).unwrap_or(0),
+            warnings: warnings.join("\n"),
+        })
+    }
+}

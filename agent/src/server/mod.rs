@@ -1,0 +1,251 @@
+//! The server: owns the state store, runs evaluations through the
+//! scheduler one at a time (the eval broker is a queue feeding a single
+//! worker, since plans are applied serially anyway), applies plans, and
+//! watches node heartbeats.
+//!
+//! Writes from the API land here as methods (`register_job`,
+//! `update_allocs`, …); each is one state-store batch.
+
+pub mod diff;
+mod jobs;
+mod nodes;
+pub mod scheduler;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::structs::{client_status, eval_status, Evaluation, Job};
+use crate::util::{new_id, now_nanos};
+use state::{StateError, StateStore, WriteBatch};
+
+pub use jobs::{PlanResult, RegisterResult};
+pub use nodes::AllocClientUpdate;
+
+/// Failures of server operations, classified for the HTTP edge.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The request is invalid (HTTP 400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The object does not exist (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The state store failed (HTTP 500).
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Server tunables.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Region name.
+    pub region: String,
+    /// Datacenter of the server itself.
+    pub datacenter: String,
+    /// Name of this server.
+    pub name: String,
+    /// Heartbeat TTL handed to clients.
+    pub heartbeat_ttl: Duration,
+    /// Extra time after a missed TTL before a node is marked down.
+    pub heartbeat_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            region: "global".into(),
+            datacenter: "dc1".into(),
+            name: "server".into(),
+            heartbeat_ttl: Duration::from_secs(10),
+            heartbeat_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The running server.
+pub struct Server {
+    /// The state store.
+    pub state: Arc<StateStore>,
+    /// Tunables.
+    pub config: ServerConfig,
+    broker: mpsc::UnboundedSender<String>,
+    heartbeats: parking_lot::Mutex<BTreeMap<String, std::time::Instant>>,
+}
+
+impl Server {
+    /// Opens the state in `data_dir/server` and starts the eval worker and
+    /// the heartbeat monitor. Pending evaluations from before a restart are
+    /// queued again.
+    pub fn start(data_dir: &Path, config: ServerConfig) -> Result<Arc<Server>, ServerError> {
+        let state = Arc::new(StateStore::open(&data_dir.join("server"))?);
+        Ok(Self::start_with_state(state, config))
+    }
+
+    /// Starts a server over an existing store.
+    pub fn start_with_state(state: Arc<StateStore>, config: ServerConfig) -> Arc<Server> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let server = Arc::new(Server { state, config, broker: tx, heartbeats: Default::default() });
+        let snap = server.state.snapshot();
+        let now = std::time::Instant::now();
+        for node in snap.nodes().filter(|n| n.status != "down") {
+            server.heartbeats.lock().insert(node.id.clone(), now);
+        }
+        for eval in snap.evals().filter(|e| e.status == eval_status::PENDING) {
+            server.enqueue(eval);
+        }
+        tokio::spawn(Self::eval_worker(server.clone(), rx));
+        tokio::spawn(Self::heartbeat_monitor(server.clone()));
+        server
+    }
+
+    /// Queues an evaluation, honouring its `WaitUntil`.
+    pub fn enqueue(&self, eval: &Evaluation) {
+        let wait = eval.wait_until - now_nanos();
+        if wait > 0 {
+            let tx = self.broker.clone();
+            let id = eval.id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_nanos(wait as u64)).await;
+                let _ = tx.send(id);
+            });
+        } else {
+            let _ = self.broker.send(eval.id.clone());
+        }
+    }
+
+    /// A new pending evaluation for a job.
+    pub fn new_eval(job: &Job, triggered_by: &str) -> Evaluation {
+        Evaluation {
+            id: new_id(),
+            namespace: job.namespace.clone(),
+            priority: job.priority,
+            eval_type: job.job_type.clone(),
+            triggered_by: triggered_by.into(),
+            job_id: job.id.clone(),
+            job_modify_index: job.job_modify_index,
+            status: eval_status::PENDING.into(),
+            ..Default::default()
+        }
+    }
+
+    async fn eval_worker(server: Arc<Server>, mut rx: mpsc::UnboundedReceiver<String>) {
+        while let Some(id) = rx.recv().await {
+            if let Err(e) = server.process_eval(&id) {
+                tracing::error!(eval_id = %id, error = %e, "processing evaluation");
+            }
+        }
+    }
+
+    /// Runs one evaluation through the scheduler and applies its plan.
+    pub fn process_eval(&self, id: &str) -> Result<(), ServerError> {
+        let snap = self.state.snapshot();
+        let Some(eval) = snap.eval(id) else { return Ok(()) };
+        if eval.status != eval_status::PENDING {
+            return Ok(());
+        }
+        let plan = scheduler::process(&snap, &eval);
+        let mut batch = WriteBatch::default();
+        let mut done = (*eval).clone();
+        done.status = eval_status::COMPLETE.into();
+        done.snapshot_index = snap.index;
+        done.failed_tg_allocs = plan.failed_tg_allocs.clone();
+        done.queued_allocations = plan.queued.clone();
+        let mut to_enqueue = plan.followups.clone();
+        if !plan.failed_tg_allocs.is_empty() {
+            // Supersede older blocked evals of the job with this one.
+            for old in snap.evals().filter(|e| {
+                e.status == eval_status::BLOCKED && e.job_id == eval.job_id && e.namespace == eval.namespace
+            }) {
+                let mut c = (**old).clone();
+                c.status = eval_status::CANCELED.into();
+                c.status_description = "evaluation superseded by a newer blocked evaluation".into();
+                batch.evals.push(c);
+            }
+            let mut blocked = eval.as_ref().clone();
+            blocked.id = new_id();
+            blocked.status = eval_status::BLOCKED.into();
+            blocked.triggered_by = "queued-allocs".into();
+            blocked.previous_eval = eval.id.clone();
+            blocked.failed_tg_allocs = BTreeMap::new();
+            blocked.wait_until = 0;
+            done.blocked_eval = blocked.id.clone();
+            batch.evals.push(blocked);
+        }
+        if let Some(f) = plan.followups.first() {
+            done.next_eval = f.id.clone();
+        }
+        batch.evals.push(done);
+        batch.evals.extend(plan.followups);
+        batch.allocs.extend(plan.place);
+        batch.allocs.extend(plan.update);
+        batch.deployments.extend(plan.cancel_deployments);
+        batch.deployments.extend(plan.deployment);
+        if let Some(job) = snap.job(&eval.namespace, &eval.job_id) {
+            let status = jobs::job_status(&snap, &job, &batch.allocs);
+            if status != job.status {
+                let mut j = (*job).clone();
+                j.status = status;
+                batch.jobs.push(j);
+            }
+        }
+        self.state.apply(batch)?;
+        for e in to_enqueue.drain(..) {
+            self.enqueue(&e);
+        }
+        Ok(())
+    }
+
+    /// Moves blocked evaluations back to pending (capacity changed).
+    pub fn unblock_evals(&self) -> Result<(), ServerError> {
+        let snap = self.state.snapshot();
+        let mut batch = WriteBatch::default();
+        for e in snap.evals().filter(|e| e.status == eval_status::BLOCKED) {
+            let mut c = (**e).clone();
+            c.status = eval_status::PENDING.into();
+            batch.evals.push(c);
+        }
+        if batch.evals.is_empty() {
+            return Ok(());
+        }
+        let queued = batch.evals.clone();
+        self.state.apply(batch)?;
+        for e in &queued {
+            self.enqueue(e);
+        }
+        Ok(())
+    }
+
+    /// Deletes terminal allocations of purged jobs and finished evaluations
+    /// of purged jobs, as Nomad's core GC does.
+    pub fn garbage_collect(&self) -> Result<(), ServerError> {
+        let snap = self.state.snapshot();
+        let mut batch = WriteBatch::default();
+        for a in snap.allocs() {
+            let gone = snap.job(&a.namespace, &a.job_id).is_none();
+            let finished = a.client_terminal() || (a.server_terminal() && a.client_status == client_status::PENDING);
+            if gone && finished {
+                batch.delete_allocs.push(a.id.clone());
+            }
+        }
+        for e in snap.evals() {
+            if snap.job(&e.namespace, &e.job_id).is_none() && e.status != eval_status::PENDING {
+                batch.delete_evals.push(e.id.clone());
+            }
+        }
+        for d in snap.deployments() {
+            if snap.job(&d.namespace, &d.job_id).is_none() {
+                batch.delete_deployments.push(d.id.clone());
+            }
+        }
+        if !batch.is_empty() {
+            self.state.apply(batch)?;
+        }
+        Ok(())
+    }
+}
+

@@ -1,0 +1,261 @@
+//! Node membership and client updates: registration, heartbeats (a node
+//! that misses its TTL plus grace goes down and its allocations are
+//! replaced), allocation status reported by clients, and deployment
+//! progress derived from it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::jobs::job_status;
+use super::state::{Tables, WriteBatch};
+use super::{Server, ServerError};
+use crate::structs::{client_status, node_status, Allocation, Deployment, Evaluation, Job, Node, NodeEvent};
+use crate::util::{now_nanos, now_rfc3339};
+
+/// What a client sends about one of its allocations.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AllocClientUpdate {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub client_status: String,
+    pub client_description: String,
+    pub task_states: std::collections::BTreeMap<String, crate::structs::TaskState>,
+}
+
+fn node_event(subsystem: &str, message: &str) -> NodeEvent {
+    NodeEvent { message: message.into(), subsystem: subsystem.into(), timestamp: now_rfc3339(), create_index: 0 }
+}
+
+impl Server {
+    /// Registers or re-registers a node and returns its heartbeat TTL.
+    pub fn register_node(&self, mut node: Node) -> Result<Duration, ServerError> {
+        let snap = self.state.snapshot();
+        let existing = snap.node(&node.id);
+        if let Some(e) = &existing {
+            if !e.secret_id.is_empty() && e.secret_id != node.secret_id {
+                return Err(ServerError::BadRequest(format!("node {}: secret ID does not match", node.id)));
+            }
+        }
+        let was_ready = existing.as_ref().map(|e| e.status == node_status::READY).unwrap_or(false);
+        node.events = existing.as_ref().map(|e| e.events.clone()).unwrap_or_default();
+        if existing.is_none() {
+            node.events.push(node_event("Cluster", "Node registered"));
+        } else if !was_ready {
+            node.events.push(node_event("Cluster", "Node re-registered"));
+        }
+        if node.events.len() > 10 {
+            node.events.drain(..node.events.len() - 10);
+        }
+        node.status = node_status::READY.into();
+        node.status_updated_at = now_nanos() / 1_000_000_000;
+        if node.scheduling_eligibility.is_empty() {
+            node.scheduling_eligibility = "eligible".into();
+        }
+        let mut batch = WriteBatch::default();
+        let capacity_changed = !was_ready
+            || existing.as_ref().map(|e| e.drivers != node.drivers || e.node_resources != node.node_resources).unwrap_or(true);
+        if capacity_changed {
+            batch.evals.extend(self.system_job_evals(&snap, &node.id));
+        }
+        batch.nodes.push(node.clone());
+        let evals = batch.evals.clone();
+        self.state.apply(batch)?;
+        self.heartbeats.lock().insert(node.id.clone(), Instant::now());
+        for e in &evals {
+            self.enqueue(e);
+        }
+        if capacity_changed {
+            self.unblock_evals()?;
+        }
+        Ok(self.config.heartbeat_ttl)
+    }
+
+    fn system_job_evals(&self, snap: &Tables, node_id: &str) -> Vec<Evaluation> {
+        snap.jobs()
+            .filter(|j| j.is_system_like() && !j.stop)
+            .map(|j| {
+                let mut e = Server::new_eval(j, "node-update");
+                e.node_id = node_id.to_string();
+                e
+            })
+            .collect()
+    }
+
+    /// Records a heartbeat; a node the server marked down comes back.
+    pub fn heartbeat(&self, node_id: &str, secret_id: &str) -> Result<Duration, ServerError> {
+        let snap = self.state.snapshot();
+        let node = snap.node(node_id).ok_or_else(|| ServerError::NotFound(format!("node {node_id} not found")))?;
+        if !node.secret_id.is_empty() && node.secret_id != secret_id {
+            return Err(ServerError::BadRequest(format!("node {node_id}: secret ID does not match")));
+        }
+        if node.status != node_status::READY {
+            return self.register_node((*node).clone());
+        }
+        self.heartbeats.lock().insert(node_id.to_string(), Instant::now());
+        Ok(self.config.heartbeat_ttl)
+    }
+
+    pub(super) async fn heartbeat_monitor(server: Arc<Server>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let deadline = server.config.heartbeat_ttl + server.config.heartbeat_grace;
+            let expired: Vec<String> = server
+                .heartbeats
+                .lock()
+                .iter()
+                .filter(|(_, last)| last.elapsed() > deadline)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in expired {
+                server.heartbeats.lock().remove(&id);
+                if let Err(e) = server.mark_node_down(&id) {
+                    tracing::error!(node_id = %id, error = %e, "marking node down");
+                }
+            }
+        }
+    }
+
+    /// Marks a node down and evaluates every job with allocations on it.
+    pub fn mark_node_down(&self, node_id: &str) -> Result<(), ServerError> {
+        let snap = self.state.snapshot();
+        let Some(node) = snap.node(node_id) else { return Ok(()) };
+        if node.status == node_status::DOWN {
+            return Ok(());
+        }
+        tracing::warn!(node_id, name = %node.name, "node missed its heartbeat; marking it down");
+        let mut n = (*node).clone();
+        n.status = node_status::DOWN.into();
+        n.status_updated_at = now_nanos() / 1_000_000_000;
+        n.events.push(node_event("Cluster", "Node heartbeat missed"));
+        let mut batch = WriteBatch::default();
+        batch.nodes.push(n);
+        let jobs: BTreeSet<(String, String)> = snap
+            .allocs_by_node(node_id)
+            .iter()
+            .filter(|a| !a.is_terminal())
+            .map(|a| (a.namespace.clone(), a.job_id.clone()))
+            .collect();
+        for (ns, id) in jobs {
+            if let Some(job) = snap.job(&ns, &id) {
+                let mut e = Server::new_eval(&job, "node-update");
+                e.node_id = node_id.to_string();
+                batch.evals.push(e);
+            }
+        }
+        let evals = batch.evals.clone();
+        self.state.apply(batch)?;
+        for e in &evals {
+            self.enqueue(e);
+        }
+        Ok(())
+    }
+
+    /// Applies allocation status reported by a client, and creates the
+    /// evaluations that follow from it (failures, rolling updates).
+    pub fn update_allocs(&self, node_id: &str, updates: Vec<AllocClientUpdate>) -> Result<(), ServerError> {
+        let snap = self.state.snapshot();
+        let mut batch = WriteBatch::default();
+        let mut failed_jobs: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut touched_jobs: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut freed = false;
+        for u in updates {
+            let Some(old) = snap.alloc(&u.id) else { continue };
+            if old.node_id != node_id {
+                continue;
+            }
+            let mut a = (*old).clone();
+            a.client_status = u.client_status;
+            a.client_description = u.client_description;
+            a.task_states = u.task_states;
+            let key = (a.namespace.clone(), a.job_id.clone());
+            if a.client_status == client_status::FAILED && old.client_status != client_status::FAILED && !a.server_terminal() {
+                failed_jobs.insert(key.clone());
+            }
+            if a.client_terminal() && !old.client_terminal() {
+                freed = true;
+            }
+            if a.client_status != old.client_status {
+                touched_jobs.insert(key);
+            }
+            batch.allocs.push(a);
+        }
+        if batch.allocs.is_empty() {
+            return Ok(());
+        }
+        for (ns, id) in &touched_jobs {
+            let Some(job) = snap.job(ns, id) else { continue };
+            if failed_jobs.contains(&(ns.clone(), id.clone())) {
+                batch.evals.push(Server::new_eval(&job, "alloc-failure"));
+            }
+            if let Some((dep, rolling)) = deployment_progress(&snap, &job, &batch.allocs) {
+                batch.deployments.push(dep);
+                if rolling {
+                    batch.evals.push(Server::new_eval(&job, "deployment-watcher"));
+                }
+            }
+            let status = job_status(&snap, &job, &batch.allocs);
+            if status != job.status {
+                let mut j = (*job).clone();
+                j.status = status;
+                batch.jobs.push(j);
+            }
+        }
+        let evals = batch.evals.clone();
+        self.state.apply(batch)?;
+        for e in &evals {
+            self.enqueue(e);
+        }
+        if freed {
+            self.unblock_evals()?;
+            self.garbage_collect()?;
+        }
+        Ok(())
+    }
+}
+
+/// Updates the job's running deployment from its allocations (with
+/// `overlay` taking precedence). Returns the deployment and whether older
+/// allocations still wait for their rolling update.
+fn deployment_progress(snap: &Tables, job: &Job, overlay: &[Allocation]) -> Option<(Deployment, bool)> {
+    let dep = snap.latest_deployment(&job.namespace, &job.id)?;
+    if dep.status != "running" || dep.job_version != job.version {
+        return None;
+    }
+    let mut allocs: HashMap<String, Allocation> =
+        snap.allocs_by_job(&job.namespace, &job.id).into_iter().map(|a| (a.id.clone(), (*a).clone())).collect();
+    for a in overlay.iter().filter(|a| a.job_id == job.id) {
+        allocs.insert(a.id.clone(), a.clone());
+    }
+    let mut d = (*dep).clone();
+    let mut complete = true;
+    let mut rolling = false;
+    for tg in &job.task_groups {
+        let current = allocs.values().filter(|a| a.task_group == tg.name && a.job_version() == job.version);
+        let healthy = current.clone().filter(|a| a.client_status == client_status::RUNNING && !a.server_terminal()).count();
+        let unhealthy = current.filter(|a| a.client_status == client_status::FAILED).count();
+        let older = allocs
+            .values()
+            .filter(|a| a.task_group == tg.name && a.job_version() < job.version && !a.is_terminal())
+            .count();
+        let state = d.task_groups.entry(tg.name.clone()).or_default();
+        state.healthy_allocs = healthy as u32;
+        state.unhealthy_allocs = unhealthy as u32;
+        if healthy < tg.count as usize || older > 0 {
+            complete = false;
+        }
+        if older > 0 {
+            rolling = true;
+        }
+    }
+    if complete {
+        d.status = "successful".into();
+        d.status_description = "Deployment completed successfully".into();
+    }
+    if d == *dep {
+        return None;
+    }
+    Some((d, rolling))
+}

@@ -1,0 +1,225 @@
+//! Static feasibility of a node for a task group: datacenter, drivers,
+//! constraints and host volumes. Resource fit is `rank.rs`'s job.
+
+use regex::Regex;
+
+use crate::structs::{Constraint, Job, Node, TaskGroup};
+
+/// Why a node cannot take a task group, as counted in `AllocMetric`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Infeasible {
+    /// Not in one of the job's datacenters (not counted as filtered).
+    Datacenter,
+    /// Not ready, ineligible or draining.
+    NotSchedulable,
+    /// A constraint failed; the key is its Nomad-style description.
+    Constraint(String),
+}
+
+/// Resolves `${attr.x}`, `${node.x}`, `${meta.x}` against a node; literal text
+/// is returned as is. `None` when the referenced value is not set.
+pub fn resolve_target(target: &str, node: &Node) -> Option<String> {
+    let Some(inner) = target.strip_prefix("${").and_then(|t| t.strip_suffix('}')) else {
+        return Some(target.to_string());
+    };
+    if let Some(attr) = inner.strip_prefix("attr.") {
+        return node.attributes.get(attr).cloned();
+    }
+    if let Some(key) = inner.strip_prefix("meta.") {
+        return node.meta.get(key).cloned();
+    }
+    match inner {
+        "node.unique.id" => Some(node.id.clone()),
+        "node.unique.name" => Some(node.name.clone()),
+        "node.datacenter" => Some(node.datacenter.clone()),
+        "node.class" => Some(node.node_class.clone()),
+        "node.pool" => Some(node.node_pool.clone()),
+        _ => None,
+    }
+}
+
+/// Nomad's glob match for datacenters (`*` matches any run of characters).
+pub fn glob_match(pattern: &str, value: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == value,
+        Some((prefix, rest)) => {
+            let Some(tail) = value.strip_prefix(prefix) else { return false };
+            (0..=tail.len()).any(|i| tail.is_char_boundary(i) && glob_match(rest, &tail[i..]))
+        }
+    }
+}
+
+/// The description Nomad prints for a filtering constraint.
+pub fn describe(c: &Constraint) -> String {
+    match c.operand.as_str() {
+        "distinct_hosts" => "distinct_hosts".to_string(),
+        _ => format!("{} {} {}", c.l_target, c.operand, c.r_target),
+    }
+}
+
+/// Evaluates one constraint against a node. `distinct_hosts` and
+/// `distinct_property` depend on other placements and pass here.
+pub fn constraint_holds(c: &Constraint, node: &Node) -> bool {
+    let op = c.operand.as_str();
+    if matches!(op, "distinct_hosts" | "distinct_property") {
+        return true;
+    }
+    let l = resolve_target(&c.l_target, node);
+    let r = resolve_target(&c.r_target, node);
+    match op {
+        "is_set" => return l.is_some(),
+        "is_not_set" => return l.is_none(),
+        _ => {}
+    }
+    let (Some(l), Some(r)) = (l, r) else {
+        return op == "!=" || op == "not";
+    };
+    match op {
+        "=" | "==" | "is" | "" => l == r,
+        "!=" | "not" => l != r,
+        "<" | "<=" | ">" | ">=" => compare_ordered(op, &l, &r),
+        "regexp" => Regex::new(&r).map(|re| re.is_match(&l)).unwrap_or(false),
+        "version" | "semver" => version_matches(&l, &r),
+        "set_contains" | "set_contains_all" => {
+            let have: Vec<&str> = l.split(',').map(str::trim).collect();
+            r.split(',').map(str::trim).all(|want| have.contains(&want))
+        }
+        "set_contains_any" => {
+            let have: Vec<&str> = l.split(',').map(str::trim).collect();
+            r.split(',').map(str::trim).any(|want| have.contains(&want))
+        }
+        _ => false,
+    }
+}
+
+fn compare_ordered(op: &str, l: &str, r: &str) -> bool {
+    let ord = match (l.parse::<f64>(), r.parse::<f64>()) {
+        (Ok(a), Ok(b)) => a.partial_cmp(&b),
+        _ => Some(l.cmp(r)),
+    };
+    let Some(ord) = ord else { return false };
+    match op {
+        "<" => ord.is_lt(),
+        "<=" => ord.is_le(),
+        ">" => ord.is_gt(),
+        _ => ord.is_ge(),
+    }
+}
+
+/// Nomad's `version` operator: a comma-separated list of requirements
+/// against a possibly partial version ("5.10" counts as "5.10.0").
+fn version_matches(value: &str, requirement: &str) -> bool {
+    let Some(version) = lenient_version(value) else { return false };
+    requirement.split(',').all(|part| {
+        let part = part.trim();
+        let (op, rest) = ["<=", ">=", "!=", "=", "<", ">", "~>"]
+            .iter()
+            .find_map(|op| part.strip_prefix(op).map(|r| (*op, r.trim())))
+            .unwrap_or(("=", part));
+        let Some(want) = lenient_version(rest) else { return false };
+        match op {
+            "=" => version == want,
+            "!=" => version != want,
+            "<" => version < want,
+            "<=" => version <= want,
+            ">" => version > want,
+            ">=" => version >= want,
+            _ => version >= want && version.major == want.major,
+        }
+    })
+}
+
+fn lenient_version(s: &str) -> Option<semver::Version> {
+    let s = s.trim().trim_start_matches('v');
+    let core_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let mut parts: Vec<u64> = s[..core_end].split('.').filter(|p| !p.is_empty()).map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    if parts.is_empty() {
+        return None;
+    }
+    parts.resize(3, 0);
+    Some(semver::Version::new(parts[0], parts[1], parts[2]))
+}
+
+/// Checks everything about a node that does not depend on other placements.
+pub fn check_node(job: &Job, tg: &TaskGroup, node: &Node) -> Result<(), Infeasible> {
+    if !job.datacenters.iter().any(|dc| glob_match(dc, &node.datacenter)) {
+        return Err(Infeasible::Datacenter);
+    }
+    if !node.is_schedulable() {
+        return Err(Infeasible::NotSchedulable);
+    }
+    for task in &tg.tasks {
+        let ok = node.drivers.get(&task.driver).map(|d| d.detected && d.healthy).unwrap_or(false);
+        if !ok {
+            return Err(Infeasible::Constraint(format!("missing drivers")));
+        }
+    }
+    let constraints = job
+        .constraints
+        .iter()
+        .chain(tg.constraints.iter())
+        .chain(tg.tasks.iter().flat_map(|t| t.constraints.iter()));
+    for c in constraints {
+        if !constraint_holds(c, node) {
+            return Err(Infeasible::Constraint(describe(c)));
+        }
+    }
+    for req in tg.volumes.values().filter(|v| v.volume_type == "host") {
+        let ok = node
+            .host_volumes
+            .get(&req.source)
+            .map(|hv| req.read_only || !hv.read_only)
+            .unwrap_or(false);
+        if !ok {
+            return Err(Infeasible::Constraint("missing compatible host volumes".into()));
+        }
+    }
+    Ok(())
+}
+
+/// True when the group (or its job) asks for one allocation per node.
+pub fn wants_distinct_hosts(job: &Job, tg: &TaskGroup) -> bool {
+    job.constraints.iter().chain(tg.constraints.iter()).any(|c| c.operand == "distinct_hosts")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> Node {
+        let mut n = Node { id: "n1".into(), name: "host1".into(), datacenter: "dc1".into(), ..Default::default() };
+        n.attributes.insert("kernel.name".into(), "linux".into());
+        n.attributes.insert("kernel.version".into(), "6.1.0-18-amd64".into());
+        n.attributes.insert("cpu.numcores".into(), "4".into());
+        n.meta.insert("rack".into(), "r1".into());
+        n
+    }
+
+    fn c(l: &str, op: &str, r: &str) -> Constraint {
+        Constraint { l_target: l.into(), operand: op.into(), r_target: r.into() }
+    }
+
+    #[test]
+    fn operators() {
+        let n = node();
+        assert!(constraint_holds(&c("${attr.kernel.name}", "=", "linux"), &n));
+        assert!(!constraint_holds(&c("${attr.kernel.name}", "=", "darwin"), &n));
+        assert!(constraint_holds(&c("${attr.kernel.name}", "!=", "darwin"), &n));
+        assert!(constraint_holds(&c("${meta.rack}", "regexp", "^r[0-9]$"), &n));
+        assert!(constraint_holds(&c("${attr.kernel.version}", "version", ">= 5.10, < 7"), &n));
+        assert!(!constraint_holds(&c("${attr.kernel.version}", "version", "< 6"), &n));
+        assert!(constraint_holds(&c("${attr.cpu.numcores}", ">=", "4"), &n));
+        assert!(!constraint_holds(&c("${attr.cpu.numcores}", ">", "10"), &n));
+        assert!(constraint_holds(&c("${node.datacenter}", "=", "dc1"), &n));
+        assert!(!constraint_holds(&c("${meta.missing}", "=", "x"), &n));
+        assert!(constraint_holds(&c("${meta.missing}", "is_not_set", ""), &n));
+    }
+
+    #[test]
+    fn datacenter_globs() {
+        assert!(glob_match("*", "dc1"));
+        assert!(glob_match("dc*", "dc1"));
+        assert!(!glob_match("eu-*", "dc1"));
+        assert!(glob_match("dc1", "dc1"));
+    }
+}

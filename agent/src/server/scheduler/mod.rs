@@ -1,0 +1,72 @@
+//! The scheduler: pure logic from a state snapshot and an evaluation to a
+//! `Plan`. It never writes; the server's plan applier commits the plan.
+//!
+//! Pipeline (see README.md beside this file): reconcile the job's existing
+//! allocations into buckets (keep, update in place, replace, stop, place),
+//! then find nodes for the placements (`rank`), recording why a group could
+//! not be placed in an `AllocMetric`.
+
+mod feasible;
+mod rank;
+mod reconcile;
+
+use std::collections::BTreeMap;
+
+use crate::server::state::Tables;
+use crate::structs::{AllocMetric, Allocation, Deployment, Evaluation};
+
+pub use feasible::{constraint_holds, glob_match, resolve_target};
+pub use reconcile::tasks_updated;
+
+/// How many allocations of each kind a plan changes for one task group,
+/// as Nomad's `DesiredTGUpdates` reports them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DesiredUpdates {
+    pub ignore: u64,
+    pub place: u64,
+    pub migrate: u64,
+    pub stop: u64,
+    pub in_place_update: u64,
+    pub destructive_update: u64,
+    pub canary: u64,
+    pub preemptions: u64,
+}
+
+/// The scheduler's output for one evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// New allocations, already bound to nodes.
+    pub place: Vec<Allocation>,
+    /// Existing allocations to change: stops and in-place updates.
+    pub update: Vec<Allocation>,
+    /// A deployment to create or change.
+    pub deployment: Option<Deployment>,
+    /// Deployments this plan supersedes.
+    pub cancel_deployments: Vec<Deployment>,
+    /// Evaluations to run later (reschedule delays).
+    pub followups: Vec<Evaluation>,
+    /// Groups that could not be fully placed, with why.
+    pub failed_tg_allocs: BTreeMap<String, AllocMetric>,
+    /// Allocations still waiting for a placement, per group.
+    pub queued: BTreeMap<String, u64>,
+    /// Per-group counts for `job plan`.
+    pub desired_updates: BTreeMap<String, DesiredUpdates>,
+}
+
+impl Plan {
+    /// True when the plan creates, stops or migrates allocations.
+    pub fn changes_allocations(&self) -> bool {
+        self.desired_updates
+            .values()
+            .any(|u| u.place + u.stop + u.migrate + u.destructive_update + u.canary > 0)
+    }
+}
+
+/// Computes the plan for an evaluation against a snapshot.
+pub fn process(snap: &Tables, eval: &Evaluation) -> Plan {
+    reconcile::Reconciler::new(snap, eval).run()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,475 @@
+//! Reconciliation: sorts a job's allocations into buckets and decides what
+//! to place, update and stop.
+//!
+//! Vocabulary (as in Nomad's scheduler):
+//! - *untainted*: desired run, on a live node, not finished: kept as is;
+//! - *lost*: on a node that is down: stopped as lost and replaced;
+//! - *failed*: the client gave up on it: replaced when the reschedule policy
+//!   allows (possibly after a delay, via a follow-up evaluation);
+//! - *complete*: a batch allocation that succeeded: counts as done;
+//! - *destructive update*: the group's tasks changed: stop and replace,
+//!   at most `update.max_parallel` at a time;
+//! - *in-place update*: only non-task fields changed: the allocation takes
+//!   the new job version where it runs.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use super::rank::Placer;
+use super::{DesiredUpdates, Plan};
+use crate::server::state::Tables;
+use crate::structs::{
+    client_status, desired, eval_status, AllocMetric, Allocation, Deployment, DeploymentState, Evaluation, Job,
+    RescheduleEvent, RescheduleTracker, ReschedulePolicy, TaskGroup,
+};
+use crate::util::{new_id, now_nanos};
+
+/// True when the difference between two versions of a group needs its
+/// allocations replaced rather than updated in place.
+pub fn tasks_updated(old: &TaskGroup, new: &TaskGroup) -> bool {
+    let fingerprint = |tg: &TaskGroup| {
+        serde_json::to_string(&(&tg.tasks, &tg.networks, &tg.volumes, &tg.ephemeral_disk)).unwrap_or_default()
+    };
+    fingerprint(old) != fingerprint(new)
+}
+
+/// A placement the plan still has to find a node for.
+struct PlaceRequest {
+    index: u32,
+    previous: Option<Arc<Allocation>>,
+    reschedule: bool,
+}
+
+/// One evaluation's reconciliation.
+pub struct Reconciler<'a> {
+    snap: &'a Tables,
+    eval: &'a Evaluation,
+    now: i64,
+    plan: Plan,
+}
+
+fn stopped(a: &Allocation, description: &str, client: Option<&str>) -> Allocation {
+    let mut s = a.clone();
+    s.desired_status = desired::STOP.into();
+    s.desired_description = description.into();
+    if let Some(c) = client {
+        s.client_status = c.into();
+        s.client_description = description.into();
+    }
+    s
+}
+
+fn reschedule_delay(policy: &ReschedulePolicy, tracker: Option<&RescheduleTracker>, now: i64) -> Option<i64> {
+    let events = tracker.map(|t| t.events.as_slice()).unwrap_or(&[]);
+    if !policy.unlimited {
+        if policy.attempts == 0 {
+            return None;
+        }
+        let recent = events.iter().filter(|e| policy.interval == 0 || e.reschedule_time > now - policy.interval).count();
+        if recent >= policy.attempts as usize {
+            return None;
+        }
+    }
+    let n = events.len() as u32;
+    let delay = match policy.delay_function.as_str() {
+        "exponential" => policy.delay.saturating_mul(1i64 << n.min(30)),
+        "fibonacci" => {
+            let (mut a, mut b) = (policy.delay, policy.delay);
+            for _ in 0..n {
+                (a, b) = (b, a.saturating_add(b));
+            }
+            a
+        }
+        _ => policy.delay,
+    };
+    Some(if policy.max_delay > 0 { delay.min(policy.max_delay) } else { delay })
+}
+
+impl<'a> Reconciler<'a> {
+    /// A reconciler for `eval` over `snap`.
+    pub fn new(snap: &'a Tables, eval: &'a Evaluation) -> Self {
+        Reconciler { snap, eval, now: now_nanos(), plan: Plan::default() }
+    }
+
+    /// Runs the reconciliation and returns the plan.
+    pub fn run(mut self) -> Plan {
+        let job = self.snap.job(&self.eval.namespace, &self.eval.job_id);
+        let allocs = self.snap.allocs_by_job(&self.eval.namespace, &self.eval.job_id);
+        let live: Vec<Arc<Allocation>> = allocs.into_iter().filter(|a| !a.server_terminal()).collect();
+        let job = match job {
+            Some(j) if !j.stop => j,
+            _ => {
+                for a in &live {
+                    let upd = self.plan.desired_updates.entry(a.task_group.clone()).or_default();
+                    if !a.client_terminal() {
+                        upd.stop += 1;
+                    }
+                    self.plan.update.push(stopped(a, "alloc not needed since job stopped", None));
+                }
+                return self.plan;
+            }
+        };
+        // Allocations of groups that no longer exist are stopped.
+        for a in live.iter().filter(|a| job.task_group(&a.task_group).is_none()) {
+            self.plan.desired_updates.entry(a.task_group.clone()).or_default().stop += 1;
+            self.plan.update.push(stopped(a, "alloc not needed due to job update", None));
+        }
+        let mut placer_freed = HashSet::new();
+        let mut requests: Vec<(usize, Vec<PlaceRequest>, Option<String>)> = Vec::new();
+        for (gi, tg) in job.task_groups.iter().enumerate() {
+            let group_allocs: Vec<Arc<Allocation>> = live.iter().filter(|a| a.task_group == tg.name).cloned().collect();
+            if job.is_system_like() {
+                continue;
+            }
+            let reqs = self.reconcile_group(&job, tg, group_allocs, &mut placer_freed);
+            requests.push((gi, reqs, None));
+        }
+        let mut placer = Placer::new(self.snap, placer_freed);
+        if job.is_system_like() {
+            for tg in &job.task_groups {
+                let group_allocs: Vec<Arc<Allocation>> =
+                    live.iter().filter(|a| a.task_group == tg.name).cloned().collect();
+                self.reconcile_system_group(&job, tg, group_allocs, &mut placer);
+            }
+        } else {
+            for (gi, reqs, _) in requests {
+                self.place_group(&job, &job.task_groups[gi], reqs, &mut placer);
+            }
+        }
+        self.finish_deployment(&job);
+        self.plan
+    }
+
+    /// Buckets one group's allocations; stops what must stop and returns
+    /// the placements still needed.
+    fn reconcile_group(
+        &mut self,
+        job: &Arc<Job>,
+        tg: &TaskGroup,
+        allocs: Vec<Arc<Allocation>>,
+        freed: &mut HashSet<String>,
+    ) -> Vec<PlaceRequest> {
+        let mut upd = DesiredUpdates::default();
+        let mut occupied: BTreeSet<u32> = BTreeSet::new();
+        let mut untainted: Vec<Arc<Allocation>> = Vec::new();
+        let mut requests = Vec::new();
+        for a in allocs {
+            let node_down = self.snap.node(&a.node_id).map(|n| n.status == "down").unwrap_or(true);
+            if a.client_status == client_status::LOST || (node_down && !a.client_terminal()) {
+                self.plan.update.push(stopped(&a, "alloc is lost since its node is down", Some(client_status::LOST)));
+                freed.insert(a.id.clone());
+                upd.stop += 1;
+                upd.place += 1;
+                requests.push(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: false });
+                occupied.insert(a.index());
+                continue;
+            }
+            match a.client_status.as_str() {
+                client_status::COMPLETE if job.is_batch_like() => {
+                    occupied.insert(a.index());
+                }
+                client_status::COMPLETE => {
+                    self.plan.update.push(stopped(&a, "alloc complete; replacing", None));
+                    freed.insert(a.id.clone());
+                    upd.place += 1;
+                    requests.push(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: false });
+                    occupied.insert(a.index());
+                }
+                client_status::FAILED => {
+                    occupied.insert(a.index());
+                    if let Some(req) = self.reschedule(job, tg, &a) {
+                        freed.insert(a.id.clone());
+                        upd.stop += 1;
+                        upd.place += 1;
+                        requests.push(req);
+                    }
+                }
+                _ => {
+                    occupied.insert(a.index());
+                    untainted.push(a);
+                }
+            }
+        }
+        // Scale down: stop the highest indexes first.
+        let desired_count = tg.count as usize;
+        let mut live_count = occupied.len();
+        if live_count > desired_count {
+            untainted.sort_by_key(|a| std::cmp::Reverse(a.index()));
+            let mut keep = Vec::new();
+            for a in untainted {
+                if live_count > desired_count && a.index() as usize >= desired_count.min(live_count) {
+                    self.plan.update.push(stopped(&a, "alloc not needed due to job update", None));
+                    freed.insert(a.id.clone());
+                    occupied.remove(&a.index());
+                    upd.stop += 1;
+                    live_count -= 1;
+                } else {
+                    keep.push(a);
+                }
+            }
+            untainted = keep;
+        }
+        // Updates to the new job version.
+        let max_parallel = tg.update.as_ref().map(|u| u.max_parallel).unwrap_or(0) as usize;
+        let in_flight = untainted
+            .iter()
+            .filter(|a| a.job_version() == job.version && a.client_status == client_status::PENDING)
+            .count();
+        let mut budget = if max_parallel == 0 { usize::MAX } else { max_parallel.saturating_sub(in_flight) };
+        untainted.sort_by_key(|a| a.index());
+        for a in untainted {
+            if a.job_version() == job.version {
+                upd.ignore += 1;
+                continue;
+            }
+            let old_tg = a.job.as_ref().and_then(|j| j.task_group(&tg.name));
+            let destructive = old_tg.map(|old| tasks_updated(old, tg)).unwrap_or(true);
+            if !destructive {
+                let mut updated = (*a).clone();
+                updated.job = Some((**job).clone());
+                self.plan.update.push(updated);
+                upd.in_place_update += 1;
+            } else if budget > 0 {
+                budget -= 1;
+                self.plan.update.push(stopped(&a, "alloc is being updated due to job update", None));
+                freed.insert(a.id.clone());
+                upd.destructive_update += 1;
+                requests.push(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: false });
+            } else {
+                upd.ignore += 1;
+            }
+        }
+        // Scale up into the lowest free indexes.
+        let mut next = 0u32;
+        while occupied.len() < desired_count {
+            while occupied.contains(&next) {
+                next += 1;
+            }
+            occupied.insert(next);
+            upd.place += 1;
+            requests.push(PlaceRequest { index: next, previous: None, reschedule: false });
+        }
+        self.plan.desired_updates.insert(tg.name.clone(), upd);
+        requests
+    }
+
+    /// Decides whether a failed allocation is replaced now, later, or never.
+    fn reschedule(&mut self, job: &Job, tg: &TaskGroup, a: &Arc<Allocation>) -> Option<PlaceRequest> {
+        let policy = tg.reschedule_policy.clone().unwrap_or_default();
+        let delay = reschedule_delay(&policy, a.reschedule_tracker.as_ref(), self.now)?;
+        let due = a.modify_time + delay;
+        if due > self.now {
+            if a.followup_eval_id.is_empty()
+                || self.snap.eval(&a.followup_eval_id).map(|e| e.status != eval_status::PENDING).unwrap_or(true)
+            {
+                let followup = Evaluation {
+                    id: new_id(),
+                    namespace: job.namespace.clone(),
+                    priority: job.priority,
+                    eval_type: job.job_type.clone(),
+                    triggered_by: "alloc-failure".into(),
+                    job_id: job.id.clone(),
+                    status: eval_status::PENDING.into(),
+                    wait_until: due,
+                    previous_eval: self.eval.id.clone(),
+                    ..Default::default()
+                };
+                let mut marked = (**a).clone();
+                marked.followup_eval_id = followup.id.clone();
+                self.plan.update.push(marked);
+                self.plan.followups.push(followup);
+            }
+            return None;
+        }
+        self.plan.update.push(stopped(a, "alloc was rescheduled because it failed", None));
+        Some(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: true })
+    }
+
+    /// Finds nodes for a group's placements.
+    fn place_group(&mut self, job: &Arc<Job>, tg: &TaskGroup, requests: Vec<PlaceRequest>, placer: &mut Placer) {
+        let mut metric = AllocMetric::default();
+        let mut failed = 0u64;
+        let started = std::time::Instant::now();
+        for req in requests {
+            if failed > 0 {
+                failed += 1;
+                continue;
+            }
+            let mut attempt = AllocMetric::default();
+            match placer.place_any(job, tg, &mut attempt) {
+                Some(p) => {
+                    attempt.allocation_time = started.elapsed().as_nanos() as i64;
+                    let alloc = self.new_alloc(job, tg, req, p, attempt);
+                    self.plan.place.push(alloc);
+                }
+                None => {
+                    metric = attempt;
+                    failed = 1;
+                }
+            }
+        }
+        if failed > 0 {
+            metric.nodes_in_pool = placer.node_count() as u64;
+            metric.coalesced_failures = failed - 1;
+            metric.allocation_time = started.elapsed().as_nanos() as i64;
+            self.plan.failed_tg_allocs.insert(tg.name.clone(), metric);
+            self.plan.queued.insert(tg.name.clone(), failed);
+        }
+    }
+
+    /// System jobs: one allocation per feasible node.
+    fn reconcile_system_group(&mut self, job: &Arc<Job>, tg: &TaskGroup, allocs: Vec<Arc<Allocation>>, placer: &mut Placer) {
+        let mut upd = DesiredUpdates::default();
+        let feasible: BTreeSet<String> = placer.feasible_nodes(job, tg).into_iter().collect();
+        let mut covered: BTreeSet<String> = BTreeSet::new();
+        for a in allocs {
+            let node = self.snap.node(&a.node_id);
+            let node_down = node.as_ref().map(|n| n.status == "down").unwrap_or(true);
+            if node_down && !a.client_terminal() {
+                self.plan.update.push(stopped(&a, "alloc is lost since its node is down", Some(client_status::LOST)));
+                upd.stop += 1;
+                continue;
+            }
+            if !feasible.contains(&a.node_id) && !node_down {
+                let eligible = node.map(|n| n.is_schedulable()).unwrap_or(false);
+                if eligible {
+                    self.plan.update.push(stopped(&a, "alloc not needed as node is no longer feasible", None));
+                    upd.stop += 1;
+                    continue;
+                }
+            }
+            covered.insert(a.node_id.clone());
+            if a.client_terminal() || a.job_version() == job.version {
+                upd.ignore += 1;
+                continue;
+            }
+            let old_tg = a.job.as_ref().and_then(|j| j.task_group(&tg.name));
+            if old_tg.map(|old| tasks_updated(old, tg)).unwrap_or(true) {
+                self.plan.update.push(stopped(&a, "alloc is being updated due to job update", None));
+                upd.destructive_update += 1;
+                covered.remove(&a.node_id);
+            } else {
+                let mut updated = (*a).clone();
+                updated.job = Some((**job).clone());
+                self.plan.update.push(updated);
+                upd.in_place_update += 1;
+            }
+        }
+        let mut metric = AllocMetric::default();
+        let mut failed = 0;
+        let started = std::time::Instant::now();
+        for node_id in feasible.difference(&covered) {
+            let mut attempt = AllocMetric::default();
+            match placer.place_on(job, tg, node_id, &mut attempt) {
+                Some(p) => {
+                    let index = 0;
+                    let alloc = self.new_alloc(job, tg, PlaceRequest { index, previous: None, reschedule: false }, p, attempt);
+                    self.plan.place.push(alloc);
+                    upd.place += 1;
+                }
+                None => {
+                    failed += 1;
+                    metric.nodes_evaluated += attempt.nodes_evaluated;
+                    metric.nodes_exhausted += attempt.nodes_exhausted;
+                    for (k, v) in attempt.dimension_exhausted {
+                        *metric.dimension_exhausted.entry(k).or_default() += v;
+                    }
+                }
+            }
+        }
+        if failed > 0 {
+            metric.coalesced_failures = failed - 1;
+            metric.allocation_time = started.elapsed().as_nanos() as i64;
+            self.plan.failed_tg_allocs.insert(tg.name.clone(), metric);
+            self.plan.queued.insert(tg.name.clone(), failed);
+        }
+        self.plan.desired_updates.insert(tg.name.clone(), upd);
+    }
+
+    fn new_alloc(
+        &self,
+        job: &Arc<Job>,
+        tg: &TaskGroup,
+        req: PlaceRequest,
+        placement: super::rank::Placement,
+        metric: AllocMetric,
+    ) -> Allocation {
+        let mut tracker = None;
+        if let (Some(prev), true) = (&req.previous, req.reschedule) {
+            let mut t = prev.reschedule_tracker.clone().unwrap_or_default();
+            t.events.push(RescheduleEvent {
+                reschedule_time: self.now,
+                prev_alloc_id: prev.id.clone(),
+                prev_node_id: prev.node_id.clone(),
+                delay: 0,
+            });
+            tracker = Some(t);
+        }
+        Allocation {
+            id: new_id(),
+            namespace: job.namespace.clone(),
+            eval_id: self.eval.id.clone(),
+            name: format!("{}.{}[{}]", job.id, tg.name, req.index),
+            node_id: placement.node.id.clone(),
+            node_name: placement.node.name.clone(),
+            job_id: job.id.clone(),
+            job: Some((**job).clone()),
+            task_group: tg.name.clone(),
+            allocated_resources: placement.resources,
+            desired_status: desired::RUN.into(),
+            client_status: client_status::PENDING.into(),
+            previous_allocation: req.previous.map(|p| p.id.clone()).unwrap_or_default(),
+            reschedule_tracker: tracker,
+            metrics: Some(metric),
+            ..Default::default()
+        }
+    }
+
+    /// Service jobs get a deployment per job version that places or updates.
+    fn finish_deployment(&mut self, job: &Arc<Job>) {
+        if job.job_type != crate::structs::JOB_TYPE_SERVICE {
+            return;
+        }
+        let latest = self.snap.latest_deployment(&job.namespace, &job.id);
+        let current = latest.filter(|d| d.job_version == job.version);
+        let touched = !self.plan.place.is_empty()
+            || self.plan.desired_updates.values().any(|u| u.destructive_update + u.in_place_update > 0);
+        let dep = match current {
+            Some(d) => (*d).clone(),
+            None if touched => {
+                for old in self.snap.deployments() {
+                    if old.namespace == job.namespace && old.job_id == job.id && old.status == "running" {
+                        let mut c = (**old).clone();
+                        c.status = "cancelled".into();
+                        c.status_description = "Cancelled due to newer version of job".into();
+                        self.plan.cancel_deployments.push(c);
+                    }
+                }
+                Deployment {
+                    id: new_id(),
+                    namespace: job.namespace.clone(),
+                    job_id: job.id.clone(),
+                    job_version: job.version,
+                    status: "running".into(),
+                    status_description: "Deployment is running".into(),
+                    task_groups: BTreeMap::new(),
+                    ..Default::default()
+                }
+            }
+            None => return,
+        };
+        if dep.status != "running" {
+            return;
+        }
+        let mut dep = dep;
+        for tg in &job.task_groups {
+            let state = dep.task_groups.entry(tg.name.clone()).or_insert_with(DeploymentState::default);
+            state.desired_total = tg.count;
+            state.placed_allocs += self.plan.place.iter().filter(|a| a.task_group == tg.name).count() as u32;
+        }
+        for a in &mut self.plan.place {
+            a.deployment_id = dep.id.clone();
+        }
+        self.plan.deployment = Some(dep);
+    }
+}

@@ -1,0 +1,465 @@
+//! The server's state store: jobs (with every version), evaluations,
+//! allocations, deployments and nodes.
+//!
+//! Reads come from an in-memory copy (`Tables`) whose objects are shared
+//! `Arc`s that are never modified in place; a reader takes a cheap
+//! `snapshot()` and sees one consistent index. Writes are `WriteBatch`es:
+//! each is given the next index, committed to redb in one transaction, and
+//! only then applied to memory and announced to blocking queries.
+
+mod persist;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::structs::{Allocation, Deployment, Evaluation, Job, Node};
+
+pub use persist::ns_key;
+
+/// Failures of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The database refused an operation.
+    #[error("state database: {0}")]
+    Db(#[from] redb::Error),
+    /// The data dir could not be created.
+    #[error("state directory {0}: {1}")]
+    Io(String, std::io::Error),
+    /// A record could not be encoded.
+    #[error("encoding state record: {0}")]
+    Encode(String),
+    /// A stored record could not be decoded.
+    #[error("decoding state record {0}")]
+    Decode(String),
+}
+
+macro_rules! redb_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StateError {
+            fn from(e: $t) -> Self {
+                StateError::Db(e.into())
+            }
+        }
+    )*};
+}
+redb_error_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// A set of writes applied atomically under one index.
+#[derive(Debug, Default, Clone)]
+pub struct WriteBatch {
+    /// Jobs to insert or replace; each is also recorded as a version.
+    pub jobs: Vec<Job>,
+    /// Jobs (namespace, id) to purge with all their versions.
+    pub delete_jobs: Vec<(String, String)>,
+    /// Allocations to insert or replace.
+    pub allocs: Vec<Allocation>,
+    /// Allocations to remove.
+    pub delete_allocs: Vec<String>,
+    /// Evaluations to insert or replace.
+    pub evals: Vec<Evaluation>,
+    /// Evaluations to remove.
+    pub delete_evals: Vec<String>,
+    /// Nodes to insert or replace.
+    pub nodes: Vec<Node>,
+    /// Deployments to insert or replace.
+    pub deployments: Vec<Deployment>,
+    /// Deployments to remove.
+    pub delete_deployments: Vec<String>,
+}
+
+impl WriteBatch {
+    /// True when the batch writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+            && self.delete_jobs.is_empty()
+            && self.allocs.is_empty()
+            && self.delete_allocs.is_empty()
+            && self.evals.is_empty()
+            && self.delete_evals.is_empty()
+            && self.nodes.is_empty()
+            && self.deployments.is_empty()
+            && self.delete_deployments.is_empty()
+    }
+}
+
+/// The in-memory tables with their secondary indexes.
+#[derive(Debug, Default, Clone)]
+pub struct Tables {
+    /// The index of the last write.
+    pub index: u64,
+    jobs: BTreeMap<String, Arc<Job>>,
+    job_versions: BTreeMap<String, BTreeMap<u64, Arc<Job>>>,
+    allocs: HashMap<String, Arc<Allocation>>,
+    allocs_by_job: HashMap<String, BTreeSet<String>>,
+    allocs_by_node: HashMap<String, BTreeSet<String>>,
+    evals: HashMap<String, Arc<Evaluation>>,
+    nodes: BTreeMap<String, Arc<Node>>,
+    deployments: HashMap<String, Arc<Deployment>>,
+}
+
+impl Tables {
+    fn insert_job(&mut self, job: Job) {
+        self.jobs.insert(ns_key(&job.namespace, &job.id), Arc::new(job));
+    }
+
+    fn insert_job_version(&mut self, job: Job) {
+        self.job_versions
+            .entry(ns_key(&job.namespace, &job.id))
+            .or_default()
+            .insert(job.version, Arc::new(job));
+    }
+
+    fn insert_node(&mut self, node: Node) {
+        self.nodes.insert(node.id.clone(), Arc::new(node));
+    }
+
+    fn insert_eval(&mut self, eval: Evaluation) {
+        self.evals.insert(eval.id.clone(), Arc::new(eval));
+    }
+
+    fn insert_deployment(&mut self, dep: Deployment) {
+        self.deployments.insert(dep.id.clone(), Arc::new(dep));
+    }
+
+    fn insert_alloc(&mut self, alloc: Allocation) {
+        if let Some(old) = self.allocs.get(&alloc.id) {
+            if old.node_id != alloc.node_id {
+                if let Some(set) = self.allocs_by_node.get_mut(&old.node_id) {
+                    set.remove(&alloc.id);
+                }
+            }
+        }
+        self.allocs_by_job
+            .entry(ns_key(&alloc.namespace, &alloc.job_id))
+            .or_default()
+            .insert(alloc.id.clone());
+        self.allocs_by_node.entry(alloc.node_id.clone()).or_default().insert(alloc.id.clone());
+        self.allocs.insert(alloc.id.clone(), Arc::new(alloc));
+    }
+
+    fn remove_alloc(&mut self, id: &str) {
+        if let Some(old) = self.allocs.remove(id) {
+            if let Some(set) = self.allocs_by_job.get_mut(&ns_key(&old.namespace, &old.job_id)) {
+                set.remove(id);
+            }
+            if let Some(set) = self.allocs_by_node.get_mut(&old.node_id) {
+                set.remove(id);
+            }
+        }
+    }
+
+    /// Applies a batch whose objects already carry their indexes.
+    fn apply(&mut self, batch: WriteBatch) {
+        for job in batch.jobs {
+            self.insert_job_version(job.clone());
+            self.insert_job(job);
+        }
+        for (ns, id) in batch.delete_jobs {
+            let key = ns_key(&ns, &id);
+            self.jobs.remove(&key);
+            self.job_versions.remove(&key);
+        }
+        for a in batch.allocs {
+            self.insert_alloc(a);
+        }
+        for id in batch.delete_allocs {
+            self.remove_alloc(&id);
+        }
+        for e in batch.evals {
+            self.insert_eval(e);
+        }
+        for id in batch.delete_evals {
+            self.evals.remove(&id);
+        }
+        for n in batch.nodes {
+            self.insert_node(n);
+        }
+        for d in batch.deployments {
+            self.insert_deployment(d);
+        }
+        for id in batch.delete_deployments {
+            self.deployments.remove(&id);
+        }
+    }
+
+    /// A scratch copy with `job` registered (for dry runs such as `job plan`).
+    pub fn with_job(&self, job: Job) -> Tables {
+        let mut scratch = self.clone();
+        scratch.insert_job(job);
+        scratch
+    }
+
+    // === reads ===
+
+    /// A job by namespace and ID.
+    pub fn job(&self, ns: &str, id: &str) -> Option<Arc<Job>> {
+        self.jobs.get(&ns_key(ns, id)).cloned()
+    }
+
+    /// All jobs, ordered by namespace and ID.
+    pub fn jobs(&self) -> impl Iterator<Item = &Arc<Job>> {
+        self.jobs.values()
+    }
+
+    /// Every stored version of a job, newest first.
+    pub fn job_versions(&self, ns: &str, id: &str) -> Vec<Arc<Job>> {
+        self.job_versions
+            .get(&ns_key(ns, id))
+            .map(|v| v.values().rev().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// An allocation by ID.
+    pub fn alloc(&self, id: &str) -> Option<Arc<Allocation>> {
+        self.allocs.get(id).cloned()
+    }
+
+    /// All allocations.
+    pub fn allocs(&self) -> impl Iterator<Item = &Arc<Allocation>> {
+        self.allocs.values()
+    }
+
+    /// Allocations of one job, all versions.
+    pub fn allocs_by_job(&self, ns: &str, job_id: &str) -> Vec<Arc<Allocation>> {
+        self.allocs_by_job
+            .get(&ns_key(ns, job_id))
+            .map(|ids| ids.iter().filter_map(|id| self.allocs.get(id).cloned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Allocations placed on one node.
+    pub fn allocs_by_node(&self, node_id: &str) -> Vec<Arc<Allocation>> {
+        self.allocs_by_node
+            .get(node_id)
+            .map(|ids| ids.iter().filter_map(|id| self.allocs.get(id).cloned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The IDs of the allocations placed on one node (no clones).
+    pub fn alloc_ids_by_node(&self, node_id: &str) -> Option<&BTreeSet<String>> {
+        self.allocs_by_node.get(node_id)
+    }
+
+    /// An evaluation by ID.
+    pub fn eval(&self, id: &str) -> Option<Arc<Evaluation>> {
+        self.evals.get(id).cloned()
+    }
+
+    /// All evaluations.
+    pub fn evals(&self) -> impl Iterator<Item = &Arc<Evaluation>> {
+        self.evals.values()
+    }
+
+    /// A node by ID.
+    pub fn node(&self, id: &str) -> Option<Arc<Node>> {
+        self.nodes.get(id).cloned()
+    }
+
+    /// All nodes, ordered by ID.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.nodes.values()
+    }
+
+    /// A deployment by ID.
+    pub fn deployment(&self, id: &str) -> Option<Arc<Deployment>> {
+        self.deployments.get(id).cloned()
+    }
+
+    /// All deployments.
+    pub fn deployments(&self) -> impl Iterator<Item = &Arc<Deployment>> {
+        self.deployments.values()
+    }
+
+    /// The newest deployment of a job.
+    pub fn latest_deployment(&self, ns: &str, job_id: &str) -> Option<Arc<Deployment>> {
+        self.deployments
+            .values()
+            .filter(|d| d.namespace == ns && d.job_id == job_id)
+            .max_by_key(|d| d.create_index)
+            .cloned()
+    }
+}
+
+/// The shared, persistent state store.
+pub struct StateStore {
+    tables: Mutex<Arc<Tables>>,
+    persist: Option<persist::Persist>,
+    index_tx: watch::Sender<u64>,
+    write_lock: Mutex<()>,
+}
+
+impl StateStore {
+    /// Opens the store in `dir`, loading everything committed there before.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let persist = persist::Persist::open(dir)?;
+        let tables = persist.load()?;
+        Ok(Self::with_tables(tables, Some(persist)))
+    }
+
+    /// A store that lives only in memory (scheduler benchmarks and tests).
+    pub fn in_memory() -> Self {
+        Self::with_tables(Tables::default(), None)
+    }
+
+    fn with_tables(tables: Tables, persist: Option<persist::Persist>) -> Self {
+        let (index_tx, _) = watch::channel(tables.index.max(1));
+        StateStore { tables: Mutex::new(Arc::new(tables)), persist, index_tx, write_lock: Mutex::new(()) }
+    }
+
+    /// A consistent read-only view; never changes after it is taken.
+    pub fn snapshot(&self) -> Arc<Tables> {
+        self.tables.lock().clone()
+    }
+
+    /// The index of the last write (at least 1, as in Nomad).
+    pub fn index(&self) -> u64 {
+        *self.index_tx.borrow()
+    }
+
+    /// A receiver that changes whenever a write lands (for blocking queries).
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.index_tx.subscribe()
+    }
+
+    /// Waits until the index passes `min` or `wait` elapses; returns the index.
+    pub async fn wait_index(&self, min: u64, wait: std::time::Duration) -> u64 {
+        let mut rx = self.watch();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|i| *i > min)).await;
+        self.index()
+    }
+
+    /// Commits a batch: assigns the next index to every object in it,
+    /// persists it in one transaction, then makes it visible.
+    pub fn apply(&self, mut batch: WriteBatch) -> Result<u64, StateError> {
+        let _serialised = self.write_lock.lock();
+        let current = self.snapshot();
+        let index = current.index + 1;
+        let now = crate::util::now_nanos();
+        for job in &mut batch.jobs {
+            let existing = current.job(&job.namespace, &job.id);
+            job.create_index = existing.as_ref().map(|j| j.create_index).unwrap_or(index);
+            job.modify_index = index;
+            if job.job_modify_index == 0 {
+                job.job_modify_index = index;
+            }
+        }
+        for a in &mut batch.allocs {
+            match current.alloc(&a.id) {
+                Some(old) => {
+                    a.create_index = old.create_index;
+                    a.create_time = old.create_time;
+                }
+                None => {
+                    a.create_index = index;
+                    a.create_time = now;
+                }
+            }
+            a.modify_index = index;
+            a.modify_time = now;
+        }
+        for e in &mut batch.evals {
+            let old = current.eval(&e.id);
+            e.create_index = old.as_ref().map(|o| o.create_index).unwrap_or(index);
+            e.create_time = old.as_ref().map(|o| o.create_time).unwrap_or(now);
+            e.modify_index = index;
+            e.modify_time = now;
+        }
+        for n in &mut batch.nodes {
+            n.create_index = current.node(&n.id).map(|o| o.create_index).unwrap_or(index);
+            n.modify_index = index;
+        }
+        for d in &mut batch.deployments {
+            d.create_index = current.deployment(&d.id).map(|o| o.create_index).unwrap_or(index);
+            d.modify_index = index;
+        }
+        if let Some(p) = &self.persist {
+            p.commit(index, &batch)?;
+        }
+        drop(current);
+        {
+            let mut guard = self.tables.lock();
+            let tables = Arc::make_mut(&mut guard);
+            tables.index = index;
+            tables.apply(batch);
+        }
+        self.index_tx.send_replace(index);
+        Ok(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, version: u64) -> Job {
+        Job { id: id.into(), namespace: "default".into(), version, ..Default::default() }
+    }
+
+    #[test]
+    fn batches_persist_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            let mut b = WriteBatch::default();
+            b.jobs.push(job("web", 0));
+            b.allocs.push(Allocation {
+                id: "a1".into(),
+                namespace: "default".into(),
+                job_id: "web".into(),
+                node_id: "n1".into(),
+                ..Default::default()
+            });
+            assert_eq!(store.apply(b).unwrap(), 1);
+            let mut b = WriteBatch::default();
+            b.jobs.push(job("web", 1));
+            store.apply(b).unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        let snap = store.snapshot();
+        assert_eq!(snap.index, 2);
+        assert_eq!(snap.job("default", "web").unwrap().version, 1);
+        assert_eq!(snap.job("default", "web").unwrap().create_index, 1);
+        assert_eq!(snap.job_versions("default", "web").len(), 2);
+        assert_eq!(snap.allocs_by_node("n1").len(), 1);
+        assert_eq!(snap.allocs_by_job("default", "web")[0].create_index, 1);
+    }
+
+    #[test]
+    fn purge_removes_all_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        for v in 0..3 {
+            let mut b = WriteBatch::default();
+            b.jobs.push(job("web", v));
+            store.apply(b).unwrap();
+        }
+        let mut b = WriteBatch::default();
+        b.delete_jobs.push(("default".into(), "web".into()));
+        store.apply(b).unwrap();
+        drop(store);
+        let snap = StateStore::open(dir.path()).unwrap().snapshot();
+        assert!(snap.job("default", "web").is_none());
+        assert!(snap.job_versions("default", "web").is_empty());
+    }
+
+    #[test]
+    fn snapshots_do_not_change() {
+        let store = StateStore::in_memory();
+        let before = store.snapshot();
+        let mut b = WriteBatch::default();
+        b.jobs.push(job("web", 0));
+        store.apply(b).unwrap();
+        assert!(before.job("default", "web").is_none());
+        assert!(store.snapshot().job("default", "web").is_some());
+    }
+}
