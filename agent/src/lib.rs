@@ -5,5 +5,7 @@
 //! (fingerprint, allocation and task runners, drivers), the HTTP API and the
 //! CLI. `main.rs` is only the entry point.
 
+pub mod hclspan;
+pub mod jobspec;
 pub mod structs;
 pub mod util;
