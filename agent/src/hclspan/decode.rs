@@ -37,6 +37,7 @@ pub struct Block<'a> {
     pub pos: Pos,
     /// A decoder over the block's body.
     pub body: Decoder<'a>,
+    src: &'a Source,
 }
 
 impl<'a> Block<'a> {
@@ -59,7 +60,7 @@ impl<'a> Block<'a> {
 
     /// An error at the block's start.
     pub fn error(&self, message: impl Into<String>) -> HclError {
-        HclError::new(self.body.src.name(), self.pos, message)
+        HclError::new(self.src.name(), self.pos, message)
     }
 }
 
@@ -103,6 +104,26 @@ impl<'a> Decoder<'a> {
     /// True if the body has an attribute or block named `key` (without consuming it).
     pub fn has(&self, key: &str) -> bool {
         self.body.has_attribute(key) || self.body.has_blocks(key)
+    }
+
+    /// The source text of an attribute's expression, unevaluated (for
+    /// type expressions such as `type = list(string)`).
+    pub fn source_text(&mut self, key: &str) -> Option<String> {
+        let attr = self.attr(key)?;
+        Some(attr.value.span().map_or_else(String::new, |s| self.src.snippet(s).trim().to_string()))
+    }
+
+    /// Consumes every remaining attribute, unevaluated, for callers that
+    /// evaluate in their own order (e.g. `locals` referring to each other).
+    pub fn take_attributes(&mut self) -> Vec<&'a Attribute> {
+        let mut out = Vec::new();
+        for (i, item) in self.body.iter().enumerate() {
+            if let (Structure::Attribute(attr), false) = (item, self.used[i]) {
+                self.used[i] = true;
+                out.push(attr);
+            }
+        }
+        out
     }
 
     /// An attribute as a string (numbers and bools convert, as in HCL).
@@ -216,6 +237,11 @@ impl<'a> Decoder<'a> {
         self.to_json(&value, expr).map(Some)
     }
 
+    /// An attribute as an evaluated HCL value.
+    pub fn hcl_value(&mut self, key: &str) -> Result<Option<Value>, HclError> {
+        Ok(self.eval_attr(key)?.map(|(value, _)| value))
+    }
+
     fn to_json(&self, value: &Value, expr: &Expression) -> Result<serde_json::Value, HclError> {
         serde_json::to_value(value).map_err(|err| self.src.error(expr.span(), format!("unrepresentable value: {err}")))
     }
@@ -248,6 +274,7 @@ impl<'a> Decoder<'a> {
                         labels,
                         pos: self.src.span_pos(block.span()),
                         body: Decoder::new(self.src, self.scope, &block.body, what),
+                        src: self.src,
                     });
                 }
             }
@@ -344,7 +371,7 @@ impl<'a> Decoder<'a> {
     }
 
     /// Fails on the first attribute or block the caller did not consume.
-    pub fn finish(self) -> Result<(), HclError> {
+    pub fn finish(&self) -> Result<(), HclError> {
         match self.unknown().into_iter().next() {
             Some(err) => Err(err),
             None => Ok(()),
@@ -353,7 +380,7 @@ impl<'a> Decoder<'a> {
 
     /// Like `finish`, but returns each unconsumed key as a warning
     /// (`file:line:col: unsupported argument "foo" in task "redis"`).
-    pub fn finish_lenient(self) -> Vec<String> {
+    pub fn finish_lenient(&self) -> Vec<String> {
         self.unknown().iter().map(ToString::to_string).collect()
     }
 }

@@ -11,6 +11,13 @@ pub struct Pos {
     pub column: usize,
 }
 
+impl Default for Pos {
+    /// The start of a file, 1:1.
+    fn default() -> Self {
+        Pos { line: 1, column: 1 }
+    }
+}
+
 impl fmt::Display for Pos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.line, self.column)
