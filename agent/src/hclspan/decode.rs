@@ -71,7 +71,13 @@ impl<'a> Decoder<'a> {
     }
 
     fn new(src: &'a Source, scope: &'a Scope, body: &'a Body, what: String) -> Self {
-        Decoder { src, scope, body, what, used: vec![false; body.len()] }
+        Decoder {
+            src,
+            scope,
+            body,
+            what,
+            used: vec![false; body.len()],
+        }
     }
 
     /// The source being decoded.
@@ -81,11 +87,11 @@ impl<'a> Decoder<'a> {
 
     /// The attribute `key` (the parser rejects duplicates), marked used.
     fn attr(&mut self, key: &str) -> Option<&'a Attribute> {
-        let (i, attr) = self
-            .body
-            .iter()
-            .enumerate()
-            .find_map(|(i, item)| item.as_attribute().filter(|a| a.has_key(key)).map(|a| (i, a)))?;
+        let (i, attr) = self.body.iter().enumerate().find_map(|(i, item)| {
+            item.as_attribute()
+                .filter(|a| a.has_key(key))
+                .map(|a| (i, a))
+        })?;
         self.used[i] = true;
         Some(attr)
     }
@@ -98,7 +104,10 @@ impl<'a> Decoder<'a> {
     }
 
     fn type_error(&self, key: &str, expr: &Expression, expected: &str, found: &Value) -> HclError {
-        self.src.error(expr.span(), format!("{key}: expected {expected}, found {}", kind(found)))
+        self.src.error(
+            expr.span(),
+            format!("{key}: expected {expected}, found {}", kind(found)),
+        )
     }
 
     /// True if the body has an attribute or block named `key` (without consuming it).
@@ -110,7 +119,11 @@ impl<'a> Decoder<'a> {
     /// type expressions such as `type = list(string)`).
     pub fn source_text(&mut self, key: &str) -> Option<String> {
         let attr = self.attr(key)?;
-        Some(attr.value.span().map_or_else(String::new, |s| self.src.snippet(s).trim().to_string()))
+        Some(
+            attr.value
+                .span()
+                .map_or_else(String::new, |s| self.src.snippet(s).trim().to_string()),
+        )
     }
 
     /// Consumes every remaining attribute, unevaluated, for callers that
@@ -128,7 +141,9 @@ impl<'a> Decoder<'a> {
 
     /// An attribute as a string (numbers and bools convert, as in HCL).
     pub fn string(&mut self, key: &str) -> Result<Option<String>, HclError> {
-        let Some((value, expr)) = self.eval_attr(key)? else { return Ok(None) };
+        let Some((value, expr)) = self.eval_attr(key)? else {
+            return Ok(None);
+        };
         match to_string(&value) {
             Some(s) => Ok(Some(s)),
             None => Err(self.type_error(key, expr, "a string", &value)),
@@ -137,7 +152,9 @@ impl<'a> Decoder<'a> {
 
     /// An attribute as a bool (`"true"`/`"false"` strings convert).
     pub fn bool(&mut self, key: &str) -> Result<Option<bool>, HclError> {
-        let Some((value, expr)) = self.eval_attr(key)? else { return Ok(None) };
+        let Some((value, expr)) = self.eval_attr(key)? else {
+            return Ok(None);
+        };
         match &value {
             Value::Bool(b) => Ok(Some(*b)),
             Value::String(s) if s == "true" || s == "false" => Ok(Some(s == "true")),
@@ -147,7 +164,9 @@ impl<'a> Decoder<'a> {
 
     /// An attribute as a whole number (numeric strings convert).
     pub fn int(&mut self, key: &str) -> Result<Option<i64>, HclError> {
-        let Some((value, expr)) = self.eval_attr(key)? else { return Ok(None) };
+        let Some((value, expr)) = self.eval_attr(key)? else {
+            return Ok(None);
+        };
         let parsed = match &value {
             Value::Number(n) => n.as_i64().or_else(|| whole(n.as_f64())),
             Value::String(s) => s.trim().parse::<i64>().ok(),
@@ -155,7 +174,9 @@ impl<'a> Decoder<'a> {
         };
         match (parsed, &value) {
             (Some(n), _) => Ok(Some(n)),
-            (None, Value::Number(_)) => Err(self.src.error(expr.span(), format!("{key}: expected a whole number"))),
+            (None, Value::Number(_)) => Err(self
+                .src
+                .error(expr.span(), format!("{key}: expected a whole number"))),
             (None, _) => Err(self.type_error(key, expr, "a number", &value)),
         }
     }
@@ -174,7 +195,9 @@ impl<'a> Decoder<'a> {
     /// An attribute holding a Go duration string ("30s", "1h30m") as
     /// nanoseconds; a bare number is taken as nanoseconds.
     pub fn duration(&mut self, key: &str) -> Result<Option<i64>, HclError> {
-        let Some((value, expr)) = self.eval_attr(key)? else { return Ok(None) };
+        let Some((value, expr)) = self.eval_attr(key)? else {
+            return Ok(None);
+        };
         match &value {
             Value::String(s) => crate::util::parse_duration(s)
                 .map(Some)
@@ -186,7 +209,9 @@ impl<'a> Decoder<'a> {
 
     /// An attribute holding a list of strings.
     pub fn strings(&mut self, key: &str) -> Result<Option<Vec<String>>, HclError> {
-        let Some((value, expr)) = self.eval_attr(key)? else { return Ok(None) };
+        let Some((value, expr)) = self.eval_attr(key)? else {
+            return Ok(None);
+        };
         let Value::Array(items) = &value else {
             return Err(self.type_error(key, expr, "a list of strings", &value));
         };
@@ -213,17 +238,21 @@ impl<'a> Decoder<'a> {
             for (k, v) in object {
                 match to_string(v) {
                     Some(s) => map.insert(k.clone(), s),
-                    None => return Err(self.type_error(&format!("{key}.{k}"), expr, "a string", v)),
+                    None => {
+                        return Err(self.type_error(&format!("{key}.{k}"), expr, "a string", v))
+                    }
                 };
             }
         }
         for mut block in self.blocks(key) {
             block.no_labels()?;
             let map = out.get_or_insert_with(BTreeMap::new);
-            for (k, (value, expr)) in block.body.remaining_attributes()? {
+            for attr in block.body.take_attributes() {
+                let value = self.scope.eval(self.src, &attr.value)?;
+                let field = format!("{key}.{}", attr.key.as_str());
                 match to_string(&value) {
-                    Some(s) => map.insert(k, s),
-                    None => return Err(block.body.type_error(&format!("{key}.{k}"), expr, "a string", &value)),
+                    Some(s) => map.insert(attr.key.as_str().to_string(), s),
+                    None => return Err(self.type_error(&field, &attr.value, "a string", &value)),
                 };
             }
             block.body.finish()?;
@@ -233,7 +262,9 @@ impl<'a> Decoder<'a> {
 
     /// An attribute as an arbitrary JSON value (numbers stay numbers).
     pub fn value(&mut self, key: &str) -> Result<Option<serde_json::Value>, HclError> {
-        let Some((value, expr)) = self.eval_attr(key)? else { return Ok(None) };
+        let Some((value, expr)) = self.eval_attr(key)? else {
+            return Ok(None);
+        };
         self.to_json(&value, expr).map(Some)
     }
 
@@ -243,18 +274,10 @@ impl<'a> Decoder<'a> {
     }
 
     fn to_json(&self, value: &Value, expr: &Expression) -> Result<serde_json::Value, HclError> {
-        serde_json::to_value(value).map_err(|err| self.src.error(expr.span(), format!("unrepresentable value: {err}")))
-    }
-
-    fn remaining_attributes(&mut self) -> Result<Vec<(String, (Value, &'a Expression))>, HclError> {
-        let mut out = Vec::new();
-        for (i, item) in self.body.iter().enumerate() {
-            if let (Structure::Attribute(attr), false) = (item, self.used[i]) {
-                self.used[i] = true;
-                out.push((attr.key.as_str().to_string(), (self.scope.eval(self.src, &attr.value)?, &attr.value)));
-            }
-        }
-        Ok(out)
+        serde_json::to_value(value).map_err(|err| {
+            self.src
+                .error(expr.span(), format!("unrepresentable value: {err}"))
+        })
     }
 
     /// All blocks of type `ident`, in order.
@@ -264,7 +287,11 @@ impl<'a> Decoder<'a> {
             if let Structure::Block(block) = item {
                 if block.has_ident(ident) {
                     self.used[i] = true;
-                    let labels: Vec<String> = block.labels.iter().map(|l| l.as_str().to_string()).collect();
+                    let labels: Vec<String> = block
+                        .labels
+                        .iter()
+                        .map(|l| l.as_str().to_string())
+                        .collect();
                     let mut what = ident.to_string();
                     for label in &labels {
                         what.push_str(&format!(" {label:?}"));
@@ -287,7 +314,10 @@ impl<'a> Decoder<'a> {
         let mut blocks = self.blocks(ident);
         if blocks.len() > 1 {
             let second = &blocks[1];
-            return Err(second.error(format!("only one \"{ident}\" block is allowed{}", self.in_what())));
+            return Err(second.error(format!(
+                "only one \"{ident}\" block is allowed{}",
+                self.in_what()
+            )));
         }
         Ok(blocks.pop())
     }
@@ -324,21 +354,31 @@ impl<'a> Decoder<'a> {
             match item {
                 Structure::Attribute(attr) => {
                     let key = attr.key.as_str();
-                    let value = self.to_json(&self.scope.eval(self.src, &attr.value)?, &attr.value)?;
-                    let from_block = attr.key.span().is_some_and(|s| self.src.was_hcl1_block(s.start));
+                    let value =
+                        self.to_json(&self.scope.eval(self.src, &attr.value)?, &attr.value)?;
+                    let from_block = attr
+                        .key
+                        .span()
+                        .is_some_and(|s| self.src.was_hcl1_block(s.start));
                     if from_block {
                         push_block(&mut out, key, value);
                     } else if out.insert(key.to_string(), value).is_some() {
-                        return Err(self.src.error(attr.span(), format!("duplicate argument \"{key}\"")));
+                        return Err(self
+                            .src
+                            .error(attr.span(), format!("duplicate argument \"{key}\"")));
                     }
                 }
                 Structure::Block(block) => {
                     let key = block.ident.as_str();
                     if !block.labels.is_empty() {
-                        return Err(self.src.error(block.span(), format!("block \"{key}\" takes no labels")));
+                        return Err(self
+                            .src
+                            .error(block.span(), format!("block \"{key}\" takes no labels")));
                     }
-                    let mut inner = Decoder::new(self.src, self.scope, &block.body, key.to_string());
-                    let object = serde_json::Value::Object(inner.free_form()?.into_iter().collect());
+                    let mut inner =
+                        Decoder::new(self.src, self.scope, &block.body, key.to_string());
+                    let object =
+                        serde_json::Value::Object(inner.free_form()?.into_iter().collect());
                     push_block(&mut out, key, object);
                 }
             }
@@ -360,12 +400,22 @@ impl<'a> Decoder<'a> {
             .zip(&self.used)
             .filter(|(_, used)| !**used)
             .map(|(item, _)| match item {
-                Structure::Attribute(a) => {
-                    self.src.error(a.span(), format!("unsupported argument \"{}\"{}", a.key.as_str(), self.in_what()))
-                }
-                Structure::Block(b) => {
-                    self.src.error(b.span(), format!("unsupported block type \"{}\"{}", b.ident.as_str(), self.in_what()))
-                }
+                Structure::Attribute(a) => self.src.error(
+                    a.span(),
+                    format!(
+                        "unsupported argument \"{}\"{}",
+                        a.key.as_str(),
+                        self.in_what()
+                    ),
+                ),
+                Structure::Block(b) => self.src.error(
+                    b.span(),
+                    format!(
+                        "unsupported block type \"{}\"{}",
+                        b.ident.as_str(),
+                        self.in_what()
+                    ),
+                ),
             })
             .collect()
     }
@@ -386,7 +436,10 @@ impl<'a> Decoder<'a> {
 }
 
 fn push_block(out: &mut BTreeMap<String, serde_json::Value>, key: &str, object: serde_json::Value) {
-    match out.entry(key.to_string()).or_insert_with(|| serde_json::Value::Array(Vec::new())) {
+    match out
+        .entry(key.to_string())
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()))
+    {
         serde_json::Value::Array(items) => items.push(object),
         other => *other = serde_json::Value::Array(vec![other.take(), object]),
     }
@@ -394,7 +447,8 @@ fn push_block(out: &mut BTreeMap<String, serde_json::Value>, key: &str, object: 
 
 /// A float that holds a whole number small enough to be exact.
 fn whole(f: Option<f64>) -> Option<i64> {
-    f.filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)
+    f.filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+        .map(|f| f as i64)
 }
 
 fn to_string(value: &Value) -> Option<String> {

@@ -63,13 +63,18 @@ const UNSUPPORTED: [&str; 15] = [
     "max_client_disconnect",
 ];
 
-const TASK_NETWORK_DEPRECATED: &str = "task network resources have been deprecated as of Nomad 0.12.0. \
+const TASK_NETWORK_DEPRECATED: &str =
+    "task network resources have been deprecated as of Nomad 0.12.0. \
      Please configure networking via group network block.";
 const MBITS_DEPRECATED: &str =
     "mbits has been deprecated as of Nomad 0.12.0. Please remove mbits from the network block";
 
 /// Parses a job file. `vars` are `-var name=value` assignments.
-pub fn parse_job(file_name: &str, src: &str, vars: &BTreeMap<String, String>) -> Result<ParsedJob, HclError> {
+pub fn parse_job(
+    file_name: &str,
+    src: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<ParsedJob, HclError> {
     let source = Source::parse(file_name, src)?;
     let scope = variables::scope(&source, vars)?;
     let mut root = Decoder::root(&source, &scope);
@@ -78,7 +83,9 @@ pub fn parse_job(file_name: &str, src: &str, vars: &BTreeMap<String, String>) ->
     if jobs.len() > 1 {
         return Err(jobs[1].error("only one \"job\" block is allowed per file"));
     }
-    let block = jobs.pop().ok_or_else(|| source.error_at(0, "no \"job\" block found"))?;
+    let block = jobs
+        .pop()
+        .ok_or_else(|| source.error_at(0, "no \"job\" block found"))?;
     root.finish()?;
 
     let mut warnings = Vec::new();
@@ -105,7 +112,9 @@ struct Places {
 impl Places {
     fn locate(&self, group: Option<&str>, task: Option<&str>) -> Pos {
         let group_pos = group.and_then(|g| self.groups.get(g));
-        let task_pos = group.zip(task).and_then(|(g, t)| self.tasks.get(&(g.to_string(), t.to_string())));
+        let task_pos = group
+            .zip(task)
+            .and_then(|(g, t)| self.tasks.get(&(g.to_string(), t.to_string())));
         task_pos.or(group_pos).copied().unwrap_or(self.job)
     }
 }
@@ -114,7 +123,10 @@ impl Places {
 fn skip_unsupported(body: &mut Decoder<'_>, warnings: &mut Vec<String>) {
     let file = body.source().name().to_string();
     for (name, pos) in body.skip(&UNSUPPORTED) {
-        warnings.push(format!("\"{name}\" is not supported by berth and is ignored ({file}:{})", pos.line));
+        warnings.push(format!(
+            "\"{name}\" is not supported by berth and is ignored ({file}:{})",
+            pos.line
+        ));
     }
 }
 
