@@ -75,9 +75,11 @@ struct Frame {
     body: bool,
     /// Tokens seen in the current item.
     item_len: usize,
-    /// Offset of the first token of the current item when it was a string.
+    /// True when the current item so far is a single quoted string.
     first_str: bool,
+    /// True once an item of this body was `"quoted" = ...`.
     quoted_key: bool,
+    /// The identifier the current item starts with, if it is one.
     last_ident: Option<(usize, usize)>,
 }
 
