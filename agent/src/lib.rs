@@ -5,6 +5,8 @@
 //! (fingerprint, allocation and task runners, drivers), the HTTP API and the
 //! CLI. `main.rs` is only the entry point.
 
+pub mod hclspan;
+pub mod jobspec;
 pub mod structs;
 pub mod util;
 pub mod server;

@@ -4,9 +4,11 @@
 //! existing Nomad clients send and expect.
 
 mod alloc;
+mod canonicalize;
 mod job;
 mod node;
 
 pub use alloc::*;
+pub use canonicalize::ValidationIssue;
 pub use job::*;
 pub use node::*;

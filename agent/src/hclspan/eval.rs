@@ -1,0 +1,259 @@
+//! Expression evaluation the way Nomad's forked HCL2 does it.
+//!
+//! `var.*` and `local.*` (or whatever roots the caller declares) are
+//! evaluated with hcl-rs, so operators, conditionals and `for` expressions
+//! work. Any other reference inside a string template (`${NOMAD_TASK_DIR}`,
+//! `${attr.unique.hostname}`, `${meta.x}`) is kept as its literal `${...}`
+//! text for the client to interpolate at run time. A bare reference to an
+//! unknown root outside a string is an error.
+
+use std::collections::BTreeMap;
+
+use hcl::eval::{Context, Evaluate};
+use hcl::Value;
+use hcl_edit::expr::{Expression, ObjectKey};
+use hcl_edit::template::{Element, Interpolation, Template};
+use hcl_edit::Span;
+
+use super::error::HclError;
+use super::source::Source;
+
+/// The variables an expression may reference: named roots (`var`, `local`)
+/// each holding an object of values.
+#[derive(Debug, Default)]
+pub struct Scope {
+    ctx: Context<'static>,
+    roots: Vec<String>,
+}
+
+impl Scope {
+    /// A scope with no variables: every reference is a runtime one.
+    pub fn new() -> Self {
+        Scope::default()
+    }
+
+    /// Declares `root` (e.g. `var`) as an object holding `values`; replaces
+    /// an earlier declaration of the same root.
+    pub fn declare(&mut self, root: &str, values: &BTreeMap<String, Value>) {
+        let object: hcl::Map<String, Value> =
+            values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        self.ctx.declare_var(root, Value::Object(object));
+        if !self.roots.iter().any(|r| r == root) {
+            self.roots.push(root.to_string());
+        }
+    }
+
+    fn knows(&self, root: &str) -> bool {
+        self.roots.iter().any(|r| r == root)
+    }
+
+    /// Evaluates an expression from `src`.
+    pub fn eval(&self, src: &Source, expr: &Expression) -> Result<Value, HclError> {
+        match expr {
+            Expression::Null(_) => Ok(Value::Null),
+            Expression::Bool(b) => Ok(Value::Bool(*b.value())),
+            Expression::Number(n) => Ok(Value::Number(*n.value())),
+            Expression::String(s) => Ok(Value::String(s.value().clone())),
+            Expression::Array(items) => items.iter().map(|e| self.eval(src, e)).collect::<Result<_, _>>().map(Value::Array),
+            Expression::Object(object) => {
+                let mut out = hcl::Map::new();
+                for (key, value) in object.iter() {
+                    let name = match key {
+                        ObjectKey::Ident(ident) => ident.as_str().to_string(),
+                        ObjectKey::Expression(e) => match self.eval(src, e)? {
+                            Value::String(s) => s,
+                            Value::Number(n) => n.to_string(),
+                            Value::Bool(b) => b.to_string(),
+                            _ => return Err(src.error(e.span(), "object key must be a string")),
+                        },
+                    };
+                    out.insert(name, self.eval(src, value.expr())?);
+                }
+                Ok(Value::Object(out))
+            }
+            Expression::StringTemplate(t) => self.template(src, expr, t),
+            Expression::HeredocTemplate(h) => self.template(src, expr, &h.template),
+            Expression::Parenthesis(p) => self.eval(src, p.inner()),
+            Expression::Variable(_) | Expression::Traversal(_) => match unknown_root(expr, self) {
+                Some(root) => Err(src.error(
+                    expr.span(),
+                    format!(
+                        "unknown variable \"{root}\"; runtime values must be written inside a string, as \"${{{}}}\"",
+                        expr.span().map_or("", |s| src.snippet(s))
+                    ),
+                )),
+                None => self.delegate(src, expr),
+            },
+            _ => self.delegate(src, expr),
+        }
+    }
+
+    /// Hands an expression to hcl-rs.
+    fn delegate(&self, src: &Source, expr: &Expression) -> Result<Value, HclError> {
+        let converted: hcl::Expression = expr.clone().into();
+        converted
+            .evaluate(&self.ctx)
+            .map_err(|err| src.error(expr.span(), err.kind().to_string()))
+    }
+
+    fn template(
+        &self,
+        src: &Source,
+        expr: &Expression,
+        template: &Template,
+    ) -> Result<Value, HclError> {
+        if template.iter().any(Element::is_directive) {
+            return self.delegate(src, expr);
+        }
+        // A template that is a single interpolation yields the value itself.
+        if let (1, Some(Element::Interpolation(interp))) = (template.len(), template.get(0)) {
+            if unknown_root(&interp.expr, self).is_none() {
+                return self.eval(src, &interp.expr);
+            }
+        }
+        let mut out = String::new();
+        let mut strip_next = false;
+        for element in template.iter() {
+            match element {
+                Element::Literal(text) => {
+                    out.push_str(if strip_next {
+                        text.trim_start()
+                    } else {
+                        text.as_str()
+                    });
+                    strip_next = false;
+                }
+                Element::Interpolation(interp) => {
+                    if interp.strip.strip_start() {
+                        out.truncate(out.trim_end().len());
+                    }
+                    out.push_str(&self.interpolate(src, interp)?);
+                    strip_next = interp.strip.strip_end();
+                }
+                Element::Directive(_) => {}
+            }
+        }
+        Ok(Value::String(out))
+    }
+
+    fn interpolate(&self, src: &Source, interp: &Interpolation) -> Result<String, HclError> {
+        let expr = &interp.expr;
+        if unknown_root(expr, self).is_some() {
+            let text = expr.span().map_or("", |s| src.snippet(s));
+            return Ok(format!("${{{text}}}"));
+        }
+        match self.eval(src, expr)? {
+            Value::String(s) => Ok(s),
+            Value::Number(n) => Ok(n.to_string()),
+            Value::Bool(b) => Ok(b.to_string()),
+            other => Err(src.error(
+                expr.span(),
+                format!("cannot insert {} into a string", kind(&other)),
+            )),
+        }
+    }
+}
+
+/// The root name of a plain reference (`x` or `x.y[0]`) that the scope does
+/// not declare.
+fn unknown_root<'e>(expr: &'e Expression, scope: &Scope) -> Option<&'e str> {
+    let root = match expr {
+        Expression::Variable(v) => v.as_str(),
+        Expression::Traversal(t) => match &t.expr {
+            Expression::Variable(v) => v.as_str(),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    (!scope.knows(root)).then_some(root)
+}
+
+/// "a string", "a number", ... for type errors.
+pub fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a bool",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval_attr(text: &str, vars: &[(&str, Value)]) -> Result<Value, HclError> {
+        let src = Source::parse("t.hcl", text).expect("parses");
+        let mut scope = Scope::new();
+        scope.declare(
+            "var",
+            &vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        );
+        let attr = src.body().get_attribute("x").expect("has x");
+        scope.eval(&src, &attr.value)
+    }
+
+    #[test]
+    fn variables_and_operators_evaluate() {
+        let v = eval_attr("x = var.n * 2 + 1\n", &[("n", Value::from(3))]).expect("evaluates");
+        assert_eq!(v, Value::from(7));
+        let v = eval_attr(
+            "x = var.n > 2 ? \"big\" : \"small\"\n",
+            &[("n", Value::from(3))],
+        )
+        .expect("evaluates");
+        assert_eq!(v, Value::from("big"));
+        let v = eval_attr("x = \"${var.n}\"\n", &[("n", Value::from(3))]).expect("evaluates");
+        assert_eq!(v, Value::from(3));
+        let v = eval_attr("x = \"img:${var.tag}\"\n", &[("tag", Value::from("v1"))])
+            .expect("evaluates");
+        assert_eq!(v, Value::from("img:v1"));
+    }
+
+    #[test]
+    fn runtime_references_pass_through() {
+        let v = eval_attr(
+            "x = \"${NOMAD_TASK_DIR}/a-${attr.unique.hostname}-${var.n}\"\n",
+            &[("n", Value::from(1))],
+        )
+        .expect("evaluates");
+        assert_eq!(
+            v,
+            Value::from("${NOMAD_TASK_DIR}/a-${attr.unique.hostname}-1")
+        );
+        let v = eval_attr("x = \"${node.unique.name}\"\n", &[]).expect("evaluates");
+        assert_eq!(v, Value::from("${node.unique.name}"));
+        let v = eval_attr("x = \"$${literal}\"\n", &[]).expect("evaluates");
+        assert_eq!(v, Value::from("${literal}"));
+    }
+
+    #[test]
+    fn bare_runtime_reference_is_an_error_with_location() {
+        let err = eval_attr("\nx = attr.kernel.name\n", &[]).expect_err("must fail");
+        assert_eq!((err.line, err.column), (2, 5));
+        assert!(err.message.contains("\"attr\""), "{err}");
+        let err = eval_attr("x = var.missing\n", &[]).expect_err("must fail");
+        assert_eq!(err.line, 1);
+    }
+
+    #[test]
+    fn directives_and_heredocs() {
+        let v = eval_attr(
+            "x = \"%{ if var.on }yes%{ else }no%{ endif }\"\n",
+            &[("on", Value::from(true))],
+        )
+        .expect("evaluates");
+        assert_eq!(v, Value::from("yes"));
+        let v = eval_attr(
+            "x = <<-EOT\n    a ${NOMAD_ALLOC_ID}\n      b\n    EOT\n",
+            &[],
+        )
+        .expect("evaluates");
+        assert_eq!(v, Value::from("a ${NOMAD_ALLOC_ID}\n  b\n"));
+    }
+}

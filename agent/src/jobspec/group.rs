@@ -1,0 +1,124 @@
+//! The `group` block: count, network, volumes, policies, services, tasks.
+
+use super::policy::{ReschedulePatch, RestartPatch, UpdatePatch};
+use super::service::{decode_constraint, decode_service};
+use super::{network, skip_unsupported, task};
+use crate::hclspan::{Block, HclError, Pos};
+use crate::structs::{
+    CsiMountOptions, EphemeralDisk, ReschedulePolicy, RestartPolicy, TaskGroup, UpdateStrategy,
+    VolumeRequest, JOB_TYPE_SERVICE,
+};
+
+/// What a group inherits from its job.
+pub(super) struct Inherited {
+    pub job_type: String,
+    pub update: Option<UpdatePatch>,
+    /// The job type's default reschedule policy (zero for system jobs).
+    pub reschedule_base: ReschedulePolicy,
+    pub reschedule: Option<ReschedulePatch>,
+}
+
+/// Decodes a `group "name" { ... }` block; also returns where each task starts.
+pub(super) fn decode(
+    mut block: Block<'_>,
+    job: &Inherited,
+    warnings: &mut Vec<String>,
+) -> Result<(TaskGroup, Vec<(String, Pos)>), HclError> {
+    let name = block.label()?;
+    let b = &mut block.body;
+    skip_unsupported(b, warnings);
+    let mut tg = TaskGroup {
+        name,
+        count: b.number("count")?.unwrap_or(1),
+        meta: b.string_map("meta")?.unwrap_or_default(),
+        ..TaskGroup::default()
+    };
+    for c in b.blocks("constraint") {
+        tg.constraints.push(decode_constraint(c)?);
+    }
+    if let Some(net) = b.block("network")? {
+        tg.networks.push(network::decode(net, false)?);
+    }
+    for v in b.blocks("volume") {
+        let (alias, volume) = decode_volume(v)?;
+        tg.volumes.insert(alias, volume);
+    }
+
+    let restart = RestartPolicy::default_for(&job.job_type);
+    let restart = match b.block("restart")? {
+        Some(r) => RestartPatch::decode(r)?.apply(&restart),
+        None => restart,
+    };
+    tg.restart_policy = Some(restart.clone());
+
+    let reschedule = b
+        .block("reschedule")?
+        .map(ReschedulePatch::decode)
+        .transpose()?;
+    let system_like = ReschedulePolicy::default_for(&job.job_type).is_none();
+    // System jobs get no policy unless one was written (which validation rejects).
+    if !system_like || reschedule.is_some() || job.reschedule.is_some() {
+        let mut policy = job.reschedule_base.clone();
+        for patch in job.reschedule.iter().chain(&reschedule) {
+            policy = patch.apply(&policy);
+        }
+        tg.reschedule_policy = Some(policy);
+    }
+
+    let update = b.block("update")?.map(UpdatePatch::decode).transpose()?;
+    if job.job_type == JOB_TYPE_SERVICE || update.is_some() {
+        let mut strategy = UpdateStrategy::nomad_default();
+        for patch in job.update.iter().chain(&update) {
+            strategy = patch.apply(&strategy);
+        }
+        tg.update = Some(strategy);
+    }
+
+    if let Some(mut disk) = b.block("ephemeral_disk")? {
+        disk.no_labels()?;
+        tg.ephemeral_disk = Some(EphemeralDisk {
+            size_mb: disk.body.number("size")?.unwrap_or(300),
+            sticky: disk.body.bool("sticky")?.unwrap_or(false),
+            migrate: disk.body.bool("migrate")?.unwrap_or(false),
+        });
+        disk.body.finish()?;
+    }
+    for s in b.blocks("service") {
+        tg.services.push(decode_service(s)?);
+    }
+    let mut places = Vec::new();
+    for t in b.blocks("task") {
+        let pos = t.pos;
+        let task = task::decode(t, &restart, warnings)?;
+        places.push((task.name.clone(), pos));
+        tg.tasks.push(task);
+    }
+    block.body.finish()?;
+    Ok((tg, places))
+}
+
+/// Decodes `volume "alias" { ... }`.
+fn decode_volume(mut block: Block<'_>) -> Result<(String, VolumeRequest), HclError> {
+    let alias = block.label()?;
+    let b = &mut block.body;
+    let mut volume = VolumeRequest {
+        name: alias.clone(),
+        volume_type: b.string("type")?.unwrap_or_default(),
+        source: b.string("source")?.unwrap_or_default(),
+        read_only: b.bool("read_only")?.unwrap_or(false),
+        access_mode: b.string("access_mode")?.unwrap_or_default(),
+        attachment_mode: b.string("attachment_mode")?.unwrap_or_default(),
+        per_alloc: b.bool("per_alloc")?.unwrap_or(false),
+        mount_options: None,
+    };
+    if let Some(mut opts) = b.block("mount_options")? {
+        opts.no_labels()?;
+        volume.mount_options = Some(CsiMountOptions {
+            fs_type: opts.body.string("fs_type")?.unwrap_or_default(),
+            mount_flags: opts.body.strings("mount_flags")?.unwrap_or_default(),
+        });
+        opts.body.finish()?;
+    }
+    block.body.finish()?;
+    Ok((alias, volume))
+}

@@ -1,0 +1,71 @@
+//! The `job` block: job-level fields, and the job-level `update` and
+//! `reschedule` blocks that groups inherit.
+
+use super::group;
+use super::policy::{ReschedulePatch, UpdatePatch};
+use super::service::decode_constraint;
+use super::{skip_unsupported, Places};
+use crate::hclspan::{Block, HclError};
+use crate::structs::{Job, ReschedulePolicy, UpdateStrategy, JOB_TYPE_SERVICE};
+
+/// Decodes the `job "id" { ... }` block.
+pub(super) fn decode(
+    mut block: Block<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<(Job, Places), HclError> {
+    let mut places = Places {
+        job: block.pos,
+        ..Places::default()
+    };
+    let id = block.label()?;
+    let b = &mut block.body;
+    skip_unsupported(b, warnings);
+    let mut job = Job {
+        id,
+        name: b.string("name")?.unwrap_or_default(),
+        namespace: b.string("namespace")?.unwrap_or_default(),
+        region: b.string("region")?.unwrap_or_default(),
+        job_type: b.string("type")?.unwrap_or_else(|| JOB_TYPE_SERVICE.into()),
+        priority: b.number("priority")?.unwrap_or(0),
+        all_at_once: b.bool("all_at_once")?.unwrap_or(false),
+        datacenters: b.strings("datacenters")?.unwrap_or_default(),
+        node_pool: b.string("node_pool")?.unwrap_or_default(),
+        meta: b.string_map("meta")?.unwrap_or_default(),
+        ..Job::default()
+    };
+    for c in b.blocks("constraint") {
+        job.constraints.push(decode_constraint(c)?);
+    }
+    let update = b.block("update")?.map(UpdatePatch::decode).transpose()?;
+    let reschedule = b
+        .block("reschedule")?
+        .map(ReschedulePatch::decode)
+        .transpose()?;
+    let service = job.job_type == JOB_TYPE_SERVICE;
+    job.update = match &update {
+        Some(patch) => Some(patch.apply(&UpdateStrategy::nomad_default())),
+        None if service => Some(UpdateStrategy::nomad_default()),
+        None => None,
+    };
+    let inherited = group::Inherited {
+        job_type: job.job_type.clone(),
+        update,
+        reschedule_base: ReschedulePolicy::default_for(&job.job_type).unwrap_or_default(),
+        reschedule,
+    };
+    job.reschedule = inherited
+        .reschedule
+        .as_ref()
+        .map(|p| p.apply(&inherited.reschedule_base));
+    for g in b.blocks("group") {
+        let group_pos = g.pos;
+        let (tg, task_places) = group::decode(g, &inherited, warnings)?;
+        places.groups.entry(tg.name.clone()).or_insert(group_pos);
+        for (task, pos) in task_places {
+            places.tasks.entry((tg.name.clone(), task)).or_insert(pos);
+        }
+        job.task_groups.push(tg);
+    }
+    block.body.finish()?;
+    Ok((job, places))
+}

@@ -1,0 +1,154 @@
+//! The jobspec parser: a Nomad job file (HCL2, plus the HCL1-era shapes
+//! seed-era files still use) to a canonicalized, validated
+//! [`Job`](crate::structs::Job), with Nomad's deprecation warnings.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//!
+//! let src = r#"
+//! job "hello" {
+//!   group "g" {
+//!     task "t" {
+//!       driver = "raw_exec"
+//!       config { command = "/bin/true" }
+//!     }
+//!   }
+//! }
+//! "#;
+//! let parsed = berth::jobspec::parse_job("hello.nomad.hcl", src, &BTreeMap::new()).unwrap();
+//! assert_eq!(parsed.job.task_groups[0].count, 1);
+//! ```
+
+mod group;
+mod job;
+mod network;
+mod policy;
+mod service;
+mod task;
+mod variables;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use crate::hclspan::{Decoder, HclError, Pos, Source};
+use crate::structs::Job;
+
+/// A parsed job and the warnings Nomad would print under `Job Warnings:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedJob {
+    /// The canonicalized, validated job.
+    pub job: Job,
+    /// Deprecations and ignored blocks.
+    pub warnings: Vec<String>,
+}
+
+/// Nomad blocks berth accepts but does not implement.
+const UNSUPPORTED: [&str; 15] = [
+    "affinity",
+    "spread",
+    "migrate",
+    "periodic",
+    "parameterized",
+    "vault",
+    "identity",
+    "scaling",
+    "artifact",
+    "lifecycle",
+    "consul",
+    "multiregion",
+    "dispatch_payload",
+    "disconnect",
+    "max_client_disconnect",
+];
+
+const TASK_NETWORK_DEPRECATED: &str =
+    "task network resources have been deprecated as of Nomad 0.12.0. \
+     Please configure networking via group network block.";
+const MBITS_DEPRECATED: &str =
+    "mbits has been deprecated as of Nomad 0.12.0. Please remove mbits from the network block";
+
+/// Parses a job file. `vars` are `-var name=value` assignments.
+pub fn parse_job(
+    file_name: &str,
+    src: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<ParsedJob, HclError> {
+    let source = Source::parse(file_name, src)?;
+    let scope = variables::scope(&source, vars)?;
+    let mut root = Decoder::root(&source, &scope);
+    root.skip(&["variable", "locals"]);
+    let mut jobs = root.blocks("job");
+    if jobs.len() > 1 {
+        return Err(jobs[1].error("only one \"job\" block is allowed per file"));
+    }
+    let block = jobs
+        .pop()
+        .ok_or_else(|| source.error_at(0, "no \"job\" block found"))?;
+    root.finish()?;
+
+    let mut warnings = Vec::new();
+    let (mut job, places) = job::decode(block, &mut warnings)?;
+    job.canonicalize();
+    let issues = job.validation_issues();
+    if let Some(first) = issues.first() {
+        let pos = places.locate(first.group.as_deref(), first.task.as_deref());
+        let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
+        return Err(HclError::new(file_name, pos, messages.join("; ")));
+    }
+    network_warnings(&job, &mut warnings);
+    Ok(ParsedJob { job, warnings })
+}
+
+/// Where the job, its groups and tasks start, for validation errors.
+#[derive(Debug, Default)]
+struct Places {
+    job: Pos,
+    groups: BTreeMap<String, Pos>,
+    tasks: BTreeMap<(String, String), Pos>,
+}
+
+impl Places {
+    fn locate(&self, group: Option<&str>, task: Option<&str>) -> Pos {
+        let group_pos = group.and_then(|g| self.groups.get(g));
+        let task_pos = group
+            .zip(task)
+            .and_then(|(g, t)| self.tasks.get(&(g.to_string(), t.to_string())));
+        task_pos.or(group_pos).copied().unwrap_or(self.job)
+    }
+}
+
+/// Consumes the blocks berth ignores, warning about each.
+fn skip_unsupported(body: &mut Decoder<'_>, warnings: &mut Vec<String>) {
+    let file = body.source().name().to_string();
+    for (name, pos) in body.skip(&UNSUPPORTED) {
+        warnings.push(format!(
+            "\"{name}\" is not supported by berth and is ignored ({file}:{})",
+            pos.line
+        ));
+    }
+}
+
+/// Nomad's deprecation warnings for HCL1-era task networks and `mbits`.
+fn network_warnings(job: &Job, warnings: &mut Vec<String>) {
+    let mut add = |w: &str| {
+        if !warnings.iter().any(|x| x == w) {
+            warnings.push(w.to_string());
+        }
+    };
+    for tg in &job.task_groups {
+        for task in &tg.tasks {
+            let networks = task.resources.iter().flat_map(|r| &r.networks);
+            if networks.clone().next().is_some() {
+                add(TASK_NETWORK_DEPRECATED);
+            }
+            if networks.clone().any(|n| n.mbits > 0) {
+                add(MBITS_DEPRECATED);
+            }
+        }
+        if tg.networks.iter().any(|n| n.mbits > 0) {
+            add(MBITS_DEPRECATED);
+        }
+    }
+}

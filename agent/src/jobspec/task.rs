@@ -1,0 +1,119 @@
+//! The `task` block: driver and its free-form `config`, resources,
+//! templates, volume mounts, the CSI plugin role, services and logs.
+
+use super::policy::RestartPatch;
+use super::service::{decode_constraint, decode_service};
+use super::{network, skip_unsupported};
+use crate::hclspan::{Block, HclError};
+use crate::structs::{
+    CsiPluginConfig, LogConfig, Resources, RestartPolicy, Task, Template, VolumeMount,
+};
+
+/// Decodes a `task "name" { ... }` block; `group_restart` is the group's
+/// restart policy, which a task `restart` block overrides field by field.
+pub(super) fn decode(
+    mut block: Block<'_>,
+    group_restart: &RestartPolicy,
+    warnings: &mut Vec<String>,
+) -> Result<Task, HclError> {
+    let name = block.label()?;
+    let b = &mut block.body;
+    skip_unsupported(b, warnings);
+    let mut task = Task {
+        name,
+        driver: b.string("driver")?.unwrap_or_default(),
+        user: b.string("user")?.unwrap_or_default(),
+        env: b.string_map("env")?.unwrap_or_default(),
+        meta: b.string_map("meta")?.unwrap_or_default(),
+        kill_timeout: b.duration("kill_timeout")?,
+        kill_signal: b.string("kill_signal")?.unwrap_or_default(),
+        leader: b.bool("leader")?.unwrap_or(false),
+        ..Task::default()
+    };
+    if let Some(mut config) = b.block("config")? {
+        config.no_labels()?;
+        task.config = config.body.free_form()?;
+    }
+    if let Some(restart) = b.block("restart")? {
+        task.restart_policy = Some(RestartPatch::decode(restart)?.apply(group_restart));
+    }
+    if let Some(resources) = b.block("resources")? {
+        task.resources = Some(decode_resources(resources)?);
+    }
+    for c in b.blocks("constraint") {
+        task.constraints.push(decode_constraint(c)?);
+    }
+    for s in b.blocks("service") {
+        task.services.push(decode_service(s)?);
+    }
+    for t in b.blocks("template") {
+        task.templates.push(decode_template(t)?);
+    }
+    for mut m in b.blocks("volume_mount") {
+        m.no_labels()?;
+        task.volume_mounts.push(VolumeMount {
+            volume: m.body.string("volume")?.unwrap_or_default(),
+            destination: m.body.string("destination")?.unwrap_or_default(),
+            read_only: m.body.bool("read_only")?.unwrap_or(false),
+            propagation_mode: m.body.string("propagation_mode")?.unwrap_or_default(),
+        });
+        m.body.finish()?;
+    }
+    if let Some(mut p) = b.block("csi_plugin")? {
+        p.no_labels()?;
+        task.csi_plugin_config = Some(CsiPluginConfig {
+            id: p.body.string("id")?.unwrap_or_default(),
+            plugin_type: p.body.string("type")?.unwrap_or_default(),
+            mount_dir: p.body.string("mount_dir")?.unwrap_or_default(),
+            stage_publish_base_dir: p.body.string("stage_publish_base_dir")?.unwrap_or_default(),
+            health_timeout: p.body.duration("health_timeout")?.unwrap_or(0),
+        });
+        p.body.finish()?;
+    }
+    if let Some(mut logs) = b.block("logs")? {
+        logs.no_labels()?;
+        task.log_config = Some(LogConfig {
+            max_files: logs.body.number("max_files")?.unwrap_or(10),
+            max_file_size_mb: logs.body.number("max_file_size")?.unwrap_or(10),
+        });
+        logs.body.finish()?;
+    }
+    block.body.finish()?;
+    Ok(task)
+}
+
+fn decode_resources(mut block: Block<'_>) -> Result<Resources, HclError> {
+    block.no_labels()?;
+    let b = &mut block.body;
+    let mut resources = Resources {
+        cpu: b.number("cpu")?.unwrap_or(0),
+        cores: b.number("cores")?.unwrap_or(0),
+        memory_mb: b.number("memory")?.unwrap_or(0),
+        memory_max_mb: b.number("memory_max")?.unwrap_or(0),
+        disk_mb: b.number("disk")?.unwrap_or(0),
+        networks: Vec::new(),
+    };
+    for net in b.blocks("network") {
+        resources.networks.push(network::decode(net, true)?);
+    }
+    block.body.finish()?;
+    Ok(resources)
+}
+
+fn decode_template(mut block: Block<'_>) -> Result<Template, HclError> {
+    block.no_labels()?;
+    let b = &mut block.body;
+    let template = Template {
+        embedded_tmpl: b.string("data")?.unwrap_or_default(),
+        source_path: b.string("source")?.unwrap_or_default(),
+        dest_path: b.string("destination")?.unwrap_or_default(),
+        change_mode: b.string("change_mode")?.unwrap_or_default(),
+        change_signal: b.string("change_signal")?.unwrap_or_default(),
+        envvars: b.bool("env")?.unwrap_or(false),
+        perms: b.string("perms")?.unwrap_or_default(),
+        left_delim: b.string("left_delimiter")?.unwrap_or_default(),
+        right_delim: b.string("right_delimiter")?.unwrap_or_default(),
+    };
+    block.body.finish()?;
+    Ok(template)
+}
