@@ -5,12 +5,15 @@
 //! (fingerprint, allocation and task runners, drivers), the HTTP API and the
 //! CLI. `main.rs` is only the entry point.
 
+pub mod agent;
+pub mod cli;
+pub mod client;
 pub mod hclspan;
+pub mod http;
 pub mod jobspec;
+pub mod server;
 pub mod structs;
 pub mod util;
-pub mod server;
-pub mod client;
 
 /// The agent's version, reported in fingerprints and `agent/self`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -15,10 +15,7 @@ pub fn short_id(id: &str) -> &str {
 
 /// Unix time in nanoseconds.
 pub fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 /// RFC 3339 string for a Unix-nanosecond timestamp.

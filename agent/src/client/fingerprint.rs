@@ -30,7 +30,11 @@ fn core_mhz(cpuinfo: &str) -> u64 {
     if from_cpuinfo > 0.0 {
         return from_cpuinfo as u64;
     }
-    read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").trim().parse::<u64>().map(|khz| khz / 1000).unwrap_or(1000)
+    read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+        .trim()
+        .parse::<u64>()
+        .map(|khz| khz / 1000)
+        .unwrap_or(1000)
 }
 
 /// Total memory in MB from /proc/meminfo.

@@ -165,7 +165,7 @@ mod tests {
         let rot = Rotation { max_files: 3, max_file_bytes: 10 };
         let mut w = RotatingWriter::open(dir.path(), "web", "stdout", rot).unwrap();
         for i in 0..10 {
-            write!(w, "line{i:02}\n").unwrap();
+            writeln!(w, "line{i:02}").unwrap();
         }
         drop(w);
         let idx = log_indexes(dir.path(), "web", "stdout");

@@ -200,6 +200,21 @@ impl Client {
         dir.is_dir().then_some(dir)
     }
 
+    /// Stops and removes every allocation (a dev agent on a throw-away data
+    /// dir does this on exit, since nothing could re-attach later).
+    pub async fn stop_all(&self, timeout: Duration) {
+        for (_, ctl) in self.runners.lock().drain() {
+            let _ = ctl.commands.send(AllocCommand::Destroy);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.store.load().map(|l| l.is_empty()).unwrap_or(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Registers, then heartbeats; re-registers when the server forgot us
     /// and when driver health changes.
     async fn membership(self: Arc<Self>) {
@@ -307,12 +322,11 @@ impl Client {
         for a in allocs {
             let index = a.alloc_modify_index.max(a.modify_index);
             match runners.get_mut(&a.id) {
-                Some(ctl) => {
-                    if index > ctl.modify_index {
-                        ctl.modify_index = index;
-                        let _ = ctl.commands.send(AllocCommand::Update(Box::new(a)));
-                    }
+                Some(ctl) if index > ctl.modify_index => {
+                    ctl.modify_index = index;
+                    let _ = ctl.commands.send(AllocCommand::Update(Box::new(a)));
                 }
+                Some(_) => {}
                 None if !a.is_terminal() => {
                     let id = a.id.clone();
                     runners.insert(id, allocrunner::spawn(a, None, self.deps()));

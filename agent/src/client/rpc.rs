@@ -30,9 +30,19 @@ pub trait ServerRpc: Send + Sync {
     /// Heartbeats; returns the TTL.
     fn heartbeat<'a>(&'a self, node_id: &'a str, secret: &'a str) -> BoxFuture<'a, Result<Duration, RpcError>>;
     /// The node's allocations once the state index passes `min_index`.
-    fn node_allocs<'a>(&'a self, node_id: &'a str, min_index: u64, wait: Duration) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>>;
+    fn node_allocs<'a>(
+        &'a self,
+        node_id: &'a str,
+        min_index: u64,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>>;
     /// Reports allocation status.
-    fn update_allocs<'a>(&'a self, node_id: &'a str, secret: &'a str, updates: Vec<AllocClientUpdate>) -> BoxFuture<'a, Result<(), RpcError>>;
+    fn update_allocs<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        updates: Vec<AllocClientUpdate>,
+    ) -> BoxFuture<'a, Result<(), RpcError>>;
 }
 
 fn from_server(e: ServerError) -> RpcError {
@@ -54,7 +64,12 @@ impl ServerRpc for LocalRpc {
         async move { self.0.heartbeat(node_id, secret).map_err(from_server) }.boxed()
     }
 
-    fn node_allocs<'a>(&'a self, node_id: &'a str, min_index: u64, wait: Duration) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>> {
+    fn node_allocs<'a>(
+        &'a self,
+        node_id: &'a str,
+        min_index: u64,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>> {
         async move {
             let index = self.0.state.wait_index(min_index, wait).await;
             let snap = self.0.state.snapshot();
@@ -63,7 +78,12 @@ impl ServerRpc for LocalRpc {
         .boxed()
     }
 
-    fn update_allocs<'a>(&'a self, node_id: &'a str, _secret: &'a str, updates: Vec<AllocClientUpdate>) -> BoxFuture<'a, Result<(), RpcError>> {
+    fn update_allocs<'a>(
+        &'a self,
+        node_id: &'a str,
+        _secret: &'a str,
+        updates: Vec<AllocClientUpdate>,
+    ) -> BoxFuture<'a, Result<(), RpcError>> {
         async move { self.0.update_allocs(node_id, updates).map_err(from_server) }.boxed()
     }
 }
@@ -87,15 +107,16 @@ struct TtlResponse {
 impl HttpRpc {
     /// Servers as `host:port` (or full URLs).
     pub fn new(servers: Vec<String>) -> Self {
-        let servers = servers
-            .into_iter()
-            .map(|s| if s.starts_with("http") { s } else { format!("http://{s}") })
-            .collect();
+        let servers =
+            servers.into_iter().map(|s| if s.starts_with("http") { s } else { format!("http://{s}") }).collect();
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build().unwrap_or_default();
         HttpRpc { servers, http, current: parking_lot::Mutex::new(0) }
     }
 
-    async fn call(&self, build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder) -> Result<reqwest::Response, RpcError> {
+    async fn call(
+        &self,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RpcError> {
         let n = self.servers.len().max(1);
         let mut last = RpcError::Failed("no servers configured".into());
         for attempt in 0..n {
@@ -135,16 +156,25 @@ impl ServerRpc for HttpRpc {
     fn heartbeat<'a>(&'a self, node_id: &'a str, secret: &'a str) -> BoxFuture<'a, Result<Duration, RpcError>> {
         async move {
             let resp = self
-                .call(|c, base| c.put(format!("{base}/v1/internal/node/{node_id}/heartbeat")).header(NODE_SECRET_HEADER, secret))
+                .call(|c, base| {
+                    c.put(format!("{base}/v1/internal/node/{node_id}/heartbeat")).header(NODE_SECRET_HEADER, secret)
+                })
                 .await?;
             resp.json::<TtlResponse>().await.map(ttl).map_err(|e| RpcError::Failed(e.to_string()))
         }
         .boxed()
     }
 
-    fn node_allocs<'a>(&'a self, node_id: &'a str, min_index: u64, wait: Duration) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>> {
+    fn node_allocs<'a>(
+        &'a self,
+        node_id: &'a str,
+        min_index: u64,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>> {
         async move {
-            let url = |base: &str| format!("{base}/v1/internal/node/{node_id}/allocations?index={min_index}&wait={}ms", wait.as_millis());
+            let url = |base: &str| {
+                format!("{base}/v1/internal/node/{node_id}/allocations?index={min_index}&wait={}ms", wait.as_millis())
+            };
             let resp = self.call(|c, base| c.get(url(base)).timeout(wait + Duration::from_secs(10))).await?;
             let index = resp
                 .headers()
@@ -158,10 +188,17 @@ impl ServerRpc for HttpRpc {
         .boxed()
     }
 
-    fn update_allocs<'a>(&'a self, node_id: &'a str, secret: &'a str, updates: Vec<AllocClientUpdate>) -> BoxFuture<'a, Result<(), RpcError>> {
+    fn update_allocs<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        updates: Vec<AllocClientUpdate>,
+    ) -> BoxFuture<'a, Result<(), RpcError>> {
         async move {
             self.call(|c, base| {
-                c.put(format!("{base}/v1/internal/node/{node_id}/allocations")).header(NODE_SECRET_HEADER, secret).json(&updates)
+                c.put(format!("{base}/v1/internal/node/{node_id}/allocations"))
+                    .header(NODE_SECRET_HEADER, secret)
+                    .json(&updates)
             })
             .await
             .map(|_| ())

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use super::logs::{Rotation, RotatingWriter};
+use super::logs::{RotatingWriter, Rotation};
 
 /// Everything the shim needs to run a task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,7 +109,10 @@ fn pump(mut from: impl io::Read + Send + 'static, mut to: RotatingWriter) -> std
 
 /// Runs the shim; returns the process exit code.
 pub fn run(spec_path: &Path) -> i32 {
-    let spec: ShimSpec = match fs::read(spec_path).map_err(|e| e.to_string()).and_then(|d| serde_json::from_slice(&d).map_err(|e| e.to_string())) {
+    let spec: ShimSpec = match fs::read(spec_path)
+        .map_err(|e| e.to_string())
+        .and_then(|d| serde_json::from_slice(&d).map_err(|e| e.to_string()))
+    {
         Ok(s) => s,
         Err(e) => {
             println!("error reading shim spec {}: {e}", spec_path.display());
@@ -142,10 +145,7 @@ pub fn run(spec_path: &Path) -> i32 {
         let _ = nix::unistd::dup2_stdout(&devnull);
         let _ = nix::unistd::dup2_stderr(&devnull);
     }
-    let pumps = [
-        child.stdout.take().map(|s| pump(s, out_w)),
-        child.stderr.take().map(|s| pump(s, err_w)),
-    ];
+    let pumps = [child.stdout.take().map(|s| pump(s, out_w)), child.stderr.take().map(|s| pump(s, err_w))];
     let status = loop {
         match child.wait() {
             Ok(s) => break s,

@@ -46,7 +46,8 @@ impl ClientState {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, ClientStateError> {
         let path = dir.join("state.db");
-        let fail = |e: &dyn std::fmt::Display| ClientStateError { path: path.display().to_string(), reason: e.to_string() };
+        let fail =
+            |e: &dyn std::fmt::Display| ClientStateError { path: path.display().to_string(), reason: e.to_string() };
         std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         let db = Database::create(&path).map_err(|e| fail(&e))?;
         let txn = db.begin_write().map_err(|e| fail(&e))?;
@@ -74,7 +75,10 @@ impl ClientState {
     pub fn put(&self, p: &PersistedAlloc) -> Result<(), ClientStateError> {
         let data = serde_json::to_vec(p).map_err(|e| self.err(e))?;
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        txn.open_table(ALLOCS).map_err(|e| self.err(e))?.insert(p.alloc.id.as_str(), data.as_slice()).map_err(|e| self.err(e))?;
+        txn.open_table(ALLOCS)
+            .map_err(|e| self.err(e))?
+            .insert(p.alloc.id.as_str(), data.as_slice())
+            .map_err(|e| self.err(e))?;
         txn.commit().map_err(|e| self.err(e))
     }
 

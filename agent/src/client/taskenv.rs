@@ -80,9 +80,8 @@ fn lookup(name: &str, env: &BTreeMap<String, String>, node: &Node) -> Option<Str
         return Some(v.clone());
     }
     let target = format!("${{{name}}}");
-    crate::server::scheduler::resolve_target(&target, node).filter(|_| {
-        name.starts_with("attr.") || name.starts_with("meta.") || name.starts_with("node.")
-    })
+    crate::server::scheduler::resolve_target(&target, node)
+        .filter(|_| name.starts_with("attr.") || name.starts_with("meta.") || name.starts_with("node."))
 }
 
 /// Replaces every `${name}` in `s` whose value is known; unknown references
@@ -134,7 +133,8 @@ mod tests {
         node.meta.insert("rack".into(), "r7".into());
         let mut env = BTreeMap::new();
         env.insert("NOMAD_TASK_DIR".into(), "/data/t/local".into());
-        let s = "${NOMAD_TASK_DIR}/x ${attr.unique.hostname} ${node.unique.name} ${node.datacenter} ${meta.rack} ${NOPE}";
+        let s =
+            "${NOMAD_TASK_DIR}/x ${attr.unique.hostname} ${node.unique.name} ${node.datacenter} ${meta.rack} ${NOPE}";
         assert_eq!(interpolate(s, &env, &node), "/data/t/local/x box host1 dc1 r7 ${NOPE}");
         assert_eq!(interpolate("no refs", &env, &node), "no refs");
         assert_eq!(interpolate("dangling ${x", &env, &node), "dangling ${x");

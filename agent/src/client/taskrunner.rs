@@ -17,7 +17,7 @@ use super::driver::{Driver, ExitResult, TaskConfig, TaskHandle};
 use super::logs::Rotation;
 use super::{taskenv, template};
 use crate::structs::{Allocation, Node, RestartPolicy, Task, TaskEvent, TaskState};
-use crate::util::{now_rfc3339, format_duration};
+use crate::util::{format_duration, now_rfc3339};
 
 /// Task lifecycle states, as Nomad names them.
 pub mod task_state {
@@ -118,7 +118,8 @@ impl TaskRunner {
                 if tmpl.left_delim.is_empty() { "{{" } else { tmpl.left_delim.as_str() },
                 if tmpl.right_delim.is_empty() { "}}" } else { tmpl.right_delim.as_str() },
             );
-            let rendered = template::render(&tmpl.dest_path, &data, delims, &env, &self.node).map_err(|e| e.to_string())?;
+            let rendered =
+                template::render(&tmpl.dest_path, &data, delims, &env, &self.node).map_err(|e| e.to_string())?;
             let dest = taskenv::interpolate(&tmpl.dest_path, &env, &self.node);
             let dest_path = if dest.starts_with('/') { PathBuf::from(&dest) } else { task_dir.join(&dest) };
             if let Some(parent) = dest_path.parent() {
@@ -133,18 +134,17 @@ impl TaskRunner {
                 env.extend(template::parse_env_file(&rendered));
             }
         }
-        let config: BTreeMap<String, serde_json::Value> = self
-            .task
-            .config
-            .iter()
-            .map(|(k, v)| (k.clone(), taskenv::interpolate_json(v, &env, &self.node)))
-            .collect();
+        let config: BTreeMap<String, serde_json::Value> =
+            self.task.config.iter().map(|(k, v)| (k.clone(), taskenv::interpolate_json(v, &env, &self.node))).collect();
         let resources = self.alloc.allocated_resources.tasks.get(&self.task.name);
         let rotation = self
             .task
             .log_config
             .as_ref()
-            .map(|l| Rotation { max_files: l.max_files.max(1), max_file_bytes: l.max_file_size_mb.max(1) * 1024 * 1024 })
+            .map(|l| Rotation {
+                max_files: l.max_files.max(1),
+                max_file_bytes: l.max_file_size_mb.max(1) * 1024 * 1024,
+            })
             .unwrap_or_default();
         Ok(TaskConfig {
             alloc_id: self.alloc.id.clone(),
@@ -263,7 +263,11 @@ impl TaskRunner {
             };
             let mut ev = TaskEvent::new(
                 "Terminated",
-                format!("Exit Code: {}{}", exit.exit_code, if exit.signal != 0 { format!(", Signal: {}", exit.signal) } else { String::new() }),
+                format!(
+                    "Exit Code: {}{}",
+                    exit.exit_code,
+                    if exit.signal != 0 { format!(", Signal: {}", exit.signal) } else { String::new() }
+                ),
             );
             ev.exit_code = exit.exit_code;
             ev.signal = exit.signal;
@@ -292,7 +296,8 @@ impl TaskRunner {
 
     /// Waits out a restart delay; false when killed or shut down meanwhile.
     async fn restart_after(&mut self, delay: Duration) -> bool {
-        let mut ev = TaskEvent::new("Restarting", format!("Task restarting in {}", format_duration(delay.as_nanos() as i64)));
+        let mut ev =
+            TaskEvent::new("Restarting", format!("Task restarting in {}", format_duration(delay.as_nanos() as i64)));
         ev.restart_reason = "Restart within policy".into();
         self.state.restarts += 1;
         self.state.last_restart = Some(now_rfc3339());

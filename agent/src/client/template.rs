@@ -95,7 +95,14 @@ mod tests {
         node.attributes.insert("unique.hostname".into(), "box".into());
         let mut env = BTreeMap::new();
         env.insert("NOMAD_ALLOC_ID".into(), "abc".into());
-        let out = render("local/x", "id={{ env \"NOMAD_ALLOC_ID\" }} host={{env \"attr.unique.hostname\"}} miss={{ env \"NOPE\" }}", ("{{", "}}"), &env, &node).unwrap();
+        let out = render(
+            "local/x",
+            "id={{ env \"NOMAD_ALLOC_ID\" }} host={{env \"attr.unique.hostname\"}} miss={{ env \"NOPE\" }}",
+            ("{{", "}}"),
+            &env,
+            &node,
+        )
+        .unwrap();
         assert_eq!(out, "id=abc host=box miss=");
         let trimmed = render("x", "a  {{- env \"NOMAD_ALLOC_ID\" -}}  b", ("{{", "}}"), &env, &node).unwrap();
         assert_eq!(trimmed, "aabcb");

@@ -71,13 +71,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn new(src: &'a Source, scope: &'a Scope, body: &'a Body, what: String) -> Self {
-        Decoder {
-            src,
-            scope,
-            body,
-            what,
-            used: vec![false; body.len()],
-        }
+        Decoder { src, scope, body, what, used: vec![false; body.len()] }
     }
 
     /// The source being decoded.
@@ -87,11 +81,11 @@ impl<'a> Decoder<'a> {
 
     /// The attribute `key` (the parser rejects duplicates), marked used.
     fn attr(&mut self, key: &str) -> Option<&'a Attribute> {
-        let (i, attr) = self.body.iter().enumerate().find_map(|(i, item)| {
-            item.as_attribute()
-                .filter(|a| a.has_key(key))
-                .map(|a| (i, a))
-        })?;
+        let (i, attr) = self
+            .body
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| item.as_attribute().filter(|a| a.has_key(key)).map(|a| (i, a)))?;
         self.used[i] = true;
         Some(attr)
     }
@@ -104,10 +98,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn type_error(&self, key: &str, expr: &Expression, expected: &str, found: &Value) -> HclError {
-        self.src.error(
-            expr.span(),
-            format!("{key}: expected {expected}, found {}", kind(found)),
-        )
+        self.src.error(expr.span(), format!("{key}: expected {expected}, found {}", kind(found)))
     }
 
     /// True if the body has an attribute or block named `key` (without consuming it).
@@ -119,11 +110,7 @@ impl<'a> Decoder<'a> {
     /// type expressions such as `type = list(string)`).
     pub fn source_text(&mut self, key: &str) -> Option<String> {
         let attr = self.attr(key)?;
-        Some(
-            attr.value
-                .span()
-                .map_or_else(String::new, |s| self.src.snippet(s).trim().to_string()),
-        )
+        Some(attr.value.span().map_or_else(String::new, |s| self.src.snippet(s).trim().to_string()))
     }
 
     /// Consumes every remaining attribute, unevaluated, for callers that
@@ -174,9 +161,7 @@ impl<'a> Decoder<'a> {
         };
         match (parsed, &value) {
             (Some(n), _) => Ok(Some(n)),
-            (None, Value::Number(_)) => Err(self
-                .src
-                .error(expr.span(), format!("{key}: expected a whole number"))),
+            (None, Value::Number(_)) => Err(self.src.error(expr.span(), format!("{key}: expected a whole number"))),
             (None, _) => Err(self.type_error(key, expr, "a number", &value)),
         }
     }
@@ -185,9 +170,9 @@ impl<'a> Decoder<'a> {
     pub fn number<T: TryFrom<i64>>(&mut self, key: &str) -> Result<Option<T>, HclError> {
         let span = self.body.get_attribute(key).and_then(|a| a.value.span());
         match self.int(key)? {
-            Some(n) => T::try_from(n)
-                .map(Some)
-                .map_err(|_| self.src.error(span, format!("{key}: {n} is out of range"))),
+            Some(n) => {
+                T::try_from(n).map(Some).map_err(|_| self.src.error(span, format!("{key}: {n} is out of range")))
+            }
             None => Ok(None),
         }
     }
@@ -238,9 +223,7 @@ impl<'a> Decoder<'a> {
             for (k, v) in object {
                 match to_string(v) {
                     Some(s) => map.insert(k.clone(), s),
-                    None => {
-                        return Err(self.type_error(&format!("{key}.{k}"), expr, "a string", v))
-                    }
+                    None => return Err(self.type_error(&format!("{key}.{k}"), expr, "a string", v)),
                 };
             }
         }
@@ -274,10 +257,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn to_json(&self, value: &Value, expr: &Expression) -> Result<serde_json::Value, HclError> {
-        serde_json::to_value(value).map_err(|err| {
-            self.src
-                .error(expr.span(), format!("unrepresentable value: {err}"))
-        })
+        serde_json::to_value(value).map_err(|err| self.src.error(expr.span(), format!("unrepresentable value: {err}")))
     }
 
     /// All blocks of type `ident`, in order.
@@ -287,11 +267,7 @@ impl<'a> Decoder<'a> {
             if let Structure::Block(block) = item {
                 if block.has_ident(ident) {
                     self.used[i] = true;
-                    let labels: Vec<String> = block
-                        .labels
-                        .iter()
-                        .map(|l| l.as_str().to_string())
-                        .collect();
+                    let labels: Vec<String> = block.labels.iter().map(|l| l.as_str().to_string()).collect();
                     let mut what = ident.to_string();
                     for label in &labels {
                         what.push_str(&format!(" {label:?}"));
@@ -314,10 +290,7 @@ impl<'a> Decoder<'a> {
         let mut blocks = self.blocks(ident);
         if blocks.len() > 1 {
             let second = &blocks[1];
-            return Err(second.error(format!(
-                "only one \"{ident}\" block is allowed{}",
-                self.in_what()
-            )));
+            return Err(second.error(format!("only one \"{ident}\" block is allowed{}", self.in_what())));
         }
         Ok(blocks.pop())
     }
@@ -354,31 +327,21 @@ impl<'a> Decoder<'a> {
             match item {
                 Structure::Attribute(attr) => {
                     let key = attr.key.as_str();
-                    let value =
-                        self.to_json(&self.scope.eval(self.src, &attr.value)?, &attr.value)?;
-                    let from_block = attr
-                        .key
-                        .span()
-                        .is_some_and(|s| self.src.was_hcl1_block(s.start));
+                    let value = self.to_json(&self.scope.eval(self.src, &attr.value)?, &attr.value)?;
+                    let from_block = attr.key.span().is_some_and(|s| self.src.was_hcl1_block(s.start));
                     if from_block {
                         push_block(&mut out, key, value);
                     } else if out.insert(key.to_string(), value).is_some() {
-                        return Err(self
-                            .src
-                            .error(attr.span(), format!("duplicate argument \"{key}\"")));
+                        return Err(self.src.error(attr.span(), format!("duplicate argument \"{key}\"")));
                     }
                 }
                 Structure::Block(block) => {
                     let key = block.ident.as_str();
                     if !block.labels.is_empty() {
-                        return Err(self
-                            .src
-                            .error(block.span(), format!("block \"{key}\" takes no labels")));
+                        return Err(self.src.error(block.span(), format!("block \"{key}\" takes no labels")));
                     }
-                    let mut inner =
-                        Decoder::new(self.src, self.scope, &block.body, key.to_string());
-                    let object =
-                        serde_json::Value::Object(inner.free_form()?.into_iter().collect());
+                    let mut inner = Decoder::new(self.src, self.scope, &block.body, key.to_string());
+                    let object = serde_json::Value::Object(inner.free_form()?.into_iter().collect());
                     push_block(&mut out, key, object);
                 }
             }
@@ -400,22 +363,12 @@ impl<'a> Decoder<'a> {
             .zip(&self.used)
             .filter(|(_, used)| !**used)
             .map(|(item, _)| match item {
-                Structure::Attribute(a) => self.src.error(
-                    a.span(),
-                    format!(
-                        "unsupported argument \"{}\"{}",
-                        a.key.as_str(),
-                        self.in_what()
-                    ),
-                ),
-                Structure::Block(b) => self.src.error(
-                    b.span(),
-                    format!(
-                        "unsupported block type \"{}\"{}",
-                        b.ident.as_str(),
-                        self.in_what()
-                    ),
-                ),
+                Structure::Attribute(a) => {
+                    self.src.error(a.span(), format!("unsupported argument \"{}\"{}", a.key.as_str(), self.in_what()))
+                }
+                Structure::Block(b) => self
+                    .src
+                    .error(b.span(), format!("unsupported block type \"{}\"{}", b.ident.as_str(), self.in_what())),
             })
             .collect()
     }
@@ -436,10 +389,7 @@ impl<'a> Decoder<'a> {
 }
 
 fn push_block(out: &mut BTreeMap<String, serde_json::Value>, key: &str, object: serde_json::Value) {
-    match out
-        .entry(key.to_string())
-        .or_insert_with(|| serde_json::Value::Array(Vec::new()))
-    {
+    match out.entry(key.to_string()).or_insert_with(|| serde_json::Value::Array(Vec::new())) {
         serde_json::Value::Array(items) => items.push(object),
         other => *other = serde_json::Value::Array(vec![other.take(), object]),
     }
@@ -447,8 +397,7 @@ fn push_block(out: &mut BTreeMap<String, serde_json::Value>, key: &str, object: 
 
 /// A float that holds a whole number small enough to be exact.
 fn whole(f: Option<f64>) -> Option<i64> {
-    f.filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-        .map(|f| f as i64)
+    f.filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)
 }
 
 fn to_string(value: &Value) -> Option<String> {

@@ -43,19 +43,11 @@ pub struct HclError {
 impl HclError {
     /// An error at `pos` in `file`.
     pub fn new(file: &str, pos: Pos, message: impl Into<String>) -> Self {
-        HclError {
-            file: file.to_string(),
-            line: pos.line,
-            column: pos.column,
-            message: message.into(),
-        }
+        HclError { file: file.to_string(), line: pos.line, column: pos.column, message: message.into() }
     }
 
     /// The error's location.
     pub fn pos(&self) -> Pos {
-        Pos {
-            line: self.line,
-            column: self.column,
-        }
+        Pos { line: self.line, column: self.column }
     }
 }

@@ -35,8 +35,7 @@ impl Scope {
     /// Declares `root` (e.g. `var`) as an object holding `values`; replaces
     /// an earlier declaration of the same root.
     pub fn declare(&mut self, root: &str, values: &BTreeMap<String, Value>) {
-        let object: hcl::Map<String, Value> =
-            values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let object: hcl::Map<String, Value> = values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         self.ctx.declare_var(root, Value::Object(object));
         if !self.roots.iter().any(|r| r == root) {
             self.roots.push(root.to_string());
@@ -54,7 +53,9 @@ impl Scope {
             Expression::Bool(b) => Ok(Value::Bool(*b.value())),
             Expression::Number(n) => Ok(Value::Number(*n.value())),
             Expression::String(s) => Ok(Value::String(s.value().clone())),
-            Expression::Array(items) => items.iter().map(|e| self.eval(src, e)).collect::<Result<_, _>>().map(Value::Array),
+            Expression::Array(items) => {
+                items.iter().map(|e| self.eval(src, e)).collect::<Result<_, _>>().map(Value::Array)
+            }
             Expression::Object(object) => {
                 let mut out = hcl::Map::new();
                 for (key, value) in object.iter() {
@@ -91,17 +92,10 @@ impl Scope {
     /// Hands an expression to hcl-rs.
     fn delegate(&self, src: &Source, expr: &Expression) -> Result<Value, HclError> {
         let converted: hcl::Expression = expr.clone().into();
-        converted
-            .evaluate(&self.ctx)
-            .map_err(|err| src.error(expr.span(), err.kind().to_string()))
+        converted.evaluate(&self.ctx).map_err(|err| src.error(expr.span(), err.kind().to_string()))
     }
 
-    fn template(
-        &self,
-        src: &Source,
-        expr: &Expression,
-        template: &Template,
-    ) -> Result<Value, HclError> {
+    fn template(&self, src: &Source, expr: &Expression, template: &Template) -> Result<Value, HclError> {
         if template.iter().any(Element::is_directive) {
             return self.delegate(src, expr);
         }
@@ -116,11 +110,7 @@ impl Scope {
         for element in template.iter() {
             match element {
                 Element::Literal(text) => {
-                    out.push_str(if strip_next {
-                        text.trim_start()
-                    } else {
-                        text.as_str()
-                    });
+                    out.push_str(if strip_next { text.trim_start() } else { text.as_str() });
                     strip_next = false;
                 }
                 Element::Interpolation(interp) => {
@@ -146,10 +136,7 @@ impl Scope {
             Value::String(s) => Ok(s),
             Value::Number(n) => Ok(n.to_string()),
             Value::Bool(b) => Ok(b.to_string()),
-            other => Err(src.error(
-                expr.span(),
-                format!("cannot insert {} into a string", kind(&other)),
-            )),
+            other => Err(src.error(expr.span(), format!("cannot insert {} into a string", kind(&other)))),
         }
     }
 }
@@ -187,13 +174,7 @@ mod tests {
     fn eval_attr(text: &str, vars: &[(&str, Value)]) -> Result<Value, HclError> {
         let src = Source::parse("t.hcl", text).expect("parses");
         let mut scope = Scope::new();
-        scope.declare(
-            "var",
-            &vars
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-        );
+        scope.declare("var", &vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect());
         let attr = src.body().get_attribute("x").expect("has x");
         scope.eval(&src, &attr.value)
     }
@@ -202,30 +183,19 @@ mod tests {
     fn variables_and_operators_evaluate() {
         let v = eval_attr("x = var.n * 2 + 1\n", &[("n", Value::from(3))]).expect("evaluates");
         assert_eq!(v, Value::from(7));
-        let v = eval_attr(
-            "x = var.n > 2 ? \"big\" : \"small\"\n",
-            &[("n", Value::from(3))],
-        )
-        .expect("evaluates");
+        let v = eval_attr("x = var.n > 2 ? \"big\" : \"small\"\n", &[("n", Value::from(3))]).expect("evaluates");
         assert_eq!(v, Value::from("big"));
         let v = eval_attr("x = \"${var.n}\"\n", &[("n", Value::from(3))]).expect("evaluates");
         assert_eq!(v, Value::from(3));
-        let v = eval_attr("x = \"img:${var.tag}\"\n", &[("tag", Value::from("v1"))])
-            .expect("evaluates");
+        let v = eval_attr("x = \"img:${var.tag}\"\n", &[("tag", Value::from("v1"))]).expect("evaluates");
         assert_eq!(v, Value::from("img:v1"));
     }
 
     #[test]
     fn runtime_references_pass_through() {
-        let v = eval_attr(
-            "x = \"${NOMAD_TASK_DIR}/a-${attr.unique.hostname}-${var.n}\"\n",
-            &[("n", Value::from(1))],
-        )
-        .expect("evaluates");
-        assert_eq!(
-            v,
-            Value::from("${NOMAD_TASK_DIR}/a-${attr.unique.hostname}-1")
-        );
+        let v = eval_attr("x = \"${NOMAD_TASK_DIR}/a-${attr.unique.hostname}-${var.n}\"\n", &[("n", Value::from(1))])
+            .expect("evaluates");
+        assert_eq!(v, Value::from("${NOMAD_TASK_DIR}/a-${attr.unique.hostname}-1"));
         let v = eval_attr("x = \"${node.unique.name}\"\n", &[]).expect("evaluates");
         assert_eq!(v, Value::from("${node.unique.name}"));
         let v = eval_attr("x = \"$${literal}\"\n", &[]).expect("evaluates");
@@ -243,17 +213,10 @@ mod tests {
 
     #[test]
     fn directives_and_heredocs() {
-        let v = eval_attr(
-            "x = \"%{ if var.on }yes%{ else }no%{ endif }\"\n",
-            &[("on", Value::from(true))],
-        )
-        .expect("evaluates");
+        let v = eval_attr("x = \"%{ if var.on }yes%{ else }no%{ endif }\"\n", &[("on", Value::from(true))])
+            .expect("evaluates");
         assert_eq!(v, Value::from("yes"));
-        let v = eval_attr(
-            "x = <<-EOT\n    a ${NOMAD_ALLOC_ID}\n      b\n    EOT\n",
-            &[],
-        )
-        .expect("evaluates");
+        let v = eval_attr("x = <<-EOT\n    a ${NOMAD_ALLOC_ID}\n      b\n    EOT\n", &[]).expect("evaluates");
         assert_eq!(v, Value::from("a ${NOMAD_ALLOC_ID}\n  b\n"));
     }
 }

@@ -44,10 +44,7 @@ struct Token {
 pub(super) fn rewrite(text: &str) -> Rewrite {
     let tokens = tokenize(text.as_bytes());
     let targets = quoted_key_blocks(&tokens);
-    let mut out = Rewrite {
-        text: String::with_capacity(text.len() + targets.len()),
-        ..Rewrite::default()
-    };
+    let mut out = Rewrite { text: String::with_capacity(text.len() + targets.len()), ..Rewrite::default() };
     let mut copied = 0;
     for (ident_start, ident_end, brace) in targets {
         let shift = out.inserted.len();
@@ -85,14 +82,7 @@ struct Frame {
 
 impl Frame {
     fn new(body: bool, candidate: Option<(usize, usize, usize)>) -> Self {
-        Frame {
-            candidate,
-            body,
-            item_len: 0,
-            first_str: false,
-            quoted_key: false,
-            last_ident: None,
-        }
+        Frame { candidate, body, item_len: 0, first_str: false, quoted_key: false, last_ident: None }
     }
 }
 
@@ -130,8 +120,7 @@ fn quoted_key_blocks(tokens: &[Token]) -> Vec<(usize, usize, usize)> {
             }
             tok => {
                 top.first_str = top.item_len == 0 && tok == Tok::Str;
-                top.last_ident =
-                    (top.item_len == 0 && tok == Tok::Ident).then_some((token.start, token.end));
+                top.last_ident = (top.item_len == 0 && tok == Tok::Ident).then_some((token.start, token.end));
                 top.item_len += 1;
             }
         }
@@ -224,17 +213,11 @@ fn is_ident_byte(c: u8) -> bool {
 }
 
 fn line_end(src: &[u8], from: usize) -> usize {
-    src[from..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(src.len(), |p| from + p)
+    src[from..].iter().position(|&b| b == b'\n').map_or(src.len(), |p| from + p)
 }
 
 fn find(src: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
-    src.get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|p| from + p)
+    src.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| from + p)
 }
 
 /// The offset just past the quoted string starting at `start`, following
@@ -246,9 +229,7 @@ fn string_end(src: &[u8], start: usize) -> usize {
             b'\\' => i += 2,
             b'"' => return i + 1,
             b'\n' => return i,
-            b'$' | b'%' if src.get(i + 1) == Some(&src[i]) && src.get(i + 2) == Some(&b'{') => {
-                i += 3
-            }
+            b'$' | b'%' if src.get(i + 1) == Some(&src[i]) && src.get(i + 2) == Some(&b'{') => i += 3,
             b'$' | b'%' if src.get(i + 1) == Some(&b'{') => i = template_end(src, i + 2),
             _ => i += 1,
         }
@@ -292,10 +273,7 @@ fn heredoc_end(src: &[u8], start: usize) -> Option<usize> {
     }
     let delim = src.get(name_start..i).filter(|d| !d.is_empty())?;
     let mut line = line_end(src, i);
-    if src
-        .get(i..line)
-        .is_some_and(|rest| rest.iter().any(|b| !b.is_ascii_whitespace()))
-    {
+    if src.get(i..line).is_some_and(|rest| rest.iter().any(|b| !b.is_ascii_whitespace())) {
         return None;
     }
     while line < src.len() {
@@ -317,10 +295,7 @@ mod tests {
     fn quoted_key_block_becomes_an_attribute_in_place() {
         let src = "task \"t\" {\n  env {\n    \"A_B\" = \"x\"\n  }\n}\n";
         let out = rewrite(src);
-        assert_eq!(
-            out.text,
-            "task \"t\" {\n  env={\n    \"A_B\" = \"x\"\n  }\n}\n"
-        );
+        assert_eq!(out.text, "task \"t\" {\n  env={\n    \"A_B\" = \"x\"\n  }\n}\n");
         assert!(out.inserted.is_empty());
         assert_eq!(out.blocks, vec![13]);
     }
@@ -349,9 +324,6 @@ mod tests {
     #[test]
     fn nested_and_mixed_keys() {
         let src = "config {\n  labels {\n    foo = \"1\"\n    \"com.x\" = \"y\"\n  }\n}\n";
-        assert_eq!(
-            rewrite(src).text,
-            "config {\n  labels={\n    foo = \"1\"\n    \"com.x\" = \"y\"\n  }\n}\n"
-        );
+        assert_eq!(rewrite(src).text, "config {\n  labels={\n    foo = \"1\"\n    \"com.x\" = \"y\"\n  }\n}\n");
     }
 }

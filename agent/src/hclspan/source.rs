@@ -62,16 +62,9 @@ impl Source {
     pub fn pos(&self, offset: usize) -> Pos {
         let shift = self.inserted.iter().filter(|&&at| at < offset).count();
         let offset = offset.saturating_sub(shift).min(self.original.len());
-        let line = self
-            .line_starts
-            .partition_point(|&start| start <= offset)
-            .max(1);
+        let line = self.line_starts.partition_point(|&start| start <= offset).max(1);
         let start = self.line_starts[line - 1];
-        let column = self
-            .original
-            .get(start..offset)
-            .map_or(offset - start, |s| s.chars().count())
-            + 1;
+        let column = self.original.get(start..offset).map_or(offset - start, |s| s.chars().count()) + 1;
         Pos { line, column }
     }
 
@@ -103,9 +96,7 @@ impl Source {
 }
 
 fn line_starts(text: &str) -> Vec<usize> {
-    std::iter::once(0)
-        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-        .collect()
+    std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect()
 }
 
 #[cfg(test)]

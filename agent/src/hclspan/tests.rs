@@ -17,10 +17,7 @@ fn typed_getters() {
         assert_eq!(root.string("s").unwrap().as_deref(), Some("x"));
         assert_eq!(root.int("n").unwrap(), Some(3));
         assert_eq!(root.bool("b").unwrap(), Some(true));
-        assert_eq!(
-            root.strings("l").unwrap(),
-            Some(vec!["a".to_string(), "1".to_string()])
-        );
+        assert_eq!(root.strings("l").unwrap(), Some(vec!["a".to_string(), "1".to_string()]));
         assert_eq!(root.duration("d").unwrap(), Some(90_000_000_000));
         let m = root.string_map("m").unwrap().unwrap();
         assert_eq!(m.get("b.c").map(String::as_str), Some("d"));
@@ -33,10 +30,7 @@ fn typed_getters() {
 fn type_errors_name_field_and_location() {
     with_root("\ncount = \"many\"\n", |mut root| {
         let err = root.int("count").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "test.hcl:2:9: count: expected a number, found a string"
-        );
+        assert_eq!(err.to_string(), "test.hcl:2:9: count: expected a number, found a string");
     });
     with_root("n = -1\n", |mut root| {
         let err = root.number::<u32>("n").unwrap_err();
@@ -44,11 +38,7 @@ fn type_errors_name_field_and_location() {
     });
     with_root("d = \"5x\"\n", |mut root| {
         let err = root.duration("d").unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("test.hcl:1:5: d: invalid duration"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("test.hcl:1:5: d: invalid duration"), "{err}");
     });
     with_root("l = \"a\"\n", |mut root| {
         assert!(root.strings("l").is_err());
@@ -61,10 +51,7 @@ fn unknown_keys_are_reported_with_their_block() {
     with_root(text, |mut root| {
         let mut task = root.blocks("task").pop().unwrap();
         assert_eq!(task.label().unwrap(), "redis");
-        assert_eq!(
-            task.body.string("driver").unwrap().as_deref(),
-            Some("docker")
-        );
+        assert_eq!(task.body.string("driver").unwrap().as_deref(), Some("docker"));
         let warnings = task.body.finish_lenient();
         assert_eq!(
             warnings,
@@ -85,10 +72,7 @@ fn maps_accept_block_attribute_and_hcl1_forms() {
     let text = "env { A = \"1\" }\nenv = { B = 2 }\nmeta {\n  \"x.y\" = \"z\"\n}\n";
     with_root(text, |mut root| {
         let env = root.string_map("env").unwrap().unwrap();
-        assert_eq!(
-            env,
-            BTreeMap::from([("A".into(), "1".into()), ("B".into(), "2".into())])
-        );
+        assert_eq!(env, BTreeMap::from([("A".into(), "1".into()), ("B".into(), "2".into())]));
         let meta = root.string_map("meta").unwrap().unwrap();
         assert_eq!(meta, BTreeMap::from([("x.y".into(), "z".into())]));
     });

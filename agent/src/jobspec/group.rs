@@ -5,8 +5,8 @@ use super::service::{decode_constraint, decode_service};
 use super::{network, skip_unsupported, task};
 use crate::hclspan::{Block, HclError, Pos};
 use crate::structs::{
-    CsiMountOptions, EphemeralDisk, ReschedulePolicy, RestartPolicy, TaskGroup, UpdateStrategy,
-    VolumeRequest, JOB_TYPE_SERVICE,
+    CsiMountOptions, EphemeralDisk, ReschedulePolicy, RestartPolicy, TaskGroup, UpdateStrategy, VolumeRequest,
+    JOB_TYPE_SERVICE,
 };
 
 /// What a group inherits from its job.
@@ -51,10 +51,7 @@ pub(super) fn decode(
     };
     tg.restart_policy = Some(restart.clone());
 
-    let reschedule = b
-        .block("reschedule")?
-        .map(ReschedulePatch::decode)
-        .transpose()?;
+    let reschedule = b.block("reschedule")?.map(ReschedulePatch::decode).transpose()?;
     let system_like = ReschedulePolicy::default_for(&job.job_type).is_none();
     // System jobs get no policy unless one was written (which validation rejects).
     if !system_like || reschedule.is_some() || job.reschedule.is_some() {

@@ -9,14 +9,8 @@ use crate::hclspan::{Block, HclError};
 use crate::structs::{Job, ReschedulePolicy, UpdateStrategy, JOB_TYPE_SERVICE};
 
 /// Decodes the `job "id" { ... }` block.
-pub(super) fn decode(
-    mut block: Block<'_>,
-    warnings: &mut Vec<String>,
-) -> Result<(Job, Places), HclError> {
-    let mut places = Places {
-        job: block.pos,
-        ..Places::default()
-    };
+pub(super) fn decode(mut block: Block<'_>, warnings: &mut Vec<String>) -> Result<(Job, Places), HclError> {
+    let mut places = Places { job: block.pos, ..Places::default() };
     let id = block.label()?;
     let b = &mut block.body;
     skip_unsupported(b, warnings);
@@ -37,10 +31,7 @@ pub(super) fn decode(
         job.constraints.push(decode_constraint(c)?);
     }
     let update = b.block("update")?.map(UpdatePatch::decode).transpose()?;
-    let reschedule = b
-        .block("reschedule")?
-        .map(ReschedulePatch::decode)
-        .transpose()?;
+    let reschedule = b.block("reschedule")?.map(ReschedulePatch::decode).transpose()?;
     let service = job.job_type == JOB_TYPE_SERVICE;
     job.update = match &update {
         Some(patch) => Some(patch.apply(&UpdateStrategy::nomad_default())),
@@ -53,10 +44,7 @@ pub(super) fn decode(
         reschedule_base: ReschedulePolicy::default_for(&job.job_type).unwrap_or_default(),
         reschedule,
     };
-    job.reschedule = inherited
-        .reschedule
-        .as_ref()
-        .map(|p| p.apply(&inherited.reschedule_base));
+    job.reschedule = inherited.reschedule.as_ref().map(|p| p.apply(&inherited.reschedule_base));
     for g in b.blocks("group") {
         let group_pos = g.pos;
         let (tg, task_places) = group::decode(g, &inherited, warnings)?;

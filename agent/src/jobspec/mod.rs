@@ -63,18 +63,8 @@ const UNSUPPORTED: [&str; 15] = [
     "max_client_disconnect",
 ];
 
-const TASK_NETWORK_DEPRECATED: &str =
-    "task network resources have been deprecated as of Nomad 0.12.0. \
-     Please configure networking via group network block.";
-const MBITS_DEPRECATED: &str =
-    "mbits has been deprecated as of Nomad 0.12.0. Please remove mbits from the network block";
-
 /// Parses a job file. `vars` are `-var name=value` assignments.
-pub fn parse_job(
-    file_name: &str,
-    src: &str,
-    vars: &BTreeMap<String, String>,
-) -> Result<ParsedJob, HclError> {
+pub fn parse_job(file_name: &str, src: &str, vars: &BTreeMap<String, String>) -> Result<ParsedJob, HclError> {
     let source = Source::parse(file_name, src)?;
     let scope = variables::scope(&source, vars)?;
     let mut root = Decoder::root(&source, &scope);
@@ -83,9 +73,7 @@ pub fn parse_job(
     if jobs.len() > 1 {
         return Err(jobs[1].error("only one \"job\" block is allowed per file"));
     }
-    let block = jobs
-        .pop()
-        .ok_or_else(|| source.error_at(0, "no \"job\" block found"))?;
+    let block = jobs.pop().ok_or_else(|| source.error_at(0, "no \"job\" block found"))?;
     root.finish()?;
 
     let mut warnings = Vec::new();
@@ -97,7 +85,11 @@ pub fn parse_job(
         let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
         return Err(HclError::new(file_name, pos, messages.join("; ")));
     }
-    network_warnings(&job, &mut warnings);
+    for w in job.warnings() {
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
     Ok(ParsedJob { job, warnings })
 }
 
@@ -112,9 +104,7 @@ struct Places {
 impl Places {
     fn locate(&self, group: Option<&str>, task: Option<&str>) -> Pos {
         let group_pos = group.and_then(|g| self.groups.get(g));
-        let task_pos = group
-            .zip(task)
-            .and_then(|(g, t)| self.tasks.get(&(g.to_string(), t.to_string())));
+        let task_pos = group.zip(task).and_then(|(g, t)| self.tasks.get(&(g.to_string(), t.to_string())));
         task_pos.or(group_pos).copied().unwrap_or(self.job)
     }
 }
@@ -123,32 +113,6 @@ impl Places {
 fn skip_unsupported(body: &mut Decoder<'_>, warnings: &mut Vec<String>) {
     let file = body.source().name().to_string();
     for (name, pos) in body.skip(&UNSUPPORTED) {
-        warnings.push(format!(
-            "\"{name}\" is not supported by berth and is ignored ({file}:{})",
-            pos.line
-        ));
-    }
-}
-
-/// Nomad's deprecation warnings for HCL1-era task networks and `mbits`.
-fn network_warnings(job: &Job, warnings: &mut Vec<String>) {
-    let mut add = |w: &str| {
-        if !warnings.iter().any(|x| x == w) {
-            warnings.push(w.to_string());
-        }
-    };
-    for tg in &job.task_groups {
-        for task in &tg.tasks {
-            let networks = task.resources.iter().flat_map(|r| &r.networks);
-            if networks.clone().next().is_some() {
-                add(TASK_NETWORK_DEPRECATED);
-            }
-            if networks.clone().any(|n| n.mbits > 0) {
-                add(MBITS_DEPRECATED);
-            }
-        }
-        if tg.networks.iter().any(|n| n.mbits > 0) {
-            add(MBITS_DEPRECATED);
-        }
+        warnings.push(format!("\"{name}\" is not supported by berth and is ignored ({file}:{})", pos.line));
     }
 }

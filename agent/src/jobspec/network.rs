@@ -8,10 +8,7 @@ use crate::structs::{DnsConfig, NetworkResource, Port};
 pub(super) fn decode(mut block: Block<'_>, task_level: bool) -> Result<NetworkResource, HclError> {
     block.no_labels()?;
     let b = &mut block.body;
-    let mut net = NetworkResource {
-        mbits: b.number("mbits")?.unwrap_or(0),
-        ..NetworkResource::default()
-    };
+    let mut net = NetworkResource { mbits: b.number("mbits")?.unwrap_or(0), ..NetworkResource::default() };
     if !task_level {
         net.mode = b.string("mode")?.unwrap_or_default();
         net.hostname = b.string("hostname")?.unwrap_or_default();
@@ -33,18 +30,8 @@ pub(super) fn decode(mut block: Block<'_>, task_level: bool) -> Result<NetworkRe
         port.body.finish()?;
         // A port with a static value is reserved; `static = 0` is dynamic, as in Nomad.
         match value.filter(|v| *v > 0) {
-            Some(value) => net.reserved_ports.push(Port {
-                label,
-                value,
-                to,
-                host_network,
-            }),
-            None => net.dynamic_ports.push(Port {
-                label,
-                value: 0,
-                to,
-                host_network,
-            }),
+            Some(value) => net.reserved_ports.push(Port { label, value, to, host_network }),
+            None => net.dynamic_ports.push(Port { label, value: 0, to, host_network }),
         }
     }
     block.body.finish()?;

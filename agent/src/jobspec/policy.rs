@@ -75,16 +75,7 @@ impl ReschedulePatch {
     /// `base` with this patch's fields written over it.
     pub(super) fn apply(&self, base: &ReschedulePolicy) -> ReschedulePolicy {
         let mut out = base.clone();
-        apply_fields!(
-            self,
-            out,
-            attempts,
-            interval,
-            delay,
-            delay_function,
-            max_delay,
-            unlimited
-        );
+        apply_fields!(self, out, attempts, interval, delay, delay_function, max_delay, unlimited);
         out
     }
 }

@@ -45,14 +45,7 @@ pub(super) fn decode_constraint(mut block: Block<'_>) -> Result<Constraint, HclE
         r_target: b.string("value")?.unwrap_or_default(),
         operand: b.string("operator")?.unwrap_or_else(|| "=".into()),
     };
-    for operand in [
-        "regexp",
-        "version",
-        "semver",
-        "set_contains",
-        "set_contains_any",
-        "set_contains_all",
-    ] {
+    for operand in ["regexp", "version", "semver", "set_contains", "set_contains_any", "set_contains_all"] {
         if let Some(value) = b.string(operand)? {
             c.operand = operand.into();
             c.r_target = value;

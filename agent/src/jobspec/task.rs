@@ -5,9 +5,7 @@ use super::policy::RestartPatch;
 use super::service::{decode_constraint, decode_service};
 use super::{network, skip_unsupported};
 use crate::hclspan::{Block, HclError};
-use crate::structs::{
-    CsiPluginConfig, LogConfig, Resources, RestartPolicy, Task, Template, VolumeMount,
-};
+use crate::structs::{CsiPluginConfig, LogConfig, Resources, RestartPolicy, Task, Template, VolumeMount};
 
 /// Decodes a `task "name" { ... }` block; `group_restart` is the group's
 /// restart policy, which a task `restart` block overrides field by field.

@@ -36,34 +36,20 @@ fn raw_exec_example() {
     let parsed = example("raw_exec.nomad.hcl");
     assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
     let job = parsed.job;
-    assert_eq!(
-        (job.id.as_str(), job.name.as_str(), job.job_type.as_str()),
-        ("hello", "hello", "service")
-    );
+    assert_eq!((job.id.as_str(), job.name.as_str(), job.job_type.as_str()), ("hello", "hello", "service"));
     let tg = &job.task_groups[0];
     let task = &tg.tasks[0];
     assert_eq!(task.driver, "raw_exec");
     assert_eq!(task.config["command"], json!("/bin/sh"));
-    assert_eq!(
-        task.config["args"],
-        json!(["-c", "while true; do echo hello; sleep 1; done"])
-    );
+    assert_eq!(task.config["args"], json!(["-c", "while true; do echo hello; sleep 1; done"]));
     let restart = tg.restart_policy.as_ref().expect("restart");
     // The block overrides attempts and delay only; interval and mode stay the service defaults.
     assert_eq!(
-        (
-            restart.attempts,
-            restart.delay,
-            restart.interval,
-            restart.mode.as_str()
-        ),
+        (restart.attempts, restart.delay, restart.interval, restart.mode.as_str()),
         (3, SECOND, 1800 * SECOND, "fail")
     );
     assert_eq!(task.restart_policy, tg.restart_policy);
-    assert_eq!(
-        task.resources.as_ref().map(|r| (r.cpu, r.memory_mb)),
-        Some((100, 64))
-    );
+    assert_eq!(task.resources.as_ref().map(|r| (r.cpu, r.memory_mb)), Some((100, 64)));
 }
 
 #[test]
@@ -73,17 +59,14 @@ fn redis_hcl1_example() {
         parsed.warnings,
         vec![
             "\"migrate\" is not supported by berth and is ignored (redis.nomad:15)".to_string(),
-            TASK_NETWORK_DEPRECATED.to_string(),
-            MBITS_DEPRECATED.to_string(),
+            crate::structs::TASK_NETWORK_DEPRECATED.to_string(),
+            crate::structs::MBITS_DEPRECATED.to_string(),
         ]
     );
     let tg = &parsed.job.task_groups[0];
     assert_eq!(tg.count, 3);
     let update = tg.update.as_ref().expect("update");
-    assert_eq!(
-        (update.healthy_deadline, update.max_parallel, update.stagger),
-        (180 * SECOND, 1, 30 * SECOND)
-    );
+    assert_eq!((update.healthy_deadline, update.max_parallel, update.stagger), (180 * SECOND, 1, 30 * SECOND));
     let task = &tg.tasks[0];
     assert_eq!(task.config["port_map"], json!([{"db": 6379}]));
     let resources = task.resources.as_ref().expect("resources");
@@ -93,47 +76,28 @@ fn redis_hcl1_example() {
     assert!(net.reserved_ports.is_empty());
     let service = &task.services[0];
     assert_eq!(
-        (
-            service.name.as_str(),
-            service.port_label.as_str(),
-            service.provider.as_str()
-        ),
+        (service.name.as_str(), service.port_label.as_str(), service.provider.as_str()),
         ("redis-cache", "db", "nomad")
     );
     let check = &service.checks[0];
-    assert_eq!(
-        (check.check_type.as_str(), check.interval, check.timeout),
-        ("tcp", 10 * SECOND, 2 * SECOND)
-    );
+    assert_eq!((check.check_type.as_str(), check.interval, check.timeout), ("tcp", 10 * SECOND, 2 * SECOND));
 }
 
 #[test]
 fn mysql_seed_example() {
     let parsed = example("mysql.nomad");
-    assert_eq!(parsed.warnings, vec![TASK_NETWORK_DEPRECATED.to_string()]);
+    assert_eq!(parsed.warnings, vec![crate::structs::TASK_NETWORK_DEPRECATED.to_string()]);
     let tg = &parsed.job.task_groups[0];
-    assert_eq!(
-        tg.restart_policy.as_ref().map(|r| r.mode.as_str()),
-        Some("delay")
-    );
+    assert_eq!(tg.restart_policy.as_ref().map(|r| r.mode.as_str()), Some("delay"));
     let task = &tg.tasks[0];
-    assert_eq!(
-        task.env.get("MYSQL_ROOT_PASSWORD").map(String::as_str),
-        Some("password")
-    );
+    assert_eq!(task.env.get("MYSQL_ROOT_PASSWORD").map(String::as_str), Some("password"));
     assert_eq!(task.config["image"], json!("berth-test/mariadb:latest"));
     assert_eq!(task.config["port_map"], json!([{"db": 3306}]));
     let net = &task.resources.as_ref().expect("resources").networks[0];
     assert_eq!(net.reserved_ports[0].label, "db");
     assert_eq!(net.reserved_ports[0].value, 3306);
-    assert_eq!(
-        tg.effective_network().map(|n| n.reserved_ports.len()),
-        Some(1)
-    );
-    assert_eq!(
-        task.services[0].checks[0].name,
-        "service: \"mysql-server\" check"
-    );
+    assert_eq!(tg.effective_network().map(|n| n.reserved_ports.len()), Some(1));
+    assert_eq!(task.services[0].checks[0].name, "service: \"mysql-server\" check");
 }
 
 #[test]
@@ -141,36 +105,18 @@ fn batch_example() {
     let job = example("batch.nomad.hcl").job;
     assert_eq!(job.job_type, "batch");
     assert_eq!(job.constraints[0].l_target, "${attr.kernel.name}");
-    assert_eq!(
-        (
-            job.constraints[0].operand.as_str(),
-            job.constraints[0].r_target.as_str()
-        ),
-        ("=", "linux")
-    );
+    assert_eq!((job.constraints[0].operand.as_str(), job.constraints[0].r_target.as_str()), ("=", "linux"));
     let tg = &job.task_groups[0];
     assert_eq!(tg.update, None);
-    assert_eq!(
-        tg.restart_policy.as_ref().map(|r| (r.attempts, r.interval)),
-        Some((3, 24 * 3600 * SECOND))
-    );
+    assert_eq!(tg.restart_policy.as_ref().map(|r| (r.attempts, r.interval)), Some((3, 24 * 3600 * SECOND)));
     let reschedule = tg.reschedule_policy.as_ref().expect("reschedule");
     assert_eq!(
-        (
-            reschedule.attempts,
-            reschedule.delay,
-            reschedule.delay_function.as_str()
-        ),
+        (reschedule.attempts, reschedule.delay, reschedule.delay_function.as_str()),
         (2, 5 * SECOND, "constant")
     );
     let task = &tg.tasks[0];
     assert_eq!(task.kill_timeout, Some(10 * SECOND));
-    assert_eq!(
-        task.log_config
-            .as_ref()
-            .map(|l| (l.max_files, l.max_file_size_mb)),
-        Some((3, 5))
-    );
+    assert_eq!(task.log_config.as_ref().map(|l| (l.max_files, l.max_file_size_mb)), Some((3, 5)));
 }
 
 #[test]
@@ -181,76 +127,38 @@ fn system_example() {
     assert_eq!(tg.reschedule_policy, None);
     let net = &tg.networks[0];
     assert_eq!(net.mode, "host");
-    assert_eq!(
-        (
-            net.reserved_ports[0].label.as_str(),
-            net.reserved_ports[0].value
-        ),
-        ("metrics", 9100)
-    );
+    assert_eq!((net.reserved_ports[0].label.as_str(), net.reserved_ports[0].value), ("metrics", 9100));
     assert_eq!(tg.services[0].checks[0].path, "/metrics");
-    assert_eq!(
-        tg.tasks[0].env.get("NODE_NAME").map(String::as_str),
-        Some("${node.unique.name}")
-    );
+    assert_eq!(tg.tasks[0].env.get("NODE_NAME").map(String::as_str), Some("${node.unique.name}"));
 }
 
 #[test]
 fn variables_example() {
     let job = example("variables.nomad.hcl").job;
     assert_eq!(job.datacenters, vec!["dc1".to_string()]);
-    assert_eq!(
-        job.meta.get("tier").map(String::as_str),
-        Some("web-frontend")
-    );
+    assert_eq!(job.meta.get("tier").map(String::as_str), Some("web-frontend"));
     let tg = &job.task_groups[0];
     assert_eq!(tg.count, 2);
     assert_eq!(tg.networks[0].mode, "bridge");
-    assert_eq!(
-        (
-            tg.networks[0].dynamic_ports[0].label.as_str(),
-            tg.networks[0].dynamic_ports[0].to
-        ),
-        ("http", 80)
-    );
+    assert_eq!((tg.networks[0].dynamic_ports[0].label.as_str(), tg.networks[0].dynamic_ports[0].to), ("http", 80));
     let task = &tg.tasks[0];
     assert_eq!(task.config["image"], json!("nginx:1.27"));
-    assert_eq!(
-        task.config["args"],
-        json!(["--root", "${NOMAD_TASK_DIR}/html"])
-    );
-    assert_eq!(
-        task.env.get("HOST_NAME").map(String::as_str),
-        Some("${attr.unique.hostname}")
-    );
+    assert_eq!(task.config["args"], json!(["--root", "${NOMAD_TASK_DIR}/html"]));
+    assert_eq!(task.env.get("HOST_NAME").map(String::as_str), Some("${attr.unique.hostname}"));
     assert_eq!(task.env.get("REPLICAS").map(String::as_str), Some("2"));
     let tmpl = &task.templates[0];
+    assert_eq!(tmpl.embedded_tmpl, "server_name {{ env \"attr.unique.hostname\" }};\nroot ${NOMAD_TASK_DIR}/html;\n");
     assert_eq!(
-        tmpl.embedded_tmpl,
-        "server_name {{ env \"attr.unique.hostname\" }};\nroot ${NOMAD_TASK_DIR}/html;\n"
-    );
-    assert_eq!(
-        (
-            tmpl.dest_path.as_str(),
-            tmpl.change_mode.as_str(),
-            tmpl.perms.as_str()
-        ),
+        (tmpl.dest_path.as_str(), tmpl.change_mode.as_str(), tmpl.perms.as_str()),
         ("local/nginx.conf", "signal", "0644")
     );
 
-    let vars = BTreeMap::from([
-        ("image".to_string(), "caddy:2".to_string()),
-        ("replicas".to_string(), "5".to_string()),
-    ]);
+    let vars =
+        BTreeMap::from([("image".to_string(), "caddy:2".to_string()), ("replicas".to_string(), "5".to_string())]);
     let src = include_str!("../../../examples/variables.nomad.hcl");
-    let job = parse_job("variables.nomad.hcl", src, &vars)
-        .expect("parses")
-        .job;
+    let job = parse_job("variables.nomad.hcl", src, &vars).expect("parses").job;
     assert_eq!(job.task_groups[0].count, 5);
-    assert_eq!(
-        job.task_groups[0].tasks[0].config["image"],
-        json!("caddy:2")
-    );
+    assert_eq!(job.task_groups[0].tasks[0].config["image"], json!("caddy:2"));
 }
 
 #[test]
@@ -258,20 +166,10 @@ fn variable_errors() {
     let src = "variable \"x\" {}\njob \"j\" {\n  group \"g\" {\n    task \"t\" { driver = var.x }\n  }\n}\n";
     let err = parse("v.hcl", src).unwrap_err();
     assert_eq!((err.line, err.column), (1, 1));
-    assert!(
-        err.message.contains("variable \"x\" has no default"),
-        "{err}"
-    );
-    let vars = BTreeMap::from([
-        ("x".to_string(), "docker".to_string()),
-        ("y".to_string(), "1".to_string()),
-    ]);
+    assert!(err.message.contains("variable \"x\" has no default"), "{err}");
+    let vars = BTreeMap::from([("x".to_string(), "docker".to_string()), ("y".to_string(), "1".to_string())]);
     let err = parse_job("v.hcl", src, &vars).unwrap_err();
-    assert!(
-        err.message
-            .contains("\"y\" was set with -var but is not declared"),
-        "{err}"
-    );
+    assert!(err.message.contains("\"y\" was set with -var but is not declared"), "{err}");
     let vars = BTreeMap::from([("n".to_string(), "many".to_string())]);
     let err = parse_job("v.hcl", "variable \"n\" { type = number }\n", &vars).unwrap_err();
     assert!(err.message.contains("is not a number"), "{err}");
@@ -294,37 +192,18 @@ fn defaults_and_merging() {
         "}\n",
     );
     let job = parse("d.hcl", src).unwrap_or_else(|e| panic!("{e}")).job;
-    assert_eq!(
-        (job.namespace.as_str(), job.region.as_str(), job.priority),
-        ("default", "global", 50)
-    );
+    assert_eq!((job.namespace.as_str(), job.region.as_str(), job.priority), ("default", "global", 50));
     assert_eq!(job.datacenters, vec!["*".to_string()]);
     let tg = &job.task_groups[0];
     let update = tg.update.as_ref().expect("update");
-    assert_eq!(
-        (update.max_parallel, update.canary, update.min_healthy_time),
-        (2, 1, 10 * SECOND)
-    );
+    assert_eq!((update.max_parallel, update.canary, update.min_healthy_time), (2, 1, 10 * SECOND));
     let group_restart = tg.restart_policy.as_ref().expect("restart");
-    assert_eq!(
-        (group_restart.attempts, group_restart.delay),
-        (5, 15 * SECOND)
-    );
+    assert_eq!((group_restart.attempts, group_restart.delay), (5, 15 * SECOND));
     let task = &tg.tasks[0];
     let task_restart = task.restart_policy.as_ref().expect("restart");
-    assert_eq!(
-        (
-            task_restart.attempts,
-            task_restart.delay,
-            task_restart.mode.as_str()
-        ),
-        (5, 2 * SECOND, "fail")
-    );
+    assert_eq!((task_restart.attempts, task_restart.delay, task_restart.mode.as_str()), (5, 2 * SECOND, "fail"));
     let plugin = task.csi_plugin_config.as_ref().expect("plugin");
-    assert_eq!(
-        (plugin.mount_dir.as_str(), plugin.health_timeout),
-        ("/csi", 30 * SECOND)
-    );
+    assert_eq!((plugin.mount_dir.as_str(), plugin.health_timeout), ("/csi", 30 * SECOND));
     assert_eq!(tg.ephemeral_disk.as_ref().map(|d| d.size_mb), Some(300));
     assert_eq!(task.kill_timeout, Some(5 * SECOND));
 }
@@ -341,11 +220,8 @@ fn constraint_shorthands() {
         "}\n",
     );
     let job = parse("c.hcl", src).unwrap_or_else(|e| panic!("{e}")).job;
-    let got: Vec<(&str, &str, &str)> = job
-        .constraints
-        .iter()
-        .map(|c| (c.l_target.as_str(), c.operand.as_str(), c.r_target.as_str()))
-        .collect();
+    let got: Vec<(&str, &str, &str)> =
+        job.constraints.iter().map(|c| (c.l_target.as_str(), c.operand.as_str(), c.r_target.as_str())).collect();
     assert_eq!(
         got,
         vec![
@@ -381,20 +257,15 @@ fn volumes_and_mounts() {
     let job = parse("v.hcl", src).unwrap_or_else(|e| panic!("{e}")).job;
     let tg = &job.task_groups[0];
     let vol = &tg.volumes["data"];
-    assert_eq!(
-        (vol.name.as_str(), vol.source.as_str(), vol.per_alloc),
-        ("data", "db", true)
-    );
-    assert_eq!(
-        vol.mount_options.as_ref().map(|m| m.fs_type.as_str()),
-        Some("ext4")
-    );
+    assert_eq!((vol.name.as_str(), vol.source.as_str(), vol.per_alloc), ("data", "db", true));
+    assert_eq!(vol.mount_options.as_ref().map(|m| m.fs_type.as_str()), Some("ext4"));
     assert_eq!(tg.tasks[0].volume_mounts[0].destination, "/srv");
 }
 
 #[test]
 fn unsupported_blocks_warn_unknown_fields_fail() {
-    let src = task_job("      driver = \"exec\"\n      artifact { source = \"x\" }\n      lifecycle { hook = \"prestart\" }");
+    let src =
+        task_job("      driver = \"exec\"\n      artifact { source = \"x\" }\n      lifecycle { hook = \"prestart\" }");
     let parsed = parse("u.hcl", &src).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         parsed.warnings,
@@ -404,69 +275,37 @@ fn unsupported_blocks_warn_unknown_fields_fail() {
         ]
     );
     let err = parse("u.hcl", &task_job("      driver = \"exec\"\n      foo = 1")).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "u.hcl:5:7: unsupported argument \"foo\" in task \"t\""
-    );
+    assert_eq!(err.to_string(), "u.hcl:5:7: unsupported argument \"foo\" in task \"t\"");
 }
 
 #[test]
 fn malformed_inputs_report_locations() {
     // Syntax error.
-    let err = parse(
-        "s.hcl",
-        "job \"j\" {\n  group \"g\" {\n    count = = 1\n  }\n}\n",
-    )
-    .unwrap_err();
+    let err = parse("s.hcl", "job \"j\" {\n  group \"g\" {\n    count = = 1\n  }\n}\n").unwrap_err();
     assert_eq!((err.file.as_str(), err.line), ("s.hcl", 3));
     assert!(err.message.starts_with("syntax error"), "{err}");
     // Wrong type.
-    let err = parse(
-        "w.hcl",
-        "job \"j\" {\n  group \"g\" {\n    count = \"three\"\n  }\n}\n",
-    )
-    .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "w.hcl:3:13: count: expected a number, found a string"
-    );
+    let err = parse("w.hcl", "job \"j\" {\n  group \"g\" {\n    count = \"three\"\n  }\n}\n").unwrap_err();
+    assert_eq!(err.to_string(), "w.hcl:3:13: count: expected a number, found a string");
     // Missing driver: reported at the task block.
     let err = parse("m.hcl", &task_job("      user = \"nobody\"")).unwrap_err();
     assert_eq!((err.line, err.column), (3, 5));
-    assert!(
-        err.message.contains("task \"t\": task has no driver"),
-        "{err}"
-    );
+    assert!(err.message.contains("task \"t\": task has no driver"), "{err}");
     // Undeclared volume.
-    let err = parse(
-        "v.hcl",
-        &task_job("      driver = \"exec\"\n      volume_mount { volume = \"nope\" }"),
-    )
-    .unwrap_err();
+    let err =
+        parse("v.hcl", &task_job("      driver = \"exec\"\n      volume_mount { volume = \"nope\" }")).unwrap_err();
     assert_eq!(err.line, 3);
-    assert!(
-        err.message
-            .contains("volume_mount of undeclared volume \"nope\""),
-        "{err}"
-    );
+    assert!(err.message.contains("volume_mount of undeclared volume \"nope\""), "{err}");
     // A bare runtime reference outside a string.
     let err = parse("r.hcl", &task_job("      driver = attr.driver")).unwrap_err();
     assert_eq!((err.line, err.column), (4, 16));
     // No job at all, and an empty file.
-    assert!(parse("e.hcl", "")
-        .unwrap_err()
-        .message
-        .contains("no \"job\" block"));
+    assert!(parse("e.hcl", "").unwrap_err().message.contains("no \"job\" block"));
     // Docker ports naming an undeclared label.
-    let err = parse(
-        "p.hcl",
-        &task_job("      driver = \"docker\"\n      config {\n        ports = [\"http\"]\n      }"),
-    )
-    .unwrap_err();
-    assert!(
-        err.message.contains("port \"http\" is not declared"),
-        "{err}"
-    );
+    let err =
+        parse("p.hcl", &task_job("      driver = \"docker\"\n      config {\n        ports = [\"http\"]\n      }"))
+            .unwrap_err();
+    assert!(err.message.contains("port \"http\" is not declared"), "{err}");
 }
 
 #[test]
@@ -481,10 +320,7 @@ fn hcl1_rewrite_keeps_error_lines() {
         "      user = [\"x\"]",
     ));
     let err = parse("h.hcl", &src).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "h.hcl:10:14: user: expected a string, found a list"
-    );
+    assert_eq!(err.to_string(), "h.hcl:10:14: user: expected a string, found a list");
 }
 
 #[test]

@@ -21,9 +21,8 @@ pub(super) fn scope(src: &Source, overrides: &BTreeMap<String, String>) -> Resul
             (Some(text), _) => from_cli(&name, text, var_type.as_deref())?,
             (None, Some(value)) => value,
             (None, None) => {
-                return Err(block.error(format!(
-                "variable \"{name}\" has no default and no value was given (use -var {name}=...)"
-            )))
+                return Err(block
+                    .error(format!("variable \"{name}\" has no default and no value was given (use -var {name}=...)")))
             }
         };
         if vars.insert(name.clone(), value).is_some() {
@@ -31,10 +30,9 @@ pub(super) fn scope(src: &Source, overrides: &BTreeMap<String, String>) -> Resul
         }
     }
     if let Some(unknown) = overrides.keys().find(|k| !vars.contains_key(*k)) {
-        return Err(src.error_at(
-            0,
-            format!("variable \"{unknown}\" was set with -var but is not declared in the job file"),
-        ));
+        return Err(
+            src.error_at(0, format!("variable \"{unknown}\" was set with -var but is not declared in the job file"))
+        );
     }
     let mut scope = Scope::new();
     scope.declare("var", &vars);
@@ -86,26 +84,17 @@ fn from_cli(name: &str, text: &str, var_type: Option<&str>) -> Result<Value, Hcl
                 .map(hcl::Number::from)
                 .ok()
                 .or_else(|| text.parse::<f64>().ok().and_then(hcl::Number::from_f64));
-            number
-                .map(Value::Number)
-                .ok_or_else(|| cli_error(name, text, "a number"))
+            number.map(Value::Number).ok_or_else(|| cli_error(name, text, "a number"))
         }
         Some(_) => {
             // Collections are written as HCL expressions: -var 'dcs=["a","b"]'.
             let src = Source::parse(&format!("-var {name}"), &format!("v = {text}\n"))?;
-            let value = src
-                .body()
-                .get_attribute("v")
-                .map(|attr| Scope::new().eval(&src, &attr.value));
+            let value = src.body().get_attribute("v").map(|attr| Scope::new().eval(&src, &attr.value));
             value.unwrap_or_else(|| Err(cli_error(name, text, "an HCL value")))
         }
     }
 }
 
 fn cli_error(name: &str, text: &str, expected: &str) -> HclError {
-    HclError::new(
-        &format!("-var {name}"),
-        Default::default(),
-        format!("value {text:?} is not {expected}"),
-    )
+    HclError::new(&format!("-var {name}"), Default::default(), format!("value {text:?} is not {expected}"))
 }

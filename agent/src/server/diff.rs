@@ -4,17 +4,19 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::scheduler::{tasks_updated, DesiredUpdates};
 use crate::structs::{Job, TaskGroup};
 
 /// Added, Deleted, Edited or None.
-pub type DiffType = &'static str;
+pub type DiffType = String;
+
+type Kind = &'static str;
 
 /// One changed (or unchanged) primitive field.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "PascalCase")]
 pub struct FieldDiff {
     #[serde(rename = "Type")]
@@ -26,7 +28,7 @@ pub struct FieldDiff {
 }
 
 /// A nested object (Config, Env, Resources, …) and its fields.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "PascalCase")]
 pub struct ObjectDiff {
     #[serde(rename = "Type")]
@@ -37,7 +39,7 @@ pub struct ObjectDiff {
 }
 
 /// A task's diff.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "PascalCase")]
 pub struct TaskDiff {
     #[serde(rename = "Type")]
@@ -49,7 +51,7 @@ pub struct TaskDiff {
 }
 
 /// A task group's diff with the plan's update counts.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "PascalCase")]
 pub struct TaskGroupDiff {
     #[serde(rename = "Type")]
@@ -62,7 +64,7 @@ pub struct TaskGroupDiff {
 }
 
 /// The whole job's diff.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "PascalCase")]
 pub struct JobDiff {
     #[serde(rename = "Type")]
@@ -76,8 +78,17 @@ pub struct JobDiff {
 
 /// Fields that change on every submit and are never shown.
 const IGNORED: &[&str] = &[
-    "Status", "StatusDescription", "Stable", "Version", "SubmitTime", "CreateIndex", "ModifyIndex",
-    "JobModifyIndex", "TaskGroups", "Tasks", "Stop",
+    "Status",
+    "StatusDescription",
+    "Stable",
+    "Version",
+    "SubmitTime",
+    "CreateIndex",
+    "ModifyIndex",
+    "JobModifyIndex",
+    "TaskGroups",
+    "Tasks",
+    "Stop",
 ];
 
 fn scalar(v: &Value) -> String {
@@ -97,7 +108,7 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
-fn kind(old: Option<&Value>, new: Option<&Value>) -> DiffType {
+fn kind(old: Option<&Value>, new: Option<&Value>) -> Kind {
     match (old.filter(|v| !is_empty(v)), new.filter(|v| !is_empty(v))) {
         (None, Some(_)) => "Added",
         (Some(_), None) => "Deleted",
@@ -143,7 +154,7 @@ fn field_diffs(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>, v
                 _ => return None,
             };
             Some(FieldDiff {
-                diff_type,
+                diff_type: diff_type.into(),
                 name: name.clone(),
                 old: o.cloned().unwrap_or_default(),
                 new: n.cloned().unwrap_or_default(),
@@ -176,10 +187,15 @@ fn diff_members(old: &Value, new: &Value) -> (Vec<FieldDiff>, Vec<ObjectDiff>) {
             let mut nf = BTreeMap::new();
             flatten("", o.unwrap_or(&Value::Null), &mut of);
             flatten("", n.unwrap_or(&Value::Null), &mut nf);
-            objects.push(ObjectDiff { diff_type: t, name: k.clone(), fields: field_diffs(&of, &nf, false), objects: vec![] });
+            objects.push(ObjectDiff {
+                diff_type: t.into(),
+                name: k.clone(),
+                fields: field_diffs(&of, &nf, false),
+                objects: vec![],
+            });
         } else {
             fields.push(FieldDiff {
-                diff_type: t,
+                diff_type: t.into(),
                 name: k.clone(),
                 old: o.map(scalar).unwrap_or_default(),
                 new: n.map(scalar).unwrap_or_default(),
@@ -194,7 +210,7 @@ fn to_value<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-fn overall(fields: &[FieldDiff], objects: &[ObjectDiff], children_changed: bool) -> DiffType {
+fn overall(fields: &[FieldDiff], objects: &[ObjectDiff], children_changed: bool) -> Kind {
     if fields.is_empty() && objects.is_empty() && !children_changed {
         "None"
     } else {
@@ -235,7 +251,7 @@ fn group_diff(old: Option<&TaskGroup>, new: Option<&TaskGroup>, updates: Option<
         } else {
             vec![]
         };
-        tasks.push(TaskDiff { diff_type: t, name: tname.clone(), annotations, fields: tf, objects: to });
+        tasks.push(TaskDiff { diff_type: t.into(), name: tname.clone(), annotations, fields: tf, objects: to });
     }
     let tasks_changed = tasks.iter().any(|t| t.diff_type != "None");
     let diff_type = match (old, new) {
@@ -259,7 +275,7 @@ fn group_diff(old: Option<&TaskGroup>, new: Option<&TaskGroup>, updates: Option<
             }
         }
     }
-    TaskGroupDiff { diff_type, name, fields, objects, tasks, updates: counts }
+    TaskGroupDiff { diff_type: diff_type.into(), name, fields, objects, tasks, updates: counts }
 }
 
 /// Diffs a submitted job against the registered one (`None` when new or stopped).
@@ -278,7 +294,7 @@ pub fn job_diff(old: Option<&Job>, new: &Job, updates: &BTreeMap<String, Desired
         .collect();
     let groups_changed = task_groups.iter().any(|g| g.diff_type != "None");
     let diff_type = if old.is_none() { "Added" } else { overall(&fields, &objects, groups_changed) };
-    JobDiff { diff_type, id: new.id.clone(), fields, objects, task_groups }
+    JobDiff { diff_type: diff_type.into(), id: new.id.clone(), fields, objects, task_groups }
 }
 
 #[cfg(test)]

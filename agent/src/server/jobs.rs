@@ -13,7 +13,7 @@ use crate::structs::{client_status, AllocMetric, Allocation, Job};
 use crate::util::now_nanos;
 
 /// Answer to a job registration.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RegisterResult {
     #[serde(rename = "EvalID")]
@@ -25,7 +25,7 @@ pub struct RegisterResult {
 }
 
 /// Answer to `job plan`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct PlanResult {
     pub diff: JobDiff,
@@ -37,7 +37,7 @@ pub struct PlanResult {
 }
 
 /// Per-group counts of what a plan would do.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct PlanAnnotations {
     #[serde(rename = "DesiredTGUpdates")]

@@ -40,6 +40,9 @@ pub enum ServerError {
     State(#[from] StateError),
 }
 
+/// How long evaluations of purged jobs are kept.
+const EVAL_GC_THRESHOLD: Duration = Duration::from_secs(3600);
+
 /// Server tunables.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -100,7 +103,18 @@ impl Server {
         }
         tokio::spawn(Self::eval_worker(server.clone(), rx));
         tokio::spawn(Self::heartbeat_monitor(server.clone()));
+        tokio::spawn(Self::periodic_gc(server.clone()));
         server
+    }
+
+    async fn periodic_gc(server: Arc<Server>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(300));
+        loop {
+            tick.tick().await;
+            if let Err(e) = server.garbage_collect() {
+                tracing::error!(error = %e, "garbage collection");
+            }
+        }
     }
 
     /// Queues an evaluation, honouring its `WaitUntil`.
@@ -220,9 +234,21 @@ impl Server {
         Ok(())
     }
 
-    /// Deletes terminal allocations of purged jobs and finished evaluations
-    /// of purged jobs, as Nomad's core GC does.
+    /// Deletes terminal allocations of purged jobs at once, and their
+    /// evaluations and deployments once older than `EVAL_GC_THRESHOLD` (so
+    /// a CLI still monitoring a deregistration can read it), as Nomad's core
+    /// GC does.
     pub fn garbage_collect(&self) -> Result<(), ServerError> {
+        self.collect(EVAL_GC_THRESHOLD)
+    }
+
+    /// `PUT /v1/system/gc`: collect everything collectable now.
+    pub fn force_gc(&self) -> Result<(), ServerError> {
+        self.collect(Duration::ZERO)
+    }
+
+    fn collect(&self, eval_age: Duration) -> Result<(), ServerError> {
+        let cutoff = now_nanos() - eval_age.as_nanos() as i64;
         let snap = self.state.snapshot();
         let mut batch = WriteBatch::default();
         for a in snap.allocs() {
@@ -233,12 +259,17 @@ impl Server {
             }
         }
         for e in snap.evals() {
-            if snap.job(&e.namespace, &e.job_id).is_none() && e.status != eval_status::PENDING {
+            if snap.job(&e.namespace, &e.job_id).is_none()
+                && e.status != eval_status::PENDING
+                && e.modify_time <= cutoff
+            {
                 batch.delete_evals.push(e.id.clone());
             }
         }
         for d in snap.deployments() {
-            if snap.job(&d.namespace, &d.job_id).is_none() {
+            let evals_left =
+                snap.evals().any(|e| e.job_id == d.job_id && e.namespace == d.namespace && e.modify_time > cutoff);
+            if snap.job(&d.namespace, &d.job_id).is_none() && !evals_left {
                 batch.delete_deployments.push(d.id.clone());
             }
         }
@@ -248,4 +279,3 @@ impl Server {
         Ok(())
     }
 }
-

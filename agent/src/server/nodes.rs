@@ -55,7 +55,10 @@ impl Server {
         }
         let mut batch = WriteBatch::default();
         let capacity_changed = !was_ready
-            || existing.as_ref().map(|e| e.drivers != node.drivers || e.node_resources != node.node_resources).unwrap_or(true);
+            || existing
+                .as_ref()
+                .map(|e| e.drivers != node.drivers || e.node_resources != node.node_resources)
+                .unwrap_or(true);
         if capacity_changed {
             batch.evals.extend(self.system_job_evals(&snap, &node.id));
         }
@@ -171,7 +174,10 @@ impl Server {
             a.client_description = u.client_description;
             a.task_states = u.task_states;
             let key = (a.namespace.clone(), a.job_id.clone());
-            if a.client_status == client_status::FAILED && old.client_status != client_status::FAILED && !a.server_terminal() {
+            if a.client_status == client_status::FAILED
+                && old.client_status != client_status::FAILED
+                && !a.server_terminal()
+            {
                 failed_jobs.insert(key.clone());
             }
             if a.client_terminal() && !old.client_terminal() {
@@ -232,9 +238,11 @@ fn deployment_progress(snap: &Tables, job: &Job, overlay: &[Allocation]) -> Opti
     let mut d = (*dep).clone();
     let mut complete = true;
     let mut rolling = false;
+    let mut unhealthy_any = false;
     for tg in &job.task_groups {
         let current = allocs.values().filter(|a| a.task_group == tg.name && a.job_version() == job.version);
-        let healthy = current.clone().filter(|a| a.client_status == client_status::RUNNING && !a.server_terminal()).count();
+        let healthy =
+            current.clone().filter(|a| a.client_status == client_status::RUNNING && !a.server_terminal()).count();
         let unhealthy = current.filter(|a| a.client_status == client_status::FAILED).count();
         let older = allocs
             .values()
@@ -243,6 +251,7 @@ fn deployment_progress(snap: &Tables, job: &Job, overlay: &[Allocation]) -> Opti
         let state = d.task_groups.entry(tg.name.clone()).or_default();
         state.healthy_allocs = healthy as u32;
         state.unhealthy_allocs = unhealthy as u32;
+        unhealthy_any |= unhealthy > 0;
         if healthy < tg.count as usize || older > 0 {
             complete = false;
         }
@@ -250,7 +259,11 @@ fn deployment_progress(snap: &Tables, job: &Job, overlay: &[Allocation]) -> Opti
             rolling = true;
         }
     }
-    if complete {
+    if unhealthy_any {
+        d.status = "failed".into();
+        d.status_description = "Failed due to unhealthy allocations".into();
+        rolling = false;
+    } else if complete {
         d.status = "successful".into();
         d.status_description = "Deployment completed successfully".into();
     }

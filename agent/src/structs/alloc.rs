@@ -289,10 +289,7 @@ impl Allocation {
 
     /// The client reports it finished, failed or lost.
     pub fn client_terminal(&self) -> bool {
-        matches!(
-            self.client_status.as_str(),
-            client_status::COMPLETE | client_status::FAILED | client_status::LOST
-        )
+        matches!(self.client_status.as_str(), client_status::COMPLETE | client_status::FAILED | client_status::LOST)
     }
 
     /// The job version this allocation runs.
@@ -302,10 +299,7 @@ impl Allocation {
 
     /// The allocation's index within its group, from `job.group[N]`.
     pub fn index(&self) -> u32 {
-        self.name
-            .rsplit_once('[')
-            .and_then(|(_, rest)| rest.trim_end_matches(']').parse().ok())
-            .unwrap_or(0)
+        self.name.rsplit_once('[').and_then(|(_, rest)| rest.trim_end_matches(']').parse().ok()).unwrap_or(0)
     }
 }
 

@@ -5,9 +5,8 @@
 use std::collections::BTreeSet;
 
 use super::{
-    EphemeralDisk, Job, LogConfig, NetworkResource, ReschedulePolicy, Resources, RestartPolicy,
-    Service, Task, UpdateStrategy, JOB_TYPE_BATCH, JOB_TYPE_SERVICE, JOB_TYPE_SYSBATCH,
-    JOB_TYPE_SYSTEM,
+    EphemeralDisk, Job, LogConfig, NetworkResource, ReschedulePolicy, Resources, RestartPolicy, Service, Task,
+    UpdateStrategy, JOB_TYPE_BATCH, JOB_TYPE_SERVICE, JOB_TYPE_SYSBATCH, JOB_TYPE_SYSTEM,
 };
 
 const SECOND: i64 = 1_000_000_000;
@@ -23,12 +22,8 @@ const CSI_ACCESS_MODES: [&str; 5] = [
     "multi-node-multi-writer",
 ];
 /// Access modes a (dynamic) host volume request may ask for.
-const HOST_ACCESS_MODES: [&str; 4] = [
-    "single-node-writer",
-    "single-node-reader-only",
-    "single-node-single-writer",
-    "single-node-multi-writer",
-];
+const HOST_ACCESS_MODES: [&str; 4] =
+    ["single-node-writer", "single-node-reader-only", "single-node-single-writer", "single-node-multi-writer"];
 const ATTACHMENT_MODES: [&str; 2] = ["file-system", "block-device"];
 const CONSTRAINT_OPERANDS: [&str; 19] = [
     "=",
@@ -158,28 +153,19 @@ impl Job {
         }
         let service = self.job_type == JOB_TYPE_SERVICE;
         if service {
-            self.update
-                .get_or_insert_with(UpdateStrategy::nomad_default)
-                .fill_defaults();
+            self.update.get_or_insert_with(UpdateStrategy::nomad_default).fill_defaults();
         }
         let job_type = self.job_type.clone();
         let job_name = self.name.clone();
         for tg in &mut self.task_groups {
-            let restart = tg
-                .restart_policy
-                .get_or_insert_with(|| RestartPolicy::default_for(&job_type));
+            let restart = tg.restart_policy.get_or_insert_with(|| RestartPolicy::default_for(&job_type));
             default_str(&mut restart.mode, "fail");
             let restart = restart.clone();
             if tg.reschedule_policy.is_none() {
-                tg.reschedule_policy = self
-                    .reschedule
-                    .clone()
-                    .or_else(|| ReschedulePolicy::default_for(&job_type));
+                tg.reschedule_policy = self.reschedule.clone().or_else(|| ReschedulePolicy::default_for(&job_type));
             }
             if service {
-                tg.update
-                    .get_or_insert_with(|| self.update.clone().unwrap_or_default())
-                    .fill_defaults();
+                tg.update.get_or_insert_with(|| self.update.clone().unwrap_or_default()).fill_defaults();
             }
             let disk = tg.ephemeral_disk.get_or_insert_with(EphemeralDisk::default);
             if disk.size_mb == 0 {
@@ -187,9 +173,7 @@ impl Job {
             }
             tg.networks.iter_mut().for_each(default_network);
             let group_prefix = format!("{job_name}-{}", tg.name);
-            tg.services
-                .iter_mut()
-                .for_each(|s| default_service(s, &group_prefix));
+            tg.services.iter_mut().for_each(|s| default_service(s, &group_prefix));
             for task in &mut tg.tasks {
                 canonicalize_task(task, &restart, &group_prefix);
             }
@@ -209,43 +193,23 @@ impl Job {
     /// Like `validate`, but keeps which group and task each issue is about.
     pub fn validation_issues(&self) -> Vec<ValidationIssue> {
         let mut out = Vec::new();
-        let job = |message: String| ValidationIssue {
-            group: None,
-            task: None,
-            message,
-        };
+        let job = |message: String| ValidationIssue { group: None, task: None, message };
         if self.id.is_empty() {
             out.push(job("missing job ID".into()));
         } else if self.id.contains(' ') {
             out.push(job(format!("job ID {:?} contains a space", self.id)));
         }
-        if ![
-            JOB_TYPE_SERVICE,
-            JOB_TYPE_BATCH,
-            JOB_TYPE_SYSTEM,
-            JOB_TYPE_SYSBATCH,
-        ]
-        .contains(&self.job_type.as_str())
-        {
-            out.push(job(format!(
-                "invalid job type {:?}: must be service, batch, system or sysbatch",
-                self.job_type
-            )));
+        if ![JOB_TYPE_SERVICE, JOB_TYPE_BATCH, JOB_TYPE_SYSTEM, JOB_TYPE_SYSBATCH].contains(&self.job_type.as_str()) {
+            out.push(job(format!("invalid job type {:?}: must be service, batch, system or sysbatch", self.job_type)));
         }
         if !(1..=100).contains(&self.priority) {
-            out.push(job(format!(
-                "job priority {} must be between 1 and 100",
-                self.priority
-            )));
+            out.push(job(format!("job priority {} must be between 1 and 100", self.priority)));
         }
         if self.task_groups.is_empty() {
             out.push(job("job has no task groups".into()));
         }
         if self.reschedule.is_some() && self.is_system_like() {
-            out.push(job(format!(
-                "reschedule is not allowed for {} jobs",
-                self.job_type
-            )));
+            out.push(job(format!("reschedule is not allowed for {} jobs", self.job_type)));
         }
         check_constraints(&self.constraints, "job", &mut |m| out.push(job(m)));
         let mut names = BTreeSet::new();
@@ -266,17 +230,10 @@ impl Job {
         let prefix = format!("group {:?}", tg.name);
         let mut issue = |task: Option<&Task>, message: String| {
             let (task, message) = match task {
-                Some(t) => (
-                    Some(t.name.clone()),
-                    format!("{prefix}: task {:?}: {message}", t.name),
-                ),
+                Some(t) => (Some(t.name.clone()), format!("{prefix}: task {:?}: {message}", t.name)),
                 None => (None, format!("{prefix}: {message}")),
             };
-            out.push(ValidationIssue {
-                group: Some(tg.name.clone()),
-                task,
-                message,
-            });
+            out.push(ValidationIssue { group: Some(tg.name.clone()), task, message });
         };
         if tg.name.is_empty() {
             issue(None, "group has no name".into());
@@ -285,21 +242,10 @@ impl Job {
             issue(None, "group has no tasks".into());
         }
         if tg.reschedule_policy.is_some() && self.is_system_like() {
-            issue(
-                None,
-                format!("reschedule is not allowed for {} jobs", self.job_type),
-            );
+            issue(None, format!("reschedule is not allowed for {} jobs", self.job_type));
         }
-        if let Some(mode) = tg
-            .restart_policy
-            .as_ref()
-            .map(|r| r.mode.as_str())
-            .filter(|m| !is_restart_mode(m))
-        {
-            issue(
-                None,
-                format!("restart mode {mode:?} must be \"fail\" or \"delay\""),
-            );
+        if let Some(mode) = tg.restart_policy.as_ref().map(|r| r.mode.as_str()).filter(|m| !is_restart_mode(m)) {
+            issue(None, format!("restart mode {mode:?} must be \"fail\" or \"delay\""));
         }
         check_constraints(&tg.constraints, "group", &mut |m| issue(None, m));
         if tg.networks.len() > 1 {
@@ -311,11 +257,8 @@ impl Job {
             }
         }
         let mut labels = BTreeSet::new();
-        let networks = tg.networks.iter().chain(
-            tg.tasks
-                .iter()
-                .flat_map(|t| t.resources.iter().flat_map(|r| &r.networks)),
-        );
+        let networks =
+            tg.networks.iter().chain(tg.tasks.iter().flat_map(|t| t.resources.iter().flat_map(|r| &r.networks)));
         for port in networks.flat_map(|n| n.reserved_ports.iter().chain(&n.dynamic_ports)) {
             if !labels.insert(port.label.as_str()) {
                 issue(None, format!("duplicate port label {:?}", port.label));
@@ -354,8 +297,7 @@ fn default_service(service: &mut Service, name: &str) {
 }
 
 fn canonicalize_task(task: &mut Task, group_restart: &RestartPolicy, group_prefix: &str) {
-    task.restart_policy
-        .get_or_insert_with(|| group_restart.clone());
+    task.restart_policy.get_or_insert_with(|| group_restart.clone());
     let resources = task.resources.get_or_insert_with(Resources::default);
     if resources.cpu == 0 && resources.cores == 0 {
         resources.cpu = 100;
@@ -379,9 +321,7 @@ fn canonicalize_task(task: &mut Task, group_restart: &RestartPolicy, group_prefi
         }
     }
     let name = format!("{group_prefix}-{}", task.name);
-    task.services
-        .iter_mut()
-        .for_each(|s| default_service(s, &name));
+    task.services.iter_mut().for_each(|s| default_service(s, &name));
     let logs = task.log_config.get_or_insert_with(LogConfig::default);
     if logs.max_files == 0 {
         logs.max_files = 10;
@@ -395,17 +335,10 @@ fn is_restart_mode(mode: &str) -> bool {
     mode == "fail" || mode == "delay"
 }
 
-fn check_constraints(
-    constraints: &[super::Constraint],
-    level: &str,
-    report: &mut dyn FnMut(String),
-) {
+fn check_constraints(constraints: &[super::Constraint], level: &str, report: &mut dyn FnMut(String)) {
     for c in constraints {
         if !CONSTRAINT_OPERANDS.contains(&c.operand.as_str()) {
-            report(format!(
-                "{level} constraint has unknown operator {:?}",
-                c.operand
-            ));
+            report(format!("{level} constraint has unknown operator {:?}", c.operand));
         }
     }
 }
@@ -419,10 +352,7 @@ fn volume_problems(vol: &super::VolumeRequest) -> Vec<String> {
             if access.is_empty() {
                 out.push("csi volumes need an access_mode".into());
             } else if !CSI_ACCESS_MODES.contains(&access) {
-                out.push(format!(
-                    "invalid access_mode {access:?} (expected one of {})",
-                    CSI_ACCESS_MODES.join(", ")
-                ));
+                out.push(format!("invalid access_mode {access:?} (expected one of {})", CSI_ACCESS_MODES.join(", ")));
             }
             if attachment.is_empty() {
                 out.push("csi volumes need an attachment_mode".into());
@@ -430,23 +360,16 @@ fn volume_problems(vol: &super::VolumeRequest) -> Vec<String> {
         }
         "host" => {
             if !access.is_empty() && !HOST_ACCESS_MODES.contains(&access) {
-                out.push(format!(
-                    "invalid access_mode {access:?} (expected one of {})",
-                    HOST_ACCESS_MODES.join(", ")
-                ));
+                out.push(format!("invalid access_mode {access:?} (expected one of {})", HOST_ACCESS_MODES.join(", ")));
             }
             if vol.per_alloc {
                 out.push("per_alloc is only allowed for csi volumes".into());
             }
         }
-        other => out.push(format!(
-            "invalid type {other:?}: must be \"host\" or \"csi\""
-        )),
+        other => out.push(format!("invalid type {other:?}: must be \"host\" or \"csi\"")),
     }
     if !attachment.is_empty() && !ATTACHMENT_MODES.contains(&attachment) {
-        out.push(format!(
-            "invalid attachment_mode {attachment:?}: must be \"file-system\" or \"block-device\""
-        ));
+        out.push(format!("invalid attachment_mode {attachment:?}: must be \"file-system\" or \"block-device\""));
     }
     if vol.source.is_empty() {
         out.push("volume has no source".into());
@@ -459,22 +382,12 @@ fn task_problems(task: &Task, tg: &super::TaskGroup, port_labels: &BTreeSet<&str
     if task.driver.is_empty() {
         out.push("task has no driver".into());
     }
-    if let Some(mode) = task
-        .restart_policy
-        .as_ref()
-        .map(|r| r.mode.as_str())
-        .filter(|m| !is_restart_mode(m))
-    {
-        out.push(format!(
-            "restart mode {mode:?} must be \"fail\" or \"delay\""
-        ));
+    if let Some(mode) = task.restart_policy.as_ref().map(|r| r.mode.as_str()).filter(|m| !is_restart_mode(m)) {
+        out.push(format!("restart mode {mode:?} must be \"fail\" or \"delay\""));
     }
     for mount in &task.volume_mounts {
         if !tg.volumes.contains_key(&mount.volume) {
-            out.push(format!(
-                "volume_mount of undeclared volume {:?}",
-                mount.volume
-            ));
+            out.push(format!("volume_mount of undeclared volume {:?}", mount.volume));
         }
     }
     if let Some(plugin) = &task.csi_plugin_config {
@@ -496,26 +409,16 @@ fn task_problems(task: &Task, tg: &super::TaskGroup, port_labels: &BTreeSet<&str
             out.push("template needs data or source".into());
         }
         if !["", "restart", "signal", "script", "noop"].contains(&tmpl.change_mode.as_str()) {
-            out.push(format!(
-                "template change_mode {:?} is not restart, signal, script or noop",
-                tmpl.change_mode
-            ));
+            out.push(format!("template change_mode {:?} is not restart, signal, script or noop", tmpl.change_mode));
         }
         if tmpl.change_mode == "signal" && tmpl.change_signal.is_empty() {
             out.push("template change_mode \"signal\" needs a change_signal".into());
         }
     }
-    let ports = task
-        .config
-        .get("ports")
-        .and_then(|p| p.as_array())
-        .into_iter()
-        .flatten();
+    let ports = task.config.get("ports").and_then(|p| p.as_array()).into_iter().flatten();
     for label in ports.filter_map(|p| p.as_str()) {
         if !port_labels.contains(label) {
-            out.push(format!(
-                "config ports: port {label:?} is not declared in the group network"
-            ));
+            out.push(format!("config ports: port {label:?} is not declared in the group network"));
         }
     }
     check_constraints(&task.constraints, "task", &mut |m| out.push(m));
@@ -534,11 +437,7 @@ mod tests {
             task_groups: vec![TaskGroup {
                 name: "g".into(),
                 count: 1,
-                tasks: vec![Task {
-                    name: "t".into(),
-                    driver: "raw_exec".into(),
-                    ..Task::default()
-                }],
+                tasks: vec![Task { name: "t".into(), driver: "raw_exec".into(), ..Task::default() }],
                 ..TaskGroup::default()
             }],
             ..Job::default()
@@ -549,45 +448,23 @@ mod tests {
     fn service_defaults() {
         let mut j = job("");
         j.canonicalize();
-        assert_eq!(
-            (j.name.as_str(), j.namespace.as_str(), j.region.as_str()),
-            ("web", "default", "global")
-        );
-        assert_eq!(
-            (j.job_type.as_str(), j.priority, j.node_pool.as_str()),
-            ("service", 50, "default")
-        );
+        assert_eq!((j.name.as_str(), j.namespace.as_str(), j.region.as_str()), ("web", "default", "global"));
+        assert_eq!((j.job_type.as_str(), j.priority, j.node_pool.as_str()), ("service", 50, "default"));
         assert_eq!(j.datacenters, vec!["*".to_string()]);
         let tg = &j.task_groups[0];
+        assert_eq!(tg.restart_policy, Some(RestartPolicy::default_for("service")));
+        assert_eq!(tg.restart_policy.as_ref().map(|r| (r.attempts, r.interval)), Some((2, 30 * MINUTE)));
         assert_eq!(
-            tg.restart_policy,
-            Some(RestartPolicy::default_for("service"))
-        );
-        assert_eq!(
-            tg.restart_policy.as_ref().map(|r| (r.attempts, r.interval)),
-            Some((2, 30 * MINUTE))
-        );
-        assert_eq!(
-            tg.reschedule_policy
-                .as_ref()
-                .map(|r| (r.delay_function.as_str(), r.unlimited)),
+            tg.reschedule_policy.as_ref().map(|r| (r.delay_function.as_str(), r.unlimited)),
             Some(("exponential", true))
         );
         assert_eq!(tg.update, Some(UpdateStrategy::nomad_default()));
         assert_eq!(tg.ephemeral_disk.as_ref().map(|d| d.size_mb), Some(300));
         let t = &tg.tasks[0];
         assert_eq!(t.restart_policy, tg.restart_policy);
-        assert_eq!(
-            t.resources.as_ref().map(|r| (r.cpu, r.memory_mb)),
-            Some((100, 300))
-        );
+        assert_eq!(t.resources.as_ref().map(|r| (r.cpu, r.memory_mb)), Some((100, 300)));
         assert_eq!(t.kill_timeout, Some(5 * SECOND));
-        assert_eq!(
-            t.log_config
-                .as_ref()
-                .map(|l| (l.max_files, l.max_file_size_mb)),
-            Some((10, 10))
-        );
+        assert_eq!(t.log_config.as_ref().map(|l| (l.max_files, l.max_file_size_mb)), Some((10, 10)));
         assert_eq!(j.validate(), Ok(()));
     }
 
@@ -596,77 +473,45 @@ mod tests {
         let mut j = job("batch");
         j.canonicalize();
         let tg = &j.task_groups[0];
-        assert_eq!(
-            tg.restart_policy.as_ref().map(|r| (r.attempts, r.interval)),
-            Some((3, 24 * HOUR))
-        );
-        assert_eq!(
-            tg.reschedule_policy.as_ref().map(|r| (r.attempts, r.delay)),
-            Some((1, 5 * SECOND))
-        );
+        assert_eq!(tg.restart_policy.as_ref().map(|r| (r.attempts, r.interval)), Some((3, 24 * HOUR)));
+        assert_eq!(tg.reschedule_policy.as_ref().map(|r| (r.attempts, r.delay)), Some((1, 5 * SECOND)));
         assert_eq!(tg.update, None);
         let mut j = job("system");
         j.canonicalize();
         assert_eq!(j.task_groups[0].reschedule_policy, None);
         assert_eq!(j.validate(), Ok(()));
         j.task_groups[0].reschedule_policy = ReschedulePolicy::default_for("service");
-        assert_eq!(
-            j.validate(),
-            Err(vec![
-                "group \"g\": reschedule is not allowed for system jobs".to_string()
-            ])
-        );
+        assert_eq!(j.validate(), Err(vec!["group \"g\": reschedule is not allowed for system jobs".to_string()]));
     }
 
     #[test]
     fn template_plugin_and_service_defaults() {
         let mut j = job("service");
         let t = &mut j.task_groups[0].tasks[0];
-        t.templates.push(Template {
-            embedded_tmpl: "x".into(),
-            dest_path: "local/x".into(),
-            ..Template::default()
-        });
-        t.csi_plugin_config = Some(CsiPluginConfig {
-            id: "p".into(),
-            plugin_type: "node".into(),
-            ..Default::default()
-        });
+        t.templates.push(Template { embedded_tmpl: "x".into(), dest_path: "local/x".into(), ..Template::default() });
+        t.csi_plugin_config =
+            Some(CsiPluginConfig { id: "p".into(), plugin_type: "node".into(), ..Default::default() });
         t.services.push(Service::default());
         j.canonicalize();
         let t = &j.task_groups[0].tasks[0];
         let tmpl = &t.templates[0];
         assert_eq!(
-            (
-                tmpl.change_mode.as_str(),
-                tmpl.perms.as_str(),
-                tmpl.left_delim.as_str()
-            ),
+            (tmpl.change_mode.as_str(), tmpl.perms.as_str(), tmpl.left_delim.as_str()),
             ("restart", "0644", "{{")
         );
         let p = t.csi_plugin_config.as_ref().expect("plugin");
         assert_eq!(
-            (
-                p.mount_dir.as_str(),
-                p.stage_publish_base_dir.as_str(),
-                p.health_timeout
-            ),
+            (p.mount_dir.as_str(), p.stage_publish_base_dir.as_str(), p.health_timeout),
             ("/csi", "/local/csi", 30 * SECOND)
         );
-        assert_eq!(
-            (t.services[0].name.as_str(), t.services[0].provider.as_str()),
-            ("web-g-t", "nomad")
-        );
+        assert_eq!((t.services[0].name.as_str(), t.services[0].provider.as_str()), ("web-g-t", "nomad"));
     }
 
     #[test]
     fn validation_names_group_and_task() {
         let mut j = job("nonsense");
         j.id.clear();
-        j.task_groups.push(TaskGroup {
-            name: "g".into(),
-            ..TaskGroup::default()
-        });
+        j.task_groups.push(TaskGroup { name: "g".into(), ..TaskGroup::default() });
         let tg = &mut j.task_groups[0];
         tg.volumes.insert(
             "data".into(),
@@ -679,35 +524,19 @@ mod tests {
         );
         tg.networks.push(NetworkResource {
             dynamic_ports: vec![
-                Port {
-                    label: "http".into(),
-                    ..Port::default()
-                },
-                Port {
-                    label: "http".into(),
-                    ..Port::default()
-                },
+                Port { label: "http".into(), ..Port::default() },
+                Port { label: "http".into(), ..Port::default() },
             ],
             ..NetworkResource::default()
         });
         let t = &mut tg.tasks[0];
         t.driver.clear();
-        t.volume_mounts.push(VolumeMount {
-            volume: "logs".into(),
-            ..VolumeMount::default()
-        });
-        t.config
-            .insert("ports".into(), serde_json::json!(["http", "db"]));
+        t.volume_mounts.push(VolumeMount { volume: "logs".into(), ..VolumeMount::default() });
+        t.config.insert("ports".into(), serde_json::json!(["http", "db"]));
         t.templates.push(Template::default());
-        t.csi_plugin_config = Some(CsiPluginConfig {
-            id: "p".into(),
-            plugin_type: "sidecar".into(),
-            ..Default::default()
-        });
-        t.restart_policy = Some(RestartPolicy {
-            mode: "sometimes".into(),
-            ..RestartPolicy::default()
-        });
+        t.csi_plugin_config =
+            Some(CsiPluginConfig { id: "p".into(), plugin_type: "sidecar".into(), ..Default::default() });
+        t.restart_policy = Some(RestartPolicy { mode: "sometimes".into(), ..RestartPolicy::default() });
         let errors = j.validate().expect_err("invalid");
         for expected in [
             "missing job ID",

@@ -6,6 +6,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Nomad's warning for HCL1-era task-level networks.
+pub const TASK_NETWORK_DEPRECATED: &str = "task network resources have been deprecated as of Nomad 0.12.0. \
+     Please configure networking via group network block.";
+/// Nomad's warning for `mbits`.
+pub const MBITS_DEPRECATED: &str =
+    "mbits has been deprecated as of Nomad 0.12.0. Please remove mbits from the network block";
+
 /// Job types the scheduler knows.
 pub const JOB_TYPE_SERVICE: &str = "service";
 /// Run-to-completion jobs.
@@ -317,22 +324,26 @@ impl Job {
         self.job_type == JOB_TYPE_SYSTEM || self.job_type == JOB_TYPE_SYSBATCH
     }
 
-    /// Deprecation warnings for HCL1-era forms, with Nomad's texts.
+    /// Deprecation warnings for HCL1-era forms, with Nomad's texts, once each.
     pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for task in self.task_groups.iter().flat_map(|tg| tg.tasks.iter()) {
-            let nets = task.resources.as_ref().map(|r| r.networks.as_slice()).unwrap_or(&[]);
-            if !nets.is_empty() {
-                out.push(format!(
-                    "Task \"{}\": task network resources have been deprecated as of Nomad 0.12.0. Please configure networking via group network block.",
-                    task.name
-                ));
+        let mut out: Vec<String> = Vec::new();
+        let mut add = |w: &str| {
+            if !out.iter().any(|x| x == w) {
+                out.push(w.to_string());
             }
-            if nets.iter().any(|n| n.mbits > 0) {
-                out.push(format!(
-                    "Task \"{}\": mbits has been deprecated as of Nomad 0.12.0. Please remove mbits from the network block",
-                    task.name
-                ));
+        };
+        for tg in &self.task_groups {
+            for task in &tg.tasks {
+                let networks = task.resources.iter().flat_map(|r| &r.networks);
+                if networks.clone().next().is_some() {
+                    add(TASK_NETWORK_DEPRECATED);
+                }
+                if networks.clone().any(|n| n.mbits > 0) {
+                    add(MBITS_DEPRECATED);
+                }
+            }
+            if tg.networks.iter().any(|n| n.mbits > 0) {
+                add(MBITS_DEPRECATED);
             }
         }
         out
@@ -354,10 +365,7 @@ impl TaskGroup {
         let mut merged: Option<NetworkResource> = None;
         for task in &self.tasks {
             for n in task.resources.iter().flat_map(|r| r.networks.iter()) {
-                let m = merged.get_or_insert_with(|| NetworkResource {
-                    mode: "host".into(),
-                    ..Default::default()
-                });
+                let m = merged.get_or_insert_with(|| NetworkResource { mode: "host".into(), ..Default::default() });
                 m.mbits += n.mbits;
                 m.reserved_ports.extend(n.reserved_ports.iter().cloned());
                 m.dynamic_ports.extend(n.dynamic_ports.iter().cloned());
@@ -368,9 +376,6 @@ impl TaskGroup {
 
     /// Total CPU (MHz) and memory (MB) asked for by the group's tasks.
     pub fn resource_ask(&self) -> (u64, u64) {
-        self.tasks
-            .iter()
-            .filter_map(|t| t.resources.as_ref())
-            .fold((0, 0), |(c, m), r| (c + r.cpu, m + r.memory_mb))
+        self.tasks.iter().filter_map(|t| t.resources.as_ref()).fold((0, 0), |(c, m), r| (c + r.cpu, m + r.memory_mb))
     }
 }

@@ -120,9 +120,6 @@ impl Node {
 
     /// A copy without the secret, for API output.
     pub fn redacted(&self) -> Node {
-        Node {
-            secret_id: String::new(),
-            ..self.clone()
-        }
+        Node { secret_id: String::new(), ..self.clone() }
     }
 }

@@ -159,17 +159,18 @@ impl Runner {
         }
     }
 
-    fn start_tasks(&mut self, kill: &CancellationToken, updates: &mpsc::UnboundedSender<TaskUpdate>) -> Result<(), String> {
+    fn start_tasks(
+        &mut self,
+        kill: &CancellationToken,
+        updates: &mpsc::UnboundedSender<TaskUpdate>,
+    ) -> Result<(), String> {
         let job = self.alloc.job.clone().ok_or("allocation has no job")?;
         let tg = job.task_group(&self.alloc.task_group).ok_or("allocation's group is not in its job")?;
         let node = self.deps.node.clone();
         for task in &tg.tasks {
-            let driver = self
-                .deps
-                .drivers
-                .get(&task.driver)
-                .cloned()
-                .ok_or_else(|| format!("task {:?}: driver {:?} is not available on this client", task.name, task.driver))?;
+            let driver = self.deps.drivers.get(&task.driver).cloned().ok_or_else(|| {
+                format!("task {:?}: driver {:?} is not available on this client", task.name, task.driver)
+            })?;
             let state = self.persisted.task_states.get(&task.name).cloned().unwrap_or_default();
             if state.state == task_state::DEAD {
                 continue;

@@ -59,7 +59,11 @@ pub async fn launch(spec: &ShimSpec, private_dir: &Path) -> Result<ProcessState,
         return Ok(ProcessState { pid, shim_pid, exit_file: spec.exit_file.clone() });
     }
     let why = line.strip_prefix("error ").unwrap_or(line);
-    Err(DriverError::Start(if why.is_empty() { "task shim exited without starting the task".into() } else { why.into() }))
+    Err(DriverError::Start(if why.is_empty() {
+        "task shim exited without starting the task".into()
+    } else {
+        why.into()
+    }))
 }
 
 fn pidfd_open(pid: i32) -> Option<OwnedFd> {
@@ -99,7 +103,11 @@ pub async fn wait(state: &ProcessState) -> ExitResult {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    ExitResult { exit_code: -1, signal: 0, error: Some("task shim exited without recording the task's exit status".into()) }
+    ExitResult {
+        exit_code: -1,
+        signal: 0,
+        error: Some("task shim exited without recording the task's exit status".into()),
+    }
 }
 
 /// Sends a signal to the task's process group.

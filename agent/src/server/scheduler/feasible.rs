@@ -132,7 +132,8 @@ fn version_matches(value: &str, requirement: &str) -> bool {
 fn lenient_version(s: &str) -> Option<semver::Version> {
     let s = s.trim().trim_start_matches('v');
     let core_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let mut parts: Vec<u64> = s[..core_end].split('.').filter(|p| !p.is_empty()).map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let mut parts: Vec<u64> =
+        s[..core_end].split('.').filter(|p| !p.is_empty()).map(|p| p.parse().ok()).collect::<Option<_>>()?;
     if parts.is_empty() {
         return None;
     }
@@ -151,25 +152,18 @@ pub fn check_node(job: &Job, tg: &TaskGroup, node: &Node) -> Result<(), Infeasib
     for task in &tg.tasks {
         let ok = node.drivers.get(&task.driver).map(|d| d.detected && d.healthy).unwrap_or(false);
         if !ok {
-            return Err(Infeasible::Constraint(format!("missing drivers")));
+            return Err(Infeasible::Constraint("missing drivers".to_string()));
         }
     }
-    let constraints = job
-        .constraints
-        .iter()
-        .chain(tg.constraints.iter())
-        .chain(tg.tasks.iter().flat_map(|t| t.constraints.iter()));
+    let constraints =
+        job.constraints.iter().chain(tg.constraints.iter()).chain(tg.tasks.iter().flat_map(|t| t.constraints.iter()));
     for c in constraints {
         if !constraint_holds(c, node) {
             return Err(Infeasible::Constraint(describe(c)));
         }
     }
     for req in tg.volumes.values().filter(|v| v.volume_type == "host") {
-        let ok = node
-            .host_volumes
-            .get(&req.source)
-            .map(|hv| req.read_only || !hv.read_only)
-            .unwrap_or(false);
+        let ok = node.host_volumes.get(&req.source).map(|hv| req.read_only || !hv.read_only).unwrap_or(false);
         if !ok {
             return Err(Infeasible::Constraint("missing compatible host volumes".into()));
         }

@@ -20,8 +20,8 @@ pub use reconcile::tasks_updated;
 
 /// How many allocations of each kind a plan changes for one task group,
 /// as Nomad's `DesiredTGUpdates` reports them.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
 pub struct DesiredUpdates {
     pub ignore: u64,
     pub place: u64,
@@ -57,9 +57,7 @@ pub struct Plan {
 impl Plan {
     /// True when the plan creates, stops or migrates allocations.
     pub fn changes_allocations(&self) -> bool {
-        self.desired_updates
-            .values()
-            .any(|u| u.place + u.stop + u.migrate + u.destructive_update + u.canary > 0)
+        self.desired_updates.values().any(|u| u.place + u.stop + u.migrate + u.destructive_update + u.canary > 0)
     }
 }
 

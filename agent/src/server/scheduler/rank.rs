@@ -122,7 +122,13 @@ impl<'a> Placer<'a> {
     }
 
     /// Places one allocation of `tg` on a given node (system jobs).
-    pub fn place_on(&mut self, job: &Job, tg: &TaskGroup, node_id: &str, metric: &mut AllocMetric) -> Option<Placement> {
+    pub fn place_on(
+        &mut self,
+        job: &Job,
+        tg: &TaskGroup,
+        node_id: &str,
+        metric: &mut AllocMetric,
+    ) -> Option<Placement> {
         let i = self.nodes.iter().position(|n| n.id == node_id)?;
         self.evaluate(job, tg, i, metric)?;
         self.commit(job, tg, i)
@@ -172,10 +178,8 @@ impl<'a> Placer<'a> {
         let (cpu_ask, mem_ask) = tg.resource_ask();
         let key = group_key(job, tg);
         let distinct = feasible::wants_distinct_hosts(job, tg);
-        let static_ports: Vec<u16> = tg
-            .effective_network()
-            .map(|n| n.reserved_ports.iter().map(|p| p.value).collect())
-            .unwrap_or_default();
+        let static_ports: Vec<u16> =
+            tg.effective_network().map(|n| n.reserved_ports.iter().map(|p| p.value).collect()).unwrap_or_default();
         let u = self.usage(&node.id);
         let exhausted = if distinct && u.groups.get(&key).copied().unwrap_or(0) > 0 {
             Some("distinct_hosts".to_string())
@@ -184,10 +188,7 @@ impl<'a> Placer<'a> {
         } else if u.memory_mb + mem_ask > node.node_resources.memory.memory_mb {
             Some("memory".to_string())
         } else {
-            static_ports
-                .iter()
-                .find(|p| u.ports.contains(p))
-                .map(|p| format!("network: reserved port collision {p}"))
+            static_ports.iter().find(|p| u.ports.contains(p)).map(|p| format!("network: reserved port collision {p}"))
         };
         if let Some(dim) = exhausted {
             if dim == "distinct_hosts" {
@@ -222,7 +223,12 @@ impl<'a> Placer<'a> {
         if let Some(net) = &network {
             for p in &net.reserved_ports {
                 u.ports.insert(p.value);
-                ports.push(AllocatedPort { label: p.label.clone(), value: p.value, to: p.to, host_ip: host_ip.clone() });
+                ports.push(AllocatedPort {
+                    label: p.label.clone(),
+                    value: p.value,
+                    to: p.to,
+                    host_ip: host_ip.clone(),
+                });
             }
             for p in &net.dynamic_ports {
                 let value = pick_dynamic_port(&u.ports, min_port, max_port)?;

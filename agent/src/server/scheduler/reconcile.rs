@@ -20,7 +20,7 @@ use super::{DesiredUpdates, Plan};
 use crate::server::state::Tables;
 use crate::structs::{
     client_status, desired, eval_status, AllocMetric, Allocation, Deployment, DeploymentState, Evaluation, Job,
-    RescheduleEvent, RescheduleTracker, ReschedulePolicy, TaskGroup,
+    RescheduleEvent, ReschedulePolicy, RescheduleTracker, TaskGroup,
 };
 use crate::util::{new_id, now_nanos};
 
@@ -65,7 +65,8 @@ fn reschedule_delay(policy: &ReschedulePolicy, tracker: Option<&RescheduleTracke
         if policy.attempts == 0 {
             return None;
         }
-        let recent = events.iter().filter(|e| policy.interval == 0 || e.reschedule_time > now - policy.interval).count();
+        let recent =
+            events.iter().filter(|e| policy.interval == 0 || e.reschedule_time > now - policy.interval).count();
         if recent >= policy.attempts as usize {
             return None;
         }
@@ -318,7 +319,13 @@ impl<'a> Reconciler<'a> {
     }
 
     /// System jobs: one allocation per feasible node.
-    fn reconcile_system_group(&mut self, job: &Arc<Job>, tg: &TaskGroup, allocs: Vec<Arc<Allocation>>, placer: &mut Placer) {
+    fn reconcile_system_group(
+        &mut self,
+        job: &Arc<Job>,
+        tg: &TaskGroup,
+        allocs: Vec<Arc<Allocation>>,
+        placer: &mut Placer,
+    ) {
         let mut upd = DesiredUpdates::default();
         let feasible: BTreeSet<String> = placer.feasible_nodes(job, tg).into_iter().collect();
         let mut covered: BTreeSet<String> = BTreeSet::new();
@@ -363,7 +370,8 @@ impl<'a> Reconciler<'a> {
             match placer.place_on(job, tg, node_id, &mut attempt) {
                 Some(p) => {
                     let index = 0;
-                    let alloc = self.new_alloc(job, tg, PlaceRequest { index, previous: None, reschedule: false }, p, attempt);
+                    let alloc =
+                        self.new_alloc(job, tg, PlaceRequest { index, previous: None, reschedule: false }, p, attempt);
                     self.plan.place.push(alloc);
                     upd.place += 1;
                 }

@@ -46,13 +46,7 @@ macro_rules! redb_error_from {
         }
     )*};
 }
-redb_error_from!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+redb_error_from!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
 /// A set of writes applied atomically under one index.
 #[derive(Debug, Default, Clone)]
@@ -113,10 +107,7 @@ impl Tables {
     }
 
     fn insert_job_version(&mut self, job: Job) {
-        self.job_versions
-            .entry(ns_key(&job.namespace, &job.id))
-            .or_default()
-            .insert(job.version, Arc::new(job));
+        self.job_versions.entry(ns_key(&job.namespace, &job.id)).or_default().insert(job.version, Arc::new(job));
     }
 
     fn insert_node(&mut self, node: Node) {
@@ -139,10 +130,7 @@ impl Tables {
                 }
             }
         }
-        self.allocs_by_job
-            .entry(ns_key(&alloc.namespace, &alloc.job_id))
-            .or_default()
-            .insert(alloc.id.clone());
+        self.allocs_by_job.entry(ns_key(&alloc.namespace, &alloc.job_id)).or_default().insert(alloc.id.clone());
         self.allocs_by_node.entry(alloc.node_id.clone()).or_default().insert(alloc.id.clone());
         self.allocs.insert(alloc.id.clone(), Arc::new(alloc));
     }
@@ -213,10 +201,7 @@ impl Tables {
 
     /// Every stored version of a job, newest first.
     pub fn job_versions(&self, ns: &str, id: &str) -> Vec<Arc<Job>> {
-        self.job_versions
-            .get(&ns_key(ns, id))
-            .map(|v| v.values().rev().cloned().collect())
-            .unwrap_or_default()
+        self.job_versions.get(&ns_key(ns, id)).map(|v| v.values().rev().cloned().collect()).unwrap_or_default()
     }
 
     /// An allocation by ID.

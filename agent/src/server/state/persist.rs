@@ -68,8 +68,8 @@ impl Persist {
     /// Reads every table into memory.
     pub fn load(&self) -> Result<Tables, StateError> {
         let txn = self.db.begin_read()?;
-        let mut tables = Tables::default();
-        tables.index = txn.open_table(META)?.get("index")?.map(|v| v.value()).unwrap_or(0);
+        let index = txn.open_table(META)?.get("index")?.map(|v| v.value()).unwrap_or(0);
+        let mut tables = Tables { index, ..Default::default() };
         for job in load(&txn, JOBS, "jobs")? {
             tables.insert_job(job);
         }

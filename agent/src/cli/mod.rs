@@ -1,0 +1,492 @@
+//! The command line: Nomad's command tree and flags (single-dash long flags
+//! such as `-dev` and `-address=...` are accepted as Nomad spells them),
+//! dispatched to the agent or to the HTTP API.
+
+mod alloc;
+mod api;
+mod cluster;
+mod format;
+mod job;
+mod monitor;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::agent::AgentOptions;
+use api::{resolve_address, ApiClient};
+
+/// Berth: a storage-first, Nomad-compatible workload orchestrator.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every API command takes.
+#[derive(Debug, Args, Clone, Default)]
+struct ApiFlags {
+    /// Address of the agent's HTTP API (env BERTH_ADDR, then NOMAD_ADDR).
+    #[arg(long, global = true)]
+    address: Option<String>,
+    /// Accepted for Nomad compatibility; berth has one region per cluster.
+    #[arg(long, global = true, hide = true)]
+    region: Option<String>,
+    /// Accepted for Nomad compatibility; berth uses the default namespace.
+    #[arg(long, global = true, hide = true)]
+    namespace: Option<String>,
+    /// Accepted for Nomad compatibility; berth has no ACLs.
+    #[arg(long, global = true, hide = true)]
+    token: Option<String>,
+    /// Accepted for Nomad compatibility; output is never coloured.
+    #[arg(long = "no-color", global = true, hide = true)]
+    no_color: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a berth agent (server, client or both).
+    Agent(AgentArgs),
+    /// Interacts with jobs.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Interacts with allocations.
+    Alloc {
+        #[command(subcommand)]
+        command: AllocCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Interacts with nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Interacts with servers.
+    Server {
+        #[command(subcommand)]
+        command: ServerCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Interacts with evaluations.
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Streams the logs of a task (alias of `alloc logs`).
+    Logs {
+        #[command(flatten)]
+        args: LogsArgs,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Shows jobs, or the object an ID prefix names.
+    Status {
+        /// ID prefix of a job, allocation, node or evaluation.
+        id: Option<String>,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Alias of `job run`.
+    Run {
+        #[command(flatten)]
+        args: RunArgs,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Alias of `job plan`.
+    Plan {
+        #[command(flatten)]
+        args: FileArgs,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Alias of `job stop`.
+    Stop {
+        #[command(flatten)]
+        args: StopArgs,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Alias of `job init`.
+    Init(InitArgs),
+    /// Alias of `job validate`.
+    Validate(FileArgs),
+    /// Alias of `job inspect`.
+    Inspect {
+        /// Job ID or prefix.
+        id: String,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Prints the version.
+    Version,
+    /// Internal: supervises one task process (started by the agent).
+    #[command(name = "task-shim", hide = true)]
+    TaskShim {
+        /// The shim spec file.
+        spec: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AgentArgs {
+    /// Dev mode: server and client in one process on 127.0.0.1, throw-away data dir.
+    #[arg(long)]
+    dev: bool,
+    /// Config file or directory (repeatable).
+    #[arg(long)]
+    config: Vec<PathBuf>,
+    /// Data directory.
+    #[arg(long = "data-dir")]
+    data_dir: Option<PathBuf>,
+    /// Address to bind the listeners to.
+    #[arg(long)]
+    bind: Option<String>,
+    /// Log level (TRACE, DEBUG, INFO, WARN, ERROR).
+    #[arg(long = "log-level")]
+    log_level: Option<String>,
+    /// Node name.
+    #[arg(long)]
+    node: Option<String>,
+    /// Datacenter.
+    #[arg(long)]
+    dc: Option<String>,
+    /// Servers a client joins (comma-separated host:port).
+    #[arg(long, value_delimiter = ',')]
+    servers: Vec<String>,
+    /// Enable the server.
+    #[arg(long)]
+    server: bool,
+    /// Enable the client.
+    #[arg(long)]
+    client: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCommand {
+    /// Writes an example job file.
+    Init(InitArgs),
+    /// Submits a job and monitors its evaluation.
+    Run(RunArgs),
+    /// Dry-runs a job: diff and scheduler result.
+    Plan(FileArgs),
+    /// Shows jobs or one job.
+    Status {
+        /// Job ID or prefix.
+        id: Option<String>,
+        /// Only the job's summary block.
+        #[arg(long)]
+        short: bool,
+        /// Full IDs and times.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Stops a job.
+    Stop(StopArgs),
+    /// Checks a job file without submitting it.
+    Validate(FileArgs),
+    /// Prints a registered job as JSON.
+    Inspect {
+        /// Job ID or prefix.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Write the short example.
+    #[arg(long)]
+    short: bool,
+    /// File to write (default example.nomad.hcl).
+    file: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct FileArgs {
+    /// Job file, or - for stdin.
+    file: String,
+    /// Variable assignment name=value (repeatable).
+    #[arg(long)]
+    var: Vec<String>,
+    /// The file is API JSON.
+    #[arg(long)]
+    json: bool,
+    /// Accepted for compatibility: HCL1-era forms are always understood.
+    #[arg(long)]
+    hcl1: bool,
+    /// More output.
+    #[arg(long)]
+    verbose: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    file: FileArgs,
+    /// Do not monitor the evaluation.
+    #[arg(long)]
+    detach: bool,
+    /// Only register if the job's modify index matches (0: only if new).
+    #[arg(long = "check-index")]
+    check_index: Option<u64>,
+    /// Print the job as API JSON instead of submitting it.
+    #[arg(long)]
+    output: bool,
+}
+
+#[derive(Debug, Args)]
+struct StopArgs {
+    /// Job ID or prefix.
+    id: String,
+    /// Remove the job from the state entirely.
+    #[arg(long)]
+    purge: bool,
+    /// Do not monitor the evaluation.
+    #[arg(long)]
+    detach: bool,
+    /// Do not ask for confirmation on a prefix match.
+    #[arg(long)]
+    yes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum AllocCommand {
+    /// Shows an allocation.
+    Status {
+        /// Allocation ID or prefix.
+        id: String,
+        /// Tasks table only.
+        #[arg(long)]
+        short: bool,
+        /// Full IDs and placement metrics.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Prints or follows a task's logs.
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+struct LogsArgs {
+    /// Allocation ID or prefix.
+    alloc: String,
+    /// Task name (optional when the group has one task).
+    task: Option<String>,
+    /// Task name, as a flag.
+    #[arg(long = "task")]
+    task_flag: Option<String>,
+    /// Show stderr instead of stdout.
+    #[arg(long)]
+    stderr: bool,
+    /// Accepted for compatibility: stdout is the default.
+    #[arg(long)]
+    stdout: bool,
+    /// Follow the output.
+    #[arg(short = 'f')]
+    follow: bool,
+    /// Show only the end of the output.
+    #[arg(long)]
+    tail: bool,
+    /// Lines to show with -tail.
+    #[arg(short = 'n', default_value_t = 10)]
+    lines: usize,
+    /// Bytes to show with -tail.
+    #[arg(short = 'c')]
+    bytes: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Shows nodes or one node.
+    Status {
+        /// Node ID or prefix.
+        id: Option<String>,
+        /// Full IDs, addresses and versions.
+        #[arg(long)]
+        verbose: bool,
+        /// The node of the agent being asked.
+        #[arg(long = "self")]
+        self_node: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServerCommand {
+    /// Lists the servers.
+    Members,
+}
+
+#[derive(Debug, Subcommand)]
+enum EvalCommand {
+    /// Shows an evaluation.
+    Status {
+        /// Evaluation ID or prefix.
+        id: String,
+    },
+}
+
+/// Rewrites Nomad's single-dash long flags (`-dev`, `-address=x`) into
+/// clap's `--dev`; short flags (`-f`, `-n`), `-` and negative numbers stay.
+pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut passthrough = false;
+    for arg in args {
+        let Some(s) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if passthrough || s == "--" {
+            passthrough = true;
+            out.push(arg);
+            continue;
+        }
+        let long_single = s.starts_with('-') && !s.starts_with("--") && s.len() > 2 && s[1..].parse::<f64>().is_err();
+        out.push(if long_single { OsString::from(format!("-{s}")) } else { arg });
+    }
+    out
+}
+
+fn input<'a>(args: &'a FileArgs) -> job::JobInput<'a> {
+    job::JobInput { file: &args.file, vars: &args.var, json: args.json }
+}
+
+fn client(flags: &ApiFlags) -> ApiClient {
+    ApiClient::new(&resolve_address(flags.address.as_deref()))
+}
+
+fn agent_options(a: AgentArgs) -> AgentOptions {
+    AgentOptions {
+        dev: a.dev,
+        configs: a.config,
+        data_dir: a.data_dir,
+        bind: a.bind,
+        log_level: a.log_level,
+        node: a.node,
+        datacenter: a.dc,
+        servers: a.servers,
+        server: a.server,
+        client: a.client,
+    }
+}
+
+async fn logs(api: &ApiClient, a: &LogsArgs) -> i32 {
+    let opts = alloc::LogsOptions {
+        task: a.task_flag.as_deref().or(a.task.as_deref()),
+        stderr: a.stderr,
+        follow: a.follow,
+        tail: a.tail,
+        lines: a.lines,
+        bytes: a.bytes,
+    };
+    alloc::logs(api, &a.alloc, opts).await
+}
+
+/// True when the command is the long-running agent (multi-threaded runtime).
+pub fn is_agent(cli: &Cli) -> bool {
+    matches!(cli.command, Command::Agent(_))
+}
+
+/// If the command is the task shim, runs it synchronously and returns its code.
+pub fn run_shim(cli: &Cli) -> Option<i32> {
+    match &cli.command {
+        Command::TaskShim { spec } => Some(crate::client::shim::run(spec)),
+        _ => None,
+    }
+}
+
+/// Runs a parsed command; returns the exit code.
+pub async fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Agent(a) => match crate::agent::run(agent_options(a)).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("==> Error starting agent: {e:#}");
+                1
+            }
+        },
+        Command::Job { command, api } => {
+            let api = client(&api);
+            match command {
+                JobCommand::Init(a) => job::init(a.short, a.file.as_deref()),
+                JobCommand::Run(a) => job::run(&api, &input(&a.file), a.detach, a.check_index, a.output).await,
+                JobCommand::Plan(a) => job::plan(&api, &input(&a)).await,
+                JobCommand::Status { id, short, verbose } => job::status(&api, id.as_deref(), short, verbose).await,
+                JobCommand::Stop(a) => job::stop(&api, &a.id, a.purge, a.detach, a.yes).await,
+                JobCommand::Validate(a) => job::validate(&input(&a)),
+                JobCommand::Inspect { id } => job::inspect(&api, &id).await,
+            }
+        }
+        Command::Alloc { command, api } => {
+            let api = client(&api);
+            match command {
+                AllocCommand::Status { id, short, verbose } => alloc::status(&api, &id, short, verbose).await,
+                AllocCommand::Logs(a) => logs(&api, &a).await,
+            }
+        }
+        Command::Logs { args, api } => logs(&client(&api), &args).await,
+        Command::Node { command: NodeCommand::Status { id, verbose, self_node }, api } => {
+            cluster::node_status(&client(&api), id.as_deref(), verbose, self_node).await
+        }
+        Command::Server { command: ServerCommand::Members, api } => cluster::server_members(&client(&api)).await,
+        Command::Eval { command: EvalCommand::Status { id }, api } => cluster::eval_status(&client(&api), &id).await,
+        Command::Status { id, api } => cluster::status(&client(&api), id.as_deref()).await,
+        Command::Run { args, api } => {
+            job::run(&client(&api), &input(&args.file), args.detach, args.check_index, args.output).await
+        }
+        Command::Plan { args, api } => job::plan(&client(&api), &input(&args)).await,
+        Command::Stop { args, api } => job::stop(&client(&api), &args.id, args.purge, args.detach, args.yes).await,
+        Command::Init(a) => job::init(a.short, a.file.as_deref()),
+        Command::Validate(a) => job::validate(&input(&a)),
+        Command::Inspect { id, api } => job::inspect(&client(&api), &id).await,
+        Command::Version => {
+            println!("Berth v{}", crate::VERSION);
+            0
+        }
+        Command::TaskShim { spec } => crate::client::shim::run(&spec),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(args: &[&str]) -> Vec<String> {
+        normalize_args(args.iter().map(OsString::from)).into_iter().map(|s| s.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn single_dash_long_flags() {
+        assert_eq!(norm(&["berth", "agent", "-dev"]), ["berth", "agent", "--dev"]);
+        assert_eq!(
+            norm(&["berth", "job", "run", "-check-index=5", "-var", "a=-1", "x.hcl"]),
+            ["berth", "job", "run", "--check-index=5", "--var", "a=-1", "x.hcl"]
+        );
+        assert_eq!(norm(&["berth", "logs", "-f", "-n", "5", "-"]), ["berth", "logs", "-f", "-n", "5", "-"]);
+        assert_eq!(norm(&["berth", "x", "-5", "--", "-raw"]), ["berth", "x", "-5", "--", "-raw"]);
+    }
+
+    #[test]
+    fn command_tree_parses() {
+        let cli = Cli::try_parse_from(norm(&["berth", "job", "stop", "-purge", "-address=http://x:1", "web"])).unwrap();
+        assert!(matches!(cli.command, Command::Job { command: JobCommand::Stop(StopArgs { purge: true, .. }), .. }));
+        let cli = Cli::try_parse_from(norm(&["berth", "alloc", "logs", "-stderr", "-tail", "-n", "3", "abcd", "web"]))
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Alloc { command: AllocCommand::Logs(LogsArgs { stderr: true, lines: 3, .. }), .. }
+        ));
+        assert!(Cli::try_parse_from(norm(&["berth", "node", "status", "-self"])).is_ok());
+    }
+}

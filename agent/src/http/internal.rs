@@ -1,0 +1,55 @@
+//! Client-to-server endpoints (`/v1/internal/node/...`): register,
+//! heartbeat, the node's allocations (blocking) and status updates. Writes
+//! must carry the node's secret.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query};
+
+use super::{decode_body, json_with_index, ApiError, ApiResult, ApiState, Headers, QueryOptions};
+use crate::client::rpc::NODE_SECRET_HEADER;
+use crate::server::AllocClientUpdate;
+use crate::structs::Node;
+
+fn ttl_body(ttl: Duration) -> serde_json::Value {
+    serde_json::json!({ "HeartbeatTTL": ttl.as_nanos() as u64 })
+}
+
+fn secret(headers: &Headers) -> String {
+    headers.get(NODE_SECRET_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+pub async fn register(api: ApiState, body: Bytes) -> ApiResult {
+    let node: Node = decode_body(&body)?;
+    if node.id.is_empty() || node.secret_id.is_empty() {
+        return Err(ApiError::bad_request("node ID and secret ID are required"));
+    }
+    let server = api.server()?;
+    let ttl = server.register_node(node)?;
+    Ok(json_with_index(&ttl_body(ttl), server.state.index(), false))
+}
+
+pub async fn heartbeat(api: ApiState, Path(id): Path<String>, headers: Headers) -> ApiResult {
+    let server = api.server()?;
+    let ttl = server.heartbeat(&id, &secret(&headers))?;
+    Ok(json_with_index(&ttl_body(ttl), server.state.index(), false))
+}
+
+pub async fn allocations(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOptions>) -> ApiResult {
+    let index = api.block(&q).await?;
+    let snap = api.server()?.state.snapshot();
+    let allocs: Vec<_> = snap.allocs_by_node(&id).iter().map(|a| (**a).clone()).collect();
+    Ok(json_with_index(&allocs, index, false))
+}
+
+pub async fn update_allocs(api: ApiState, Path(id): Path<String>, headers: Headers, body: Bytes) -> ApiResult {
+    let updates: Vec<AllocClientUpdate> = decode_body(&body)?;
+    let server = api.server()?;
+    let node = server.state.snapshot().node(&id).ok_or_else(|| ApiError::not_found("node not found"))?;
+    if node.secret_id != secret(&headers) {
+        return Err(ApiError(axum::http::StatusCode::FORBIDDEN, "Permission denied".into()));
+    }
+    server.update_allocs(&id, updates)?;
+    Ok(json_with_index(&serde_json::json!({}), server.state.index(), false))
+}

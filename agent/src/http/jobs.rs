@@ -1,0 +1,190 @@
+//! `/v1/jobs`, `/v1/jobs/parse` and `/v1/job/:id/...`.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::stubs::{alloc_stub, job_stub, job_summary};
+use super::{decode_body, flag, json_with_index, ApiError, ApiResult, ApiState, QueryOptions, RawQuery};
+use crate::structs::Job;
+
+/// Body of a register request.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct RegisterRequest {
+    job: Option<Job>,
+    enforce_index: bool,
+    job_modify_index: u64,
+}
+
+/// Fills what Go's API client leaves nil and Nomad defaults server-side:
+/// a task group without `Count` has one allocation.
+fn default_counts(body: &mut Value) {
+    let job = match body.get_mut("Job") {
+        Some(j) => j,
+        None => body,
+    };
+    if let Some(Value::Array(groups)) = job.get_mut("TaskGroups") {
+        for g in groups.iter_mut().filter_map(Value::as_object_mut) {
+            g.entry("Count").or_insert(Value::from(1));
+        }
+    }
+}
+
+fn decode_job_request<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut value: Value = decode_body(body)?;
+    default_counts(&mut value);
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("failed to decode request body: {e}")))
+}
+
+pub async fn list(api: ApiState, Query(q): Query<QueryOptions>) -> ApiResult {
+    let index = api.block(&q).await?;
+    let snap = api.server()?.state.snapshot();
+    let prefix = q.prefix.clone().unwrap_or_default();
+    let list: Vec<_> = snap.jobs().filter(|j| j.id.starts_with(&prefix)).map(|j| job_stub(&snap, j)).collect();
+    Ok(json_with_index(&list, index, q.pretty()))
+}
+
+async fn register_with(api: &ApiState, body: &[u8], path_id: Option<&str>) -> ApiResult {
+    let req: RegisterRequest = decode_job_request(body)?;
+    let job = req.job.ok_or_else(|| ApiError::bad_request("Job must be specified"))?;
+    if let Some(id) = path_id {
+        if job.id != id {
+            return Err(ApiError::bad_request("Job ID does not match name"));
+        }
+    }
+    let enforce = req.enforce_index.then_some(req.job_modify_index);
+    let result = api.server()?.register_job(job, enforce)?;
+    Ok(json_with_index(&result, result.index, false))
+}
+
+pub async fn register(api: ApiState, body: Bytes) -> ApiResult {
+    register_with(&api, &body, None).await
+}
+
+pub async fn update(api: ApiState, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    register_with(&api, &body, Some(&id)).await
+}
+
+/// Body of `/v1/jobs/parse`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct ParseRequest {
+    #[serde(rename = "JobHCL")]
+    job_hcl: String,
+    /// `name = "value"` lines, as `-var-file` content.
+    variables: String,
+}
+
+pub async fn parse(api: ApiState, body: Bytes) -> ApiResult {
+    let req: ParseRequest = decode_body(&body)?;
+    let mut vars = BTreeMap::new();
+    for line in req.variables.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (k, v) =
+            line.split_once('=').ok_or_else(|| ApiError::bad_request(format!("invalid variable line {line:?}")))?;
+        vars.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
+    }
+    let parsed = crate::jobspec::parse_job("input.hcl", &req.job_hcl, &vars)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let index = api.server.as_ref().map(|s| s.state.index()).unwrap_or(1);
+    Ok(json_with_index(&parsed.job, index, false))
+}
+
+fn job_or_404(
+    api: &ApiState,
+    id: &str,
+) -> Result<(std::sync::Arc<Job>, std::sync::Arc<crate::server::state::Tables>), ApiError> {
+    let snap = api.server()?.state.snapshot();
+    let job = snap.job("default", id).ok_or_else(|| ApiError::not_found("job not found"))?;
+    Ok((job, snap))
+}
+
+pub async fn read(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOptions>) -> ApiResult {
+    let index = api.block(&q).await?;
+    let (job, _) = job_or_404(&api, &id)?;
+    Ok(json_with_index(&*job, index, q.pretty()))
+}
+
+pub async fn deregister(api: ApiState, Path(id): Path<String>, Query(q): RawQuery) -> ApiResult {
+    let result = api.server()?.deregister_job("default", &id, flag(&q, "purge"))?;
+    Ok(json_with_index(&result, result.index, false))
+}
+
+/// Body of a plan request.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct PlanRequest {
+    job: Option<Job>,
+}
+
+pub async fn plan(api: ApiState, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let req: PlanRequest = decode_job_request(&body)?;
+    let job = req.job.ok_or_else(|| ApiError::bad_request("Job must be specified"))?;
+    if job.id != id {
+        return Err(ApiError::bad_request("Job ID does not match"));
+    }
+    let server = api.server()?;
+    let result = server.plan_job(job)?;
+    Ok(json_with_index(&result, server.state.index(), false))
+}
+
+pub async fn allocations(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOptions>) -> ApiResult {
+    let index = api.block(&q).await?;
+    let snap = api.server()?.state.snapshot();
+    let mut allocs = snap.allocs_by_job("default", &id);
+    allocs.sort_by_key(|a| std::cmp::Reverse(a.create_index));
+    let list: Vec<_> = allocs.iter().map(|a| alloc_stub(a, false)).collect();
+    Ok(json_with_index(&list, index, q.pretty()))
+}
+
+pub async fn evaluations(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOptions>) -> ApiResult {
+    let index = api.block(&q).await?;
+    let snap = api.server()?.state.snapshot();
+    let mut evals: Vec<_> = snap.evals().filter(|e| e.job_id == id).map(|e| (**e).clone()).collect();
+    evals.sort_by_key(|e| std::cmp::Reverse(e.create_index));
+    Ok(json_with_index(&evals, index, q.pretty()))
+}
+
+pub async fn summary(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOptions>) -> ApiResult {
+    let index = api.block(&q).await?;
+    let (job, snap) = job_or_404(&api, &id)?;
+    Ok(json_with_index(&job_summary(&snap, &job), index, q.pretty()))
+}
+
+pub async fn versions(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOptions>) -> ApiResult {
+    let index = api.block(&q).await?;
+    let (_, snap) = job_or_404(&api, &id)?;
+    let versions: Vec<Job> = snap.job_versions("default", &id).iter().map(|j| (**j).clone()).collect();
+    Ok(json_with_index(&serde_json::json!({ "Versions": versions, "Diffs": null }), index, q.pretty()))
+}
+
+pub async fn deployment(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOptions>) -> ApiResult {
+    let index = api.block(&q).await?;
+    let snap = api.server()?.state.snapshot();
+    let dep = snap.latest_deployment("default", &id).map(|d| (*d).clone());
+    Ok(json_with_index(&dep, index, q.pretty()))
+}
+
+pub async fn deployments(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOptions>) -> ApiResult {
+    let index = api.block(&q).await?;
+    let snap = api.server()?.state.snapshot();
+    let mut deps: Vec<_> = snap.deployments().filter(|d| d.job_id == id).map(|d| (**d).clone()).collect();
+    deps.sort_by_key(|d| std::cmp::Reverse(d.create_index));
+    Ok(json_with_index(&deps, index, q.pretty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_counts_default_to_one() {
+        let mut v = serde_json::json!({"Job": {"TaskGroups": [{"Name": "a"}, {"Name": "b", "Count": 0}]}});
+        default_counts(&mut v);
+        assert_eq!(v["Job"]["TaskGroups"][0]["Count"], 1);
+        assert_eq!(v["Job"]["TaskGroups"][1]["Count"], 0);
+    }
+}

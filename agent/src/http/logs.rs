@@ -1,0 +1,102 @@
+//! `/v1/client/fs/logs/:alloc`: a task's stdout/stderr, read from this
+//! client's log files or forwarded to the client that runs the allocation.
+//! `plain=true` streams raw bytes; otherwise JSON frames
+//! `{"File","Offset","Data"}` as Nomad sends them. `follow=true` keeps
+//! streaming new output until the allocation's directory is removed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+
+use super::{flag, Api, ApiError, ApiResult, RawQuery};
+use crate::client::logs::LogReader;
+
+const CHUNK: usize = 64 * 1024;
+
+fn frame(task: &str, stream: &str, offset: u64, data: &[u8]) -> Vec<u8> {
+    let v = serde_json::json!({
+        "File": format!("alloc/logs/{task}.{stream}.0"),
+        "Offset": offset,
+        "Data": base64::engine::general_purpose::STANDARD.encode(data),
+    });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+pub async fn logs(
+    State(api): State<Api>,
+    Path(alloc_id): Path<String>,
+    axum::extract::Query(q): RawQuery,
+) -> ApiResult {
+    let local_root = api.client.as_ref().and_then(|c| c.alloc_root(&alloc_id));
+    let Some(root) = local_root else { return forward(&api, &alloc_id, &q).await };
+    let task = match q.get("task").filter(|t| !t.is_empty()) {
+        Some(t) => t.clone(),
+        None => return Err(ApiError::bad_request("must include task name")),
+    };
+    let stream = q.get("type").cloned().unwrap_or_else(|| "stdout".into());
+    if stream != "stdout" && stream != "stderr" {
+        return Err(ApiError::bad_request(format!("invalid log type {stream:?}: must be stdout or stderr")));
+    }
+    if !root.join(&task).is_dir() {
+        return Err(ApiError::not_found(format!("task {task:?} not found in allocation")));
+    }
+    let log_dir = root.join("alloc/logs");
+    let reader = LogReader::new(&log_dir, &task, &stream);
+    let offset: u64 = q.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0);
+    let start =
+        if q.get("origin").map(|o| o == "end").unwrap_or(false) { reader.len().saturating_sub(offset) } else { offset };
+    let plain = flag(&q, "plain");
+    let follow = flag(&q, "follow");
+    let state = (reader, start, root, task.clone(), stream.clone(), false);
+    let body = futures::stream::unfold(state, move |(reader, pos, root, task, stream, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            let data = reader.read_from(pos, CHUNK).unwrap_or_default();
+            if !data.is_empty() {
+                let next = pos + data.len() as u64;
+                let out = if plain { data } else { frame(&task, &stream, pos, &data) };
+                return Some((Ok::<_, std::io::Error>(out), (reader, next, root, task, stream, false)));
+            }
+            if !follow || !PathBuf::from(&root).is_dir() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(body));
+    let ctype = if plain { "text/plain; charset=utf-8" } else { "application/json" };
+    resp.headers_mut().insert("Content-Type", HeaderValue::from_static(ctype));
+    Ok(resp)
+}
+
+/// Asks the client that runs the allocation.
+async fn forward(api: &Api, alloc_id: &str, q: &std::collections::HashMap<String, String>) -> ApiResult {
+    let server = api.server()?;
+    let snap = server.state.snapshot();
+    let alloc = snap.alloc(alloc_id).ok_or_else(|| ApiError::not_found(format!("alloc {alloc_id} not found")))?;
+    let node = snap.node(&alloc.node_id).ok_or_else(|| ApiError::not_found("node not found"))?;
+    if node.http_addr.is_empty() || node.http_addr == api.info.http_addr {
+        return Err(ApiError::not_found(format!("no logs for allocation {alloc_id} on this client")));
+    }
+    let url = format!("http://{}/v1/client/fs/logs/{alloc_id}", node.http_addr);
+    let resp = api
+        .http
+        .get(url)
+        .query(q)
+        .send()
+        .await
+        .map_err(|e| ApiError(axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("node {}: {e}", node.name)))?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let mut out = Body::from_stream(resp.bytes_stream()).into_response();
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    Ok(out)
+}

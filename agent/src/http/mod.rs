@@ -1,0 +1,243 @@
+//! The HTTP API under `/v1/`, with Nomad's paths, verbs (PUT or POST for
+//! writes), PascalCase JSON, blocking queries (`?index=&wait=`,
+//! `X-Nomad-Index`) and plain-text errors with Nomad's status codes.
+//! Handlers are thin: they parse the request, call the server or client,
+//! and shape the answer (`stubs.rs` holds the list shapes).
+
+mod agent;
+mod allocs;
+mod internal;
+mod jobs;
+mod logs;
+mod nodes;
+pub mod stubs;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Router;
+use serde::Serialize;
+
+use crate::client::Client;
+use crate::server::{Server, ServerError};
+
+/// Facts about this agent for `agent/self` and `agent/members`.
+#[derive(Debug, Clone, Default)]
+pub struct AgentInfo {
+    /// Agent (node) name.
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// Datacenter.
+    pub datacenter: String,
+    /// Advertised HTTP address (`ip:port`).
+    pub http_addr: String,
+    /// Advertised RPC address.
+    pub rpc_addr: String,
+    /// Serf port (reported only).
+    pub serf_port: u16,
+    /// Servers a client-only agent forwards to.
+    pub servers: Vec<String>,
+    /// `bootstrap_expect`.
+    pub bootstrap_expect: u32,
+}
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct Api {
+    /// The server, on server agents.
+    pub server: Option<Arc<Server>>,
+    /// The client, on client agents.
+    pub client: Option<Arc<Client>>,
+    /// This agent.
+    pub info: Arc<AgentInfo>,
+    /// For forwarding requests from a client-only agent.
+    pub http: reqwest::Client,
+}
+
+/// An API error: plain text with a status code.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.0, self.1).into_response();
+        resp.headers_mut().insert("Content-Type", HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp
+    }
+}
+
+impl From<ServerError> for ApiError {
+    fn from(e: ServerError) -> Self {
+        let code = match &e {
+            ServerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServerError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServerError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+impl ApiError {
+    /// 400 with a message.
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, msg.into())
+    }
+
+    /// 404 with a message.
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        ApiError(StatusCode::NOT_FOUND, msg.into())
+    }
+}
+
+/// Result type of handlers.
+pub type ApiResult = Result<Response, ApiError>;
+
+/// JSON with Nomad's query-meta headers.
+pub fn json_with_index<T: Serialize>(value: &T, index: u64, pretty: bool) -> Response {
+    let body = if pretty { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) }.unwrap_or_default();
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert("Content-Type", HeaderValue::from_static("application/json"));
+    h.insert("X-Nomad-Index", HeaderValue::from(index.max(1)));
+    h.insert("X-Nomad-KnownLeader", HeaderValue::from_static("true"));
+    h.insert("X-Nomad-LastContact", HeaderValue::from_static("0"));
+    resp
+}
+
+/// Query parameters common to reads.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct QueryOptions {
+    /// Blocking query: wait for an index above this.
+    pub index: Option<u64>,
+    /// Blocking query: maximum wait ("5m", "30s").
+    pub wait: Option<String>,
+    /// ID prefix filter.
+    pub prefix: Option<String>,
+    /// Indented JSON.
+    pub pretty: Option<String>,
+}
+
+impl QueryOptions {
+    pub fn pretty(&self) -> bool {
+        self.pretty.is_some()
+    }
+}
+
+impl Api {
+    /// The server, or 501 on a client-only agent (which forwards instead).
+    pub fn server(&self) -> Result<&Arc<Server>, ApiError> {
+        self.server.as_ref().ok_or_else(|| ApiError(StatusCode::NOT_IMPLEMENTED, "this agent is not a server".into()))
+    }
+
+    /// Waits for a blocking query, then returns the index to report.
+    pub async fn block(&self, q: &QueryOptions) -> Result<u64, ApiError> {
+        let server = self.server()?;
+        let Some(min) = q.index.filter(|i| *i > 0) else { return Ok(server.state.index()) };
+        let wait = q
+            .wait
+            .as_deref()
+            .map(crate::util::parse_duration)
+            .transpose()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?
+            .map(|ns| Duration::from_nanos(ns.max(0) as u64))
+            .unwrap_or(Duration::from_secs(300))
+            .min(Duration::from_secs(300));
+        let jitter = Duration::from_millis(rand::random::<u64>() % (wait.as_millis() as u64 / 16 + 1));
+        Ok(server.state.wait_index(min, wait + jitter).await)
+    }
+}
+
+/// Decodes a JSON body the way Go clients send it: `null` means "unset".
+pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("failed to decode request body: {e}")))?;
+    strip_nulls(&mut value);
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("failed to decode request body: {e}")))
+}
+
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+/// Finds the single object whose ID starts with `prefix`.
+pub fn by_prefix<'a, T>(items: impl Iterator<Item = (&'a str, T)>, prefix: &str, kind: &str) -> Result<T, ApiError> {
+    let mut found: Vec<T> = Vec::new();
+    for (id, item) in items {
+        if id == prefix {
+            return Ok(item);
+        }
+        if id.starts_with(prefix) {
+            found.push(item);
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(ApiError::not_found(format!("{kind} not found"))),
+        _ => Err(ApiError::bad_request(format!("prefix {prefix:?} matches multiple {kind}s"))),
+    }
+}
+
+/// Builds the router.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/v1/jobs", get(jobs::list).put(jobs::register).post(jobs::register))
+        .route("/v1/jobs/parse", put(jobs::parse).post(jobs::parse))
+        .route("/v1/job/{id}", get(jobs::read).put(jobs::update).post(jobs::update).delete(jobs::deregister))
+        .route("/v1/job/{id}/plan", put(jobs::plan).post(jobs::plan))
+        .route("/v1/job/{id}/allocations", get(jobs::allocations))
+        .route("/v1/job/{id}/evaluations", get(jobs::evaluations))
+        .route("/v1/job/{id}/summary", get(jobs::summary))
+        .route("/v1/job/{id}/versions", get(jobs::versions))
+        .route("/v1/job/{id}/deployment", get(jobs::deployment))
+        .route("/v1/job/{id}/deployments", get(jobs::deployments))
+        .route("/v1/allocations", get(allocs::list))
+        .route("/v1/allocation/{id}", get(allocs::read))
+        .route("/v1/allocation/{id}/stop", put(allocs::stop).post(allocs::stop))
+        .route("/v1/evaluations", get(allocs::evals))
+        .route("/v1/evaluation/{id}", get(allocs::eval))
+        .route("/v1/evaluation/{id}/allocations", get(allocs::eval_allocs))
+        .route("/v1/deployment/{id}", get(allocs::deployment))
+        .route("/v1/nodes", get(nodes::list))
+        .route("/v1/node/{id}", get(nodes::read))
+        .route("/v1/node/{id}/allocations", get(nodes::allocations))
+        .route("/v1/client/fs/logs/{alloc}", get(logs::logs))
+        .route("/v1/agent/self", get(agent::agent_self))
+        .route("/v1/agent/members", get(agent::members))
+        .route("/v1/agent/health", get(agent::health))
+        .route("/v1/status/leader", get(agent::leader))
+        .route("/v1/status/peers", get(agent::peers))
+        .route("/v1/regions", get(agent::regions))
+        .route("/v1/system/gc", put(agent::gc).post(agent::gc))
+        .route("/v1/internal/node/register", put(internal::register))
+        .route("/v1/internal/node/{id}/heartbeat", put(internal::heartbeat))
+        .route("/v1/internal/node/{id}/allocations", get(internal::allocations).put(internal::update_allocs))
+        .fallback(agent::fallback)
+        .with_state(api)
+}
+
+/// Query parameters as a map (for endpoint-specific flags).
+pub type RawQuery = Query<HashMap<String, String>>;
+
+/// True for `?flag`, `?flag=true`, `?flag=1`.
+pub fn flag(q: &HashMap<String, String>, name: &str) -> bool {
+    q.get(name).map(|v| v.is_empty() || v == "true" || v == "1").unwrap_or(false)
+}
+
+/// Shorthand for handler state.
+pub type ApiState = State<Api>;
+
+/// Header map alias for handlers.
+pub type Headers = HeaderMap;

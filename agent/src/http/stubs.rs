@@ -1,0 +1,228 @@
+//! List shapes of the API (Nomad's `*ListStub`s) and the job summary, which
+//! is derived from allocations and evaluations on read rather than stored.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::server::state::Tables;
+use crate::structs::{
+    client_status, eval_status, AllocatedResources, Allocation, DriverInfo, Job, Node, RescheduleTracker, TaskState,
+};
+
+/// Allocation counts of one task group.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TaskGroupSummary {
+    pub queued: u64,
+    pub complete: u64,
+    pub failed: u64,
+    pub running: u64,
+    pub starting: u64,
+    pub lost: u64,
+    pub unknown: u64,
+}
+
+/// `JobSummary`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobSummary {
+    #[serde(rename = "JobID")]
+    pub job_id: String,
+    pub namespace: String,
+    pub summary: BTreeMap<String, TaskGroupSummary>,
+    pub children: BTreeMap<String, u64>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// `JobListStub`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobListStub {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "ParentID")]
+    pub parent_id: String,
+    pub name: String,
+    pub namespace: String,
+    pub datacenters: Vec<String>,
+    #[serde(rename = "Type")]
+    pub job_type: String,
+    pub priority: i64,
+    pub periodic: bool,
+    pub parameterized_job: bool,
+    pub stop: bool,
+    pub status: String,
+    pub status_description: String,
+    pub job_summary: JobSummary,
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub job_modify_index: u64,
+    pub submit_time: i64,
+}
+
+/// `AllocListStub`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AllocListStub {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "EvalID")]
+    pub eval_id: String,
+    pub name: String,
+    pub namespace: String,
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    pub node_name: String,
+    #[serde(rename = "JobID")]
+    pub job_id: String,
+    pub job_type: String,
+    pub job_version: u64,
+    pub task_group: String,
+    pub allocated_resources: Option<AllocatedResources>,
+    pub desired_status: String,
+    pub desired_description: String,
+    pub client_status: String,
+    pub client_description: String,
+    pub task_states: BTreeMap<String, TaskState>,
+    #[serde(rename = "FollowupEvalID")]
+    pub followup_eval_id: String,
+    pub reschedule_tracker: Option<RescheduleTracker>,
+    pub previous_allocation: String,
+    pub next_allocation: String,
+    pub create_index: u64,
+    pub modify_index: u64,
+    pub create_time: i64,
+    pub modify_time: i64,
+}
+
+/// `NodeListStub`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NodeListStub {
+    pub address: String,
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub datacenter: String,
+    pub name: String,
+    pub node_class: String,
+    pub node_pool: String,
+    pub version: String,
+    pub drain: bool,
+    pub scheduling_eligibility: String,
+    pub status: String,
+    pub status_description: String,
+    pub drivers: BTreeMap<String, DriverInfo>,
+    pub attributes: Option<BTreeMap<String, String>>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// Summarises a job's allocations per task group.
+pub fn job_summary(snap: &Tables, job: &Job) -> JobSummary {
+    let mut summary: BTreeMap<String, TaskGroupSummary> =
+        job.task_groups.iter().map(|tg| (tg.name.clone(), TaskGroupSummary::default())).collect();
+    for a in snap.allocs_by_job(&job.namespace, &job.id) {
+        let s = summary.entry(a.task_group.clone()).or_default();
+        match a.client_status.as_str() {
+            client_status::PENDING if !a.server_terminal() => s.starting += 1,
+            client_status::RUNNING => s.running += 1,
+            client_status::COMPLETE => s.complete += 1,
+            client_status::FAILED => s.failed += 1,
+            client_status::LOST => s.lost += 1,
+            _ => {}
+        }
+    }
+    if let Some(latest) = snap
+        .evals()
+        .filter(|e| e.namespace == job.namespace && e.job_id == job.id && e.status != eval_status::CANCELED)
+        .filter(|e| e.status != eval_status::BLOCKED)
+        .max_by_key(|e| e.create_index)
+    {
+        for (tg, n) in &latest.queued_allocations {
+            summary.entry(tg.clone()).or_default().queued = *n;
+        }
+    }
+    JobSummary {
+        job_id: job.id.clone(),
+        namespace: job.namespace.clone(),
+        summary,
+        children: [("Pending", 0), ("Running", 0), ("Dead", 0)].into_iter().map(|(k, v)| (k.into(), v)).collect(),
+        create_index: job.create_index,
+        modify_index: snap.index,
+    }
+}
+
+/// A job's list entry.
+pub fn job_stub(snap: &Tables, job: &Job) -> JobListStub {
+    JobListStub {
+        id: job.id.clone(),
+        parent_id: job.parent_id.clone(),
+        name: job.name.clone(),
+        namespace: job.namespace.clone(),
+        datacenters: job.datacenters.clone(),
+        job_type: job.job_type.clone(),
+        priority: job.priority,
+        stop: job.stop,
+        status: job.status.clone(),
+        status_description: job.status_description.clone(),
+        job_summary: job_summary(snap, job),
+        create_index: job.create_index,
+        modify_index: job.modify_index,
+        job_modify_index: job.job_modify_index,
+        submit_time: job.submit_time,
+        ..Default::default()
+    }
+}
+
+/// An allocation's list entry.
+pub fn alloc_stub(a: &Allocation, with_resources: bool) -> AllocListStub {
+    AllocListStub {
+        id: a.id.clone(),
+        eval_id: a.eval_id.clone(),
+        name: a.name.clone(),
+        namespace: a.namespace.clone(),
+        node_id: a.node_id.clone(),
+        node_name: a.node_name.clone(),
+        job_id: a.job_id.clone(),
+        job_type: a.job.as_ref().map(|j| j.job_type.clone()).unwrap_or_default(),
+        job_version: a.job_version(),
+        task_group: a.task_group.clone(),
+        allocated_resources: with_resources.then(|| a.allocated_resources.clone()),
+        desired_status: a.desired_status.clone(),
+        desired_description: a.desired_description.clone(),
+        client_status: a.client_status.clone(),
+        client_description: a.client_description.clone(),
+        task_states: a.task_states.clone(),
+        followup_eval_id: a.followup_eval_id.clone(),
+        reschedule_tracker: a.reschedule_tracker.clone(),
+        previous_allocation: a.previous_allocation.clone(),
+        next_allocation: a.next_allocation.clone(),
+        create_index: a.create_index,
+        modify_index: a.modify_index,
+        create_time: a.create_time,
+        modify_time: a.modify_time,
+    }
+}
+
+/// A node's list entry.
+pub fn node_stub(n: &Node, with_attributes: bool) -> NodeListStub {
+    NodeListStub {
+        address: n.attributes.get("unique.network.ip-address").cloned().unwrap_or_default(),
+        id: n.id.clone(),
+        datacenter: n.datacenter.clone(),
+        name: n.name.clone(),
+        node_class: n.node_class.clone(),
+        node_pool: n.node_pool.clone(),
+        version: n.attributes.get("berth.version").cloned().unwrap_or_default(),
+        drain: n.drain,
+        scheduling_eligibility: n.scheduling_eligibility.clone(),
+        status: n.status.clone(),
+        status_description: n.status_description.clone(),
+        drivers: n.drivers.clone(),
+        attributes: with_attributes.then(|| n.attributes.clone()),
+        create_index: n.create_index,
+        modify_index: n.modify_index,
+    }
+}
