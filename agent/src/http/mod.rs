@@ -190,8 +190,19 @@ pub fn by_prefix<'a, T>(items: impl Iterator<Item = (&'a str, T)>, prefix: &str,
     }
 }
 
-/// Builds the router.
+/// Builds the router. Server agents serve everything; a client-only agent
+/// serves what is local to it (logs, its own agent info) and forwards the
+/// rest of `/v1/` to its servers.
 pub fn router(api: Api) -> Router {
+    let local = Router::new()
+        .route("/v1/client/fs/logs/{alloc}", get(logs::logs))
+        .route("/v1/agent/self", get(agent::agent_self))
+        .route("/v1/agent/health", get(agent::health));
+    let routes = if api.server.is_some() { local.merge(server_routes()) } else { local };
+    routes.fallback(agent::fallback).with_state(api)
+}
+
+fn server_routes() -> Router<Api> {
     Router::new()
         .route("/v1/jobs", get(jobs::list).put(jobs::register).post(jobs::register))
         .route("/v1/jobs/parse", put(jobs::parse).post(jobs::parse))
@@ -213,10 +224,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/node/{id}", get(nodes::read))
         .route("/v1/node/{id}/allocations", get(nodes::allocations))
-        .route("/v1/client/fs/logs/{alloc}", get(logs::logs))
-        .route("/v1/agent/self", get(agent::agent_self))
         .route("/v1/agent/members", get(agent::members))
-        .route("/v1/agent/health", get(agent::health))
         .route("/v1/status/leader", get(agent::leader))
         .route("/v1/status/peers", get(agent::peers))
         .route("/v1/regions", get(agent::regions))
@@ -224,8 +232,6 @@ pub fn router(api: Api) -> Router {
         .route("/v1/internal/node/register", put(internal::register))
         .route("/v1/internal/node/{id}/heartbeat", put(internal::heartbeat))
         .route("/v1/internal/node/{id}/allocations", get(internal::allocations).put(internal::update_allocs))
-        .fallback(agent::fallback)
-        .with_state(api)
 }
 
 /// Query parameters as a map (for endpoint-specific flags).

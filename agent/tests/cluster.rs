@@ -1,0 +1,151 @@
+//! One server and several clients started from Nomad-style config files on
+//! one host: clients register over the network, a client that stops
+//! heartbeating goes down and its allocations are replaced elsewhere, and
+//! system jobs cover every node, including one that joins later.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{free_port, job_file, raw_exec_job, wait_for, Agent};
+
+fn server(root: &Path) -> Agent {
+    let (http, rpc) = (free_port(), free_port());
+    let cfg = format!(
+        r#"name       = "server1"
+datacenter = "dc1"
+bind_addr  = "127.0.0.1"
+log_level  = "DEBUG"
+ports {{
+  http = {http}
+  rpc  = {rpc}
+  serf = {serf}
+}}
+server {{
+  enabled           = true
+  bootstrap_expect  = 1
+  min_heartbeat_ttl = "2s"
+  heartbeat_grace   = "3s"
+}}
+"#,
+        serf = free_port()
+    );
+    Agent::with_config(root, "server1", http, rpc, &cfg, &[])
+}
+
+fn client(root: &Path, name: &str, server_rpc: u16) -> Agent {
+    let http = free_port();
+    let cfg = format!(
+        r#"name       = "{name}"
+datacenter = "dc1"
+bind_addr  = "127.0.0.1"
+ports {{
+  http = {http}
+}}
+client {{
+  enabled = true
+  servers = ["127.0.0.1:{server_rpc}"]
+  meta {{
+    node = "{name}"
+  }}
+}}
+plugin "raw_exec" {{
+  config {{
+    enabled = true
+  }}
+}}
+"#
+    );
+    Agent::with_config(root, name, http, 0, &cfg, &[])
+}
+
+fn ready_nodes(server: &Agent) -> usize {
+    server.get("/v1/nodes").as_array().map(|n| n.iter().filter(|n| n["Status"] == "ready").count()).unwrap_or(0)
+}
+
+#[test]
+fn clients_register_and_lost_allocations_are_replaced() {
+    let root = tempfile::tempdir().unwrap();
+    let server = server(root.path());
+    let mut clients: Vec<Agent> = (1..=3).map(|i| client(root.path(), &format!("client{i}"), server.rpc)).collect();
+    wait_for("three ready nodes", Duration::from_secs(20), || (ready_nodes(&server) == 3).then_some(()));
+    let nodes = server.cli(&["node", "status"]);
+    assert_eq!(nodes.code, 0);
+    assert_eq!(nodes.stdout.matches("ready").count(), 3, "{nodes:?}");
+    let members = server.cli(&["server", "members"]);
+    assert!(members.stdout.contains("server1.global") && members.stdout.contains("alive"), "{members:?}");
+    // A client agent answers API calls by forwarding to its server.
+    let via_client = clients[0].cli(&["node", "status"]);
+    assert_eq!(via_client.stdout.matches("ready").count(), 3, "{via_client:?}");
+
+    let marker = format!("c{}", std::process::id());
+    let job = job_file(root.path(), "spread.nomad", &raw_exec_job("spread", 3, &marker));
+    let run = server.cli(&["job", "run", &job]);
+    assert_eq!(run.code, 0, "{run:?}");
+    wait_for("three running", Duration::from_secs(20), || {
+        (server.alloc_ids("spread", "running").len() == 3).then_some(())
+    });
+
+    // Logs of an allocation on another node come through the server.
+    let id = server.alloc_ids("spread", "running")[0].clone();
+    wait_for("forwarded logs", Duration::from_secs(10), || {
+        server.cli(&["alloc", "logs", &id]).stdout.contains(&format!("tick {marker}")).then_some(())
+    });
+
+    // Stop the client that runs the most allocations.
+    let allocs = server.allocs("spread");
+    let victim_node = allocs[0]["NodeID"].as_str().unwrap().to_string();
+    let victim_name = allocs[0]["NodeName"].as_str().unwrap().to_string();
+    let on_victim = allocs.iter().filter(|a| a["NodeID"] == victim_node.as_str()).count();
+    let idx = clients.iter().position(|c| c.name == victim_name).unwrap();
+    clients[idx].kill();
+    wait_for("node to go down", Duration::from_secs(20), || {
+        (server.get(&format!("/v1/node/{victim_node}"))["Status"] == "down").then_some(())
+    });
+    wait_for("replacements running elsewhere", Duration::from_secs(30), || {
+        let all = server.allocs("spread");
+        let running_elsewhere = all
+            .iter()
+            .filter(|a| {
+                a["DesiredStatus"] == "run" && a["ClientStatus"] == "running" && a["NodeID"] != victim_node.as_str()
+            })
+            .count();
+        (running_elsewhere == 3).then_some(())
+    });
+    let lost = server.allocs("spread").iter().filter(|a| a["ClientStatus"] == "lost").count();
+    assert_eq!(lost, on_victim, "lost allocations are reported as lost: {:#?}", server.allocs("spread"));
+    let status = server.cli(&["job", "status", "spread"]);
+    assert!(status.stdout.contains("lost"), "{status:?}");
+    assert_eq!(server.cli(&["job", "stop", "-purge", "spread"]).code, 0);
+}
+
+#[test]
+fn system_jobs_cover_every_node_including_late_joiners() {
+    let root = tempfile::tempdir().unwrap();
+    let server = server(root.path());
+    let _c1 = client(root.path(), "sys1", server.rpc);
+    let _c2 = client(root.path(), "sys2", server.rpc);
+    wait_for("two ready nodes", Duration::from_secs(20), || (ready_nodes(&server) == 2).then_some(()));
+    let marker = format!("s{}", std::process::id());
+    let text = raw_exec_job("everywhere", 1, &marker).replacen(
+        "datacenters = [\"dc1\"]",
+        "datacenters = [\"dc1\"]\n  type = \"system\"",
+        1,
+    );
+    let job = job_file(root.path(), "system.nomad", &text);
+    let run = server.cli(&["job", "run", &job]);
+    assert_eq!(run.code, 0, "{run:?}");
+    wait_for("one per node", Duration::from_secs(20), || {
+        (server.alloc_ids("everywhere", "running").len() == 2).then_some(())
+    });
+
+    let _c3 = client(root.path(), "sys3", server.rpc);
+    wait_for("the late joiner gets one too", Duration::from_secs(30), || {
+        (server.alloc_ids("everywhere", "running").len() == 3).then_some(())
+    });
+    let nodes: std::collections::BTreeSet<String> =
+        server.allocs("everywhere").iter().map(|a| a["NodeID"].as_str().unwrap().to_string()).collect();
+    assert_eq!(nodes.len(), 3, "one allocation on each node");
+    assert_eq!(server.cli(&["job", "stop", "-purge", "everywhere"]).code, 0);
+}

@@ -1,0 +1,248 @@
+//! Test harness: runs real `berth` agents on free loopback ports with their
+//! own data dirs, drives them with the real CLI, and cleans up every task
+//! process they started, even when a test fails half-way.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The built `berth` binary.
+pub fn berth() -> &'static str {
+    env!("CARGO_BIN_EXE_berth")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Output of a CLI command.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Runs the CLI with `args` (no agent address).
+pub fn cli(args: &[&str]) -> Run {
+    Command::new(berth()).args(args).stdin(Stdio::null()).output().expect("run berth").into()
+}
+
+/// One agent process.
+pub struct Agent {
+    pub name: String,
+    pub dir: PathBuf,
+    pub http: u16,
+    pub rpc: u16,
+    config: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// A dev agent (server + client) with its own ports and data dir.
+    pub fn dev(root: &Path, name: &str) -> Agent {
+        let http = free_port();
+        let rpc = free_port();
+        let cfg = format!("name = \"{name}\"\nports {{\n  http = {http}\n  rpc = {rpc}\n}}\n");
+        Agent::with_config(root, name, http, rpc, &cfg, &["-dev"])
+    }
+
+    /// An agent from a config text (ports must match `http`/`rpc`).
+    pub fn with_config(root: &Path, name: &str, http: u16, rpc: u16, config: &str, extra: &[&str]) -> Agent {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = root.join(format!("{name}.hcl"));
+        std::fs::write(&config_path, config).unwrap();
+        let mut a = Agent {
+            name: name.into(),
+            dir,
+            http,
+            rpc,
+            config: config_path,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        a.start();
+        a
+    }
+
+    /// Starts (or restarts) the process and waits for its HTTP API.
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.with_extension("log")).unwrap();
+        let child = Command::new(berth())
+            .arg("agent")
+            .args(&self.extra)
+            .arg(format!("-config={}", self.config.display()))
+            .arg(format!("-data-dir={}", self.dir.display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.http);
+        wait_for(&format!("agent {} to listen on {addr}", self.name), Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&addr).ok()
+        });
+    }
+
+    /// SIGKILLs the agent process (tasks keep running).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this agent.
+    pub fn cli(&self, args: &[&str]) -> Run {
+        Command::new(berth())
+            .args(args)
+            .env("BERTH_ADDR", format!("http://127.0.0.1:{}", self.http))
+            .env_remove("NOMAD_ADDR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run berth")
+            .into()
+    }
+
+    /// GETs an API path and decodes JSON.
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}{path}", self.http);
+        reqwest::blocking::get(url).and_then(|r| r.json()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Allocations of a job as JSON stubs.
+    pub fn allocs(&self, job: &str) -> Vec<serde_json::Value> {
+        self.get(&format!("/v1/job/{job}/allocations")).as_array().cloned().unwrap_or_default()
+    }
+
+    /// Allocation IDs of a job with the given client status and desired run.
+    pub fn alloc_ids(&self, job: &str, status: &str) -> Vec<String> {
+        self.allocs(job)
+            .iter()
+            .filter(|a| a["ClientStatus"] == status && a["DesiredStatus"] == "run")
+            .map(|a| a["ID"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        kill_tasks_under(&self.dir);
+    }
+}
+
+/// Kills every task shim (and its task's process group) whose spec lives
+/// under `dir`: what a crashed test leaves running.
+pub fn kill_tasks_under(dir: &Path) {
+    let needle = dir.display().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !text.contains("task-shim") || !text.contains(&needle) {
+            continue;
+        }
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+            kill_pid(-child);
+        }
+        kill_pid(pid);
+    }
+}
+
+fn kill_pid(pid: i32) {
+    let _ = Command::new("kill").args(["-9", "--", &pid.to_string()]).stderr(Stdio::null()).status();
+}
+
+/// Writes a job file into `dir` and returns its path.
+pub fn job_file(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// A raw_exec service job running a shell loop that prints `marker`.
+pub fn raw_exec_job(id: &str, count: u32, marker: &str) -> String {
+    format!(
+        r#"job "{id}" {{
+  datacenters = ["dc1"]
+  group "g" {{
+    count = {count}
+    restart {{
+      attempts = 5
+      delay    = "1s"
+    }}
+    task "t" {{
+      driver = "raw_exec"
+      config {{
+        command = "/bin/sh"
+        args    = ["-c", "echo start {marker} $NOMAD_ALLOC_INDEX; while true; do echo tick {marker}; sleep 1; done"]
+      }}
+      resources {{
+        cpu    = 50
+        memory = 32
+      }}
+    }}
+  }}
+}}
+"#
+    )
+}
+
+/// PIDs of processes whose command line contains `marker`.
+pub fn pids_with(marker: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline);
+        if text.contains(marker) && !text.contains("task-shim") {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    out
+}

@@ -1,0 +1,137 @@
+//! A dev agent running raw_exec jobs end to end through the real CLI:
+//! run, restart on kill, plan/run a scale-up, logs, purge; then agent
+//! restarts (kill -9) keep tasks and state.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{job_file, pids_with, raw_exec_job, wait_for, Agent};
+
+#[test]
+fn raw_exec_job_lifecycle() {
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::dev(root.path(), "dev1");
+    let marker = format!("m{}", std::process::id());
+    let one = job_file(root.path(), "one.nomad", &raw_exec_job("loop", 1, &marker));
+    let three = job_file(root.path(), "three.nomad", &raw_exec_job("loop", 3, &marker));
+
+    let out = agent.cli(&["job", "run", &one]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("Deployment") && out.stdout.contains("successful"), "{out:?}");
+    let running = agent.alloc_ids("loop", "running");
+    assert_eq!(running.len(), 1, "{:?}", agent.allocs("loop"));
+    let status = agent.cli(&["job", "status", "loop"]);
+    assert!(status.stdout.contains("Status        = running"), "{status:?}");
+
+    // Kill the task's process: the restart policy brings it back.
+    let pid = wait_for("task process", Duration::from_secs(10), || pids_with(&marker).first().copied());
+    let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let new_pid =
+        wait_for("restarted task", Duration::from_secs(15), || pids_with(&marker).into_iter().find(|p| *p != pid));
+    assert_ne!(new_pid, pid);
+    let alloc = agent.cli(&["alloc", "status", &running[0][..8]]);
+    assert!(alloc.stdout.contains("Restarting"), "{alloc:?}");
+    assert!(alloc.stdout.contains("Total Restarts = 1"), "{alloc:?}");
+
+    // Plan a scale-up: the diff shows the count, exit code 1.
+    let plan = agent.cli(&["job", "plan", &three]);
+    assert_eq!(plan.code, 1, "{plan:?}");
+    assert!(plan.stdout.contains("+/- Count: \"1\" => \"3\" (forces create)"), "{plan:?}");
+    assert!(plan.stdout.contains("2 create"), "{plan:?}");
+
+    let out = agent.cli(&["job", "run", &three]);
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_for("three running", Duration::from_secs(20), || {
+        (agent.alloc_ids("loop", "running").len() == 3).then_some(())
+    });
+    let unchanged = agent.cli(&["job", "plan", &three]);
+    assert_eq!(unchanged.code, 0, "{unchanged:?}");
+
+    // Logs.
+    let id = agent.alloc_ids("loop", "running")[0].clone();
+    let logs = wait_for("log output", Duration::from_secs(10), || {
+        let l = agent.cli(&["alloc", "logs", &id[..8]]);
+        l.stdout.contains(&format!("tick {marker}")).then_some(l)
+    });
+    assert_eq!(logs.code, 0);
+    let tail = agent.cli(&["logs", "-tail", "-n", "1", &id]);
+    assert_eq!(tail.stdout.lines().count(), 1, "{tail:?}");
+
+    // Purge: the job is gone and so are its processes.
+    let stop = agent.cli(&["job", "stop", "-purge", "loop"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    let gone = agent.cli(&["job", "status", "loop"]);
+    assert_eq!(gone.code, 1, "{gone:?}");
+    assert!(gone.stderr.contains("No job(s) with prefix or ID \"loop\" found"), "{gone:?}");
+    wait_for("tasks to stop", Duration::from_secs(15), || pids_with(&marker).is_empty().then_some(()));
+}
+
+#[test]
+fn agent_restart_keeps_tasks_and_state() {
+    let root = tempfile::tempdir().unwrap();
+    let mut agent = Agent::dev(root.path(), "dev2");
+    let marker = format!("r{}", std::process::id());
+    let job = job_file(root.path(), "keep.nomad", &raw_exec_job("keep", 2, &marker));
+    assert_eq!(agent.cli(&["job", "run", &job]).code, 0);
+    wait_for("two running", Duration::from_secs(20), || (agent.alloc_ids("keep", "running").len() == 2).then_some(()));
+    let pids = wait_for("two task processes", Duration::from_secs(10), || {
+        let p = pids_with(&marker);
+        (p.len() == 2).then_some(p)
+    });
+    let allocs_before = agent.alloc_ids("keep", "running");
+
+    agent.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pids_with(&marker), pids, "tasks must outlive the agent");
+    agent.start();
+
+    // Server state survived, client re-attached without restarting anything.
+    let status = agent.cli(&["job", "status", "keep"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let mut after = wait_for("allocs running after restart", Duration::from_secs(20), || {
+        let a = agent.alloc_ids("keep", "running");
+        (a.len() == 2).then_some(a)
+    });
+    let mut before = allocs_before.clone();
+    before.sort();
+    after.sort();
+    assert_eq!(before, after);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(pids_with(&marker), pids, "no task was restarted");
+
+    // A re-attached task is still supervised.
+    let _ = std::process::Command::new("kill").args(["-9", &pids[0].to_string()]).status();
+    wait_for("re-attached task restarted", Duration::from_secs(15), || {
+        let p = pids_with(&marker);
+        (p.len() == 2 && !p.contains(&pids[0])).then_some(())
+    });
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "keep"]).code, 0);
+    wait_for("tasks to stop", Duration::from_secs(15), || pids_with(&marker).is_empty().then_some(()));
+}
+
+#[test]
+fn impossible_jobs_exit_2_with_reasons() {
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::dev(root.path(), "dev3");
+    let huge = raw_exec_job("huge", 1, "huge").replace("memory = 32", "memory = 99999999");
+    let f = job_file(root.path(), "huge.nomad", &huge);
+    let out = agent.cli(&["job", "run", &f]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stdout.contains("failed to place all allocations"), "{out:?}");
+    assert!(out.stdout.contains("Dimension \"memory\" exhausted on 1 nodes"), "{out:?}");
+    let status = agent.cli(&["job", "status", "huge"]);
+    assert!(status.stdout.contains("Placement Failure"), "{status:?}");
+    let plan = agent.cli(&["job", "plan", &f]);
+    assert_eq!(plan.code, 1, "{plan:?}");
+    assert!(plan.stdout.contains("WARNING: Failed to place all allocations."), "{plan:?}");
+
+    let constrained = raw_exec_job("nowhere", 1, "nowhere").replace(
+        "group \"g\" {",
+        "constraint {\n    attribute = \"${attr.kernel.name}\"\n    value     = \"plan9\"\n  }\n  group \"g\" {",
+    );
+    let f = job_file(root.path(), "nowhere.nomad", &constrained);
+    let out = agent.cli(&["job", "run", &f]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stdout.contains("Constraint \"${attr.kernel.name} = plan9\": 1 nodes excluded by filter"), "{out:?}");
+}
