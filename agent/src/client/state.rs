@@ -71,10 +71,16 @@ impl ClientState {
         Ok(out)
     }
 
-    /// Stores one allocation's state durably.
-    pub fn put(&self, p: &PersistedAlloc) -> Result<(), ClientStateError> {
+    /// Stores one allocation's state. `durable` commits are on disk when
+    /// this returns (needed when task handles change: they are what a
+    /// restarted client re-attaches with); the others reach disk with the
+    /// next durable commit.
+    pub fn put(&self, p: &PersistedAlloc, durable: bool) -> Result<(), ClientStateError> {
         let data = serde_json::to_vec(p).map_err(|e| self.err(e))?;
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        if !durable {
+            txn.set_durability(redb::Durability::None).map_err(|e| self.err(e))?;
+        }
         txn.open_table(ALLOCS)
             .map_err(|e| self.err(e))?
             .insert(p.alloc.id.as_str(), data.as_slice())

@@ -98,9 +98,9 @@ impl Runner {
         client_status_of(&self.persisted.task_states, self.task_count())
     }
 
-    fn persist(&mut self) {
+    fn persist(&mut self, durable: bool) {
         self.persisted.alloc = self.alloc.clone();
-        if let Err(e) = self.deps.store.put(&self.persisted) {
+        if let Err(e) = self.deps.store.put(&self.persisted, durable) {
             tracing::error!(error = %e, "persisting allocation state");
         }
     }
@@ -136,7 +136,7 @@ impl Runner {
             st.state = task_state::DEAD.into();
             st.failed = true;
         }
-        self.persist();
+        self.persist(true);
         self.report();
     }
 
@@ -225,7 +225,7 @@ async fn run(
             }
         }
         match setup.and_then(|_| r.start_tasks(&kill, &task_tx)) {
-            Ok(()) => r.persist(),
+            Ok(()) => r.persist(false),
             Err(e) => {
                 tracing::warn!(error = %e, "allocation setup failed");
                 r.fail_setup(&e);
@@ -239,6 +239,7 @@ async fn run(
         tokio::select! {
             Some(u) = task_rx.recv() => {
                 let failed = u.state.failed;
+                let handle_changed = r.persisted.handles.get(&u.task) != u.handle.as_ref();
                 r.persisted.task_states.insert(u.task.clone(), u.state);
                 match u.handle {
                     Some(h) => { r.persisted.handles.insert(u.task, h); }
@@ -247,7 +248,7 @@ async fn run(
                 if failed {
                     kill.cancel();
                 }
-                r.persist();
+                r.persist(handle_changed);
                 r.report();
                 if finished(&r) || (kill.is_cancelled() && r.persisted.handles.is_empty() && all_dead(&r)) {
                     r.run_postrun();
@@ -263,7 +264,7 @@ async fn run(
                     if r.alloc.server_terminal() {
                         kill.cancel();
                     }
-                    r.persist();
+                    r.persist(true);
                     if kill.is_cancelled() && r.persisted.handles.is_empty() {
                         mark_unstarted_dead(&mut r);
                         r.report();
@@ -295,7 +296,7 @@ fn mark_unstarted_dead(r: &mut Runner) {
             s.state = task_state::DEAD.into();
         }
     }
-    r.persist();
+    r.persist(false);
 }
 
 #[cfg(test)]

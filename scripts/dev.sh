@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Builds berth and runs a dev agent (server + client on 127.0.0.1:4646, an
+# embedded state store in a throw-away data dir). Extra arguments go to
+# `berth agent`, e.g. `scripts/dev.sh -data-dir /tmp/berth` to keep state.
+source "$(dirname "$0")/lib.sh"
+cd "$(dirname "$0")/.."
+ensure_toolchain
+log "building berth (release)"
+cargo build --release --locked -p berth
+log "starting the dev agent; use target/release/berth in another shell (Ctrl-C stops it)"
+exec target/release/berth agent -dev "$@"

@@ -1,0 +1,36 @@
+# Shared helpers for berth's scripts: install what a fresh Debian/Ubuntu
+# machine lacks, idempotently. Sourced, not run.
+
+set -euo pipefail
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# apt_install PKG... : installs the packages that are missing.
+apt_install() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    log "need root to install: ${missing[*]}"; return 1
+  fi
+  log "installing ${missing[*]}"
+  if [ ! -f /var/lib/apt/periodic/berth-updated ] || [ -n "$(find /var/lib/apt/periodic/berth-updated -mmin +360 2>/dev/null)" ]; then
+    apt-get update -qq
+    mkdir -p /var/lib/apt/periodic && touch /var/lib/apt/periodic/berth-updated
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ensure_toolchain: a Rust toolchain new enough for the workspace.
+ensure_toolchain() {
+  apt_install ca-certificates gcc libc6-dev pkg-config procps
+  if ! command -v cargo >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    log "no Rust toolchain found; installing Debian's cargo (berth needs Rust >= 1.85)"
+    apt_install cargo rustc
+  fi
+}
