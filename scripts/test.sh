@@ -6,6 +6,14 @@ source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 ensure_toolchain
 export CARGO_TERM_COLOR=never
+# python-nomad: an existing Nomad API client library the API tests drive.
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+  apt_install python3 python3-pip
+fi
+if [ ! -d target/pydeps/nomad ]; then
+  log "installing python-nomad into target/pydeps"
+  python3 -m pip install -q --disable-pip-version-check --target target/pydeps --break-system-packages python-nomad
+fi
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

@@ -237,9 +237,10 @@ fn server_routes() -> Router<Api> {
 /// Query parameters as a map (for endpoint-specific flags).
 pub type RawQuery = Query<HashMap<String, String>>;
 
-/// True for `?flag`, `?flag=true`, `?flag=1`.
+/// A boolean query parameter as Go's `strconv.ParseBool` reads it
+/// (`1`, `t`, `T`, `true`, `TRUE`, `True`); a bare `?flag` is true.
 pub fn flag(q: &HashMap<String, String>, name: &str) -> bool {
-    q.get(name).map(|v| v.is_empty() || v == "true" || v == "1").unwrap_or(false)
+    q.get(name).map(|v| matches!(v.as_str(), "" | "1" | "t" | "T" | "true" | "TRUE" | "True")).unwrap_or(false)
 }
 
 /// Shorthand for handler state.
