@@ -135,3 +135,69 @@ fn impossible_jobs_exit_2_with_reasons() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stdout.contains("Constraint \"${attr.kernel.name} = plan9\": 1 nodes excluded by filter"), "{out:?}");
 }
+
+#[test]
+fn rolling_update_and_runtime_values() {
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::dev(root.path(), "dev4");
+    let job = |version: &str| {
+        format!(
+            r#"job "roll" {{
+  datacenters = ["dc1"]
+  update {{
+    max_parallel = 1
+  }}
+  group "g" {{
+    count = 3
+    task "t" {{
+      driver = "raw_exec"
+      config {{
+        command = "/bin/sh"
+        args    = ["-c", "cat ${{NOMAD_TASK_DIR}}/info.txt; echo {version}; sleep 300"]
+      }}
+      template {{
+        data        = "alloc={{{{ env \"NOMAD_ALLOC_ID\" }}}} index={{{{ env \"NOMAD_ALLOC_INDEX\" }}}} host={{{{ env \"attr.unique.hostname\" }}}}"
+        destination = "local/info.txt"
+      }}
+      resources {{
+        cpu    = 20
+        memory = 16
+      }}
+    }}
+  }}
+}}
+"#
+        )
+    };
+    let v1 = job_file(root.path(), "v1.nomad", &job("roll-v1"));
+    let v2 = job_file(root.path(), "v2.nomad", &job("roll-v2"));
+    assert_eq!(agent.cli(&["job", "run", &v1]).code, 0);
+    let first = agent.alloc_ids("roll", "running");
+    assert_eq!(first.len(), 3);
+
+    // Templates and ${...} interpolation are filled in on the client.
+    let logs = wait_for("template output", Duration::from_secs(10), || {
+        let l = agent.cli(&["alloc", "logs", &first[0]]).stdout;
+        l.contains("roll-v1").then_some(l)
+    });
+    assert!(logs.contains(&format!("alloc={}", first[0])), "{logs}");
+    assert!(!logs.contains("${"), "{logs}");
+
+    // A task change replaces every allocation, one at a time.
+    let plan = agent.cli(&["job", "plan", &v2]);
+    assert_eq!(plan.code, 1, "{plan:?}");
+    assert!(plan.stdout.contains("forces create/destroy update"), "{plan:?}");
+    assert!(plan.stdout.contains("1 create/destroy update"), "max_parallel = 1 bounds the first step: {plan:?}");
+    let run = agent.cli(&["job", "run", &v2]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let allocs = agent.allocs("roll");
+    let new: Vec<_> = allocs.iter().filter(|a| a["JobVersion"] == 1 && a["ClientStatus"] == "running").collect();
+    assert_eq!(new.len(), 3, "all replaced by version 1: {allocs:#?}");
+    assert!(allocs.iter().filter(|a| a["JobVersion"] == 0).all(|a| a["DesiredStatus"] == "stop"));
+    // Rolling: the replacements were created one after the other.
+    let mut created: Vec<u64> = new.iter().map(|a| a["CreateIndex"].as_u64().unwrap()).collect();
+    created.sort_unstable();
+    created.dedup();
+    assert_eq!(created.len(), 3, "each replacement came from its own evaluation");
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "roll"]).code, 0);
+}
