@@ -25,8 +25,8 @@ ports {{
 server {{
   enabled           = true
   bootstrap_expect  = 1
-  min_heartbeat_ttl = "2s"
-  heartbeat_grace   = "3s"
+  min_heartbeat_ttl = "3s"
+  heartbeat_grace   = "4s"
 }}
 "#,
         serf = free_port()

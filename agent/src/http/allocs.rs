@@ -5,8 +5,6 @@ use axum::extract::{Path, Query};
 
 use super::stubs::alloc_stub;
 use super::{by_prefix, flag, json_with_index, ApiError, ApiResult, ApiState, QueryOptions, RawQuery};
-use crate::server::state::WriteBatch;
-use crate::structs::desired;
 
 pub async fn list(api: ApiState, Query(q): Query<QueryOptions>, Query(raw): RawQuery) -> ApiResult {
     let index = api.block(&q).await?;
@@ -28,20 +26,8 @@ pub async fn read(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOp
 
 /// Stops one allocation; the scheduler replaces it.
 pub async fn stop(api: ApiState, Path(id): Path<String>) -> ApiResult {
-    let server = api.server()?;
-    let snap = server.state.snapshot();
-    let alloc = snap.alloc(&id).ok_or_else(|| ApiError::not_found("alloc not found"))?;
-    let job = snap.job(&alloc.namespace, &alloc.job_id).ok_or_else(|| ApiError::not_found("job not found"))?;
-    let mut stopped = (*alloc).clone();
-    stopped.desired_status = desired::STOP.into();
-    stopped.desired_description = "alloc was stopped by the user".into();
-    let eval = crate::server::Server::new_eval(&job, "alloc-stop");
-    let mut batch = WriteBatch::default();
-    batch.allocs.push(stopped);
-    batch.evals.push(eval.clone());
-    let index = server.state.apply(batch).map_err(crate::server::ServerError::from)?;
-    server.enqueue(&eval);
-    Ok(json_with_index(&serde_json::json!({"EvalID": eval.id, "Index": index}), index, false))
+    let (eval_id, index) = api.server()?.stop_alloc(&id)?;
+    Ok(json_with_index(&serde_json::json!({"EvalID": eval_id, "Index": index}), index, false))
 }
 
 pub async fn evals(api: ApiState, Query(q): Query<QueryOptions>, Query(raw): RawQuery) -> ApiResult {

@@ -112,7 +112,7 @@ impl Server {
     /// Registers (or updates) a job and creates its evaluation.
     pub fn register_job(&self, job: Job, enforce_index: Option<u64>) -> Result<RegisterResult, ServerError> {
         let (mut job, warnings) = canonical(job)?;
-        let snap = self.state.snapshot();
+        let (_guard, snap) = self.begin_write();
         let existing = snap.job(&job.namespace, &job.id);
         if let Some(idx) = enforce_index {
             let prefix = format!("Enforcing job modify index {idx}");
@@ -149,7 +149,7 @@ impl Server {
 
     /// Stops a job (it stays queryable as dead) or purges it.
     pub fn deregister_job(&self, ns: &str, id: &str, purge: bool) -> Result<RegisterResult, ServerError> {
-        let snap = self.state.snapshot();
+        let (_guard, snap) = self.begin_write();
         let existing = snap.job(ns, id).ok_or_else(|| ServerError::NotFound("job not found".into()))?;
         let mut batch = WriteBatch::default();
         let eval = Server::new_eval(&existing, "job-deregister");
@@ -173,6 +173,25 @@ impl Server {
             warnings: String::new(),
             index,
         })
+    }
+
+    /// Stops one allocation (`POST /v1/allocation/:id/stop`); the
+    /// scheduler replaces it. Returns the evaluation ID and the index.
+    pub fn stop_alloc(&self, id: &str) -> Result<(String, u64), ServerError> {
+        let (_guard, snap) = self.begin_write();
+        let alloc = snap.alloc(id).ok_or_else(|| ServerError::NotFound("alloc not found".into()))?;
+        let job =
+            snap.job(&alloc.namespace, &alloc.job_id).ok_or_else(|| ServerError::NotFound("job not found".into()))?;
+        let mut stopped = (*alloc).clone();
+        stopped.desired_status = crate::structs::desired::STOP.into();
+        stopped.desired_description = "alloc was stopped by the user".into();
+        let eval = Server::new_eval(&job, "alloc-stop");
+        let mut batch = WriteBatch::default();
+        batch.allocs.push(stopped);
+        batch.evals.push(eval.clone());
+        let index = self.state.apply(batch)?;
+        self.enqueue(&eval);
+        Ok((eval.id, index))
     }
 
     /// Dry-runs the scheduler for a submitted job and diffs it against the

@@ -78,6 +78,7 @@ pub struct Server {
     pub config: ServerConfig,
     broker: mpsc::UnboundedSender<String>,
     heartbeats: parking_lot::Mutex<BTreeMap<String, std::time::Instant>>,
+    writes: parking_lot::Mutex<()>,
 }
 
 impl Server {
@@ -92,7 +93,8 @@ impl Server {
     /// Starts a server over an existing store.
     pub fn start_with_state(state: Arc<StateStore>, config: ServerConfig) -> Arc<Server> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let server = Arc::new(Server { state, config, broker: tx, heartbeats: Default::default() });
+        let server =
+            Arc::new(Server { state, config, broker: tx, heartbeats: Default::default(), writes: Default::default() });
         let snap = server.state.snapshot();
         let now = std::time::Instant::now();
         for node in snap.nodes().filter(|n| n.status != "down") {
@@ -115,6 +117,15 @@ impl Server {
                 tracing::error!(error = %e, "garbage collection");
             }
         }
+    }
+
+    /// Serialises read-modify-write operations: the guard is taken before the
+    /// snapshot a write is computed from and held until the write is applied,
+    /// so concurrent writers (client updates, the eval worker, the API)
+    /// never overwrite each other with stale copies.
+    fn begin_write(&self) -> (parking_lot::MutexGuard<'_, ()>, Arc<state::Tables>) {
+        let guard = self.writes.lock();
+        (guard, self.state.snapshot())
     }
 
     /// Queues an evaluation, honouring its `WaitUntil`.
@@ -157,7 +168,7 @@ impl Server {
 
     /// Runs one evaluation through the scheduler and applies its plan.
     pub fn process_eval(&self, id: &str) -> Result<(), ServerError> {
-        let snap = self.state.snapshot();
+        let (_guard, snap) = self.begin_write();
         let Some(eval) = snap.eval(id) else { return Ok(()) };
         if eval.status != eval_status::PENDING {
             return Ok(());
@@ -207,6 +218,9 @@ impl Server {
                 batch.jobs.push(j);
             }
         }
+        // Release the snapshot first: a live snapshot makes the store copy
+        // its tables on write.
+        drop(snap);
         self.state.apply(batch)?;
         for e in to_enqueue.drain(..) {
             self.enqueue(&e);
@@ -216,7 +230,7 @@ impl Server {
 
     /// Moves blocked evaluations back to pending (capacity changed).
     pub fn unblock_evals(&self) -> Result<(), ServerError> {
-        let snap = self.state.snapshot();
+        let (_guard, snap) = self.begin_write();
         let mut batch = WriteBatch::default();
         for e in snap.evals().filter(|e| e.status == eval_status::BLOCKED) {
             let mut c = (**e).clone();
@@ -249,7 +263,7 @@ impl Server {
 
     fn collect(&self, eval_age: Duration) -> Result<(), ServerError> {
         let cutoff = now_nanos() - eval_age.as_nanos() as i64;
-        let snap = self.state.snapshot();
+        let (_guard, snap) = self.begin_write();
         let mut batch = WriteBatch::default();
         for a in snap.allocs() {
             let gone = snap.job(&a.namespace, &a.job_id).is_none();

@@ -31,7 +31,7 @@ fn node_event(subsystem: &str, message: &str) -> NodeEvent {
 impl Server {
     /// Registers or re-registers a node and returns its heartbeat TTL.
     pub fn register_node(&self, mut node: Node) -> Result<Duration, ServerError> {
-        let snap = self.state.snapshot();
+        let (guard, snap) = self.begin_write();
         let existing = snap.node(&node.id);
         if let Some(e) = &existing {
             if !e.secret_id.is_empty() && e.secret_id != node.secret_id {
@@ -65,6 +65,7 @@ impl Server {
         batch.nodes.push(node.clone());
         let evals = batch.evals.clone();
         self.state.apply(batch)?;
+        drop((guard, snap));
         self.heartbeats.lock().insert(node.id.clone(), Instant::now());
         for e in &evals {
             self.enqueue(e);
@@ -123,7 +124,7 @@ impl Server {
 
     /// Marks a node down and evaluates every job with allocations on it.
     pub fn mark_node_down(&self, node_id: &str) -> Result<(), ServerError> {
-        let snap = self.state.snapshot();
+        let (_guard, snap) = self.begin_write();
         let Some(node) = snap.node(node_id) else { return Ok(()) };
         if node.status == node_status::DOWN {
             return Ok(());
@@ -159,7 +160,7 @@ impl Server {
     /// Applies allocation status reported by a client, and creates the
     /// evaluations that follow from it (failures, rolling updates).
     pub fn update_allocs(&self, node_id: &str, updates: Vec<AllocClientUpdate>) -> Result<(), ServerError> {
-        let snap = self.state.snapshot();
+        let (guard, snap) = self.begin_write();
         let mut batch = WriteBatch::default();
         let mut failed_jobs: BTreeSet<(String, String)> = BTreeSet::new();
         let mut touched_jobs: BTreeSet<(String, String)> = BTreeSet::new();
@@ -211,6 +212,7 @@ impl Server {
         }
         let evals = batch.evals.clone();
         self.state.apply(batch)?;
+        drop((guard, snap));
         for e in &evals {
             self.enqueue(e);
         }

@@ -19,21 +19,27 @@ pub enum Infeasible {
 /// Resolves `${attr.x}`, `${node.x}`, `${meta.x}` against a node; literal text
 /// is returned as is. `None` when the referenced value is not set.
 pub fn resolve_target(target: &str, node: &Node) -> Option<String> {
+    resolve(target, node).map(str::to_string)
+}
+
+/// `resolve_target` without copying: the scheduler checks every node's
+/// constraints on each evaluation.
+fn resolve<'a>(target: &'a str, node: &'a Node) -> Option<&'a str> {
     let Some(inner) = target.strip_prefix("${").and_then(|t| t.strip_suffix('}')) else {
-        return Some(target.to_string());
+        return Some(target);
     };
     if let Some(attr) = inner.strip_prefix("attr.") {
-        return node.attributes.get(attr).cloned();
+        return node.attributes.get(attr).map(String::as_str);
     }
     if let Some(key) = inner.strip_prefix("meta.") {
-        return node.meta.get(key).cloned();
+        return node.meta.get(key).map(String::as_str);
     }
     match inner {
-        "node.unique.id" => Some(node.id.clone()),
-        "node.unique.name" => Some(node.name.clone()),
-        "node.datacenter" => Some(node.datacenter.clone()),
-        "node.class" => Some(node.node_class.clone()),
-        "node.pool" => Some(node.node_pool.clone()),
+        "node.unique.id" => Some(&node.id),
+        "node.unique.name" => Some(&node.name),
+        "node.datacenter" => Some(&node.datacenter),
+        "node.class" => Some(&node.node_class),
+        "node.pool" => Some(&node.node_pool),
         _ => None,
     }
 }
@@ -64,8 +70,8 @@ pub fn constraint_holds(c: &Constraint, node: &Node) -> bool {
     if matches!(op, "distinct_hosts" | "distinct_property") {
         return true;
     }
-    let l = resolve_target(&c.l_target, node);
-    let r = resolve_target(&c.r_target, node);
+    let l = resolve(&c.l_target, node);
+    let r = resolve(&c.r_target, node);
     match op {
         "is_set" => return l.is_some(),
         "is_not_set" => return l.is_none(),
@@ -77,9 +83,9 @@ pub fn constraint_holds(c: &Constraint, node: &Node) -> bool {
     match op {
         "=" | "==" | "is" | "" => l == r,
         "!=" | "not" => l != r,
-        "<" | "<=" | ">" | ">=" => compare_ordered(op, &l, &r),
-        "regexp" => Regex::new(&r).map(|re| re.is_match(&l)).unwrap_or(false),
-        "version" | "semver" => version_matches(&l, &r),
+        "<" | "<=" | ">" | ">=" => compare_ordered(op, l, r),
+        "regexp" => Regex::new(r).map(|re| re.is_match(l)).unwrap_or(false),
+        "version" | "semver" => version_matches(l, r),
         "set_contains" | "set_contains_all" => {
             let have: Vec<&str> = l.split(',').map(str::trim).collect();
             r.split(',').map(str::trim).all(|want| have.contains(&want))

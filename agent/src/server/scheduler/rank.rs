@@ -14,7 +14,7 @@ use super::feasible::{self, Infeasible};
 use crate::server::state::Tables;
 use crate::structs::{
     AllocMetric, AllocatedCpu, AllocatedMemory, AllocatedPort, AllocatedResources, AllocatedSharedResources,
-    AllocatedTaskResources, Job, Node, TaskGroup,
+    AllocatedTaskResources, Allocation, Job, Node, TaskGroup,
 };
 
 /// Default range for dynamic ports, as in Nomad.
@@ -28,7 +28,8 @@ struct NodeUsage {
     cpu: u64,
     memory_mb: u64,
     ports: HashSet<u16>,
-    /// Allocations per (job, group) key, for anti-affinity and distinct_hosts.
+    /// Allocations of the job being placed, per group name, for
+    /// anti-affinity and distinct_hosts (a placer serves a single job).
     groups: HashMap<String, u32>,
 }
 
@@ -40,27 +41,100 @@ pub struct Placement {
     pub resources: AllocatedResources,
 }
 
-/// Per-evaluation placement state.
+/// Static feasibility of each node (by position) for one group.
+type FeasibilityRow = Vec<Option<Result<(), Infeasible>>>;
+
+/// Per-evaluation placement state, for the allocations of one job.
+///
+/// Everything per node is kept by the node's position in `nodes`: the
+/// walk visits thousands of nodes per evaluation, so no lookup by ID (and
+/// no string hashing) happens on that path.
 pub struct Placer<'a> {
     snap: &'a Tables,
-    nodes: Vec<Arc<Node>>,
-    usage: HashMap<String, NodeUsage>,
+    namespace: String,
+    job_id: String,
+    nodes: Vec<&'a Arc<Node>>,
+    /// Node ID to position, built on first use.
+    positions: Option<HashMap<String, usize>>,
+    /// The job's live allocations in the snapshot, by node ID.
+    mine: HashMap<String, Vec<Arc<Allocation>>>,
+    usage: Vec<Option<NodeUsage>>,
     freed: HashSet<String>,
     offset: usize,
-    feasibility: HashMap<(String, usize), Result<(), Infeasible>>,
+    /// Per group name (a job has few groups: a linear search is cheapest).
+    feasibility: Vec<(String, FeasibilityRow)>,
 }
 
-fn group_key(job: &Job, tg: &TaskGroup) -> String {
-    format!("{}\u{0}{}\u{0}{}", job.namespace, job.id, tg.name)
+/// What one allocation of a group asks of a node, computed once per placement.
+struct Ask<'t> {
+    group: &'t str,
+    count: u32,
+    cpu: u64,
+    memory_mb: u64,
+    distinct: bool,
+    /// Static ports as (label, value).
+    static_ports: Vec<(&'t str, u16)>,
+}
+
+impl<'t> Ask<'t> {
+    fn new(job: &Job, tg: &'t TaskGroup) -> Self {
+        let (cpu, memory_mb) = tg.resource_ask();
+        // The ports of `tg.effective_network()`, without copying it.
+        let static_ports = match tg.networks.first() {
+            Some(n) => n.reserved_ports.iter().map(|p| (p.label.as_str(), p.value)).collect(),
+            None => tg
+                .tasks
+                .iter()
+                .flat_map(|t| t.resources.iter().flat_map(|r| r.networks.iter()))
+                .flat_map(|n| n.reserved_ports.iter().map(|p| (p.label.as_str(), p.value)))
+                .collect(),
+        };
+        Ask {
+            group: &tg.name,
+            count: tg.count,
+            cpu,
+            memory_mb,
+            distinct: feasible::wants_distinct_hosts(job, tg),
+            static_ports,
+        }
+    }
+}
+
+/// Adds one to a metric counter without allocating when the key exists.
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    match map.get_mut(key) {
+        Some(v) => *v += 1,
+        None => {
+            map.insert(key.to_string(), 1);
+        }
+    }
 }
 
 impl<'a> Placer<'a> {
-    /// A placer over the snapshot's nodes. `freed` are allocations this plan
-    /// stops, whose resources count as available.
-    pub fn new(snap: &'a Tables, freed: HashSet<String>) -> Self {
-        let mut nodes: Vec<Arc<Node>> = snap.nodes().cloned().collect();
+    /// A placer for `job`'s allocations over the snapshot's nodes. `freed`
+    /// are allocations this plan stops, whose resources count as available.
+    pub fn new(snap: &'a Tables, job: &Job, freed: HashSet<String>) -> Self {
+        let mut nodes: Vec<&'a Arc<Node>> = snap.nodes().collect();
         nodes.shuffle(&mut rand::rng());
-        Placer { snap, nodes, usage: HashMap::new(), freed, offset: 0, feasibility: HashMap::new() }
+        let usage = vec![None; nodes.len()];
+        let mut mine: HashMap<String, Vec<Arc<Allocation>>> = HashMap::new();
+        for a in snap.allocs_by_job(&job.namespace, &job.id) {
+            if !a.is_terminal() {
+                mine.entry(a.node_id.clone()).or_default().push(a);
+            }
+        }
+        Placer {
+            snap,
+            namespace: job.namespace.clone(),
+            job_id: job.id.clone(),
+            nodes,
+            positions: None,
+            mine,
+            usage,
+            freed,
+            offset: 0,
+            feasibility: Vec::new(),
+        }
     }
 
     /// Number of nodes known.
@@ -68,27 +142,72 @@ impl<'a> Placer<'a> {
         self.nodes.len()
     }
 
-    fn usage(&mut self, node_id: &str) -> &mut NodeUsage {
-        if !self.usage.contains_key(node_id) {
+    /// The position of a node in `nodes`.
+    fn position(&mut self, node_id: &str) -> Option<usize> {
+        let nodes = &self.nodes;
+        let positions =
+            self.positions.get_or_insert_with(|| nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect());
+        positions.get(node_id).copied()
+    }
+
+    /// What is in use on node `i`: the snapshot's live allocations there
+    /// (minus those this plan frees) plus this plan's placements.
+    fn usage(&mut self, i: usize) -> &mut NodeUsage {
+        if self.usage[i].is_none() {
+            let node_id = self.nodes[i].id.as_str();
             let mut u = NodeUsage::default();
-            if let Some(ids) = self.snap.alloc_ids_by_node(node_id) {
-                for id in ids {
-                    let Some(a) = self.snap.alloc(id) else { continue };
-                    if a.is_terminal() || self.freed.contains(id) {
-                        continue;
+            let used = self.snap.allocated_on_node(node_id);
+            if let Some(used) = used {
+                u.cpu = used.cpu;
+                u.memory_mb = used.memory_mb;
+                u.ports = used.ports.keys().copied().collect();
+            }
+            // Only this job's own allocations can be freed by this plan, and
+            // only they count for distinct_hosts and anti-affinity.
+            if let Some(mine) = self.mine.get(node_id) {
+                let mut freed_ports: Vec<u16> = Vec::new();
+                for a in mine {
+                    if self.freed.contains(&a.id) {
+                        for t in a.allocated_resources.tasks.values() {
+                            u.cpu = u.cpu.saturating_sub(t.cpu.cpu_shares);
+                            u.memory_mb = u.memory_mb.saturating_sub(t.memory.memory_mb);
+                        }
+                        freed_ports.extend(a.allocated_resources.shared.ports.iter().map(|p| p.value));
+                    } else {
+                        *u.groups.entry(a.task_group.clone()).or_default() += 1;
                     }
-                    for t in a.allocated_resources.tasks.values() {
-                        u.cpu += t.cpu.cpu_shares;
-                        u.memory_mb += t.memory.memory_mb;
+                }
+                for p in &freed_ports {
+                    let holders = used.and_then(|used| used.ports.get(p)).copied().unwrap_or(0) as usize;
+                    if freed_ports.iter().filter(|q| *q == p).count() >= holders {
+                        u.ports.remove(p);
                     }
-                    u.ports.extend(a.allocated_resources.shared.ports.iter().map(|p| p.value));
-                    let key = format!("{}\u{0}{}\u{0}{}", a.namespace, a.job_id, a.task_group);
-                    *u.groups.entry(key).or_default() += 1;
                 }
             }
-            self.usage.insert(node_id.to_string(), u);
+            self.usage[i] = Some(u);
         }
-        self.usage.get_mut(node_id).expect("inserted above")
+        self.usage[i].as_mut().expect("computed above")
+    }
+
+    /// Counts an allocation this plan stops as no longer using its node,
+    /// even when that node's usage was already computed.
+    pub fn free(&mut self, alloc: &Allocation) {
+        if !self.freed.insert(alloc.id.clone()) || alloc.is_terminal() {
+            return;
+        }
+        let Some(i) = self.position(&alloc.node_id) else { return };
+        let mine = alloc.job_id == self.job_id && alloc.namespace == self.namespace;
+        let Some(u) = self.usage[i].as_mut() else { return };
+        for t in alloc.allocated_resources.tasks.values() {
+            u.cpu = u.cpu.saturating_sub(t.cpu.cpu_shares);
+            u.memory_mb = u.memory_mb.saturating_sub(t.memory.memory_mb);
+        }
+        for p in &alloc.allocated_resources.shared.ports {
+            u.ports.remove(&p.value);
+        }
+        if let Some(n) = u.groups.get_mut(&alloc.task_group).filter(|_| mine) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     /// Places one allocation of `tg` on any feasible node, updating `metric`.
@@ -98,12 +217,13 @@ impl<'a> Placer<'a> {
             return None;
         }
         let limit = if job.is_batch_like() { 2 } else { ((n as f64).log2().ceil() as usize).max(2) };
+        let ask = Ask::new(job, tg);
         let mut best: Option<(f64, usize)> = None;
         let mut candidates = 0;
         let start = self.offset;
         for step in 0..n {
             let i = (start + step) % n;
-            match self.evaluate(job, tg, i, metric) {
+            match self.evaluate(job, tg, &ask, i, metric) {
                 Some(score) => {
                     candidates += 1;
                     if best.map(|(s, _)| score > s).unwrap_or(true) {
@@ -118,7 +238,7 @@ impl<'a> Placer<'a> {
             }
         }
         let (_, i) = best?;
-        self.commit(job, tg, i)
+        self.commit(tg, i)
     }
 
     /// Places one allocation of `tg` on a given node (system jobs).
@@ -129,20 +249,23 @@ impl<'a> Placer<'a> {
         node_id: &str,
         metric: &mut AllocMetric,
     ) -> Option<Placement> {
-        let i = self.nodes.iter().position(|n| n.id == node_id)?;
-        self.evaluate(job, tg, i, metric)?;
-        self.commit(job, tg, i)
+        let i = self.position(node_id)?;
+        let ask = Ask::new(job, tg);
+        self.evaluate(job, tg, &ask, i, metric)?;
+        self.commit(tg, i)
     }
 
     /// Static feasibility of node `i` for `tg`, cached for the evaluation.
-    pub fn feasible(&mut self, job: &Job, tg: &TaskGroup, i: usize) -> Result<(), Infeasible> {
-        let key = (tg.name.clone(), i);
-        if let Some(r) = self.feasibility.get(&key) {
-            return r.clone();
-        }
-        let r = feasible::check_node(job, tg, &self.nodes[i]);
-        self.feasibility.insert(key, r.clone());
-        r
+    fn feasible(&mut self, job: &Job, tg: &TaskGroup, i: usize) -> &Result<(), Infeasible> {
+        let g = match self.feasibility.iter().position(|(name, _)| *name == tg.name) {
+            Some(g) => g,
+            None => {
+                self.feasibility.push((tg.name.clone(), vec![None; self.nodes.len()]));
+                self.feasibility.len() - 1
+            }
+        };
+        let node = self.nodes[i];
+        self.feasibility[g].1[i].get_or_insert_with(|| feasible::check_node(job, tg, node))
     }
 
     /// The IDs of the nodes where `tg` is statically feasible.
@@ -157,7 +280,7 @@ impl<'a> Placer<'a> {
     }
 
     /// Scores node `i` for `tg`, or records why it cannot take it.
-    fn evaluate(&mut self, job: &Job, tg: &TaskGroup, i: usize, metric: &mut AllocMetric) -> Option<f64> {
+    fn evaluate(&mut self, job: &Job, tg: &TaskGroup, ask: &Ask, i: usize, metric: &mut AllocMetric) -> Option<f64> {
         match self.feasible(job, tg, i) {
             Ok(()) => {}
             Err(Infeasible::Datacenter) => return None,
@@ -169,56 +292,60 @@ impl<'a> Placer<'a> {
             Err(Infeasible::Constraint(why)) => {
                 metric.nodes_evaluated += 1;
                 metric.nodes_filtered += 1;
-                *metric.constraint_filtered.entry(why).or_default() += 1;
+                bump(&mut metric.constraint_filtered, why);
                 return None;
             }
         }
         metric.nodes_evaluated += 1;
-        let node = self.nodes[i].clone();
-        let (cpu_ask, mem_ask) = tg.resource_ask();
-        let key = group_key(job, tg);
-        let distinct = feasible::wants_distinct_hosts(job, tg);
-        let static_ports: Vec<u16> =
-            tg.effective_network().map(|n| n.reserved_ports.iter().map(|p| p.value).collect()).unwrap_or_default();
-        let u = self.usage(&node.id);
-        let exhausted = if distinct && u.groups.get(&key).copied().unwrap_or(0) > 0 {
-            Some("distinct_hosts".to_string())
-        } else if u.cpu + cpu_ask > node.node_resources.cpu.cpu_shares {
-            Some("cpu".to_string())
-        } else if u.memory_mb + mem_ask > node.node_resources.memory.memory_mb {
-            Some("memory".to_string())
+        let (total_cpu, total_mem) = {
+            let r = &self.nodes[i].node_resources;
+            (r.cpu.cpu_shares, r.memory.memory_mb)
+        };
+        let u = self.usage(i);
+        let collisions = u.groups.get(ask.group).copied().unwrap_or(0);
+        let exhausted = if ask.distinct && collisions > 0 {
+            Some(None)
+        } else if u.cpu + ask.cpu > total_cpu {
+            Some(Some("cpu".to_string()))
+        } else if u.memory_mb + ask.memory_mb > total_mem {
+            Some(Some("memory".to_string()))
         } else {
-            static_ports.iter().find(|p| u.ports.contains(p)).map(|p| format!("network: reserved port collision {p}"))
+            ask.static_ports
+                .iter()
+                .find(|(_, value)| u.ports.contains(value))
+                .map(|(label, value)| Some(format!("network: reserved port collision {label}={value}")))
         };
         if let Some(dim) = exhausted {
-            if dim == "distinct_hosts" {
-                metric.nodes_filtered += 1;
-                *metric.constraint_filtered.entry(dim).or_default() += 1;
-            } else {
-                metric.nodes_exhausted += 1;
-                *metric.dimension_exhausted.entry(dim).or_default() += 1;
+            match dim {
+                None => {
+                    metric.nodes_filtered += 1;
+                    bump(&mut metric.constraint_filtered, "distinct_hosts");
+                }
+                Some(dim) => {
+                    metric.nodes_exhausted += 1;
+                    *metric.dimension_exhausted.entry(dim).or_default() += 1;
+                }
             }
             return None;
         }
-        let total_cpu = node.node_resources.cpu.cpu_shares.max(1) as f64;
-        let total_mem = node.node_resources.memory.memory_mb.max(1) as f64;
-        let fit = ((u.cpu + cpu_ask) as f64 / total_cpu + (u.memory_mb + mem_ask) as f64 / total_mem) / 2.0;
-        let collisions = u.groups.get(&key).copied().unwrap_or(0) as f64;
-        let anti_affinity = if collisions > 0.0 { -(collisions + 1.0) / tg.count.max(1) as f64 } else { 0.0 };
+        let fit = ((u.cpu + ask.cpu) as f64 / total_cpu.max(1) as f64
+            + (u.memory_mb + ask.memory_mb) as f64 / total_mem.max(1) as f64)
+            / 2.0;
+        let collisions = collisions as f64;
+        let anti_affinity = if collisions > 0.0 { -(collisions + 1.0) / ask.count.max(1) as f64 } else { 0.0 };
         Some(fit + anti_affinity)
     }
 
     /// Grants resources on node `i` and records them as used.
-    fn commit(&mut self, job: &Job, tg: &TaskGroup, i: usize) -> Option<Placement> {
-        let node = self.nodes[i].clone();
+    fn commit(&mut self, tg: &TaskGroup, i: usize) -> Option<Placement> {
+        let node = Arc::clone(self.nodes[i]);
         let network = tg.effective_network();
         let host_ip = node.attributes.get("unique.network.ip-address").cloned().unwrap_or_default();
         let (min_port, max_port) = match (node.node_resources.min_dynamic_port, node.node_resources.max_dynamic_port) {
             (0, _) | (_, 0) => (DEFAULT_MIN_DYNAMIC_PORT, DEFAULT_MAX_DYNAMIC_PORT),
             range => range,
         };
-        let key = group_key(job, tg);
-        let u = self.usage(&node.id);
+        let u = self.usage(i);
         let mut ports = Vec::new();
         if let Some(net) = &network {
             for p in &net.reserved_ports {
@@ -250,7 +377,12 @@ impl<'a> Placer<'a> {
                 },
             );
         }
-        *u.groups.entry(key).or_default() += 1;
+        match u.groups.get_mut(&tg.name) {
+            Some(n) => *n += 1,
+            None => {
+                u.groups.insert(tg.name.clone(), 1);
+            }
+        }
         let mut networks: Vec<_> = network.into_iter().collect();
         for n in &mut networks {
             n.ip = host_ip.clone();

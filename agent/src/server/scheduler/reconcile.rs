@@ -125,7 +125,7 @@ impl<'a> Reconciler<'a> {
             let reqs = self.reconcile_group(&job, tg, group_allocs, &mut placer_freed);
             requests.push((gi, reqs, None));
         }
-        let mut placer = Placer::new(self.snap, placer_freed);
+        let mut placer = Placer::new(self.snap, &job, placer_freed);
         if job.is_system_like() {
             for tg in &job.task_groups {
                 let group_allocs: Vec<Arc<Allocation>> =
@@ -191,9 +191,20 @@ impl<'a> Reconciler<'a> {
                 }
             }
         }
-        // Scale down: stop the highest indexes first.
+        // Scale down: replacements above the new count are not placed (their
+        // lost or failed allocations are already stopped), then the highest
+        // running indexes stop.
         let desired_count = tg.count as usize;
         let mut live_count = occupied.len();
+        requests.retain(|r: &PlaceRequest| {
+            if live_count > desired_count && r.index as usize >= desired_count {
+                occupied.remove(&r.index);
+                upd.place -= 1;
+                live_count -= 1;
+                return false;
+            }
+            true
+        });
         if live_count > desired_count {
             untainted.sort_by_key(|a| std::cmp::Reverse(a.index()));
             let mut keep = Vec::new();
@@ -259,7 +270,10 @@ impl<'a> Reconciler<'a> {
         let policy = tg.reschedule_policy.clone().unwrap_or_default();
         let delay = reschedule_delay(&policy, a.reschedule_tracker.as_ref(), self.now)?;
         let due = a.modify_time + delay;
-        if due > self.now {
+        // The follow-up evaluation created for this allocation is the one
+        // that replaces it: it runs at the due time, but marking the
+        // allocation with it moved its `ModifyTime`, so `due` has slid.
+        if due > self.now && a.followup_eval_id != self.eval.id {
             if a.followup_eval_id.is_empty()
                 || self.snap.eval(&a.followup_eval_id).map(|e| e.status != eval_status::PENDING).unwrap_or(true)
             {
@@ -334,6 +348,7 @@ impl<'a> Reconciler<'a> {
             let node_down = node.as_ref().map(|n| n.status == "down").unwrap_or(true);
             if node_down && !a.client_terminal() {
                 self.plan.update.push(stopped(&a, "alloc is lost since its node is down", Some(client_status::LOST)));
+                placer.free(&a);
                 upd.stop += 1;
                 continue;
             }
@@ -341,6 +356,7 @@ impl<'a> Reconciler<'a> {
                 let eligible = node.map(|n| n.is_schedulable()).unwrap_or(false);
                 if eligible {
                     self.plan.update.push(stopped(&a, "alloc not needed as node is no longer feasible", None));
+                    placer.free(&a);
                     upd.stop += 1;
                     continue;
                 }
@@ -353,6 +369,9 @@ impl<'a> Reconciler<'a> {
             let old_tg = a.job.as_ref().and_then(|j| j.task_group(&tg.name));
             if old_tg.map(|old| tasks_updated(old, tg)).unwrap_or(true) {
                 self.plan.update.push(stopped(&a, "alloc is being updated due to job update", None));
+                // Its replacement goes on the same node: free its resources
+                // and ports there first.
+                placer.free(&a);
                 upd.destructive_update += 1;
                 covered.remove(&a.node_id);
             } else {

@@ -1,1 +1,1304 @@
+//! Scheduler tests: a small harness over an in-memory state store that
+//! registers nodes and jobs, runs evaluations through `process` and applies
+//! each plan the way `Server::process_eval` does, so that consecutive
+//! evaluations see what the previous ones decided.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::{process, Plan};
+use crate::server::state::{StateStore, WriteBatch};
+use crate::server::Server;
+use crate::structs::{
+    client_status, desired, eval_status, node_status, Allocation, Constraint, DriverInfo, Evaluation, Job,
+    NetworkResource, Node, Port, ReschedulePolicy, RescheduleTracker, Resources, Task, TaskGroup, UpdateStrategy,
+    JOB_TYPE_BATCH, JOB_TYPE_SYSTEM,
+};
+use crate::util::{new_id, now_nanos};
+
+const SECOND: i64 = 1_000_000_000;
+
+// === harness ===
+
+/// An in-memory store plus the few server steps the scheduler depends on.
+struct Harness {
+    store: StateStore,
+}
+
+/// A ready node in `dc1` with a healthy `raw_exec` driver and Linux attributes.
+fn node(name: &str, cpu: u64, memory_mb: u64) -> Node {
+    let mut n = Node {
+        id: new_id(),
+        name: name.into(),
+        datacenter: "dc1".into(),
+        status: node_status::READY.into(),
+        scheduling_eligibility: "eligible".into(),
+        ..Default::default()
+    };
+    n.node_resources.cpu.cpu_shares = cpu;
+    n.node_resources.memory.memory_mb = memory_mb;
+    n.attributes.insert("kernel.name".into(), "linux".into());
+    n.attributes.insert("unique.network.ip-address".into(), "10.0.0.1".into());
+    n.drivers.insert(
+        "raw_exec".into(),
+        DriverInfo { detected: true, healthy: true, health_description: "Healthy".into(), ..Default::default() },
+    );
+    n
+}
+
+/// A service job with one group `web` of `count` allocations, one
+/// `raw_exec` task asking 500 MHz and 256 MB, in `dc1` (not canonicalized:
+/// `Harness::register` does that).
+fn job(id: &str, count: u32) -> Job {
+    let mut config = BTreeMap::new();
+    config.insert("command".to_string(), serde_json::json!("/bin/sleep"));
+    config.insert("args".to_string(), serde_json::json!(["3600"]));
+    Job {
+        id: id.into(),
+        datacenters: vec!["dc1".into()],
+        task_groups: vec![TaskGroup {
+            name: "web".into(),
+            count,
+            tasks: vec![Task {
+                name: "server".into(),
+                driver: "raw_exec".into(),
+                config,
+                resources: Some(Resources { cpu: 500, memory_mb: 256, ..Default::default() }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn constraint(l: &str, op: &str, r: &str) -> Constraint {
+    Constraint { l_target: l.into(), operand: op.into(), r_target: r.into() }
+}
+
+fn static_port(label: &str, value: u16) -> NetworkResource {
+    NetworkResource {
+        reserved_ports: vec![Port { label: label.into(), value, to: 0, host_network: String::new() }],
+        ..Default::default()
+    }
+}
+
+fn group(job: &mut Job) -> &mut TaskGroup {
+    &mut job.task_groups[0]
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness { store: StateStore::in_memory() }
+    }
+
+    fn apply(&self, batch: WriteBatch) {
+        self.store.apply(batch).expect("in-memory apply");
+    }
+
+    fn add_node(&self, n: Node) -> String {
+        let id = n.id.clone();
+        self.apply(WriteBatch { nodes: vec![n], ..Default::default() });
+        id
+    }
+
+    /// Adds `n` nodes named `node-<i>` with the given resources.
+    fn add_nodes(&self, n: usize, cpu: u64, memory_mb: u64) -> Vec<String> {
+        (0..n).map(|i| self.add_node(node(&format!("node-{i}"), cpu, memory_mb))).collect()
+    }
+
+    fn update_node(&self, id: &str, f: impl FnOnce(&mut Node)) {
+        let mut n = (*self.store.snapshot().node(id).expect("node exists")).clone();
+        f(&mut n);
+        self.apply(WriteBatch { nodes: vec![n], ..Default::default() });
+    }
+
+    /// Canonicalizes and registers a job; a job already registered gets the
+    /// next version, as `Server::register_job` does for a changed spec.
+    fn register(&self, mut job: Job) -> Job {
+        job.canonicalize();
+        assert_eq!(job.validate(), Ok(()), "test job must be valid");
+        let existing = self.store.snapshot().job(&job.namespace, &job.id);
+        job.version = existing.as_ref().map(|e| e.version + 1).unwrap_or(0);
+        job.status = existing.map(|e| e.status.clone()).unwrap_or_else(|| "pending".into());
+        self.apply(WriteBatch { jobs: vec![job.clone()], ..Default::default() });
+        job
+    }
+
+    fn job(&self, id: &str) -> Arc<Job> {
+        self.store.snapshot().job("default", id).expect("job registered")
+    }
+
+    /// Changes the registered job and registers the result as a new version.
+    fn update_job(&self, id: &str, f: impl FnOnce(&mut Job)) -> Job {
+        let mut j = (*self.job(id)).clone();
+        f(&mut j);
+        self.register(j)
+    }
+
+    /// `job stop`: the job stays, marked stopped, as a new version.
+    fn stop_job(&self, id: &str) {
+        let mut j = (*self.job(id)).clone();
+        j.stop = true;
+        j.version += 1;
+        self.apply(WriteBatch { jobs: vec![j], ..Default::default() });
+    }
+
+    /// `job stop -purge`.
+    fn purge_job(&self, id: &str) {
+        self.apply(WriteBatch { delete_jobs: vec![("default".into(), id.into())], ..Default::default() });
+    }
+
+    /// Creates a pending evaluation for the job (registered or not) and
+    /// returns its ID.
+    fn create_eval(&self, job_id: &str) -> String {
+        let job = self.store.snapshot().job("default", job_id).map(|j| (*j).clone()).unwrap_or_else(|| {
+            let mut j = job(job_id, 0);
+            j.canonicalize();
+            j
+        });
+        let eval = Server::new_eval(&job, "job-register");
+        let id = eval.id.clone();
+        self.apply(WriteBatch { evals: vec![eval], ..Default::default() });
+        id
+    }
+
+    /// Runs a pending evaluation through the scheduler and applies the
+    /// plan as `Server::process_eval` does; returns the plan.
+    fn process(&self, eval_id: &str) -> Plan {
+        let snap = self.store.snapshot();
+        let eval = snap.eval(eval_id).expect("eval exists");
+        assert_eq!(eval.status, eval_status::PENDING, "only pending evals are processed");
+        let plan = process(&snap, &eval);
+        check_plan_invariants(&plan);
+        // From here on, the same steps as `Server::process_eval`.
+        let mut batch = WriteBatch::default();
+        let mut done = (*eval).clone();
+        done.status = eval_status::COMPLETE.into();
+        done.snapshot_index = snap.index;
+        done.failed_tg_allocs = plan.failed_tg_allocs.clone();
+        done.queued_allocations = plan.queued.clone();
+        if !plan.failed_tg_allocs.is_empty() {
+            for old in snap.evals().filter(|e| {
+                e.status == eval_status::BLOCKED && e.job_id == eval.job_id && e.namespace == eval.namespace
+            }) {
+                let mut c = (**old).clone();
+                c.status = eval_status::CANCELED.into();
+                batch.evals.push(c);
+            }
+            let mut blocked = eval.as_ref().clone();
+            blocked.id = new_id();
+            blocked.status = eval_status::BLOCKED.into();
+            blocked.triggered_by = "queued-allocs".into();
+            blocked.previous_eval = eval.id.clone();
+            blocked.failed_tg_allocs = BTreeMap::new();
+            blocked.wait_until = 0;
+            done.blocked_eval = blocked.id.clone();
+            batch.evals.push(blocked);
+        }
+        if let Some(f) = plan.followups.first() {
+            done.next_eval = f.id.clone();
+        }
+        batch.evals.push(done);
+        batch.evals.extend(plan.followups.iter().cloned());
+        batch.allocs.extend(plan.place.iter().cloned());
+        batch.allocs.extend(plan.update.iter().cloned());
+        batch.deployments.extend(plan.cancel_deployments.iter().cloned());
+        batch.deployments.extend(plan.deployment.iter().cloned());
+        if let Some(job) = snap.job(&eval.namespace, &eval.job_id) {
+            let status = crate::server::jobs::job_status(&snap, &job, &batch.allocs);
+            if status != job.status {
+                let mut j = (*job).clone();
+                j.status = status;
+                batch.jobs.push(j);
+            }
+        }
+        drop(snap);
+        self.apply(batch);
+        plan
+    }
+
+    /// Creates an evaluation for the job and processes it.
+    fn eval(&self, job_id: &str) -> Plan {
+        let id = self.create_eval(job_id);
+        self.process(&id)
+    }
+
+    fn allocs(&self, job_id: &str) -> Vec<Arc<Allocation>> {
+        self.store.snapshot().allocs_by_job("default", job_id)
+    }
+
+    /// Allocations the server still wants running.
+    fn live(&self, job_id: &str) -> Vec<Arc<Allocation>> {
+        let mut v: Vec<_> = self.allocs(job_id).into_iter().filter(|a| !a.server_terminal()).collect();
+        v.sort_by_key(|a| a.index());
+        v
+    }
+
+    fn live_by_index(&self, job_id: &str, index: u32) -> Arc<Allocation> {
+        let mut found = self.live(job_id).into_iter().filter(|a| a.index() == index);
+        let a = found.next().unwrap_or_else(|| panic!("no live alloc with index {index}"));
+        assert!(found.next().is_none(), "two live allocs with index {index}");
+        a
+    }
+
+    /// Changes an allocation as a client update would.
+    fn update_alloc(&self, id: &str, f: impl FnOnce(&mut Allocation)) {
+        let mut a = (*self.store.snapshot().alloc(id).expect("alloc exists")).clone();
+        f(&mut a);
+        self.apply(WriteBatch { allocs: vec![a], ..Default::default() });
+    }
+
+    fn set_client_status(&self, id: &str, status: &str) {
+        self.update_alloc(id, |a| a.client_status = status.into());
+    }
+
+    /// Sets every live allocation of the job to `status` on the client.
+    fn set_all_client_status(&self, job_id: &str, status: &str) {
+        for a in self.live(job_id) {
+            self.set_client_status(&a.id, status);
+        }
+    }
+
+    /// Checks that no ready node holds more than it offers, and that no two
+    /// live allocations on a node share a host port.
+    fn assert_capacity_respected(&self) {
+        let snap = self.store.snapshot();
+        for n in snap.nodes() {
+            let live: Vec<_> = snap.allocs_by_node(&n.id).into_iter().filter(|a| !a.is_terminal()).collect();
+            let cpu: u64 =
+                live.iter().flat_map(|a| a.allocated_resources.tasks.values()).map(|t| t.cpu.cpu_shares).sum();
+            let mem: u64 =
+                live.iter().flat_map(|a| a.allocated_resources.tasks.values()).map(|t| t.memory.memory_mb).sum();
+            assert!(cpu <= n.node_resources.cpu.cpu_shares, "node {} cpu over-committed: {cpu}", n.name);
+            assert!(mem <= n.node_resources.memory.memory_mb, "node {} memory over-committed: {mem}", n.name);
+            let mut ports = HashSet::new();
+            for p in live.iter().flat_map(|a| a.allocated_resources.shared.ports.iter()) {
+                assert!(ports.insert(p.value), "port {} used twice on node {}", p.value, n.name);
+            }
+        }
+    }
+}
+
+/// Properties every plan must have, whatever the scenario.
+fn check_plan_invariants(plan: &Plan) {
+    let mut ids = HashSet::new();
+    for a in plan.place.iter().chain(&plan.update) {
+        assert!(ids.insert(a.id.clone()), "alloc {} appears twice in one plan", a.id);
+    }
+    for a in &plan.place {
+        assert_eq!(a.desired_status, desired::RUN);
+        assert_eq!(a.client_status, client_status::PENDING);
+        assert!(!a.node_id.is_empty(), "placed without a node");
+    }
+    for (tg, m) in &plan.failed_tg_allocs {
+        let queued = plan.queued.get(tg).copied().unwrap_or(0);
+        assert_eq!(m.coalesced_failures + 1, queued, "group {tg}: CoalescedFailures must be queued - 1");
+    }
+}
+
+fn names(allocs: &[Allocation]) -> BTreeSet<String> {
+    allocs.iter().map(|a| a.name.clone()).collect()
+}
+
+fn indexes(allocs: &[Arc<Allocation>]) -> Vec<u32> {
+    let mut v: Vec<u32> = allocs.iter().map(|a| a.index()).collect();
+    v.sort_unstable();
+    v
+}
+
+fn per_node(allocs: &[Arc<Allocation>]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for a in allocs {
+        *m.entry(a.node_id.clone()).or_default() += 1;
+    }
+    m
+}
+
+// === service jobs: placement and counts ===
+
+#[test]
+fn service_job_places_count_with_distinct_indexes() {
+    let h = Harness::new();
+    let nodes: HashSet<String> = h.add_nodes(3, 4000, 8192).into_iter().collect();
+    h.register(job("web", 5));
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 5);
+    let expected: BTreeSet<String> = (0..5).map(|i| format!("web.web[{i}]")).collect();
+    assert_eq!(names(&plan.place), expected);
+    for a in &plan.place {
+        assert!(nodes.contains(&a.node_id), "placed on unknown node {}", a.node_id);
+        assert_eq!(a.task_group, "web");
+        assert_eq!(a.job_version(), 0);
+        let t = &a.allocated_resources.tasks["server"];
+        assert_eq!(t.cpu.cpu_shares, 500);
+        assert_eq!(t.memory.memory_mb, 256);
+        assert_eq!(a.allocated_resources.shared.disk_mb, 300, "canonical ephemeral disk");
+        assert!(a.metrics.as_ref().is_some_and(|m| m.nodes_evaluated > 0));
+        assert!(!a.deployment_id.is_empty(), "service placements belong to a deployment");
+    }
+    let u = &plan.desired_updates["web"];
+    assert_eq!((u.place, u.ignore, u.stop), (5, 0, 0));
+    assert!(plan.failed_tg_allocs.is_empty() && plan.queued.is_empty());
+    let dep = plan.deployment.as_ref().expect("deployment");
+    assert_eq!(dep.task_groups["web"].desired_total, 5);
+    assert_eq!(dep.task_groups["web"].placed_allocs, 5);
+    assert_eq!(indexes(&h.live("web")), vec![0, 1, 2, 3, 4]);
+    assert_eq!(h.job("web").status, "running");
+    h.assert_capacity_respected();
+}
+
+#[test]
+fn unchanged_job_second_eval_ignores_everything() {
+    let h = Harness::new();
+    h.add_nodes(3, 4000, 8192);
+    h.register(job("web", 5));
+    h.eval("web");
+    let before: BTreeSet<String> = h.live("web").iter().map(|a| a.id.clone()).collect();
+    let plan = h.eval("web");
+    assert!(plan.place.is_empty(), "nothing to place: {:?}", names(&plan.place));
+    assert!(plan.update.is_empty());
+    assert!(plan.followups.is_empty());
+    assert_eq!(plan.desired_updates["web"], super::DesiredUpdates { ignore: 5, ..Default::default() });
+    assert!(!plan.changes_allocations());
+    let after: BTreeSet<String> = h.live("web").iter().map(|a| a.id.clone()).collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn scale_down_stops_highest_indexes() {
+    let h = Harness::new();
+    h.add_nodes(3, 4000, 8192);
+    h.register(job("web", 5));
+    h.eval("web");
+    h.set_all_client_status("web", client_status::RUNNING);
+    h.update_job("web", |j| group(j).count = 3);
+    let plan = h.eval("web");
+    assert!(plan.place.is_empty());
+    let stops: Vec<Allocation> = plan.update.iter().filter(|a| a.desired_status == desired::STOP).cloned().collect();
+    assert_eq!(names(&stops), ["web.web[3]".to_string(), "web.web[4]".to_string()].into_iter().collect());
+    // The count is part of the job: the kept allocations move to the new
+    // version in place, as in Nomad.
+    let u = &plan.desired_updates["web"];
+    assert_eq!((u.stop, u.place, u.destructive_update, u.in_place_update), (2, 0, 0, 3));
+    assert_eq!(indexes(&h.live("web")), vec![0, 1, 2]);
+}
+
+#[test]
+fn scale_up_fills_lowest_free_indexes() {
+    let h = Harness::new();
+    h.add_nodes(3, 4000, 8192);
+    h.register(job("web", 3));
+    h.eval("web");
+    // An operator stops alloc [1]; scaling to 4 must reuse index 1, then 3.
+    let one = h.live_by_index("web", 1);
+    h.update_alloc(&one.id, |a| a.desired_status = desired::STOP.into());
+    h.update_job("web", |j| group(j).count = 4);
+    let plan = h.eval("web");
+    assert_eq!(names(&plan.place), ["web.web[1]".to_string(), "web.web[3]".to_string()].into_iter().collect());
+    assert_eq!(plan.desired_updates["web"].place, 2);
+    assert_eq!(indexes(&h.live("web")), vec![0, 1, 2, 3]);
+    h.update_job("web", |j| group(j).count = 6);
+    let plan = h.eval("web");
+    assert_eq!(names(&plan.place), ["web.web[4]".to_string(), "web.web[5]".to_string()].into_iter().collect());
+    assert_eq!(indexes(&h.live("web")), vec![0, 1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn scale_down_while_a_node_is_down_does_not_exceed_count() {
+    let h = Harness::new();
+    let nodes = h.add_nodes(2, 8000, 16384);
+    h.register(job("web", 5));
+    h.eval("web");
+    h.set_all_client_status("web", client_status::RUNNING);
+    // Take down the node holding alloc [4] while scaling down to 3: the lost
+    // alloc must not be replaced above the new count.
+    let lost = h.live_by_index("web", 4);
+    h.update_node(&lost.node_id, |n| n.status = node_status::DOWN.into());
+    assert!(nodes.contains(&lost.node_id));
+    h.update_job("web", |j| group(j).count = 3);
+    let plan = h.eval("web");
+    for a in &plan.place {
+        assert!(a.index() < 3, "placed {} above the count", a.name);
+    }
+    let live = h.live("web");
+    assert_eq!(live.len(), 3, "live: {:?}", live.iter().map(|a| &a.name).collect::<Vec<_>>());
+    assert_eq!(indexes(&live), vec![0, 1, 2]);
+    assert!(live.iter().all(|a| a.node_id != lost.node_id));
+    // And the next eval is stable.
+    let plan = h.eval("web");
+    assert!(plan.place.is_empty() && plan.update.is_empty());
+}
+
+// === feasibility ===
+
+#[test]
+fn constraints_filter_nodes() {
+    let h = Harness::new();
+    let linux = h.add_nodes(2, 4000, 8192);
+    let mut mac = node("mac", 4000, 8192);
+    mac.attributes.insert("kernel.name".into(), "darwin".into());
+    h.add_node(mac);
+    let mut j = job("web", 4);
+    j.constraints.push(constraint("${attr.kernel.name}", "=", "linux"));
+    h.register(j);
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 4);
+    assert!(plan.place.iter().all(|a| linux.contains(&a.node_id)), "placed on the darwin node");
+    assert!(plan.failed_tg_allocs.is_empty());
+}
+
+#[test]
+fn task_and_group_constraints_filter_nodes() {
+    let h = Harness::new();
+    let mut big = node("big", 8000, 16384);
+    big.meta.insert("rack".into(), "r2".into());
+    let big = h.add_node(big);
+    let mut small = node("small", 8000, 16384);
+    small.meta.insert("rack".into(), "r1".into());
+    h.add_node(small);
+    let mut j = job("web", 3);
+    group(&mut j).constraints.push(constraint("${meta.rack}", "regexp", "^r[2-9]$"));
+    group(&mut j).tasks[0].constraints.push(constraint("${attr.kernel.name}", "!=", "windows"));
+    h.register(j);
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 3);
+    assert!(plan.place.iter().all(|a| a.node_id == big));
+}
+
+#[test]
+fn groups_of_one_job_are_filtered_by_their_own_constraints() {
+    let h = Harness::new();
+    let linux = h.add_node(node("linux", 8000, 16384));
+    let mut mac = node("mac", 8000, 16384);
+    mac.attributes.insert("kernel.name".into(), "darwin".into());
+    let mac = h.add_node(mac);
+    let mut j = job("web", 2);
+    let mut other = j.task_groups[0].clone();
+    other.name = "mac".into();
+    other.constraints.push(constraint("${attr.kernel.name}", "=", "darwin"));
+    group(&mut j).constraints.push(constraint("${attr.kernel.name}", "=", "linux"));
+    j.task_groups.push(other);
+    h.register(j);
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 4);
+    for a in &plan.place {
+        let want = if a.task_group == "web" { &linux } else { &mac };
+        assert_eq!(&a.node_id, want, "{} on the wrong node", a.name);
+    }
+}
+
+#[test]
+fn unsatisfiable_constraint_reports_metrics() {
+    let h = Harness::new();
+    h.add_nodes(3, 4000, 8192);
+    let mut j = job("web", 4);
+    j.constraints.push(constraint("${attr.kernel.name}", "=", "windows"));
+    h.register(j);
+    let plan = h.eval("web");
+    assert!(plan.place.is_empty());
+    let m = &plan.failed_tg_allocs["web"];
+    assert_eq!(m.nodes_evaluated, 3);
+    assert_eq!(m.nodes_filtered, 3);
+    assert_eq!(m.nodes_exhausted, 0);
+    assert_eq!(m.constraint_filtered.get("${attr.kernel.name} = windows"), Some(&3), "{:?}", m.constraint_filtered);
+    assert_eq!(m.nodes_in_pool, 3);
+    assert_eq!(m.coalesced_failures, 3);
+    assert_eq!(plan.queued["web"], 4);
+    assert_eq!(plan.desired_updates["web"].place, 4, "the plan still wants 4 placements");
+    // The server records a blocked eval for the queued allocations.
+    let snap = h.store.snapshot();
+    let blocked: Vec<_> = snap.evals().filter(|e| e.status == eval_status::BLOCKED).collect();
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(blocked[0].job_id, "web");
+}
+
+#[test]
+fn missing_driver_is_filtered() {
+    let h = Harness::new();
+    let mut n = node("nodriver", 4000, 8192);
+    n.drivers.clear();
+    h.add_node(n);
+    h.register(job("web", 1));
+    let plan = h.eval("web");
+    let m = &plan.failed_tg_allocs["web"];
+    assert_eq!(m.constraint_filtered.get("missing drivers"), Some(&1));
+    assert_eq!((m.nodes_evaluated, m.nodes_filtered), (1, 1));
+}
+
+#[test]
+fn datacenters_filter_nodes() {
+    let h = Harness::new();
+    h.add_nodes(2, 4000, 8192);
+    let mut other = node("other", 4000, 8192);
+    other.datacenter = "dc2".into();
+    let other = h.add_node(other);
+    let mut j = job("web", 3);
+    j.datacenters = vec!["dc2".into()];
+    h.register(j);
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 3);
+    assert!(plan.place.iter().all(|a| a.node_id == other));
+    // A glob matches too.
+    let mut j = job("glob", 2);
+    j.datacenters = vec!["dc*".into()];
+    h.register(j);
+    assert_eq!(h.eval("glob").place.len(), 2);
+    // No node in the datacenter: nothing evaluated, everything queued.
+    let mut j = job("nowhere", 2);
+    j.datacenters = vec!["eu-west".into()];
+    h.register(j);
+    let plan = h.eval("nowhere");
+    assert!(plan.place.is_empty());
+    let m = &plan.failed_tg_allocs["web"];
+    assert_eq!((m.nodes_evaluated, m.nodes_filtered, m.nodes_exhausted), (0, 0, 0));
+    assert_eq!(plan.queued["web"], 2);
+    assert_eq!(m.coalesced_failures, 1);
+}
+
+#[test]
+fn ineligible_draining_and_down_nodes_get_nothing() {
+    let h = Harness::new();
+    let good = h.add_node(node("good", 8000, 16384));
+    let mut n = node("ineligible", 8000, 16384);
+    n.scheduling_eligibility = "ineligible".into();
+    h.add_node(n);
+    let mut n = node("draining", 8000, 16384);
+    n.drain = true;
+    h.add_node(n);
+    let mut n = node("down", 8000, 16384);
+    n.status = node_status::DOWN.into();
+    h.add_node(n);
+    h.register(job("web", 4));
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 4);
+    assert!(plan.place.iter().all(|a| a.node_id == good));
+}
+
+// === resources ===
+
+#[test]
+fn memory_exhaustion_reports_dimension_and_queues() {
+    let h = Harness::new();
+    // Each node fits two allocations by memory (2 × 400 <= 1000) and many by CPU.
+    h.add_nodes(2, 20000, 1000);
+    let mut j = job("web", 6);
+    group(&mut j).tasks[0].resources = Some(Resources { cpu: 100, memory_mb: 400, ..Default::default() });
+    h.register(j);
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 4);
+    assert!(per_node(&h.live("web")).values().all(|&n| n == 2));
+    let m = &plan.failed_tg_allocs["web"];
+    assert_eq!(m.dimension_exhausted.get("memory"), Some(&2), "{:?}", m.dimension_exhausted);
+    assert!(!m.dimension_exhausted.contains_key("cpu"));
+    assert_eq!(m.nodes_exhausted, 2);
+    assert_eq!(m.nodes_evaluated, 2);
+    assert_eq!(m.coalesced_failures, 1);
+    assert_eq!(plan.queued["web"], 2);
+    h.assert_capacity_respected();
+}
+
+#[test]
+fn cpu_exhaustion_reports_dimension() {
+    let h = Harness::new();
+    h.add_nodes(1, 1000, 16384);
+    h.register(job("web", 3));
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 2);
+    let m = &plan.failed_tg_allocs["web"];
+    assert_eq!(m.dimension_exhausted.get("cpu"), Some(&1));
+    assert_eq!(plan.queued["web"], 1);
+    assert_eq!(m.coalesced_failures, 0);
+}
+
+#[test]
+fn existing_allocations_of_other_jobs_count_as_used() {
+    let h = Harness::new();
+    h.add_nodes(2, 1000, 16384);
+    h.register(job("a", 4));
+    assert_eq!(h.eval("a").place.len(), 4);
+    h.register(job("b", 1));
+    let plan = h.eval("b");
+    assert!(plan.place.is_empty());
+    assert_eq!(plan.failed_tg_allocs["web"].dimension_exhausted.get("cpu"), Some(&2));
+    // Stopping job a frees the capacity.
+    h.stop_job("a");
+    h.eval("a");
+    assert_eq!(h.eval("b").place.len(), 1);
+    h.assert_capacity_respected();
+}
+
+// === ports ===
+
+#[test]
+fn static_port_collision_on_one_node() {
+    let h = Harness::new();
+    h.add_nodes(1, 8000, 16384);
+    let mut a = job("a", 1);
+    group(&mut a).networks.push(static_port("http", 8080));
+    h.register(a);
+    let plan = h.eval("a");
+    assert_eq!(plan.place.len(), 1);
+    let granted = &plan.place[0].allocated_resources.shared.ports;
+    assert_eq!(granted.len(), 1);
+    assert_eq!((granted[0].label.as_str(), granted[0].value), ("http", 8080));
+    assert_eq!(granted[0].host_ip, "10.0.0.1");
+    let mut b = job("b", 1);
+    group(&mut b).networks.push(static_port("web", 8080));
+    h.register(b);
+    let plan = h.eval("b");
+    assert!(plan.place.is_empty());
+    let m = &plan.failed_tg_allocs["web"];
+    // Nomad's text: the asking group's label and the port.
+    let dims: Vec<&String> = m.dimension_exhausted.keys().collect();
+    assert_eq!(dims, ["network: reserved port collision web=8080"], "{dims:?}");
+    assert_eq!(m.nodes_exhausted, 1);
+}
+
+#[test]
+fn task_level_static_ports_collide_too() {
+    let h = Harness::new();
+    h.add_nodes(1, 8000, 16384);
+    // HCL1-era jobs declare ports in the task's resources.
+    let task_port = |j: &mut Job| {
+        let r = group(j).tasks[0].resources.as_mut().unwrap();
+        r.networks.push(static_port("db", 5432));
+    };
+    let mut a = job("a", 1);
+    task_port(&mut a);
+    h.register(a);
+    let plan = h.eval("a");
+    assert_eq!(plan.place.len(), 1);
+    assert_eq!(plan.place[0].allocated_resources.shared.ports[0].value, 5432);
+    let mut b = job("b", 1);
+    task_port(&mut b);
+    h.register(b);
+    let plan = h.eval("b");
+    assert!(plan.place.is_empty());
+    assert_eq!(
+        plan.failed_tg_allocs["web"].dimension_exhausted.get("network: reserved port collision db=5432"),
+        Some(&1)
+    );
+}
+
+#[test]
+fn static_ports_spread_groups_and_jobs_across_nodes() {
+    let h = Harness::new();
+    h.add_nodes(3, 8000, 16384);
+    // Two groups of one job with the same static port, plus a count of 2:
+    // three allocations that need three different nodes.
+    let mut a = job("a", 2);
+    group(&mut a).networks.push(static_port("http", 9000));
+    let mut second = a.task_groups[0].clone();
+    second.name = "api".into();
+    second.count = 1;
+    a.task_groups.push(second);
+    h.register(a);
+    let plan = h.eval("a");
+    assert_eq!(plan.place.len(), 3);
+    let live = h.live("a");
+    assert!(per_node(&live).values().all(|&n| n == 1), "two 9000s on one node");
+    // A second job wanting 9000 finds every node taken.
+    let mut b = job("b", 1);
+    group(&mut b).networks.push(static_port("http", 9000));
+    h.register(b);
+    let plan = h.eval("b");
+    assert!(plan.place.is_empty());
+    let m = &plan.failed_tg_allocs["web"];
+    assert_eq!(m.nodes_exhausted, 3);
+    assert_eq!(m.dimension_exhausted.values().sum::<u64>(), 3);
+    assert_eq!(m.dimension_exhausted.get("network: reserved port collision http=9000"), Some(&3));
+    h.assert_capacity_respected();
+}
+
+#[test]
+fn dynamic_ports_are_in_range_and_unique_per_node() {
+    let h = Harness::new();
+    h.add_nodes(1, 100000, 100000);
+    let mut j = job("web", 30);
+    group(&mut j).tasks[0].resources = Some(Resources { cpu: 10, memory_mb: 10, ..Default::default() });
+    group(&mut j).networks.push(NetworkResource {
+        dynamic_ports: vec![
+            Port { label: "http".into(), value: 0, to: -1, host_network: String::new() },
+            Port { label: "admin".into(), value: 0, to: 0, host_network: String::new() },
+        ],
+        ..Default::default()
+    });
+    h.register(j);
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 30);
+    let mut seen = HashSet::new();
+    for a in &plan.place {
+        let ports = &a.allocated_resources.shared.ports;
+        assert_eq!(ports.len(), 2);
+        for p in ports {
+            assert!((20000..=32000).contains(&p.value), "dynamic port {} out of range", p.value);
+            assert!(seen.insert(p.value), "port {} granted twice", p.value);
+            if p.label == "http" {
+                assert_eq!(p.to, p.value as i32, "to = -1 maps to the host port");
+            }
+        }
+        let net = &a.allocated_resources.shared.networks[0];
+        for p in &net.dynamic_ports {
+            assert!(ports.iter().any(|g| g.label == p.label && g.value == p.value), "network block not filled in");
+        }
+    }
+    h.assert_capacity_respected();
+}
+
+// === lost nodes ===
+
+#[test]
+fn allocations_on_down_node_are_lost_and_replaced() {
+    let h = Harness::new();
+    h.add_nodes(3, 8000, 16384);
+    h.register(job("web", 4));
+    h.eval("web");
+    h.set_all_client_status("web", client_status::RUNNING);
+    let before = h.live("web");
+    let down = before[0].node_id.clone();
+    let on_down: BTreeMap<String, u32> =
+        before.iter().filter(|a| a.node_id == down).map(|a| (a.id.clone(), a.index())).collect();
+    h.update_node(&down, |n| n.status = node_status::DOWN.into());
+    let plan = h.eval("web");
+    let u = &plan.desired_updates["web"];
+    let k = on_down.len() as u64;
+    assert_eq!((u.stop, u.place, u.ignore), (k, k, 4 - k));
+    assert_eq!(plan.update.len(), on_down.len());
+    for s in &plan.update {
+        assert!(on_down.contains_key(&s.id));
+        assert_eq!(s.desired_status, desired::STOP);
+        assert_eq!(s.client_status, client_status::LOST);
+    }
+    assert_eq!(plan.place.len(), on_down.len());
+    for p in &plan.place {
+        assert_ne!(p.node_id, down);
+        let prev = on_down.get(&p.previous_allocation).expect("replacement names the lost alloc");
+        assert_eq!(p.index(), *prev, "replacement keeps the index");
+    }
+    assert_eq!(indexes(&h.live("web")), vec![0, 1, 2, 3]);
+    // The next eval is stable.
+    let plan = h.eval("web");
+    assert!(plan.place.is_empty() && plan.update.is_empty());
+}
+
+// === updates ===
+
+#[test]
+fn destructive_update_replaces_allocations() {
+    let h = Harness::new();
+    h.add_nodes(3, 8000, 16384);
+    let mut j = job("web", 3);
+    j.update = Some(UpdateStrategy { max_parallel: 3, ..Default::default() });
+    h.register(j);
+    h.eval("web");
+    h.set_all_client_status("web", client_status::RUNNING);
+    let old: BTreeMap<String, u32> = h.live("web").iter().map(|a| (a.id.clone(), a.index())).collect();
+    h.update_job("web", |j| {
+        group(j).tasks[0].config.insert("args".into(), serde_json::json!(["7200"]));
+    });
+    let plan = h.eval("web");
+    let u = &plan.desired_updates["web"];
+    assert_eq!((u.destructive_update, u.in_place_update, u.ignore, u.place, u.stop), (3, 0, 0, 0, 0));
+    assert_eq!(plan.update.len(), 3);
+    assert!(plan.update.iter().all(|a| a.desired_status == desired::STOP && old.contains_key(&a.id)));
+    assert_eq!(plan.place.len(), 3);
+    for p in &plan.place {
+        assert_eq!(p.job_version(), 1);
+        assert_eq!(old.get(&p.previous_allocation), Some(&p.index()));
+    }
+    let live = h.live("web");
+    assert_eq!(indexes(&live), vec![0, 1, 2]);
+    assert!(live.iter().all(|a| a.job_version() == 1));
+}
+
+#[test]
+fn destructive_update_reuses_resources_and_ports_it_frees() {
+    let h = Harness::new();
+    // One node that fits exactly two allocations.
+    let only = h.add_node(node("only", 1000, 16384));
+    let mut j = job("web", 2);
+    j.update = Some(UpdateStrategy { max_parallel: 2, ..Default::default() });
+    group(&mut j).networks.push(static_port("http", 8080));
+    group(&mut j).networks[0].dynamic_ports.push(Port { label: "admin".into(), to: -1, ..Default::default() });
+    group(&mut j).constraints.clear();
+    h.register(j);
+    // Two allocations of a group with a static port cannot share the node.
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 1);
+    h.update_job("web", |j| group(j).networks[0].reserved_ports.clear());
+    h.eval("web");
+    h.set_all_client_status("web", client_status::RUNNING);
+    assert_eq!(h.live("web").len(), 2);
+    h.update_job("web", |j| {
+        group(j).tasks[0].config.insert("args".into(), serde_json::json!(["7200"]));
+    });
+    let plan = h.eval("web");
+    assert!(plan.failed_tg_allocs.is_empty(), "{:?}", plan.failed_tg_allocs);
+    assert_eq!(plan.desired_updates["web"].destructive_update, 2);
+    assert_eq!(plan.place.len(), 2);
+    assert!(plan.place.iter().all(|a| a.node_id == only));
+    h.assert_capacity_respected();
+}
+
+#[test]
+fn in_place_update_keeps_allocations() {
+    let h = Harness::new();
+    h.add_nodes(3, 8000, 16384);
+    h.register(job("web", 3));
+    h.eval("web");
+    h.set_all_client_status("web", client_status::RUNNING);
+    let before: BTreeMap<String, String> = h.live("web").iter().map(|a| (a.id.clone(), a.node_id.clone())).collect();
+    h.update_job("web", |j| {
+        j.meta.insert("owner".into(), "ops".into());
+    });
+    let plan = h.eval("web");
+    let u = &plan.desired_updates["web"];
+    assert_eq!((u.in_place_update, u.destructive_update, u.ignore, u.place, u.stop), (3, 0, 0, 0, 0));
+    assert!(plan.place.is_empty());
+    assert!(!plan.changes_allocations());
+    let live = h.live("web");
+    let after: BTreeMap<String, String> = live.iter().map(|a| (a.id.clone(), a.node_id.clone())).collect();
+    assert_eq!(before, after, "same allocations on the same nodes");
+    assert!(live.iter().all(|a| a.job_version() == 1 && a.desired_status == desired::RUN));
+    assert!(live.iter().all(|a| a.job.as_ref().unwrap().meta.get("owner").map(String::as_str) == Some("ops")));
+}
+
+#[test]
+fn max_parallel_limits_destructive_updates_per_eval() {
+    let h = Harness::new();
+    h.add_nodes(3, 8000, 16384);
+    let mut j = job("web", 3);
+    j.update = Some(UpdateStrategy { max_parallel: 1, ..Default::default() });
+    h.register(j);
+    h.eval("web");
+    h.set_all_client_status("web", client_status::RUNNING);
+    h.update_job("web", |j| {
+        group(j).tasks[0].config.insert("args".into(), serde_json::json!(["7200"]));
+    });
+    let plan = h.eval("web");
+    let u = &plan.desired_updates["web"];
+    assert_eq!((u.destructive_update, u.ignore), (1, 2));
+    assert_eq!(plan.place.len(), 1);
+    assert_eq!(plan.update.len(), 1);
+    // While the new allocation is pending, the next eval updates nothing more.
+    let plan = h.eval("web");
+    assert_eq!(plan.desired_updates["web"].destructive_update, 0);
+    assert!(plan.place.is_empty());
+    // Once it runs, the next one goes.
+    h.set_all_client_status("web", client_status::RUNNING);
+    let plan = h.eval("web");
+    assert_eq!(plan.desired_updates["web"].destructive_update, 1);
+    h.set_all_client_status("web", client_status::RUNNING);
+    let plan = h.eval("web");
+    assert_eq!(plan.desired_updates["web"].destructive_update, 1);
+    h.set_all_client_status("web", client_status::RUNNING);
+    let plan = h.eval("web");
+    assert_eq!(plan.desired_updates["web"], super::DesiredUpdates { ignore: 3, ..Default::default() });
+    let live = h.live("web");
+    assert_eq!(indexes(&live), vec![0, 1, 2]);
+    assert!(live.iter().all(|a| a.job_version() == 1));
+}
+
+// === failures and rescheduling ===
+
+fn no_delay_policy(attempts: u32, unlimited: bool) -> ReschedulePolicy {
+    ReschedulePolicy {
+        attempts,
+        interval: 3600 * SECOND,
+        delay: 0,
+        delay_function: "constant".into(),
+        max_delay: 0,
+        unlimited,
+    }
+}
+
+#[test]
+fn failed_allocation_is_rescheduled() {
+    let h = Harness::new();
+    h.add_nodes(3, 8000, 16384);
+    let mut j = job("web", 2);
+    j.reschedule = Some(no_delay_policy(0, true));
+    h.register(j);
+    h.eval("web");
+    h.set_all_client_status("web", client_status::RUNNING);
+    let failed = h.live_by_index("web", 1);
+    h.set_client_status(&failed.id, client_status::FAILED);
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 1);
+    let r = &plan.place[0];
+    assert_eq!(r.name, "web.web[1]");
+    assert_eq!(r.previous_allocation, failed.id);
+    let tracker = r.reschedule_tracker.as_ref().expect("replacement carries a reschedule tracker");
+    assert_eq!(tracker.events.len(), 1);
+    assert_eq!(tracker.events[0].prev_alloc_id, failed.id);
+    assert_eq!(tracker.events[0].prev_node_id, failed.node_id);
+    assert!(plan.update.iter().any(|a| a.id == failed.id && a.desired_status == desired::STOP));
+    assert_eq!(plan.desired_updates["web"].place, 1);
+    assert!(plan.followups.is_empty());
+    assert_eq!(indexes(&h.live("web")), vec![0, 1]);
+}
+
+#[test]
+fn failed_allocation_frees_its_node() {
+    let h = Harness::new();
+    // Room for exactly one allocation.
+    let only = h.add_node(node("only", 500, 16384));
+    let mut j = job("web", 1);
+    j.reschedule = Some(no_delay_policy(0, true));
+    h.register(j);
+    h.eval("web");
+    let failed = h.live_by_index("web", 0);
+    h.set_client_status(&failed.id, client_status::FAILED);
+    let plan = h.eval("web");
+    assert!(plan.failed_tg_allocs.is_empty(), "{:?}", plan.failed_tg_allocs);
+    assert_eq!(plan.place.len(), 1);
+    assert_eq!(plan.place[0].node_id, only);
+    h.assert_capacity_respected();
+}
+
+#[test]
+fn batch_failure_is_not_rescheduled_once_attempts_are_used() {
+    let h = Harness::new();
+    h.add_nodes(2, 8000, 16384);
+    let mut j = job("batch", 1);
+    j.job_type = JOB_TYPE_BATCH.into();
+    // The batch default (1 attempt in 24h), without the 5s delay.
+    j.reschedule = Some(ReschedulePolicy { interval: 24 * 3600 * SECOND, ..no_delay_policy(1, false) });
+    h.register(j);
+    h.eval("batch");
+    let first = h.live_by_index("batch", 0);
+    h.set_client_status(&first.id, client_status::FAILED);
+    let plan = h.eval("batch");
+    assert_eq!(plan.place.len(), 1, "the one attempt is used");
+    let second = plan.place[0].clone();
+    assert_eq!(second.reschedule_tracker.as_ref().map(|t| t.events.len()), Some(1));
+    h.set_client_status(&second.id, client_status::FAILED);
+    let plan = h.eval("batch");
+    assert!(plan.place.is_empty(), "attempts exhausted");
+    assert!(plan.followups.is_empty());
+    assert!(plan.update.is_empty(), "the failed alloc is left as is");
+    let live = h.live("batch");
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].id, second.id);
+    assert_eq!(live[0].client_status, client_status::FAILED);
+}
+
+#[test]
+fn old_reschedule_events_do_not_count_against_attempts() {
+    let h = Harness::new();
+    h.add_nodes(2, 8000, 16384);
+    let mut j = job("batch", 1);
+    j.job_type = JOB_TYPE_BATCH.into();
+    j.reschedule = Some(no_delay_policy(1, false));
+    h.register(j);
+    h.eval("batch");
+    let a = h.live_by_index("batch", 0);
+    // One reschedule two hours ago: outside the 1h interval.
+    h.update_alloc(&a.id, |a| {
+        a.client_status = client_status::FAILED.into();
+        a.reschedule_tracker = Some(RescheduleTracker {
+            events: vec![crate::structs::RescheduleEvent {
+                reschedule_time: now_nanos() - 2 * 3600 * SECOND,
+                ..Default::default()
+            }],
+        });
+    });
+    let plan = h.eval("batch");
+    assert_eq!(plan.place.len(), 1);
+    assert_eq!(plan.place[0].reschedule_tracker.as_ref().map(|t| t.events.len()), Some(2));
+}
+
+#[test]
+fn delayed_reschedule_creates_a_followup_eval() {
+    let h = Harness::new();
+    h.add_nodes(2, 8000, 16384);
+    // The service default: 30s, exponential, unlimited.
+    h.register(job("web", 1));
+    h.eval("web");
+    let a = h.live_by_index("web", 0);
+    h.set_client_status(&a.id, client_status::FAILED);
+    let failed_at = h.store.snapshot().alloc(&a.id).unwrap().modify_time;
+    let plan = h.eval("web");
+    assert!(plan.place.is_empty(), "not before the delay");
+    assert_eq!(plan.followups.len(), 1);
+    let f = &plan.followups[0];
+    assert_eq!(f.status, eval_status::PENDING);
+    assert_eq!(f.triggered_by, "alloc-failure");
+    assert_eq!(f.job_id, "web");
+    assert!(f.wait_until > now_nanos(), "WaitUntil must be in the future");
+    assert_eq!(f.wait_until, failed_at + 30 * SECOND);
+    let marked = h.store.snapshot().alloc(&a.id).unwrap();
+    assert_eq!(marked.followup_eval_id, f.id);
+    assert_eq!(marked.desired_status, desired::RUN);
+    // Another eval in the meantime does not create a second follow-up.
+    let plan = h.eval("web");
+    assert!(plan.followups.is_empty());
+    assert!(plan.place.is_empty());
+}
+
+#[test]
+fn followup_eval_reschedules_when_due() {
+    let h = Harness::new();
+    h.add_nodes(2, 8000, 16384);
+    let mut j = job("web", 1);
+    j.reschedule = Some(ReschedulePolicy { delay: SECOND / 5, ..no_delay_policy(0, true) });
+    h.register(j);
+    h.eval("web");
+    let a = h.live_by_index("web", 0);
+    h.set_client_status(&a.id, client_status::FAILED);
+    // The server evaluates a little after the client reported the failure.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let plan = h.eval("web");
+    assert_eq!(plan.followups.len(), 1);
+    let f = plan.followups[0].clone();
+    let wait = f.wait_until - now_nanos();
+    if wait > 0 {
+        std::thread::sleep(std::time::Duration::from_nanos(wait as u64 + 1_000_000));
+    }
+    // The broker runs the follow-up at its WaitUntil.
+    let plan = h.process(&f.id);
+    assert_eq!(plan.place.len(), 1, "the follow-up eval must reschedule the failed alloc");
+    assert_eq!(plan.place[0].previous_allocation, a.id);
+    assert!(plan.followups.is_empty());
+}
+
+// === batch ===
+
+#[test]
+fn complete_batch_allocations_are_not_replaced() {
+    let h = Harness::new();
+    h.add_nodes(2, 8000, 16384);
+    let mut j = job("batch", 3);
+    j.job_type = JOB_TYPE_BATCH.into();
+    h.register(j);
+    assert_eq!(h.eval("batch").place.len(), 3);
+    let done = h.live_by_index("batch", 1);
+    h.set_client_status(&done.id, client_status::COMPLETE);
+    let plan = h.eval("batch");
+    assert!(plan.place.is_empty());
+    assert!(plan.update.is_empty());
+    h.set_all_client_status("batch", client_status::COMPLETE);
+    let plan = h.eval("batch");
+    assert!(plan.place.is_empty() && plan.update.is_empty());
+    assert_eq!(h.job("batch").status, "dead");
+}
+
+#[test]
+fn complete_service_allocations_are_replaced() {
+    let h = Harness::new();
+    h.add_nodes(2, 8000, 16384);
+    h.register(job("web", 2));
+    h.eval("web");
+    let done = h.live_by_index("web", 0);
+    h.set_client_status(&done.id, client_status::COMPLETE);
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 1);
+    assert_eq!(plan.place[0].name, "web.web[0]");
+    assert_eq!(plan.place[0].previous_allocation, done.id);
+}
+
+// === system jobs ===
+
+fn system_job(id: &str) -> Job {
+    let mut j = job(id, 1);
+    j.job_type = JOB_TYPE_SYSTEM.into();
+    j
+}
+
+#[test]
+fn system_job_runs_once_per_feasible_node() {
+    let h = Harness::new();
+    let ready: BTreeSet<String> = h.add_nodes(3, 8000, 16384).into_iter().collect();
+    let mut down = node("down", 8000, 16384);
+    down.status = node_status::DOWN.into();
+    h.add_node(down);
+    let mut mac = node("mac", 8000, 16384);
+    mac.attributes.insert("kernel.name".into(), "darwin".into());
+    h.add_node(mac);
+    let mut j = system_job("sys");
+    j.constraints.push(constraint("${attr.kernel.name}", "=", "linux"));
+    h.register(j);
+    let plan = h.eval("sys");
+    assert_eq!(plan.place.len(), 3);
+    let placed: BTreeSet<String> = plan.place.iter().map(|a| a.node_id.clone()).collect();
+    assert_eq!(placed, ready);
+    assert!(plan.place.iter().all(|a| a.name == "sys.web[0]"));
+    assert_eq!(plan.desired_updates["web"].place, 3);
+    assert!(plan.failed_tg_allocs.is_empty());
+    assert!(plan.deployment.is_none(), "system jobs have no deployments");
+    // Stable.
+    let plan = h.eval("sys");
+    assert!(plan.place.is_empty() && plan.update.is_empty());
+    assert_eq!(plan.desired_updates["web"].ignore, 3);
+    // A new node gets one on the next eval; the others are left alone.
+    let new = h.add_node(node("new", 8000, 16384));
+    let plan = h.eval("sys");
+    assert_eq!(plan.place.len(), 1);
+    assert_eq!(plan.place[0].node_id, new);
+    assert_eq!(plan.desired_updates["web"].ignore, 3);
+    assert_eq!(h.live("sys").len(), 4);
+}
+
+#[test]
+fn system_job_stops_on_down_and_no_longer_feasible_nodes() {
+    let h = Harness::new();
+    let nodes = h.add_nodes(3, 8000, 16384);
+    let mut j = system_job("sys");
+    j.constraints.push(constraint("${attr.kernel.name}", "=", "linux"));
+    h.register(j);
+    h.eval("sys");
+    h.set_all_client_status("sys", client_status::RUNNING);
+    h.update_node(&nodes[0], |n| n.status = node_status::DOWN.into());
+    h.update_node(&nodes[1], |n| {
+        n.attributes.insert("kernel.name".into(), "freebsd".into());
+    });
+    let plan = h.eval("sys");
+    assert!(plan.place.is_empty());
+    assert_eq!(plan.update.len(), 2);
+    let lost = plan.update.iter().find(|a| a.node_id == nodes[0]).expect("alloc on the down node stopped");
+    assert_eq!(lost.client_status, client_status::LOST);
+    let infeasible = plan.update.iter().find(|a| a.node_id == nodes[1]).expect("alloc on the changed node stopped");
+    assert_eq!(infeasible.desired_status, desired::STOP);
+    let live = h.live("sys");
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].node_id, nodes[2]);
+}
+
+#[test]
+fn system_job_destructive_update_with_static_port() {
+    let h = Harness::new();
+    let nodes: BTreeSet<String> = h.add_nodes(3, 8000, 16384).into_iter().collect();
+    let mut j = system_job("exporter");
+    group(&mut j).networks.push(static_port("metrics", 9100));
+    h.register(j);
+    assert_eq!(h.eval("exporter").place.len(), 3);
+    h.set_all_client_status("exporter", client_status::RUNNING);
+    h.update_job("exporter", |j| {
+        group(j).tasks[0].config.insert("args".into(), serde_json::json!(["7200"]));
+    });
+    let plan = h.eval("exporter");
+    // The old allocation's port is freed by its stop in the same plan.
+    assert!(plan.failed_tg_allocs.is_empty(), "{:?}", plan.failed_tg_allocs);
+    assert_eq!(plan.desired_updates["web"].destructive_update, 3);
+    assert_eq!(plan.place.len(), 3);
+    let placed: BTreeSet<String> = plan.place.iter().map(|a| a.node_id.clone()).collect();
+    assert_eq!(placed, nodes);
+    let live = h.live("exporter");
+    assert_eq!(live.len(), 3);
+    assert!(live.iter().all(|a| a.job_version() == 1));
+    h.assert_capacity_respected();
+}
+
+#[test]
+fn system_job_on_full_node_reports_failure() {
+    let h = Harness::new();
+    h.add_nodes(1, 8000, 16384);
+    h.add_nodes(1, 100, 16384);
+    h.register(system_job("sys"));
+    let plan = h.eval("sys");
+    assert_eq!(plan.place.len(), 1);
+    let m = &plan.failed_tg_allocs["web"];
+    assert_eq!(m.dimension_exhausted.get("cpu"), Some(&1));
+    assert_eq!(plan.queued["web"], 1);
+}
+
+// === distinct_hosts ===
+
+#[test]
+fn distinct_hosts_never_shares_a_node() {
+    let h = Harness::new();
+    h.add_nodes(3, 8000, 16384);
+    let mut j = job("web", 3);
+    group(&mut j).constraints.push(Constraint { operand: "distinct_hosts".into(), ..Default::default() });
+    h.register(j);
+    assert_eq!(h.eval("web").place.len(), 3);
+    assert!(per_node(&h.live("web")).values().all(|&n| n == 1));
+    h.update_job("web", |j| group(j).count = 4);
+    let plan = h.eval("web");
+    assert!(plan.place.is_empty());
+    let m = &plan.failed_tg_allocs["web"];
+    assert_eq!(m.constraint_filtered.get("distinct_hosts"), Some(&3), "{:?}", m.constraint_filtered);
+    assert_eq!(m.nodes_filtered, 3);
+    assert_eq!(plan.queued["web"], 1);
+    assert!(per_node(&h.live("web")).values().all(|&n| n == 1));
+}
+
+#[test]
+fn job_level_distinct_hosts_applies_to_every_group() {
+    let h = Harness::new();
+    h.add_nodes(4, 8000, 16384);
+    let mut j = job("web", 4);
+    j.constraints.push(Constraint { operand: "distinct_hosts".into(), ..Default::default() });
+    h.register(j);
+    assert_eq!(h.eval("web").place.len(), 4);
+    assert!(per_node(&h.live("web")).values().all(|&n| n == 1));
+}
+
+// === stop and purge ===
+
+#[test]
+fn stopped_job_stops_every_allocation() {
+    let h = Harness::new();
+    h.add_nodes(2, 8000, 16384);
+    h.register(job("web", 3));
+    h.eval("web");
+    h.set_all_client_status("web", client_status::RUNNING);
+    h.stop_job("web");
+    let plan = h.eval("web");
+    assert!(plan.place.is_empty());
+    assert_eq!(plan.update.len(), 3);
+    assert!(plan.update.iter().all(|a| a.desired_status == desired::STOP));
+    assert_eq!(plan.desired_updates["web"].stop, 3);
+    assert!(h.live("web").is_empty());
+    assert_eq!(h.job("web").status, "dead");
+    // Nothing left to stop.
+    let plan = h.eval("web");
+    assert!(plan.update.is_empty() && plan.place.is_empty());
+}
+
+#[test]
+fn purged_job_stops_every_allocation() {
+    let h = Harness::new();
+    h.add_nodes(2, 8000, 16384);
+    h.register(job("web", 3));
+    h.eval("web");
+    h.purge_job("web");
+    let plan = h.eval("web");
+    assert!(plan.place.is_empty());
+    assert_eq!(plan.update.len(), 3);
+    assert!(plan.update.iter().all(|a| a.desired_status == desired::STOP));
+    assert!(h.live("web").is_empty());
+}
+
+#[test]
+fn removed_group_is_stopped() {
+    let h = Harness::new();
+    h.add_nodes(2, 8000, 16384);
+    let mut j = job("web", 2);
+    let mut api = j.task_groups[0].clone();
+    api.name = "api".into();
+    j.task_groups.push(api);
+    h.register(j);
+    assert_eq!(h.eval("web").place.len(), 4);
+    h.update_job("web", |j| j.task_groups.retain(|g| g.name == "web"));
+    let plan = h.eval("web");
+    assert_eq!(plan.desired_updates["api"].stop, 2);
+    assert!(h.live("web").iter().all(|a| a.task_group == "web"));
+    assert_eq!(h.live("web").len(), 2);
+}
+
+// === evaluation bookkeeping ===
+
+#[test]
+fn processed_eval_is_marked_complete() {
+    let h = Harness::new();
+    h.add_nodes(1, 8000, 16384);
+    h.register(job("web", 1));
+    let id = h.create_eval("web");
+    h.process(&id);
+    let e: Arc<Evaluation> = h.store.snapshot().eval(&id).unwrap();
+    assert_eq!(e.status, eval_status::COMPLETE);
+    assert!(e.failed_tg_allocs.is_empty());
+    assert!(e.blocked_eval.is_empty());
+}

@@ -86,6 +86,50 @@ impl WriteBatch {
     }
 }
 
+/// What the live (not terminal) allocations on one node hold, kept up to
+/// date on every write so that the scheduler does not have to visit each
+/// allocation of every node it considers.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct NodeAllocated {
+    /// CPU shares (MHz) of every task.
+    pub cpu: u64,
+    /// Memory (MB) of every task.
+    pub memory_mb: u64,
+    /// Host ports in use, with how many allocations hold each.
+    pub ports: BTreeMap<u16, u32>,
+    /// Number of live allocations.
+    pub allocs: u32,
+}
+
+impl NodeAllocated {
+    fn add(&mut self, a: &Allocation) {
+        for t in a.allocated_resources.tasks.values() {
+            self.cpu += t.cpu.cpu_shares;
+            self.memory_mb += t.memory.memory_mb;
+        }
+        for p in &a.allocated_resources.shared.ports {
+            *self.ports.entry(p.value).or_default() += 1;
+        }
+        self.allocs += 1;
+    }
+
+    fn remove(&mut self, a: &Allocation) {
+        for t in a.allocated_resources.tasks.values() {
+            self.cpu = self.cpu.saturating_sub(t.cpu.cpu_shares);
+            self.memory_mb = self.memory_mb.saturating_sub(t.memory.memory_mb);
+        }
+        for p in &a.allocated_resources.shared.ports {
+            if let Some(n) = self.ports.get_mut(&p.value) {
+                *n -= 1;
+                if *n == 0 {
+                    self.ports.remove(&p.value);
+                }
+            }
+        }
+        self.allocs = self.allocs.saturating_sub(1);
+    }
+}
+
 /// The in-memory tables with their secondary indexes.
 #[derive(Debug, Default, Clone)]
 pub struct Tables {
@@ -96,6 +140,7 @@ pub struct Tables {
     allocs: HashMap<String, Arc<Allocation>>,
     allocs_by_job: HashMap<String, BTreeSet<String>>,
     allocs_by_node: HashMap<String, BTreeSet<String>>,
+    allocated_by_node: HashMap<String, NodeAllocated>,
     evals: HashMap<String, Arc<Evaluation>>,
     nodes: BTreeMap<String, Arc<Node>>,
     deployments: HashMap<String, Arc<Deployment>>,
@@ -129,9 +174,43 @@ impl Tables {
                     set.remove(&alloc.id);
                 }
             }
+            if !old.is_terminal() {
+                if let Some(used) = self.allocated_by_node.get_mut(&old.node_id) {
+                    used.remove(old);
+                }
+            }
         }
-        self.allocs_by_job.entry(ns_key(&alloc.namespace, &alloc.job_id)).or_default().insert(alloc.id.clone());
-        self.allocs_by_node.entry(alloc.node_id.clone()).or_default().insert(alloc.id.clone());
+        if !alloc.is_terminal() {
+            match self.allocated_by_node.get_mut(&alloc.node_id) {
+                Some(used) => used.add(&alloc),
+                None => {
+                    let mut used = NodeAllocated::default();
+                    used.add(&alloc);
+                    self.allocated_by_node.insert(alloc.node_id.clone(), used);
+                }
+            }
+        }
+        let by_job = ns_key(&alloc.namespace, &alloc.job_id);
+        match self.allocs_by_job.get_mut(&by_job) {
+            Some(set) => {
+                if !set.contains(&alloc.id) {
+                    set.insert(alloc.id.clone());
+                }
+            }
+            None => {
+                self.allocs_by_job.insert(by_job, BTreeSet::from([alloc.id.clone()]));
+            }
+        }
+        match self.allocs_by_node.get_mut(&alloc.node_id) {
+            Some(set) => {
+                if !set.contains(&alloc.id) {
+                    set.insert(alloc.id.clone());
+                }
+            }
+            None => {
+                self.allocs_by_node.insert(alloc.node_id.clone(), BTreeSet::from([alloc.id.clone()]));
+            }
+        }
         self.allocs.insert(alloc.id.clone(), Arc::new(alloc));
     }
 
@@ -139,6 +218,11 @@ impl Tables {
         if let Some(old) = self.allocs.remove(id) {
             if let Some(set) = self.allocs_by_job.get_mut(&ns_key(&old.namespace, &old.job_id)) {
                 set.remove(id);
+            }
+            if !old.is_terminal() {
+                if let Some(used) = self.allocated_by_node.get_mut(&old.node_id) {
+                    used.remove(&old);
+                }
             }
             if let Some(set) = self.allocs_by_node.get_mut(&old.node_id) {
                 set.remove(id);
@@ -233,6 +317,12 @@ impl Tables {
     /// The IDs of the allocations placed on one node (no clones).
     pub fn alloc_ids_by_node(&self, node_id: &str) -> Option<&BTreeSet<String>> {
         self.allocs_by_node.get(node_id)
+    }
+
+    /// What the live allocations on one node hold (`None` when it never
+    /// had any).
+    pub fn allocated_on_node(&self, node_id: &str) -> Option<&NodeAllocated> {
+        self.allocated_by_node.get(node_id)
     }
 
     /// An evaluation by ID.
@@ -435,6 +525,55 @@ mod tests {
         let snap = StateStore::open(dir.path()).unwrap().snapshot();
         assert!(snap.job("default", "web").is_none());
         assert!(snap.job_versions("default", "web").is_empty());
+    }
+
+    #[test]
+    fn node_allocated_follows_alloc_writes() {
+        use crate::structs::{client_status, desired, AllocatedPort, AllocatedTaskResources};
+        let store = StateStore::in_memory();
+        let mut a = Allocation {
+            id: "a1".into(),
+            namespace: "default".into(),
+            job_id: "web".into(),
+            node_id: "n1".into(),
+            desired_status: desired::RUN.into(),
+            client_status: client_status::RUNNING.into(),
+            ..Default::default()
+        };
+        let mut t = AllocatedTaskResources::default();
+        t.cpu.cpu_shares = 500;
+        t.memory.memory_mb = 256;
+        a.allocated_resources.tasks.insert("server".into(), t);
+        a.allocated_resources.shared.ports.push(AllocatedPort { value: 8080, ..Default::default() });
+        let mut b = a.clone();
+        b.id = "a2".into();
+        b.allocated_resources.shared.ports.clear();
+        store.apply(WriteBatch { allocs: vec![a.clone(), b.clone()], ..Default::default() }).unwrap();
+        let used = store.snapshot().allocated_on_node("n1").cloned().unwrap();
+        assert_eq!((used.cpu, used.memory_mb, used.allocs), (1000, 512, 2));
+        assert_eq!(used.ports.get(&8080), Some(&1));
+        // Rewriting a live alloc does not count it twice.
+        store.apply(WriteBatch { allocs: vec![a.clone()], ..Default::default() }).unwrap();
+        assert_eq!(store.snapshot().allocated_on_node("n1").unwrap().cpu, 1000);
+        // Moving it to another node moves its resources.
+        a.node_id = "n2".into();
+        store.apply(WriteBatch { allocs: vec![a.clone()], ..Default::default() }).unwrap();
+        let snap = store.snapshot();
+        assert_eq!(snap.allocated_on_node("n1").unwrap().cpu, 500);
+        assert!(snap.allocated_on_node("n1").unwrap().ports.is_empty());
+        assert_eq!(snap.allocated_on_node("n2").unwrap().ports.get(&8080), Some(&1));
+        // Terminal allocations hold nothing; removal releases too.
+        a.client_status = client_status::FAILED.into();
+        b.desired_status = desired::STOP.into();
+        store.apply(WriteBatch { allocs: vec![a.clone(), b], ..Default::default() }).unwrap();
+        let snap = store.snapshot();
+        assert_eq!(snap.allocated_on_node("n1").unwrap(), &NodeAllocated::default());
+        assert_eq!(snap.allocated_on_node("n2").unwrap(), &NodeAllocated::default());
+        a.client_status = client_status::RUNNING.into();
+        store.apply(WriteBatch { allocs: vec![a], ..Default::default() }).unwrap();
+        assert_eq!(store.snapshot().allocated_on_node("n2").unwrap().allocs, 1);
+        store.apply(WriteBatch { delete_allocs: vec!["a1".into()], ..Default::default() }).unwrap();
+        assert_eq!(store.snapshot().allocated_on_node("n2").unwrap(), &NodeAllocated::default());
     }
 
     #[test]
