@@ -34,3 +34,34 @@ ensure_toolchain() {
     apt_install cargo rustc
   fi
 }
+
+# ensure_docker: Debian's Docker engine, installed and running.
+ensure_docker() {
+  if ! command -v dockerd >/dev/null 2>&1; then
+    apt_install docker.io iptables
+  fi
+  if docker info >/dev/null 2>&1; then
+    return 0
+  fi
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+    systemctl start docker || true
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    log "starting dockerd (log: /var/log/berth-dockerd.log)"
+    nohup dockerd >/var/log/berth-dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  log "dockerd did not start; see /var/log/berth-dockerd.log"
+  return 1
+}
+
+# debian_mirror: the mirror this machine's apt uses.
+debian_mirror() {
+  local m
+  m=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null \
+      | grep -v security | head -n1 | awk '{print $2}')
+  echo "${m:-http://deb.debian.org/debian}"
+}

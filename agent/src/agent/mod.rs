@@ -207,6 +207,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             advertise_ip: s.advertise_ip.clone(),
             http_addr: http_addr.clone(),
             raw_exec_enabled: cfg.raw_exec_enabled().unwrap_or(opts.dev),
+            docker: crate::client::driver::docker::DockerPluginConfig::from_json(cfg.plugins.get("docker"), opts.dev),
         };
         Some(Client::start(cc, rpc, shutdown.clone()).await.context("starting the client")?)
     } else {

@@ -67,6 +67,8 @@ pub struct ClientConfig {
     pub http_addr: String,
     /// `plugin "raw_exec" { config { enabled = true } }`.
     pub raw_exec_enabled: bool,
+    /// `plugin "docker" { config { ... } }`.
+    pub docker: driver::docker::DockerPluginConfig,
 }
 
 /// The running client.
@@ -117,6 +119,7 @@ impl Client {
         let store = Arc::new(ClientState::open(&client_dir)?);
         let mut drivers: BTreeMap<String, Arc<dyn Driver>> = BTreeMap::new();
         drivers.insert("raw_exec".into(), Arc::new(driver::raw_exec::RawExec::new(config.raw_exec_enabled)));
+        drivers.insert("docker".into(), Arc::new(driver::docker::DockerDriver::new(config.docker.clone())));
         let drivers = Arc::new(drivers);
         let node = Self::build_node(&config, &ident, &drivers).await;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -130,7 +133,13 @@ impl Client {
             updates: tx,
             shutdown,
         });
-        client.restore()?;
+        let known = client.restore()?;
+        let drivers = client.drivers.clone();
+        tokio::spawn(async move {
+            for d in drivers.values() {
+                d.cleanup_orphans(&known).await;
+            }
+        });
         tokio::spawn(client.clone().sync_updates(rx));
         tokio::spawn(client.clone().membership());
         tokio::spawn(client.clone().watch_allocs());
@@ -181,9 +190,11 @@ impl Client {
         }
     }
 
-    /// Re-creates runners for persisted allocations (re-attaching tasks).
-    fn restore(&self) -> Result<(), ClientError> {
+    /// Re-creates runners for persisted allocations (re-attaching tasks);
+    /// returns their IDs.
+    fn restore(&self) -> Result<HashSet<String>, ClientError> {
         let persisted = self.store.load()?;
+        let known = persisted.iter().map(|p| p.alloc.id.clone()).collect();
         let mut runners = self.runners.lock();
         for p in persisted {
             tracing::info!(alloc_id = %p.alloc.id, tasks = p.handles.len(), "restoring allocation");
@@ -191,7 +202,7 @@ impl Client {
             let ctl = allocrunner::spawn(p.alloc.clone(), Some(p), self.deps());
             runners.insert(id, ctl);
         }
-        Ok(())
+        Ok(known)
     }
 
     /// The directory of an allocation on this client, if it runs here.

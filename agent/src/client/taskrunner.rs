@@ -66,6 +66,8 @@ pub struct TaskRunner {
     pub shutdown: CancellationToken,
     /// Where updates go.
     pub updates: mpsc::UnboundedSender<TaskUpdate>,
+    /// Host paths of the task's `volume_mount`s.
+    pub binds: Vec<super::driver::VolumeBind>,
 }
 
 enum Next {
@@ -98,10 +100,14 @@ impl TaskRunner {
     /// Builds the driver's config: env, interpolation and templates.
     fn prepare(&self) -> Result<TaskConfig, String> {
         let task_dir = self.task_dir();
-        let local = task_dir.join("local");
-        let secrets = task_dir.join("secrets");
         let alloc_dir = self.alloc_root.join("alloc");
-        let dirs = taskenv::TaskDirs { alloc_dir: &alloc_dir, local_dir: &local, secrets_dir: &secrets };
+        // Isolated tasks see the directories where the driver mounts them.
+        let (env_alloc, env_local, env_secrets) = if self.driver.fs_isolation() {
+            (PathBuf::from("/alloc"), PathBuf::from("/local"), PathBuf::from("/secrets"))
+        } else {
+            (alloc_dir.clone(), task_dir.join("local"), task_dir.join("secrets"))
+        };
+        let dirs = taskenv::TaskDirs { alloc_dir: &env_alloc, local_dir: &env_local, secrets_dir: &env_secrets };
         let mut env = taskenv::build(&self.alloc, &self.task, &self.node, &dirs);
         for (k, v) in &self.task.env {
             let value = taskenv::interpolate(v, &env, &self.node);
@@ -157,7 +163,14 @@ impl TaskRunner {
             user: self.task.user.clone(),
             cpu: resources.map(|r| r.cpu.cpu_shares).unwrap_or(0),
             memory_mb: resources.map(|r| r.memory.memory_mb).unwrap_or(0),
+            ports: self.alloc.allocated_resources.shared.ports.clone(),
+            binds: self.binds.clone(),
+            kill_timeout: self.kill_timeout(),
         })
+    }
+
+    fn kill_timeout(&self) -> Duration {
+        Duration::from_nanos(self.task.kill_timeout.unwrap_or(5_000_000_000).max(0) as u64)
     }
 
     fn mark_dead(&mut self, failed: bool) {
@@ -252,9 +265,10 @@ impl TaskRunner {
                 exit = self.driver.wait(&handle) => exit,
                 _ = self.kill.cancelled() => {
                     self.emit(TaskEvent::new("Killing", "Sent interrupt. Waiting before force killing"));
-                    let timeout = Duration::from_nanos(self.task.kill_timeout.unwrap_or(5_000_000_000).max(0) as u64);
-                    let signal = if self.task.kill_signal.is_empty() { "SIGINT" } else { self.task.kill_signal.as_str() };
-                    self.driver.stop(&handle, signal, timeout).await;
+                    let default_signal = if self.driver.fs_isolation() { "SIGTERM" } else { "SIGINT" };
+                    let signal = if self.task.kill_signal.is_empty() { default_signal } else { self.task.kill_signal.as_str() };
+                    self.driver.stop(&handle, signal, self.kill_timeout()).await;
+                    self.driver.destroy(&handle).await;
                     self.emit(TaskEvent::new("Killed", "Task successfully killed"));
                     self.mark_dead(self.state.failed);
                     return;
@@ -274,6 +288,7 @@ impl TaskRunner {
             if let Some(e) = &exit.error {
                 ev.driver_error = e.clone();
             }
+            self.driver.destroy(&handle).await;
             self.handle = None;
             self.emit(ev);
             if self.kill.is_cancelled() {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::driver::Driver;
+use super::driver::{Driver, VolumeBind};
 use super::state::{ClientState, PersistedAlloc};
 use super::taskrunner::{task_state, TaskRunner, TaskUpdate};
 use crate::server::AllocClientUpdate;
@@ -163,6 +163,7 @@ impl Runner {
         &mut self,
         kill: &CancellationToken,
         updates: &mpsc::UnboundedSender<TaskUpdate>,
+        res: &HookResources,
     ) -> Result<(), String> {
         let job = self.alloc.job.clone().ok_or("allocation has no job")?;
         let tg = job.task_group(&self.alloc.task_group).ok_or("allocation's group is not in its job")?;
@@ -175,6 +176,20 @@ impl Runner {
             if state.state == task_state::DEAD {
                 continue;
             }
+            let binds = task
+                .volume_mounts
+                .iter()
+                .map(|m| {
+                    let (host, ro) = res.volume_paths.get(&m.volume).ok_or_else(|| {
+                        format!("task {:?}: volume {:?} is not available on this client", task.name, m.volume)
+                    })?;
+                    Ok(VolumeBind {
+                        host_path: host.clone(),
+                        destination: m.destination.clone(),
+                        read_only: *ro || m.read_only,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
             let runner = TaskRunner {
                 alloc: self.alloc.clone(),
                 task: task.clone(),
@@ -188,6 +203,7 @@ impl Runner {
                 kill: kill.child_token(),
                 shutdown: self.deps.shutdown.child_token(),
                 updates: updates.clone(),
+                binds,
             };
             tokio::spawn(tracing::Instrument::instrument(runner.run(), tracing::info_span!("task", task = %task.name)));
         }
@@ -224,7 +240,7 @@ async fn run(
                 break;
             }
         }
-        match setup.and_then(|_| r.start_tasks(&kill, &task_tx)) {
+        match setup.and_then(|_| r.start_tasks(&kill, &task_tx, &res)) {
             Ok(()) => r.persist(false),
             Err(e) => {
                 tracing::warn!(error = %e, "allocation setup failed");

@@ -3,6 +3,7 @@
 //! A driver's per-task state lives in an opaque, persisted `TaskHandle`, so
 //! a restarted client can re-attach to what is still running.
 
+pub mod docker;
 mod process;
 pub mod raw_exec;
 
@@ -66,6 +67,23 @@ pub struct TaskConfig {
     pub cpu: u64,
     /// Memory in MB.
     pub memory_mb: u64,
+    /// Ports granted to the allocation.
+    pub ports: Vec<crate::structs::AllocatedPort>,
+    /// Host directories bound into the task (volume mounts).
+    pub binds: Vec<VolumeBind>,
+    /// Kill timeout (for drivers that stop through their runtime).
+    pub kill_timeout: Duration,
+}
+
+/// A host path mounted into a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeBind {
+    /// Path on the host.
+    pub host_path: PathBuf,
+    /// Path inside the task.
+    pub destination: String,
+    /// Mounted read-only.
+    pub read_only: bool,
 }
 
 /// A driver's persisted reference to a running task.
@@ -111,6 +129,20 @@ pub trait Driver: Send + Sync {
     fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, ()>;
     /// After a client restart: is the task behind this handle still running?
     fn recover<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, bool>;
+    /// Releases what the task left behind once it will not run again
+    /// (a stopped container, say).
+    fn destroy<'a>(&'a self, _handle: &'a TaskHandle) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+    /// True when tasks see their own filesystem, with the task directories
+    /// mounted at `/alloc`, `/local` and `/secrets`.
+    fn fs_isolation(&self) -> bool {
+        false
+    }
+    /// At client start: removes what belongs to allocations not in `known`.
+    fn cleanup_orphans<'a>(&'a self, _known: &'a std::collections::HashSet<String>) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Parses a signal name ("SIGINT", "INT", "SIGTERM").

@@ -155,6 +155,9 @@ mod tests {
             user: String::new(),
             cpu: 100,
             memory_mb: 300,
+            ports: vec![],
+            binds: vec![],
+            kill_timeout: std::time::Duration::from_secs(5),
         }
     }
 
