@@ -1,4 +1,6 @@
-# Nomad 0.11-era example job (HCL1 style), as `nomad init` produced it.
+# Nomad 0.11-era example job (HCL1 style), as `nomad init` produced it,
+# with a local image instead of redis:3.2 (no registry needed) that answers
+# on the same port, and a shorter restart delay.
 job "example" {
   datacenters = ["dc1"]
   type = "service"
@@ -25,7 +27,7 @@ job "example" {
     restart {
       attempts = 2
       interval = "30m"
-      delay = "15s"
+      delay = "2s"
       mode = "fail"
     }
 
@@ -37,7 +39,9 @@ job "example" {
       driver = "docker"
 
       config {
-        image = "redis:3.2"
+        image   = "berth-test/tiny:latest"
+        command = "/bin/sh"
+        args    = ["-c", "while true; do echo +PONG | nc -l -p 6379; done"]
         port_map {
           db = 6379
         }

@@ -14,6 +14,11 @@ if [ ! -d target/pydeps/nomad ]; then
   log "installing python-nomad into target/pydeps"
   python3 -m pip install -q --disable-pip-version-check --target target/pydeps --break-system-packages python-nomad
 fi
+# The Docker engine, a MySQL client and the local test images for the
+# docker driver's tests.
+ensure_docker
+apt_install mariadb-client
+./scripts/build-test-images.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

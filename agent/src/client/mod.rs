@@ -119,7 +119,7 @@ impl Client {
         let store = Arc::new(ClientState::open(&client_dir)?);
         let mut drivers: BTreeMap<String, Arc<dyn Driver>> = BTreeMap::new();
         drivers.insert("raw_exec".into(), Arc::new(driver::raw_exec::RawExec::new(config.raw_exec_enabled)));
-        drivers.insert("docker".into(), Arc::new(driver::docker::DockerDriver::new(config.docker.clone())));
+        drivers.insert("docker".into(), Arc::new(driver::docker::DockerDriver::new(config.docker.clone(), &ident.id)));
         let drivers = Arc::new(drivers);
         let node = Self::build_node(&config, &ident, &drivers).await;
         let (tx, rx) = mpsc::unbounded_channel();

@@ -81,6 +81,14 @@ impl Agent {
         Agent::with_config(root, name, http, rpc, &cfg, &["-dev"])
     }
 
+    /// A dev agent with extra config text (e.g. a `client { host_volume }`).
+    pub fn dev_with(root: &Path, name: &str, extra: &str) -> Agent {
+        let http = free_port();
+        let rpc = free_port();
+        let cfg = format!("name = \"{name}\"\nports {{\n  http = {http}\n  rpc = {rpc}\n}}\n{extra}");
+        Agent::with_config(root, name, http, rpc, &cfg, &["-dev"])
+    }
+
     /// An agent from a config text (ports must match `http`/`rpc`).
     pub fn with_config(root: &Path, name: &str, http: u16, rpc: u16, config: &str, extra: &[&str]) -> Agent {
         let dir = root.join(name);

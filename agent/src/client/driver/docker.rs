@@ -35,6 +35,8 @@ pub const LABEL_MANAGED: &str = "berth.managed";
 pub const LABEL_ALLOC: &str = "berth.alloc_id";
 /// Label with the task name.
 pub const LABEL_TASK: &str = "berth.task_name";
+/// Label with the ID of the node that runs the container.
+pub const LABEL_NODE: &str = "berth.node_id";
 
 /// `plugin "docker" { config { ... } }`.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +86,7 @@ pub struct ContainerState {
 /// The docker driver.
 pub struct DockerDriver {
     config: DockerPluginConfig,
+    node_id: String,
 }
 
 fn config_error(reason: impl Into<String>) -> DriverError {
@@ -189,9 +192,10 @@ fn image_ref(image: &str) -> (String, String) {
 }
 
 impl DockerDriver {
-    /// A driver with the client's plugin settings.
-    pub fn new(config: DockerPluginConfig) -> Self {
-        DockerDriver { config }
+    /// A driver with the client's plugin settings, for the node `node_id`
+    /// (several clients may share one engine; each owns its containers).
+    pub fn new(config: DockerPluginConfig, node_id: &str) -> Self {
+        DockerDriver { config, node_id: node_id.to_string() }
     }
 
     fn client(&self) -> Result<Docker, bollard::errors::Error> {
@@ -368,6 +372,7 @@ impl DockerDriver {
         container_labels.insert(LABEL_MANAGED.into(), "true".into());
         container_labels.insert(LABEL_ALLOC.into(), cfg.alloc_id.clone());
         container_labels.insert(LABEL_TASK.into(), cfg.task.clone());
+        container_labels.insert(LABEL_NODE.into(), self.node_id.clone());
         let mut cmd = strings(c, "args")?;
         if let Some(command) = string(c, "command") {
             cmd.insert(0, command);
@@ -655,7 +660,10 @@ impl Driver for DockerDriver {
     fn cleanup_orphans<'a>(&'a self, known: &'a HashSet<String>) -> BoxFuture<'a, ()> {
         async move {
             let Ok(docker) = self.client() else { return };
-            let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
+            let filters = HashMap::from([(
+                "label".to_string(),
+                vec![format!("{LABEL_MANAGED}=true"), format!("{LABEL_NODE}={}", self.node_id)],
+            )]);
             let Ok(list) = docker.list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() })).await
             else {
                 return;
@@ -700,7 +708,7 @@ mod tests {
 
     #[test]
     fn hcl1_port_map_publishes_on_the_node_address() {
-        let d = DockerDriver::new(DockerPluginConfig::default());
+        let d = DockerDriver::new(DockerPluginConfig::default(), "n1");
         let body = d.container_body(&cfg(serde_json::json!({"image": "m:1", "port_map": [{"db": 3306}]}))).unwrap();
         let hc = body.host_config.unwrap();
         let b = hc.port_bindings.unwrap()["3306/tcp"].clone().unwrap();
@@ -715,7 +723,7 @@ mod tests {
 
     #[test]
     fn privileged_and_host_volumes_need_the_client_to_allow_them() {
-        let d = DockerDriver::new(DockerPluginConfig::default());
+        let d = DockerDriver::new(DockerPluginConfig::default(), "n1");
         let e = d.container_body(&cfg(serde_json::json!({"image": "m", "privileged": true}))).unwrap_err();
         assert!(e.to_string().contains("allow_privileged = true"), "{e}");
         let e = d.container_body(&cfg(serde_json::json!({"image": "m", "volumes": ["/etc:/x"]}))).unwrap_err();
@@ -724,8 +732,10 @@ mod tests {
         assert!(e.to_string().contains("\"web\""), "{e}");
         let e = d.container_body(&cfg(serde_json::json!({"image": "m", "bogus": 1}))).unwrap_err();
         assert!(e.to_string().contains("unsupported option \"bogus\""), "{e}");
-        let ok =
-            DockerDriver::new(DockerPluginConfig { allow_privileged: true, volumes_enabled: true, endpoint: None });
+        let ok = DockerDriver::new(
+            DockerPluginConfig { allow_privileged: true, volumes_enabled: true, endpoint: None },
+            "n1",
+        );
         assert!(ok
             .container_body(&cfg(serde_json::json!({"image": "m", "privileged": true, "volumes": ["/etc:/x:ro"]})))
             .is_ok());

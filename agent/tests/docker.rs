@@ -1,0 +1,203 @@
+//! The docker driver against the real engine: the seed workshop's MySQL
+//! job (HCL1 port_map, static 3306) with and without a host volume, a
+//! Redis-style count=3 job reconciled after `docker kill`, and a client
+//! restart that keeps the same containers. Needs a running Docker engine
+//! and the local test images (`scripts/build-test-images.sh`); the tests
+//! share the engine and run one at a time.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{job_file, wait_for, Agent};
+
+static ENGINE: Mutex<()> = Mutex::new(());
+
+fn engine() -> std::sync::MutexGuard<'static, ()> {
+    let guard = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    let ok = Command::new("docker")
+        .args(["image", "inspect", "berth-test/mariadb:latest", "berth-test/tiny:latest"])
+        .output();
+    assert!(
+        ok.map(|o| o.status.success()).unwrap_or(false),
+        "needs the Docker engine and the test images: run scripts/build-test-images.sh"
+    );
+    guard
+}
+
+fn examples(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name).display().to_string()
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Container IDs of a job's running tasks, sorted.
+fn containers_of(agent: &Agent, job: &str) -> Vec<String> {
+    let mut ids: Vec<String> = agent
+        .alloc_ids(job, "running")
+        .iter()
+        .map(|a| docker(&["ps", "-q", "--no-trunc", "--filter", &format!("label=berth.alloc_id={a}")]))
+        .filter(|s| !s.is_empty())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn mysql(sql: &str) -> Result<String, String> {
+    let out = Command::new("mariadb")
+        .args(["-h", "127.0.0.1", "-P", "3306", "-uroot", "-ppassword", "--connect-timeout=2", "-N", "-e", sql])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+fn wait_mysql() {
+    wait_for("MariaDB to accept connections on 127.0.0.1:3306", Duration::from_secs(90), || mysql("SELECT 1").ok());
+}
+
+#[test]
+fn workshop_mysql_job_with_and_without_a_host_volume() {
+    let _engine = engine();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("mysql-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let agent = Agent::dev_with(
+        root.path(),
+        "mysql1",
+        &format!("client {{\n  host_volume \"mysql-vol\" {{\n    path = \"{}\"\n  }}\n}}\n", data.display()),
+    );
+
+    // Without a volume the data is gone after stop + run.
+    let job = examples("mysql.nomad");
+    let run = agent.cli(&["job", "run", &job]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("Job Warnings") || run.stdout.contains("deprecated"), "seed-era warnings: {run:?}");
+    wait_mysql();
+    mysql("CREATE DATABASE workshop").unwrap();
+    assert!(mysql("SHOW DATABASES").unwrap().contains("workshop"));
+    assert_eq!(agent.cli(&["job", "stop", "mysql-server"]).code, 0);
+    wait_for("mysql to stop", Duration::from_secs(30), || mysql("SELECT 1").is_err().then_some(()));
+    assert_eq!(agent.cli(&["job", "run", &job]).code, 0);
+    wait_mysql();
+    assert!(!mysql("SHOW DATABASES").unwrap().contains("workshop"), "no volume: the database is gone");
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "mysql-server"]).code, 0);
+    wait_for("mysql to stop", Duration::from_secs(30), || mysql("SELECT 1").is_err().then_some(()));
+
+    // With the host volume the database survives, in the host directory.
+    let with_volume = std::fs::read_to_string(&job).unwrap().replacen(
+        "    task \"mysql-server\" {",
+        "    volume \"mysql\" {\n      type   = \"host\"\n      source = \"mysql-vol\"\n    }\n\n    task \"mysql-server\" {\n      volume_mount {\n        volume      = \"mysql\"\n        destination = \"/var/lib/mysql\"\n      }\n",
+        1,
+    );
+    let vjob = job_file(root.path(), "mysql-volume.nomad", &with_volume);
+    assert_eq!(agent.cli(&["job", "run", &vjob]).code, 0);
+    wait_mysql();
+    mysql("CREATE DATABASE kept; CREATE TABLE kept.t (v INT); INSERT INTO kept.t VALUES (42)").unwrap();
+    assert_eq!(agent.cli(&["job", "stop", "mysql-server"]).code, 0);
+    wait_for("mysql to stop", Duration::from_secs(30), || mysql("SELECT 1").is_err().then_some(()));
+    assert!(data.join("kept").is_dir(), "the database files are in the host directory");
+    assert_eq!(agent.cli(&["job", "run", &vjob]).code, 0);
+    wait_mysql();
+    assert_eq!(mysql("SELECT v FROM kept.t").unwrap(), "42");
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "mysql-server"]).code, 0);
+    wait_for("containers removed", Duration::from_secs(30), || {
+        docker(&["ps", "-aq", "--filter", "name=mysql-server-"]).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn killed_containers_are_replaced_and_restarts_keep_containers() {
+    let _engine = engine();
+    let root = tempfile::tempdir().unwrap();
+    let mut agent = Agent::dev(root.path(), "redis1");
+    let job = examples("redis.nomad");
+    let run = agent.cli(&["job", "run", &job]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let before = containers_of(&agent, "example");
+    assert_eq!(before.len(), 3, "{:?}", agent.allocs("example"));
+
+    // docker kill: the restart policy brings the job back to three.
+    docker(&["kill", &before[0]]);
+    let started = std::time::Instant::now();
+    wait_for("three running containers again", Duration::from_secs(15), || {
+        let now = containers_of(&agent, "example");
+        (now.len() == 3 && !now.contains(&before[0])).then_some(())
+    });
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let alloc = agent.cli(&["job", "status", "example"]);
+    assert!(alloc.stdout.contains("running"), "{alloc:?}");
+
+    // The count diff shows in plan.
+    let smaller = job_file(
+        root.path(),
+        "redis2.nomad",
+        &std::fs::read_to_string(&job).unwrap().replace("count = 3", "count = 2"),
+    );
+    let plan = agent.cli(&["job", "plan", &smaller]);
+    assert_eq!(plan.code, 1, "{plan:?}");
+    assert!(plan.stdout.contains("+/- Count: \"3\" => \"2\" (forces destroy)"), "{plan:?}");
+
+    // A client restart re-attaches to the same containers.
+    let ids = containers_of(&agent, "example");
+    agent.kill();
+    agent.start();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(containers_of(&agent, "example"), ids, "same container IDs after the agent restart");
+    let logs = agent.cli(&["alloc", "logs", &agent.alloc_ids("example", "running")[0]]);
+    assert_eq!(logs.code, 0, "{logs:?}");
+
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "example"]).code, 0);
+    wait_for("containers removed", Duration::from_secs(30), || {
+        docker(&["ps", "-aq", "--filter", "label=berth.managed=true", "--filter", "name=redis-"])
+            .is_empty()
+            .then_some(())
+    });
+}
+
+#[test]
+fn orphaned_containers_are_removed_at_start() {
+    let _engine = engine();
+    let root = tempfile::tempdir().unwrap();
+    let mut agent = Agent::dev(root.path(), "orphans1");
+    let node_id = agent.get("/v1/nodes")[0]["ID"].as_str().unwrap().to_string();
+    agent.kill();
+    let run_labelled = |name: &str, node: &str| {
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            "berth.managed=true",
+            "--label",
+            "berth.alloc_id=not-an-alloc",
+            "--label",
+            &format!("berth.node_id={node}"),
+            "berth-test/tiny:latest",
+            "sleep",
+            "300",
+        ])
+    };
+    let mine = format!("orphan-mine-{}", std::process::id());
+    let other = format!("orphan-other-{}", std::process::id());
+    assert!(!run_labelled(&mine, &node_id).is_empty());
+    assert!(!run_labelled(&other, "another-node").is_empty());
+    agent.start();
+    wait_for("this node's orphan to be removed", Duration::from_secs(15), || {
+        docker(&["ps", "-aq", "--filter", &format!("name={mine}")]).is_empty().then_some(())
+    });
+    assert!(
+        !docker(&["ps", "-q", "--filter", &format!("name={other}")]).is_empty(),
+        "another node's container is left alone"
+    );
+    docker(&["rm", "-f", &other]);
+}
