@@ -201,3 +201,60 @@ fn orphaned_containers_are_removed_at_start() {
     );
     docker(&["rm", "-f", &other]);
 }
+
+/// Stops the Docker engine (systemd's unit when it runs one, else the
+/// dockerd process) and returns how to start it again.
+fn stop_engine() -> impl FnOnce() {
+    let systemd = Command::new("systemctl")
+        .args(["is-active", "--quiet", "docker"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if systemd {
+        Command::new("systemctl").args(["stop", "docker.socket", "docker"]).status().unwrap();
+    } else {
+        Command::new("pkill").args(["-TERM", "-x", "dockerd"]).status().unwrap();
+    }
+    wait_for("the engine to stop", Duration::from_secs(60), || {
+        (!Command::new("docker").arg("info").output().map(|o| o.status.success()).unwrap_or(false)).then_some(())
+    });
+    move || {
+        if systemd {
+            Command::new("systemctl").args(["start", "docker"]).status().unwrap();
+        } else {
+            let log = std::fs::OpenOptions::new().create(true).append(true).open("/var/log/berth-dockerd.log").unwrap();
+            Command::new("dockerd").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        }
+        wait_for("the engine to start", Duration::from_secs(60), || {
+            Command::new("docker").arg("info").output().map(|o| o.status.success()).unwrap_or(false).then_some(())
+        });
+    }
+}
+
+#[test]
+fn a_stopped_engine_marks_the_driver_unhealthy_and_the_job_recovers() {
+    let _engine = engine();
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::dev(root.path(), "engine1");
+    let job = examples("redis.nomad");
+    assert_eq!(agent.cli(&["job", "run", &job]).code, 0);
+    assert_eq!(containers_of(&agent, "example").len(), 3);
+
+    let start_engine = stop_engine();
+    let unhealthy = wait_for("docker to show unhealthy on the node", Duration::from_secs(40), || {
+        let n = agent.cli(&["node", "status", "-self"]);
+        n.stdout.lines().any(|l| l.starts_with("docker") && l.contains("false")).then_some(n)
+    });
+    assert!(unhealthy.stdout.contains("Failed to connect to docker daemon"), "{unhealthy:?}");
+    start_engine();
+
+    wait_for("the job to be whole again", Duration::from_secs(150), || {
+        (containers_of(&agent, "example").len() == 3).then_some(())
+    });
+    wait_for("docker to be healthy on the node again", Duration::from_secs(40), || {
+        let n = agent.cli(&["node", "status", "-self"]);
+        n.stdout.lines().any(|l| l.starts_with("docker") && l.contains("true      true")).then_some(())
+    });
+    assert!(agent.log().lines().all(|l| !l.contains("panicked")), "no crash");
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "example"]).code, 0);
+}
