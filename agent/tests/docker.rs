@@ -258,3 +258,27 @@ fn a_stopped_engine_marks_the_driver_unhealthy_and_the_job_recovers() {
     assert!(agent.log().lines().all(|l| !l.contains("panicked")), "no crash");
     assert_eq!(agent.cli(&["job", "stop", "-purge", "example"]).code, 0);
 }
+
+#[test]
+fn the_agent_imports_its_own_pause_image() {
+    let _engine = engine();
+    let image = format!("berth/pause:{}", env!("CARGO_PKG_VERSION"));
+    docker(&["rmi", "-f", &image]);
+    let root = tempfile::tempdir().unwrap();
+    let _agent = Agent::dev(root.path(), "pause1");
+    wait_for("the pause image", Duration::from_secs(20), || {
+        Command::new("docker")
+            .args(["image", "inspect", &image])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    });
+    let name = format!("pause-test-{}", std::process::id());
+    assert!(!docker(&["run", "-d", "--name", &name, &image]).is_empty());
+    let started = std::time::Instant::now();
+    docker(&["stop", "-t", "10", &name]);
+    assert!(started.elapsed() < Duration::from_secs(5), "pause exits on SIGTERM");
+    assert_eq!(docker(&["inspect", "-f", "{{.State.ExitCode}}", &name]), "0");
+    docker(&["rm", "-f", &name]);
+}

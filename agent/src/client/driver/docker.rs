@@ -87,6 +87,7 @@ pub struct ContainerState {
 pub struct DockerDriver {
     config: DockerPluginConfig,
     node_id: String,
+    pause_ready: std::sync::atomic::AtomicBool,
 }
 
 fn config_error(reason: impl Into<String>) -> DriverError {
@@ -195,7 +196,7 @@ impl DockerDriver {
     /// A driver with the client's plugin settings, for the node `node_id`
     /// (several clients may share one engine; each owns its containers).
     pub fn new(config: DockerPluginConfig, node_id: &str) -> Self {
-        DockerDriver { config, node_id: node_id.to_string() }
+        DockerDriver { config, node_id: node_id.to_string(), pause_ready: Default::default() }
     }
 
     fn client(&self) -> Result<Docker, bollard::errors::Error> {
@@ -522,6 +523,15 @@ impl Driver for DockerDriver {
                 Err(e) => Err(e.to_string()),
             };
             let mut info = DriverInfo { update_time: now_rfc3339(), ..Default::default() };
+            // The first time the engine answers, make sure it has the pause image.
+            if version.is_ok() && !self.pause_ready.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(d) = self.client() {
+                    match super::pause::ensure_pause_image(&d).await {
+                        Ok(()) => self.pause_ready.store(true, std::sync::atomic::Ordering::Relaxed),
+                        Err(e) => tracing::warn!(error = %e, "pause image unavailable"),
+                    }
+                }
+            }
             match version {
                 Ok(v) => {
                     info.detected = true;

@@ -4,6 +4,7 @@
 //! a restarted client can re-attach to what is still running.
 
 pub mod docker;
+pub mod pause;
 mod process;
 pub mod raw_exec;
 
