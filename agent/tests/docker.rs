@@ -222,8 +222,8 @@ fn stop_engine() -> impl FnOnce() {
         if systemd {
             Command::new("systemctl").args(["start", "docker"]).status().unwrap();
         } else {
-            let log = std::fs::OpenOptions::new().create(true).append(true).open("/var/log/berth-dockerd.log").unwrap();
-            Command::new("dockerd").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+            // Detached, as scripts/lib.sh starts it: it must outlive the test.
+            Command::new("sh").args(["-c", "nohup dockerd >>/var/log/berth-dockerd.log 2>&1 &"]).status().unwrap();
         }
         wait_for("the engine to start", Duration::from_secs(60), || {
             Command::new("docker").arg("info").output().map(|o| o.status.success()).unwrap_or(false).then_some(())
