@@ -28,3 +28,4 @@ cargo test --locked --workspace -- --test-threads=2
 log "benchmark smoke runs (scheduler: 500 nodes x 10,000 placements; agent: 10 allocations)"
 BERTH_BENCH_NODES=500 BERTH_BENCH_JOBS=10 cargo bench --locked -p berth --bench scheduler
 BERTH_BENCH_QUICK=1 cargo bench --locked -p berth --bench agent
+BERTH_BENCH_QUICK=1 cargo bench --locked -p berth --bench docker
