@@ -282,3 +282,32 @@ fn the_agent_imports_its_own_pause_image() {
     assert_eq!(docker(&["inspect", "-f", "{{.State.ExitCode}}", &name]), "0");
     docker(&["rm", "-f", &name]);
 }
+
+#[test]
+fn a_failed_pull_names_the_image_and_why() {
+    let _engine = engine();
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::dev(root.path(), "pull1");
+    // A registry on a closed loopback port: refused at once, nothing leaves the host.
+    let image = "127.0.0.1:1/berth-missing:1";
+    let job = job_file(
+        root.path(),
+        "missing.nomad",
+        &format!(
+            "job \"missing\" {{\n  datacenters = [\"dc1\"]\n  group \"g\" {{\n    restart {{\n      attempts = 0\n      mode = \"fail\"\n    }}\n    reschedule {{\n      attempts = 0\n      unlimited = false\n    }}\n    task \"t\" {{\n      driver = \"docker\"\n      config {{\n        image = \"{image}\"\n      }}\n    }}\n  }}\n}}\n"
+        ),
+    );
+    let run = agent.cli(&["job", "run", "-detach", &job]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let alloc = wait_for("the allocation to fail", Duration::from_secs(30), || {
+        agent
+            .allocs("missing")
+            .into_iter()
+            .find(|a| a["ClientStatus"] == "failed")
+            .map(|a| a["ID"].as_str().unwrap().to_string())
+    });
+    let status = agent.cli(&["alloc", "status", &alloc]);
+    assert!(status.stdout.contains(&format!("Downloading image {image}")), "{status:?}");
+    assert!(status.stdout.contains(&format!("failed to pull image \"{image}\"")), "{status:?}");
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "missing"]).code, 0);
+}

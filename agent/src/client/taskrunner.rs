@@ -166,6 +166,7 @@ impl TaskRunner {
             ports: self.alloc.allocated_resources.shared.ports.clone(),
             binds: self.binds.clone(),
             kill_timeout: self.kill_timeout(),
+            events: None,
         })
     }
 
@@ -223,7 +224,7 @@ impl TaskRunner {
                     return;
                 }
                 self.emit(TaskEvent::new("Task Setup", "Building Task Directory"));
-                let cfg = match self.prepare() {
+                let mut cfg = match self.prepare() {
                     Ok(c) => c,
                     Err(e) => {
                         let mut ev = TaskEvent::new("Setup Failure", format!("failed to setup task: {e}"));
@@ -233,7 +234,23 @@ impl TaskRunner {
                         return;
                     }
                 };
-                match self.driver.start(&cfg).await {
+                // Driver progress (image pulls) becomes task events while
+                // the start is in flight.
+                let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+                cfg.events = Some(events_tx);
+                let driver = self.driver.clone();
+                let start = driver.start(&cfg);
+                tokio::pin!(start);
+                let started = loop {
+                    tokio::select! {
+                        r = &mut start => break r,
+                        Some(ev) = events_rx.recv() => self.emit(ev),
+                    }
+                };
+                while let Ok(ev) = events_rx.try_recv() {
+                    self.emit(ev);
+                }
+                match started {
                     Ok(h) => {
                         self.handle = Some(h);
                         self.state.state = task_state::RUNNING.into();

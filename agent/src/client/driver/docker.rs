@@ -417,20 +417,41 @@ impl DockerDriver {
         })
     }
 
-    /// Makes sure the image is present, pulling it if missing or asked to.
-    async fn ensure_image(&self, docker: &Docker, image: &str, force_pull: bool) -> Result<(), DriverError> {
-        if !force_pull && docker.inspect_image(image).await.is_ok() {
+    /// Makes sure the image is present, pulling it if missing or asked to;
+    /// pull progress goes to the task's events every few seconds.
+    async fn ensure_image(&self, docker: &Docker, cfg: &TaskConfig, image: &str) -> Result<(), DriverError> {
+        if !boolean(&cfg.config, "force_pull") && docker.inspect_image(image).await.is_ok() {
             return Ok(());
         }
+        let emit = |msg: String| {
+            if let Some(tx) = &cfg.events {
+                let _ = tx.send(crate::structs::TaskEvent::new("Driver", msg));
+            }
+        };
+        emit(format!("Downloading image {image}"));
         let (repo, tag) = image_ref(image);
         let opts =
             CreateImageOptions { from_image: Some(repo), tag: (!tag.is_empty()).then_some(tag), ..Default::default() };
         let mut pull = docker.create_image(Some(opts), None, None);
+        let mut last_report = std::time::Instant::now();
         while let Some(item) = pull.next().await {
-            if let Err(e) = item {
-                return Err(DriverError::Start(format!("failed to pull image {image:?}: {}", docker_message(&e))));
+            match item {
+                Ok(info) if last_report.elapsed() > Duration::from_secs(3) => {
+                    last_report = std::time::Instant::now();
+                    let status = info.status.unwrap_or_default();
+                    let progress = info
+                        .progress_detail
+                        .and_then(|p| Some(format!("{}/{}", p.current?, p.total?)))
+                        .unwrap_or_default();
+                    emit(format!("Image {image} pull progress: {status} {progress}").trim_end().to_string());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(DriverError::Start(format!("failed to pull image {image:?}: {}", docker_message(&e))))
+                }
             }
         }
+        emit(format!("Downloaded image {image}"));
         Ok(())
     }
 
@@ -558,7 +579,7 @@ impl Driver for DockerDriver {
             let body = self.container_body(cfg)?;
             let docker = self.docker()?;
             let image = body.image.clone().unwrap_or_default();
-            self.ensure_image(&docker, &image, boolean(&cfg.config, "force_pull")).await?;
+            self.ensure_image(&docker, cfg, &image).await?;
             let name = format!("{}-{}", cfg.task, cfg.alloc_id);
             // A container left by an interrupted start of this same task.
             let _ = docker
@@ -713,6 +734,7 @@ mod tests {
             ports: vec![AllocatedPort { label: "db".into(), value: 3306, to: 0, host_ip: "127.0.0.1".into() }],
             binds: vec![],
             kill_timeout: Duration::from_secs(5),
+            events: None,
         }
     }
 

@@ -74,6 +74,8 @@ pub struct TaskConfig {
     pub binds: Vec<VolumeBind>,
     /// Kill timeout (for drivers that stop through their runtime).
     pub kill_timeout: Duration,
+    /// Where a driver reports progress (image pulls) as task events.
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<crate::structs::TaskEvent>>,
 }
 
 /// A host path mounted into a task.

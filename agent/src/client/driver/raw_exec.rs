@@ -158,6 +158,7 @@ mod tests {
             ports: vec![],
             binds: vec![],
             kill_timeout: std::time::Duration::from_secs(5),
+            events: None,
         }
     }
 
