@@ -432,7 +432,7 @@ impl DockerDriver {
         let (repo, tag) = image_ref(image);
         let opts =
             CreateImageOptions { from_image: Some(repo), tag: (!tag.is_empty()).then_some(tag), ..Default::default() };
-        let mut pull = docker.create_image(Some(opts), None, None);
+        let mut pull = docker.create_image(Some(opts), None, registry_auth(&cfg.config));
         let mut last_report = std::time::Instant::now();
         while let Some(item) = pull.next().await {
             match item {
@@ -458,6 +458,19 @@ impl DockerDriver {
     fn state_of(handle: &TaskHandle) -> Option<ContainerState> {
         serde_json::from_value(handle.state.clone()).ok()
     }
+}
+
+/// Credentials from the task's `auth { username password server_address }`.
+fn registry_auth(cfg: &BTreeMap<String, Value>) -> Option<bollard::auth::DockerCredentials> {
+    let auth = objects(cfg.get("auth")).into_iter().next()?;
+    let field = |k: &str| auth.get(k).and_then(Value::as_str).map(str::to_string);
+    Some(bollard::auth::DockerCredentials {
+        username: field("username"),
+        password: field("password"),
+        email: field("email"),
+        serveraddress: field("server_address"),
+        ..Default::default()
+    })
 }
 
 /// The daemon's own message when it sent one.
@@ -771,6 +784,18 @@ mod tests {
         assert!(ok
             .container_body(&cfg(serde_json::json!({"image": "m", "privileged": true, "volumes": ["/etc:/x:ro"]})))
             .is_ok());
+    }
+
+    #[test]
+    fn auth_blocks_become_registry_credentials() {
+        let cfg: BTreeMap<String, Value> = serde_json::from_value(serde_json::json!({
+            "image": "nas:5000/app", "auth": [{"username": "u", "password": "p", "server_address": "nas:5000"}]
+        }))
+        .unwrap();
+        let creds = registry_auth(&cfg).unwrap();
+        assert_eq!(creds.username.as_deref(), Some("u"));
+        assert_eq!(creds.serveraddress.as_deref(), Some("nas:5000"));
+        assert!(registry_auth(&BTreeMap::new()).is_none());
     }
 
     #[test]
