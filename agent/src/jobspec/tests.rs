@@ -58,7 +58,7 @@ fn redis_hcl1_example() {
     assert_eq!(
         parsed.warnings,
         vec![
-            "\"migrate\" is not supported by berth and is ignored (redis.nomad:15)".to_string(),
+            "\"migrate\" is not supported by berth and is ignored (redis.nomad:17)".to_string(),
             crate::structs::TASK_NETWORK_DEPRECATED.to_string(),
             crate::structs::MBITS_DEPRECATED.to_string(),
         ]
