@@ -10,12 +10,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use berth::server::scheduler::{self, Plan};
-use berth::server::state::{StateStore, Tables, WriteBatch};
+use berth::server::scheduler;
+use berth::server::state::{StateStore, WriteBatch};
 use berth::server::Server;
-use berth::structs::{
-    eval_status, node_status, Constraint, DriverInfo, Evaluation, Job, Node, Resources, Task, TaskGroup,
-};
+use berth::structs::{node_status, Constraint, DriverInfo, Job, Node, Resources, Task, TaskGroup};
 
 const NODE_CPU_MHZ: u64 = 8000;
 const NODE_MEMORY_MB: u64 = 16 * 1024;
@@ -86,37 +84,6 @@ fn make_job(j: usize, count: u32) -> Job {
     job
 }
 
-/// The write batch `Server::process_eval` builds from a plan (minus the job
-/// status recomputation, which lives in a private server module).
-fn plan_batch(snap: &Tables, eval: &Evaluation, plan: Plan) -> WriteBatch {
-    let mut batch = WriteBatch::default();
-    let mut done = eval.clone();
-    done.status = eval_status::COMPLETE.into();
-    done.snapshot_index = snap.index;
-    done.failed_tg_allocs = plan.failed_tg_allocs.clone();
-    done.queued_allocations = plan.queued.clone();
-    if !plan.failed_tg_allocs.is_empty() {
-        let mut blocked = eval.clone();
-        blocked.id = berth::util::new_id();
-        blocked.status = eval_status::BLOCKED.into();
-        blocked.triggered_by = "queued-allocs".into();
-        blocked.previous_eval = eval.id.clone();
-        blocked.failed_tg_allocs = BTreeMap::new();
-        done.blocked_eval = blocked.id.clone();
-        batch.evals.push(blocked);
-    }
-    if let Some(f) = plan.followups.first() {
-        done.next_eval = f.id.clone();
-    }
-    batch.evals.push(done);
-    batch.evals.extend(plan.followups);
-    batch.allocs.extend(plan.place);
-    batch.allocs.extend(plan.update);
-    batch.deployments.extend(plan.cancel_deployments);
-    batch.deployments.extend(plan.deployment);
-    batch
-}
-
 /// A naive first-fit over the same nodes: the cheapest loop that places the
 /// same allocations, checking only CPU, memory and the tier constraint.
 fn first_fit_baseline(nodes: &[Node], jobs: usize, count: usize) -> (usize, Duration) {
@@ -178,7 +145,7 @@ fn main() {
         let t2 = Instant::now();
         placements += plan.place.len();
         failed_groups += plan.failed_tg_allocs.len();
-        let batch = plan_batch(&snap, &eval, plan);
+        let batch = berth::server::plan_apply::plan_write(&snap, &eval, plan).batch;
         // Release the snapshot before applying, or the store has to copy
         // every table to apply the batch (`Arc::make_mut`).
         drop(snap);

@@ -9,6 +9,7 @@
 pub mod diff;
 mod jobs;
 mod nodes;
+pub mod plan_apply;
 pub mod scheduler;
 pub mod state;
 
@@ -174,56 +175,13 @@ impl Server {
             return Ok(());
         }
         let plan = scheduler::process(&snap, &eval);
-        let mut batch = WriteBatch::default();
-        let mut done = (*eval).clone();
-        done.status = eval_status::COMPLETE.into();
-        done.snapshot_index = snap.index;
-        done.failed_tg_allocs = plan.failed_tg_allocs.clone();
-        done.queued_allocations = plan.queued.clone();
-        let mut to_enqueue = plan.followups.clone();
-        if !plan.failed_tg_allocs.is_empty() {
-            // Supersede older blocked evals of the job with this one.
-            for old in snap.evals().filter(|e| {
-                e.status == eval_status::BLOCKED && e.job_id == eval.job_id && e.namespace == eval.namespace
-            }) {
-                let mut c = (**old).clone();
-                c.status = eval_status::CANCELED.into();
-                c.status_description = "evaluation superseded by a newer blocked evaluation".into();
-                batch.evals.push(c);
-            }
-            let mut blocked = eval.as_ref().clone();
-            blocked.id = new_id();
-            blocked.status = eval_status::BLOCKED.into();
-            blocked.triggered_by = "queued-allocs".into();
-            blocked.previous_eval = eval.id.clone();
-            blocked.failed_tg_allocs = BTreeMap::new();
-            blocked.wait_until = 0;
-            done.blocked_eval = blocked.id.clone();
-            batch.evals.push(blocked);
-        }
-        if let Some(f) = plan.followups.first() {
-            done.next_eval = f.id.clone();
-        }
-        batch.evals.push(done);
-        batch.evals.extend(plan.followups);
-        batch.allocs.extend(plan.place);
-        batch.allocs.extend(plan.update);
-        batch.deployments.extend(plan.cancel_deployments);
-        batch.deployments.extend(plan.deployment);
-        if let Some(job) = snap.job(&eval.namespace, &eval.job_id) {
-            let status = jobs::job_status(&snap, &job, &batch.allocs);
-            if status != job.status {
-                let mut j = (*job).clone();
-                j.status = status;
-                batch.jobs.push(j);
-            }
-        }
+        let write = plan_apply::plan_write(&snap, &eval, plan);
         // Release the snapshot first: a live snapshot makes the store copy
         // its tables on write.
         drop(snap);
-        self.state.apply(batch)?;
-        for e in to_enqueue.drain(..) {
-            self.enqueue(&e);
+        self.state.apply(write.batch)?;
+        for e in &write.followups {
+            self.enqueue(e);
         }
         Ok(())
     }

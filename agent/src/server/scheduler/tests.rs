@@ -171,50 +171,9 @@ impl Harness {
         assert_eq!(eval.status, eval_status::PENDING, "only pending evals are processed");
         let plan = process(&snap, &eval);
         check_plan_invariants(&plan);
-        // From here on, the same steps as `Server::process_eval`.
-        let mut batch = WriteBatch::default();
-        let mut done = (*eval).clone();
-        done.status = eval_status::COMPLETE.into();
-        done.snapshot_index = snap.index;
-        done.failed_tg_allocs = plan.failed_tg_allocs.clone();
-        done.queued_allocations = plan.queued.clone();
-        if !plan.failed_tg_allocs.is_empty() {
-            for old in snap.evals().filter(|e| {
-                e.status == eval_status::BLOCKED && e.job_id == eval.job_id && e.namespace == eval.namespace
-            }) {
-                let mut c = (**old).clone();
-                c.status = eval_status::CANCELED.into();
-                batch.evals.push(c);
-            }
-            let mut blocked = eval.as_ref().clone();
-            blocked.id = new_id();
-            blocked.status = eval_status::BLOCKED.into();
-            blocked.triggered_by = "queued-allocs".into();
-            blocked.previous_eval = eval.id.clone();
-            blocked.failed_tg_allocs = BTreeMap::new();
-            blocked.wait_until = 0;
-            done.blocked_eval = blocked.id.clone();
-            batch.evals.push(blocked);
-        }
-        if let Some(f) = plan.followups.first() {
-            done.next_eval = f.id.clone();
-        }
-        batch.evals.push(done);
-        batch.evals.extend(plan.followups.iter().cloned());
-        batch.allocs.extend(plan.place.iter().cloned());
-        batch.allocs.extend(plan.update.iter().cloned());
-        batch.deployments.extend(plan.cancel_deployments.iter().cloned());
-        batch.deployments.extend(plan.deployment.iter().cloned());
-        if let Some(job) = snap.job(&eval.namespace, &eval.job_id) {
-            let status = crate::server::jobs::job_status(&snap, &job, &batch.allocs);
-            if status != job.status {
-                let mut j = (*job).clone();
-                j.status = status;
-                batch.jobs.push(j);
-            }
-        }
+        let write = crate::server::plan_apply::plan_write(&snap, &eval, plan.clone());
         drop(snap);
-        self.apply(batch);
+        self.apply(write.batch);
         plan
     }
 
