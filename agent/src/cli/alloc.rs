@@ -111,9 +111,7 @@ pub async fn status(api: &ApiClient, prefix: &str, short: bool, verbose: bool) -
         println!("\nAllocation Addresses (mode = {mode:?}):");
         let mut rows = vec!["Label|Dynamic|Address".to_string()];
         let static_labels: Vec<String> = a
-            .job
-            .as_ref()
-            .and_then(|j| j.task_group(&a.task_group))
+            .group()
             .and_then(|tg| tg.effective_network())
             .map(|n| n.reserved_ports.iter().map(|p| p.label.clone()).collect())
             .unwrap_or_default();
@@ -124,12 +122,7 @@ pub async fn status(api: &ApiClient, prefix: &str, short: bool, verbose: bool) -
         }
         println!("{}", format::list(&rows));
     }
-    let tasks: Vec<String> = a
-        .job
-        .as_ref()
-        .and_then(|j| j.task_group(&a.task_group))
-        .map(|tg| tg.tasks.iter().map(|t| t.name.clone()).collect())
-        .unwrap_or_default();
+    let tasks: Vec<String> = a.task_names();
     if short {
         let mut rows = vec!["Name|State|Last Event|Time|Lifecycle".to_string()];
         for t in &tasks {
@@ -158,7 +151,7 @@ pub async fn status(api: &ApiClient, prefix: &str, short: bool, verbose: bool) -
                 ])
             );
         }
-        let tg = a.job.as_ref().and_then(|j| j.task_group(&a.task_group));
+        let tg = a.group();
         let host_vols: Vec<String> = tg
             .map(|tg| {
                 tg.volumes
@@ -216,12 +209,7 @@ pub async fn logs(api: &ApiClient, prefix: &str, opts: LogsOptions<'_>) -> i32 {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let tasks: Vec<String> = a
-        .job
-        .as_ref()
-        .and_then(|j| j.task_group(&a.task_group))
-        .map(|tg| tg.tasks.iter().map(|t| t.name.clone()).collect())
-        .unwrap_or_default();
+    let tasks: Vec<String> = a.task_names();
     let task = match opts.task {
         Some(t) => t.to_string(),
         None if tasks.len() == 1 => tasks[0].clone(),

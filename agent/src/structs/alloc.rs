@@ -297,6 +297,16 @@ impl Allocation {
         self.job.as_ref().map(|j| j.version).unwrap_or(0)
     }
 
+    /// The allocation's task group, from the job it carries.
+    pub fn group(&self) -> Option<&super::TaskGroup> {
+        self.job.as_ref().and_then(|j| j.task_group(&self.task_group))
+    }
+
+    /// The names of the allocation's tasks.
+    pub fn task_names(&self) -> Vec<String> {
+        self.group().map(|tg| tg.tasks.iter().map(|t| t.name.clone()).collect()).unwrap_or_default()
+    }
+
     /// The allocation's index within its group, from `job.group[N]`.
     pub fn index(&self) -> u32 {
         self.name.rsplit_once('[').and_then(|(_, rest)| rest.trim_end_matches(']').parse().ok()).unwrap_or(0)

@@ -45,7 +45,7 @@ impl AllocHook for AllocDirHook {
 
     fn prerun(&self, alloc: &Allocation, _res: &mut HookResources) -> Result<(), String> {
         let mut dirs = vec![self.root.join("alloc/data"), self.root.join("alloc/logs"), self.root.join("alloc/tmp")];
-        let tg = alloc.job.as_ref().and_then(|j| j.task_group(&alloc.task_group));
+        let tg = alloc.group();
         for task in tg.iter().flat_map(|tg| tg.tasks.iter()) {
             for sub in ["local", "secrets", "private", "tmp"] {
                 dirs.push(self.root.join(&task.name).join(sub));
@@ -103,7 +103,7 @@ impl AllocHook for HostVolumeHook {
     }
 
     fn prerun(&self, alloc: &Allocation, res: &mut HookResources) -> Result<(), String> {
-        let tg = alloc.job.as_ref().and_then(|j| j.task_group(&alloc.task_group));
+        let tg = alloc.group();
         for (alias, req) in tg.iter().flat_map(|tg| tg.volumes.iter()) {
             if req.volume_type != "host" {
                 continue;

@@ -91,7 +91,7 @@ struct Runner {
 
 impl Runner {
     fn task_count(&self) -> usize {
-        self.alloc.job.as_ref().and_then(|j| j.task_group(&self.alloc.task_group)).map(|tg| tg.tasks.len()).unwrap_or(0)
+        self.alloc.group().map(|tg| tg.tasks.len()).unwrap_or(0)
     }
 
     fn status(&self) -> (&'static str, &'static str) {
@@ -121,13 +121,7 @@ impl Runner {
     }
 
     fn fail_setup(&mut self, why: &str) {
-        let tasks: Vec<String> = self
-            .alloc
-            .job
-            .as_ref()
-            .and_then(|j| j.task_group(&self.alloc.task_group))
-            .map(|tg| tg.tasks.iter().map(|t| t.name.clone()).collect())
-            .unwrap_or_default();
+        let tasks: Vec<String> = self.alloc.task_names();
         for t in tasks {
             let st = self.persisted.task_states.entry(t).or_default();
             let mut ev = TaskEvent::new("Setup Failure", format!("failed to setup alloc: {why}"));
