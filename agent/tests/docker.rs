@@ -215,8 +215,13 @@ fn stop_engine() -> impl FnOnce() {
     } else {
         Command::new("pkill").args(["-TERM", "-x", "dockerd"]).status().unwrap();
     }
+    // Gone means the process too: dockerd keeps its pid file until it exits,
+    // and a new one refuses to start while it is there.
     wait_for("the engine to stop", Duration::from_secs(60), || {
-        (!Command::new("docker").arg("info").output().map(|o| o.status.success()).unwrap_or(false)).then_some(())
+        let answering = Command::new("docker").arg("info").output().map(|o| o.status.success()).unwrap_or(false);
+        let process =
+            Command::new("pgrep").args(["-x", "dockerd"]).output().map(|o| o.status.success()).unwrap_or(false);
+        (!answering && !process).then_some(())
     });
     move || {
         if systemd {
