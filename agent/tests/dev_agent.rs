@@ -201,3 +201,40 @@ fn rolling_update_and_runtime_values() {
     assert_eq!(created.len(), 3, "each replacement came from its own evaluation");
     assert_eq!(agent.cli(&["job", "stop", "-purge", "roll"]).code, 0);
 }
+
+#[test]
+fn a_deployment_that_misses_its_progress_deadline_fails() {
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::dev(root.path(), "dev5");
+    let job = job_file(
+        root.path(),
+        "stuck.nomad",
+        r#"job "stuck" {
+  datacenters = ["dc1"]
+  update {
+    progress_deadline = "3s"
+  }
+  group "g" {
+    restart {
+      attempts = 1
+      interval = "1h"
+      delay    = "1s"
+      mode     = "delay"
+    }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/false"
+      }
+    }
+  }
+}
+"#,
+    );
+    let started = std::time::Instant::now();
+    let run = agent.cli(&["job", "run", &job]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("Failed due to progress deadline"), "{run:?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "stuck"]).code, 0);
+}

@@ -101,6 +101,29 @@ impl Server {
         Ok(self.config.heartbeat_ttl)
     }
 
+    /// Fails running deployments whose groups missed their progress
+    /// deadline (so `job run` stops waiting, as Nomad's does).
+    pub fn check_deployment_deadlines(&self) -> Result<(), ServerError> {
+        let (_guard, snap) = self.begin_write();
+        let now = now_nanos();
+        let mut batch = WriteBatch::default();
+        for d in snap.deployments().filter(|d| d.status == "running") {
+            let missed = d.task_groups.values().any(|s| {
+                s.require_progress_by > 0 && now > s.require_progress_by && s.healthy_allocs < s.desired_total
+            });
+            if missed {
+                let mut failed = (**d).clone();
+                failed.status = "failed".into();
+                failed.status_description = "Failed due to progress deadline".into();
+                batch.deployments.push(failed);
+            }
+        }
+        if !batch.is_empty() {
+            self.state.apply(batch)?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn heartbeat_monitor(server: Arc<Server>) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -118,6 +141,9 @@ impl Server {
                 if let Err(e) = server.mark_node_down(&id) {
                     tracing::error!(node_id = %id, error = %e, "marking node down");
                 }
+            }
+            if let Err(e) = server.check_deployment_deadlines() {
+                tracing::error!(error = %e, "checking deployment deadlines");
             }
         }
     }
@@ -251,6 +277,9 @@ fn deployment_progress(snap: &Tables, job: &Job, overlay: &[Allocation]) -> Opti
             .filter(|a| a.task_group == tg.name && a.job_version() < job.version && !a.is_terminal())
             .count();
         let state = d.task_groups.entry(tg.name.clone()).or_default();
+        if healthy as u32 > state.healthy_allocs && state.progress_deadline > 0 {
+            state.require_progress_by = now_nanos() + state.progress_deadline;
+        }
         state.healthy_allocs = healthy as u32;
         state.unhealthy_allocs = unhealthy as u32;
         unhealthy_any |= unhealthy > 0;

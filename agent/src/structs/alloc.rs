@@ -274,6 +274,10 @@ pub struct DeploymentState {
     pub placed_allocs: u32,
     pub healthy_allocs: u32,
     pub unhealthy_allocs: u32,
+    /// Nanoseconds: the progress deadline of the group.
+    pub progress_deadline: i64,
+    /// Unix nanoseconds by which the group must make progress (0: none).
+    pub require_progress_by: i64,
 }
 
 impl Allocation {

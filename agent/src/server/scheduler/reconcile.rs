@@ -493,6 +493,10 @@ impl<'a> Reconciler<'a> {
             let state = dep.task_groups.entry(tg.name.clone()).or_insert_with(DeploymentState::default);
             state.desired_total = tg.count;
             state.placed_allocs += self.plan.place.iter().filter(|a| a.task_group == tg.name).count() as u32;
+            state.progress_deadline = tg.update.as_ref().map(|u| u.progress_deadline).unwrap_or(0);
+            if state.progress_deadline > 0 && state.require_progress_by == 0 {
+                state.require_progress_by = self.now + state.progress_deadline;
+            }
         }
         for a in &mut self.plan.place {
             a.deployment_id = dep.id.clone();
