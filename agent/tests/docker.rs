@@ -261,7 +261,12 @@ fn a_stopped_engine_marks_the_driver_unhealthy_and_the_job_recovers() {
         n.stdout.lines().any(|l| l.starts_with("docker") && l.contains("true      true")).then_some(())
     });
     assert!(agent.log().lines().all(|l| !l.contains("panicked")), "no crash");
+    // Containers that died with the engine are collected once it is back.
+    let node = agent.get("/v1/nodes")[0]["ID"].as_str().unwrap().to_string();
     assert_eq!(agent.cli(&["job", "stop", "-purge", "example"]).code, 0);
+    wait_for("no container of this node left", Duration::from_secs(60), || {
+        docker(&["ps", "-aq", "--filter", &format!("label=berth.node_id={node}")]).is_empty().then_some(())
+    });
 }
 
 #[test]

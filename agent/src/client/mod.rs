@@ -133,13 +133,8 @@ impl Client {
             updates: tx,
             shutdown,
         });
-        let known = client.restore()?;
-        let drivers = client.drivers.clone();
-        tokio::spawn(async move {
-            for d in drivers.values() {
-                d.cleanup_orphans(&known).await;
-            }
-        });
+        client.restore()?;
+        tokio::spawn(client.clone().collect_orphans());
         tokio::spawn(client.clone().sync_updates(rx));
         tokio::spawn(client.clone().membership());
         tokio::spawn(client.clone().watch_allocs());
@@ -190,11 +185,9 @@ impl Client {
         }
     }
 
-    /// Re-creates runners for persisted allocations (re-attaching tasks);
-    /// returns their IDs.
-    fn restore(&self) -> Result<HashSet<String>, ClientError> {
+    /// Re-creates runners for persisted allocations (re-attaching tasks).
+    fn restore(&self) -> Result<(), ClientError> {
         let persisted = self.store.load()?;
-        let known = persisted.iter().map(|p| p.alloc.id.clone()).collect();
         let mut runners = self.runners.lock();
         for p in persisted {
             tracing::info!(alloc_id = %p.alloc.id, tasks = p.handles.len(), "restoring allocation");
@@ -202,7 +195,23 @@ impl Client {
             let ctl = allocrunner::spawn(p.alloc.clone(), Some(p), self.deps());
             runners.insert(id, ctl);
         }
-        Ok(known)
+        Ok(())
+    }
+
+    /// Removes what drivers left for allocations this client no longer
+    /// has: at start (after restore), then every 15 s, which also collects
+    /// what could not be removed while a runtime was away.
+    async fn collect_orphans(self: Arc<Self>) {
+        loop {
+            let known: HashSet<String> = self.runners.lock().keys().cloned().collect();
+            for d in self.drivers.values() {
+                d.cleanup_orphans(&known).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// The directory of an allocation on this client, if it runs here.

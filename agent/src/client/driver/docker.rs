@@ -713,12 +713,22 @@ impl Driver for DockerDriver {
                 return;
             };
             for c in list {
+                let Some(id) = c.id else { continue };
                 let alloc = c.labels.as_ref().and_then(|l| l.get(LABEL_ALLOC)).cloned().unwrap_or_default();
-                if known.contains(&alloc) {
-                    continue;
-                }
-                if let Some(id) = c.id {
+                let remove = if !known.contains(&alloc) {
                     tracing::info!(container = %id, alloc_id = %alloc, "removing container of an allocation this client no longer has");
+                    true
+                } else {
+                    // An exited container of a live allocation that nobody
+                    // removed (its runtime was away when the task ended).
+                    let state = docker.inspect_container(&id, None::<InspectContainerOptions>).await.ok().and_then(|i| i.state);
+                    let finished = state
+                        .filter(|s| s.running != Some(true))
+                        .and_then(|s| s.finished_at)
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok());
+                    finished.map(|t| chrono::Utc::now().signed_duration_since(t).num_seconds() > 30).unwrap_or(false)
+                };
+                if remove {
                     let _ = docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
                 }
             }
