@@ -224,7 +224,7 @@ fn a_deployment_that_misses_its_progress_deadline_fails() {
     task "t" {
       driver = "raw_exec"
       config {
-        command = "/bin/false"
+        command = "/nonexistent/berth-test-binary"
       }
     }
   }

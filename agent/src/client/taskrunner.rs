@@ -262,18 +262,10 @@ impl TaskRunner {
                         ev.driver_error = e.to_string();
                         self.emit(ev);
                         let exit = ExitResult { exit_code: -1, signal: 0, error: Some(e.to_string()) };
-                        match self.decide(&exit, &mut window) {
-                            Next::Done { failed } => {
-                                self.mark_dead(failed);
-                                return;
-                            }
-                            Next::Restart(delay) => {
-                                if !self.restart_after(delay).await {
-                                    return;
-                                }
-                                continue;
-                            }
+                        if !self.should_restart(&exit, &mut window).await {
+                            return;
                         }
+                        continue;
                     }
                 }
             }
@@ -312,17 +304,21 @@ impl TaskRunner {
                 self.mark_dead(false);
                 return;
             }
-            match self.decide(&exit, &mut window) {
-                Next::Done { failed } => {
-                    self.mark_dead(failed);
-                    return;
-                }
-                Next::Restart(delay) => {
-                    if !self.restart_after(delay).await {
-                        return;
-                    }
-                }
+            if !self.should_restart(&exit, &mut window).await {
+                return;
             }
+        }
+    }
+
+    /// Applies the restart policy to an exit: true when the task is to be
+    /// started again (after the delay), false when this runner is done.
+    async fn should_restart(&mut self, exit: &ExitResult, window: &mut (Instant, u32)) -> bool {
+        match self.decide(exit, window) {
+            Next::Done { failed } => {
+                self.mark_dead(failed);
+                false
+            }
+            Next::Restart(delay) => self.restart_after(delay).await,
         }
     }
 
