@@ -1,0 +1,283 @@
+//! The bridge network: per allocation, a namespace with a veth into the
+//! bridge (hairpin on), an address from IPAM, a default route via the
+//! bridge's gateway address, and its port mappings; and the reverse, plus
+//! garbage collection of what allocations that no longer exist left.
+//! This is what Nomad's loopback + bridge + firewall + portmap chain does.
+//!
+//! Every step of [`BridgeNetwork::setup`] tolerates having been done
+//! already, so calling it again for a running allocation after an agent
+//! restart re-adopts its network without disturbing it.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+pub use crate::firewall::PortMapping;
+use crate::ipam::Ipam;
+use crate::netns::NetNs;
+use crate::{conntrack, firewall, link, sysctl, NetError, Result};
+
+/// The interface name inside allocation namespaces (Nomad's `eth0`).
+pub const CONTAINER_IFNAME: &str = "eth0";
+
+/// Where and how the bridge network lives on this node.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// Bridge name (client `bridge_network_name`).
+    pub name: String,
+    /// Subnet (client `bridge_network_subnet`); its first address is the gateway.
+    pub subnet: Ipv4Net,
+    /// Directory of the IPAM store (one subdirectory per network).
+    pub ipam_dir: PathBuf,
+    /// Where allocation namespaces are mounted.
+    pub netns_dir: PathBuf,
+}
+
+/// The network of one allocation, as set up. Persisted by the caller and
+/// handed back to [`BridgeNetwork::teardown`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocNetwork {
+    /// The allocation (opaque ID).
+    pub id: String,
+    /// Its namespace file.
+    pub netns: PathBuf,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// The gateway (the bridge's address).
+    pub gateway: Ipv4Addr,
+    /// Prefix length of the subnet.
+    pub prefix_len: u8,
+    /// Interface name inside the namespace.
+    pub interface: String,
+    /// The host end of its veth.
+    pub host_veth: String,
+    /// Its port mappings.
+    pub ports: Vec<PortMapping>,
+}
+
+/// What a garbage collection removed, by allocation ID.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    /// Allocations whose leftovers were removed.
+    pub removed: Vec<String>,
+}
+
+/// The bridge network of this node.
+pub struct BridgeNetwork {
+    cfg: BridgeConfig,
+    ipam: Ipam,
+    host: rtnetlink::Handle,
+    bridge_index: tokio::sync::OnceCell<u32>,
+}
+
+fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+impl BridgeNetwork {
+    /// Checks the configuration against this node: the bridge name must be
+    /// free or a bridge, and no route outside the bridge may overlap the
+    /// subnet. Nothing is created until the first allocation needs it.
+    pub async fn open(cfg: BridgeConfig) -> Result<BridgeNetwork> {
+        if cfg.name.is_empty() || cfg.name.len() > 15 || cfg.name.contains(['/', ' ', ':']) {
+            return Err(NetError::Config(format!(
+                "bridge_network_name {:?} is not a valid interface name (1 to 15 characters, no '/', ':' or spaces)",
+                cfg.name
+            )));
+        }
+        let ipam = Ipam::new(cfg.ipam_dir.join(&cfg.name), cfg.subnet)?;
+        let (conn, host, _) = rtnetlink::new_connection().map_err(crate::io_err("opening netlink"))?;
+        tokio::spawn(conn);
+        let existing = link::get(&host, &cfg.name).await?;
+        if let Some(l) = &existing {
+            if l.kind.as_deref() != Some("bridge") {
+                return Err(NetError::Config(format!(
+                    "bridge_network_name {:?} is already used by a {} interface on this node; set another name",
+                    cfg.name,
+                    l.kind.as_deref().unwrap_or("non-bridge")
+                )));
+            }
+        }
+        let ours = existing.map(|l| l.index);
+        let links = link::list(&host).await?;
+        for (dst, oif) in link::routes(&host).await? {
+            if dst.prefix_len() == 0 || (ours.is_some() && oif == ours) || !overlaps(dst, cfg.subnet) {
+                continue;
+            }
+            let dev = links.iter().find(|l| Some(l.index) == oif).map(|l| l.name.as_str()).unwrap_or("?");
+            return Err(NetError::Config(format!(
+                "bridge_network_subnet {} overlaps the route to {dst} via {dev}; choose a free subnet",
+                cfg.subnet
+            )));
+        }
+        Ok(BridgeNetwork { cfg, ipam, host, bridge_index: tokio::sync::OnceCell::new() })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BridgeConfig {
+        &self.cfg
+    }
+
+    /// Creates the bridge, its address, forwarding and the shared iptables
+    /// rules, once per process.
+    async fn ready(&self) -> Result<u32> {
+        self.bridge_index
+            .get_or_try_init(|| async {
+                sysctl::ensure("net/ipv4/ip_forward", "1")?;
+                let gw = Ipv4Net::new(self.ipam.gateway(), self.cfg.subnet.prefix_len())
+                    .map_err(|e| NetError::Config(e.to_string()))?;
+                let index = link::ensure_bridge(&self.host, &self.cfg.name, gw).await?;
+                // Lets DNATed packets from 127.0.0.1 leave through the bridge.
+                sysctl::ensure(&format!("net/ipv4/conf/{}/route_localnet", self.cfg.name), "1")?;
+                let (name, subnet) = (self.cfg.name.clone(), self.cfg.subnet);
+                tokio::task::spawn_blocking(move || firewall::ensure_base(&name, subnet))
+                    .await
+                    .map_err(|e| NetError::Config(e.to_string()))??;
+                Ok(index)
+            })
+            .await
+            .copied()
+    }
+
+    /// The name of an allocation's namespace under the netns directory.
+    pub fn netns_name(&self, id: &str) -> String {
+        format!("{}-{id}", self.cfg.name)
+    }
+
+    /// Creates (or finds) an allocation's own namespace.
+    pub fn create_netns(&self, id: &str) -> Result<NetNs> {
+        NetNs::create(&self.cfg.netns_dir, &self.netns_name(id))
+    }
+
+    /// Names an existing namespace (a pause container's) as the allocation's.
+    pub fn adopt_netns(&self, id: &str, source: &std::path::Path) -> Result<NetNs> {
+        NetNs::adopt(&self.cfg.netns_dir, &self.netns_name(id), source)
+    }
+
+    /// The host end of an allocation's veth.
+    pub fn host_veth(&self, id: &str) -> String {
+        format!("bv{}", &firewall::short_hash(&format!("{}/{id}", self.cfg.name))[..12])
+    }
+
+    /// Connects allocation `id`, whose namespace is `ns`, to the bridge
+    /// with `ports` mapped. Idempotent.
+    pub async fn setup(&self, id: &str, ns: &NetNs, ports: &[PortMapping]) -> Result<AllocNetwork> {
+        let bridge = self.ready().await?;
+        let ip = self.ipam.reserve(id, CONTAINER_IFNAME)?;
+        let net = AllocNetwork {
+            id: id.to_string(),
+            netns: ns.path().to_path_buf(),
+            ip,
+            gateway: self.ipam.gateway(),
+            prefix_len: self.cfg.subnet.prefix_len(),
+            interface: CONTAINER_IFNAME.into(),
+            host_veth: self.host_veth(id),
+            ports: ports.to_vec(),
+        };
+        if let Err(e) = self.connect(bridge, ns, &net).await {
+            let _ = self.teardown(&net).await;
+            return Err(e);
+        }
+        Ok(net)
+    }
+
+    async fn connect(&self, bridge: u32, ns: &NetNs, net: &AllocNetwork) -> Result<()> {
+        let inside = ns.netlink()?;
+        let adopted = match link::get(&self.host, &net.host_veth).await? {
+            Some(l) if l.controller == Some(bridge) && link::get(&inside, &net.interface).await?.is_some() => true,
+            Some(_) => {
+                link::delete(&self.host, &net.host_veth).await?;
+                false
+            }
+            None => false,
+        };
+        if !adopted {
+            // A half-made pair from an interrupted setup.
+            link::delete(&inside, &net.interface).await?;
+            let file =
+                std::fs::File::open(ns.path()).map_err(crate::io_err(format!("opening {}", ns.path().display())))?;
+            link::create_veth(&self.host, &net.host_veth, &net.interface, &file, bridge).await?;
+        }
+        let addr = Ipv4Net::new(net.ip, net.prefix_len).map_err(|e| NetError::Config(e.to_string()))?;
+        link::configure_container(&inside, &net.interface, addr, net.gateway).await?;
+        let (bridge_name, subnet, n) = (self.cfg.name.clone(), self.cfg.subnet, net.clone());
+        tokio::task::spawn_blocking(move || {
+            if adopted {
+                firewall::ensure_mappings(&bridge_name, &n.id, n.ip, subnet, &n.ports)
+            } else {
+                firewall::add_mappings(&bridge_name, &n.id, n.ip, subnet, &n.ports)
+            }?;
+            let udp: Vec<u16> = n.ports.iter().map(|p| p.host_port).collect();
+            if let Err(e) = conntrack::flush_udp_ports(&udp) {
+                tracing::warn!(error = %e, "flushing stale UDP conntrack entries");
+            }
+            Ok::<_, NetError>(())
+        })
+        .await
+        .map_err(|e| NetError::Config(e.to_string()))?
+    }
+
+    /// Removes everything [`setup`](Self::setup) made for `net`, including
+    /// the namespace mount. Missing pieces are fine.
+    pub async fn teardown(&self, net: &AllocNetwork) -> Result<()> {
+        self.teardown_id(&net.id, Some(&net.ports)).await
+    }
+
+    async fn teardown_id(&self, id: &str, ports: Option<&[PortMapping]>) -> Result<()> {
+        let (bridge, owned_id, ports_owned) = (self.cfg.name.clone(), id.to_string(), ports.map(<[_]>::to_vec));
+        tokio::task::spawn_blocking(move || firewall::remove_mappings(&bridge, &owned_id, ports_owned.as_deref()))
+            .await
+            .map_err(|e| NetError::Config(e.to_string()))??;
+        link::delete(&self.host, &self.host_veth(id)).await?;
+        NetNs::delete(&self.cfg.netns_dir, &self.netns_name(id))?;
+        if let Some(ip) = self.ipam.lookup(id) {
+            if let Err(e) = conntrack::flush_address(ip) {
+                tracing::warn!(error = %e, "flushing conntrack entries of {ip}");
+            }
+        }
+        self.ipam.release(id)?;
+        Ok(())
+    }
+
+    /// Removes what allocations not in `live` left: namespaces, veths,
+    /// addresses and port mappings.
+    pub async fn gc(&self, live: &HashSet<String>) -> Result<GcReport> {
+        let mut doomed: Vec<String> = Vec::new();
+        let mut add = |id: String| {
+            if !live.contains(&id) && !doomed.contains(&id) {
+                doomed.push(id);
+            }
+        };
+        for (_, id) in self.ipam.holders() {
+            add(id);
+        }
+        let prefix = format!("{}-", self.cfg.name);
+        for name in NetNs::list(&self.cfg.netns_dir, &prefix) {
+            add(name[prefix.len()..].to_string());
+        }
+        let bridge = self.cfg.name.clone();
+        for id in tokio::task::spawn_blocking(move || firewall::installed(&bridge))
+            .await
+            .map_err(|e| NetError::Config(e.to_string()))??
+        {
+            add(id);
+        }
+        for id in &doomed {
+            tracing::info!(alloc_id = %id, "removing the network of an allocation that no longer exists");
+            self.teardown_id(id, None).await?;
+        }
+        // Veths on the bridge whose allocation is unknown (their namespace is gone).
+        if let Some(br) = link::get(&self.host, &self.cfg.name).await? {
+            let keep: HashSet<String> = live.iter().map(|id| self.host_veth(id)).collect();
+            for l in link::list(&self.host).await? {
+                if l.controller == Some(br.index) && l.name.starts_with("bv") && !keep.contains(&l.name) {
+                    link::delete(&self.host, &l.name).await?;
+                }
+            }
+        }
+        Ok(GcReport { removed: doomed })
+    }
+}
