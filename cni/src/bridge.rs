@@ -223,10 +223,13 @@ impl BridgeNetwork {
     /// Removes everything [`setup`](Self::setup) made for `net`, including
     /// the namespace mount. Missing pieces are fine.
     pub async fn teardown(&self, net: &AllocNetwork) -> Result<()> {
-        self.teardown_id(&net.id, Some(&net.ports)).await
+        self.release(&net.id, Some(&net.ports)).await
     }
 
-    async fn teardown_id(&self, id: &str, ports: Option<&[PortMapping]>) -> Result<()> {
+    /// Removes what allocation `id` has, knowing only its ID (and, if
+    /// known, its mappings): what an agent restarted after the allocation
+    /// ended must do. Missing pieces are fine.
+    pub async fn release(&self, id: &str, ports: Option<&[PortMapping]>) -> Result<()> {
         let (bridge, owned_id, ports_owned) = (self.cfg.name.clone(), id.to_string(), ports.map(<[_]>::to_vec));
         tokio::task::spawn_blocking(move || firewall::remove_mappings(&bridge, &owned_id, ports_owned.as_deref()))
             .await
@@ -267,7 +270,7 @@ impl BridgeNetwork {
         }
         for id in &doomed {
             tracing::info!(alloc_id = %id, "removing the network of an allocation that no longer exists");
-            self.teardown_id(id, None).await?;
+            self.release(id, None).await?;
         }
         // Veths on the bridge whose allocation is unknown (their namespace is gone).
         if let Some(br) = link::get(&self.host, &self.cfg.name).await? {

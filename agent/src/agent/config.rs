@@ -67,6 +67,10 @@ pub struct AgentConfig {
     pub meta: BTreeMap<String, String>,
     /// `client { host_volume "x" { path read_only } }`.
     pub host_volumes: BTreeMap<String, ClientHostVolume>,
+    /// `client { bridge_network_name }`.
+    pub bridge_network_name: Option<String>,
+    /// `client { bridge_network_subnet }`.
+    pub bridge_network_subnet: Option<String>,
     /// `plugin "name" { config { ... } }`, as JSON.
     pub plugins: BTreeMap<String, serde_json::Value>,
     /// Warnings about unknown keys.
@@ -164,6 +168,8 @@ impl AgentConfig {
                 self.servers = servers;
             }
             set!(self.node_class, b.body.string("node_class")?);
+            set!(self.bridge_network_name, b.body.string("bridge_network_name")?);
+            set!(self.bridge_network_subnet, b.body.string("bridge_network_subnet")?);
             if let Some(meta) = b.body.string_map("meta")? {
                 self.meta.extend(meta);
             }

@@ -208,6 +208,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             http_addr: http_addr.clone(),
             raw_exec_enabled: cfg.raw_exec_enabled().unwrap_or(opts.dev),
             docker: crate::client::driver::docker::DockerPluginConfig::from_json(cfg.plugins.get("docker"), opts.dev),
+            bridge_network_name: cfg.bridge_network_name.clone().unwrap_or_else(|| "berth".into()),
+            bridge_network_subnet: bridge_subnet(cfg.bridge_network_subnet.as_deref())?,
+            netns_dir: PathBuf::from(cni::netns::DEFAULT_RUN_DIR),
         };
         Some(Client::start(cc, rpc, shutdown.clone()).await.context("starting the client")?)
     } else {
@@ -257,4 +260,12 @@ async fn wait_for_signal() {
         _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
         _ = async { if let Some(i) = int.as_mut() { i.recv().await; } else { std::future::pending::<()>().await } } => {}
     }
+}
+
+/// Parses `client { bridge_network_subnet }` (Nomad's default when unset).
+fn bridge_subnet(text: Option<&str>) -> anyhow::Result<ipnet::Ipv4Net> {
+    let text = text.unwrap_or(crate::client::DEFAULT_BRIDGE_SUBNET);
+    text.parse().map_err(|_| {
+        anyhow::anyhow!("client.bridge_network_subnet: {text:?} is not an IPv4 subnet like 172.26.64.0/20")
+    })
 }

@@ -44,6 +44,9 @@ pub enum ClientError {
     /// The state database failed.
     #[error(transparent)]
     State(#[from] state::ClientStateError),
+    /// The bridge network configuration cannot work on this node.
+    #[error("bridge network: {0}")]
+    Network(#[from] cni::NetError),
 }
 
 /// Client settings from the agent config.
@@ -69,7 +72,28 @@ pub struct ClientConfig {
     pub raw_exec_enabled: bool,
     /// `plugin "docker" { config { ... } }`.
     pub docker: driver::docker::DockerPluginConfig,
+    /// `client { bridge_network_name }`.
+    pub bridge_network_name: String,
+    /// `client { bridge_network_subnet }`.
+    pub bridge_network_subnet: ipnet::Ipv4Net,
+    /// Where allocation network namespaces are mounted (`/run/netns`).
+    pub netns_dir: PathBuf,
 }
+
+impl ClientConfig {
+    /// The bridge network's settings; its IPAM store lives in the data dir.
+    fn bridge(&self) -> cni::BridgeConfig {
+        cni::BridgeConfig {
+            name: self.bridge_network_name.clone(),
+            subnet: self.bridge_network_subnet,
+            ipam_dir: self.data_dir.join("client").join("networks"),
+            netns_dir: self.netns_dir.clone(),
+        }
+    }
+}
+
+/// Nomad's default bridge subnet.
+pub const DEFAULT_BRIDGE_SUBNET: &str = "172.26.64.0/20";
 
 /// The running client.
 pub struct Client {
@@ -82,6 +106,7 @@ pub struct Client {
     store: Arc<ClientState>,
     updates: mpsc::UnboundedSender<AllocClientUpdate>,
     shutdown: CancellationToken,
+    network: Arc<cni::BridgeNetwork>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -121,6 +146,21 @@ impl Client {
         drivers.insert("raw_exec".into(), Arc::new(driver::raw_exec::RawExec::new(config.raw_exec_enabled)));
         drivers.insert("docker".into(), Arc::new(driver::docker::DockerDriver::new(config.docker.clone(), &ident.id)));
         let drivers = Arc::new(drivers);
+        let bridge = config.bridge();
+        // A data dir that has used bridge networking may hold leftovers of
+        // allocations that ended while the agent was away.
+        let used_bridge = bridge.ipam_dir.join(&bridge.name).is_dir();
+        let network = Arc::new(cni::BridgeNetwork::open(bridge).await?);
+        if used_bridge {
+            let live: HashSet<String> = store.load()?.into_iter().map(|p| p.alloc.id).collect();
+            match network.gc(&live).await {
+                Ok(r) if !r.removed.is_empty() => {
+                    tracing::info!(allocs = ?r.removed, "removed stale allocation networks")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "collecting stale allocation networks"),
+            }
+        }
         let node = Self::build_node(&config, &ident, &drivers).await;
         let (tx, rx) = mpsc::unbounded_channel();
         let client = Arc::new(Client {
@@ -132,6 +172,7 @@ impl Client {
             store,
             updates: tx,
             shutdown,
+            network,
         });
         client.restore()?;
         tokio::spawn(client.clone().collect_orphans());
@@ -182,6 +223,7 @@ impl Client {
             updates: self.updates.clone(),
             store: self.store.clone(),
             shutdown: self.shutdown.clone(),
+            network: self.network.clone(),
         }
     }
 

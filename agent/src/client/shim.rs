@@ -39,6 +39,9 @@ pub struct ShimSpec {
     pub rotation: Rotation,
     /// Where the exit status is written.
     pub exit_file: PathBuf,
+    /// Network namespace to run the task in (bridge mode).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 /// How a task ended, as the shim records it.
@@ -71,7 +74,17 @@ fn resolve_user(name: &str) -> io::Result<(u32, u32)> {
     Ok((user.uid.as_raw(), user.gid.as_raw()))
 }
 
+/// Moves the shim (and so the task it starts) into the namespace file `path`.
+fn enter_netns(path: &Path) -> io::Result<()> {
+    let f = fs::File::open(path).map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| io::Error::other(format!("entering network namespace {}: {e}", path.display())))
+}
+
 fn spawn_task(spec: &ShimSpec) -> io::Result<std::process::Child> {
+    if let Some(ns) = &spec.netns {
+        enter_netns(ns)?;
+    }
     let mut cmd = Command::new(&spec.command);
     cmd.args(&spec.args)
         .env_clear()

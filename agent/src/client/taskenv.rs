@@ -74,6 +74,19 @@ pub fn build(alloc: &Allocation, task: &Task, node: &Node, dirs: &TaskDirs) -> B
     env
 }
 
+/// Adds a bridge-mode allocation's own addresses: `NOMAD_ALLOC_IP_<label>`,
+/// `NOMAD_ALLOC_ADDR_<label>` (address and port inside the namespace) and
+/// `NOMAD_ALLOC_INTERFACE_<label>`, as Nomad does.
+pub fn add_bridge(env: &mut BTreeMap<String, String>, alloc: &Allocation, net: &cni::AllocNetwork) {
+    for p in &alloc.allocated_resources.shared.ports {
+        let label = env_key(&p.label);
+        let inner = if p.to > 0 { p.to as u16 } else { p.value };
+        env.insert(format!("NOMAD_ALLOC_IP_{label}"), net.ip.to_string());
+        env.insert(format!("NOMAD_ALLOC_ADDR_{label}"), format!("{}:{inner}", net.ip));
+        env.insert(format!("NOMAD_ALLOC_INTERFACE_{label}"), net.interface.clone());
+    }
+}
+
 /// Resolves one `${...}` reference against the task env and the node.
 fn lookup(name: &str, env: &BTreeMap<String, String>, node: &Node) -> Option<String> {
     if let Some(v) = env.get(name) {

@@ -68,6 +68,8 @@ pub struct TaskRunner {
     pub updates: mpsc::UnboundedSender<TaskUpdate>,
     /// Host paths of the task's `volume_mount`s.
     pub binds: Vec<super::driver::VolumeBind>,
+    /// The allocation's bridge network, if it has one.
+    pub network: Option<std::sync::Arc<super::allocrunner::GroupNetwork>>,
 }
 
 enum Next {
@@ -109,6 +111,9 @@ impl TaskRunner {
         };
         let dirs = taskenv::TaskDirs { alloc_dir: &env_alloc, local_dir: &env_local, secrets_dir: &env_secrets };
         let mut env = taskenv::build(&self.alloc, &self.task, &self.node, &dirs);
+        if let Some(net) = &self.network {
+            taskenv::add_bridge(&mut env, &self.alloc, &net.alloc);
+        }
         for (k, v) in &self.task.env {
             let value = taskenv::interpolate(v, &env, &self.node);
             env.insert(k.clone(), value);
@@ -167,6 +172,7 @@ impl TaskRunner {
             binds: self.binds.clone(),
             kill_timeout: self.kill_timeout(),
             events: None,
+            network: self.network.as_ref().map(|n| n.task.clone()),
         })
     }
 

@@ -4,7 +4,12 @@
 //! without prerun (after a client restart, or when prerun failed).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use super::network::GroupNetwork;
 use crate::structs::{Allocation, Node};
 
 /// Outputs hooks share with the task runners and with each other.
@@ -12,23 +17,28 @@ use crate::structs::{Allocation, Node};
 pub struct HookResources {
     /// Host paths of the group's volumes, by volume alias.
     pub volume_paths: std::collections::BTreeMap<String, (PathBuf, bool)>,
+    /// The group's bridge network, when it has one.
+    pub network: Option<Arc<GroupNetwork>>,
 }
+
+/// What a hook step returns.
+pub type HookResult<'a> = BoxFuture<'a, Result<(), String>>;
 
 /// A step of allocation setup/teardown.
 pub trait AllocHook: Send + Sync {
     /// Name for logs and errors.
     fn name(&self) -> &'static str;
     /// Before any task starts.
-    fn prerun(&self, _alloc: &Allocation, _res: &mut HookResources) -> Result<(), String> {
-        Ok(())
+    fn prerun<'a>(&'a self, _alloc: &'a Allocation, _res: &'a mut HookResources) -> HookResult<'a> {
+        async { Ok(()) }.boxed()
     }
     /// After every task has stopped.
-    fn postrun(&self, _alloc: &Allocation) -> Result<(), String> {
-        Ok(())
+    fn postrun<'a>(&'a self, _alloc: &'a Allocation) -> HookResult<'a> {
+        async { Ok(()) }.boxed()
     }
     /// When the allocation is removed from the client.
-    fn destroy(&self, _alloc: &Allocation) -> Result<(), String> {
-        Ok(())
+    fn destroy<'a>(&'a self, _alloc: &'a Allocation) -> HookResult<'a> {
+        async { Ok(()) }.boxed()
     }
 }
 
@@ -43,7 +53,24 @@ impl AllocHook for AllocDirHook {
         "alloc_dir"
     }
 
-    fn prerun(&self, alloc: &Allocation, _res: &mut HookResources) -> Result<(), String> {
+    fn prerun<'a>(&'a self, alloc: &'a Allocation, _res: &'a mut HookResources) -> HookResult<'a> {
+        async move { self.make_dirs(alloc) }.boxed()
+    }
+
+    fn destroy<'a>(&'a self, _alloc: &'a Allocation) -> HookResult<'a> {
+        async move {
+            match std::fs::remove_dir_all(&self.root) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("removing {}: {e}", self.root.display())),
+            }
+        }
+        .boxed()
+    }
+}
+
+impl AllocDirHook {
+    fn make_dirs(&self, alloc: &Allocation) -> Result<(), String> {
         let mut dirs = vec![self.root.join("alloc/data"), self.root.join("alloc/logs"), self.root.join("alloc/tmp")];
         let tg = alloc.group();
         for task in tg.iter().flat_map(|tg| tg.tasks.iter()) {
@@ -61,34 +88,6 @@ impl AllocHook for AllocDirHook {
         }
         Ok(())
     }
-
-    fn destroy(&self, _alloc: &Allocation) -> Result<(), String> {
-        match std::fs::remove_dir_all(&self.root) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("removing {}: {e}", self.root.display())),
-        }
-    }
-}
-
-/// Network setup. Host mode needs nothing; other modes are refused until
-/// the built-in bridge networker is available on this client.
-pub struct NetworkHook;
-
-impl AllocHook for NetworkHook {
-    fn name(&self) -> &'static str {
-        "network"
-    }
-
-    fn prerun(&self, alloc: &Allocation, _res: &mut HookResources) -> Result<(), String> {
-        for net in &alloc.allocated_resources.shared.networks {
-            match net.mode.as_str() {
-                "" | "host" | "none" => {}
-                other => return Err(format!("network mode {other:?} is not supported on this client yet")),
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Resolves the group's host volumes to paths on this node.
@@ -102,7 +101,13 @@ impl AllocHook for HostVolumeHook {
         "host_volumes"
     }
 
-    fn prerun(&self, alloc: &Allocation, res: &mut HookResources) -> Result<(), String> {
+    fn prerun<'a>(&'a self, alloc: &'a Allocation, res: &'a mut HookResources) -> HookResult<'a> {
+        async move { self.resolve(alloc, res) }.boxed()
+    }
+}
+
+impl HostVolumeHook {
+    fn resolve(&self, alloc: &Allocation, res: &mut HookResources) -> Result<(), String> {
         let tg = alloc.group();
         for (alias, req) in tg.iter().flat_map(|tg| tg.volumes.iter()) {
             if req.volume_type != "host" {
@@ -123,6 +128,10 @@ impl AllocHook for HostVolumeHook {
 }
 
 /// The ordered hook list of an allocation.
-pub fn build_hooks(root: PathBuf, node: std::sync::Arc<Node>) -> Vec<Box<dyn AllocHook>> {
-    vec![Box::new(AllocDirHook { root }), Box::new(NetworkHook), Box::new(HostVolumeHook { node })]
+pub fn build_hooks(root: PathBuf, deps: &super::RunnerDeps) -> Vec<Box<dyn AllocHook>> {
+    vec![
+        Box::new(AllocDirHook { root }),
+        Box::new(super::network::NetworkHook::new(deps.network.clone(), deps.drivers.clone())),
+        Box::new(HostVolumeHook { node: deps.node.clone() }),
+    ]
 }

@@ -6,6 +6,7 @@
 //! channel; it owns its state and nothing else touches it.
 
 mod hooks;
+mod network;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use crate::server::AllocClientUpdate;
 use crate::structs::{client_status, Allocation, Node, TaskEvent, TaskState};
 
 pub use hooks::{build_hooks, AllocHook, HookResources};
+pub use network::GroupNetwork;
 
 /// Messages to a running alloc runner.
 #[derive(Debug)]
@@ -54,6 +56,8 @@ pub struct RunnerDeps {
     pub store: Arc<ClientState>,
     /// Agent shutdown: detach, leave tasks running.
     pub shutdown: CancellationToken,
+    /// The node's bridge network.
+    pub network: Arc<cni::BridgeNetwork>,
 }
 
 /// The allocation's client status from its tasks' states.
@@ -134,17 +138,17 @@ impl Runner {
         self.report();
     }
 
-    fn run_postrun(&self) {
+    async fn run_postrun(&self) {
         for h in self.hooks.iter().rev() {
-            if let Err(e) = h.postrun(&self.alloc) {
+            if let Err(e) = h.postrun(&self.alloc).await {
                 tracing::warn!(hook = h.name(), error = %e, "postrun hook failed");
             }
         }
     }
 
-    fn run_destroy(&self) {
+    async fn run_destroy(&self) {
         for h in self.hooks.iter().rev() {
-            if let Err(e) = h.destroy(&self.alloc) {
+            if let Err(e) = h.destroy(&self.alloc).await {
                 tracing::warn!(hook = h.name(), error = %e, "destroy hook failed");
             }
         }
@@ -198,6 +202,7 @@ impl Runner {
                 shutdown: self.deps.shutdown.child_token(),
                 updates: updates.clone(),
                 binds,
+                network: res.network.clone(),
             };
             tokio::spawn(tracing::Instrument::instrument(runner.run(), tracing::info_span!("task", task = %task.name)));
         }
@@ -212,7 +217,7 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<AllocCommand>,
 ) {
     let root = deps.alloc_dir.join(&alloc.id);
-    let hooks = build_hooks(root, deps.node.clone());
+    let hooks = build_hooks(root, &deps);
     let mut r = Runner {
         persisted: restored.unwrap_or_else(|| PersistedAlloc { alloc: alloc.clone(), ..Default::default() }),
         alloc,
@@ -229,7 +234,7 @@ async fn run(
         let mut res = HookResources::default();
         let mut setup = Ok(());
         for h in &r.hooks {
-            if let Err(e) = h.prerun(&r.alloc, &mut res) {
+            if let Err(e) = h.prerun(&r.alloc, &mut res).await {
                 setup = Err(format!("{} hook: {e}", h.name()));
                 break;
             }
@@ -239,7 +244,7 @@ async fn run(
             Err(e) => {
                 tracing::warn!(error = %e, "allocation setup failed");
                 r.fail_setup(&e);
-                r.run_postrun();
+                r.run_postrun().await;
             }
         }
     }
@@ -261,9 +266,9 @@ async fn run(
                 r.persist(handle_changed);
                 r.report();
                 if finished(&r) || (kill.is_cancelled() && r.persisted.handles.is_empty() && all_dead(&r)) {
-                    r.run_postrun();
+                    r.run_postrun().await;
                     if destroying {
-                        r.run_destroy();
+                        r.run_destroy().await;
                         return;
                     }
                 }
@@ -284,8 +289,8 @@ async fn run(
                     destroying = true;
                     kill.cancel();
                     if r.persisted.handles.is_empty() {
-                        r.run_postrun();
-                        r.run_destroy();
+                        r.run_postrun().await;
+                        r.run_destroy().await;
                         return;
                     }
                 }

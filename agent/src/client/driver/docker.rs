@@ -23,7 +23,7 @@ use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Driver, DriverError, ExitResult, TaskConfig, TaskHandle};
+use super::{Driver, DriverError, ExitResult, TaskConfig, TaskHandle, TaskNetwork};
 use crate::client::logs::{RotatingWriter, Rotation};
 use crate::structs::DriverInfo;
 use crate::util::now_rfc3339;
@@ -81,6 +81,15 @@ pub struct ContainerState {
     pub task: String,
     /// Rotation limits.
     pub rotation: Rotation,
+}
+
+/// The task label of pause containers.
+const PAUSE_TASK: &str = "berth_init";
+
+/// The pause container holding an allocation's network namespace
+/// (Nomad's `nomad_init_<alloc id>`).
+pub fn pause_container_name(alloc_id: &str) -> String {
+    format!("berth_init_{alloc_id}")
 }
 
 /// The docker driver.
@@ -228,7 +237,19 @@ impl DockerDriver {
         // Ports: `ports` labels, or every granted port with HCL1 `port_map`.
         let port_map: BTreeMap<String, String> = merged_map(c.get("port_map"));
         let labels = strings(c, "ports")?;
-        let network_mode = string(c, "network_mode").unwrap_or_default();
+        let network_mode = match cfg.network.as_ref().and_then(|n| n.holder.as_ref()) {
+            Some(holder) => {
+                for key in ["network_mode", "hostname", "dns_servers", "dns_search_domains", "extra_hosts"] {
+                    if c.contains_key(key) {
+                        return Err(config_error(format!(
+                            "{key:?} cannot be set when the group network is in bridge mode (the task joins the allocation's namespace)"
+                        )));
+                    }
+                }
+                format!("container:{holder}")
+            }
+            None => string(c, "network_mode").unwrap_or_default(),
+        };
         let mut exposed = Vec::new();
         let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
         if network_mode != "host" && !network_mode.starts_with("container:") && network_mode != "none" {
@@ -701,6 +722,69 @@ impl Driver for DockerDriver {
         .boxed()
     }
 
+    fn create_network<'a>(&'a self, alloc_id: &'a str) -> BoxFuture<'a, Result<Option<TaskNetwork>, DriverError>> {
+        async move {
+            let docker = self.docker()?;
+            let name = pause_container_name(alloc_id);
+            let running = |i: &bollard::models::ContainerInspectResponse| {
+                i.state.as_ref().and_then(|s| s.running).unwrap_or(false)
+            };
+            let existing = docker.inspect_container(&name, None::<InspectContainerOptions>).await.ok();
+            if existing.as_ref().is_none_or(|i| !running(i)) {
+                if existing.is_none() {
+                    super::pause::ensure_pause_image(&docker).await.map_err(start_error)?;
+                    let labels = HashMap::from([
+                        (LABEL_MANAGED.to_string(), "true".to_string()),
+                        (LABEL_ALLOC.to_string(), alloc_id.to_string()),
+                        (LABEL_TASK.to_string(), PAUSE_TASK.to_string()),
+                        (LABEL_NODE.to_string(), self.node_id.clone()),
+                    ]);
+                    let body = ContainerCreateBody {
+                        image: Some(super::pause::pause_image()),
+                        labels: Some(labels),
+                        host_config: Some(HostConfig { network_mode: Some("none".into()), ..Default::default() }),
+                        ..Default::default()
+                    };
+                    docker
+                        .create_container(
+                            Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }),
+                            body,
+                        )
+                        .await
+                        .map_err(|e| {
+                            start_error(format!("failed to create pause container {name}: {}", docker_message(&e)))
+                        })?;
+                }
+                docker.start_container(&name, None).await.map_err(|e| {
+                    start_error(format!("failed to start pause container {name}: {}", docker_message(&e)))
+                })?;
+            }
+            let pid = docker
+                .inspect_container(&name, None::<InspectContainerOptions>)
+                .await
+                .ok()
+                .and_then(|i| i.state)
+                .and_then(|s| s.pid)
+                .filter(|p| *p > 0)
+                .ok_or_else(|| start_error(format!("pause container {name} is not running")))?;
+            Ok(Some(TaskNetwork { netns: PathBuf::from(format!("/proc/{pid}/ns/net")), holder: Some(name) }))
+        }
+        .boxed()
+    }
+
+    fn destroy_network<'a>(&'a self, alloc_id: &'a str) -> BoxFuture<'a, ()> {
+        async move {
+            let Ok(docker) = self.docker() else { return };
+            let _ = docker
+                .remove_container(
+                    &pause_container_name(alloc_id),
+                    Some(RemoveContainerOptions { force: true, ..Default::default() }),
+                )
+                .await;
+        }
+        .boxed()
+    }
+
     fn cleanup_orphans<'a>(&'a self, known: &'a HashSet<String>) -> BoxFuture<'a, ()> {
         async move {
             let Ok(docker) = self.client() else { return };
@@ -758,7 +842,22 @@ mod tests {
             binds: vec![],
             kill_timeout: Duration::from_secs(5),
             events: None,
+            network: None,
         }
+    }
+
+    #[test]
+    fn bridge_mode_tasks_join_the_pause_container_and_publish_nothing() {
+        let d = DockerDriver::new(DockerPluginConfig::default(), "n1");
+        let mut c = cfg(serde_json::json!({"image": "x", "ports": ["db"]}));
+        c.network = Some(TaskNetwork { netns: "/run/netns/berth-a1".into(), holder: Some(pause_container_name("a1")) });
+        let body = d.container_body(&c).unwrap();
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.network_mode.as_deref(), Some("container:berth_init_a1"));
+        assert!(hc.port_bindings.is_none());
+        c.config.insert("hostname".into(), serde_json::json!("db1"));
+        let e = d.container_body(&c).unwrap_err().to_string();
+        assert!(e.contains("\"hostname\" cannot be set when the group network is in bridge mode"), "{e}");
     }
 
     #[test]

@@ -76,6 +76,18 @@ pub struct TaskConfig {
     pub kill_timeout: Duration,
     /// Where a driver reports progress (image pulls) as task events.
     pub events: Option<tokio::sync::mpsc::UnboundedSender<crate::structs::TaskEvent>>,
+    /// The allocation's network namespace (bridge mode), if it has one.
+    pub network: Option<TaskNetwork>,
+}
+
+/// The network namespace an allocation's tasks join.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskNetwork {
+    /// The namespace file.
+    pub netns: PathBuf,
+    /// The container holding the namespace, for drivers whose tasks join it
+    /// through their runtime (docker's `container:<name>` network mode).
+    pub holder: Option<String>,
 }
 
 /// A host path mounted into a task.
@@ -141,6 +153,17 @@ pub trait Driver: Send + Sync {
     /// mounted at `/alloc`, `/local` and `/secrets`.
     fn fs_isolation(&self) -> bool {
         false
+    }
+    /// Creates the allocation's network namespace when this driver must own
+    /// it (docker keeps it in a pause container). Returns the namespace file
+    /// and the holder's name; `None` when the driver runs tasks in any
+    /// namespace the client makes. Must be idempotent (re-adoption).
+    fn create_network<'a>(&'a self, _alloc_id: &'a str) -> BoxFuture<'a, Result<Option<TaskNetwork>, DriverError>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// Removes what [`create_network`](Self::create_network) made.
+    fn destroy_network<'a>(&'a self, _alloc_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
     }
     /// At client start: removes what belongs to allocations not in `known`.
     fn cleanup_orphans<'a>(&'a self, _known: &'a std::collections::HashSet<String>) -> BoxFuture<'a, ()> {

@@ -69,6 +69,7 @@ fn shim_spec(cfg: &TaskConfig) -> Result<ShimSpec, DriverError> {
         task: cfg.task.clone(),
         rotation: cfg.rotation,
         exit_file: private_dir(&cfg.task_dir).join("exit.json"),
+        netns: cfg.network.as_ref().map(|n| n.netns.clone()),
     })
 }
 
@@ -159,6 +160,7 @@ mod tests {
             binds: vec![],
             kill_timeout: std::time::Duration::from_secs(5),
             events: None,
+            network: None,
         }
     }
 
