@@ -18,6 +18,10 @@ fi
 # docker driver's tests.
 ensure_docker
 apt_install mariadb-client
+# Bridge networking tests and benchmark: iproute2 (ip netns), iptables,
+# busybox (httpd/nc in test tasks) and, only as the benchmark's baseline,
+# Debian's CNI reference plugins (berth itself never runs them).
+apt_install iproute2 iptables busybox-static containernetworking-plugins
 ./scripts/build-test-images.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check

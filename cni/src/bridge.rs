@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::firewall::PortMapping;
 use crate::ipam::Ipam;
 use crate::netns::NetNs;
-use crate::{conntrack, firewall, link, sysctl, NetError, Result};
+use crate::reaper::{Reaper, Work};
+use crate::{firewall, link, sysctl, NetError, Result};
 
 /// The interface name inside allocation namespaces (Nomad's `eth0`).
 pub const CONTAINER_IFNAME: &str = "eth0";
@@ -71,6 +72,7 @@ pub struct BridgeNetwork {
     ipam: Ipam,
     host: rtnetlink::Handle,
     bridge_index: tokio::sync::OnceCell<u32>,
+    reaper: Reaper,
 }
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
@@ -113,7 +115,12 @@ impl BridgeNetwork {
                 cfg.subnet
             )));
         }
-        Ok(BridgeNetwork { cfg, ipam, host, bridge_index: tokio::sync::OnceCell::new() })
+        // The reaper's slow deletions get their own socket, so they never queue
+        // ahead of a setup's requests.
+        let (conn, reaper_link, _) = rtnetlink::new_connection().map_err(crate::io_err("opening netlink"))?;
+        tokio::spawn(conn);
+        let reaper = Reaper::spawn(cfg.name.clone(), reaper_link, ipam.clone());
+        Ok(BridgeNetwork { cfg, ipam, host, bridge_index: tokio::sync::OnceCell::new(), reaper })
     }
 
     /// The configuration.
@@ -185,15 +192,42 @@ impl BridgeNetwork {
     }
 
     async fn connect(&self, bridge: u32, ns: &NetNs, net: &AllocNetwork) -> Result<()> {
-        let inside = ns.netlink()?;
-        let adopted = match link::get(&self.host, &net.host_veth).await? {
-            Some(l) if l.controller == Some(bridge) && link::get(&inside, &net.interface).await?.is_some() => true,
+        let adopted = self.is_connected(bridge, ns, net).await?;
+        // The links and the rules are independent: set them up side by side.
+        let (bridge_name, subnet, n) = (self.cfg.name.clone(), self.cfg.subnet, net.clone());
+        let rules = tokio::task::spawn_blocking(move || {
+            if adopted {
+                firewall::ensure_mappings(&bridge_name, &n.id, n.ip, subnet, &n.ports)
+            } else {
+                firewall::add_mappings(&bridge_name, &n.id, n.ip, subnet, &n.ports)
+            }
+        });
+        let links = self.connect_links(bridge, ns, net, adopted);
+        let (rules, links) = tokio::join!(rules, links);
+        rules.map_err(|e| NetError::Config(e.to_string()))??;
+        links?;
+        // Stale UDP entries for the new host ports would bypass the DNAT
+        // (as portmap notes); the reaper flushes them.
+        if !net.ports.is_empty() {
+            self.reaper.queue(Work::UdpPorts(net.ports.iter().map(|p| p.host_port).collect()));
+        }
+        Ok(())
+    }
+
+    /// True when the allocation's veth pair is already in place (re-adoption).
+    async fn is_connected(&self, bridge: u32, ns: &NetNs, net: &AllocNetwork) -> Result<bool> {
+        match link::get(&self.host, &net.host_veth).await? {
+            Some(l) if l.controller == Some(bridge) => Ok(link::get(&ns.netlink()?, &net.interface).await?.is_some()),
             Some(_) => {
                 link::delete(&self.host, &net.host_veth).await?;
-                false
+                Ok(false)
             }
-            None => false,
-        };
+            None => Ok(false),
+        }
+    }
+
+    async fn connect_links(&self, bridge: u32, ns: &NetNs, net: &AllocNetwork, adopted: bool) -> Result<()> {
+        let inside = ns.netlink()?;
         if !adopted {
             // A half-made pair from an interrupted setup.
             link::delete(&inside, &net.interface).await?;
@@ -202,22 +236,7 @@ impl BridgeNetwork {
             link::create_veth(&self.host, &net.host_veth, &net.interface, &file, bridge).await?;
         }
         let addr = Ipv4Net::new(net.ip, net.prefix_len).map_err(|e| NetError::Config(e.to_string()))?;
-        link::configure_container(&inside, &net.interface, addr, net.gateway).await?;
-        let (bridge_name, subnet, n) = (self.cfg.name.clone(), self.cfg.subnet, net.clone());
-        tokio::task::spawn_blocking(move || {
-            if adopted {
-                firewall::ensure_mappings(&bridge_name, &n.id, n.ip, subnet, &n.ports)
-            } else {
-                firewall::add_mappings(&bridge_name, &n.id, n.ip, subnet, &n.ports)
-            }?;
-            let udp: Vec<u16> = n.ports.iter().map(|p| p.host_port).collect();
-            if let Err(e) = conntrack::flush_udp_ports(&udp) {
-                tracing::warn!(error = %e, "flushing stale UDP conntrack entries");
-            }
-            Ok::<_, NetError>(())
-        })
-        .await
-        .map_err(|e| NetError::Config(e.to_string()))?
+        link::configure_container(&inside, &net.interface, addr, net.gateway).await
     }
 
     /// Removes everything [`setup`](Self::setup) made for `net`, including
@@ -228,21 +247,23 @@ impl BridgeNetwork {
 
     /// Removes what allocation `id` has, knowing only its ID (and, if
     /// known, its mappings): what an agent restarted after the allocation
-    /// ended must do. Missing pieces are fine.
+    /// ended must do. Missing pieces are fine. The work is queued for the
+    /// network's background reaper, which removes rules, veth, namespace
+    /// mount, conntrack entries and address in that order
+    /// ([`settled`](Self::settled) waits for it).
     pub async fn release(&self, id: &str, ports: Option<&[PortMapping]>) -> Result<()> {
-        let (bridge, owned_id, ports_owned) = (self.cfg.name.clone(), id.to_string(), ports.map(<[_]>::to_vec));
-        tokio::task::spawn_blocking(move || firewall::remove_mappings(&bridge, &owned_id, ports_owned.as_deref()))
-            .await
-            .map_err(|e| NetError::Config(e.to_string()))??;
-        link::delete(&self.host, &self.host_veth(id)).await?;
-        NetNs::delete(&self.cfg.netns_dir, &self.netns_name(id))?;
-        if let Some(ip) = self.ipam.lookup(id) {
-            if let Err(e) = conntrack::flush_address(ip) {
-                tracing::warn!(error = %e, "flushing conntrack entries of {ip}");
-            }
-        }
-        self.ipam.release(id)?;
+        self.reaper.queue(Work::Allocation {
+            id: id.to_string(),
+            ports: ports.map(<[_]>::to_vec),
+            veth: self.host_veth(id),
+            netns: (self.cfg.netns_dir.clone(), self.netns_name(id)),
+        });
         Ok(())
+    }
+
+    /// Resolves once every teardown so far is complete, background part included.
+    pub async fn settled(&self) {
+        self.reaper.idle().await
     }
 
     /// Removes what allocations not in `live` left: namespaces, veths,
@@ -272,6 +293,7 @@ impl BridgeNetwork {
             tracing::info!(alloc_id = %id, "removing the network of an allocation that no longer exists");
             self.release(id, None).await?;
         }
+        self.settled().await;
         // Veths on the bridge whose allocation is unknown (their namespace is gone).
         if let Some(br) = link::get(&self.host, &self.cfg.name).await? {
             let keep: HashSet<String> = live.iter().map(|id| self.host_veth(id)).collect();

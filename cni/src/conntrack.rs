@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
-use netlink_packet_netfilter::conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple};
+use netlink_packet_netfilter::conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Tuple};
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
@@ -158,18 +158,4 @@ pub fn flush(select: impl Fn(&Entry) -> bool) -> Result<usize> {
         }
     }
     Ok(deleted)
-}
-
-/// Deletes the entries of connections to or from `ip` (an allocation's address).
-pub fn flush_address(ip: Ipv4Addr) -> Result<usize> {
-    flush(|e| e.orig_src == Some(ip) || e.reply_src == Some(ip) || e.orig_dst == Some(ip))
-}
-
-/// Deletes UDP entries whose original destination port is one of `ports`.
-pub fn flush_udp_ports(ports: &[u16]) -> Result<usize> {
-    if ports.is_empty() {
-        return Ok(0);
-    }
-    let udp = u8::from(Protocol::Udp);
-    flush(|e| e.protocol == udp && e.orig_dst_port.is_some_and(|p| ports.contains(&p)))
 }

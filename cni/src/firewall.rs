@@ -191,7 +191,13 @@ pub fn add_mappings(bridge: &str, id: &str, ip: Ipv4Addr, subnet: Ipv4Net, ports
         return Ok(());
     }
     let mut script = format!("*nat\n:{} - [0:0]\n", dnat_chain(bridge, id));
-    for r in jump_rules(bridge, id, ports).into_iter().chain(chain_rules(bridge, id, ip, subnet, ports)) {
+    // Newest first: a host port handed to a new allocation wins over the
+    // rules of one whose teardown is still queued.
+    for r in jump_rules(bridge, id, ports) {
+        script.push_str(&r.replacen("-A ", "-I ", 1));
+        script.push('\n');
+    }
+    for r in chain_rules(bridge, id, ip, subnet, ports) {
         script.push_str(&r);
         script.push('\n');
     }
@@ -223,25 +229,38 @@ pub fn ensure_mappings(bridge: &str, id: &str, ip: Ipv4Addr, subnet: Ipv4Net, po
     add_mappings(bridge, id, ip, subnet, ports)
 }
 
-/// Removes an allocation's mappings. `ports` are the mappings it was given
-/// (one transaction); when they are unknown, or do not match what is
-/// installed, the installed rules are read back and removed.
-pub fn remove_mappings(bridge: &str, id: &str, ports: Option<&[PortMapping]>) -> Result<()> {
-    if let Some(ports) = ports.filter(|p| !p.is_empty()) {
+/// Removes the mappings of several allocations, given as (ID, the
+/// mappings it was given). Those with known mappings go in one
+/// transaction; when that fails (something was changed by hand), and for
+/// unknown mappings, the installed rules are read back and removed.
+pub fn remove_mappings(bridge: &str, allocs: &[(String, Option<Vec<PortMapping>>)]) -> Result<()> {
+    let known: Vec<(&String, &Vec<PortMapping>)> =
+        allocs.iter().filter_map(|(id, p)| p.as_ref().filter(|p| !p.is_empty()).map(|p| (id, p))).collect();
+    let mut script = String::from("*nat\n");
+    for (id, ports) in &known {
         let chain = dnat_chain(bridge, id);
-        let mut script = format!("*nat\n:{chain} - [0:0]\n");
+        script.push_str(&format!(":{chain} - [0:0]\n"));
         for r in jump_rules(bridge, id, ports) {
             script.push_str(&r.replacen("-A ", "-D ", 1));
             script.push('\n');
         }
-        script.push_str(&format!("-X {chain}\nCOMMIT\n"));
-        if restore(&format!("removing port mappings of {id}"), &script).is_ok() {
-            return Ok(());
-        }
-    } else if ports.is_some() {
+        script.push_str(&format!("-X {chain}\n"));
+    }
+    script.push_str("COMMIT\n");
+    let fast = !known.is_empty() && restore("removing port mappings", &script).is_ok();
+    let slow: Vec<&String> = allocs
+        .iter()
+        .filter(|(_, p)| p.is_none() || (!fast && p.as_ref().is_some_and(|p| !p.is_empty())))
+        .map(|(id, _)| id)
+        .collect();
+    if slow.is_empty() {
         return Ok(());
     }
-    remove_from_saved(bridge, id, &save_nat()?)
+    let saved = save_nat()?;
+    for id in slow {
+        remove_from_saved(bridge, id, &saved)?;
+    }
+    Ok(())
 }
 
 fn remove_from_saved(bridge: &str, id: &str, saved: &str) -> Result<()> {

@@ -9,15 +9,18 @@
 //! * [`firewall`]: masquerade, forward and port-mapping rules in berth's own chains.
 //! * [`conntrack`]: flushing connection-tracking entries of removed mappings.
 //! * [`bridge`]: the bridge network that ties them together per allocation.
+//! * [`external`]: runs a user's CNI conflist with real plugin binaries (`mode = "cni/<name>"`).
 //!
 //! Nothing here knows about allocations beyond an opaque ID string.
 
 pub mod bridge;
 pub mod conntrack;
+pub mod external;
 pub mod firewall;
 pub mod ipam;
 pub mod link;
 pub mod netns;
+mod reaper;
 mod sysctl;
 
 pub use bridge::{AllocNetwork, BridgeConfig, BridgeNetwork, PortMapping};

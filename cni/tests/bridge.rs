@@ -7,35 +7,13 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
+
+mod common;
 
 use cni::netns::NetNs;
 use cni::{BridgeConfig, BridgeNetwork, PortMapping};
-
-/// Runs `f` on a thread inside a new network namespace (with `lo` up and a
-/// dummy "node address" 10.99.0.1/24) on a runtime of its own.
-fn in_fresh_host<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare (tests need root)");
-        sh("ip link set lo up");
-        sh("ip link add node0 type veth peer name node0p && ip addr add 10.99.0.1/24 dev node0 && ip link set node0p up && ip link set node0 up");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(f());
-    })
-    .join()
-    .expect("test thread panicked");
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{in_fresh_host, sh};
 
 fn config(dir: &Path, name: &str, subnet: &str) -> BridgeConfig {
     BridgeConfig {
@@ -81,6 +59,12 @@ fn host_state(dir: &Path) -> String {
     format!("links:\n{links}\nnetns: {ns:?}\nipam: {ipam:?}\nrules:\n{rules}")
 }
 
+/// Waits for the background part of teardowns, then compares the host.
+async fn settled_state_is(net: &BridgeNetwork, dir: &Path, before: &str) {
+    net.settled().await;
+    assert_eq!(host_state(dir), before);
+}
+
 #[test]
 fn mapped_ports_peers_and_egress_work_and_teardown_leaves_nothing() {
     in_fresh_host(|| async {
@@ -90,6 +74,7 @@ fn mapped_ports_peers_and_egress_work_and_teardown_leaves_nothing() {
         let warm = net.create_netns("warm").unwrap();
         let w = net.setup("warm", &warm, &[]).await.unwrap();
         net.teardown(&w).await.unwrap();
+        net.settled().await;
         let before = host_state(dir.path());
 
         let ns_a = net.create_netns("a").unwrap();
@@ -120,7 +105,7 @@ fn mapped_ports_peers_and_egress_work_and_teardown_leaves_nothing() {
 
         net.teardown(&a).await.unwrap();
         net.teardown(&b).await.unwrap();
-        assert_eq!(host_state(dir.path()), before);
+        settled_state_is(&net, dir.path(), &before).await;
         assert!(TcpStream::connect_timeout(&"127.0.0.1:8080".parse().unwrap(), Duration::from_millis(500)).is_err());
     });
 }
@@ -134,6 +119,7 @@ fn restart_readopts_running_allocations_and_gc_removes_the_rest() {
         let warm = first.create_netns("warm").unwrap();
         let w = first.setup("warm", &warm, &[]).await.unwrap();
         first.teardown(&w).await.unwrap();
+        first.settled().await;
         let before = host_state(dir.path());
         let ns_keep = first.create_netns("keep").unwrap();
         let keep = first.setup("keep", &ns_keep, &[PortMapping { host_port: 8081, container_port: 81 }]).await.unwrap();
@@ -152,7 +138,7 @@ fn restart_readopts_running_allocations_and_gc_removes_the_rest() {
         assert_eq!(again, keep, "same address, veth and mappings after re-adoption");
         assert_eq!(fetch("127.0.0.1:8081".parse().unwrap()), "still here");
         second.teardown(&again).await.unwrap();
-        assert_eq!(host_state(dir.path()), before);
+        settled_state_is(&second, dir.path(), &before).await;
     });
 }
 
@@ -164,6 +150,7 @@ fn two_hundred_setups_and_teardowns_leak_nothing() {
         let warm = net.create_netns("warm").unwrap();
         let w = net.setup("warm", &warm, &[PortMapping { host_port: 7000, container_port: 7000 }]).await.unwrap();
         net.teardown(&w).await.unwrap();
+        net.settled().await;
         let before = host_state(dir.path());
         let mut seen = HashSet::new();
         for i in 0..200 {
@@ -178,7 +165,7 @@ fn two_hundred_setups_and_teardowns_leak_nothing() {
         }
         // Round-robin IPAM walks the /24 instead of reusing one address.
         assert!(seen.len() > 100, "{} distinct addresses", seen.len());
-        assert_eq!(host_state(dir.path()), before);
+        settled_state_is(&net, dir.path(), &before).await;
     });
 }
 

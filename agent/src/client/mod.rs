@@ -271,10 +271,12 @@ impl Client {
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline {
             if self.store.load().map(|l| l.is_empty()).unwrap_or(true) {
-                return;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Bridge teardown finishes in the background; let it.
+        let _ = tokio::time::timeout_at(deadline, self.network.settled()).await;
     }
 
     /// Registers, then heartbeats; re-registers when the server forgot us

@@ -1,0 +1,134 @@
+//! Deferred teardown. What a stopped allocation had is removed by one
+//! background task per network, in order: its port mappings, its veth and
+//! namespace mount, then its conntrack entries, and only then its address,
+//! so a new allocation never inherits entries nor loses its own to a flush.
+//! Rule and link deletion wait out kernel RCU grace periods, and a
+//! conntrack flush walks the whole table, so none of it belongs on an
+//! allocation's critical path; the task takes everything queued at once,
+//! removes all its rules in one transaction and walks the table once per
+//! batch. Stale-UDP flushes for new mappings ride the same walk. (Until
+//! its turn comes, a stopped allocation's DNAT rules are shadowed: new
+//! mappings are inserted first.)
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::firewall::{self, PortMapping};
+use crate::ipam::Ipam;
+use crate::netns::NetNs;
+use crate::{conntrack, link};
+
+/// One piece of deferred work.
+pub(crate) enum Work {
+    /// Remove an allocation's veth, namespace mount, conntrack entries and address.
+    Allocation {
+        /// Allocation ID (the IPAM holder).
+        id: String,
+        /// Its mappings, when known.
+        ports: Option<Vec<PortMapping>>,
+        /// Host end of its veth.
+        veth: String,
+        /// Directory and name of its namespace mount.
+        netns: (PathBuf, String),
+    },
+    /// Flush UDP entries to these host ports (new mappings).
+    UdpPorts(Vec<u16>),
+}
+
+/// The handle of a network's reaper task.
+pub(crate) struct Reaper {
+    tx: mpsc::UnboundedSender<Work>,
+    pending: watch::Sender<usize>,
+}
+
+impl Reaper {
+    /// Starts the task (needs a tokio runtime).
+    pub fn spawn(bridge: String, host: rtnetlink::Handle, ipam: Ipam) -> Reaper {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (pending, _) = watch::channel(0usize);
+        tokio::spawn(run(rx, bridge, host, ipam, pending.clone()));
+        Reaper { tx, pending }
+    }
+
+    /// Queues work.
+    pub fn queue(&self, work: Work) {
+        self.pending.send_modify(|n| *n += 1);
+        if self.tx.send(work).is_err() {
+            self.pending.send_modify(|n| *n -= 1);
+        }
+    }
+
+    /// Resolves once everything queued so far is done.
+    pub async fn idle(&self) {
+        let mut rx = self.pending.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+async fn run(
+    mut rx: mpsc::UnboundedReceiver<Work>,
+    bridge: String,
+    host: rtnetlink::Handle,
+    ipam: Ipam,
+    pending: watch::Sender<usize>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            batch.push(w);
+        }
+        let mappings: Vec<(String, Option<Vec<PortMapping>>)> = batch
+            .iter()
+            .filter_map(|w| match w {
+                Work::Allocation { id, ports, .. } => Some((id.clone(), ports.clone())),
+                Work::UdpPorts(_) => None,
+            })
+            .collect();
+        if !mappings.is_empty() {
+            let b = bridge.clone();
+            match tokio::task::spawn_blocking(move || firewall::remove_mappings(&b, &mappings)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "removing port mappings"),
+                Err(e) => tracing::warn!(error = %e, "removing port mappings"),
+            }
+        }
+        let mut ids = Vec::new();
+        let mut udp = Vec::new();
+        for w in &batch {
+            match w {
+                Work::Allocation { id, veth, netns, .. } => {
+                    if let Err(e) = link::delete(&host, veth).await {
+                        tracing::warn!(error = %e, %veth, "deleting veth");
+                    }
+                    if let Err(e) = NetNs::delete(&netns.0, &netns.1) {
+                        tracing::warn!(error = %e, "deleting network namespace {}", netns.1);
+                    }
+                    ids.push(id.clone());
+                }
+                Work::UdpPorts(p) => udp.extend_from_slice(p),
+            }
+        }
+        let ips: Vec<Ipv4Addr> = ids.iter().filter_map(|id| ipam.lookup(id)).collect();
+        let store = ipam.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let udp_proto = u8::from(netlink_packet_netfilter::conntrack::Protocol::Udp);
+            let flushed = conntrack::flush(|e| {
+                let of_alloc = [e.orig_src, e.orig_dst, e.reply_src].iter().flatten().any(|a| ips.contains(a));
+                let stale_udp = e.protocol == udp_proto && e.orig_dst_port.is_some_and(|p| udp.contains(&p));
+                of_alloc || stale_udp
+            });
+            if let Err(e) = flushed {
+                tracing::warn!(error = %e, "flushing conntrack entries");
+            }
+            for id in &ids {
+                if let Err(e) = store.release(id) {
+                    tracing::warn!(error = %e, alloc_id = %id, "freeing the address");
+                }
+            }
+        })
+        .await;
+        pending.send_modify(|n| *n -= batch.len());
+    }
+}
