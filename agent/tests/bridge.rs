@@ -338,6 +338,85 @@ fn a_bad_bridge_configuration_stops_the_agent_with_a_clear_error() {
     assert!(out.contains(&format!("bridge_network_subnet {route} overlaps the route to {route}")), "{out}");
 }
 
+/// Removes the chains Debian's portmap plugin creates once and never
+/// deletes (`CNI-HOSTPORT-*`) and the jumps to them, when dropped.
+struct PortmapChains;
+
+impl Drop for PortmapChains {
+    fn drop(&mut self) {
+        let saved = sh("iptables-save -t nat");
+        let mut script = String::from("*nat\n");
+        for rule in saved.lines().filter(|l| l.starts_with("-A ") && l.contains("CNI-HOSTPORT-")) {
+            script.push_str(&rule.replacen("-A ", "-D ", 1));
+            script.push('\n');
+        }
+        for chain in ["CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ"] {
+            if saved.contains(&format!(":{chain} ")) {
+                script.push_str(&format!("-X {chain}\n"));
+            }
+        }
+        script.push_str("COMMIT\n");
+        let mut child =
+            Command::new("iptables-restore").arg("--noflush").stdin(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        child.wait().unwrap();
+    }
+}
+
+#[test]
+fn a_cni_mode_job_runs_the_operators_conflist_with_real_plugins() {
+    let _host = host();
+    assert!(Path::new("/usr/lib/cni/bridge").is_file(), "needs Debian's containernetworking-plugins");
+    let root = tempfile::tempdir().unwrap();
+    let tb = unique_bridge();
+    let _portmap = PortmapChains;
+    let confdir = root.path().join("cni-conf");
+    std::fs::create_dir_all(&confdir).unwrap();
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "labnet",
+        "plugins": [
+            {"type": "bridge", "bridge": tb.name, "isGateway": true, "hairpinMode": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": tb.subnet}]], "routes": [{"dst": "0.0.0.0/0"}],
+                      "dataDir": root.path().join("cni-ipam").display().to_string()}},
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+        ]
+    });
+    std::fs::write(confdir.join("10-labnet.conflist"), conf.to_string()).unwrap();
+    let agent = Agent::dev_with(
+        root.path(),
+        "cni1",
+        &format!("client {{\n  cni_path = \"/usr/lib/cni\"\n  cni_config_dir = \"{}\"\n}}\n", confdir.display()),
+    );
+    let port = free_port();
+    let job = web_job("labweb", port, "127.0.0.1 1").replace("mode = \"bridge\"", "mode = \"cni/labnet\"");
+    let file = job_file(root.path(), "labweb.nomad", &job);
+    assert_eq!(agent.cli(&["job", "run", &file]).code, 0);
+    let alloc = running_alloc(&agent, "labweb");
+    let got = wait_for("labweb through portmap", Duration::from_secs(15), || http_get(&format!("127.0.0.1:{port}")));
+    assert_eq!(got, format!("hello from {alloc}"));
+    let out = logs(&agent, &alloc);
+    let ip = sh(&format!("ip netns exec cni-{alloc} ip -4 -o addr show dev eth0 | awk '{{print $4}}' | cut -d/ -f1"));
+    assert!(out.contains(&format!("alloc-ip={ip} ")), "{out}");
+
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "labweb"]).code, 0);
+    wait_for("the CNI DEL ran", Duration::from_secs(30), || {
+        let gone = !sh("ip netns list").contains(&alloc) && !sh("iptables-save -t nat").contains(&alloc);
+        gone.then_some(())
+    });
+    assert!(http_get(&format!("127.0.0.1:{port}")).is_none());
+    let unknown = web_job("nonet", free_port(), "127.0.0.1 1").replace("mode = \"bridge\"", "mode = \"cni/nosuch\"");
+    let file = job_file(root.path(), "nonet.nomad", &unknown);
+    assert_eq!(agent.cli(&["job", "run", "-detach", &file]).code, 0);
+    let status = wait_for("the allocation to fail", Duration::from_secs(30), || {
+        let a = agent.allocs("nonet");
+        a.iter()
+            .any(|a| a["ClientStatus"] == "failed")
+            .then(|| agent.cli(&["alloc", "status", a[0]["ID"].as_str().unwrap()]))
+    });
+    assert!(status.stdout.contains("no CNI network named \"nosuch\""), "{status:?}");
+}
+
 fn mysql(sql: &str) -> Result<String, String> {
     let out = Command::new("mariadb")
         .args(["-h", "127.0.0.1", "-P", "3306", "-uroot", "-ppassword", "--connect-timeout=2", "-N", "-e", sql])

@@ -71,6 +71,10 @@ pub struct AgentConfig {
     pub bridge_network_name: Option<String>,
     /// `client { bridge_network_subnet }`.
     pub bridge_network_subnet: Option<String>,
+    /// `client { cni_path }` (`:`-separated directories).
+    pub cni_path: Option<String>,
+    /// `client { cni_config_dir }`.
+    pub cni_config_dir: Option<String>,
     /// `plugin "name" { config { ... } }`, as JSON.
     pub plugins: BTreeMap<String, serde_json::Value>,
     /// Warnings about unknown keys.
@@ -170,6 +174,8 @@ impl AgentConfig {
             set!(self.node_class, b.body.string("node_class")?);
             set!(self.bridge_network_name, b.body.string("bridge_network_name")?);
             set!(self.bridge_network_subnet, b.body.string("bridge_network_subnet")?);
+            set!(self.cni_path, b.body.string("cni_path")?);
+            set!(self.cni_config_dir, b.body.string("cni_config_dir")?);
             if let Some(meta) = b.body.string_map("meta")? {
                 self.meta.extend(meta);
             }

@@ -211,6 +211,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             bridge_network_name: cfg.bridge_network_name.clone().unwrap_or_else(|| "berth".into()),
             bridge_network_subnet: bridge_subnet(cfg.bridge_network_subnet.as_deref())?,
             netns_dir: PathBuf::from(cni::netns::DEFAULT_RUN_DIR),
+            cni_path: std::env::split_paths(cfg.cni_path.as_deref().unwrap_or("/opt/cni/bin")).collect(),
+            cni_config_dir: PathBuf::from(cfg.cni_config_dir.as_deref().unwrap_or("/opt/cni/config")),
         };
         Some(Client::start(cc, rpc, shutdown.clone()).await.context("starting the client")?)
     } else {

@@ -78,6 +78,10 @@ pub struct ClientConfig {
     pub bridge_network_subnet: ipnet::Ipv4Net,
     /// Where allocation network namespaces are mounted (`/run/netns`).
     pub netns_dir: PathBuf,
+    /// `client { cni_path }`: where external CNI plugins are found.
+    pub cni_path: Vec<PathBuf>,
+    /// `client { cni_config_dir }`: where external CNI networks are defined.
+    pub cni_config_dir: PathBuf,
 }
 
 impl ClientConfig {
@@ -88,6 +92,18 @@ impl ClientConfig {
             subnet: self.bridge_network_subnet,
             ipam_dir: self.data_dir.join("client").join("networks"),
             netns_dir: self.netns_dir.clone(),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Settings of `mode = "cni/<name>"` networks.
+    fn external_cni(&self) -> allocrunner::ExternalCni {
+        allocrunner::ExternalCni {
+            config_dir: self.cni_config_dir.clone(),
+            plugin_path: self.cni_path.clone(),
+            netns_dir: self.netns_dir.clone(),
+            cache_dir: self.data_dir.join("client").join("cni-results"),
         }
     }
 }
@@ -224,6 +240,7 @@ impl Client {
             store: self.store.clone(),
             shutdown: self.shutdown.clone(),
             network: self.network.clone(),
+            external_cni: Arc::new(self.config.external_cni()),
         }
     }
 

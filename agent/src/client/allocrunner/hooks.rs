@@ -131,7 +131,11 @@ impl HostVolumeHook {
 pub fn build_hooks(root: PathBuf, deps: &super::RunnerDeps) -> Vec<Box<dyn AllocHook>> {
     vec![
         Box::new(AllocDirHook { root }),
-        Box::new(super::network::NetworkHook::new(deps.network.clone(), deps.drivers.clone())),
+        Box::new(super::network::NetworkHook::new(
+            deps.network.clone(),
+            deps.external_cni.clone(),
+            deps.drivers.clone(),
+        )),
         Box::new(HostVolumeHook { node: deps.node.clone() }),
     ]
 }

@@ -22,7 +22,7 @@ use crate::server::AllocClientUpdate;
 use crate::structs::{client_status, Allocation, Node, TaskEvent, TaskState};
 
 pub use hooks::{build_hooks, AllocHook, HookResources};
-pub use network::GroupNetwork;
+pub use network::{ExternalCni, GroupNetwork};
 
 /// Messages to a running alloc runner.
 #[derive(Debug)]
@@ -58,6 +58,8 @@ pub struct RunnerDeps {
     pub shutdown: CancellationToken,
     /// The node's bridge network.
     pub network: Arc<cni::BridgeNetwork>,
+    /// Settings of external CNI networks.
+    pub external_cni: Arc<ExternalCni>,
 }
 
 /// The allocation's client status from its tasks' states.

@@ -1,13 +1,18 @@
 //! The network hook: gives a `mode = "bridge"` allocation its network
-//! namespace and connects it to the node's bridge with its ports mapped;
-//! undoes both once its tasks have stopped. The namespace is held by a
-//! driver when one of the group's drivers must own it (docker's pause
-//! container), and is a bare named namespace otherwise (raw_exec).
+//! namespace and connects it to the node's bridge with its ports mapped,
+//! or, for `mode = "cni/<name>"`, runs the operator's CNI network of that
+//! name on it; undoes both once its tasks have stopped. The namespace is
+//! held by a driver when one of the group's drivers must own it (docker's
+//! pause container), and is a bare named namespace otherwise (raw_exec).
 //! `host` and `none` need nothing.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use cni::external::{self, Attachment};
+use cni::netns::NetNs;
 use cni::{AllocNetwork, BridgeNetwork, PortMapping};
 use futures::FutureExt;
 
@@ -48,17 +53,52 @@ pub fn port_mappings(alloc: &Allocation) -> Vec<PortMapping> {
         .collect()
 }
 
-/// Sets up and tears down bridge networking.
+/// Where external (`cni/<name>`) networks come from and keep their state.
+#[derive(Debug, Clone)]
+pub struct ExternalCni {
+    /// `cni_config_dir`.
+    pub config_dir: PathBuf,
+    /// `cni_path`.
+    pub plugin_path: Vec<PathBuf>,
+    /// Where namespaces are mounted.
+    pub netns_dir: PathBuf,
+    /// Cached ADD results.
+    pub cache_dir: PathBuf,
+}
+
+impl ExternalCni {
+    fn netns_name(alloc_id: &str) -> String {
+        format!("cni-{alloc_id}")
+    }
+
+    fn attachment(&self, alloc: &Allocation, netns: PathBuf) -> Attachment {
+        Attachment {
+            container_id: alloc.id.clone(),
+            netns,
+            ifname: cni::bridge::CONTAINER_IFNAME.into(),
+            cni_path: self.plugin_path.clone(),
+            ports: port_mappings(alloc),
+            args: vec![],
+        }
+    }
+}
+
+/// Sets up and tears down bridge and external networking.
 pub struct NetworkHook {
     net: Arc<BridgeNetwork>,
+    external: Arc<ExternalCni>,
     drivers: Arc<BTreeMap<String, Arc<dyn Driver>>>,
     current: parking_lot::Mutex<Option<Arc<GroupNetwork>>>,
 }
 
 impl NetworkHook {
-    /// A hook on the node's bridge network.
-    pub fn new(net: Arc<BridgeNetwork>, drivers: Arc<BTreeMap<String, Arc<dyn Driver>>>) -> Self {
-        NetworkHook { net, drivers, current: Default::default() }
+    /// A hook on the node's bridge network and external CNI settings.
+    pub fn new(
+        net: Arc<BridgeNetwork>,
+        external: Arc<ExternalCni>,
+        drivers: Arc<BTreeMap<String, Arc<dyn Driver>>>,
+    ) -> Self {
+        NetworkHook { net, external, drivers, current: Default::default() }
     }
 
     /// The drivers of the allocation's tasks, each once.
@@ -70,32 +110,85 @@ impl NetworkHook {
         names.iter().filter_map(|n| self.drivers.get(n).cloned()).collect()
     }
 
-    async fn setup(&self, alloc: &Allocation) -> Result<GroupNetwork, String> {
-        let mut task = None;
+    /// The namespace the allocation's tasks will share: a driver's (docker's
+    /// pause container), mounted as `name`, or a new one.
+    async fn namespace(
+        &self,
+        alloc: &Allocation,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> Result<(NetNs, Option<String>), String> {
         for d in self.group_drivers(alloc) {
             if let Some(t) = d.create_network(&alloc.id).await.map_err(|e| e.to_string())? {
-                task = Some(t);
-                break;
+                let ns = NetNs::adopt(dir, name, &t.netns).map_err(|e| e.to_string())?;
+                return Ok((ns, t.holder));
             }
         }
-        let ns = match &task {
-            Some(t) => self.net.adopt_netns(&alloc.id, &t.netns),
-            None => self.net.create_netns(&alloc.id),
-        }
-        .map_err(|e| e.to_string())?;
-        let holder = task.and_then(|t| t.holder);
+        Ok((NetNs::create(dir, name).map_err(|e| e.to_string())?, None))
+    }
+
+    async fn setup_bridge(&self, alloc: &Allocation) -> Result<GroupNetwork, String> {
+        let cfg = self.net.config();
+        let (ns, holder) = self.namespace(alloc, &cfg.netns_dir, &self.net.netns_name(&alloc.id)).await?;
         let network = self.net.setup(&alloc.id, &ns, &port_mappings(alloc)).await.map_err(|e| e.to_string())?;
         Ok(GroupNetwork { alloc: network, task: TaskNetwork { netns: ns.path().to_path_buf(), holder } })
     }
 
-    async fn teardown(&self, alloc: &Allocation) -> Result<(), String> {
+    async fn setup_external(&self, alloc: &Allocation, name: &str) -> Result<GroupNetwork, String> {
+        let ext = &self.external;
+        let conf = external::load(&ext.config_dir, name).map_err(|e| e.to_string())?;
+        let (ns, holder) = self.namespace(alloc, &ext.netns_dir, &ExternalCni::netns_name(&alloc.id)).await?;
+        let att = ext.attachment(alloc, ns.path().to_path_buf());
+        let result = external::add(&conf, &att, &ext.cache_dir).await.map_err(|e| e.to_string())?;
+        let ip = external::result_ipv4(&result)
+            .ok_or_else(|| format!("CNI network {name:?} gave the allocation no IPv4 address"))?;
+        let gateway =
+            result["ips"][0]["gateway"].as_str().and_then(|g| g.parse().ok()).unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let prefix_len = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(32);
+        let alloc_net = AllocNetwork {
+            id: alloc.id.clone(),
+            netns: ns.path().to_path_buf(),
+            ip,
+            gateway,
+            prefix_len,
+            interface: att.ifname.clone(),
+            host_veth: String::new(),
+            ports: att.ports.clone(),
+        };
+        Ok(GroupNetwork { alloc: alloc_net, task: TaskNetwork { netns: ns.path().to_path_buf(), holder } })
+    }
+
+    async fn teardown(&self, alloc: &Allocation, mode: &str) -> Result<(), String> {
         let known = self.current.lock().take();
-        let ports = known.as_ref().map(|n| n.alloc.ports.clone());
-        let result = self.net.release(&alloc.id, ports.as_deref()).await.map_err(|e| e.to_string());
+        let result = match mode.strip_prefix("cni/") {
+            Some(name) => self.teardown_external(alloc, name).await,
+            None => {
+                let ports = known.as_ref().map(|n| n.alloc.ports.clone());
+                self.net.release(&alloc.id, ports.as_deref()).await.map_err(|e| e.to_string())
+            }
+        };
         for d in self.group_drivers(alloc) {
             d.destroy_network(&alloc.id).await;
         }
         result
+    }
+
+    async fn teardown_external(&self, alloc: &Allocation, name: &str) -> Result<(), String> {
+        let ext = &self.external;
+        let ns_name = ExternalCni::netns_name(&alloc.id);
+        let deleted = match external::load(&ext.config_dir, name) {
+            Ok(conf) => {
+                let att = ext.attachment(alloc, ext.netns_dir.join(&ns_name));
+                external::del(&conf, &att, &ext.cache_dir).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        NetNs::delete(&ext.netns_dir, &ns_name).map_err(|e| e.to_string())?;
+        deleted
     }
 }
 
@@ -106,24 +199,26 @@ impl AllocHook for NetworkHook {
 
     fn prerun<'a>(&'a self, alloc: &'a Allocation, res: &'a mut HookResources) -> HookResult<'a> {
         async move {
-            match network_mode(alloc).as_str() {
-                "host" | "none" => Ok(()),
-                "bridge" => match self.setup(alloc).await {
-                    Ok(n) => {
-                        let n = Arc::new(n);
-                        *self.current.lock() = Some(n.clone());
-                        res.network = Some(n);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        let _ = self.teardown(alloc).await;
-                        Err(e)
-                    }
+            let mode = network_mode(alloc);
+            let made = match mode.as_str() {
+                "host" | "none" => return Ok(()),
+                "bridge" => self.setup_bridge(alloc).await,
+                other => match other.strip_prefix("cni/") {
+                    Some(name) if !name.is_empty() => self.setup_external(alloc, name).await,
+                    _ => return Err(format!("unknown network mode {other:?} (use host, bridge, none or cni/<name>)")),
                 },
-                other if other.starts_with("cni/") => {
-                    Err(format!("network mode {other:?}: external CNI networks are not supported by this client"))
+            };
+            match made {
+                Ok(n) => {
+                    let n = Arc::new(n);
+                    *self.current.lock() = Some(n.clone());
+                    res.network = Some(n);
+                    Ok(())
                 }
-                other => Err(format!("unknown network mode {other:?} (use host, bridge or none)")),
+                Err(e) => {
+                    let _ = self.teardown(alloc, &mode).await;
+                    Err(e)
+                }
             }
         }
         .boxed()
@@ -131,10 +226,11 @@ impl AllocHook for NetworkHook {
 
     fn postrun<'a>(&'a self, alloc: &'a Allocation) -> HookResult<'a> {
         async move {
-            if network_mode(alloc) != "bridge" {
+            let mode = network_mode(alloc);
+            if mode != "bridge" && !mode.starts_with("cni/") {
                 return Ok(());
             }
-            self.teardown(alloc).await
+            self.teardown(alloc, &mode).await
         }
         .boxed()
     }
