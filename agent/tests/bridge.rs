@@ -130,6 +130,9 @@ fn web_job(id: &str, host_port: u16, egress: &str) -> String {
         static = {host_port}
         to     = 8080
       }}
+      port "alt" {{
+        to = 8080
+      }}
     }}
     task "httpd" {{
       driver = "raw_exec"
@@ -245,6 +248,16 @@ fn bridge_job_ports_peers_egress_and_clean_teardown() {
     let got = wait_for("web1 on 127.0.0.1", Duration::from_secs(15), || http_get(&format!("127.0.0.1:{p1}")));
     assert_eq!(got, hello);
     assert_eq!(http_get(&format!("{node}:{p1}")).as_deref(), Some(hello.as_str()));
+    // A dynamic port, mapped the same way.
+    let a = agent.get(&format!("/v1/allocation/{a1}"));
+    let dynamic = a["AllocatedResources"]["Shared"]["Ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["Label"] == "alt")
+        .and_then(|p| p["Value"].as_u64())
+        .expect("a dynamic port for \"alt\"");
+    assert_eq!(http_get(&format!("127.0.0.1:{dynamic}")).as_deref(), Some(hello.as_str()));
 
     // The task runs in the allocation's namespace, with its address in env.
     let ip1 = alloc_ip(&bridge, &a1);
