@@ -472,3 +472,34 @@ fn workshop_mysql_in_bridge_mode_with_the_mariadb_image() {
     });
     wait_for("namespace removed", Duration::from_secs(10), || (!sh("ip netns list").contains(&alloc)).then_some(()));
 }
+
+#[test]
+fn mode_none_gives_a_namespace_with_only_loopback() {
+    let _host = host();
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::dev(root.path(), "none1");
+    let job = r#"job "isolated" {
+  datacenters = ["dc1"]
+  type = "batch"
+  group "g" {
+    network {
+      mode = "none"
+    }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "echo interfaces: $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\n' ' ')"]
+      }
+    }
+  }
+}
+"#;
+    let file = job_file(root.path(), "isolated.nomad", job);
+    assert_eq!(agent.cli(&["job", "run", "-detach", &file]).code, 0);
+    let alloc =
+        wait_for("the batch task to finish", Duration::from_secs(30), || agent.alloc_ids("isolated", "complete").pop());
+    let out = agent.cli(&["alloc", "logs", &alloc, "t"]).stdout;
+    assert_eq!(out.trim(), "interfaces: lo", "{out}");
+    wait_for("namespace removed", Duration::from_secs(10), || (!sh("ip netns list").contains(&alloc)).then_some(()));
+}

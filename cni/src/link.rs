@@ -163,8 +163,7 @@ pub async fn create_veth(
 /// Inside a namespace: loopback up, `address` on `ifname`, `ifname` up, and
 /// a default route via `gateway`. Each step tolerates having been done.
 pub async fn configure_container(h: &Handle, ifname: &str, address: Ipv4Net, gateway: Ipv4Addr) -> Result<()> {
-    let lo = get(h, "lo").await?.ok_or_else(|| NetError::Config("namespace has no loopback".into()))?;
-    h.link().set(LinkUnspec::new_with_index(lo.index).up().build()).execute().await.map_err(nl_err("setting lo up"))?;
+    loopback_up(h).await?;
     let link = get(h, ifname)
         .await?
         .ok_or_else(|| NetError::Config(format!("interface {ifname} is missing in the namespace")))?;
@@ -184,6 +183,12 @@ pub async fn configure_container(h: &Handle, ifname: &str, address: Ipv4Net, gat
         Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
         Err(e) => Err(nl_err(format!("adding default route via {gateway}"))(e)),
     }
+}
+
+/// Sets the loopback interface up.
+pub async fn loopback_up(h: &Handle) -> Result<()> {
+    let lo = get(h, "lo").await?.ok_or_else(|| NetError::Config("namespace has no loopback".into()))?;
+    h.link().set(LinkUnspec::new_with_index(lo.index).up().build()).execute().await.map_err(nl_err("setting lo up"))
 }
 
 /// Deletes link `name`; returns false if there was none.

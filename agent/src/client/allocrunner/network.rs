@@ -4,7 +4,7 @@
 //! name on it; undoes both once its tasks have stopped. The namespace is
 //! held by a driver when one of the group's drivers must own it (docker's
 //! pause container), and is a bare named namespace otherwise (raw_exec).
-//! `host` and `none` need nothing.
+//! `none` gets a namespace with only loopback; `host` needs nothing.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -71,6 +71,10 @@ impl ExternalCni {
         format!("cni-{alloc_id}")
     }
 
+    fn isolated_netns_name(alloc_id: &str) -> String {
+        format!("none-{alloc_id}")
+    }
+
     fn attachment(&self, alloc: &Allocation, netns: PathBuf) -> Attachment {
         Attachment {
             container_id: alloc.id.clone(),
@@ -134,6 +138,25 @@ impl NetworkHook {
         Ok(GroupNetwork { alloc: network, task: TaskNetwork { netns: ns.path().to_path_buf(), holder } })
     }
 
+    /// `mode = "none"`: a namespace with loopback only.
+    async fn setup_isolated(&self, alloc: &Allocation) -> Result<GroupNetwork, String> {
+        let dir = &self.external.netns_dir;
+        let (ns, holder) = self.namespace(alloc, dir, &ExternalCni::isolated_netns_name(&alloc.id)).await?;
+        let h = ns.netlink().map_err(|e| e.to_string())?;
+        cni::link::loopback_up(&h).await.map_err(|e| e.to_string())?;
+        let alloc_net = AllocNetwork {
+            id: alloc.id.clone(),
+            netns: ns.path().to_path_buf(),
+            ip: Ipv4Addr::LOCALHOST,
+            gateway: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 8,
+            interface: "lo".into(),
+            host_veth: String::new(),
+            ports: vec![],
+        };
+        Ok(GroupNetwork { alloc: alloc_net, task: TaskNetwork { netns: ns.path().to_path_buf(), holder } })
+    }
+
     async fn setup_external(&self, alloc: &Allocation, name: &str) -> Result<GroupNetwork, String> {
         let ext = &self.external;
         let conf = external::load(&ext.config_dir, name).map_err(|e| e.to_string())?;
@@ -166,6 +189,10 @@ impl NetworkHook {
         let known = self.current.lock().take();
         let result = match mode.strip_prefix("cni/") {
             Some(name) => self.teardown_external(alloc, name).await,
+            None if mode == "none" => {
+                NetNs::delete(&self.external.netns_dir, &ExternalCni::isolated_netns_name(&alloc.id))
+                    .map_err(|e| e.to_string())
+            }
             None => {
                 let ports = known.as_ref().map(|n| n.alloc.ports.clone());
                 self.net.release(&alloc.id, ports.as_deref()).await.map_err(|e| e.to_string())
@@ -201,7 +228,8 @@ impl AllocHook for NetworkHook {
         async move {
             let mode = network_mode(alloc);
             let made = match mode.as_str() {
-                "host" | "none" => return Ok(()),
+                "host" => return Ok(()),
+                "none" => self.setup_isolated(alloc).await,
                 "bridge" => self.setup_bridge(alloc).await,
                 other => match other.strip_prefix("cni/") {
                     Some(name) if !name.is_empty() => self.setup_external(alloc, name).await,
@@ -227,7 +255,7 @@ impl AllocHook for NetworkHook {
     fn postrun<'a>(&'a self, alloc: &'a Allocation) -> HookResult<'a> {
         async move {
             let mode = network_mode(alloc);
-            if mode != "bridge" && !mode.starts_with("cni/") {
+            if mode == "host" {
                 return Ok(());
             }
             self.teardown(alloc, &mode).await
