@@ -1,6 +1,7 @@
 //! Job writes: register (with `-check-index` enforcement and versioning),
 //! stop or purge, and plan (a dry run of the scheduler with a diff).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
@@ -62,16 +63,19 @@ fn spec(job: &Job) -> Job {
 /// A job's status from its allocations, with `overlay` (allocations about
 /// to be written) taking precedence over the snapshot's.
 pub fn job_status(snap: &Tables, job: &Job, overlay: &[Allocation]) -> String {
-    let mut allocs: HashMap<&str, &Allocation> = HashMap::new();
     let stored = snap.allocs_by_job(&job.namespace, &job.id);
-    for a in &stored {
-        allocs.insert(a.id.as_str(), a);
-    }
-    for a in overlay.iter().filter(|a| a.job_id == job.id && a.namespace == job.namespace) {
-        allocs.insert(a.id.as_str(), a);
-    }
-    if allocs.values().any(|a| !a.is_terminal()) {
-        return "running".into();
+    let overlay = overlay.iter().rev().filter(|a| a.job_id == job.id && a.namespace == job.namespace);
+    // The first version of an allocation met here is the one that counts:
+    // the overlay's last write of it, else the snapshot's. Any live one
+    // settles the answer before the rest are looked at.
+    let mut allocs: HashMap<&str, &Allocation> = HashMap::new();
+    for a in overlay.chain(stored.iter().map(|a| &**a)) {
+        if let Entry::Vacant(slot) = allocs.entry(a.id.as_str()) {
+            if !a.is_terminal() {
+                return "running".into();
+            }
+            slot.insert(a);
+        }
     }
     if job.stop {
         return "dead".into();

@@ -6,10 +6,9 @@
 use std::collections::BTreeMap;
 
 use super::jobs::job_status;
-use super::scheduler::Plan;
+use super::scheduler::{new_id, Plan};
 use super::state::{Tables, WriteBatch};
 use crate::structs::{eval_status, Evaluation};
-use crate::util::new_id;
 
 /// The write for a plan, and the evaluations to queue once it is applied.
 pub struct PlanWrite {
@@ -52,7 +51,7 @@ pub fn plan_write(snap: &Tables, eval: &Evaluation, plan: Plan) -> PlanWrite {
     }
     batch.evals.push(done);
     batch.evals.extend(plan.followups.iter().cloned());
-    batch.allocs.extend(plan.place);
+    batch.allocs = plan.place;
     batch.allocs.extend(plan.update);
     batch.deployments.extend(plan.cancel_deployments);
     batch.deployments.extend(plan.deployment);

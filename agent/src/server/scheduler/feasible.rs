@@ -1,5 +1,12 @@
 //! Static feasibility of a node for a task group: datacenter, drivers,
 //! constraints and host volumes. Resource fit is `rank.rs`'s job.
+//!
+//! Nodes that differ only in values unique to each of them share a
+//! *computed class* (as in Nomad): unless a group's constraints refer to such
+//! a value, one check per class answers for all of its nodes.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 
 use regex::Regex;
 
@@ -177,6 +184,53 @@ pub fn check_node(job: &Job, tg: &TaskGroup, node: &Node) -> Result<(), Infeasib
     Ok(())
 }
 
+/// True for attribute and meta keys whose values are unique to each node
+/// (`unique.network.ip-address`), which the computed class leaves out.
+fn is_unique_key(key: &str) -> bool {
+    key.starts_with("unique.")
+}
+
+/// True when a constraint target names a value unique to each node.
+fn target_escapes_class(target: &str) -> bool {
+    ["${node.unique.", "${attr.unique.", "${meta.unique."].iter().any(|p| target.starts_with(p))
+}
+
+/// True when some constraint of the group (or its job, or its tasks) refers
+/// to a value unique to each node: its feasibility then differs between
+/// nodes of one computed class and must be checked node by node.
+pub fn escapes_class(job: &Job, tg: &TaskGroup) -> bool {
+    job.constraints
+        .iter()
+        .chain(tg.constraints.iter())
+        .chain(tg.tasks.iter().flat_map(|t| t.constraints.iter()))
+        .any(|c| target_escapes_class(&c.l_target) || target_escapes_class(&c.r_target))
+}
+
+/// The node's computed class: a hash of everything `check_node` reads from
+/// a node except values unique to it (ID, name, `unique.` attributes and
+/// meta). Two nodes of one class pass or fail `check_node` alike for any
+/// group that does not `escapes_class`. Keep in step with `check_node`.
+pub fn computed_class(node: &Node) -> u64 {
+    let mut h = DefaultHasher::new();
+    node.datacenter.hash(&mut h);
+    node.node_class.hash(&mut h);
+    node.node_pool.hash(&mut h);
+    node.is_schedulable().hash(&mut h);
+    for map in [&node.attributes, &node.meta] {
+        let shared: Vec<_> = map.iter().filter(|(k, _)| !is_unique_key(k)).collect();
+        shared.hash(&mut h);
+    }
+    node.drivers.len().hash(&mut h);
+    for (name, d) in &node.drivers {
+        (name, d.detected && d.healthy).hash(&mut h);
+    }
+    node.host_volumes.len().hash(&mut h);
+    for (name, v) in &node.host_volumes {
+        (name, v.read_only).hash(&mut h);
+    }
+    h.finish()
+}
+
 /// True when the group (or its job) asks for one allocation per node.
 pub fn wants_distinct_hosts(job: &Job, tg: &TaskGroup) -> bool {
     job.constraints.iter().chain(tg.constraints.iter()).any(|c| c.operand == "distinct_hosts")
@@ -213,6 +267,58 @@ mod tests {
         assert!(constraint_holds(&c("${node.datacenter}", "=", "dc1"), &n));
         assert!(!constraint_holds(&c("${meta.missing}", "=", "x"), &n));
         assert!(constraint_holds(&c("${meta.missing}", "is_not_set", ""), &n));
+    }
+
+    #[test]
+    fn computed_class_leaves_out_unique_values_only() {
+        let base = node();
+        let mut twin = node();
+        twin.id = "n2".into();
+        twin.name = "host2".into();
+        twin.attributes.insert("unique.network.ip-address".into(), "10.0.0.2".into());
+        twin.meta.insert("unique.serial".into(), "s2".into());
+        assert_eq!(computed_class(&base), computed_class(&twin));
+        let changes: [fn(&mut Node); 6] = [
+            |n| n.datacenter = "dc2".into(),
+            |n| n.status = crate::structs::node_status::READY.into(),
+            |n| {
+                n.meta.insert("rack".into(), "r2".into());
+            },
+            |n| {
+                n.attributes.insert("kernel.name".into(), "darwin".into());
+            },
+            |n| {
+                n.drivers.insert("docker".into(), Default::default());
+            },
+            |n| {
+                n.host_volumes.insert("data".into(), Default::default());
+            },
+        ];
+        for change in changes {
+            let mut other = node();
+            change(&mut other);
+            assert_ne!(computed_class(&base), computed_class(&other));
+        }
+        // The same entry moved from attributes to meta is another class.
+        let mut moved = node();
+        let value = moved.attributes.remove("cpu.numcores").unwrap();
+        moved.meta.insert("cpu.numcores".into(), value);
+        assert_ne!(computed_class(&base), computed_class(&moved));
+    }
+
+    #[test]
+    fn unique_targets_escape_the_class() {
+        let mut job = Job::default();
+        let mut tg = TaskGroup { tasks: vec![Default::default()], ..Default::default() };
+        assert!(!escapes_class(&job, &tg));
+        job.constraints.push(c("${attr.kernel.name}", "=", "linux"));
+        assert!(!escapes_class(&job, &tg));
+        for target in ["${node.unique.name}", "${attr.unique.network.ip-address}", "${meta.unique.serial}"] {
+            tg.tasks[0].constraints = vec![c(target, "=", "x")];
+            assert!(escapes_class(&job, &tg), "{target}");
+            tg.tasks[0].constraints = vec![c("x", "=", target)];
+            assert!(escapes_class(&job, &tg), "{target} on the right");
+        }
     }
 
     #[test]

@@ -12,10 +12,12 @@ mod reconcile;
 
 use std::collections::BTreeMap;
 
+use rand::RngExt;
+
 use crate::server::state::Tables;
 use crate::structs::{AllocMetric, Allocation, Deployment, Evaluation};
 
-pub use feasible::{constraint_holds, glob_match, resolve_target};
+pub use feasible::{computed_class, constraint_holds, glob_match, resolve_target};
 pub use reconcile::tasks_updated;
 
 /// How many allocations of each kind a plan changes for one task group,
@@ -59,6 +61,14 @@ impl Plan {
     pub fn changes_allocations(&self) -> bool {
         self.desired_updates.values().any(|u| u.place + u.stop + u.migrate + u.destructive_update + u.canary > 0)
     }
+}
+
+/// A new random (version 4) UUID, as `util::new_id` makes, drawn from the
+/// thread's cryptographic generator rather than with a system call per ID:
+/// a plan needs one for each of its (possibly thousands of) placements.
+pub fn new_id() -> String {
+    let uuid = uuid::Builder::from_random_bytes(rand::rng().random()).into_uuid();
+    uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_string()
 }
 
 /// Computes the plan for an evaluation against a snapshot.

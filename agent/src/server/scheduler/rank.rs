@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand::RngExt;
 
 use super::feasible::{self, Infeasible};
-use crate::server::state::Tables;
+use crate::server::state::{PlacementNode, Tables};
 use crate::structs::{
     AllocMetric, AllocatedCpu, AllocatedMemory, AllocatedPort, AllocatedResources, AllocatedSharedResources,
     AllocatedTaskResources, Allocation, Job, Node, TaskGroup,
@@ -41,8 +41,14 @@ pub struct Placement {
     pub resources: AllocatedResources,
 }
 
-/// Static feasibility of each node (by position) for one group.
-type FeasibilityRow = Vec<Option<Result<(), Infeasible>>>;
+/// Static feasibility of the nodes for one group, cached for the evaluation:
+/// by computed class, or by node position when the group's constraints
+/// refer to values unique to each node.
+struct GroupFeasibility {
+    group: String,
+    by_class: bool,
+    results: Vec<Option<Result<(), Infeasible>>>,
+}
 
 /// Per-evaluation placement state, for the allocations of one job.
 ///
@@ -53,7 +59,7 @@ pub struct Placer<'a> {
     snap: &'a Tables,
     namespace: String,
     job_id: String,
-    nodes: Vec<&'a Arc<Node>>,
+    nodes: Vec<PlacementNode<'a>>,
     /// Node ID to position, built on first use.
     positions: Option<HashMap<String, usize>>,
     /// The job's live allocations in the snapshot, by node ID.
@@ -61,13 +67,15 @@ pub struct Placer<'a> {
     usage: Vec<Option<NodeUsage>>,
     freed: HashSet<String>,
     offset: usize,
-    /// Per group name (a job has few groups: a linear search is cheapest).
-    feasibility: Vec<(String, FeasibilityRow)>,
+    /// Per group (a job has few groups: a linear search is cheapest).
+    feasibility: Vec<GroupFeasibility>,
 }
 
 /// What one allocation of a group asks of a node, computed once per placement.
 struct Ask<'t> {
     group: &'t str,
+    /// The group's slot in `Placer::feasibility`.
+    feasibility: usize,
     count: u32,
     cpu: u64,
     memory_mb: u64,
@@ -77,7 +85,7 @@ struct Ask<'t> {
 }
 
 impl<'t> Ask<'t> {
-    fn new(job: &Job, tg: &'t TaskGroup) -> Self {
+    fn new(job: &Job, tg: &'t TaskGroup, feasibility: usize) -> Self {
         let (cpu, memory_mb) = tg.resource_ask();
         // The ports of `tg.effective_network()`, without copying it.
         let static_ports = match tg.networks.first() {
@@ -91,6 +99,7 @@ impl<'t> Ask<'t> {
         };
         Ask {
             group: &tg.name,
+            feasibility,
             count: tg.count,
             cpu,
             memory_mb,
@@ -114,7 +123,7 @@ impl<'a> Placer<'a> {
     /// A placer for `job`'s allocations over the snapshot's nodes. `freed`
     /// are allocations this plan stops, whose resources count as available.
     pub fn new(snap: &'a Tables, job: &Job, freed: HashSet<String>) -> Self {
-        let mut nodes: Vec<&'a Arc<Node>> = snap.nodes().collect();
+        let mut nodes: Vec<PlacementNode<'a>> = snap.placement_nodes().collect();
         nodes.shuffle(&mut rand::rng());
         let usage = vec![None; nodes.len()];
         let mut mine: HashMap<String, Vec<Arc<Allocation>>> = HashMap::new();
@@ -145,8 +154,9 @@ impl<'a> Placer<'a> {
     /// The position of a node in `nodes`.
     fn position(&mut self, node_id: &str) -> Option<usize> {
         let nodes = &self.nodes;
-        let positions =
-            self.positions.get_or_insert_with(|| nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect());
+        let positions = self
+            .positions
+            .get_or_insert_with(|| nodes.iter().enumerate().map(|(i, n)| (n.node.id.clone(), i)).collect());
         positions.get(node_id).copied()
     }
 
@@ -154,9 +164,9 @@ impl<'a> Placer<'a> {
     /// (minus those this plan frees) plus this plan's placements.
     fn usage(&mut self, i: usize) -> &mut NodeUsage {
         if self.usage[i].is_none() {
-            let node_id = self.nodes[i].id.as_str();
+            let node_id = self.nodes[i].node.id.as_str();
             let mut u = NodeUsage::default();
-            let used = self.snap.allocated_on_node(node_id);
+            let used = self.nodes[i].allocated;
             if let Some(used) = used {
                 u.cpu = used.cpu;
                 u.memory_mb = used.memory_mb;
@@ -217,7 +227,7 @@ impl<'a> Placer<'a> {
             return None;
         }
         let limit = if job.is_batch_like() { 2 } else { ((n as f64).log2().ceil() as usize).max(2) };
-        let ask = Ask::new(job, tg);
+        let ask = Ask::new(job, tg, self.feasibility_slot(job, tg));
         let mut best: Option<(f64, usize)> = None;
         let mut candidates = 0;
         let start = self.offset;
@@ -250,30 +260,38 @@ impl<'a> Placer<'a> {
         metric: &mut AllocMetric,
     ) -> Option<Placement> {
         let i = self.position(node_id)?;
-        let ask = Ask::new(job, tg);
+        let ask = Ask::new(job, tg, self.feasibility_slot(job, tg));
         self.evaluate(job, tg, &ask, i, metric)?;
         self.commit(tg, i)
     }
 
-    /// Static feasibility of node `i` for `tg`, cached for the evaluation.
-    fn feasible(&mut self, job: &Job, tg: &TaskGroup, i: usize) -> &Result<(), Infeasible> {
-        let g = match self.feasibility.iter().position(|(name, _)| *name == tg.name) {
-            Some(g) => g,
-            None => {
-                self.feasibility.push((tg.name.clone(), vec![None; self.nodes.len()]));
-                self.feasibility.len() - 1
-            }
-        };
-        let node = self.nodes[i];
-        self.feasibility[g].1[i].get_or_insert_with(|| feasible::check_node(job, tg, node))
+    /// The slot of `tg`'s feasibility cache in `feasibility`, made on first use.
+    fn feasibility_slot(&mut self, job: &Job, tg: &TaskGroup) -> usize {
+        if let Some(slot) = self.feasibility.iter().position(|f| f.group == tg.name) {
+            return slot;
+        }
+        let by_class = !feasible::escapes_class(job, tg);
+        let len = if by_class { self.snap.class_count() } else { self.nodes.len() };
+        self.feasibility.push(GroupFeasibility { group: tg.name.clone(), by_class, results: vec![None; len] });
+        self.feasibility.len() - 1
+    }
+
+    /// Static feasibility of node `i` for `tg` (whose cache is `slot`): checked
+    /// once per computed class, or per node when the group escapes classes.
+    fn feasible(&mut self, job: &Job, tg: &TaskGroup, slot: usize, i: usize) -> &Result<(), Infeasible> {
+        let cache = &mut self.feasibility[slot];
+        let PlacementNode { node, class, .. } = self.nodes[i];
+        let key = if cache.by_class { class } else { i };
+        cache.results[key].get_or_insert_with(|| feasible::check_node(job, tg, node))
     }
 
     /// The IDs of the nodes where `tg` is statically feasible.
     pub fn feasible_nodes(&mut self, job: &Job, tg: &TaskGroup) -> Vec<String> {
+        let slot = self.feasibility_slot(job, tg);
         let mut out = Vec::new();
         for i in 0..self.nodes.len() {
-            if self.feasible(job, tg, i).is_ok() {
-                out.push(self.nodes[i].id.clone());
+            if self.feasible(job, tg, slot, i).is_ok() {
+                out.push(self.nodes[i].node.id.clone());
             }
         }
         out
@@ -281,7 +299,7 @@ impl<'a> Placer<'a> {
 
     /// Scores node `i` for `tg`, or records why it cannot take it.
     fn evaluate(&mut self, job: &Job, tg: &TaskGroup, ask: &Ask, i: usize, metric: &mut AllocMetric) -> Option<f64> {
-        match self.feasible(job, tg, i) {
+        match self.feasible(job, tg, ask.feasibility, i) {
             Ok(()) => {}
             Err(Infeasible::Datacenter) => return None,
             Err(Infeasible::NotSchedulable) => {
@@ -298,7 +316,7 @@ impl<'a> Placer<'a> {
         }
         metric.nodes_evaluated += 1;
         let (total_cpu, total_mem) = {
-            let r = &self.nodes[i].node_resources;
+            let r = &self.nodes[i].node.node_resources;
             (r.cpu.cpu_shares, r.memory.memory_mb)
         };
         let u = self.usage(i);
@@ -338,9 +356,12 @@ impl<'a> Placer<'a> {
 
     /// Grants resources on node `i` and records them as used.
     fn commit(&mut self, tg: &TaskGroup, i: usize) -> Option<Placement> {
-        let node = Arc::clone(self.nodes[i]);
+        let node = Arc::clone(self.nodes[i].node);
         let network = tg.effective_network();
-        let host_ip = node.attributes.get("unique.network.ip-address").cloned().unwrap_or_default();
+        let host_ip = match &network {
+            Some(_) => node.attributes.get("unique.network.ip-address").cloned().unwrap_or_default(),
+            None => String::new(),
+        };
         let (min_port, max_port) = match (node.node_resources.min_dynamic_port, node.node_resources.max_dynamic_port) {
             (0, _) | (_, 0) => (DEFAULT_MIN_DYNAMIC_PORT, DEFAULT_MAX_DYNAMIC_PORT),
             range => range,
@@ -366,14 +387,15 @@ impl<'a> Placer<'a> {
         }
         let mut tasks = BTreeMap::new();
         for t in &tg.tasks {
-            let r = t.resources.clone().unwrap_or_default();
-            u.cpu += r.cpu;
-            u.memory_mb += r.memory_mb;
+            let (cpu, memory_mb, memory_max_mb) =
+                t.resources.as_ref().map(|r| (r.cpu, r.memory_mb, r.memory_max_mb)).unwrap_or_default();
+            u.cpu += cpu;
+            u.memory_mb += memory_mb;
             tasks.insert(
                 t.name.clone(),
                 AllocatedTaskResources {
-                    cpu: AllocatedCpu { cpu_shares: r.cpu },
-                    memory: AllocatedMemory { memory_mb: r.memory_mb, memory_max_mb: r.memory_max_mb },
+                    cpu: AllocatedCpu { cpu_shares: cpu },
+                    memory: AllocatedMemory { memory_mb, memory_max_mb },
                 },
             );
         }

@@ -13,16 +13,17 @@
 //!   the new job version where it runs.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt::Write;
 use std::sync::Arc;
 
 use super::rank::Placer;
-use super::{DesiredUpdates, Plan};
+use super::{new_id, DesiredUpdates, Plan};
 use crate::server::state::Tables;
 use crate::structs::{
     client_status, desired, eval_status, AllocMetric, Allocation, Deployment, DeploymentState, Evaluation, Job,
     RescheduleEvent, ReschedulePolicy, RescheduleTracker, TaskGroup,
 };
-use crate::util::{new_id, now_nanos};
+use crate::util::now_nanos;
 
 /// True when the difference between two versions of a group needs its
 /// allocations replaced rather than updated in place.
@@ -31,6 +32,18 @@ pub fn tasks_updated(old: &TaskGroup, new: &TaskGroup) -> bool {
         serde_json::to_string(&(&tg.tasks, &tg.networks, &tg.volumes, &tg.ephemeral_disk)).unwrap_or_default()
     };
     fingerprint(old) != fingerprint(new)
+}
+
+/// An allocation's name, `job.group[index]`, built without `format!`'s
+/// machinery (one per placement).
+fn alloc_name(job_id: &str, group: &str, index: u32) -> String {
+    // Room for the separators and a u32 index.
+    let mut name = String::with_capacity(job_id.len() + group.len() + 13);
+    name.push_str(job_id);
+    name.push('.');
+    name.push_str(group);
+    let _ = write!(name, "[{index}]");
+    name
 }
 
 /// A placement the plan still has to find a node for.
@@ -305,6 +318,7 @@ impl<'a> Reconciler<'a> {
         let mut metric = AllocMetric::default();
         let mut failed = 0u64;
         let started = std::time::Instant::now();
+        self.plan.place.reserve(requests.len());
         for req in requests {
             if failed > 0 {
                 failed += 1;
@@ -436,7 +450,7 @@ impl<'a> Reconciler<'a> {
             id: new_id(),
             namespace: job.namespace.clone(),
             eval_id: self.eval.id.clone(),
-            name: format!("{}.{}[{}]", job.id, tg.name, req.index),
+            name: alloc_name(&job.id, &tg.name, req.index),
             node_id: placement.node.id.clone(),
             node_name: placement.node.name.clone(),
             job_id: job.id.clone(),

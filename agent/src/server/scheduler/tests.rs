@@ -408,6 +408,20 @@ fn constraints_filter_nodes() {
 }
 
 #[test]
+fn constraints_on_unique_values_are_checked_per_node() {
+    // Nodes that differ only in their names share one computed class.
+    let h = Harness::new();
+    let ids = h.add_nodes(6, 4000, 8192);
+    let mut j = job("web", 4);
+    group(&mut j).constraints.push(constraint("${node.unique.name}", "regexp", "^node-[24]$"));
+    h.register(j);
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 4);
+    assert!(plan.place.iter().all(|a| a.node_id == ids[2] || a.node_id == ids[4]), "placed outside node-2 and node-4");
+    assert!(plan.failed_tg_allocs.is_empty());
+}
+
+#[test]
 fn task_and_group_constraints_filter_nodes() {
     let h = Harness::new();
     let mut big = node("big", 8000, 16384);

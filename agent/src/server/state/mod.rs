@@ -130,6 +130,45 @@ impl NodeAllocated {
     }
 }
 
+/// A node with the number of its computed class (see `Tables::class_numbers`),
+/// derived once per write rather than by every evaluation.
+#[derive(Debug, Clone)]
+struct StoredNode {
+    node: Arc<Node>,
+    class: usize,
+}
+
+/// What the scheduler reads of one node (`Tables::placement_nodes`).
+#[derive(Debug, Clone, Copy)]
+pub struct PlacementNode<'t> {
+    /// The node.
+    pub node: &'t Arc<Node>,
+    /// The number of its computed class, below `Tables::class_count()`.
+    pub class: usize,
+    /// What its live allocations hold (`None` when it never had any).
+    pub allocated: Option<&'t NodeAllocated>,
+}
+
+/// Runs `f` on the value under `key`, inserting a default value first when
+/// there is none: the key is copied only then, and hashed once when found.
+fn update<V: Default>(map: &mut HashMap<String, V>, key: &str, f: impl FnOnce(&mut V)) {
+    match map.get_mut(key) {
+        Some(v) => f(v),
+        None => {
+            let mut v = V::default();
+            f(&mut v);
+            map.insert(key.to_string(), v);
+        }
+    }
+}
+
+/// Adds an allocation ID to an index set, copying it only when it is new.
+fn index_id(ids: &mut BTreeSet<String>, id: &str) {
+    if !ids.contains(id) {
+        ids.insert(id.to_string());
+    }
+}
+
 /// The in-memory tables with their secondary indexes.
 #[derive(Debug, Default, Clone)]
 pub struct Tables {
@@ -138,11 +177,19 @@ pub struct Tables {
     jobs: BTreeMap<String, Arc<Job>>,
     job_versions: BTreeMap<String, BTreeMap<u64, Arc<Job>>>,
     allocs: HashMap<String, Arc<Allocation>>,
-    allocs_by_job: HashMap<String, BTreeSet<String>>,
+    /// Allocation IDs by namespace, then job ID (two levels, so that no key
+    /// has to be built to look one up).
+    allocs_by_job: HashMap<String, HashMap<String, BTreeSet<String>>>,
     allocs_by_node: HashMap<String, BTreeSet<String>>,
-    allocated_by_node: HashMap<String, NodeAllocated>,
+    /// Ordered by node ID, like `nodes`, so that `placement_nodes` pairs
+    /// them up without a lookup per node.
+    allocated_by_node: BTreeMap<String, NodeAllocated>,
     evals: HashMap<String, Arc<Evaluation>>,
-    nodes: BTreeMap<String, Arc<Node>>,
+    nodes: BTreeMap<String, StoredNode>,
+    /// Computed classes (`scheduler::computed_class`) numbered in the order
+    /// first seen, so that the scheduler can keep a result per class in a
+    /// `Vec`. Numbers are never reused: nodes come in few classes.
+    class_numbers: HashMap<u64, usize>,
     deployments: HashMap<String, Arc<Deployment>>,
 }
 
@@ -156,7 +203,9 @@ impl Tables {
     }
 
     fn insert_node(&mut self, node: Node) {
-        self.nodes.insert(node.id.clone(), Arc::new(node));
+        let next = self.class_numbers.len();
+        let class = *self.class_numbers.entry(crate::server::scheduler::computed_class(&node)).or_insert(next);
+        self.nodes.insert(node.id.clone(), StoredNode { node: Arc::new(node), class });
     }
 
     fn insert_eval(&mut self, eval: Evaluation) {
@@ -168,7 +217,8 @@ impl Tables {
     }
 
     fn insert_alloc(&mut self, alloc: Allocation) {
-        if let Some(old) = self.allocs.get(&alloc.id) {
+        let alloc = Arc::new(alloc);
+        if let Some(old) = self.allocs.insert(alloc.id.clone(), Arc::clone(&alloc)) {
             if old.node_id != alloc.node_id {
                 if let Some(set) = self.allocs_by_node.get_mut(&old.node_id) {
                     set.remove(&alloc.id);
@@ -176,7 +226,7 @@ impl Tables {
             }
             if !old.is_terminal() {
                 if let Some(used) = self.allocated_by_node.get_mut(&old.node_id) {
-                    used.remove(old);
+                    used.remove(&old);
                 }
             }
         }
@@ -190,33 +240,15 @@ impl Tables {
                 }
             }
         }
-        let by_job = ns_key(&alloc.namespace, &alloc.job_id);
-        match self.allocs_by_job.get_mut(&by_job) {
-            Some(set) => {
-                if !set.contains(&alloc.id) {
-                    set.insert(alloc.id.clone());
-                }
-            }
-            None => {
-                self.allocs_by_job.insert(by_job, BTreeSet::from([alloc.id.clone()]));
-            }
-        }
-        match self.allocs_by_node.get_mut(&alloc.node_id) {
-            Some(set) => {
-                if !set.contains(&alloc.id) {
-                    set.insert(alloc.id.clone());
-                }
-            }
-            None => {
-                self.allocs_by_node.insert(alloc.node_id.clone(), BTreeSet::from([alloc.id.clone()]));
-            }
-        }
-        self.allocs.insert(alloc.id.clone(), Arc::new(alloc));
+        update(&mut self.allocs_by_job, &alloc.namespace, |jobs| {
+            update(jobs, &alloc.job_id, |ids| index_id(ids, &alloc.id))
+        });
+        update(&mut self.allocs_by_node, &alloc.node_id, |ids| index_id(ids, &alloc.id));
     }
 
     fn remove_alloc(&mut self, id: &str) {
         if let Some(old) = self.allocs.remove(id) {
-            if let Some(set) = self.allocs_by_job.get_mut(&ns_key(&old.namespace, &old.job_id)) {
+            if let Some(set) = self.allocs_by_job.get_mut(&old.namespace).and_then(|jobs| jobs.get_mut(&old.job_id)) {
                 set.remove(id);
             }
             if !old.is_terminal() {
@@ -301,7 +333,8 @@ impl Tables {
     /// Allocations of one job, all versions.
     pub fn allocs_by_job(&self, ns: &str, job_id: &str) -> Vec<Arc<Allocation>> {
         self.allocs_by_job
-            .get(&ns_key(ns, job_id))
+            .get(ns)
+            .and_then(|jobs| jobs.get(job_id))
             .map(|ids| ids.iter().filter_map(|id| self.allocs.get(id).cloned()).collect())
             .unwrap_or_default()
     }
@@ -337,12 +370,28 @@ impl Tables {
 
     /// A node by ID.
     pub fn node(&self, id: &str) -> Option<Arc<Node>> {
-        self.nodes.get(id).cloned()
+        self.nodes.get(id).map(|n| Arc::clone(&n.node))
     }
 
     /// All nodes, ordered by ID.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
-        self.nodes.values()
+        self.nodes.values().map(|n| &n.node)
+    }
+
+    /// All nodes with what the scheduler reads of them, ordered by ID.
+    pub fn placement_nodes(&self) -> impl Iterator<Item = PlacementNode<'_>> {
+        // Both maps are ordered by node ID: walk them side by side.
+        let mut allocated = self.allocated_by_node.iter().peekable();
+        self.nodes.iter().map(move |(id, n)| {
+            while allocated.next_if(|(other, _)| *other < id).is_some() {}
+            let allocated = allocated.next_if(|(other, _)| *other == id).map(|(_, used)| used);
+            PlacementNode { node: &n.node, class: n.class, allocated }
+        })
+    }
+
+    /// The number of computed classes the nodes' `class` numbers are below.
+    pub fn class_count(&self) -> usize {
+        self.class_numbers.len()
     }
 
     /// A deployment by ID.
@@ -574,6 +623,39 @@ mod tests {
         assert_eq!(store.snapshot().allocated_on_node("n2").unwrap().allocs, 1);
         store.apply(WriteBatch { delete_allocs: vec!["a1".into()], ..Default::default() }).unwrap();
         assert_eq!(store.snapshot().allocated_on_node("n2").unwrap(), &NodeAllocated::default());
+    }
+
+    #[test]
+    fn placement_nodes_pair_nodes_with_their_usage_and_class() {
+        use crate::structs::AllocatedTaskResources;
+        let store = StateStore::in_memory();
+        let nodes: Vec<Node> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|id| {
+                let mut n = Node { id: id.to_string(), ..Default::default() };
+                n.meta.insert("rack".into(), if *id == "n3" { "r2" } else { "r1" }.into());
+                n
+            })
+            .collect();
+        // Allocations on nodes that sort before, between and after the
+        // registered ones, and on no registered node at all.
+        let allocs = ["n0", "n2", "n25", "n9"]
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let mut a = Allocation { id: format!("a{i}"), node_id: node.to_string(), ..Default::default() };
+                let mut t = AllocatedTaskResources::default();
+                t.cpu.cpu_shares = 100 * (i as u64 + 1);
+                a.allocated_resources.tasks.insert("t".into(), t);
+                a
+            })
+            .collect();
+        store.apply(WriteBatch { nodes, allocs, ..Default::default() }).unwrap();
+        let snap = store.snapshot();
+        let seen: Vec<_> =
+            snap.placement_nodes().map(|p| (p.node.id.as_str(), p.class, p.allocated.map(|u| u.cpu))).collect();
+        assert_eq!(seen, [("n1", 0, None), ("n2", 0, Some(200)), ("n3", 1, None)]);
+        assert_eq!(snap.class_count(), 2);
     }
 
     #[test]
