@@ -4,6 +4,7 @@
 //! bin-packing score among a bounded number of candidates, as Nomad's
 //! stack does (log2(N) candidates for service jobs, 2 for batch).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -321,17 +322,17 @@ impl<'a> Placer<'a> {
         };
         let u = self.usage(i);
         let collisions = u.groups.get(ask.group).copied().unwrap_or(0);
-        let exhausted = if ask.distinct && collisions > 0 {
+        let exhausted: Option<Option<Cow<'static, str>>> = if ask.distinct && collisions > 0 {
             Some(None)
         } else if u.cpu + ask.cpu > total_cpu {
-            Some(Some("cpu".to_string()))
+            Some(Some("cpu".into()))
         } else if u.memory_mb + ask.memory_mb > total_mem {
-            Some(Some("memory".to_string()))
+            Some(Some("memory".into()))
         } else {
             ask.static_ports
                 .iter()
                 .find(|(_, value)| u.ports.contains(value))
-                .map(|(label, value)| Some(format!("network: reserved port collision {label}={value}")))
+                .map(|(label, value)| Some(format!("network: reserved port collision {label}={value}").into()))
         };
         if let Some(dim) = exhausted {
             match dim {
@@ -341,7 +342,7 @@ impl<'a> Placer<'a> {
                 }
                 Some(dim) => {
                     metric.nodes_exhausted += 1;
-                    *metric.dimension_exhausted.entry(dim).or_default() += 1;
+                    bump(&mut metric.dimension_exhausted, &dim);
                 }
             }
             return None;

@@ -162,9 +162,11 @@ fn update<V: Default>(map: &mut HashMap<String, V>, key: &str, f: impl FnOnce(&m
     }
 }
 
-/// Adds an allocation ID to an index set, copying it only when it is new.
-fn index_id(ids: &mut BTreeSet<String>, id: &str) {
-    if !ids.contains(id) {
+/// Adds an allocation ID to an index set. The ID of an allocation new to
+/// the tables is added straight away; another one is first looked for, so
+/// that it is copied only when missing.
+fn index_id(ids: &mut BTreeSet<String>, id: &str, new: bool) {
+    if new || !ids.contains(id) {
         ids.insert(id.to_string());
     }
 }
@@ -218,7 +220,9 @@ impl Tables {
 
     fn insert_alloc(&mut self, alloc: Allocation) {
         let alloc = Arc::new(alloc);
-        if let Some(old) = self.allocs.insert(alloc.id.clone(), Arc::clone(&alloc)) {
+        let old = self.allocs.insert(alloc.id.clone(), Arc::clone(&alloc));
+        let new = old.is_none();
+        if let Some(old) = old {
             if old.node_id != alloc.node_id {
                 if let Some(set) = self.allocs_by_node.get_mut(&old.node_id) {
                     set.remove(&alloc.id);
@@ -241,9 +245,9 @@ impl Tables {
             }
         }
         update(&mut self.allocs_by_job, &alloc.namespace, |jobs| {
-            update(jobs, &alloc.job_id, |ids| index_id(ids, &alloc.id))
+            update(jobs, &alloc.job_id, |ids| index_id(ids, &alloc.id, new))
         });
-        update(&mut self.allocs_by_node, &alloc.node_id, |ids| index_id(ids, &alloc.id));
+        update(&mut self.allocs_by_node, &alloc.node_id, |ids| index_id(ids, &alloc.id, new));
     }
 
     fn remove_alloc(&mut self, id: &str) {
