@@ -1,0 +1,25 @@
+//! Berth's Container Storage Interface layer: how Berth talks to CSI plugins.
+//!
+//! * [`v1`]: the csi.v1 protocol (spec v1.12.0): messages plus client and
+//!   server code for the Identity, Controller and Node services, generated at
+//!   build time from our own `proto/csi.proto`.
+//! * `redact` (private): `Debug` for the request messages that carry secrets,
+//!   which never prints the secret values.
+//!
+//! Nothing here knows about jobs or allocations: volumes are plugin IDs and
+//! paths.
+
+#![warn(missing_docs)]
+
+mod redact;
+
+/// The csi.v1 protocol, generated from `proto/csi.proto`.
+///
+/// Messages are plain structs (`prost`); `identity_client`, `controller_client`
+/// and `node_client` hold the gRPC clients, `identity_server`,
+/// `controller_server` and `node_server` the traits a plugin implements (RPCs
+/// left unimplemented answer `UNIMPLEMENTED`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/csi.v1.rs"));
+}
