@@ -3,6 +3,10 @@
 //! * [`v1`]: the csi.v1 protocol (spec v1.12.0): messages plus client and
 //!   server code for the Identity, Controller and Node services, generated at
 //!   build time from our own `proto/csi.proto`.
+//! * [`client`]: [`CsiClient`], one plugin on a unix socket: per-call
+//!   timeouts, bounded retries of transient failures, errors that name the
+//!   socket, the RPC, the volume and the gRPC code, and helpers such as
+//!   [`CsiClient::probe_ready`] and [`CsiClient::capabilities`].
 //! * `redact` (private): `Debug` for the request messages that carry secrets,
 //!   which never prints the secret values.
 //!
@@ -11,7 +15,10 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
 mod redact;
+
+pub use client::{Call, Capabilities, ClientConfig, ClientError, CsiClient, RetryPolicy, Rpc};
 
 /// The csi.v1 protocol, generated from `proto/csi.proto`.
 ///
