@@ -1,6 +1,7 @@
 //! Deferred teardown. What a stopped allocation had is removed by one
-//! background task per network, in order: its port mappings, its veth and
-//! namespace mount, then its conntrack entries, and only then its address,
+//! background task per network, in order: its port mappings and namespace
+//! mount (which takes the veth pair along), then its conntrack entries,
+//! any veth a still-held namespace kept, and only then its address,
 //! so a new allocation never inherits entries nor loses its own to a flush.
 //! Rule and link deletion wait out kernel RCU grace periods, and a
 //! conntrack flush walks the whole table, so none of it belongs on an
@@ -79,56 +80,59 @@ async fn run(
         while let Ok(w) = rx.try_recv() {
             batch.push(w);
         }
-        let mappings: Vec<(String, Option<Vec<PortMapping>>)> = batch
-            .iter()
-            .filter_map(|w| match w {
-                Work::Allocation { id, ports, .. } => Some((id.clone(), ports.clone())),
-                Work::UdpPorts(_) => None,
-            })
-            .collect();
-        if !mappings.is_empty() {
-            let b = bridge.clone();
-            match tokio::task::spawn_blocking(move || firewall::remove_mappings(&b, &mappings)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "removing port mappings"),
-                Err(e) => tracing::warn!(error = %e, "removing port mappings"),
-            }
-        }
-        let mut ids = Vec::new();
+        let mut mappings: Vec<(String, Option<Vec<PortMapping>>)> = Vec::new();
         let mut udp = Vec::new();
         for w in &batch {
             match w {
-                Work::Allocation { id, veth, netns, .. } => {
-                    if let Err(e) = link::delete(&host, veth).await {
-                        tracing::warn!(error = %e, %veth, "deleting veth");
-                    }
-                    if let Err(e) = NetNs::delete(&netns.0, &netns.1) {
-                        tracing::warn!(error = %e, "deleting network namespace {}", netns.1);
-                    }
-                    ids.push(id.clone());
-                }
+                Work::Allocation { id, ports, .. } => mappings.push((id.clone(), ports.clone())),
                 Work::UdpPorts(p) => udp.extend_from_slice(p),
             }
         }
+        let ids: Vec<String> = mappings.iter().map(|(id, _)| id.clone()).collect();
+        // Rules and namespaces are independent; both wait on the kernel.
+        let b = bridge.clone();
+        let rules = tokio::task::spawn_blocking(move || firewall::remove_mappings(&b, &mappings));
+        for w in &batch {
+            if let Work::Allocation { netns, .. } = w {
+                // Unmounting drops the last reference to a bare namespace;
+                // the kernel then destroys it with its end of the veth pair
+                // (which takes the host end along), in its own batches.
+                if let Err(e) = NetNs::delete(&netns.0, &netns.1) {
+                    tracing::warn!(error = %e, "deleting network namespace {}", netns.1);
+                }
+            }
+        }
+        match rules.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "removing port mappings"),
+            Err(e) => tracing::warn!(error = %e, "removing port mappings"),
+        }
         let ips: Vec<Ipv4Addr> = ids.iter().filter_map(|id| ipam.lookup(id)).collect();
-        let store = ipam.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        let walk = tokio::task::spawn_blocking(move || {
             let udp_proto = u8::from(netlink_packet_netfilter::conntrack::Protocol::Udp);
-            let flushed = conntrack::flush(|e| {
+            conntrack::flush(|e| {
                 let of_alloc = [e.orig_src, e.orig_dst, e.reply_src].iter().flatten().any(|a| ips.contains(a));
                 let stale_udp = e.protocol == udp_proto && e.orig_dst_port.is_some_and(|p| udp.contains(&p));
                 of_alloc || stale_udp
-            });
-            if let Err(e) = flushed {
-                tracing::warn!(error = %e, "flushing conntrack entries");
-            }
-            for id in &ids {
-                if let Err(e) = store.release(id) {
-                    tracing::warn!(error = %e, alloc_id = %id, "freeing the address");
+            })
+        });
+        if let Ok(Err(e)) = walk.await {
+            tracing::warn!(error = %e, "flushing conntrack entries");
+        }
+        // A namespace something else still holds (a pause container not
+        // yet removed, a stray process) keeps its veth: delete it here.
+        for w in &batch {
+            if let Work::Allocation { veth, .. } = w {
+                if let Err(e) = link::delete(&host, veth).await {
+                    tracing::warn!(error = %e, %veth, "deleting veth");
                 }
             }
-        })
-        .await;
+        }
+        for id in &ids {
+            if let Err(e) = ipam.release(id) {
+                tracing::warn!(error = %e, alloc_id = %id, "freeing the address");
+            }
+        }
         pending.send_modify(|n| *n -= batch.len());
     }
 }
