@@ -60,7 +60,7 @@ pub struct Allocation {
     pub node_name: String,
     #[serde(rename = "JobID")]
     pub job_id: String,
-    pub job: Option<Job>,
+    pub job: Option<std::sync::Arc<Job>>,
     pub task_group: String,
     pub allocated_resources: AllocatedResources,
     pub desired_status: String,

@@ -251,7 +251,7 @@ impl<'a> Reconciler<'a> {
             let destructive = old_tg.map(|old| tasks_updated(old, tg)).unwrap_or(true);
             if !destructive {
                 let mut updated = (*a).clone();
-                updated.job = Some((**job).clone());
+                updated.job = Some(job.clone());
                 self.plan.update.push(updated);
                 upd.in_place_update += 1;
             } else if budget > 0 {
@@ -390,7 +390,7 @@ impl<'a> Reconciler<'a> {
                 covered.remove(&a.node_id);
             } else {
                 let mut updated = (*a).clone();
-                updated.job = Some((**job).clone());
+                updated.job = Some(job.clone());
                 self.plan.update.push(updated);
                 upd.in_place_update += 1;
             }
@@ -454,7 +454,7 @@ impl<'a> Reconciler<'a> {
             node_id: placement.node.id.clone(),
             node_name: placement.node.name.clone(),
             job_id: job.id.clone(),
-            job: Some((**job).clone()),
+            job: Some(job.clone()),
             task_group: tg.name.clone(),
             allocated_resources: placement.resources,
             desired_status: desired::RUN.into(),
