@@ -401,7 +401,9 @@ impl Client {
         let mut runners = self.runners.lock();
         let present: HashSet<String> = allocs.iter().map(|a| a.id.clone()).collect();
         for a in allocs {
-            let index = a.alloc_modify_index.max(a.modify_index);
+            // Only server-side changes (AllocModifyIndex) concern the runner;
+            // the status it reported itself comes back with a newer ModifyIndex.
+            let index = a.alloc_modify_index;
             match runners.get_mut(&a.id) {
                 Some(ctl) if index > ctl.modify_index => {
                     ctl.modify_index = index;

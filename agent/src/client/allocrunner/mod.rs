@@ -37,7 +37,7 @@ pub enum AllocCommand {
 pub struct AllocRunnerCtl {
     /// Command channel.
     pub commands: mpsc::UnboundedSender<AllocCommand>,
-    /// The `AllocModifyIndex`/`ModifyIndex` last handed to it.
+    /// The `AllocModifyIndex` last handed to it.
     pub modify_index: u64,
 }
 
@@ -81,7 +81,7 @@ pub fn client_status_of(states: &BTreeMap<String, TaskState>, task_count: usize)
 /// Starts an alloc runner; `restored` carries state from before a restart.
 pub fn spawn(alloc: Allocation, restored: Option<PersistedAlloc>, deps: RunnerDeps) -> AllocRunnerCtl {
     let (tx, rx) = mpsc::unbounded_channel();
-    let modify_index = alloc.alloc_modify_index.max(alloc.modify_index);
+    let modify_index = alloc.alloc_modify_index;
     let span = tracing::info_span!("alloc", alloc_id = %alloc.id);
     tokio::spawn(tracing::Instrument::instrument(run(alloc, restored, deps, rx), span));
     AllocRunnerCtl { commands: tx, modify_index }

@@ -486,10 +486,17 @@ impl StateStore {
                 Some(old) => {
                     a.create_index = old.create_index;
                     a.create_time = old.create_time;
+                    // AllocModifyIndex moves only when the server changes what
+                    // the client acts on, not when the client reports status.
+                    let server_change = old.desired_status != a.desired_status
+                        || old.job_version() != a.job_version()
+                        || old.node_id != a.node_id;
+                    a.alloc_modify_index = if server_change { index } else { old.alloc_modify_index };
                 }
                 None => {
                     a.create_index = index;
                     a.create_time = now;
+                    a.alloc_modify_index = index;
                 }
             }
             a.modify_index = index;
