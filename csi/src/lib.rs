@@ -7,6 +7,9 @@
 //!   timeouts, bounded retries of transient failures, errors that name the
 //!   socket, the RPC, the volume and the gRPC code, and helpers such as
 //!   [`CsiClient::probe_ready`] and [`CsiClient::capabilities`].
+//! * [`mount`]: node-side helpers shared by block-backed volumes: signature
+//!   check, format only when blank, fsck-safe mount, bind/read-only publish,
+//!   growth after expansion, usage.
 //! * `redact` (private): `Debug` for the request messages that carry secrets,
 //!   which never prints the secret values.
 //!
@@ -16,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod mount;
 mod redact;
 
 pub use client::{Call, Capabilities, ClientConfig, ClientError, CsiClient, RetryPolicy, Rpc};
