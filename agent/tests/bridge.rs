@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{free_port, job_file, wait_for, Agent};
+use common::{free_port, job_file, mysql, wait_for, Agent};
 
 static HOST: Mutex<()> = Mutex::new(());
 
@@ -54,10 +54,7 @@ fn remove_leftovers(names: &regex::Regex) {
             script.push_str(&format!(":{chain} - [0:0]\n-X {chain}\n"));
         }
         script.push_str("COMMIT\n");
-        let mut child =
-            Command::new("iptables-restore").arg("--noflush").stdin(std::process::Stdio::piped()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-        child.wait().unwrap();
+        iptables_restore(&script);
     }
     for l in sh("ip -o link show type bridge | awk -F': ' '{print $2}'").lines() {
         if l.len() == 8 && l.starts_with("bt") && names.is_match(l) {
@@ -76,6 +73,14 @@ impl Drop for Containers {
     fn drop(&mut self) {
         sh(&format!("docker ps -aq --filter name={} | xargs -r docker rm -f", self.0));
     }
+}
+
+/// Applies an `iptables-restore --noflush` script.
+fn iptables_restore(script: &str) {
+    let mut child =
+        Command::new("iptables-restore").arg("--noflush").stdin(std::process::Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child.wait().unwrap();
 }
 
 /// A bridge name and a /24 subnet no route on this host uses; dropping it
@@ -369,10 +374,7 @@ impl Drop for PortmapChains {
             }
         }
         script.push_str("COMMIT\n");
-        let mut child =
-            Command::new("iptables-restore").arg("--noflush").stdin(std::process::Stdio::piped()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-        child.wait().unwrap();
+        iptables_restore(&script);
     }
 }
 
@@ -428,18 +430,6 @@ fn a_cni_mode_job_runs_the_operators_conflist_with_real_plugins() {
             .then(|| agent.cli(&["alloc", "status", a[0]["ID"].as_str().unwrap()]))
     });
     assert!(status.stdout.contains("no CNI network named \"nosuch\""), "{status:?}");
-}
-
-fn mysql(sql: &str) -> Result<String, String> {
-    let out = Command::new("mariadb")
-        .args(["-h", "127.0.0.1", "-P", "3306", "-uroot", "-ppassword", "--connect-timeout=2", "-N", "-e", sql])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).to_string())
-    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{job_file, wait_for, Agent};
+use common::{job_file, mysql, wait_for, Agent};
 
 static ENGINE: Mutex<()> = Mutex::new(());
 
@@ -46,18 +46,6 @@ fn containers_of(agent: &Agent, job: &str) -> Vec<String> {
         .collect();
     ids.sort();
     ids
-}
-
-fn mysql(sql: &str) -> Result<String, String> {
-    let out = Command::new("mariadb")
-        .args(["-h", "127.0.0.1", "-P", "3306", "-uroot", "-ppassword", "--connect-timeout=2", "-N", "-e", sql])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).to_string())
-    }
 }
 
 fn wait_mysql() {

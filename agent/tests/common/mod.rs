@@ -254,3 +254,17 @@ pub fn pids_with(marker: &str) -> Vec<i32> {
     out.sort_unstable();
     out
 }
+
+/// Runs SQL as root against MariaDB/MySQL on 127.0.0.1:3306 (password
+/// `password`, as the examples set); its output, or the client's error.
+pub fn mysql(sql: &str) -> Result<String, String> {
+    let out = Command::new("mariadb")
+        .args(["-h", "127.0.0.1", "-P", "3306", "-uroot", "-ppassword", "--connect-timeout=2", "-N", "-e", sql])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
