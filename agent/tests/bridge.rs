@@ -216,12 +216,15 @@ fn logs(agent: &Agent, alloc: &str) -> String {
 
 /// Runs and stops a job once, so the bridge and berth's shared chains (made
 /// on first use, kept like a CNI bridge) exist before a "before" snapshot.
-fn warm_up(agent: &Agent, root: &Path) {
+fn warm_up(agent: &Agent, root: &Path, bridge: &str) {
     let job = job_file(root, "warm.nomad", &web_job("warm", free_port(), "127.0.0.1 1"));
     assert_eq!(agent.cli(&["job", "run", &job]).code, 0);
     running_alloc(agent, "warm");
     assert_eq!(agent.cli(&["job", "stop", "-purge", "warm"]).code, 0);
     wait_for("warm-up allocation gone", Duration::from_secs(30), || agent.allocs("warm").is_empty().then_some(()));
+    wait_for("warm-up network removed", Duration::from_secs(10), || {
+        sh("ip netns list").lines().all(|l| !l.starts_with(&format!("{bridge}-"))).then_some(())
+    });
 }
 
 #[test]
@@ -231,10 +234,7 @@ fn bridge_job_ports_peers_egress_and_clean_teardown() {
     let tb = unique_bridge();
     let bridge = tb.name.clone();
     let agent = bridge_agent(root.path(), "br1", &bridge, &tb.subnet);
-    warm_up(&agent, root.path());
-    wait_for("warm-up network removed", Duration::from_secs(10), || {
-        sh("ip netns list").lines().all(|l| !l.starts_with(&format!("{bridge}-"))).then_some(())
-    });
+    warm_up(&agent, root.path(), &bridge);
     let before = host_state(&agent, &bridge);
 
     let node = node_address();
@@ -302,10 +302,7 @@ fn killed_agent_readopts_networks_and_still_cleans_up() {
     let tb = unique_bridge();
     let bridge = tb.name.clone();
     let mut agent = bridge_agent(root.path(), "br2", &bridge, &tb.subnet);
-    warm_up(&agent, root.path());
-    wait_for("warm-up network removed", Duration::from_secs(10), || {
-        sh("ip netns list").lines().all(|l| !l.starts_with(&format!("{bridge}-"))).then_some(())
-    });
+    warm_up(&agent, root.path(), &bridge);
     let before = host_state(&agent, &bridge);
     let port = free_port();
     let job = job_file(root.path(), "web.nomad", &web_job("web", port, "127.0.0.1 1"));

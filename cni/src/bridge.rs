@@ -192,7 +192,8 @@ impl BridgeNetwork {
     }
 
     async fn connect(&self, bridge: u32, ns: &NetNs, net: &AllocNetwork) -> Result<()> {
-        let adopted = self.is_connected(bridge, ns, net).await?;
+        let inside = ns.netlink()?;
+        let adopted = self.is_connected(bridge, &inside, net).await?;
         // The links and the rules are independent: set them up side by side.
         let (bridge_name, subnet, n) = (self.cfg.name.clone(), self.cfg.subnet, net.clone());
         let rules = tokio::task::spawn_blocking(move || {
@@ -202,7 +203,7 @@ impl BridgeNetwork {
                 firewall::add_mappings(&bridge_name, &n.id, n.ip, subnet, &n.ports)
             }
         });
-        let links = self.connect_links(bridge, ns, net, adopted);
+        let links = self.connect_links(bridge, ns, &inside, net, adopted);
         let (rules, links) = tokio::join!(rules, links);
         rules.map_err(|e| NetError::Config(e.to_string()))??;
         links?;
@@ -215,9 +216,9 @@ impl BridgeNetwork {
     }
 
     /// True when the allocation's veth pair is already in place (re-adoption).
-    async fn is_connected(&self, bridge: u32, ns: &NetNs, net: &AllocNetwork) -> Result<bool> {
+    async fn is_connected(&self, bridge: u32, inside: &rtnetlink::Handle, net: &AllocNetwork) -> Result<bool> {
         match link::get(&self.host, &net.host_veth).await? {
-            Some(l) if l.controller == Some(bridge) => Ok(link::get(&ns.netlink()?, &net.interface).await?.is_some()),
+            Some(l) if l.controller == Some(bridge) => Ok(link::get(inside, &net.interface).await?.is_some()),
             Some(_) => {
                 link::delete(&self.host, &net.host_veth).await?;
                 Ok(false)
@@ -226,17 +227,23 @@ impl BridgeNetwork {
         }
     }
 
-    async fn connect_links(&self, bridge: u32, ns: &NetNs, net: &AllocNetwork, adopted: bool) -> Result<()> {
-        let inside = ns.netlink()?;
+    async fn connect_links(
+        &self,
+        bridge: u32,
+        ns: &NetNs,
+        inside: &rtnetlink::Handle,
+        net: &AllocNetwork,
+        adopted: bool,
+    ) -> Result<()> {
         if !adopted {
             // A half-made pair from an interrupted setup.
-            link::delete(&inside, &net.interface).await?;
+            link::delete(inside, &net.interface).await?;
             let file =
                 std::fs::File::open(ns.path()).map_err(crate::io_err(format!("opening {}", ns.path().display())))?;
             link::create_veth(&self.host, &net.host_veth, &net.interface, &file, bridge).await?;
         }
         let addr = Ipv4Net::new(net.ip, net.prefix_len).map_err(|e| NetError::Config(e.to_string()))?;
-        link::configure_container(&inside, &net.interface, addr, net.gateway).await
+        link::configure_container(inside, &net.interface, addr, net.gateway).await
     }
 
     /// Removes everything [`setup`](Self::setup) made for `net`, including

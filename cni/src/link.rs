@@ -117,17 +117,9 @@ pub async fn ensure_bridge(h: &Handle, name: &str, gateway: Ipv4Net) -> Result<u
                 "bridge {name} already has address {other}, not {gateway}; it belongs to another network"
             )));
         }
-        match h.address().add(link.index, IpAddr::V4(gateway.addr()), gateway.prefix_len()).execute().await {
-            Ok(()) => {}
-            Err(e) if is_errno(&e, libc::EEXIST) => {}
-            Err(e) => return Err(nl_err(format!("adding {gateway} to bridge {name}"))(e)),
-        }
+        add_address(h, link.index, name, gateway).await?;
     }
-    h.link()
-        .set(LinkUnspec::new_with_index(link.index).up().build())
-        .execute()
-        .await
-        .map_err(nl_err(format!("setting bridge {name} up")))?;
+    set_up(h, link.index, name).await?;
     Ok(link.index)
 }
 
@@ -167,16 +159,8 @@ pub async fn configure_container(h: &Handle, ifname: &str, address: Ipv4Net, gat
     let link = get(h, ifname)
         .await?
         .ok_or_else(|| NetError::Config(format!("interface {ifname} is missing in the namespace")))?;
-    match h.address().add(link.index, IpAddr::V4(address.addr()), address.prefix_len()).execute().await {
-        Ok(()) => {}
-        Err(e) if is_errno(&e, libc::EEXIST) => {}
-        Err(e) => return Err(nl_err(format!("adding {address} to {ifname}"))(e)),
-    }
-    h.link()
-        .set(LinkUnspec::new_with_index(link.index).up().build())
-        .execute()
-        .await
-        .map_err(nl_err(format!("setting {ifname} up")))?;
+    add_address(h, link.index, ifname, address).await?;
+    set_up(h, link.index, ifname).await?;
     let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(link.index).build();
     match h.route().add(route).execute().await {
         Ok(()) => Ok(()),
@@ -188,7 +172,24 @@ pub async fn configure_container(h: &Handle, ifname: &str, address: Ipv4Net, gat
 /// Sets the loopback interface up.
 pub async fn loopback_up(h: &Handle) -> Result<()> {
     let lo = get(h, "lo").await?.ok_or_else(|| NetError::Config("namespace has no loopback".into()))?;
-    h.link().set(LinkUnspec::new_with_index(lo.index).up().build()).execute().await.map_err(nl_err("setting lo up"))
+    set_up(h, lo.index, "lo").await
+}
+
+/// Adds `address` (with its prefix) to link `index`; present already is fine.
+async fn add_address(h: &Handle, index: u32, name: &str, address: Ipv4Net) -> Result<()> {
+    match h.address().add(index, IpAddr::V4(address.addr()), address.prefix_len()).execute().await {
+        Err(e) if !is_errno(&e, libc::EEXIST) => Err(nl_err(format!("adding {address} to {name}"))(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Sets link `index` up.
+async fn set_up(h: &Handle, index: u32, name: &str) -> Result<()> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(nl_err(format!("setting {name} up")))
 }
 
 /// Deletes link `name`; returns false if there was none.

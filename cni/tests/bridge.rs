@@ -59,6 +59,15 @@ fn host_state(dir: &Path) -> String {
     format!("links:\n{links}\nnetns: {ns:?}\nipam: {ipam:?}\nrules:\n{rules}")
 }
 
+/// Sets up and tears down one allocation, so the bridge and berth's shared
+/// chains (made on first use, kept afterwards) exist before a "before" snapshot.
+async fn warm_up(net: &BridgeNetwork, ports: &[PortMapping]) {
+    let ns = net.create_netns("warm").unwrap();
+    let w = net.setup("warm", &ns, ports).await.unwrap();
+    net.teardown(&w).await.unwrap();
+    net.settled().await;
+}
+
 /// Waits for the background part of teardowns, then compares the host.
 async fn settled_state_is(net: &BridgeNetwork, dir: &Path, before: &str) {
     net.settled().await;
@@ -70,11 +79,7 @@ fn mapped_ports_peers_and_egress_work_and_teardown_leaves_nothing() {
     in_fresh_host(|| async {
         let dir = tempfile::tempdir().unwrap();
         let net = BridgeNetwork::open(config(dir.path(), "bt0", "172.30.0.0/24")).await.unwrap();
-        // Create the shared pieces once, so "before" includes them.
-        let warm = net.create_netns("warm").unwrap();
-        let w = net.setup("warm", &warm, &[]).await.unwrap();
-        net.teardown(&w).await.unwrap();
-        net.settled().await;
+        warm_up(&net, &[]).await;
         let before = host_state(dir.path());
 
         let ns_a = net.create_netns("a").unwrap();
@@ -116,10 +121,7 @@ fn restart_readopts_running_allocations_and_gc_removes_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), "bt1", "172.30.1.0/24");
         let first = BridgeNetwork::open(cfg.clone()).await.unwrap();
-        let warm = first.create_netns("warm").unwrap();
-        let w = first.setup("warm", &warm, &[]).await.unwrap();
-        first.teardown(&w).await.unwrap();
-        first.settled().await;
+        warm_up(&first, &[]).await;
         let before = host_state(dir.path());
         let ns_keep = first.create_netns("keep").unwrap();
         let keep = first.setup("keep", &ns_keep, &[PortMapping { host_port: 8081, container_port: 81 }]).await.unwrap();
@@ -147,10 +149,7 @@ fn two_hundred_setups_and_teardowns_leak_nothing() {
     in_fresh_host(|| async {
         let dir = tempfile::tempdir().unwrap();
         let net = BridgeNetwork::open(config(dir.path(), "bt2", "172.30.2.0/24")).await.unwrap();
-        let warm = net.create_netns("warm").unwrap();
-        let w = net.setup("warm", &warm, &[PortMapping { host_port: 7000, container_port: 7000 }]).await.unwrap();
-        net.teardown(&w).await.unwrap();
-        net.settled().await;
+        warm_up(&net, &[PortMapping { host_port: 7000, container_port: 7000 }]).await;
         let before = host_state(dir.path());
         let mut seen = HashSet::new();
         for i in 0..200 {
