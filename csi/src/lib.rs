@@ -10,6 +10,9 @@
 //! * [`mount`]: node-side helpers shared by block-backed volumes: signature
 //!   check, format only when blank, fsck-safe mount, bind/read-only publish,
 //!   growth after expansion, usage.
+//! * [`local`]: `berth.local`, the CSI plugin built into Berth: directory or
+//!   image-file volumes on the node's own disk, with snapshots, clones and
+//!   expansion, served on a unix socket by [`local::serve`].
 //! * `redact` (private): `Debug` for the request messages that carry secrets,
 //!   which never prints the secret values.
 //!
@@ -19,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod local;
 pub mod mount;
 mod redact;
 

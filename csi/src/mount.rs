@@ -2,7 +2,8 @@
 //! image files now, iSCSI LUNs next): read a device's filesystem signature,
 //! format only a device that has none (never one holding data), check and
 //! mount it at a staging path with mount options, bind-mount the staging
-//! path to per-allocation publish targets (read-only where asked), grow the
+//! path to per-allocation publish targets (read-only where asked; the
+//! device itself onto a file for raw block access), grow the
 //! filesystem after an expansion, and report usage. Each step tolerates
 //! having been done already, so a retried or resumed stage/publish is safe.
 //!
@@ -187,6 +188,20 @@ pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
         target: target.display().to_string(),
         detail: e.to_string(),
     })?;
+    bind_at(source, target, read_only)
+}
+
+/// Bind-mounts the block device `device` onto the file `target` (created
+/// if missing; its directory must exist), read-only if asked: how a volume
+/// is published for raw block access. Already bound there: done.
+pub fn bind_device(device: &Path, target: &Path, read_only: bool) -> Result<()> {
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(target).map_err(|e| {
+        MountError::Tool { tool: "create".into(), target: target.display().to_string(), detail: e.to_string() }
+    })?;
+    bind_at(device, target, read_only)
+}
+
+fn bind_at(source: &Path, target: &Path, read_only: bool) -> Result<()> {
     if mounted_source(target).is_some() {
         return Ok(());
     }
@@ -203,7 +218,8 @@ pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
     Ok(())
 }
 
-/// Unmounts `target` if it is a mount point and removes the directory.
+/// Unmounts `target` if it is a mount point and removes it: the directory,
+/// or the file of a block publish.
 pub fn unmount(target: &Path) -> Result<()> {
     if mounted_source(target).is_some() {
         umount2(target, MntFlags::empty()).map_err(|source| MountError::Sys {
@@ -212,11 +228,16 @@ pub fn unmount(target: &Path) -> Result<()> {
             source,
         })?;
     }
-    match std::fs::remove_dir(target) {
+    let removed = match std::fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir(target),
+        Ok(_) => std::fs::remove_file(target),
+        Err(e) => Err(e),
+    };
+    match removed {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => {
-            Err(MountError::Tool { tool: "rmdir".into(), target: target.display().to_string(), detail: e.to_string() })
+            Err(MountError::Tool { tool: "remove".into(), target: target.display().to_string(), detail: e.to_string() })
         }
     }
 }
