@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 ensure_toolchain
 # The Docker engine and the local images the examples use (no registry).
 ./scripts/build-test-images.sh
+# What the built-in local CSI plugin runs: losetup, blkid, mkfs, fsck, resize.
+apt_install util-linux e2fsprogs xfsprogs
 log "building berth (release)"
 cargo build --release --locked -p berth
 log "starting the dev agent; use target/release/berth in another shell (Ctrl-C stops it)"

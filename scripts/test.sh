@@ -22,8 +22,10 @@ apt_install mariadb-client
 # busybox (httpd/nc in test tasks) and, only as the benchmark's baseline,
 # Debian's CNI reference plugins (berth itself never runs them).
 apt_install iproute2 iptables busybox-static containernetworking-plugins
-# CSI node-side helpers: loop devices, blkid, mkfs/fsck/resize for ext4.
-apt_install util-linux e2fsprogs
+# CSI node-side helpers: loop devices, blkid, mkfs/fsck/resize for ext4
+# and XFS (the expansion test grows XFS online, which needs no
+# CAP_SYS_RESOURCE).
+apt_install util-linux e2fsprogs xfsprogs
 ./scripts/build-test-images.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -75,6 +75,10 @@ pub struct AgentConfig {
     pub cni_path: Option<String>,
     /// `client { cni_config_dir }`.
     pub cni_config_dir: Option<String>,
+    /// `client { csi_plugin_probe_interval }` in nanoseconds.
+    pub csi_plugin_probe_interval: Option<i64>,
+    /// `server { csi_claim_release_timeout }` in nanoseconds.
+    pub csi_claim_release_timeout: Option<i64>,
     /// `plugin "name" { config { ... } }`, as JSON.
     pub plugins: BTreeMap<String, serde_json::Value>,
     /// Warnings about unknown keys.
@@ -162,6 +166,7 @@ impl AgentConfig {
             set!(self.server_enabled, b.body.bool("enabled")?);
             set!(self.bootstrap_expect, b.body.number("bootstrap_expect")?);
             set!(self.heartbeat_grace, b.body.duration("heartbeat_grace")?);
+            set!(self.csi_claim_release_timeout, b.body.duration("csi_claim_release_timeout")?);
             set!(self.min_heartbeat_ttl, b.body.duration("min_heartbeat_ttl")?);
             w.extend(b.body.finish_lenient());
         }
@@ -176,6 +181,7 @@ impl AgentConfig {
             set!(self.bridge_network_subnet, b.body.string("bridge_network_subnet")?);
             set!(self.cni_path, b.body.string("cni_path")?);
             set!(self.cni_config_dir, b.body.string("cni_config_dir")?);
+            set!(self.csi_plugin_probe_interval, b.body.duration("csi_plugin_probe_interval")?);
             if let Some(meta) = b.body.string_map("meta")? {
                 self.meta.extend(meta);
             }

@@ -178,6 +178,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         if let Some(grace) = cfg.heartbeat_grace {
             sc.heartbeat_grace = Duration::from_nanos(grace.max(0) as u64);
         }
+        if let Some(timeout) = cfg.csi_claim_release_timeout {
+            sc.csi_claim_release_timeout = Duration::from_nanos(timeout.max(0) as u64);
+        }
         Some(Server::start(&s.data_dir, sc).context("starting the server")?)
     } else {
         None
@@ -213,11 +216,20 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             netns_dir: PathBuf::from(cni::netns::DEFAULT_RUN_DIR),
             cni_path: std::env::split_paths(cfg.cni_path.as_deref().unwrap_or("/opt/cni/bin")).collect(),
             cni_config_dir: PathBuf::from(cfg.cni_config_dir.as_deref().unwrap_or("/opt/cni/config")),
+            csi_probe_interval: Duration::from_nanos(
+                cfg.csi_plugin_probe_interval.unwrap_or(30_000_000_000).max(1) as u64
+            ),
         };
         Some(Client::start(cc, rpc, shutdown.clone()).await.context("starting the client")?)
     } else {
         None
     };
+    if let Some(srv) = &server {
+        srv.set_plugin_calls(Arc::new(crate::client::csi::ClusterPluginCalls {
+            local: client.as_ref().map(Arc::downgrade),
+            http: reqwest::Client::new(),
+        }));
+    }
     let api = Api { server: server.clone(), client: client.clone(), info, http: reqwest::Client::new() };
     let router = http::router(api);
     let bound_http = listen(&format!("{}:{http_port}", s.bind), router.clone(), shutdown.clone()).await?;

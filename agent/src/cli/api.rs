@@ -95,6 +95,18 @@ impl ApiClient {
         Self::decode(resp, &url).await
     }
 
+    /// DELETE with one extra header (`X-Nomad-CSI-Secrets`) and decode the answer.
+    pub async fn delete_with_header<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<T, ApiClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.send(self.http.delete(&url).header(name, value), &url).await?;
+        Self::decode(resp, &url).await
+    }
+
     /// DELETE and decode the answer.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiClientError> {
         let url = format!("{}{path}", self.base);

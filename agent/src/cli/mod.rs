@@ -8,6 +8,7 @@ mod cluster;
 mod format;
 mod job;
 mod monitor;
+mod volume;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -129,6 +130,26 @@ enum Command {
         id: String,
         #[command(flatten)]
         api: ApiFlags,
+    },
+    /// Interacts with CSI volumes.
+    Volume {
+        #[command(subcommand)]
+        command: VolumeCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Interacts with CSI plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Runs a built-in CSI plugin (in a job's task with a `csi_plugin` block).
+    #[command(name = "csi-plugin")]
+    CsiPlugin {
+        #[command(subcommand)]
+        plugin: CsiPluginCommand,
     },
     /// Prints the version.
     Version,
@@ -323,6 +344,117 @@ enum NodeCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum VolumeCommand {
+    /// Creates a volume in its plugin's provider and registers it (or expands it).
+    Create {
+        /// Volume specification file (HCL or JSON), or - for stdin.
+        file: String,
+    },
+    /// Registers a volume that exists in the provider.
+    Register {
+        /// Volume specification file (HCL or JSON), or - for stdin.
+        file: String,
+    },
+    /// Shows volumes or one volume, with who holds its claims.
+    Status {
+        /// Volume ID.
+        id: Option<String>,
+        /// Full IDs and topologies.
+        #[arg(long)]
+        verbose: bool,
+        /// Accepted for compatibility: only CSI volumes exist.
+        #[arg(long = "type")]
+        volume_type: Option<String>,
+    },
+    /// Deletes a volume in the provider, then deregisters it.
+    Delete {
+        /// Volume ID.
+        id: String,
+        /// Secret key=value for the plugin (repeatable).
+        #[arg(long)]
+        secret: Vec<String>,
+        /// Accepted for compatibility: only CSI volumes exist.
+        #[arg(long = "type")]
+        volume_type: Option<String>,
+    },
+    /// Forgets a volume (it stays in the provider).
+    Deregister {
+        /// Volume ID.
+        id: String,
+        /// Also drop the claims of stopped allocations.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Releases the claims stopped allocations hold on a node.
+    Detach {
+        /// Volume ID.
+        id: String,
+        /// Node ID or prefix.
+        node: String,
+    },
+    /// Snapshots.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Snapshots a volume.
+    Create {
+        /// Volume ID.
+        volume: String,
+        /// Snapshot name.
+        name: Option<String>,
+    },
+    /// Lists a plugin's snapshots.
+    List {
+        /// Plugin ID.
+        #[arg(long)]
+        plugin: String,
+        /// Only snapshots of this volume.
+        #[arg(long)]
+        volume: Option<String>,
+    },
+    /// Deletes a snapshot.
+    Delete {
+        /// Plugin ID.
+        plugin: String,
+        /// Snapshot ID.
+        snapshot: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Shows plugins or one plugin.
+    Status {
+        /// Plugin ID.
+        id: Option<String>,
+        /// Accepted for compatibility: only CSI plugins exist.
+        #[arg(long = "type")]
+        plugin_type: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CsiPluginCommand {
+    /// Volumes as directories or loop-attached image files on this node.
+    Local {
+        /// Socket to serve on (default: $CSI_ENDPOINT).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Where volumes, snapshots and node records are kept.
+        #[arg(long = "state-dir")]
+        state_dir: PathBuf,
+        /// This node's ID for topology (default: the host name).
+        #[arg(long = "node-id")]
+        node_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ServerCommand {
     /// Lists the servers.
     Members,
@@ -393,9 +525,46 @@ async fn logs(api: &ApiClient, a: &LogsArgs) -> i32 {
     alloc::logs(api, &a.alloc, opts).await
 }
 
-/// True when the command is the long-running agent (multi-threaded runtime).
+/// True when the command is a long-running server: the agent or a
+/// built-in CSI plugin (multi-threaded runtime).
 pub fn is_agent(cli: &Cli) -> bool {
-    matches!(cli.command, Command::Agent(_))
+    matches!(cli.command, Command::Agent(_) | Command::CsiPlugin { .. })
+}
+
+/// `csi-plugin local`: serves until SIGTERM or SIGINT.
+async fn csi_plugin_local(endpoint: Option<String>, state_dir: PathBuf, node_id: Option<String>) -> i32 {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(false).init();
+    let Some(endpoint) = endpoint.or_else(|| std::env::var("CSI_ENDPOINT").ok().filter(|e| !e.is_empty())) else {
+        eprintln!("Error: --endpoint is required (or set CSI_ENDPOINT)");
+        return 1;
+    };
+    let node_id = node_id.unwrap_or_else(|| {
+        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+    });
+    let plugin = match csi::local::LocalPlugin::open(csi::local::LocalConfig { state_dir, node_id }) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("Error starting the local CSI plugin: {e}");
+            return 1;
+        }
+    };
+    let shutdown = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    match csi::local::serve(plugin, &endpoint, shutdown).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Error serving the local CSI plugin: {e}");
+            1
+        }
+    }
 }
 
 /// If the command is the task shim, runs it synchronously and returns its code.
@@ -450,6 +619,34 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Init(a) => job::init(a.short, a.file.as_deref()),
         Command::Validate(a) => job::validate(&input(&a)),
         Command::Inspect { id, api } => job::inspect(&client(&api), &id).await,
+        Command::Volume { command, api } => {
+            let api = client(&api);
+            match command {
+                VolumeCommand::Create { file } => volume::submit(&api, &file, true).await,
+                VolumeCommand::Register { file } => volume::submit(&api, &file, false).await,
+                VolumeCommand::Status { id, verbose, .. } => volume::status(&api, id.as_deref(), verbose).await,
+                VolumeCommand::Delete { id, secret, .. } => volume::delete(&api, &id, &secret).await,
+                VolumeCommand::Deregister { id, force } => volume::deregister(&api, &id, force).await,
+                VolumeCommand::Detach { id, node } => volume::detach(&api, &id, &node).await,
+                VolumeCommand::Snapshot { command } => match command {
+                    SnapshotCommand::Create { volume, name } => {
+                        volume::snapshot_create(&api, &volume, name.as_deref()).await
+                    }
+                    SnapshotCommand::List { plugin, volume } => {
+                        volume::snapshot_list(&api, &plugin, volume.as_deref()).await
+                    }
+                    SnapshotCommand::Delete { plugin, snapshot } => {
+                        volume::snapshot_delete(&api, &plugin, &snapshot).await
+                    }
+                },
+            }
+        }
+        Command::Plugin { command: PluginCommand::Status { id, .. }, api } => {
+            volume::plugin_status(&client(&api), id.as_deref()).await
+        }
+        Command::CsiPlugin { plugin: CsiPluginCommand::Local { endpoint, state_dir, node_id } } => {
+            csi_plugin_local(endpoint, state_dir, node_id).await
+        }
         Command::Version => {
             println!("Berth v{}", crate::VERSION);
             0

@@ -5,6 +5,7 @@
 //! before anything else, so an agent restart does not restart tasks.
 
 pub mod allocrunner;
+pub mod csi;
 pub mod driver;
 pub mod fingerprint;
 pub mod logs;
@@ -82,6 +83,8 @@ pub struct ClientConfig {
     pub cni_path: Vec<PathBuf>,
     /// `client { cni_config_dir }`: where external CNI networks are defined.
     pub cni_config_dir: PathBuf,
+    /// How often healthy CSI plugins are probed (Nomad: 30 s).
+    pub csi_probe_interval: Duration,
 }
 
 impl ClientConfig {
@@ -123,6 +126,7 @@ pub struct Client {
     updates: mpsc::UnboundedSender<AllocClientUpdate>,
     shutdown: CancellationToken,
     network: Arc<cni::BridgeNetwork>,
+    csi: Arc<csi::CsiManager>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -178,6 +182,8 @@ impl Client {
             }
         }
         let node = Self::build_node(&config, &ident, &drivers).await;
+        let config_probe_interval =
+            if config.csi_probe_interval.is_zero() { Duration::from_secs(30) } else { config.csi_probe_interval };
         let (tx, rx) = mpsc::unbounded_channel();
         let client = Arc::new(Client {
             node: parking_lot::RwLock::new(Arc::new(node)),
@@ -189,6 +195,7 @@ impl Client {
             updates: tx,
             shutdown,
             network,
+            csi: Arc::new(csi::CsiManager::new(client_dir.join("csi"), config_probe_interval)),
         });
         client.restore()?;
         tokio::spawn(client.clone().collect_orphans());
@@ -241,6 +248,8 @@ impl Client {
             shutdown: self.shutdown.clone(),
             network: self.network.clone(),
             external_cni: Arc::new(self.config.external_cni()),
+            csi: self.csi.clone(),
+            rpc: self.rpc.clone(),
         }
     }
 
@@ -273,6 +282,11 @@ impl Client {
         }
     }
 
+    /// The node's CSI plugin registry.
+    pub fn csi(&self) -> &csi::CsiManager {
+        &self.csi
+    }
+
     /// The directory of an allocation on this client, if it runs here.
     pub fn alloc_root(&self, alloc_id: &str) -> Option<PathBuf> {
         let dir = self.config.data_dir.join("alloc").join(alloc_id);
@@ -282,15 +296,28 @@ impl Client {
     /// Stops and removes every allocation (a dev agent on a throw-away data
     /// dir does this on exit, since nothing could re-attach later).
     pub async fn stop_all(&self, timeout: Duration) {
-        for (_, ctl) in self.runners.lock().drain() {
-            let _ = ctl.commands.send(AllocCommand::Destroy);
-        }
         let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            if self.store.load().map(|l| l.is_empty()).unwrap_or(true) {
-                break;
+        // CSI plugins go last: the allocations using their volumes need
+        // them to unpublish (as Nomad drains plugins last).
+        let plugins: HashSet<String> = self
+            .store
+            .load()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.alloc.group().is_some_and(|tg| tg.tasks.iter().any(|t| t.csi_plugin_config.is_some())))
+            .map(|p| p.alloc.id)
+            .collect();
+        for last in [false, true] {
+            for (_, ctl) in self.runners.lock().extract_if(|id, _| plugins.contains(id) == last) {
+                let _ = ctl.commands.send(AllocCommand::Destroy);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            while tokio::time::Instant::now() < deadline {
+                let left = self.store.load().map(|l| l.iter().any(|p| last || !plugins.contains(&p.alloc.id)));
+                if !left.unwrap_or(false) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         // Bridge teardown finishes in the background; let it.
         let _ = tokio::time::timeout_at(deadline, self.network.settled()).await;
@@ -317,7 +344,9 @@ impl Client {
             let result = if registered {
                 self.rpc.heartbeat(&node.id, &node.secret_id).await
             } else {
-                self.rpc.register((*node).clone()).await
+                let mut node = (*node).clone();
+                self.csi.fill_node(&mut node);
+                self.rpc.register(node).await
             };
             let pause = match result {
                 Ok(t) => {
@@ -341,6 +370,7 @@ impl Client {
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
+                _ = self.csi.changed() => registered = false,
                 _ = self.shutdown.cancelled() => return,
             }
         }

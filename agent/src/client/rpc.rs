@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
+use crate::server::csi::ClaimGrant;
 use crate::server::{AllocClientUpdate, Server, ServerError};
 use crate::structs::{Allocation, Node};
 
@@ -43,6 +44,13 @@ pub trait ServerRpc: Send + Sync {
         secret: &'a str,
         updates: Vec<AllocClientUpdate>,
     ) -> BoxFuture<'a, Result<(), RpcError>>;
+    /// Asks whether an allocation may mount its CSI volumes now.
+    fn claim_volumes<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        alloc_id: &'a str,
+    ) -> BoxFuture<'a, Result<ClaimGrant, RpcError>>;
 }
 
 fn from_server(e: ServerError) -> RpcError {
@@ -85,6 +93,15 @@ impl ServerRpc for LocalRpc {
         updates: Vec<AllocClientUpdate>,
     ) -> BoxFuture<'a, Result<(), RpcError>> {
         async move { self.0.update_allocs(node_id, updates).map_err(from_server) }.boxed()
+    }
+
+    fn claim_volumes<'a>(
+        &'a self,
+        node_id: &'a str,
+        _secret: &'a str,
+        alloc_id: &'a str,
+    ) -> BoxFuture<'a, Result<ClaimGrant, RpcError>> {
+        async move { self.0.claim_volumes(node_id, alloc_id).map_err(|e| RpcError::Failed(e.to_string())) }.boxed()
     }
 }
 
@@ -202,6 +219,24 @@ impl ServerRpc for HttpRpc {
             })
             .await
             .map(|_| ())
+        }
+        .boxed()
+    }
+
+    fn claim_volumes<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        alloc_id: &'a str,
+    ) -> BoxFuture<'a, Result<ClaimGrant, RpcError>> {
+        async move {
+            let resp = self
+                .call(|c, base| {
+                    c.put(format!("{base}/v1/internal/node/{node_id}/csi-claim/{alloc_id}"))
+                        .header(NODE_SECRET_HEADER, secret)
+                })
+                .await?;
+            resp.json().await.map_err(|e| RpcError::Failed(e.to_string()))
         }
         .boxed()
     }

@@ -81,14 +81,21 @@ fn enter_netns(path: &Path) -> io::Result<()> {
         .map_err(|e| io::Error::other(format!("entering network namespace {}: {e}", path.display())))
 }
 
+/// The PATH of a task whose environment has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 fn spawn_task(spec: &ShimSpec) -> io::Result<std::process::Child> {
     if let Some(ns) = &spec.netns {
         enter_netns(ns)?;
     }
     let mut cmd = Command::new(&spec.command);
-    cmd.args(&spec.args)
-        .env_clear()
-        .envs(&spec.env)
+    cmd.args(&spec.args).env_clear();
+    // A task that sets no PATH gets the usual one, as a shell would give it:
+    // tools such as CSI plugins run helpers (losetup, mkfs) by name.
+    if !spec.env.contains_key("PATH") {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    cmd.envs(&spec.env)
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

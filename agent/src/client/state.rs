@@ -30,6 +30,9 @@ pub struct PersistedAlloc {
     pub task_states: BTreeMap<String, TaskState>,
     /// Handles of running tasks.
     pub handles: BTreeMap<String, TaskHandle>,
+    /// The allocation's CSI volumes are unpublished from this node.
+    #[serde(default)]
+    pub csi_volumes_released: bool,
 }
 
 /// The client state database.

@@ -68,6 +68,9 @@ pub struct TaskRunner {
     pub updates: mpsc::UnboundedSender<TaskUpdate>,
     /// Host paths of the task's `volume_mount`s.
     pub binds: Vec<super::driver::VolumeBind>,
+    /// Environment the alloc hooks add (`CSI_ENDPOINT`); the task's own
+    /// `env` overrides it.
+    pub extra_env: BTreeMap<String, String>,
     /// The allocation's bridge network, if it has one.
     pub network: Option<std::sync::Arc<super::allocrunner::GroupNetwork>>,
 }
@@ -114,6 +117,7 @@ impl TaskRunner {
         if let Some(net) = &self.network {
             taskenv::add_bridge(&mut env, &self.alloc, &net.alloc);
         }
+        env.extend(self.extra_env.clone());
         for (k, v) in &self.task.env {
             let value = taskenv::interpolate(v, &env, &self.node);
             env.insert(k.clone(), value);

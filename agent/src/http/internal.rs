@@ -53,3 +53,16 @@ pub async fn update_allocs(api: ApiState, Path(id): Path<String>, headers: Heade
     server.update_allocs(&id, updates)?;
     Ok(json_with_index(&serde_json::json!({}), server.state.index(), false))
 }
+
+/// `PUT /v1/internal/node/:id/csi-claim/:alloc`: may the allocation mount
+/// its CSI volumes now? The answer carries the volumes' secrets, so only
+/// the node holding the allocation may ask.
+pub async fn claim_volumes(api: ApiState, Path((id, alloc)): Path<(String, String)>, headers: Headers) -> ApiResult {
+    let server = api.server()?;
+    let node = server.state.snapshot().node(&id).ok_or_else(|| ApiError::not_found("node not found"))?;
+    if node.secret_id != secret(&headers) {
+        return Err(ApiError(axum::http::StatusCode::FORBIDDEN, "Permission denied".into()));
+    }
+    let grant = server.claim_volumes(&id, &alloc)?;
+    Ok(json_with_index(&grant, server.state.index(), false))
+}

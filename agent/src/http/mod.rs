@@ -10,6 +10,9 @@ mod internal;
 mod jobs;
 mod logs;
 mod nodes;
+mod volumes;
+
+pub use volumes::SECRETS_HEADER;
 pub mod stubs;
 
 use std::collections::HashMap;
@@ -77,7 +80,7 @@ impl From<ServerError> for ApiError {
         let code = match &e {
             ServerError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ServerError::NotFound(_) => StatusCode::NOT_FOUND,
-            ServerError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServerError::State(_) | ServerError::Plugin(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
     }
@@ -197,7 +200,8 @@ pub fn router(api: Api) -> Router {
     let local = Router::new()
         .route("/v1/client/fs/logs/{alloc}", get(logs::logs))
         .route("/v1/agent/self", get(agent::agent_self))
-        .route("/v1/agent/health", get(agent::health));
+        .route("/v1/agent/health", get(agent::health))
+        .route("/v1/internal/client/csi/{plugin}", put(volumes::client_call));
     let routes = if api.server.is_some() { local.merge(server_routes()) } else { local };
     routes.fallback(agent::fallback).with_state(api)
 }
@@ -224,6 +228,23 @@ fn server_routes() -> Router<Api> {
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/node/{id}", get(nodes::read))
         .route("/v1/node/{id}/allocations", get(nodes::allocations))
+        .route("/v1/volumes", get(volumes::list))
+        .route(
+            "/v1/volumes/snapshot",
+            get(volumes::snapshot_list)
+                .put(volumes::snapshot_create)
+                .post(volumes::snapshot_create)
+                .delete(volumes::snapshot_delete),
+        )
+        .route(
+            "/v1/volume/csi/{id}",
+            get(volumes::read).put(volumes::register).post(volumes::register).delete(volumes::deregister),
+        )
+        .route("/v1/volume/csi/{id}/create", put(volumes::create).post(volumes::create))
+        .route("/v1/volume/csi/{id}/delete", axum::routing::delete(volumes::delete))
+        .route("/v1/volume/csi/{id}/detach", axum::routing::delete(volumes::detach))
+        .route("/v1/plugins", get(volumes::plugins))
+        .route("/v1/plugin/csi/{id}", get(volumes::plugin))
         .route("/v1/agent/members", get(agent::members))
         .route("/v1/status/leader", get(agent::leader))
         .route("/v1/status/peers", get(agent::peers))
@@ -232,6 +253,7 @@ fn server_routes() -> Router<Api> {
         .route("/v1/internal/node/register", put(internal::register))
         .route("/v1/internal/node/{id}/heartbeat", put(internal::heartbeat))
         .route("/v1/internal/node/{id}/allocations", get(internal::allocations).put(internal::update_allocs))
+        .route("/v1/internal/node/{id}/csi-claim/{alloc}", put(internal::claim_volumes))
 }
 
 /// Query parameters as a map (for endpoint-specific flags).

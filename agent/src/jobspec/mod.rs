@@ -26,6 +26,7 @@ mod policy;
 mod service;
 mod task;
 mod variables;
+mod volume;
 
 #[cfg(test)]
 mod tests;
@@ -34,6 +35,8 @@ use std::collections::BTreeMap;
 
 use crate::hclspan::{Decoder, HclError, Pos, Source};
 use crate::structs::Job;
+
+pub use volume::parse_volume;
 
 /// A parsed job and the warnings Nomad would print under `Job Warnings:`.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,6 +6,7 @@
 //! Writes from the API land here as methods (`register_job`,
 //! `update_allocs`, …); each is one state-store batch.
 
+pub mod csi;
 pub mod diff;
 mod jobs;
 mod nodes;
@@ -39,6 +40,9 @@ pub enum ServerError {
     /// The state store failed (HTTP 500).
     #[error(transparent)]
     State(#[from] StateError),
+    /// A CSI plugin could not be reached or refused the call (HTTP 500).
+    #[error("{0}")]
+    Plugin(String),
 }
 
 /// How long evaluations of purged jobs are kept.
@@ -57,6 +61,9 @@ pub struct ServerConfig {
     pub heartbeat_ttl: Duration,
     /// Extra time after a missed TTL before a node is marked down.
     pub heartbeat_grace: Duration,
+    /// How long the CSI claims of allocations on a down node are kept for
+    /// it to come back and unpublish.
+    pub csi_claim_release_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +74,7 @@ impl Default for ServerConfig {
             name: "server".into(),
             heartbeat_ttl: Duration::from_secs(10),
             heartbeat_grace: Duration::from_secs(10),
+            csi_claim_release_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -80,6 +88,7 @@ pub struct Server {
     broker: mpsc::UnboundedSender<String>,
     heartbeats: parking_lot::Mutex<BTreeMap<String, std::time::Instant>>,
     writes: parking_lot::Mutex<()>,
+    plugin_calls: std::sync::OnceLock<Arc<dyn csi::PluginCalls>>,
 }
 
 impl Server {
@@ -94,8 +103,14 @@ impl Server {
     /// Starts a server over an existing store.
     pub fn start_with_state(state: Arc<StateStore>, config: ServerConfig) -> Arc<Server> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let server =
-            Arc::new(Server { state, config, broker: tx, heartbeats: Default::default(), writes: Default::default() });
+        let server = Arc::new(Server {
+            state,
+            config,
+            broker: tx,
+            heartbeats: Default::default(),
+            writes: Default::default(),
+            plugin_calls: Default::default(),
+        });
         let snap = server.state.snapshot();
         let now = std::time::Instant::now();
         for node in snap.nodes().filter(|n| n.status != "down") {
@@ -107,6 +122,7 @@ impl Server {
         tokio::spawn(Self::eval_worker(server.clone(), rx));
         tokio::spawn(Self::heartbeat_monitor(server.clone()));
         tokio::spawn(Self::periodic_gc(server.clone()));
+        tokio::spawn(Self::claim_watcher(server.clone()));
         server
     }
 
@@ -226,7 +242,9 @@ impl Server {
         for a in snap.allocs() {
             let gone = snap.job(&a.namespace, &a.job_id).is_none();
             let finished = a.client_terminal() || (a.server_terminal() && a.client_status == client_status::PENDING);
-            if gone && finished {
+            // An allocation whose node has not unpublished its volumes yet
+            // is kept: it is what holds their claims.
+            if gone && finished && !a.holds_csi_claims() {
                 batch.delete_allocs.push(a.id.clone());
             }
         }

@@ -22,6 +22,9 @@ pub struct AllocClientUpdate {
     pub client_status: String,
     pub client_description: String,
     pub task_states: std::collections::BTreeMap<String, crate::structs::TaskState>,
+    /// The client has unpublished the allocation's CSI volumes.
+    #[serde(rename = "CSIVolumesReleased", default)]
+    pub csi_volumes_released: bool,
 }
 
 fn node_event(subsystem: &str, message: &str) -> NodeEvent {
@@ -57,7 +60,12 @@ impl Server {
         let capacity_changed = !was_ready
             || existing
                 .as_ref()
-                .map(|e| e.drivers != node.drivers || e.node_resources != node.node_resources)
+                .map(|e| {
+                    e.drivers != node.drivers
+                        || e.node_resources != node.node_resources
+                        || e.csi_node_plugins != node.csi_node_plugins
+                        || e.csi_controller_plugins != node.csi_controller_plugins
+                })
                 .unwrap_or(true);
         if capacity_changed {
             batch.evals.extend(self.system_job_evals(&snap, &node.id));
@@ -200,6 +208,10 @@ impl Server {
             a.client_status = u.client_status;
             a.client_description = u.client_description;
             a.task_states = u.task_states;
+            if u.csi_volumes_released && !old.csi_volumes_released {
+                a.csi_volumes_released = true;
+                freed = true;
+            }
             let key = (a.namespace.clone(), a.job_id.clone());
             if a.client_status == client_status::FAILED
                 && old.client_status != client_status::FAILED

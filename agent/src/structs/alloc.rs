@@ -82,6 +82,13 @@ pub struct Allocation {
     pub create_index: u64,
     pub modify_index: u64,
     pub alloc_modify_index: u64,
+    /// Set once the client has unpublished the allocation's CSI volumes
+    /// (or the server gave up on a lost node): its volume claims end.
+    #[serde(rename = "CSIVolumesReleased")]
+    pub csi_volumes_released: bool,
+    /// Why the claims ended without the client (timeout, operator detach).
+    #[serde(rename = "CSIReleaseReason", skip_serializing_if = "String::is_empty")]
+    pub csi_release_reason: String,
     pub create_time: i64,
     pub modify_time: i64,
 }
@@ -309,6 +316,17 @@ impl Allocation {
     /// The names of the allocation's tasks.
     pub fn task_names(&self) -> Vec<String> {
         self.group().map(|tg| tg.tasks.iter().map(|t| t.name.clone()).collect()).unwrap_or_default()
+    }
+
+    /// The CSI volumes its group requests: (volume ID with `per_alloc`
+    /// applied, request). Empty for groups without CSI volumes.
+    pub fn csi_requests(&self) -> Vec<(String, &super::VolumeRequest)> {
+        self.group().map(|tg| tg.csi_requests(self.index())).unwrap_or_default()
+    }
+
+    /// True while the allocation holds claims on its CSI volumes.
+    pub fn holds_csi_claims(&self) -> bool {
+        !self.csi_volumes_released && self.group().is_some_and(|tg| tg.volumes.values().any(|v| v.volume_type == "csi"))
     }
 
     /// The allocation's index within its group, from `job.group[N]`.

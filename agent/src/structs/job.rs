@@ -235,6 +235,22 @@ pub struct VolumeRequest {
     pub mount_options: Option<CsiMountOptions>,
 }
 
+impl VolumeRequest {
+    /// The volume ID for allocation `index`: `source[index]` with `per_alloc`.
+    pub fn volume_id(&self, index: u32) -> String {
+        if self.per_alloc {
+            format!("{}[{index}]", self.source)
+        } else {
+            self.source.clone()
+        }
+    }
+
+    /// True when the request writes: not read-only and not a reader mode.
+    pub fn writes(&self) -> bool {
+        !self.read_only && !self.access_mode.ends_with("reader-only")
+    }
+}
+
 /// `mount_options { fs_type mount_flags }`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "PascalCase", default)]
@@ -372,6 +388,12 @@ impl TaskGroup {
             }
         }
         merged
+    }
+
+    /// The group's CSI volume requests for allocation `index`, with the
+    /// volume ID `per_alloc` makes of the source (`source[index]`).
+    pub fn csi_requests(&self, index: u32) -> Vec<(String, &VolumeRequest)> {
+        self.volumes.values().filter(|v| v.volume_type == "csi").map(|v| (v.volume_id(index), v)).collect()
     }
 
     /// Total CPU (MHz) and memory (MB) asked for by the group's tasks.

@@ -7,8 +7,10 @@ mod alloc;
 mod canonicalize;
 mod job;
 mod node;
+mod volume;
 
 pub use alloc::*;
 pub use canonicalize::ValidationIssue;
 pub use job::*;
 pub use node::*;
+pub use volume::*;

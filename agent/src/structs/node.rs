@@ -35,6 +35,12 @@ pub struct Node {
     pub node_pool: String,
     pub drivers: BTreeMap<String, DriverInfo>,
     pub host_volumes: BTreeMap<String, ClientHostVolume>,
+    /// CSI controller plugins running on the node, by plugin ID.
+    #[serde(rename = "CSIControllerPlugins")]
+    pub csi_controller_plugins: BTreeMap<String, super::CsiInfo>,
+    /// CSI node plugins running on the node, by plugin ID.
+    #[serde(rename = "CSINodePlugins")]
+    pub csi_node_plugins: BTreeMap<String, super::CsiInfo>,
     pub status: String,
     pub status_description: String,
     pub status_updated_at: i64,

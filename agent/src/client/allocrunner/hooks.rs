@@ -19,6 +19,10 @@ pub struct HookResources {
     pub volume_paths: std::collections::BTreeMap<String, (PathBuf, bool)>,
     /// The group's bridge network, when it has one.
     pub network: Option<Arc<GroupNetwork>>,
+    /// Extra host paths bound into a task, by task name.
+    pub task_binds: std::collections::BTreeMap<String, Vec<crate::client::driver::VolumeBind>>,
+    /// Extra environment of a task (before its own `env`), by task name.
+    pub task_env: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 /// What a hook step returns.
@@ -137,5 +141,14 @@ pub fn build_hooks(root: PathBuf, deps: &super::RunnerDeps) -> Vec<Box<dyn Alloc
             deps.drivers.clone(),
         )),
         Box::new(HostVolumeHook { node: deps.node.clone() }),
+        Box::new(crate::client::csi::plugin_hook::CsiPluginHook {
+            manager: deps.csi.clone(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+        }),
+        Box::new(crate::client::csi::volume_hook::CsiVolumeHook {
+            manager: deps.csi.clone(),
+            rpc: deps.rpc.clone(),
+            node: deps.node.clone(),
+        }),
     ]
 }

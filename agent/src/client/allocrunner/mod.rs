@@ -21,7 +21,7 @@ use super::taskrunner::{task_state, TaskRunner, TaskUpdate};
 use crate::server::AllocClientUpdate;
 use crate::structs::{client_status, Allocation, Node, TaskEvent, TaskState};
 
-pub use hooks::{build_hooks, AllocHook, HookResources};
+pub use hooks::{build_hooks, AllocHook, HookResources, HookResult};
 pub use network::{ExternalCni, GroupNetwork};
 
 /// Messages to a running alloc runner.
@@ -60,6 +60,10 @@ pub struct RunnerDeps {
     pub network: Arc<cni::BridgeNetwork>,
     /// Settings of external CNI networks.
     pub external_cni: Arc<ExternalCni>,
+    /// The node's CSI plugins.
+    pub csi: Arc<crate::client::csi::CsiManager>,
+    /// The servers (CSI claims).
+    pub rpc: Arc<dyn crate::client::rpc::ServerRpc>,
 }
 
 /// The allocation's client status from its tasks' states.
@@ -92,7 +96,7 @@ struct Runner {
     persisted: PersistedAlloc,
     deps: RunnerDeps,
     hooks: Vec<Box<dyn AllocHook>>,
-    reported: Option<(String, BTreeMap<String, TaskState>)>,
+    reported: Option<(String, BTreeMap<String, TaskState>, bool)>,
 }
 
 impl Runner {
@@ -113,7 +117,7 @@ impl Runner {
 
     fn report(&mut self) {
         let (status, desc) = self.status();
-        let now = (status.to_string(), self.persisted.task_states.clone());
+        let now = (status.to_string(), self.persisted.task_states.clone(), self.persisted.csi_volumes_released);
         if self.reported.as_ref() == Some(&now) {
             return;
         }
@@ -123,6 +127,7 @@ impl Runner {
             client_status: status.into(),
             client_description: desc.into(),
             task_states: self.persisted.task_states.clone(),
+            csi_volumes_released: self.persisted.csi_volumes_released,
         });
     }
 
@@ -140,11 +145,23 @@ impl Runner {
         self.report();
     }
 
-    async fn run_postrun(&self) {
+    /// Runs every postrun hook; once the CSI volume hook has unpublished
+    /// the allocation's volumes, records that and tells the server, which
+    /// ends the allocation's claims.
+    async fn run_postrun(&mut self) {
+        let mut volumes_released = true;
         for h in self.hooks.iter().rev() {
             if let Err(e) = h.postrun(&self.alloc).await {
                 tracing::warn!(hook = h.name(), error = %e, "postrun hook failed");
+                if h.name() == super::csi::VOLUME_HOOK {
+                    volumes_released = false;
+                }
             }
+        }
+        if volumes_released && !self.persisted.csi_volumes_released && self.alloc.holds_csi_claims() {
+            self.persisted.csi_volumes_released = true;
+            self.persist(true);
+            self.report();
         }
     }
 
@@ -176,7 +193,7 @@ impl Runner {
             if state.state == task_state::DEAD {
                 continue;
             }
-            let binds = task
+            let mut binds = task
                 .volume_mounts
                 .iter()
                 .map(|m| {
@@ -187,9 +204,11 @@ impl Runner {
                         host_path: host.clone(),
                         destination: m.destination.clone(),
                         read_only: *ro || m.read_only,
+                        propagation: String::new(),
                     })
                 })
                 .collect::<Result<Vec<_>, String>>()?;
+            binds.extend(res.task_binds.get(&task.name).cloned().unwrap_or_default());
             let runner = TaskRunner {
                 alloc: self.alloc.clone(),
                 task: task.clone(),
@@ -204,6 +223,7 @@ impl Runner {
                 shutdown: self.deps.shutdown.child_token(),
                 updates: updates.clone(),
                 binds,
+                extra_env: res.task_env.get(&task.name).cloned().unwrap_or_default(),
                 network: res.network.clone(),
             };
             tokio::spawn(tracing::Instrument::instrument(runner.run(), tracing::info_span!("task", task = %task.name)));

@@ -296,7 +296,11 @@ impl DockerDriver {
             format!("{}:/secrets", cfg.task_dir.join("secrets").display()),
         ];
         for b in &cfg.binds {
-            binds.push(format!("{}:{}{}", b.host_path.display(), b.destination, if b.read_only { ":ro" } else { "" }));
+            let mut options = vec![if b.read_only { "ro" } else { "rw" }];
+            if !b.propagation.is_empty() {
+                options.push(&b.propagation);
+            }
+            binds.push(format!("{}:{}:{}", b.host_path.display(), b.destination, options.join(",")));
         }
         for v in strings(c, "volumes")? {
             let (host, rest) =

@@ -97,8 +97,18 @@ pub struct VolumeBind {
     pub host_path: PathBuf,
     /// Path inside the task.
     pub destination: String,
+    /// Mount propagation for the runtime (`rshared`), empty for the default.
+    pub propagation: String,
     /// Mounted read-only.
     pub read_only: bool,
+}
+
+impl VolumeBind {
+    /// A read-write bind with shared propagation (CSI plugin directories,
+    /// whose mounts the host and the plugin must both see).
+    pub fn shared(host_path: PathBuf, destination: &str) -> Self {
+        VolumeBind { host_path, destination: destination.to_string(), read_only: false, propagation: "rshared".into() }
+    }
 }
 
 /// A driver's persisted reference to a running task.

@@ -12,10 +12,11 @@ use rand::seq::SliceRandom;
 use rand::RngExt;
 
 use super::feasible::{self, Infeasible};
+use crate::server::csi::claims::{self, Holder};
 use crate::server::state::{PlacementNode, Tables};
 use crate::structs::{
     AllocMetric, AllocatedCpu, AllocatedMemory, AllocatedPort, AllocatedResources, AllocatedSharedResources,
-    AllocatedTaskResources, Allocation, Job, Node, TaskGroup,
+    AllocatedTaskResources, Allocation, ClaimMode, Job, Node, TaskGroup, VolumeRequest,
 };
 
 /// Default range for dynamic ports, as in Nomad.
@@ -70,6 +71,8 @@ pub struct Placer<'a> {
     offset: usize,
     /// Per group (a job has few groups: a linear search is cheapest).
     feasibility: Vec<GroupFeasibility>,
+    /// CSI claims of this plan's placements: (volume ID, node ID, mode, allocation name).
+    planned_claims: Vec<(String, String, ClaimMode, String)>,
 }
 
 /// What one allocation of a group asks of a node, computed once per placement.
@@ -83,10 +86,14 @@ struct Ask<'t> {
     distinct: bool,
     /// Static ports as (label, value).
     static_ports: Vec<(&'t str, u16)>,
+    /// The allocation's index in its group.
+    index: u32,
+    /// CSI volumes: (volume ID with `per_alloc` applied, request).
+    csi: Vec<(String, &'t VolumeRequest)>,
 }
 
 impl<'t> Ask<'t> {
-    fn new(job: &Job, tg: &'t TaskGroup, feasibility: usize) -> Self {
+    fn new(job: &Job, tg: &'t TaskGroup, index: u32, feasibility: usize) -> Self {
         let (cpu, memory_mb) = tg.resource_ask();
         // The ports of `tg.effective_network()`, without copying it.
         let static_ports = match tg.networks.first() {
@@ -106,6 +113,8 @@ impl<'t> Ask<'t> {
             memory_mb,
             distinct: feasible::wants_distinct_hosts(job, tg),
             static_ports,
+            index,
+            csi: tg.csi_requests(index),
         }
     }
 }
@@ -144,6 +153,7 @@ impl<'a> Placer<'a> {
             freed,
             offset: 0,
             feasibility: Vec::new(),
+            planned_claims: Vec::new(),
         }
     }
 
@@ -222,13 +232,13 @@ impl<'a> Placer<'a> {
     }
 
     /// Places one allocation of `tg` on any feasible node, updating `metric`.
-    pub fn place_any(&mut self, job: &Job, tg: &TaskGroup, metric: &mut AllocMetric) -> Option<Placement> {
+    pub fn place_any(&mut self, job: &Job, tg: &TaskGroup, index: u32, metric: &mut AllocMetric) -> Option<Placement> {
         let n = self.nodes.len();
         if n == 0 {
             return None;
         }
         let limit = if job.is_batch_like() { 2 } else { ((n as f64).log2().ceil() as usize).max(2) };
-        let ask = Ask::new(job, tg, self.feasibility_slot(job, tg));
+        let ask = Ask::new(job, tg, index, self.feasibility_slot(job, tg));
         let mut best: Option<(f64, usize)> = None;
         let mut candidates = 0;
         let start = self.offset;
@@ -249,7 +259,7 @@ impl<'a> Placer<'a> {
             }
         }
         let (_, i) = best?;
-        self.commit(tg, i)
+        self.commit(tg, &ask, i)
     }
 
     /// Places one allocation of `tg` on a given node (system jobs).
@@ -261,9 +271,74 @@ impl<'a> Placer<'a> {
         metric: &mut AllocMetric,
     ) -> Option<Placement> {
         let i = self.position(node_id)?;
-        let ask = Ask::new(job, tg, self.feasibility_slot(job, tg));
+        let ask = Ask::new(job, tg, 0, self.feasibility_slot(job, tg));
         self.evaluate(job, tg, &ask, i, metric)?;
-        self.commit(tg, i)
+        self.commit(tg, &ask, i)
+    }
+
+    /// Why node `i` cannot mount the group's CSI volumes now (plugin
+    /// missing or unhealthy there, topology, or a claim another allocation
+    /// holds), as the message Nomad users know.
+    fn csi_infeasible(&self, job: &Job, ask: &Ask, i: usize) -> Option<String> {
+        let node = self.nodes[i].node;
+        for (volume_id, req) in &ask.csi {
+            let Some(v) = self.snap.volume(&job.namespace, volume_id) else {
+                return Some(format!("missing CSI volume {volume_id}"));
+            };
+            let Some(info) = node.csi_node_plugins.get(&v.plugin_id) else {
+                return Some(format!("CSI plugin {} is missing from client {}", v.plugin_id, node.name));
+            };
+            if !info.healthy {
+                return Some(format!(
+                    "CSI plugin {} is unhealthy on client {}: {}",
+                    v.plugin_id, node.name, info.health_description
+                ));
+            }
+            if !v.offers(&req.access_mode, &req.attachment_mode) {
+                return Some(format!(
+                    "CSI volume {volume_id} has no capability {}/{}",
+                    req.access_mode, req.attachment_mode
+                ));
+            }
+            if !v.topologies.is_empty() {
+                let reachable = info
+                    .node_info
+                    .as_ref()
+                    .and_then(|n| n.accessible_topology.as_ref())
+                    .is_some_and(|t| v.topologies.iter().any(|want| want.admits(t)));
+                if !reachable {
+                    return Some(format!("CSI volume {volume_id} is not accessible from client {}", node.name));
+                }
+            }
+            let claimers = self.snap.volume_claimers(&job.namespace, volume_id);
+            let mut holders: Vec<Holder<'_>> = claimers
+                .iter()
+                .filter(|a| !a.server_terminal() && !self.freed.contains(&a.id))
+                .filter_map(|a| {
+                    Some(Holder {
+                        alloc_id: &a.id,
+                        job_id: &a.job_id,
+                        node_id: &a.node_id,
+                        mode: claims::mode_of(a, volume_id)?,
+                        state: claims::state_word(a),
+                    })
+                })
+                .collect();
+            holders.extend(self.planned_claims.iter().filter(|(id, ..)| id == volume_id).map(
+                |(_, node_id, mode, name)| Holder {
+                    alloc_id: name,
+                    job_id: &job.id,
+                    node_id,
+                    mode: *mode,
+                    state: "placed by this plan",
+                },
+            ));
+            let mode = if req.writes() { ClaimMode::Write } else { ClaimMode::Read };
+            if let Some(why) = claims::conflict(&v, &req.access_mode, mode, &node.id, &holders) {
+                return Some(why);
+            }
+        }
+        None
     }
 
     /// The slot of `tg`'s feasibility cache in `feasibility`, made on first use.
@@ -316,6 +391,13 @@ impl<'a> Placer<'a> {
             }
         }
         metric.nodes_evaluated += 1;
+        if !ask.csi.is_empty() {
+            if let Some(why) = self.csi_infeasible(job, ask, i) {
+                metric.nodes_filtered += 1;
+                bump(&mut metric.constraint_filtered, &why);
+                return None;
+            }
+        }
         let (total_cpu, total_mem) = {
             let r = &self.nodes[i].node.node_resources;
             (r.cpu.cpu_shares, r.memory.memory_mb)
@@ -356,8 +438,13 @@ impl<'a> Placer<'a> {
     }
 
     /// Grants resources on node `i` and records them as used.
-    fn commit(&mut self, tg: &TaskGroup, i: usize) -> Option<Placement> {
+    fn commit(&mut self, tg: &TaskGroup, ask: &Ask, i: usize) -> Option<Placement> {
         let node = Arc::clone(self.nodes[i].node);
+        for (volume_id, req) in &ask.csi {
+            let mode = if req.writes() { ClaimMode::Write } else { ClaimMode::Read };
+            let name = format!("{}[{}]", tg.name, ask.index);
+            self.planned_claims.push((volume_id.clone(), node.id.clone(), mode, name));
+        }
         let network = tg.effective_network();
         let host_ip = match &network {
             Some(_) => node.attributes.get("unique.network.ip-address").cloned().unwrap_or_default(),

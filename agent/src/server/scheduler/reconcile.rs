@@ -325,7 +325,7 @@ impl<'a> Reconciler<'a> {
                 continue;
             }
             let mut attempt = AllocMetric::default();
-            match placer.place_any(job, tg, &mut attempt) {
+            match placer.place_any(job, tg, req.index, &mut attempt) {
                 Some(p) => {
                     attempt.allocation_time = started.elapsed().as_nanos() as i64;
                     let alloc = self.new_alloc(job, tg, req, p, attempt);

@@ -1,5 +1,5 @@
 //! The server's state store: jobs (with every version), evaluations,
-//! allocations, deployments and nodes.
+//! allocations, deployments, nodes and CSI volumes.
 //!
 //! Reads come from an in-memory copy (`Tables`) whose objects are shared
 //! `Arc`s that are never modified in place; a reader takes a cheap
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::structs::{Allocation, Deployment, Evaluation, Job, Node};
+use crate::structs::{Allocation, CsiVolume, Deployment, Evaluation, Job, Node};
 
 pub use persist::ns_key;
 
@@ -69,6 +69,10 @@ pub struct WriteBatch {
     pub deployments: Vec<Deployment>,
     /// Deployments to remove.
     pub delete_deployments: Vec<String>,
+    /// CSI volumes to insert or replace.
+    pub volumes: Vec<CsiVolume>,
+    /// CSI volumes (namespace, id) to remove.
+    pub delete_volumes: Vec<(String, String)>,
 }
 
 impl WriteBatch {
@@ -83,6 +87,8 @@ impl WriteBatch {
             && self.nodes.is_empty()
             && self.deployments.is_empty()
             && self.delete_deployments.is_empty()
+            && self.volumes.is_empty()
+            && self.delete_volumes.is_empty()
     }
 }
 
@@ -193,6 +199,10 @@ pub struct Tables {
     /// `Vec`. Numbers are never reused: nodes come in few classes.
     class_numbers: HashMap<u64, usize>,
     deployments: HashMap<String, Arc<Deployment>>,
+    volumes: BTreeMap<String, Arc<CsiVolume>>,
+    /// IDs of the allocations holding claims, by volume key (`ns_key`):
+    /// derived from the allocations on every write.
+    claims: HashMap<String, BTreeSet<String>>,
 }
 
 impl Tables {
@@ -218,9 +228,43 @@ impl Tables {
         self.deployments.insert(dep.id.clone(), Arc::new(dep));
     }
 
+    fn insert_volume(&mut self, volume: CsiVolume) {
+        self.volumes.insert(ns_key(&volume.namespace, &volume.id), Arc::new(volume));
+    }
+
+    /// Keeps `claims` in step with one allocation's old and new versions.
+    fn index_claims(&mut self, old: Option<&Allocation>, new: Option<&Allocation>) {
+        let keys = |a: &Allocation| -> Vec<String> {
+            if !a.holds_csi_claims() {
+                return Vec::new();
+            }
+            a.csi_requests().into_iter().map(|(id, _)| ns_key(&a.namespace, &id)).collect()
+        };
+        let before = old.map(keys).unwrap_or_default();
+        let after = new.map(keys).unwrap_or_default();
+        if before == after {
+            return;
+        }
+        let id = new.or(old).map(|a| a.id.as_str()).unwrap_or_default();
+        for key in before.iter().filter(|k| !after.contains(k)) {
+            if let Some(set) = self.claims.get_mut(key) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.claims.remove(key);
+                }
+            }
+        }
+        for key in after.iter().filter(|k| !before.contains(k)) {
+            self.claims.entry(key.clone()).or_default().insert(id.to_string());
+        }
+    }
+
     fn insert_alloc(&mut self, alloc: Allocation) {
         let alloc = Arc::new(alloc);
         let old = self.allocs.insert(alloc.id.clone(), Arc::clone(&alloc));
+        if old.as_ref().is_some_and(|o| o.holds_csi_claims()) || alloc.holds_csi_claims() {
+            self.index_claims(old.as_deref(), Some(&alloc));
+        }
         let new = old.is_none();
         if let Some(old) = old {
             if old.node_id != alloc.node_id {
@@ -252,6 +296,9 @@ impl Tables {
 
     fn remove_alloc(&mut self, id: &str) {
         if let Some(old) = self.allocs.remove(id) {
+            if old.holds_csi_claims() {
+                self.index_claims(Some(&old), None);
+            }
             if let Some(set) = self.allocs_by_job.get_mut(&old.namespace).and_then(|jobs| jobs.get_mut(&old.job_id)) {
                 set.remove(id);
             }
@@ -297,6 +344,12 @@ impl Tables {
         }
         for id in batch.delete_deployments {
             self.deployments.remove(&id);
+        }
+        for v in batch.volumes {
+            self.insert_volume(v);
+        }
+        for (ns, id) in batch.delete_volumes {
+            self.volumes.remove(&ns_key(&ns, &id));
         }
     }
 
@@ -391,6 +444,24 @@ impl Tables {
             let allocated = allocated.next_if(|(other, _)| *other == id).map(|(_, used)| used);
             PlacementNode { node: &n.node, class: n.class, allocated }
         })
+    }
+
+    /// A CSI volume by namespace and ID.
+    pub fn volume(&self, ns: &str, id: &str) -> Option<Arc<CsiVolume>> {
+        self.volumes.get(&ns_key(ns, id)).cloned()
+    }
+
+    /// All CSI volumes, ordered by namespace and ID.
+    pub fn volumes(&self) -> impl Iterator<Item = &Arc<CsiVolume>> {
+        self.volumes.values()
+    }
+
+    /// The allocations holding claims on a volume, ordered by ID.
+    pub fn volume_claimers(&self, ns: &str, id: &str) -> Vec<Arc<Allocation>> {
+        self.claims
+            .get(&ns_key(ns, id))
+            .map(|ids| ids.iter().filter_map(|id| self.allocs.get(id).cloned()).collect())
+            .unwrap_or_default()
     }
 
     /// The number of computed classes the nodes' `class` numbers are below.
@@ -501,6 +572,10 @@ impl StateStore {
             }
             a.modify_index = index;
             a.modify_time = now;
+        }
+        for v in &mut batch.volumes {
+            v.create_index = current.volume(&v.namespace, &v.id).map(|o| o.create_index).unwrap_or(index);
+            v.modify_index = index;
         }
         for e in &mut batch.evals {
             let old = current.eval(&e.id);

@@ -14,6 +14,7 @@ const ALLOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("allocs");
 const EVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("evals");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
+const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("csi_volumes");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The redb file behind a server's state.
@@ -57,7 +58,7 @@ impl Persist {
         std::fs::create_dir_all(dir).map_err(|e| StateError::Io(dir.display().to_string(), e))?;
         let db = Database::create(dir.join("state.db"))?;
         let txn = db.begin_write()?;
-        for def in [JOBS, JOB_VERSIONS, ALLOCS, EVALS, NODES, DEPLOYMENTS] {
+        for def in [JOBS, JOB_VERSIONS, ALLOCS, EVALS, NODES, DEPLOYMENTS, VOLUMES] {
             txn.open_table(def)?;
         }
         txn.open_table(META)?;
@@ -87,6 +88,9 @@ impl Persist {
         }
         for dep in load(&txn, DEPLOYMENTS, "deployments")? {
             tables.insert_deployment(dep);
+        }
+        for volume in load(&txn, VOLUMES, "csi_volumes")? {
+            tables.insert_volume(volume);
         }
         Ok(tables)
     }
@@ -138,6 +142,13 @@ impl Persist {
             }
             for id in &batch.delete_deployments {
                 deps.remove(id.as_str())?;
+            }
+            let mut volumes = txn.open_table(VOLUMES)?;
+            for v in &batch.volumes {
+                volumes.insert(ns_key(&v.namespace, &v.id).as_str(), to_json(v)?.as_slice())?;
+            }
+            for (ns, id) in &batch.delete_volumes {
+                volumes.remove(ns_key(ns, id).as_str())?;
             }
             txn.open_table(META)?.insert("index", index)?;
         }

@@ -1,0 +1,285 @@
+//! The alloc hook that mounts an allocation's CSI volumes: asks the
+//! servers for the claim (waiting while another allocation holds it), then
+//! NodeStageVolume (once per volume on this node, when the plugin stages)
+//! and NodePublishVolume into the allocation's target, which the task
+//! runner binds at each `volume_mount` destination. Postrun unwinds in
+//! reverse: NodeUnpublish, NodeUnstage when the node's last user leaves.
+//!
+//! Each step checks the mount table first, so a client restarted midway
+//! neither stages twice nor loses track: what an allocation mounted is
+//! also written to `mounts/<alloc>.json` before the first RPC.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use csi::v1::{NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest};
+use futures::FutureExt;
+use serde::{Deserialize, Serialize};
+
+use super::manager::{CsiManager, PluginEntry};
+use crate::client::allocrunner::{AllocHook, HookResources, HookResult};
+use crate::client::rpc::ServerRpc;
+use crate::server::csi::ClaimGrant;
+use crate::structs::{Allocation, CsiVolumeCapability, Node};
+
+/// How long an allocation waits for a claim another allocation holds.
+const CLAIM_WAIT: Duration = Duration::from_secs(600);
+/// How long it waits for the volume's node plugin to be healthy.
+const PLUGIN_WAIT: Duration = Duration::from_secs(120);
+
+/// One volume an allocation mounted, as recorded on disk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MountRecord {
+    /// Berth's volume ID (with `per_alloc` applied).
+    pub volume_id: String,
+    /// Namespace.
+    pub namespace: String,
+    /// The provider's ID.
+    pub external_id: String,
+    /// The plugin.
+    pub plugin_id: String,
+    /// The group's volume alias.
+    pub alias: String,
+    /// Host staging path, when the plugin stages.
+    pub staging: Option<PathBuf>,
+    /// Host publish target.
+    pub target: PathBuf,
+    /// Published read-only.
+    pub read_only: bool,
+}
+
+/// Mounts the group's CSI volumes.
+pub struct CsiVolumeHook {
+    /// The node's plugin registry.
+    pub manager: Arc<CsiManager>,
+    /// The servers.
+    pub rpc: Arc<dyn ServerRpc>,
+    /// This node.
+    pub node: Arc<Node>,
+}
+
+fn usage(read_only: bool, attachment: &str, access: &str) -> String {
+    format!("{}-{attachment}-{access}", if read_only { "ro" } else { "rw" })
+}
+
+fn mounted(path: &Path) -> bool {
+    csi::mount::mounted_source(path).is_some()
+}
+
+fn records_path(manager: &CsiManager, alloc_id: &str) -> PathBuf {
+    manager.root().join("mounts").join(format!("{alloc_id}.json"))
+}
+
+/// The volumes an allocation has mounted (empty when none).
+pub fn load_records(manager: &CsiManager, alloc_id: &str) -> Vec<MountRecord> {
+    std::fs::read(records_path(manager, alloc_id))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Every allocation's records on this node.
+pub fn all_records(manager: &CsiManager) -> Vec<(String, MountRecord)> {
+    let Ok(dir) = std::fs::read_dir(manager.root().join("mounts")) else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string))
+        .flat_map(|alloc| load_records(manager, &alloc).into_iter().map(move |r| (alloc.clone(), r)))
+        .collect()
+}
+
+fn save_records(manager: &CsiManager, alloc_id: &str, records: &[MountRecord]) -> Result<(), String> {
+    let path = records_path(manager, alloc_id);
+    if records.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("removing {}: {e}", path.display())),
+            _ => Ok(()),
+        };
+    }
+    let dir = path.parent().expect("records live in a directory");
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let body = serde_json::to_vec_pretty(records).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, body)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+impl CsiVolumeHook {
+    /// Waits for the servers to grant the allocation's claims.
+    async fn claim(&self, alloc: &Allocation) -> Result<Vec<crate::structs::CsiVolume>, String> {
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        let mut pause = Duration::from_millis(250);
+        let mut last = String::new();
+        loop {
+            match self.rpc.claim_volumes(&self.node.id, &self.node.secret_id, &alloc.id).await {
+                Ok(ClaimGrant::Granted(volumes)) => return Ok(volumes),
+                Ok(ClaimGrant::Wait(why)) => {
+                    if why != last {
+                        tracing::info!(reason = %why, "waiting for CSI volume claim");
+                    }
+                    last = why;
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("claiming CSI volumes: {last}"));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn mount_all(&self, alloc: &Allocation, res: &mut HookResources) -> Result<(), String> {
+        if alloc.csi_requests().is_empty() {
+            return Ok(());
+        }
+        let volumes = self.claim(alloc).await?;
+        let mut records = load_records(&self.manager, &alloc.id);
+        for (alias, req) in alloc.group().map(|tg| tg.volumes.iter().collect::<Vec<_>>()).unwrap_or_default() {
+            if req.volume_type != "csi" {
+                continue;
+            }
+            let volume_id = req.volume_id(alloc.index());
+            let volume = volumes
+                .iter()
+                .find(|v| v.id == volume_id)
+                .ok_or_else(|| format!("CSI volume {volume_id} was not granted"))?;
+            let plugin = self.manager.wait_healthy(&volume.plugin_id, PLUGIN_WAIT).await?;
+            let read_only = req.read_only || req.access_mode.ends_with("reader-only");
+            let use_ = usage(read_only, &req.attachment_mode, &req.access_mode);
+            let staging = plugin
+                .caps
+                .stage_unstage
+                .then(|| plugin.host_root.join("staging").join(&alloc.namespace).join(&volume_id).join(&use_));
+            let target = plugin.host_root.join("per-alloc").join(&alloc.id).join(&volume_id).join(&use_);
+            let record = MountRecord {
+                volume_id: volume_id.clone(),
+                namespace: alloc.namespace.clone(),
+                external_id: volume.external_id.clone(),
+                plugin_id: volume.plugin_id.clone(),
+                alias: alias.clone(),
+                staging: staging.clone(),
+                target: target.clone(),
+                read_only,
+            };
+            if !records.contains(&record) {
+                records.retain(|r| r.alias != record.alias);
+                records.push(record);
+                save_records(&self.manager, &alloc.id, &records)?;
+            }
+            let cap = CsiVolumeCapability {
+                access_mode: req.access_mode.clone(),
+                attachment_mode: req.attachment_mode.clone(),
+            };
+            let mount_options = req.mount_options.as_ref().or(volume.mount_options.as_ref());
+            let capability = super::capability(&cap, mount_options);
+            let lock = self.manager.volume_lock(&format!("{}/{}", alloc.namespace, volume_id));
+            let _serialised = lock.lock().await;
+            if let Some(staging) = &staging {
+                if mounted(staging) {
+                    tracing::debug!(volume = %volume_id, "already staged");
+                } else {
+                    std::fs::create_dir_all(staging).map_err(|e| format!("creating {}: {e}", staging.display()))?;
+                    let request = NodeStageVolumeRequest {
+                        volume_id: volume.external_id.clone(),
+                        publish_context: Default::default(),
+                        staging_target_path: plugin.plugin_path(staging).display().to_string(),
+                        volume_capability: Some(capability.clone()),
+                        secrets: volume.secrets.clone().into_iter().collect(),
+                        volume_context: volume.context.clone().into_iter().collect(),
+                    };
+                    plugin.client.node_stage_volume(request).await.map_err(|e| e.to_string())?;
+                }
+            }
+            if !mounted(&target) {
+                let parent = target.parent().expect("targets have a parent");
+                std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+                let request = NodePublishVolumeRequest {
+                    volume_id: volume.external_id.clone(),
+                    publish_context: Default::default(),
+                    staging_target_path: staging
+                        .as_ref()
+                        .map(|s| plugin.plugin_path(s).display().to_string())
+                        .unwrap_or_default(),
+                    target_path: plugin.plugin_path(&target).display().to_string(),
+                    volume_capability: Some(capability),
+                    readonly: read_only,
+                    secrets: volume.secrets.clone().into_iter().collect(),
+                    volume_context: volume.context.clone().into_iter().collect(),
+                };
+                plugin.client.node_publish_volume(request).await.map_err(|e| e.to_string())?;
+            }
+            res.volume_paths.insert(alias.clone(), (target, read_only));
+        }
+        Ok(())
+    }
+
+    /// Unpublishes (and, for the node's last user, unstages) one record.
+    async fn unmount(&self, alloc_id: &str, r: &MountRecord, plugin: &PluginEntry) -> Result<(), String> {
+        let lock = self.manager.volume_lock(&format!("{}/{}", r.namespace, r.volume_id));
+        let _serialised = lock.lock().await;
+        let request = NodeUnpublishVolumeRequest {
+            volume_id: r.external_id.clone(),
+            target_path: plugin.plugin_path(&r.target).display().to_string(),
+        };
+        plugin.client.node_unpublish_volume(request).await.map_err(|e| e.to_string())?;
+        if let Some(per_alloc) = r.target.parent().and_then(Path::parent) {
+            let _ = std::fs::remove_dir_all(per_alloc);
+        }
+        let Some(staging) = &r.staging else { return Ok(()) };
+        let others = all_records(&self.manager)
+            .into_iter()
+            .any(|(other, o)| other != alloc_id && o.staging.as_ref() == Some(staging));
+        if others {
+            return Ok(());
+        }
+        let request = NodeUnstageVolumeRequest {
+            volume_id: r.external_id.clone(),
+            staging_target_path: plugin.plugin_path(staging).display().to_string(),
+        };
+        plugin.client.node_unstage_volume(request).await.map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_dir(staging);
+        Ok(())
+    }
+
+    async fn unmount_all(&self, alloc: &Allocation) -> Result<(), String> {
+        let mut records = load_records(&self.manager, &alloc.id);
+        while let Some(r) = records.last().cloned() {
+            let plugin = self
+                .manager
+                .wait_healthy(&r.plugin_id, Duration::from_secs(30))
+                .await
+                .map_err(|e| format!("unpublishing CSI volume {}: {e}", r.volume_id))?;
+            let mut attempt = 0;
+            loop {
+                match self.unmount(&alloc.id, &r, &plugin).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < 3 => {
+                        attempt += 1;
+                        tracing::warn!(volume = %r.volume_id, error = %e, attempt, "unpublishing CSI volume");
+                        tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                    }
+                    Err(e) => return Err(format!("unpublishing CSI volume {}: {e}", r.volume_id)),
+                }
+            }
+            records.pop();
+            save_records(&self.manager, &alloc.id, &records)?;
+        }
+        Ok(())
+    }
+}
+
+impl AllocHook for CsiVolumeHook {
+    fn name(&self) -> &'static str {
+        super::VOLUME_HOOK
+    }
+
+    fn prerun<'a>(&'a self, alloc: &'a Allocation, res: &'a mut HookResources) -> HookResult<'a> {
+        self.mount_all(alloc, res).boxed()
+    }
+
+    fn postrun<'a>(&'a self, alloc: &'a Allocation) -> HookResult<'a> {
+        self.unmount_all(alloc).boxed()
+    }
+}
