@@ -86,6 +86,23 @@ impl CsiManager {
         &self.root
     }
 
+    /// Makes `<data_dir>/client/csi` a shared mount point (binding it onto
+    /// itself first), so that what a containerised plugin mounts under its
+    /// `rshared` binds reaches the host and the other tasks, as kubelet
+    /// does for its plugin directories. Done once, for the first plugin
+    /// task of a driver with filesystem isolation.
+    pub fn share_root(&self) -> Result<(), String> {
+        use nix::mount::{mount, MsFlags};
+        let root = self.root.as_path();
+        std::fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+        if csi::mount::mounted_source(root).is_none() {
+            mount(Some(root), root, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| format!("bind-mounting {} onto itself: {e}", root.display()))?;
+        }
+        mount(None::<&str>, root, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
+            .map_err(|e| format!("making {} a shared mount: {e}", root.display()))
+    }
+
     /// The directories of a plugin task.
     pub fn plugin_dirs(&self, alloc_id: &str, cfg: &CsiPluginConfig) -> PluginDirs {
         PluginDirs {

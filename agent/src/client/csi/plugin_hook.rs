@@ -58,6 +58,7 @@ impl AllocHook for CsiPluginHook {
                 // Drivers without filesystem isolation see the host paths.
                 let isolated = driver == "docker";
                 let (endpoint_dir, plugin_root) = if isolated {
+                    self.manager.share_root()?;
                     let binds = res.task_binds.entry(task.clone()).or_default();
                     binds.push(VolumeBind::shared(dirs.socket_dir.clone(), &mount_dir));
                     binds.push(VolumeBind::shared(dirs.host_root.clone(), &base));
