@@ -101,7 +101,8 @@ impl ServerRpc for LocalRpc {
         _secret: &'a str,
         alloc_id: &'a str,
     ) -> BoxFuture<'a, Result<ClaimGrant, RpcError>> {
-        async move { self.0.claim_volumes(node_id, alloc_id).map_err(|e| RpcError::Failed(e.to_string())) }.boxed()
+        async move { self.0.claim_volumes(node_id, alloc_id).await.map_err(|e| RpcError::Failed(e.to_string())) }
+            .boxed()
     }
 }
 

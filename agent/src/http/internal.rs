@@ -63,6 +63,6 @@ pub async fn claim_volumes(api: ApiState, Path((id, alloc)): Path<(String, Strin
     if node.secret_id != secret(&headers) {
         return Err(ApiError(axum::http::StatusCode::FORBIDDEN, "Permission denied".into()));
     }
-    let grant = server.claim_volumes(&id, &alloc)?;
+    let grant = server.claim_volumes(&id, &alloc).await?;
     Ok(json_with_index(&grant, server.state.index(), false))
 }

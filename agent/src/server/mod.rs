@@ -89,6 +89,7 @@ pub struct Server {
     heartbeats: parking_lot::Mutex<BTreeMap<String, std::time::Instant>>,
     writes: parking_lot::Mutex<()>,
     plugin_calls: std::sync::OnceLock<Arc<dyn csi::PluginCalls>>,
+    detach_tx: mpsc::UnboundedSender<csi::ControllerDetach>,
 }
 
 impl Server {
@@ -103,6 +104,7 @@ impl Server {
     /// Starts a server over an existing store.
     pub fn start_with_state(state: Arc<StateStore>, config: ServerConfig) -> Arc<Server> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (detach_tx, detach_rx) = mpsc::unbounded_channel();
         let server = Arc::new(Server {
             state,
             config,
@@ -110,6 +112,7 @@ impl Server {
             heartbeats: Default::default(),
             writes: Default::default(),
             plugin_calls: Default::default(),
+            detach_tx,
         });
         let snap = server.state.snapshot();
         let now = std::time::Instant::now();
@@ -123,6 +126,7 @@ impl Server {
         tokio::spawn(Self::heartbeat_monitor(server.clone()));
         tokio::spawn(Self::periodic_gc(server.clone()));
         tokio::spawn(Self::claim_watcher(server.clone()));
+        tokio::spawn(Self::controller_detacher(server.clone(), detach_rx));
         server
     }
 

@@ -249,8 +249,15 @@ impl Server {
             }
         }
         let evals = batch.evals.clone();
+        let released: Vec<Allocation> = batch
+            .allocs
+            .iter()
+            .filter(|a| a.csi_volumes_released && snap.alloc(&a.id).is_some_and(|old| !old.csi_volumes_released))
+            .cloned()
+            .collect();
         self.state.apply(batch)?;
         drop((guard, snap));
+        self.queue_detach(&released);
         for e in &evals {
             self.enqueue(e);
         }

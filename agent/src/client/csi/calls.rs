@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use csi::v1::{
     list_snapshots_response, volume_content_source, CapacityRange, ControllerExpandVolumeRequest,
-    CreateSnapshotRequest, CreateVolumeRequest, DeleteSnapshotRequest, DeleteVolumeRequest, ListSnapshotsRequest,
-    NodeExpandVolumeRequest, Topology, TopologyRequirement, ValidateVolumeCapabilitiesRequest, VolumeContentSource,
+    ControllerPublishVolumeRequest, ControllerUnpublishVolumeRequest, CreateSnapshotRequest, CreateVolumeRequest,
+    DeleteSnapshotRequest, DeleteVolumeRequest, ListSnapshotsRequest, NodeExpandVolumeRequest, Topology,
+    TopologyRequirement, ValidateVolumeCapabilitiesRequest, VolumeContentSource,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -122,6 +123,27 @@ pub async fn call_local(manager: &CsiManager, plugin_id: &str, call: PluginCall)
                 }
             });
             PluginReply::Validated { refusal }
+        }
+        PluginCall::Publish { external_id, node_id, capability, mount_options, read_only, context, secrets } => {
+            let request = ControllerPublishVolumeRequest {
+                volume_id: external_id,
+                node_id,
+                volume_capability: Some(super::capability(&capability, mount_options.as_ref())),
+                readonly: read_only,
+                secrets: secrets.0.into_iter().collect(),
+                volume_context: context.into_iter().collect(),
+            };
+            let reply = c.controller_publish_volume(request).await.map_err(err)?;
+            PluginReply::Published { context: reply.publish_context.into_iter().collect() }
+        }
+        PluginCall::Unpublish { external_id, node_id, secrets } => {
+            let request = ControllerUnpublishVolumeRequest {
+                volume_id: external_id,
+                node_id,
+                secrets: secrets.0.into_iter().collect(),
+            };
+            c.controller_unpublish_volume(request).await.map_err(err)?;
+            PluginReply::Done
         }
         PluginCall::Expand { external_id, capacity_min, capacity_max, capability, mount_options, secrets } => {
             let request = ControllerExpandVolumeRequest {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::manager::{CsiManager, PluginEntry};
 use crate::client::allocrunner::{AllocHook, HookResources, HookResult};
 use crate::client::rpc::ServerRpc;
-use crate::server::csi::ClaimGrant;
+use crate::server::csi::{ClaimGrant, GrantedVolume};
 use crate::structs::{Allocation, CsiVolumeCapability, Node};
 
 /// How long an allocation waits for a claim another allocation holds.
@@ -107,7 +107,7 @@ fn save_records(manager: &CsiManager, alloc_id: &str, records: &[MountRecord]) -
 
 impl CsiVolumeHook {
     /// Waits for the servers to grant the allocation's claims.
-    async fn claim(&self, alloc: &Allocation) -> Result<Vec<crate::structs::CsiVolume>, String> {
+    async fn claim(&self, alloc: &Allocation) -> Result<Vec<GrantedVolume>, String> {
         let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         let mut pause = Duration::from_millis(250);
         let mut last = String::new();
@@ -141,9 +141,9 @@ impl CsiVolumeHook {
                 continue;
             }
             let volume_id = req.volume_id(alloc.index());
-            let volume = volumes
+            let GrantedVolume { volume, publish_context } = volumes
                 .iter()
-                .find(|v| v.id == volume_id)
+                .find(|g| g.volume.id == volume_id)
                 .ok_or_else(|| format!("CSI volume {volume_id} was not granted"))?;
             let plugin = self.manager.wait_healthy(&volume.plugin_id, PLUGIN_WAIT).await?;
             let read_only = req.read_only || req.access_mode.ends_with("reader-only");
@@ -183,7 +183,7 @@ impl CsiVolumeHook {
                     std::fs::create_dir_all(staging).map_err(|e| format!("creating {}: {e}", staging.display()))?;
                     let request = NodeStageVolumeRequest {
                         volume_id: volume.external_id.clone(),
-                        publish_context: Default::default(),
+                        publish_context: publish_context.clone().into_iter().collect(),
                         staging_target_path: plugin.plugin_path(staging).display().to_string(),
                         volume_capability: Some(capability.clone()),
                         secrets: volume.secrets.clone().into_iter().collect(),
@@ -197,7 +197,7 @@ impl CsiVolumeHook {
                 std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
                 let request = NodePublishVolumeRequest {
                     volume_id: volume.external_id.clone(),
-                    publish_context: Default::default(),
+                    publish_context: publish_context.clone().into_iter().collect(),
                     staging_target_path: staging
                         .as_ref()
                         .map(|s| plugin.plugin_path(s).display().to_string())

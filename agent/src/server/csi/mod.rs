@@ -29,9 +29,45 @@ pub use ops::{CsiSnapshot, PluginCall, PluginCalls, PluginReply, Secrets};
 #[serde(rename_all = "PascalCase")]
 pub enum ClaimGrant {
     /// Mount them: the volumes, with what the node plugin needs.
-    Granted(Vec<CsiVolume>),
-    /// Not yet, and why (a claim another allocation still holds).
+    Granted(Vec<GrantedVolume>),
+    /// Not yet, and why (a claim another allocation still holds, or a
+    /// controller that has not attached the volume to the node yet).
     Wait(String),
+}
+
+/// A volume a client may mount, with the controller's publish context.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GrantedVolume {
+    /// The volume (with the secrets the node plugin needs).
+    pub volume: CsiVolume,
+    /// From ControllerPublishVolume (empty when the plugin has no controller attach).
+    pub publish_context: BTreeMap<String, String>,
+}
+
+/// A volume to detach from a node in its controller, once no allocation
+/// there uses it any more.
+#[derive(Debug, Clone)]
+pub struct ControllerDetach {
+    namespace: String,
+    volume_id: String,
+    node_id: String,
+}
+
+/// True when the plugin's controller attaches volumes to nodes
+/// (`PUBLISH_UNPUBLISH_VOLUME`).
+fn attaches(snap: &Tables, plugin_id: &str) -> bool {
+    snap.nodes().any(|n| {
+        n.csi_controller_plugins
+            .get(plugin_id)
+            .and_then(|i| i.controller_info.as_ref())
+            .is_some_and(|c| c.supports_attach_detach)
+    })
+}
+
+/// The node's ID as the plugin knows it (`NodeGetInfo`).
+fn csi_node_id(snap: &Tables, node_id: &str, plugin_id: &str) -> Option<String> {
+    snap.node(node_id)?.csi_node_plugins.get(plugin_id)?.node_info.as_ref().map(|n| n.id.clone())
 }
 
 /// A volume with its claims and plugin health, for `volume status`.
@@ -531,10 +567,12 @@ impl Server {
             allocs: on_node.into_iter().map(|a| Self::released((*a).clone(), "detached by the operator")).collect(),
             ..Default::default()
         };
+        let released = batch.allocs.clone();
         if !batch.allocs.is_empty() {
             self.state.apply(batch)?;
         }
         drop((guard, snap));
+        self.queue_detach(&released);
         self.unblock_evals()?;
         Ok(count)
     }
@@ -610,8 +648,66 @@ impl Server {
     }
 
     /// The claim grant a client asks for before mounting an allocation's
-    /// volumes: granted when no other allocation's claim conflicts.
-    pub fn claim_volumes(&self, node_id: &str, alloc_id: &str) -> Result<ClaimGrant, ServerError> {
+    /// volumes: granted when no other allocation's claim conflicts, after
+    /// the controller (when it attaches volumes) published each to the node.
+    pub async fn claim_volumes(&self, node_id: &str, alloc_id: &str) -> Result<ClaimGrant, ServerError> {
+        let (alloc, volumes) = match self.check_claims(node_id, alloc_id)? {
+            Ok(found) => found,
+            Err(why) => return Ok(ClaimGrant::Wait(why)),
+        };
+        let mut granted = Vec::new();
+        for (volume, req) in volumes {
+            let snap = self.state.snapshot();
+            let mut publish_context = BTreeMap::new();
+            if attaches(&snap, &volume.plugin_id) {
+                let Some(csi_node) = csi_node_id(&snap, node_id, &volume.plugin_id) else {
+                    return Ok(ClaimGrant::Wait(format!(
+                        "CSI plugin {} has not reported this node's ID yet",
+                        volume.plugin_id
+                    )));
+                };
+                let controller = match Self::controller_node(&snap, &volume.plugin_id, "attaching volumes", |_| true) {
+                    Ok(n) => n,
+                    Err(e) => return Ok(ClaimGrant::Wait(e.to_string())),
+                };
+                drop(snap);
+                let call = PluginCall::Publish {
+                    external_id: volume.external_id.clone(),
+                    node_id: csi_node,
+                    capability: crate::structs::CsiVolumeCapability {
+                        access_mode: req.access_mode.clone(),
+                        attachment_mode: req.attachment_mode.clone(),
+                    },
+                    mount_options: req.mount_options.clone().or_else(|| volume.mount_options.clone()),
+                    read_only: !req.writes(),
+                    context: volume.context.clone(),
+                    secrets: Secrets(volume.secrets.clone()),
+                };
+                match self.call_plugin(&controller, &volume.plugin_id, call).await {
+                    Ok(PluginReply::Published { context }) => publish_context = context,
+                    Ok(_) => publish_context = BTreeMap::new(),
+                    Err(e) => {
+                        return Ok(ClaimGrant::Wait(format!(
+                            "ControllerPublishVolume of {} for allocation {}: {e}",
+                            volume.id,
+                            crate::util::short_id(&alloc.id)
+                        )))
+                    }
+                }
+            }
+            granted.push(GrantedVolume { volume, publish_context });
+        }
+        Ok(ClaimGrant::Granted(granted))
+    }
+
+    /// The allocation's volumes when no other claim conflicts with its own,
+    /// or why it must wait.
+    #[allow(clippy::type_complexity)]
+    fn check_claims(
+        &self,
+        node_id: &str,
+        alloc_id: &str,
+    ) -> Result<Result<(Arc<Allocation>, Vec<(CsiVolume, crate::structs::VolumeRequest)>), String>, ServerError> {
         let snap = self.state.snapshot();
         let alloc =
             snap.alloc(alloc_id).ok_or_else(|| ServerError::NotFound(format!("allocation {alloc_id} not found")))?;
@@ -626,7 +722,7 @@ impl Server {
         let mut granted = Vec::new();
         for (volume_id, req) in alloc.csi_requests() {
             let Some(v) = snap.volume(&alloc.namespace, &volume_id) else {
-                return Ok(ClaimGrant::Wait(format!("missing CSI volume {volume_id}")));
+                return Ok(Err(format!("missing CSI volume {volume_id}")));
             };
             let others: Vec<Arc<Allocation>> =
                 snap.volume_claimers(&alloc.namespace, &volume_id).into_iter().filter(|a| a.id != alloc.id).collect();
@@ -644,11 +740,71 @@ impl Server {
                 .collect();
             let mode = if req.writes() { crate::structs::ClaimMode::Write } else { crate::structs::ClaimMode::Read };
             if let Some(why) = claims::conflict(&v, &req.access_mode, mode, node_id, &holders) {
-                return Ok(ClaimGrant::Wait(why));
+                return Ok(Err(why));
             }
-            granted.push((*v).clone());
+            granted.push(((*v).clone(), req.clone()));
         }
-        Ok(ClaimGrant::Granted(granted))
+        Ok(Ok((alloc, granted)))
+    }
+
+    /// Queues the controller detach of the volumes of allocations whose
+    /// claims just ended.
+    pub(crate) fn queue_detach(&self, released: &[Allocation]) {
+        for a in released {
+            for (volume_id, _) in a.csi_requests() {
+                let _ = self.detach_tx.send(ControllerDetach {
+                    namespace: a.namespace.clone(),
+                    volume_id,
+                    node_id: a.node_id.clone(),
+                });
+            }
+        }
+    }
+
+    /// ControllerUnpublishVolume of one volume from one node, unless the
+    /// plugin does not attach, or another allocation there still uses it.
+    async fn controller_detach(&self, d: &ControllerDetach) -> Result<(), ServerError> {
+        let snap = self.state.snapshot();
+        let Some(v) = snap.volume(&d.namespace, &d.volume_id) else { return Ok(()) };
+        if !attaches(&snap, &v.plugin_id) {
+            return Ok(());
+        }
+        let still_used = snap.volume_claimers(&d.namespace, &d.volume_id).iter().any(|a| a.node_id == d.node_id);
+        if still_used {
+            return Ok(());
+        }
+        let Some(csi_node) = csi_node_id(&snap, &d.node_id, &v.plugin_id) else { return Ok(()) };
+        let controller = Self::controller_node(&snap, &v.plugin_id, "detaching volumes", |_| true)?;
+        drop(snap);
+        let call = PluginCall::Unpublish {
+            external_id: v.external_id.clone(),
+            node_id: csi_node,
+            secrets: Secrets(v.secrets.clone()),
+        };
+        self.call_plugin(&controller, &v.plugin_id, call).await.map(|_| ())
+    }
+
+    pub(super) async fn controller_detacher(
+        server: Arc<Server>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<ControllerDetach>,
+    ) {
+        while let Some(d) = rx.recv().await {
+            let mut attempt = 0u32;
+            loop {
+                match server.controller_detach(&d).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < 5 => {
+                        attempt += 1;
+                        tracing::warn!(volume = %d.volume_id, node = %d.node_id, error = %e, attempt, "ControllerUnpublishVolume");
+                        tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(volume = %d.volume_id, node = %d.node_id, error = %e, "giving up ControllerUnpublishVolume");
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// Releases the claims of allocations whose node has been down for
@@ -680,10 +836,12 @@ impl Server {
             }
         }
         let count = batch.allocs.len();
+        let released = batch.allocs.clone();
         if count > 0 {
             self.state.apply(batch)?;
         }
         drop((guard, snap));
+        self.queue_detach(&released);
         if count > 0 {
             self.unblock_evals()?;
         }
@@ -700,3 +858,6 @@ impl Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -54,6 +54,20 @@ pub enum PluginCall {
         parameters: BTreeMap<String, String>,
         secrets: Secrets,
     },
+    /// `ControllerPublishVolume` to the node's CSI node ID.
+    #[serde(rename_all = "PascalCase")]
+    Publish {
+        external_id: String,
+        node_id: String,
+        capability: CsiVolumeCapability,
+        mount_options: Option<CsiMountOptions>,
+        read_only: bool,
+        context: BTreeMap<String, String>,
+        secrets: Secrets,
+    },
+    /// `ControllerUnpublishVolume` from the node's CSI node ID.
+    #[serde(rename_all = "PascalCase")]
+    Unpublish { external_id: String, node_id: String, secrets: Secrets },
     /// `ControllerExpandVolume`.
     #[serde(rename_all = "PascalCase")]
     Expand {
@@ -120,6 +134,9 @@ pub enum PluginReply {
     Volume { external_id: String, capacity: i64, context: BTreeMap<String, String>, topologies: Vec<CsiTopology> },
     /// Done, nothing to report.
     Done,
+    /// Controller publish: what the node plugin needs to stage and publish.
+    #[serde(rename_all = "PascalCase")]
+    Published { context: BTreeMap<String, String> },
     /// Capabilities check: `None` when confirmed, else the plugin's reason.
     #[serde(rename_all = "PascalCase")]
     Validated { refusal: Option<String> },
