@@ -292,6 +292,15 @@ fn plugin_health_gates_placement_and_expansion_grows_the_task_filesystem() {
     let status = run_ok(&agent, &["volume", "status", "scratch"]);
     assert!(status.contains("640.0 MiB"), "{status}");
 
+    // Snapshots: create, list, delete through the CLI.
+    let created = run_ok(&agent, &["volume", "snapshot", "create", "scratch", "before-delete"]);
+    let snap_id = created.split_whitespace().find(|w| w.starts_with("snap-")).expect("snapshot ID").to_string();
+    let listed = run_ok(&agent, &["volume", "snapshot", "list", "-plugin", "local"]);
+    assert!(listed.contains(&snap_id) && listed.contains("true"), "{listed}");
+    run_ok(&agent, &["volume", "snapshot", "delete", "local", &snap_id]);
+    let listed = agent.cli(&["volume", "snapshot", "list", "-plugin", "local"]);
+    assert!(!listed.stdout.contains(&snap_id), "{listed:?}");
+
     run_ok(&agent, &["job", "stop", "-purge", "shell"]);
     wait_for("the volume to be deletable", Duration::from_secs(60), || {
         (agent.cli(&["volume", "delete", "scratch"]).code == 0).then_some(())

@@ -252,6 +252,11 @@ async fn run(
     let finished = |r: &Runner| r.status().0 == client_status::COMPLETE || r.status().0 == client_status::FAILED;
     if r.alloc.server_terminal() || finished(&r) {
         kill.cancel();
+        // A client stopped between the tasks' end and the volumes'
+        // unpublish finishes the teardown now, so the claims can end.
+        if r.persisted.handles.is_empty() && r.alloc.holds_csi_claims() && !r.persisted.csi_volumes_released {
+            r.run_postrun().await;
+        }
     } else {
         let mut res = HookResources::default();
         let mut setup = Ok(());

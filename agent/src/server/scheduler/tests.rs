@@ -1275,3 +1275,104 @@ fn processed_eval_is_marked_complete() {
     assert!(e.failed_tg_allocs.is_empty());
     assert!(e.blocked_eval.is_empty());
 }
+
+/// Gives a node a healthy node plugin `local` whose topology is the node's name.
+fn with_csi_plugin(n: &mut Node) {
+    use crate::structs::{CsiInfo, CsiNodeInfo, CsiTopology};
+    let topology = CsiTopology { segments: [("node".to_string(), n.name.clone())].into() };
+    n.csi_node_plugins.insert(
+        "local".into(),
+        CsiInfo {
+            plugin_id: "local".into(),
+            healthy: true,
+            node_info: Some(CsiNodeInfo { accessible_topology: Some(topology), ..Default::default() }),
+            ..Default::default()
+        },
+    );
+}
+
+/// A single-node-writer volume of plugin `local`, reachable from `node_name` only.
+fn csi_volume(id: &str, node_name: &str) -> crate::structs::CsiVolume {
+    use crate::structs::{CsiTopology, CsiVolume, CsiVolumeCapability};
+    CsiVolume {
+        id: id.into(),
+        namespace: "default".into(),
+        plugin_id: "local".into(),
+        requested_capabilities: vec![CsiVolumeCapability {
+            access_mode: "single-node-writer".into(),
+            attachment_mode: "file-system".into(),
+        }],
+        topologies: vec![CsiTopology { segments: [("node".to_string(), node_name.to_string())].into() }],
+        ..Default::default()
+    }
+}
+
+fn csi_job(id: &str, count: u32, source: &str, per_alloc: bool) -> Job {
+    let mut j = job(id, count);
+    group(&mut j).volumes.insert(
+        "data".into(),
+        crate::structs::VolumeRequest {
+            volume_type: "csi".into(),
+            source: source.into(),
+            access_mode: "single-node-writer".into(),
+            attachment_mode: "file-system".into(),
+            per_alloc,
+            ..Default::default()
+        },
+    );
+    j
+}
+
+#[test]
+fn csi_volumes_place_per_alloc_where_their_topology_and_plugin_are() {
+    let h = Harness::new();
+    for name in ["a", "b", "c"] {
+        let mut n = node(name, 4000, 8192);
+        if name != "c" {
+            with_csi_plugin(&mut n);
+        }
+        h.add_node(n);
+    }
+    h.apply(WriteBatch { volumes: vec![csi_volume("db[0]", "a"), csi_volume("db[1]", "b")], ..Default::default() });
+    h.register(csi_job("db", 3, "db", true));
+    let plan = h.eval("db");
+    let placed: BTreeSet<(u32, String)> = plan.place.iter().map(|a| (a.index(), a.node_name.clone())).collect();
+    assert_eq!(placed, [(0, "a".to_string()), (1, "b".to_string())].into(), "each volume's node");
+    let m = &plan.failed_tg_allocs["web"];
+    assert_eq!(m.constraint_filtered.get("missing CSI volume db[2]"), Some(&3), "{:?}", m.constraint_filtered);
+    assert_eq!(plan.queued["web"], 1);
+}
+
+#[test]
+fn one_writer_per_single_node_writer_volume_even_within_a_plan() {
+    let h = Harness::new();
+    let mut n = node("a", 4000, 8192);
+    with_csi_plugin(&mut n);
+    h.add_node(n);
+    h.apply(WriteBatch { volumes: vec![csi_volume("db", "a")], ..Default::default() });
+    h.register(csi_job("db", 2, "db", false));
+    let plan = h.eval("db");
+    assert_eq!(plan.place.len(), 1);
+    let why: Vec<&String> = plan.failed_tg_allocs["web"].constraint_filtered.keys().collect();
+    assert!(why[0].contains("exhausted its available writer claims") && why[0].contains("web[0]"), "{why:?}");
+
+    // Another job asking for it is told which allocation holds the claim.
+    let holder = plan.place[0].id.clone();
+    h.register(csi_job("other", 1, "db", false));
+    let plan = h.eval("other");
+    assert!(plan.place.is_empty());
+    let why: Vec<&String> = plan.failed_tg_allocs["web"].constraint_filtered.keys().collect();
+    assert!(why[0].contains(&holder[..8]), "{why:?}");
+
+    // The plugin on the node turns unhealthy: that is the reason now.
+    h.stop_job("db");
+    h.eval("db");
+    h.update_node(&h.store.snapshot().nodes().next().unwrap().id.clone(), |n| {
+        let p = n.csi_node_plugins.get_mut("local").unwrap();
+        p.healthy = false;
+        p.health_description = "plugin allocation 1234abcd stopped".into();
+    });
+    let plan = h.eval("other");
+    let why: Vec<&String> = plan.failed_tg_allocs["web"].constraint_filtered.keys().collect();
+    assert_eq!(why, ["CSI plugin local is unhealthy on client a: plugin allocation 1234abcd stopped"]);
+}
