@@ -48,7 +48,7 @@ impl Identity for LocalPlugin {
     }
 
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
-        tracing::info!(rpc = %"Probe", "CSI call");
+        tracing::debug!(rpc = %"Probe", "CSI call");
         let root = self.inner.store.root();
         let result = match std::fs::metadata(root) {
             Ok(meta) if meta.is_dir() => Ok(ProbeResponse { ready: Some(true) }),
