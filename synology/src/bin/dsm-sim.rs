@@ -1,0 +1,107 @@
+//! `dsm-sim`: runs the simulated Synology DSM until interrupted.
+//!
+//! ```text
+//! dsm-sim --listen 127.0.0.1:5000 --state-dir /var/tmp/dsm --account admin --password secret
+//! ```
+//!
+//! It stops on SIGINT or SIGTERM. Faults can be set at start with the `--fault-*` flags and changed later
+//! with `curl -X POST http://ADDR/sim/faults -d '{"expire_sessions_now":true}'
+//! -H 'content-type: application/json'`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use synology::dsm::Password;
+use synology::sim::{Faults, SimConfig, Simulator};
+
+/// A simulated Synology DSM (the Web API subset Berth uses).
+#[derive(Parser)]
+#[command(name = "dsm-sim", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Directory holding the state and the LUN backing files.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// The administrator account.
+    #[arg(long)]
+    account: String,
+    /// The account's password (prefer DSM_SIM_PASSWORD to keep it out of `ps`).
+    #[arg(long, env = "DSM_SIM_PASSWORD", hide_env_values = true)]
+    password: String,
+    /// iSCSI portal reported in target listings.
+    #[arg(long, default_value = "127.0.0.1:3260")]
+    portal: SocketAddr,
+    /// Idle seconds after which a session answers 106.
+    #[arg(long, default_value_t = 900)]
+    session_timeout: u64,
+    /// Require the SynoToken on every call (DSM's CSRF protection).
+    #[arg(long)]
+    csrf: bool,
+    /// Milliseconds a deleted LUN stays listed (DSM deletes asynchronously).
+    #[arg(long, default_value_t = 1000)]
+    lun_delete_delay_ms: u64,
+    /// Bytes in each simulated volume (/volume1 btrfs, /volume2 ext4).
+    #[arg(long, default_value_t = 1 << 40)]
+    volume_size: u64,
+    /// Answer the first N /webapi requests with HTTP 500.
+    #[arg(long, default_value_t = 0)]
+    fault_http_500_next: u32,
+    /// Delay every /webapi request by this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    fault_latency_ms: u64,
+    /// Answer the first SAN call with this DSM error code.
+    #[arg(long)]
+    fault_error_code_next: Option<i64>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut config = SimConfig::new(args.listen, args.state_dir, args.account, Password::new(args.password));
+    config.portal = args.portal;
+    config.session_timeout = Duration::from_secs(args.session_timeout);
+    config.csrf = args.csrf;
+    config.lun_delete_delay = Duration::from_millis(args.lun_delete_delay_ms);
+    config.volume_size = args.volume_size;
+    config.faults = Faults {
+        http_500_next: args.fault_http_500_next,
+        latency_ms: args.fault_latency_ms,
+        error_code_next: args.fault_error_code_next,
+    };
+    let sim = match Simulator::start(config).await {
+        Ok(sim) => sim,
+        Err(err) => {
+            eprintln!("dsm-sim: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("dsm-sim listening on {}", sim.base_url());
+    if let Err(err) = stop_requested().await {
+        eprintln!("dsm-sim: cannot wait for signals: {err}");
+    }
+    match sim.shutdown().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("dsm-sim: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_requested() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = term.recv() => Ok(()),
+    }
+}

@@ -1,0 +1,45 @@
+//! Fault injection: what the simulator is told to get wrong, set by CLI
+//! flags at start and changed at run time through `POST /sim/faults`.
+
+use serde::{Deserialize, Serialize};
+
+/// Faults in force. All zero/`None` means a healthy DSM.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Faults {
+    /// Answer the next N `/webapi` requests with HTTP 500.
+    pub http_500_next: u32,
+    /// Delay every `/webapi` request by this many milliseconds.
+    pub latency_ms: u64,
+    /// Answer the next SAN call (after the session check) with this DSM code.
+    pub error_code_next: Option<i64>,
+}
+
+/// Body of `POST /sim/faults`: fields present replace the current ones;
+/// `expire_sessions_now` times out every live session at once.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FaultsUpdate {
+    /// Time out every session now (their next call answers 106).
+    #[serde(default)]
+    pub expire_sessions_now: bool,
+    /// New [`Faults::http_500_next`].
+    pub http_500_next: Option<u32>,
+    /// New [`Faults::latency_ms`].
+    pub latency_ms: Option<u64>,
+    /// New [`Faults::error_code_next`].
+    pub error_code_next: Option<i64>,
+}
+
+impl Faults {
+    /// Applies the fault fields of an update.
+    pub(crate) fn apply(&mut self, update: &FaultsUpdate) {
+        if let Some(n) = update.http_500_next {
+            self.http_500_next = n;
+        }
+        if let Some(ms) = update.latency_ms {
+            self.latency_ms = ms;
+        }
+        if update.error_code_next.is_some() {
+            self.error_code_next = update.error_code_next;
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! `dsm-sim`: a simulated Synology DSM serving the subset of the Web API
+//! that Berth's client uses, faithfully enough that democratic-csi- and
+//! synology-csi-style clients work against it too.
+//!
+//! * `http`: endpoints, GET/POST forms, session carriers, the JSON envelope,
+//!   the admin endpoints (`/sim/faults`, `/sim/stats`).
+//! * `params`: DSM's lenient JSON decoding of parameter values.
+//! * `auth`: sessions, idle timeout (106), unknown SID (119), CSRF (105).
+//! * `san`: LUNs, targets, mappings, snapshots, clones and volume capacity.
+//! * `store`: state persisted as JSON in the state dir, sparse backing files.
+//! * `faults`: injected HTTP 500s, latency, DSM error codes, session expiry.
+//!
+//! The LUNs are not exported over iSCSI yet: exporting each target through
+//! Debian's `tgt` (`tgtadm`, honouring `max_sessions`) comes next, behind a
+//! narrow exporter trait. `portal` is only reported in target listings.
+
+mod auth;
+mod error;
+mod faults;
+mod http;
+mod params;
+mod san;
+mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+pub use error::SimError;
+pub use faults::{Faults, FaultsUpdate};
+
+use crate::dsm::Password;
+use auth::Sessions;
+use http::Shared;
+use san::{Fs, San, SimVolume};
+use store::Store;
+
+/// How to run the simulator.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Address to listen on (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Where the state and the backing files live.
+    pub state_dir: PathBuf,
+    /// The one (administrator) account.
+    pub account: String,
+    /// Its password.
+    pub password: Password,
+    /// iSCSI portal reported in target listings.
+    pub portal: SocketAddr,
+    /// Idle time after which a session answers 106.
+    pub session_timeout: Duration,
+    /// Require the SynoToken on every call (DSM's CSRF protection).
+    pub csrf: bool,
+    /// How long a deleted LUN stays listed (DSM deletes asynchronously).
+    pub lun_delete_delay: Duration,
+    /// Size of each simulated storage volume (`/volume1` btrfs, `/volume2` ext4).
+    pub volume_size: u64,
+    /// Faults in force from the start.
+    pub faults: Faults,
+}
+
+impl SimConfig {
+    /// A configuration with DSM's defaults: 15-minute sessions, CSRF off,
+    /// 1 s asynchronous LUN removal, two 1 TiB volumes, portal on port 3260.
+    pub fn new(
+        listen: SocketAddr,
+        state_dir: impl Into<PathBuf>,
+        account: impl Into<String>,
+        password: Password,
+    ) -> Self {
+        Self {
+            listen,
+            state_dir: state_dir.into(),
+            account: account.into(),
+            password,
+            portal: SocketAddr::from(([127, 0, 0, 1], 3260)),
+            session_timeout: Duration::from_secs(15 * 60),
+            csrf: false,
+            lun_delete_delay: Duration::from_secs(1),
+            volume_size: 1 << 40,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// Counters for tests and operators (`GET /sim/stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Successful logins.
+    pub logins: u64,
+    /// Refused logins.
+    pub failed_logins: u64,
+    /// SAN calls that passed the session check and reached the SAN layer.
+    pub api_calls: u64,
+}
+
+/// A running simulator.
+pub struct Simulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Simulator {
+    /// Loads the state dir, binds and starts serving in the background.
+    pub async fn start(config: SimConfig) -> Result<Self, SimError> {
+        let store = Store::open(&config.state_dir)?;
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|source| SimError::Bind { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: config.listen, source })?;
+        let san = San {
+            store,
+            volumes: vec![
+                SimVolume { path: "/volume1", fs: Fs::Btrfs, size: config.volume_size },
+                SimVolume { path: "/volume2", fs: Fs::Ext4, size: config.volume_size },
+            ],
+            lun_delete_delay: config.lun_delete_delay,
+            portal_port: config.portal.port(),
+        };
+        let shared = Arc::new(Shared {
+            san: Arc::new(Mutex::new(san)),
+            sessions: Mutex::new(Sessions::new(config.session_timeout, config.csrf)),
+            faults: Mutex::new(config.faults),
+            stats: Mutex::new(Stats::default()),
+            account: config.account,
+            password: config.password,
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = http::router(Arc::clone(&shared));
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        info!(%addr, state_dir = %config.state_dir.display(), "DSM simulator listening");
+        Ok(Self { addr, shared, stop, server })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`, the base URL a DSM client takes.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        *self.shared.stats.lock()
+    }
+
+    /// Changes the faults in force, as `POST /sim/faults` does.
+    pub fn inject(&self, update: &FaultsUpdate) {
+        if update.expire_sessions_now {
+            self.shared.sessions.lock().expire_all();
+        }
+        self.shared.faults.lock().apply(update);
+    }
+
+    /// Stops serving (in-flight requests finish) and waits for the server.
+    pub async fn shutdown(self) -> Result<(), SimError> {
+        let _ = self.stop.send(());
+        match self.server.await {
+            Ok(result) => result.map_err(SimError::Serve),
+            Err(join) => Err(SimError::Serve(std::io::Error::other(join))),
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The SAN side of the simulator: the `SYNO.Core.ISCSI.LUN`,
+//! `SYNO.Core.ISCSI.Target` and `SYNO.Core.Storage.Volume` methods Berth's
+//! client uses, with DSM's validations and error codes, over the [`Store`].
+//!
+//! * `lun`: create, get, list, set (grow), delete (asynchronous), map_target.
+//! * `snapshot`: take_snapshot, list_snapshot, delete_snapshot, clone_snapshot.
+//! * `target`: create, get, list, delete.
+//! * here: the storage volumes (`/volume1` btrfs, `/volume2` ext4) and
+//!   Storage.Volume get.
+//!
+//! Choices where the reference records no DSM behaviour: shrinking a LUN
+//! answers 101; a snapshot of a LUN without `can_snapshot` answers 18990004;
+//! creating on a volume that does not exist answers 117; THIN's numeric
+//! type is 16. Clones are copied at once, so `is_action_locked` stays false.
+
+mod lun;
+mod snapshot;
+mod target;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use super::error::SimError;
+use super::params::ApiParams;
+use super::store::Store;
+
+/// The SAN APIs served and their methods (everything else answers 102/103).
+pub(crate) const APIS: &[(&str, &[&str])] = &[
+    (
+        "SYNO.Core.ISCSI.LUN",
+        &[
+            "create",
+            "get",
+            "list",
+            "set",
+            "delete",
+            "map_target",
+            "take_snapshot",
+            "list_snapshot",
+            "delete_snapshot",
+            "clone_snapshot",
+        ],
+    ),
+    ("SYNO.Core.ISCSI.Target", &["create", "get", "list", "delete"]),
+    ("SYNO.Core.Storage.Volume", &["get"]),
+];
+
+const MAX_LUNS: usize = 256;
+const MAX_TARGETS: usize = 128;
+const MAX_SNAPSHOTS_PER_LUN: usize = 256;
+
+/// Why a SAN call failed: a DSM error code, or the simulator's own storage
+/// failing (answered as 100, unknown error).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error("DSM error {0}")]
+    Code(i64),
+    #[error(transparent)]
+    Sim(#[from] SimError),
+}
+
+type ApiResult = Result<Value, ApiError>;
+
+/// Filesystem of a storage volume: decides which LUN types it takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fs {
+    Btrfs,
+    Ext4,
+}
+
+/// A storage volume LUNs can be created on.
+#[derive(Clone, Debug)]
+pub(crate) struct SimVolume {
+    pub path: &'static str,
+    pub fs: Fs,
+    pub size: u64,
+}
+
+/// The SAN state machine.
+pub(crate) struct San {
+    pub store: Store,
+    pub volumes: Vec<SimVolume>,
+    pub lun_delete_delay: Duration,
+    pub portal_port: u16,
+}
+
+impl San {
+    /// Runs one SAN method; `api`/`method` are known to be in [`APIS`].
+    pub fn dispatch(&mut self, api: &str, method: &str, params: &ApiParams) -> ApiResult {
+        self.purge_deleted()?;
+        match (api, method) {
+            ("SYNO.Core.ISCSI.LUN", "create") => self.lun_create(params),
+            ("SYNO.Core.ISCSI.LUN", "get") => self.lun_get(params),
+            ("SYNO.Core.ISCSI.LUN", "list") => Ok(self.lun_list(params)),
+            ("SYNO.Core.ISCSI.LUN", "set") => self.lun_set(params),
+            ("SYNO.Core.ISCSI.LUN", "delete") => self.lun_delete(params),
+            ("SYNO.Core.ISCSI.LUN", "map_target") => self.lun_map_target(params),
+            ("SYNO.Core.ISCSI.LUN", "take_snapshot") => self.snapshot_take(params),
+            ("SYNO.Core.ISCSI.LUN", "list_snapshot") => self.snapshot_list(params),
+            ("SYNO.Core.ISCSI.LUN", "delete_snapshot") => self.snapshot_delete(params),
+            ("SYNO.Core.ISCSI.LUN", "clone_snapshot") => self.snapshot_clone(params),
+            ("SYNO.Core.ISCSI.Target", "create") => self.target_create(params),
+            ("SYNO.Core.ISCSI.Target", "get") => self.target_get(params),
+            ("SYNO.Core.ISCSI.Target", "list") => Ok(self.target_list(params)),
+            ("SYNO.Core.ISCSI.Target", "delete") => self.target_delete(params),
+            ("SYNO.Core.Storage.Volume", "get") => self.volume_get(params),
+            _ => Err(ApiError::Code(103)),
+        }
+    }
+
+    /// Finishes the asynchronous removals whose time has come.
+    fn purge_deleted(&mut self) -> Result<(), SimError> {
+        let now = now_ms();
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            self.store.state.luns.drain(..).partition(|l| l.deleting_until_ms.is_some_and(|t| t <= now));
+        self.store.state.luns = kept;
+        if gone.is_empty() {
+            return Ok(());
+        }
+        for lun in &gone {
+            Store::remove_file(&self.store.lun_file(&lun.uuid))?;
+        }
+        self.store.save()
+    }
+
+    fn volume(&self, path: &str) -> Option<&SimVolume> {
+        self.volumes.iter().find(|v| v.path == path)
+    }
+
+    /// Free bytes of a volume: thick LUNs reserve their whole size, thin
+    /// ones what their backing file really occupies, snapshots their copy.
+    fn volume_free(&self, volume: &SimVolume) -> u64 {
+        let used: u64 = self
+            .store
+            .state
+            .luns
+            .iter()
+            .filter(|l| l.location == volume.path)
+            .map(|l| if lun::is_thick(&l.type_str) { l.size } else { Store::allocated(&self.store.lun_file(&l.uuid)) })
+            .sum::<u64>()
+            + self
+                .store
+                .state
+                .snapshots
+                .iter()
+                .filter(|s| s.root_path == volume.path)
+                .map(|s| Store::allocated(&self.store.snapshot_file(&s.uuid)))
+                .sum::<u64>();
+        volume.size.saturating_sub(used)
+    }
+
+    fn volume_get(&self, params: &ApiParams) -> ApiResult {
+        let path = params.string("volume_path").ok_or(ApiError::Code(18990508))?;
+        let Some(volume) = self.volume(&path) else {
+            let volume_shaped = path.strip_prefix("/volume").is_some_and(|n| n.parse::<u32>().is_ok());
+            return if volume_shaped { Err(ApiError::Code(117)) } else { Ok(json!({})) };
+        };
+        let number = volume.path.trim_start_matches("/volume");
+        Ok(json!({"volume": {
+            "volume_path": volume.path,
+            "display_name": format!("Volume {number}"),
+            "fs_type": match volume.fs { Fs::Btrfs => "btrfs", Fs::Ext4 => "ext4" },
+            "status": "normal",
+            "container": "internal",
+            "location": "sata",
+            "readonly": false,
+            "size_free_byte": self.volume_free(volume).to_string(),
+            "size_total_byte": volume.size.to_string(),
+        }}))
+    }
+}
+
+/// Milliseconds since the epoch (persisted deadlines survive restarts).
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether the `additional` list asks for `field`.
+fn wants(params: &ApiParams, field: &str) -> bool {
+    match params.value("additional") {
+        Some(Value::Array(items)) => items.iter().any(|i| i.as_str() == Some(field)),
+        _ => false,
+    }
+}
