@@ -25,6 +25,7 @@ pub mod client;
 pub mod local;
 pub mod mount;
 mod redact;
+pub mod serve;
 
 pub use client::{Call, Capabilities, ClientConfig, ClientError, CsiClient, RetryPolicy, Rpc};
 

@@ -38,15 +38,13 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::Server;
+use tonic::service::Routes;
 use tonic::{Response, Status};
 
 pub use store::StoreError;
 
-use crate::client::{socket_path, ClientError};
 use crate::mount::MountError;
+use crate::serve::{serve_unix, ServeError};
 use crate::v1::controller_server::ControllerServer;
 use crate::v1::identity_server::IdentityServer;
 use crate::v1::node_server::NodeServer;
@@ -91,27 +89,9 @@ pub enum LocalError {
     /// The state directory could not be opened.
     #[error("state directory: {0}")]
     State(#[from] StoreError),
-    /// The endpoint is not a unix socket path.
+    /// The socket could not be served.
     #[error(transparent)]
-    Endpoint(#[from] ClientError),
-    /// The socket could not be set up.
-    #[error("{op} socket {}: {source}", path.display())]
-    Socket {
-        /// What was being done.
-        op: &'static str,
-        /// The socket path.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The gRPC server failed.
-    #[error("serving on {}: {source}", path.display())]
-    Serve {
-        /// The socket path.
-        path: PathBuf,
-        /// The transport error.
-        source: tonic::transport::Error,
-    },
+    Serve(#[from] ServeError),
 }
 
 /// The plugin: cheap to clone, clones share the state.
@@ -140,47 +120,17 @@ impl LocalPlugin {
 
 /// Serves Identity, Controller and Node for `plugin` on the unix socket at
 /// `endpoint` (`unix:///path/csi.sock` or a path) until `shutdown`
-/// resolves. A socket file left by an earlier run is removed first (any
-/// other file there is an error); the socket is removed on the way out.
+/// resolves (see [`crate::serve::serve_unix`]).
 pub async fn serve(
     plugin: LocalPlugin,
     endpoint: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), LocalError> {
-    let path = socket_path(endpoint)?;
-    let socket_error = |op, path: &PathBuf| {
-        let path = path.clone();
-        move |source| LocalError::Socket { op, path, source }
-    };
-    remove_stale_socket(&path).map_err(socket_error("removing the stale", &path))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(socket_error("creating the directory of the", &path))?;
-    }
-    let listener = UnixListener::bind(&path).map_err(socket_error("binding", &path))?;
-    tracing::info!(plugin = PLUGIN_NAME, node = %plugin.inner.node_id, socket = %path.display(), "CSI plugin serving");
-    let served = Server::builder()
-        .add_service(IdentityServer::new(plugin.clone()))
+    tracing::info!(node = %plugin.inner.node_id, "berth.local serves node");
+    let routes = Routes::new(IdentityServer::new(plugin.clone()))
         .add_service(ControllerServer::new(plugin.clone()))
-        .add_service(NodeServer::new(plugin))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
-    let _ = std::fs::remove_file(&path);
-    tracing::info!(socket = %path.display(), "CSI plugin stopped");
-    served.map_err(|source| LocalError::Serve { path, source })
-}
-
-/// Removes a socket file at `path`; nothing there is fine, anything else
-/// but a socket is refused.
-fn remove_stale_socket(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
-        Ok(_) => {
-            Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a file that is not a socket is in the way"))
-        }
-    }
+        .add_service(NodeServer::new(plugin));
+    Ok(serve_unix(routes, endpoint, PLUGIN_NAME, shutdown).await?)
 }
 
 /// A topology value: 1-63 characters, alphanumerics at both ends, `-_.`
