@@ -5,11 +5,18 @@
 //! * [`sim`]: `dsm-sim`, a simulated DSM serving the same API subset, for
 //!   tests and for trying Berth without a NAS.
 //!
-//! This crate knows DSM and nothing of jobs, allocations or CSI; the CSI
-//! provisioner built on it comes next.
+//! * [`config`]: the driver configuration, democratic-csi's `synology-iscsi`
+//!   YAML accepted unchanged.
+//! * [`provisioner`]: `berth.synology`, the CSI Identity and Controller
+//!   services built on the client, served on a unix socket.
+//!
+//! This crate knows nothing of jobs or allocations; the node side (iSCSI
+//! login and mount) lives in `csi`.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod dsm;
+pub mod provisioner;
 pub mod sim;

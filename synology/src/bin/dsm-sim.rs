@@ -76,6 +76,7 @@ async fn main() -> ExitCode {
         http_500_next: args.fault_http_500_next,
         latency_ms: args.fault_latency_ms,
         error_code_next: args.fault_error_code_next,
+        expire_sessions_after_calls: None,
     };
     let sim = match Simulator::start(config).await {
         Ok(sim) => sim,

@@ -57,6 +57,17 @@ pub enum TargetAuth {
         /// CHAP secret.
         password: Password,
     },
+    /// Mutual CHAP (`auth_type` 2): the target authenticates back.
+    MutualChap {
+        /// CHAP user.
+        user: String,
+        /// CHAP secret.
+        password: Password,
+        /// The target's CHAP user.
+        mutual_user: String,
+        /// The target's CHAP secret.
+        mutual_password: Password,
+    },
 }
 
 /// What to create.
@@ -128,6 +139,12 @@ impl DsmClient {
             TargetAuth::Chap { user, password } => {
                 params.number("auth_type", 1).string("user", user).string("password", password.expose())
             }
+            TargetAuth::MutualChap { user, password, mutual_user, mutual_password } => params
+                .number("auth_type", 2)
+                .string("user", user)
+                .string("password", password.expose())
+                .string("mutual_user", mutual_user)
+                .string("mutual_password", mutual_password.expose()),
         };
         let created: Created = self.call_as(TARGET_API, "create", params).await?;
         debug!(name = %target.name, iqn = %target.iqn, target_id = created.target_id, "target created");

@@ -12,6 +12,11 @@ pub struct Faults {
     pub latency_ms: u64,
     /// Answer the next SAN call (after the session check) with this DSM code.
     pub error_code_next: Option<i64>,
+    /// Time out every session once this many more SAN calls have been
+    /// served (1: right after the next one), to expire a session in the
+    /// middle of a multi-call operation.
+    #[serde(default)]
+    pub expire_sessions_after_calls: Option<u32>,
 }
 
 /// Body of `POST /sim/faults`: fields present replace the current ones;
@@ -27,6 +32,9 @@ pub struct FaultsUpdate {
     pub latency_ms: Option<u64>,
     /// New [`Faults::error_code_next`].
     pub error_code_next: Option<i64>,
+    /// New [`Faults::expire_sessions_after_calls`].
+    #[serde(default)]
+    pub expire_sessions_after_calls: Option<u32>,
 }
 
 impl Faults {
@@ -40,6 +48,9 @@ impl Faults {
         }
         if update.error_code_next.is_some() {
             self.error_code_next = update.error_code_next;
+        }
+        if update.expire_sessions_after_calls.is_some() {
+            self.expire_sessions_after_calls = update.expire_sessions_after_calls;
         }
     }
 }

@@ -193,6 +193,24 @@ async fn san_call(
         return envelope(Err(code));
     }
     shared.stats.lock().api_calls += 1;
+    let expire_after = {
+        let mut faults = shared.faults.lock();
+        match faults.expire_sessions_after_calls {
+            Some(n) if n <= 1 => {
+                faults.expire_sessions_after_calls = None;
+                true
+            }
+            Some(n) => {
+                faults.expire_sessions_after_calls = Some(n - 1);
+                false
+            }
+            None => false,
+        }
+    };
+    if expire_after {
+        debug!("injected fault: sessions expire after this call");
+        shared.sessions.lock().expire_all();
+    }
     let san = Arc::clone(&shared.san);
     let api_name = api.clone();
     let outcome = tokio::task::spawn_blocking(move || san.lock().dispatch(&api_name, method, &params)).await;
