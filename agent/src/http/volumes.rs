@@ -87,13 +87,14 @@ pub async fn list(api: ApiState, Query(q): Query<QueryOptions>, Query(raw): RawQ
     let plugin = raw.get("plugin_id").cloned().unwrap_or_default();
     let node = raw.get("node_id").cloned().unwrap_or_default();
     let prefix = q.prefix.clone().unwrap_or_default();
+    let plugins = csi::plugins(&snap);
     let list: Vec<VolumeStub> = snap
         .volumes()
         .filter(|v| v.id.starts_with(&prefix) && v.plugin_id.starts_with(&plugin))
         .filter(|v| {
             node.is_empty() || snap.volume_claimers(&v.namespace, &v.id).iter().any(|a| a.node_id.starts_with(&node))
         })
-        .map(|v| stub(csi::volume_view(&snap, v)))
+        .map(|v| stub(csi::volume_view(&snap, &plugins, v)))
         .collect();
     Ok(json_with_index(&list, index, q.pretty()))
 }
@@ -114,7 +115,7 @@ pub async fn read(
             by_prefix(snap.volumes().filter(|v| v.namespace == ns).map(|v| (v.id.as_str(), v.clone())), &id, "volume")?
         }
     };
-    Ok(json_with_index(&csi::volume_view(&snap, &v), index, q.pretty()))
+    Ok(json_with_index(&csi::volume_view(&snap, &csi::plugins(&snap), &v), index, q.pretty()))
 }
 
 /// `{Volumes: [...]}` of register and create.

@@ -65,7 +65,7 @@ pub fn conflict(
     let one_writer = matches!(
         access,
         access_mode::SINGLE_NODE_WRITER | access_mode::MULTI_NODE_SINGLE_WRITER | access_mode::SINGLE_NODE_READER
-    ) || access == "single-node-single-writer";
+    );
     if mode == ClaimMode::Write && one_writer {
         if let Some(writer) = holders.iter().find(|h| h.mode == ClaimMode::Write) {
             return Some(format!(

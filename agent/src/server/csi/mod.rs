@@ -219,12 +219,12 @@ fn unschedulable_reason(volume: &CsiVolume, plugin: Option<&CsiPlugin>) -> Optio
     None
 }
 
-/// The status view of one volume.
-pub fn volume_view(snap: &Tables, volume: &CsiVolume) -> VolumeView {
+/// The status view of one volume; `plugins` is [`plugins`] of the same
+/// snapshot (computed once by callers that show many volumes).
+pub fn volume_view(snap: &Tables, plugins: &[CsiPlugin], volume: &CsiVolume) -> VolumeView {
     let claimers = snap.volume_claimers(&volume.namespace, &volume.id);
     let node_down = |id: &str| snap.node(id).map(|n| n.status == node_status::DOWN).unwrap_or(true);
     let claims = claims::claims_view(&volume.id, &claimers, node_down);
-    let plugins = plugins(snap);
     let plugin = plugins.iter().find(|p| p.id == volume.plugin_id);
     let reason = unschedulable_reason(volume, plugin);
     let mut view = VolumeView {

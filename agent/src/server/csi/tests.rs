@@ -164,7 +164,7 @@ async fn claims_on_a_node_down_past_the_timeout_are_released() {
     assert!(snap.volume_claimers("default", "db").is_empty());
     let a = snap.alloc("a1").unwrap();
     assert!(a.csi_volumes_released && a.csi_release_reason.contains("down"), "{:?}", a.csi_release_reason);
-    let view = volume_view(&snap, &snap.volume("default", "db").unwrap());
+    let view = volume_view(&snap, &plugins(&snap), &snap.volume("default", "db").unwrap());
     assert!(view.claims.is_empty());
     drop(snap);
     // The controller still detaches it from the lost node (n2's controller answers).
