@@ -65,3 +65,25 @@ debian_mirror() {
       | grep -v security | head -n1 | awk '{print $2}')
   echo "${m:-http://deb.debian.org/debian}"
 }
+
+# ensure_iscsi_userspace: what the userspace iSCSI initiator and dsm-sim's
+# iSCSI export need: tgt (tgtd/tgtadm), FUSE, and qemu-storage-daemon with
+# its libiscsi block driver. qemu-block-extra must be the exact version of
+# qemu-utils; when a newer qemu-utils came from bookworm-backports (as on
+# some images), the matching module is taken from there too.
+ensure_iscsi_userspace() {
+  apt_install tgt fuse3 qemu-utils
+  local want have
+  want=$(dpkg-query -W -f='${Version}' qemu-utils)
+  have=$(dpkg-query -W -f='${Version}' qemu-block-extra 2>/dev/null || true)
+  [ "$have" = "$want" ] && return 0
+  if ! apt-cache madison qemu-block-extra | grep -qF " $want "; then
+    if [[ "$want" == *bpo12* ]]; then
+      log "qemu-utils $want is from bookworm-backports: adding that source for qemu-block-extra"
+      echo "deb $(debian_mirror) bookworm-backports main" > /etc/apt/sources.list.d/berth-backports.list
+    fi
+    apt-get update -qq
+  fi
+  log "installing qemu-block-extra=$want"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "qemu-block-extra=$want" >/dev/null
+}

@@ -26,6 +26,9 @@ apt_install iproute2 iptables busybox-static containernetworking-plugins
 # and XFS (the expansion test grows XFS online, which needs no
 # CAP_SYS_RESOURCE).
 apt_install util-linux e2fsprogs xfsprogs
+# Synology tests: dsm-sim exports LUNs through tgt, and the node attaches
+# them with the userspace initiator (this kernel has no iscsi_tcp).
+ensure_iscsi_userspace
 ./scripts/build-test-images.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check

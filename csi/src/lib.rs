@@ -10,6 +10,8 @@
 //! * [`mount`]: node-side helpers shared by block-backed volumes: signature
 //!   check, format only when blank, fsck-safe mount, bind/read-only publish,
 //!   growth after expansion, usage.
+//! * [`iscsi`]: iSCSI LUNs on the node: attach through open-iscsi or the
+//!   userspace initiator, and the CSI Node service for iSCSI volumes.
 //! * [`local`]: `berth.local`, the CSI plugin built into Berth: directory or
 //!   image-file volumes on the node's own disk, with snapshots, clones and
 //!   expansion, served on a unix socket by [`local::serve`].
@@ -22,9 +24,12 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod iscsi;
 pub mod local;
+mod locks;
 pub mod mount;
 mod redact;
+mod rpc;
 pub mod serve;
 
 pub use client::{Call, Capabilities, ClientConfig, ClientError, CsiClient, RetryPolicy, Rpc};

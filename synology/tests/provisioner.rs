@@ -92,7 +92,7 @@ async fn plugin(port: u16, password: &str) -> Plugin {
     let served = {
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
-            serve(provisioner, &endpoint, async {
+            serve(provisioner, None, &endpoint, async {
                 let _ = stopped.await;
             })
             .await

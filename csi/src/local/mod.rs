@@ -24,11 +24,10 @@
 //! (per-volume serialization), `host` (losetup, cp), and the three
 //! services: `identity`, `controller`, `node`.
 
-mod capability;
+pub(crate) mod capability;
 mod controller;
 mod host;
 mod identity;
-mod locks;
 mod node;
 mod params;
 mod store;
@@ -39,18 +38,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tonic::service::Routes;
-use tonic::{Response, Status};
+use tonic::Status;
 
 pub use store::StoreError;
 
+use crate::locks::{KeyGuard, KeyLocks};
 use crate::mount::MountError;
+pub(crate) use crate::rpc::{blocking, bytes_i64, reply, require};
 use crate::serve::{serve_unix, ServeError};
 use crate::v1::controller_server::ControllerServer;
 use crate::v1::identity_server::IdentityServer;
 use crate::v1::node_server::NodeServer;
 use crate::v1::Topology;
 use host::HostError;
-use locks::{KeyGuard, KeyLocks};
 use store::{Store, VolumeRecord};
 
 /// The plugin's name, as `GetPluginInfo` reports it.
@@ -164,47 +164,6 @@ impl Inner {
     async fn lock_volume(&self, id: &str) -> KeyGuard {
         self.locks.lock(format!("volume/{id}")).await
     }
-}
-
-/// Runs `work` on the blocking pool holding `guards`, which are released
-/// when the work ends (even if the RPC that started it was cancelled).
-async fn blocking<T: Send + 'static>(
-    guards: Vec<KeyGuard>,
-    work: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(move || {
-        let result = work();
-        drop(guards);
-        result
-    })
-    .await
-    .map_err(|e| Status::internal(format!("the operation's task failed: {e}")))?
-}
-
-/// The RPC's answer; a failure is logged (one warning with the RPC, its
-/// subject, the code and the message) besides the info line every call
-/// logs on arrival.
-fn reply<T>(rpc: &'static str, subject: &str, result: Result<T, Status>) -> Result<Response<T>, Status> {
-    match result {
-        Ok(value) => Ok(Response::new(value)),
-        Err(status) => {
-            tracing::warn!(rpc = %rpc, subject = %subject, code = ?status.code(), error = %status.message(), "CSI call failed");
-            Err(status)
-        }
-    }
-}
-
-/// Bytes as the protocol's `int64`.
-fn bytes_i64(bytes: u64) -> i64 {
-    i64::try_from(bytes).unwrap_or(i64::MAX)
-}
-
-/// INVALID_ARGUMENT unless `value` is set.
-fn require(field: &str, value: &str) -> Result<(), Status> {
-    if value.is_empty() {
-        return Err(Status::invalid_argument(format!("{field} is required")));
-    }
-    Ok(())
 }
 
 impl From<StoreError> for Status {

@@ -35,6 +35,7 @@ use super::{
     blocking, bytes_i64, host, host_failed, mount_failed, reply, require, Inner, LocalPlugin, DEFAULT_FS_TYPE,
 };
 use crate::mount;
+use crate::rpc::{absolute, is_mounted};
 use crate::v1::node_server::Node;
 use crate::v1::node_service_capability::{rpc, Rpc, Type as CapabilityType};
 use crate::v1::volume_usage::Unit;
@@ -45,20 +46,6 @@ use crate::v1::{
     NodeStageVolumeRequest, NodeStageVolumeResponse, NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse,
     NodeUnstageVolumeRequest, NodeUnstageVolumeResponse, VolumeCapability, VolumeUsage,
 };
-
-fn is_mounted(path: &Path) -> bool {
-    mount::mounted_source(path).is_some()
-}
-
-/// An absolute path from a request field, or INVALID_ARGUMENT.
-fn absolute(field: &str, value: &str) -> Result<PathBuf, Status> {
-    require(field, value)?;
-    let path = PathBuf::from(value);
-    if !path.is_absolute() {
-        return Err(Status::invalid_argument(format!("{field} must be an absolute path, got {value:?}")));
-    }
-    Ok(path)
-}
 
 fn access_of(capability: Option<&VolumeCapability>) -> Result<Access, Status> {
     let capability = capability.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;

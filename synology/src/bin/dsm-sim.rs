@@ -33,9 +33,11 @@ struct Args {
     /// The account's password (prefer DSM_SIM_PASSWORD to keep it out of `ps`).
     #[arg(long, env = "DSM_SIM_PASSWORD", hide_env_values = true)]
     password: String,
-    /// iSCSI portal reported in target listings.
-    #[arg(long, default_value = "127.0.0.1:3260")]
-    portal: SocketAddr,
+    /// Serve the LUNs over iSCSI on this portal, through a tgtd of the
+    /// simulator's own (Debian's `tgt`). Without it, target listings report
+    /// 127.0.0.1:3260 and nothing is exported.
+    #[arg(long)]
+    portal: Option<SocketAddr>,
     /// Idle seconds after which a session answers 106.
     #[arg(long, default_value_t = 900)]
     session_timeout: u64,
@@ -67,7 +69,10 @@ async fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let mut config = SimConfig::new(args.listen, args.state_dir, args.account, Password::new(args.password));
-    config.portal = args.portal;
+    if let Some(portal) = args.portal {
+        config.portal = portal;
+        config.export_iscsi = true;
+    }
     config.session_timeout = Duration::from_secs(args.session_timeout);
     config.csrf = args.csrf;
     config.lun_delete_delay = Duration::from_millis(args.lun_delete_delay_ms);
@@ -76,7 +81,7 @@ async fn main() -> ExitCode {
         http_500_next: args.fault_http_500_next,
         latency_ms: args.fault_latency_ms,
         error_code_next: args.fault_error_code_next,
-        expire_sessions_after_calls: None,
+        ..Faults::default()
     };
     let sim = match Simulator::start(config).await {
         Ok(sim) => sim,

@@ -14,7 +14,8 @@
 //! (DSM serialises SAN work anyway), so two retries of one CreateVolume
 //! never race each other into duplicates.
 //!
-//! Not here: the node service (iSCSI login, mount), which lives in `csi`.
+//! The node side (iSCSI login, format, mount) is `csi::iscsi::IscsiNode`,
+//! served beside these by [`serve`] when asked.
 
 mod controller;
 mod naming;
@@ -22,9 +23,11 @@ mod naming;
 use std::future::Future;
 use std::sync::Arc;
 
+use csi::iscsi::IscsiNode;
 use csi::serve::serve_unix;
 use csi::v1::controller_server::ControllerServer;
 use csi::v1::identity_server::{Identity, IdentityServer};
+use csi::v1::node_server::NodeServer;
 use csi::v1::plugin_capability::{service, volume_expansion, Service, Type, VolumeExpansion};
 use csi::v1::{
     GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest, GetPluginInfoResponse,
@@ -239,15 +242,20 @@ impl Identity for Provisioner {
     }
 }
 
-/// Serves Identity and Controller for `provisioner` on the unix socket at
-/// `endpoint` (`unix:///path/csi.sock` or a path) until `shutdown`
-/// resolves. A stale socket file is replaced; the socket is removed on the
-/// way out.
+/// Serves Identity and Controller for `provisioner`, and the iSCSI Node
+/// service when `node` is given, on the unix socket at `endpoint`
+/// (`unix:///path/csi.sock` or a path) until `shutdown` resolves. A stale
+/// socket file is replaced; the socket is removed on the way out.
 pub async fn serve(
     provisioner: Provisioner,
+    node: Option<IscsiNode>,
     endpoint: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProvisionerError> {
-    let routes = Routes::new(IdentityServer::new(provisioner.clone())).add_service(ControllerServer::new(provisioner));
+    let mut routes =
+        Routes::new(IdentityServer::new(provisioner.clone())).add_service(ControllerServer::new(provisioner));
+    if let Some(node) = node {
+        routes = routes.add_service(NodeServer::new(node));
+    }
     Ok(serve_unix(routes, endpoint, PLUGIN_NAME, shutdown).await?)
 }

@@ -50,6 +50,9 @@ pub enum SimError {
         /// Exit status and stderr.
         detail: String,
     },
+    /// tgtd could not be started or tgtadm refused a change.
+    #[error("iSCSI export through tgt: {0}")]
+    Tgt(String),
 }
 
 impl SimError {

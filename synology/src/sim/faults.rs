@@ -17,6 +17,14 @@ pub struct Faults {
     /// middle of a multi-call operation.
     #[serde(default)]
     pub expire_sessions_after_calls: Option<u32>,
+    /// Hold every call of this SAN method (`API.method`, e.g.
+    /// `SYNO.Core.ISCSI.Target.create`) for [`Faults::stall_ms`] before
+    /// serving it: a window to kill a client between two steps.
+    #[serde(default)]
+    pub stall_method: Option<String>,
+    /// How long [`Faults::stall_method`] is held.
+    #[serde(default)]
+    pub stall_ms: u64,
 }
 
 /// Body of `POST /sim/faults`: fields present replace the current ones;
@@ -35,6 +43,12 @@ pub struct FaultsUpdate {
     /// New [`Faults::expire_sessions_after_calls`].
     #[serde(default)]
     pub expire_sessions_after_calls: Option<u32>,
+    /// New [`Faults::stall_method`]; an empty string clears it.
+    #[serde(default)]
+    pub stall_method: Option<String>,
+    /// New [`Faults::stall_ms`].
+    #[serde(default)]
+    pub stall_ms: Option<u64>,
 }
 
 impl Faults {
@@ -51,6 +65,12 @@ impl Faults {
         }
         if update.expire_sessions_after_calls.is_some() {
             self.expire_sessions_after_calls = update.expire_sessions_after_calls;
+        }
+        if let Some(method) = &update.stall_method {
+            self.stall_method = Some(method.clone()).filter(|m| !m.is_empty());
+        }
+        if let Some(ms) = update.stall_ms {
+            self.stall_ms = ms;
         }
     }
 }

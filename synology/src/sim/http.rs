@@ -193,6 +193,15 @@ async fn san_call(
         return envelope(Err(code));
     }
     shared.stats.lock().api_calls += 1;
+    let stall = {
+        let faults = shared.faults.lock();
+        let full_name = format!("{api}.{method}");
+        (faults.stall_method.as_deref() == Some(full_name.as_str())).then_some(faults.stall_ms)
+    };
+    if let Some(ms) = stall {
+        debug!(%api, method, ms, "injected fault: stalling the call");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let expire_after = {
         let mut faults = shared.faults.lock();
         match faults.expire_sessions_after_calls {

@@ -10,12 +10,13 @@
 //! * `store`: state persisted as JSON in the state dir, sparse backing files.
 //! * `faults`: injected HTTP 500s, latency, DSM error codes, session expiry.
 //!
-//! The LUNs are not exported over iSCSI yet: exporting each target through
-//! Debian's `tgt` (`tgtadm`, honouring `max_sessions`) comes next, behind a
-//! narrow exporter trait. `portal` is only reported in target listings.
+//! * `export`: with [`SimConfig::export_iscsi`], each target and its LUNs
+//!   exported through a tgtd of the simulator's own on the portal,
+//!   `max_sessions` honoured.
 
 mod auth;
 mod error;
+mod export;
 mod faults;
 mod http;
 mod params;
@@ -35,10 +36,12 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 pub use error::SimError;
+pub use export::control_port as tgt_control_port;
 pub use faults::{Faults, FaultsUpdate};
 
 use crate::dsm::Password;
 use auth::Sessions;
+use export::TgtExport;
 use http::Shared;
 use san::{Fs, San, SimVolume};
 use store::Store;
@@ -54,8 +57,11 @@ pub struct SimConfig {
     pub account: String,
     /// Its password.
     pub password: Password,
-    /// iSCSI portal reported in target listings.
+    /// iSCSI portal reported in target listings (and served, with
+    /// `export_iscsi`).
     pub portal: SocketAddr,
+    /// Export the targets over iSCSI on `portal` through Debian's `tgtd`.
+    pub export_iscsi: bool,
     /// Idle time after which a session answers 106.
     pub session_timeout: Duration,
     /// Require the SynoToken on every call (DSM's CSRF protection).
@@ -83,6 +89,7 @@ impl SimConfig {
             account: account.into(),
             password,
             portal: SocketAddr::from(([127, 0, 0, 1], 3260)),
+            export_iscsi: false,
             session_timeout: Duration::from_secs(15 * 60),
             csrf: false,
             lun_delete_delay: Duration::from_secs(1),
@@ -109,6 +116,7 @@ pub struct Simulator {
     shared: Arc<Shared>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
+    sessions_guard: Option<JoinHandle<()>>,
 }
 
 impl Simulator {
@@ -126,7 +134,17 @@ impl Simulator {
             ],
             lun_delete_delay: config.lun_delete_delay,
             portal_port: config.portal.port(),
+            export: None,
         };
+        let mut san = san;
+        if config.export_iscsi {
+            let (portal, log) = (config.portal, config.state_dir.join("tgtd.log"));
+            let export = tokio::task::spawn_blocking(move || TgtExport::start(portal, &log))
+                .await
+                .map_err(|e| SimError::Tgt(e.to_string()))??;
+            san.export = Some(export);
+            san.sync_export()?;
+        }
         let shared = Arc::new(Shared {
             san: Arc::new(Mutex::new(san)),
             sessions: Mutex::new(Sessions::new(config.session_timeout, config.csrf)),
@@ -144,8 +162,9 @@ impl Simulator {
                 })
                 .await
         });
+        let sessions_guard = config.export_iscsi.then(|| tokio::spawn(guard_sessions(Arc::clone(&shared.san))));
         info!(%addr, state_dir = %config.state_dir.display(), "DSM simulator listening");
-        Ok(Self { addr, shared, stop, server })
+        Ok(Self { addr, shared, stop, server, sessions_guard })
     }
 
     /// The bound address.
@@ -174,9 +193,28 @@ impl Simulator {
     /// Stops serving (in-flight requests finish) and waits for the server.
     pub async fn shutdown(self) -> Result<(), SimError> {
         let _ = self.stop.send(());
-        match self.server.await {
+        let served = match self.server.await {
             Ok(result) => result.map_err(SimError::Serve),
             Err(join) => Err(SimError::Serve(std::io::Error::other(join))),
+        };
+        if let Some(guard) = self.sessions_guard {
+            guard.abort();
+        }
+        // Dropping the export stops the simulator's tgtd.
+        let export = self.shared.san.lock().export.take();
+        drop(export);
+        served
+    }
+}
+
+/// Every half second, closes sessions beyond the targets' `max_sessions`.
+async fn guard_sessions(san: Arc<Mutex<San>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let san = Arc::clone(&san);
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || san.lock().enforce_max_sessions()).await {
+            tracing::warn!(error = %e, "could not check max_sessions");
         }
     }
 }

@@ -21,7 +21,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use std::collections::BTreeMap;
+
 use super::error::SimError;
+use super::export::{ExportedTarget, TgtExport};
 use super::params::ApiParams;
 use super::store::Store;
 
@@ -83,12 +86,58 @@ pub(crate) struct San {
     pub volumes: Vec<SimVolume>,
     pub lun_delete_delay: Duration,
     pub portal_port: u16,
+    /// The iSCSI export of the targets, when the simulator serves one.
+    pub export: Option<TgtExport>,
 }
 
 impl San {
     /// Runs one SAN method; `api`/`method` are known to be in [`APIS`].
     pub fn dispatch(&mut self, api: &str, method: &str, params: &ApiParams) -> ApiResult {
         self.purge_deleted()?;
+        let result = self.call(api, method, params);
+        self.sync_export()?;
+        result
+    }
+
+    /// What the iSCSI export should hold: every target with its mapped
+    /// LUNs that are not being deleted.
+    fn wanted_export(&self) -> BTreeMap<u32, ExportedTarget> {
+        let state = &self.store.state;
+        state
+            .targets
+            .iter()
+            .map(|t| {
+                let luns = t
+                    .mapped
+                    .iter()
+                    .filter_map(|m| {
+                        let lun = state.luns.iter().find(|l| l.uuid == m.lun_uuid && l.deleting_until_ms.is_none())?;
+                        Some((m.mapping_index, (self.store.lun_file(&lun.uuid), lun.size)))
+                    })
+                    .collect();
+                let chap = (t.auth_type != 0).then(|| (t.user.clone(), t.password.clone()));
+                (t.target_id, ExportedTarget { iqn: t.iqn.clone(), luns, chap })
+            })
+            .collect()
+    }
+
+    /// Brings the iSCSI export in line with the state.
+    pub fn sync_export(&mut self) -> Result<(), SimError> {
+        let wanted = self.wanted_export();
+        match &mut self.export {
+            Some(export) => export.sync(wanted),
+            None => Ok(()),
+        }
+    }
+
+    /// Closes sessions beyond the targets' `max_sessions`.
+    pub fn enforce_max_sessions(&self) -> Result<usize, SimError> {
+        let Some(export) = &self.export else { return Ok(0) };
+        let limits = self.store.state.targets.iter().map(|t| (t.target_id, t.max_sessions)).collect();
+        export.enforce_max_sessions(&limits)
+    }
+
+    fn call(&mut self, api: &str, method: &str, params: &ApiParams) -> ApiResult {
         match (api, method) {
             ("SYNO.Core.ISCSI.LUN", "create") => self.lun_create(params),
             ("SYNO.Core.ISCSI.LUN", "get") => self.lun_get(params),

@@ -105,7 +105,14 @@ impl San {
             value["status"] = json!("online");
         }
         if wants(params, "connected_sessions") {
-            value["connected_sessions"] = json!([]);
+            let sessions = self.export.as_ref().and_then(|e| e.sessions().ok()).unwrap_or_default();
+            let connected: Vec<Value> = sessions
+                .get(&target.target_id)
+                .into_iter()
+                .flatten()
+                .map(|s| json!({"iqn": s.initiator, "ip": s.ip}))
+                .collect();
+            value["connected_sessions"] = Value::Array(connected);
         }
         if wants(params, "acls") {
             value["acls"] = json!([]);

@@ -1,0 +1,66 @@
+//! What every built-in plugin's RPC handlers share: running blocking work
+//! under per-volume locks, answering (one warning per failure), and
+//! checking request fields.
+
+use std::path::{Path, PathBuf};
+
+use tonic::{Response, Status};
+
+use crate::locks::KeyGuard;
+use crate::mount;
+
+/// Runs `work` on the blocking pool holding `guards`, which are released
+/// when the work ends (even if the RPC that started it was cancelled).
+pub(crate) async fn blocking<T: Send + 'static>(
+    guards: Vec<KeyGuard>,
+    work: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(move || {
+        let result = work();
+        drop(guards);
+        result
+    })
+    .await
+    .map_err(|e| Status::internal(format!("the operation's task failed: {e}")))?
+}
+
+/// The RPC's answer; a failure is logged (one warning with the RPC, its
+/// subject, the code and the message) besides the info line every call
+/// logs on arrival.
+pub(crate) fn reply<T>(rpc: &'static str, subject: &str, result: Result<T, Status>) -> Result<Response<T>, Status> {
+    match result {
+        Ok(value) => Ok(Response::new(value)),
+        Err(status) => {
+            tracing::warn!(rpc = %rpc, subject = %subject, code = ?status.code(), error = %status.message(), "CSI call failed");
+            Err(status)
+        }
+    }
+}
+
+/// Bytes as the protocol's `int64`.
+pub(crate) fn bytes_i64(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+/// INVALID_ARGUMENT unless `value` is set.
+pub(crate) fn require(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    Ok(())
+}
+
+/// An absolute path from a request field, or INVALID_ARGUMENT.
+pub(crate) fn absolute(field: &str, value: &str) -> Result<PathBuf, Status> {
+    require(field, value)?;
+    let path = PathBuf::from(value);
+    if !path.is_absolute() {
+        return Err(Status::invalid_argument(format!("{field} must be an absolute path, got {value:?}")));
+    }
+    Ok(path)
+}
+
+/// Whether `path` is a mount point.
+pub(crate) fn is_mounted(path: &Path) -> bool {
+    mount::mounted_source(path).is_some()
+}
