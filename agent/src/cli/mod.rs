@@ -452,6 +452,30 @@ enum CsiPluginCommand {
         #[arg(long = "node-id")]
         node_id: Option<String>,
     },
+    /// iSCSI LUNs on a Synology NAS (democratic-csi's synology-iscsi YAML).
+    Synology(SynologyPluginArgs),
+}
+
+#[derive(Debug, Args)]
+struct SynologyPluginArgs {
+    /// Socket to serve on (default: $CSI_ENDPOINT).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// democratic-csi's `synology-iscsi` driver config file, unchanged.
+    #[arg(long = "driver-config-file")]
+    driver_config_file: PathBuf,
+    /// Where the node keeps its staging records and userspace-initiator files.
+    #[arg(long = "state-dir", default_value = "/var/lib/berth/csi-synology")]
+    state_dir: PathBuf,
+    /// This node's ID (default: the host name).
+    #[arg(long = "node-id")]
+    node_id: Option<String>,
+    /// iSCSI initiator: auto, open-iscsi or userspace.
+    #[arg(long, default_value = "auto")]
+    initiator: csi::iscsi::Initiator,
+    /// Serve only Identity and Controller (a controller-only deployment).
+    #[arg(long = "controller-only")]
+    controller_only: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -531,37 +555,92 @@ pub fn is_agent(cli: &Cli) -> bool {
     matches!(cli.command, Command::Agent(_) | Command::CsiPlugin { .. })
 }
 
+/// The socket a built-in plugin serves on: `--endpoint` or `$CSI_ENDPOINT`.
+fn plugin_endpoint(endpoint: Option<String>) -> Result<String, String> {
+    endpoint
+        .or_else(|| std::env::var("CSI_ENDPOINT").ok().filter(|e| !e.is_empty()))
+        .ok_or_else(|| "--endpoint is required (or set CSI_ENDPOINT)".to_owned())
+}
+
+/// `--node-id`, or the host name.
+fn plugin_node_id(node_id: Option<String>) -> String {
+    node_id.unwrap_or_else(|| {
+        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn plugin_shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
 /// `csi-plugin local`: serves until SIGTERM or SIGINT.
 async fn csi_plugin_local(endpoint: Option<String>, state_dir: PathBuf, node_id: Option<String>) -> i32 {
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(false).init();
-    let Some(endpoint) = endpoint.or_else(|| std::env::var("CSI_ENDPOINT").ok().filter(|e| !e.is_empty())) else {
-        eprintln!("Error: --endpoint is required (or set CSI_ENDPOINT)");
-        return 1;
+    let endpoint = match plugin_endpoint(endpoint) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return 1;
+        }
     };
-    let node_id = node_id.unwrap_or_else(|| {
-        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
-    });
-    let plugin = match csi::local::LocalPlugin::open(csi::local::LocalConfig { state_dir, node_id }) {
+    let config = csi::local::LocalConfig { state_dir, node_id: plugin_node_id(node_id) };
+    let plugin = match csi::local::LocalPlugin::open(config) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("Error starting the local CSI plugin: {e}");
             return 1;
         }
     };
-    let shutdown = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    };
-    match csi::local::serve(plugin, &endpoint, shutdown).await {
+    match csi::local::serve(plugin, &endpoint, plugin_shutdown()).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("Error serving the local CSI plugin: {e}");
+            1
+        }
+    }
+}
+
+/// `csi-plugin synology`: the Synology provisioner (controller and iSCSI
+/// node) configured by democratic-csi's YAML; serves until SIGTERM or SIGINT.
+async fn csi_plugin_synology(args: SynologyPluginArgs) -> i32 {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(false).init();
+    let started = async {
+        let endpoint = plugin_endpoint(args.endpoint)?;
+        let file = &args.driver_config_file;
+        let yaml = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let driver =
+            synology::config::DriverConfig::from_yaml(&yaml).map_err(|e| format!("{}: {e}", file.display()))?;
+        let provisioner =
+            synology::provisioner::Provisioner::from_config(&driver).map_err(|e| format!("{}: {e}", file.display()))?;
+        let node = if args.controller_only {
+            None
+        } else {
+            let attacher = args.initiator.attacher(&args.state_dir);
+            let node = csi::iscsi::IscsiNode::new(plugin_node_id(args.node_id), &args.state_dir, attacher)
+                .map_err(|e| e.to_string())?;
+            Some(node)
+        };
+        Ok::<_, String>((endpoint, provisioner, node))
+    };
+    let (endpoint, provisioner, node) = match started.await {
+        Ok(parts) => parts,
+        Err(e) => {
+            eprintln!("Error starting the Synology CSI plugin: {e}");
+            return 1;
+        }
+    };
+    match synology::provisioner::serve(provisioner, node, &endpoint, plugin_shutdown()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Error serving the Synology CSI plugin: {e}");
             1
         }
     }
@@ -647,6 +726,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::CsiPlugin { plugin: CsiPluginCommand::Local { endpoint, state_dir, node_id } } => {
             csi_plugin_local(endpoint, state_dir, node_id).await
         }
+        Command::CsiPlugin { plugin: CsiPluginCommand::Synology(args) } => csi_plugin_synology(args).await,
         Command::Version => {
             println!("Berth v{}", crate::VERSION);
             0

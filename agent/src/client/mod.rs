@@ -48,6 +48,9 @@ pub enum ClientError {
     /// The bridge network configuration cannot work on this node.
     #[error("bridge network: {0}")]
     Network(#[from] cni::NetError),
+    /// A built-in CSI plugin could not start.
+    #[error("{0}")]
+    BuiltinPlugin(String),
 }
 
 /// Client settings from the agent config.
@@ -85,6 +88,8 @@ pub struct ClientConfig {
     pub cni_config_dir: PathBuf,
     /// How often healthy CSI plugins are probed (Nomad: 30 s).
     pub csi_probe_interval: Duration,
+    /// `plugin "synology" { config { ... } }`: the built-in Synology plugin.
+    pub synology: Option<csi::builtin::SynologyPlugin>,
 }
 
 impl ClientConfig {
@@ -197,6 +202,9 @@ impl Client {
             network,
             csi: Arc::new(csi::CsiManager::new(client_dir.join("csi"), config_probe_interval)),
         });
+        if let Some(synology) = &client.config.synology {
+            synology.start(client.csi.clone(), &ident.id).map_err(ClientError::BuiltinPlugin)?;
+        }
         client.restore()?;
         tokio::spawn(client.clone().collect_orphans());
         tokio::spawn(client.clone().sync_updates(rx));

@@ -1,13 +1,15 @@
 //! CSI on the client: the plugin registry and supervisor (`manager`), the
 //! alloc hooks that run plugin tasks (`plugin_hook`) and mount volumes for
 //! the tasks that use them (`volume_hook`), and the plugin calls the
-//! servers ask this node to make (`calls`).
+//! servers ask this node to make (`calls`), and the plugins built into the
+//! agent (`builtin`: the Synology provisioner).
 //!
 //! Directory layout under `<data_dir>/client/csi/`, as in Nomad:
 //! `plugins/<alloc>/csi.sock`, `<type>/<plugin>/staging/<ns>/<vol>/<usage>`,
 //! `<type>/<plugin>/per-alloc/<alloc>/<vol>/<usage>`, plus `mounts/<alloc>.json`,
 //! what each allocation has mounted (so teardown works after a restart).
 
+pub mod builtin;
 pub mod calls;
 pub mod manager;
 pub mod plugin_hook;

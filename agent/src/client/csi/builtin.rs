@@ -1,0 +1,129 @@
+//! CSI plugins built into the agent. `plugin "synology" { config { ... } }`
+//! in the agent configuration runs the Synology provisioner (Identity,
+//! Controller and the iSCSI Node service) inside the agent process, on a
+//! socket under `<data_dir>/client/csi/builtin/<id>/`, supervised and
+//! reported like a plugin task's, so volume specs name its `id` (default
+//! `synology`) and no plugin job is needed.
+//!
+//! Config keys: `driver_config_file` (democratic-csi's `synology-iscsi`
+//! YAML, required), `id`, `initiator` (`auto`, `open-iscsi`,
+//! `userspace`). The file is read and checked when the agent starts, so a
+//! bad file stops the agent with an error naming it; an unreachable NAS
+//! only makes the plugin unhealthy (its probe says why).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use csi::iscsi::{Initiator, IscsiNode};
+use synology::config::DriverConfig;
+use synology::provisioner::Provisioner;
+use tokio_util::sync::CancellationToken;
+
+use super::manager::{CsiManager, PluginDirs};
+use crate::structs::CsiPluginConfig;
+
+/// The plugin ID a built-in Synology plugin has unless configured.
+pub const DEFAULT_SYNOLOGY_ID: &str = "synology";
+
+/// `plugin "synology" { config { ... } }`, checked.
+#[derive(Debug, Clone)]
+pub struct SynologyPlugin {
+    /// The plugin ID volumes name.
+    pub id: String,
+    /// The democratic-csi YAML file.
+    pub driver_config_file: PathBuf,
+    /// The parsed file.
+    pub driver: DriverConfig,
+    /// Which iSCSI initiator attaches volumes on this node.
+    pub initiator: Initiator,
+}
+
+impl SynologyPlugin {
+    /// Reads the plugin block's `config` (JSON from the agent config); the
+    /// error names the key or the driver file and what is wrong.
+    pub fn from_config(config: &serde_json::Value) -> Result<Self, String> {
+        let prefix = "plugin \"synology\"";
+        let object = config.as_object().ok_or_else(|| format!("{prefix}: config must be a block"))?;
+        let text = |key: &str| -> Result<Option<String>, String> {
+            match object.get(key) {
+                None => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => Err(format!("{prefix}: config.{key} must be a string, got {other}")),
+            }
+        };
+        if let Some(unknown) = object.keys().find(|k| !["id", "driver_config_file", "initiator"].contains(&k.as_str())) {
+            return Err(format!(
+                "{prefix}: config.{unknown} is not a setting (known: id, driver_config_file, initiator)"
+            ));
+        }
+        let file = text("driver_config_file")?
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("{prefix}: config.driver_config_file is required (democratic-csi's YAML)"))?;
+        let yaml = std::fs::read_to_string(&file).map_err(|e| format!("{prefix}: {}: {e}", file.display()))?;
+        let driver = DriverConfig::from_yaml(&yaml).map_err(|e| format!("{prefix}: {}: {e}", file.display()))?;
+        let initiator = match text("initiator")? {
+            None => Initiator::Auto,
+            Some(value) => value.parse().map_err(|e| format!("{prefix}: config.initiator: {e}"))?,
+        };
+        let id = text("id")?.unwrap_or_else(|| DEFAULT_SYNOLOGY_ID.to_owned());
+        if id.is_empty() {
+            return Err(format!("{prefix}: config.id must not be empty"));
+        }
+        Ok(Self { id, driver_config_file: file, driver, initiator })
+    }
+
+    /// Starts serving and registers the plugin with `manager`. It runs for
+    /// the life of the agent process, so volumes stay mountable while the
+    /// agent stops the allocations that use them.
+    pub fn start(&self, manager: Arc<CsiManager>, node_id: &str) -> Result<(), String> {
+        let provisioner =
+            Provisioner::from_config(&self.driver).map_err(|e| format!("{}: {e}", self.driver_config_file.display()))?;
+        let base = manager.root().join("builtin").join(&self.id);
+        let attacher = self.initiator.attacher(&base.join("node"));
+        let node = IscsiNode::new(node_id, &base.join("node"), attacher)
+            .map_err(|e| format!("built-in plugin {}: {e}", self.id))?;
+        let cfg = CsiPluginConfig {
+            id: self.id.clone(),
+            plugin_type: "monolith".into(),
+            health_timeout: 30_000_000_000,
+            ..Default::default()
+        };
+        let dirs = PluginDirs { socket_dir: base.clone(), host_root: manager.root().join("monolith").join(&self.id) };
+        let endpoint = format!("unix://{}", base.join("csi.sock").display());
+        let id = self.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = synology::provisioner::serve(provisioner, Some(node), &endpoint, std::future::pending()).await {
+                tracing::error!(plugin = %id, error = %e, "built-in Synology plugin stopped");
+            }
+        });
+        let plugin_root = dirs.host_root.clone();
+        tracing::info!(plugin = %self.id, initiator = ?self.initiator.resolve(), "starting the built-in Synology plugin");
+        tokio::spawn(manager.supervise(String::new(), cfg, dirs, plugin_root, CancellationToken::new()));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_key_or_the_file() {
+        let err = SynologyPlugin::from_config(&serde_json::json!({})).unwrap_err();
+        assert!(err.contains("config.driver_config_file is required"), "{err}");
+        let err = SynologyPlugin::from_config(&serde_json::json!({"driver_config": "x"})).unwrap_err();
+        assert!(err.contains("config.driver_config is not a setting"), "{err}");
+        let err = SynologyPlugin::from_config(&serde_json::json!({"driver_config_file": "/nonexistent/s.yaml"}))
+            .unwrap_err();
+        assert!(err.contains("/nonexistent/s.yaml"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("synology-iscsi.yaml");
+        std::fs::write(&file, "driver: synology-iscsi\nhttpConnection:\n  host: nas\n  bogus: 1\n").unwrap();
+        let err = SynologyPlugin::from_config(&serde_json::json!({"driver_config_file": file})).unwrap_err();
+        assert!(err.contains("synology-iscsi.yaml") && err.contains("bogus") && err.contains("line"), "{err}");
+        let err = SynologyPlugin::from_config(&serde_json::json!({"driver_config_file": file, "initiator": "kernel"}))
+            .unwrap_err();
+        assert!(err.contains("bogus") || err.contains("initiator"), "{err}");
+    }
+}
