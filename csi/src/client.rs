@@ -486,7 +486,7 @@ fn hint(rpc: Rpc, code: Code) -> Option<&'static str> {
         (Code::Unimplemented, _) => "the plugin does not offer this RPC; check its capabilities",
         (Code::Unauthenticated, _) => "the secrets are missing or wrong",
         (Code::PermissionDenied, _) => "the storage denied the operation to the identity in the secrets",
-        (Code::Unavailable, _) => "the plugin cannot be reached; is it running and listening on this socket?",
+        (Code::Unavailable, _) => "the plugin, or the storage behind it, cannot be reached",
         (Code::DeadlineExceeded, _) => "the plugin ran out of time",
         _ => return None,
     })

@@ -415,8 +415,8 @@ async fn retries_stop_after_the_bound() {
     assert_eq!(
         error.to_string(),
         format!(
-            "CSI plugin at {}: NodeStageVolume volume \"vol-1\": UNAVAILABLE: iscsid is not running (the plugin \
-             cannot be reached; is it running and listening on this socket?); gave up after 3 attempts",
+            "CSI plugin at {}: NodeStageVolume volume \"vol-1\": UNAVAILABLE: iscsid is not running (the plugin, \
+             or the storage behind it, cannot be reached); gave up after 3 attempts",
             harness.socket().display()
         )
     );

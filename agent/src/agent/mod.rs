@@ -220,9 +220,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 cfg.csi_plugin_probe_interval.unwrap_or(30_000_000_000).max(1) as u64
             ),
             synology: match cfg.plugins.get("synology") {
-                Some(config) => Some(
-                    crate::client::csi::builtin::SynologyPlugin::from_config(config).map_err(anyhow::Error::msg)?,
-                ),
+                Some(config) => {
+                    Some(crate::client::csi::builtin::SynologyPlugin::from_config(config).map_err(anyhow::Error::msg)?)
+                }
                 None => None,
             },
         };

@@ -193,14 +193,19 @@ async fn san_call(
         return envelope(Err(code));
     }
     shared.stats.lock().api_calls += 1;
-    let stall = {
+    // A stalled call waits until the stall time is over or the fault is
+    // cleared, whichever comes first.
+    let full_name = format!("{api}.{method}");
+    let stalled = |shared: &Shared| {
         let faults = shared.faults.lock();
-        let full_name = format!("{api}.{method}");
         (faults.stall_method.as_deref() == Some(full_name.as_str())).then_some(faults.stall_ms)
     };
-    if let Some(ms) = stall {
+    if let Some(ms) = stalled(&shared) {
         debug!(%api, method, ms, "injected fault: stalling the call");
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        let until = tokio::time::Instant::now() + std::time::Duration::from_millis(ms);
+        while tokio::time::Instant::now() < until && stalled(&shared).is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
     let expire_after = {
         let mut faults = shared.faults.lock();

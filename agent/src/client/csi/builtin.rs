@@ -51,7 +51,8 @@ impl SynologyPlugin {
                 Some(other) => Err(format!("{prefix}: config.{key} must be a string, got {other}")),
             }
         };
-        if let Some(unknown) = object.keys().find(|k| !["id", "driver_config_file", "initiator"].contains(&k.as_str())) {
+        if let Some(unknown) = object.keys().find(|k| !["id", "driver_config_file", "initiator"].contains(&k.as_str()))
+        {
             return Err(format!(
                 "{prefix}: config.{unknown} is not a setting (known: id, driver_config_file, initiator)"
             ));
@@ -76,8 +77,8 @@ impl SynologyPlugin {
     /// the life of the agent process, so volumes stay mountable while the
     /// agent stops the allocations that use them.
     pub fn start(&self, manager: Arc<CsiManager>, node_id: &str) -> Result<(), String> {
-        let provisioner =
-            Provisioner::from_config(&self.driver).map_err(|e| format!("{}: {e}", self.driver_config_file.display()))?;
+        let provisioner = Provisioner::from_config(&self.driver)
+            .map_err(|e| format!("{}: {e}", self.driver_config_file.display()))?;
         let base = manager.root().join("builtin").join(&self.id);
         let attacher = self.initiator.attacher(&base.join("node"));
         let node = IscsiNode::new(node_id, &base.join("node"), attacher)
@@ -92,7 +93,9 @@ impl SynologyPlugin {
         let endpoint = format!("unix://{}", base.join("csi.sock").display());
         let id = self.id.clone();
         tokio::spawn(async move {
-            if let Err(e) = synology::provisioner::serve(provisioner, Some(node), &endpoint, std::future::pending()).await {
+            if let Err(e) =
+                synology::provisioner::serve(provisioner, Some(node), &endpoint, std::future::pending()).await
+            {
                 tracing::error!(plugin = %id, error = %e, "built-in Synology plugin stopped");
             }
         });
@@ -113,8 +116,8 @@ mod tests {
         assert!(err.contains("config.driver_config_file is required"), "{err}");
         let err = SynologyPlugin::from_config(&serde_json::json!({"driver_config": "x"})).unwrap_err();
         assert!(err.contains("config.driver_config is not a setting"), "{err}");
-        let err = SynologyPlugin::from_config(&serde_json::json!({"driver_config_file": "/nonexistent/s.yaml"}))
-            .unwrap_err();
+        let err =
+            SynologyPlugin::from_config(&serde_json::json!({"driver_config_file": "/nonexistent/s.yaml"})).unwrap_err();
         assert!(err.contains("/nonexistent/s.yaml"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();

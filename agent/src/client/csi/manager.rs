@@ -216,29 +216,45 @@ impl CsiManager {
         let started = tokio::time::Instant::now();
         let mut fingerprinted = false;
         let mut last_error = String::from("socket not created yet");
+        let make_entry = |caps, info| PluginEntry {
+            plugin_type: cfg.plugin_type.clone(),
+            client: client.clone(),
+            host_root: dirs.host_root.clone(),
+            plugin_root: plugin_root.clone(),
+            caps,
+            info,
+        };
         loop {
-            let healthy = if socket.exists() {
+            // `answered`: the plugin itself replied (so it can be
+            // fingerprinted and listed, healthy or not).
+            let (healthy, answered) = if socket.exists() {
                 match client.probe_ready().await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err("probe: plugin not ready".to_string()),
-                    Err(e) => Err(e.to_string()),
+                    Ok(true) => (Ok(()), true),
+                    Ok(false) => (Err("probe: plugin not ready".to_string()), true),
+                    Err(e) => (Err(e.to_string()), e.code().is_some()),
                 }
             } else {
-                Err(format!("waiting for {}", socket.display()))
+                (Err(format!("waiting for {}", socket.display())), false)
             };
+            if let (Err(why), true, false) = (&healthy, answered, fingerprinted) {
+                // Up but not ready (its backend refuses it, say): listed as
+                // unhealthy with the reason, so status and placement say why.
+                if let Ok((caps, mut info)) = fingerprint(&client, &cfg, &alloc_id).await {
+                    fingerprinted = true;
+                    info.healthy = false;
+                    info.health_description = format!("probe failed: {why}");
+                    tracing::warn!(plugin = %cfg.id, error = %why, "CSI plugin is up but not healthy");
+                    let entry = make_entry(caps, info);
+                    self.plugins.lock().insert(cfg.id.clone(), entry);
+                    self.changed.notify_one();
+                }
+            }
             match healthy {
                 Ok(()) if !fingerprinted => match fingerprint(&client, &cfg, &alloc_id).await {
                     Ok((caps, info)) => {
                         fingerprinted = true;
                         tracing::info!(plugin = %cfg.id, provider = %info.provider, "CSI plugin became healthy");
-                        let entry = PluginEntry {
-                            plugin_type: cfg.plugin_type.clone(),
-                            client: client.clone(),
-                            host_root: dirs.host_root.clone(),
-                            plugin_root: plugin_root.clone(),
-                            caps,
-                            info,
-                        };
+                        let entry = make_entry(caps, info);
                         self.plugins.lock().insert(cfg.id.clone(), entry);
                         self.changed.notify_one();
                     }

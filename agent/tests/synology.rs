@@ -1,0 +1,330 @@
+//! The Synology provisioner end to end: a dev agent with the built-in
+//! plugin (`plugin "synology"`) pointed at dsm-sim, which exports its LUNs
+//! through its own tgtd; the node attaches them with the userspace
+//! initiator (this kernel has no iscsi_tcp); real MariaDB keeps its data
+//! on the LUN. Also: a session expiring in the middle of a create, the
+//! agent killed between LUN create and target map, DSM down, a wrong
+//! password, and a re-registered volume that must not be reformatted.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, job_file, mysql, pids_with, wait_for, Agent};
+use synology::dsm::{DsmClient, DsmConfig, Password};
+use synology::sim::{tgt_control_port, FaultsUpdate, SimConfig, Simulator};
+
+const PASSWORD: &str = "nas-pw-for-tests";
+
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name).display().to_string()
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The simulated NAS, its tgtd, and a client to look at it.
+struct Nas {
+    rt: tokio::runtime::Runtime,
+    sim: Option<Simulator>,
+    config: SimConfig,
+}
+
+impl Nas {
+    fn start(dir: &Path) -> Nas {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let mut config = SimConfig::new(
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dir.join("nas"),
+            "admin",
+            Password::new(PASSWORD),
+        );
+        config.portal = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        config.export_iscsi = true;
+        config.lun_delete_delay = Duration::from_millis(300);
+        let mut nas = Nas { rt, sim: None, config };
+        nas.up();
+        nas
+    }
+
+    fn up(&mut self) {
+        let config = self.config.clone();
+        self.sim = Some(self.rt.block_on(Simulator::start(config)).expect("dsm-sim starts"));
+    }
+
+    fn down(&mut self) {
+        if let Some(sim) = self.sim.take() {
+            self.rt.block_on(sim.shutdown()).unwrap();
+        }
+    }
+
+    fn sim(&self) -> &Simulator {
+        self.sim.as_ref().expect("the NAS is up")
+    }
+
+    fn client(&self) -> DsmClient {
+        let mut config = DsmConfig::new(format!("http://{}", self.config.listen), "admin", Password::new(PASSWORD));
+        config.call_timeout = Duration::from_secs(5);
+        DsmClient::new(config).unwrap()
+    }
+
+    /// (LUNs, targets) on the NAS.
+    fn counts(&self) -> (usize, usize) {
+        let client = self.client();
+        self.rt
+            .block_on(async { (client.list_luns().await.unwrap().len(), client.list_targets().await.unwrap().len()) })
+    }
+
+    fn inject(&self, update: FaultsUpdate) {
+        self.sim().inject(&update);
+    }
+
+    /// iSCSI sessions logged in to the NAS's tgtd.
+    fn sessions(&self) -> usize {
+        let control = tgt_control_port(self.config.portal).to_string();
+        sh(&format!("tgtadm -C {control} --lld iscsi --mode target --op show | grep -c 'I_T nexus: ' || true"))
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// democratic-csi's synology-iscsi YAML for this NAS.
+    fn yaml(&self, password: &str) -> String {
+        format!(
+            "driver: synology-iscsi\nhttpConnection:\n  protocol: http\n  host: 127.0.0.1\n  port: {}\n  \
+             username: admin\n  password: \"{password}\"\n  allowInsecure: true\n  session: democratic-csi\n  \
+             serialize: true\nsynology:\n  volume: /volume1\niscsi:\n  targetPortal: \"{}\"\n  targetPortals: []\n  \
+             baseiqn: \"iqn.2000-01.com.synology:berth-sim.\"\n  namePrefix: \"\"\n  nameSuffix: \"\"\n  \
+             lunTemplate:\n    type: \"BLUN\"\n  lunSnapshotTemplate:\n    is_locked: true\n  targetTemplate:\n    \
+             auth_type: 0\n    max_sessions: 1\n",
+            self.config.listen.port(),
+            self.config.portal
+        )
+    }
+}
+
+impl Drop for Nas {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// Removes what a test (even a failed one) leaves: containers, mounts under
+/// its directory, loop devices on its exports, userspace initiators.
+struct Leftovers(PathBuf);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let dir = self.0.display().to_string();
+        for alloc in sh(&format!("ls {dir}/*/alloc 2>/dev/null")).split_whitespace() {
+            sh(&format!("docker ps -aq --filter name={alloc} | xargs -r docker rm -f"));
+        }
+        sh(&format!("grep -o ' {dir}[^ ]*' /proc/self/mounts | grep -v '/export$' | sort -r | xargs -r -n1 umount -l"));
+        for export in sh(&format!("grep -o ' {dir}[^ ]*/export' /proc/self/mounts")).split_whitespace() {
+            sh(&format!("losetup -j {export} -O NAME -n | xargs -r -n1 losetup -d"));
+        }
+        for pid in pids_with(&dir) {
+            if sh(&format!("tr '\\0' ' ' < /proc/{pid}/cmdline")).starts_with("qemu-storage-daemon") {
+                sh(&format!("kill -9 {pid}"));
+            }
+        }
+        sh(&format!("grep -o ' {dir}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l"));
+    }
+}
+
+/// A dev agent with the built-in Synology plugin reading `yaml`.
+fn synology_agent(root: &Path, name: &str, yaml: &str, probe: &str) -> Agent {
+    let file = root.join(format!("{name}-synology-iscsi.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    let extra = format!(
+        "client {{\n  csi_plugin_probe_interval = \"{probe}\"\n}}\nplugin \"synology\" {{\n  config {{\n    \
+         driver_config_file = \"{}\"\n    initiator = \"userspace\"\n  }}\n}}\n",
+        file.display()
+    );
+    Agent::dev_with(root, name, &extra)
+}
+
+fn run_ok(agent: &Agent, args: &[&str]) -> String {
+    let r = agent.cli(args);
+    assert_eq!(r.code, 0, "berth {args:?}: {r:?}");
+    r.stdout
+}
+
+fn wait_plugin(agent: &Agent) {
+    wait_for("the synology plugin to be healthy", Duration::from_secs(30), || {
+        (agent.get("/v1/plugin/csi/synology")["NodesHealthy"].as_u64() == Some(1)).then_some(())
+    });
+}
+
+fn running_alloc(agent: &Agent, job: &str) -> String {
+    wait_for(&format!("job {job} running"), Duration::from_secs(120), || agent.alloc_ids(job, "running").pop())
+}
+
+/// Userspace initiators of this test still running.
+fn initiators(root: &Path) -> usize {
+    pids_with(&root.display().to_string())
+        .into_iter()
+        .filter(|pid| sh(&format!("tr '\\0' ' ' < /proc/{pid}/cmdline")).starts_with("qemu-storage-daemon"))
+        .count()
+}
+
+fn stop_and_release(agent: &Agent, job: &str, alloc: &str) {
+    run_ok(agent, &["job", "stop", "-purge", job]);
+    wait_for("the claim to end", Duration::from_secs(60), || {
+        (!run_ok(agent, &["volume", "status", "mysql"]).contains(&alloc[..8])).then_some(())
+    });
+}
+
+/// The acceptance path: create from the spec file, MariaDB on the LUN,
+/// rows survive purge + re-run and a deregister + register (never
+/// reformatted), delete leaves nothing on the NAS or the node.
+#[test]
+fn mariadb_keeps_its_rows_on_a_synology_lun() {
+    let root = tempfile::tempdir().unwrap();
+    let _leftovers = Leftovers(root.path().to_path_buf());
+    let nas = Nas::start(root.path());
+    let agent = synology_agent(root.path(), "syno-db", &nas.yaml(PASSWORD), "2s");
+    wait_plugin(&agent);
+    let status = run_ok(&agent, &["plugin", "status"]);
+    assert!(status.contains("synology") && status.contains("berth.synology"), "{status}");
+
+    let created = run_ok(&agent, &["volume", "create", &example("storage-mysql.hcl")]);
+    assert!(created.contains("with ID mysql"), "{created}");
+    assert_eq!(nas.counts(), (1, 1), "one LUN and one target on the NAS");
+    let volume = agent.get("/v1/volume/csi/mysql");
+    assert_eq!(volume["Capacity"].as_u64(), Some(3 << 30), "{volume}");
+    let context = volume["Context"].clone();
+    assert_eq!(context["node_attach_driver"], "iscsi");
+    assert!(!volume.to_string().contains(PASSWORD), "the NAS password leaked into the API");
+
+    run_ok(&agent, &["job", "run", "-detach", &example("mysql-csi.nomad")]);
+    let first = running_alloc(&agent, "mysql-csi");
+    wait_for("MariaDB on the LUN", Duration::from_secs(180), || mysql("SELECT 1").ok());
+    mysql("CREATE DATABASE berth; CREATE TABLE berth.rows (n INT); INSERT INTO berth.rows VALUES (1),(2),(3)").unwrap();
+    assert_eq!(nas.sessions(), 1, "one iSCSI session for the mounted LUN");
+    stop_and_release(&agent, "mysql-csi", &first);
+    assert_eq!((initiators(root.path()), nas.sessions()), (0, 0), "unstaged: initiator gone, logged out");
+
+    run_ok(&agent, &["job", "run", "-detach", &example("mysql-csi.nomad")]);
+    let second = running_alloc(&agent, "mysql-csi");
+    wait_for("the rows after a purge and re-run", Duration::from_secs(180), || {
+        mysql("SELECT COUNT(*) FROM berth.rows").ok().filter(|n| n == "3")
+    });
+    stop_and_release(&agent, "mysql-csi", &second);
+
+    // Deregister and register the same LUN again: it is mounted, not formatted.
+    run_ok(&agent, &["volume", "deregister", "mysql"]);
+    let mut register = String::from(
+        "id = \"mysql\"\nname = \"mysql\"\ntype = \"csi\"\nplugin_id = \"synology\"\nexternal_id = \"mysql\"\n\
+         capability {\n  access_mode = \"single-node-writer\"\n  attachment_mode = \"file-system\"\n}\n\
+         mount_options {\n  fs_type = \"ext4\"\n}\ncontext {\n",
+    );
+    for (key, value) in context.as_object().unwrap() {
+        register.push_str(&format!("  {key} = {value}\n"));
+    }
+    register.push_str("}\n");
+    run_ok(&agent, &["volume", "register", &job_file(root.path(), "register.hcl", &register)]);
+    run_ok(&agent, &["job", "run", "-detach", &example("mysql-csi.nomad")]);
+    let third = running_alloc(&agent, "mysql-csi");
+    wait_for("the rows on the re-registered volume", Duration::from_secs(180), || {
+        mysql("SELECT COUNT(*) FROM berth.rows").ok().filter(|n| n == "3")
+    });
+    stop_and_release(&agent, "mysql-csi", &third);
+
+    run_ok(&agent, &["volume", "delete", "mysql"]);
+    assert_eq!(nas.counts(), (0, 0), "LUN and target gone");
+    assert_eq!((initiators(root.path()), nas.sessions()), (0, 0), "no initiator or session left");
+    let records = sh(&format!("ls {}/syno-db/client/csi/builtin/synology/node/staged", root.path().display()));
+    assert!(records.is_empty(), "stage records left: {records}");
+}
+
+/// Failures on the way to the NAS: a session expiring mid-create, the agent
+/// killed between LUN create and target map, DSM down, a wrong password.
+#[test]
+fn creates_survive_expiry_and_crashes_and_fail_fast_when_the_nas_cannot_serve() {
+    let root = tempfile::tempdir().unwrap();
+    let _leftovers = Leftovers(root.path().to_path_buf());
+    let mut nas = Nas::start(root.path());
+    let mut agent = synology_agent(root.path(), "syno-faults", &nas.yaml(PASSWORD), "30s");
+    wait_plugin(&agent);
+    let spec = |name: &str| {
+        let text = std::fs::read_to_string(example("storage-mysql.hcl"))
+            .unwrap()
+            .replace("id        = \"mysql\"", &format!("id        = \"{name}\""))
+            .replace("name      = \"mysql\"", &format!("name      = \"{name}\""));
+        job_file(root.path(), &format!("{name}.hcl"), &text)
+    };
+
+    // The session expires after the first SAN call of the create.
+    let logins = nas.sim().stats().logins;
+    nas.inject(FaultsUpdate { expire_sessions_after_calls: Some(1), ..Default::default() });
+    run_ok(&agent, &["volume", "create", &spec("expiry")]);
+    assert_eq!(nas.sim().stats().logins - logins, 1, "one re-login");
+    assert_eq!(nas.counts(), (1, 1), "created once");
+
+    // Killed while the target create is in flight (after the LUN exists).
+    nas.inject(FaultsUpdate {
+        stall_method: Some("SYNO.Core.ISCSI.Target.create".into()),
+        stall_ms: Some(60_000),
+        ..Default::default()
+    });
+    let mut create = Command::new(common::berth())
+        .args(["volume", "create", &format!("-address=http://127.0.0.1:{}", agent.http), &spec("crash")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the LUN of the interrupted create", Duration::from_secs(30), || (nas.counts().0 == 2).then_some(()));
+    std::thread::sleep(Duration::from_millis(500));
+    agent.kill();
+    let _ = create.kill();
+    let _ = create.wait();
+    assert_eq!(nas.counts(), (2, 1), "killed between LUN create and target map");
+    nas.inject(FaultsUpdate { stall_method: Some(String::new()), ..Default::default() });
+    agent.start();
+    wait_plugin(&agent);
+    run_ok(&agent, &["volume", "create", &spec("crash")]);
+    assert_eq!(nas.counts(), (2, 2), "exactly one LUN and one target per volume");
+
+    // DSM down: fails fast, names the NAS, and leaves nothing.
+    nas.down();
+    let started = Instant::now();
+    let r = agent.cli(&["volume", "create", &spec("down")]);
+    assert_ne!(r.code, 0, "{r:?}");
+    eprintln!("DSM down, after {:?}: {}", started.elapsed(), r.stderr.trim());
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    let port = nas.config.listen.port().to_string();
+    assert!(r.stderr.contains(&port) || r.stderr.contains("DSM"), "{r:?}");
+    nas.up();
+    assert_eq!(nas.counts(), (2, 2), "nothing half-made while DSM was down");
+    assert_eq!(agent.get("/v1/volumes?type=csi").as_array().map(Vec::len), Some(2));
+
+    // Wrong password: the plugin says the credentials were refused; a create fails.
+    agent.kill();
+    std::fs::write(root.path().join("syno-faults-synology-iscsi.yaml"), nas.yaml("not-the-password")).unwrap();
+    agent.start();
+    let why = wait_for("the plugin to report the refused login", Duration::from_secs(30), || {
+        let plugin = agent.get("/v1/plugin/csi/synology");
+        let text = plugin.to_string();
+        text.contains("400").then_some(text)
+    });
+    assert!(why.contains("password"), "{why}");
+    assert!(!why.contains("not-the-password"), "the password leaked: {why}");
+    let r = agent.cli(&["volume", "create", &spec("refused")]);
+    assert_ne!(r.code, 0, "{r:?}");
+    eprintln!("wrong password: {}\nplugin: {why}", r.stderr.trim());
+    assert_eq!(nas.counts(), (2, 2));
+
+    agent.kill();
+    std::fs::write(root.path().join("syno-faults-synology-iscsi.yaml"), nas.yaml(PASSWORD)).unwrap();
+    agent.start();
+    wait_plugin(&agent);
+    for name in ["expiry", "crash"] {
+        run_ok(&agent, &["volume", "delete", name]);
+    }
+    assert_eq!(nas.counts(), (0, 0));
+}
