@@ -3,6 +3,9 @@
 # embedded state store in a throw-away data dir). Installs and starts
 # Debian's Docker engine if none runs, and builds the local test images. Extra arguments go to
 # `berth agent`, e.g. `scripts/dev.sh -data-dir /tmp/berth` to keep state.
+# `scripts/dev.sh --synology` also starts dsm-sim (a simulated Synology NAS
+# on 127.0.0.1:5000 exporting its LUNs over iSCSI on 127.0.0.1:3260) and
+# gives the agent the built-in Synology plugin (examples/agent-synology.hcl).
 source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 ensure_toolchain
@@ -10,7 +13,21 @@ ensure_toolchain
 ./scripts/build-test-images.sh
 # What the built-in local CSI plugin runs: losetup, blkid, mkfs, fsck, resize.
 apt_install util-linux e2fsprogs xfsprogs
-log "building berth (release)"
-cargo build --release --locked -p berth
+synology=()
+if [ "${1:-}" = "--synology" ]; then
+  shift
+  ensure_iscsi_userspace
+  log "building berth and dsm-sim (release)"
+  cargo build --release --locked -p berth -p berth-synology
+  mkdir -p /var/tmp/berth-dsm-sim
+  log "starting dsm-sim on 127.0.0.1:5000 (iSCSI portal 127.0.0.1:3260, state in /var/tmp/berth-dsm-sim)"
+  DSM_SIM_PASSWORD=secret target/release/dsm-sim --listen 127.0.0.1:5000 --state-dir /var/tmp/berth-dsm-sim \
+    --account admin --portal 127.0.0.1:3260 >/var/tmp/berth-dsm-sim.log 2>&1 &
+  trap 'kill %1 2>/dev/null' EXIT
+  synology=(-config examples/agent-synology.hcl)
+else
+  log "building berth (release)"
+  cargo build --release --locked -p berth
+fi
 log "starting the dev agent; use target/release/berth in another shell (Ctrl-C stops it)"
-exec target/release/berth agent -dev "$@"
+target/release/berth agent -dev "${synology[@]}" "$@"

@@ -111,6 +111,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_agent_config_starts_the_plugin_from_the_example_yaml() {
+        let mut config = crate::agent::config::AgentConfig::default();
+        config.merge_str("agent-synology.hcl", include_str!("../../../../examples/agent-synology.hcl")).unwrap();
+        let mut block = config.plugins["synology"].clone();
+        assert_eq!(block["driver_config_file"], "examples/synology-iscsi.yaml");
+        let yaml = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/synology-iscsi.yaml");
+        block["driver_config_file"] = serde_json::json!(yaml);
+        let plugin = SynologyPlugin::from_config(&block).unwrap();
+        assert_eq!((plugin.id.as_str(), plugin.initiator), (DEFAULT_SYNOLOGY_ID, Initiator::Auto));
+        assert_eq!(plugin.driver.iscsi.target_portal, "127.0.0.1:3260");
+    }
+
+    #[test]
     fn config_errors_name_the_key_or_the_file() {
         let err = SynologyPlugin::from_config(&serde_json::json!({})).unwrap_err();
         assert!(err.contains("config.driver_config_file is required"), "{err}");
@@ -125,8 +138,9 @@ mod tests {
         std::fs::write(&file, "driver: synology-iscsi\nhttpConnection:\n  host: nas\n  bogus: 1\n").unwrap();
         let err = SynologyPlugin::from_config(&serde_json::json!({"driver_config_file": file})).unwrap_err();
         assert!(err.contains("synology-iscsi.yaml") && err.contains("bogus") && err.contains("line"), "{err}");
-        let err = SynologyPlugin::from_config(&serde_json::json!({"driver_config_file": file, "initiator": "kernel"}))
+        let good = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/synology-iscsi.yaml");
+        let err = SynologyPlugin::from_config(&serde_json::json!({"driver_config_file": good, "initiator": "kernel"}))
             .unwrap_err();
-        assert!(err.contains("bogus") || err.contains("initiator"), "{err}");
+        assert!(err.contains("config.initiator") && err.contains("\"kernel\""), "{err}");
     }
 }
