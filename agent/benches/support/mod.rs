@@ -22,12 +22,20 @@ pub struct DevAgent {
 impl DevAgent {
     /// Starts `berth agent -dev` quietly and waits for a ready node.
     pub fn start() -> DevAgent {
+        Self::start_with("")
+    }
+
+    /// [`DevAgent::start`] with more agent configuration.
+    pub fn start_with(extra_config: &str) -> DevAgent {
         let dir = tempfile::tempdir().unwrap();
         let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let (http_port, rpc_port) = (port(0), port(1));
         let cfg = dir.path().join("agent.hcl");
-        std::fs::write(&cfg, format!("log_level = \"WARN\"\nports {{\n  http = {http_port}\n  rpc = {rpc_port}\n}}\n"))
-            .unwrap();
+        std::fs::write(
+            &cfg,
+            format!("log_level = \"WARN\"\nports {{\n  http = {http_port}\n  rpc = {rpc_port}\n}}\n{extra_config}"),
+        )
+        .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(["agent", "-dev"])
             .arg(format!("-config={}", cfg.display()))

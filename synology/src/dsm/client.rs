@@ -44,6 +44,8 @@ struct Inner {
     base_url: String,
     permits: Semaphore,
     session: Mutex<Option<Session>>,
+    /// Nanoseconds spent in calls (waiting for a permit excluded).
+    busy_nanos: std::sync::atomic::AtomicU64,
 }
 
 /// A logged-in session. Deliberately not `Debug`: the SID and the token are
@@ -107,6 +109,7 @@ impl DsmClient {
                 base_url,
                 config,
                 session: Mutex::new(None),
+                busy_nanos: Default::default(),
             }),
         })
     }
@@ -125,15 +128,28 @@ impl DsmClient {
         params: Params,
     ) -> Result<Value, DsmError> {
         let _permit = self.inner.permits.acquire().await.expect("the call semaphore is never closed");
-        let session = self.session(api, method).await?;
-        match self.send(api, method, &params, &session).await {
-            Err(DsmError::Api { code, .. }) if codes::needs_relogin(code) => {
-                debug!(api, method, code, "DSM rejected the session; logging in again");
-                let fresh = self.relogin(session.generation, api, method).await?;
-                self.send(api, method, &params, &fresh).await
+        let started = std::time::Instant::now();
+        let result = async {
+            let session = self.session(api, method).await?;
+            match self.send(api, method, &params, &session).await {
+                Err(DsmError::Api { code, .. }) if codes::needs_relogin(code) => {
+                    debug!(api, method, code, "DSM rejected the session; logging in again");
+                    let fresh = self.relogin(session.generation, api, method).await?;
+                    self.send(api, method, &params, &fresh).await
+                }
+                other => other,
             }
-            other => other,
         }
+        .await;
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.inner.busy_nanos.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    /// Total time this client (and its clones) spent in DSM calls, logins
+    /// and re-logins included: how much of an operation was DSM's.
+    pub fn time_in_calls(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.inner.busy_nanos.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// [`Self::call`], then `data` decoded as `T`.
