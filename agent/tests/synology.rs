@@ -328,3 +328,89 @@ fn creates_survive_expiry_and_crashes_and_fail_fast_when_the_nas_cannot_serve() 
     }
     assert_eq!(nas.counts(), (0, 0));
 }
+
+/// democratic-csi's own example `synology-iscsi.yaml`, with only the NAS's
+/// address, password and portal filled in, configures the standalone
+/// plugin (`berth csi-plugin synology`), which serves controller and node.
+#[test]
+fn the_standalone_plugin_takes_democratic_csis_yaml_unchanged() {
+    use csi::v1::volume_capability::{access_mode, AccessMode, AccessType, MountVolume};
+    use csi::v1::{
+        CapacityRange, CreateVolumeRequest, DeleteVolumeRequest, GetPluginInfoRequest, NodeStageVolumeRequest,
+        NodeUnstageVolumeRequest, ProbeRequest, VolumeCapability,
+    };
+
+    let root = tempfile::tempdir().unwrap();
+    let _leftovers = Leftovers(root.path().to_path_buf());
+    let nas = Nas::start(root.path());
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../synology/testdata/democratic-csi-synology-iscsi.yaml");
+    let yaml = std::fs::read_to_string(example)
+        .unwrap()
+        .replace("host: server address", "host: 127.0.0.1")
+        .replace("port: 5000", &format!("port: {}", nas.config.listen.port()))
+        .replace("password: password", &format!("password: {PASSWORD}"))
+        .replace("targetPortal: \"server[:port]\"", &format!("targetPortal: \"{}\"", nas.config.portal));
+    let file = root.path().join("synology-iscsi.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let socket = root.path().join("csi.sock");
+    let endpoint = format!("unix://{}", socket.display());
+    let plugin = Command::new(common::berth())
+        .args(["csi-plugin", "synology", "--endpoint", &endpoint, "--driver-config-file"])
+        .arg(&file)
+        .args(["--initiator", "userspace", "--state-dir"])
+        .arg(root.path().join("plugin-state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the plugin socket", Duration::from_secs(20), || socket.exists().then_some(()));
+
+    let capability = VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume { fs_type: "ext4".into(), ..Default::default() })),
+        access_mode: Some(AccessMode { mode: access_mode::Mode::SingleNodeWriter as i32 }),
+    };
+    nas.rt.block_on(async {
+        let csi = csi::CsiClient::connect(&endpoint, csi::ClientConfig::default()).await.unwrap();
+        assert_eq!(csi.get_plugin_info(GetPluginInfoRequest {}).await.unwrap().name, "berth.synology");
+        assert_eq!(csi.probe(ProbeRequest {}).await.unwrap().ready, Some(true));
+        let volume = csi
+            .create_volume(CreateVolumeRequest {
+                name: "pvc-standalone".into(),
+                capacity_range: Some(CapacityRange { required_bytes: 1 << 30, limit_bytes: 0 }),
+                volume_capabilities: vec![capability.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .volume
+            .unwrap();
+        assert!(volume.volume_context["iqn"].starts_with("iqn.2000-01.com.synology:csi."), "{volume:?}");
+        let staging = root.path().join("staging").display().to_string();
+        csi.node_stage_volume(NodeStageVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            staging_target_path: staging.clone(),
+            volume_capability: Some(capability.clone()),
+            volume_context: volume.volume_context.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert!(sh(&format!("findmnt -n -o FSTYPE {staging}")) == "ext4", "staged with a new ext4 filesystem");
+        csi.node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            staging_target_path: staging,
+        })
+        .await
+        .unwrap();
+        csi.delete_volume(DeleteVolumeRequest { volume_id: volume.volume_id, ..Default::default() }).await.unwrap();
+    });
+    assert_eq!(nas.counts(), (0, 0));
+    assert_eq!((initiators(root.path()), nas.sessions()), (0, 0));
+    sh(&format!("kill -TERM {}", plugin.id()));
+    let out = plugin.wait_with_output().unwrap();
+    assert!(out.status.success(), "the plugin exits cleanly on SIGTERM: {out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("CreateVolume") || log.contains("NodeStageVolume"), "{log}");
+    assert!(!log.contains(PASSWORD), "the DSM password reached the log");
+    assert!(!socket.exists(), "socket removed on exit");
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{client, start, thin_lun, Harness, PASSWORD};
 use csi::v1::volume_capability::{access_mode, AccessMode, AccessType, BlockVolume, MountVolume};
-use csi::v1::volume_content_source::{SnapshotSource, Type as SourceType};
+use csi::v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 use csi::v1::{
     CapacityRange, ControllerExpandVolumeRequest, CreateSnapshotRequest, CreateVolumeRequest, DeleteSnapshotRequest,
     DeleteVolumeRequest, GetCapacityRequest, GetPluginInfoRequest, ListSnapshotsRequest, ListVolumesRequest,
@@ -223,6 +223,26 @@ async fn volume_lifecycle_create_expand_snapshot_clone_delete() {
         ..create("vol-3", GIB, 0)
     };
     assert_eq!(p.csi.create_volume(missing).await.unwrap_err().code(), Some(Code::NotFound));
+
+    // A volume cloned from a volume (DSM's LUN clone), grown on the way; idempotent.
+    let from_volume = |source: &str| CreateVolumeRequest {
+        volume_content_source: Some(VolumeContentSource {
+            r#type: Some(SourceType::Volume(VolumeSource { volume_id: source.into() })),
+        }),
+        ..create("vol-5", 6 * GIB, 0)
+    };
+    let copy = p.csi.create_volume(from_volume("b-vol-1")).await.unwrap().volume.unwrap();
+    assert_eq!((copy.volume_id.as_str(), copy.capacity_bytes), ("b-vol-5", 6 * GIB));
+    assert_eq!(p.csi.create_volume(from_volume("b-vol-1")).await.unwrap().volume.unwrap(), copy);
+    let gone = CreateVolumeRequest { name: "vol-6".into(), ..from_volume("b-nope") };
+    assert_eq!(p.csi.create_volume(gone).await.unwrap_err().code(), Some(Code::NotFound));
+    let too_small = CreateVolumeRequest {
+        capacity_range: Some(CapacityRange { required_bytes: GIB, limit_bytes: 2 * GIB }),
+        name: "vol-7".into(),
+        ..from_volume("b-vol-1")
+    };
+    assert_eq!(p.csi.create_volume(too_small).await.unwrap_err().code(), Some(Code::OutOfRange));
+    p.csi.delete_volume(DeleteVolumeRequest { volume_id: "b-vol-5".into(), ..Default::default() }).await.unwrap();
 
     let volumes = p.csi.list_volumes(ListVolumesRequest::default()).await.unwrap().entries;
     let ids: Vec<_> = volumes.iter().map(|e| e.volume.as_ref().unwrap().volume_id.as_str()).collect();

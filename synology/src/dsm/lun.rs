@@ -122,6 +122,12 @@ struct Cloned {
     cloned_lun_uuid: String,
 }
 
+/// `clone`'s answer.
+#[derive(Deserialize)]
+struct ClonedLun {
+    dst_lun_uuid: String,
+}
+
 impl DsmClient {
     /// Creates a LUN and returns its uuid. A duplicate name answers 18990538.
     pub async fn create_lun(&self, lun: &LunCreate) -> Result<String, DsmError> {
@@ -195,6 +201,20 @@ impl DsmClient {
         self.call(LUN_API, "map_target", params).await?;
         debug!(lun_uuid, target_id, "LUN mapped");
         Ok(())
+    }
+
+    /// Creates LUN `name` on `location` as a copy of LUN `src_lun_uuid`
+    /// (DSM's `clone`, reflinked on btrfs) and returns the new LUN's uuid.
+    pub async fn clone_lun(&self, src_lun_uuid: &str, name: &str, location: &str) -> Result<String, DsmError> {
+        let params = Params::new()
+            .string("src_lun_uuid", src_lun_uuid)
+            .string("dst_lun_name", name)
+            .string("dst_location", location)
+            .boolean("is_same_pool", true)
+            .string("clone_type", "berth");
+        let cloned: ClonedLun = self.call_as(LUN_API, "clone", params).await?;
+        debug!(src_lun_uuid, uuid = %cloned.dst_lun_uuid, "LUN cloned");
+        Ok(cloned.dst_lun_uuid)
     }
 
     /// Creates LUN `name` from a snapshot of `src_lun_uuid`, on the same

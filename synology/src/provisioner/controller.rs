@@ -25,7 +25,7 @@ use csi::v1::controller_server::Controller;
 use csi::v1::controller_service_capability::{rpc, Rpc, Type as CapabilityType};
 use csi::v1::validate_volume_capabilities_response::Confirmed;
 use csi::v1::volume_capability::{access_mode, AccessType};
-use csi::v1::volume_content_source::{SnapshotSource, Type as SourceType};
+use csi::v1::volume_content_source::Type as SourceType;
 use csi::v1::{
     list_snapshots_response, list_volumes_response, CapacityRange, ControllerExpandVolumeRequest,
     ControllerExpandVolumeResponse, ControllerGetCapabilitiesRequest, ControllerGetCapabilitiesResponse,
@@ -167,8 +167,9 @@ impl Inner {
         self.dsm.get_lun(name).await.map_err(|e| dsm_status(&format!("looking up LUN {name}"), e))
     }
 
-    /// The volume's LUN: adopted, cloned from a snapshot, or created.
-    async fn ensure_lun(&self, name: &str, range: Range, source: Option<&SnapshotSource>) -> Result<Lun, Status> {
+    /// The volume's LUN: adopted, cloned from a snapshot or a volume, or
+    /// created.
+    async fn ensure_lun(&self, name: &str, range: Range, source: Option<&SourceType>) -> Result<Lun, Status> {
         if let Some(mut lun) = self.lun(name).await? {
             if source.is_some() && lun.size < range.required {
                 // A clone whose growth an interrupted call did not get to.
@@ -189,7 +190,8 @@ impl Inner {
         }
         let size = range.size()?;
         let created = match source {
-            Some(source) => self.clone_from_snapshot(name, &source.snapshot_id, range).await,
+            Some(SourceType::Snapshot(source)) => self.clone_from_snapshot(name, &source.snapshot_id, range).await,
+            Some(SourceType::Volume(source)) => self.clone_from_volume(name, &source.volume_id, range).await,
             None => {
                 let s = &self.settings;
                 let create = LunCreate {
@@ -217,6 +219,34 @@ impl Inner {
         Ok(lun)
     }
 
+    async fn clone_from_volume(&self, name: &str, id: &str, range: Range) -> Result<(), Status> {
+        let source =
+            self.lun(id).await?.ok_or_else(|| Status::not_found(format!("source volume {id} does not exist")))?;
+        if range.limit > 0 && source.size > range.limit {
+            return Err(Status::out_of_range(format!(
+                "source volume {id} holds {} bytes, more than limit_bytes {}",
+                source.size, range.limit
+            )));
+        }
+        match self.dsm.clone_lun(&source.uuid, name, &self.settings.location).await {
+            Ok(_) | Err(DsmError::Api { code: 18990538, .. }) => {}
+            Err(e) => return Err(dsm_status(&format!("cloning volume {id} into LUN {name}"), e)),
+        }
+        self.grow_clone(name, source.size, range).await
+    }
+
+    /// Grows a fresh clone of `source_size` bytes to the requested size.
+    async fn grow_clone(&self, name: &str, source_size: u64, range: Range) -> Result<(), Status> {
+        if range.required > source_size {
+            let lun = self.lun(name).await?.ok_or_else(|| Status::internal(format!("clone {name} vanished")))?;
+            self.dsm
+                .expand_lun(&lun.uuid, range.size()?)
+                .await
+                .map_err(|e| dsm_status(&format!("growing clone {name}"), e))?;
+        }
+        Ok(())
+    }
+
     async fn clone_from_snapshot(&self, name: &str, id: &str, range: Range) -> Result<(), Status> {
         let (lun_uuid, snapshot_uuid) =
             parse_snapshot_id(id).ok_or_else(|| Status::not_found(format!("snapshot {id} does not exist")))?;
@@ -239,14 +269,7 @@ impl Inner {
             Ok(_) | Err(DsmError::Api { code: 18990538, .. }) => {}
             Err(e) => return Err(dsm_status(&format!("cloning snapshot {id} into LUN {name}"), e)),
         }
-        if range.required > snapshot.total_size {
-            let lun = self.lun(name).await?.ok_or_else(|| Status::internal(format!("clone {name} vanished")))?;
-            self.dsm
-                .expand_lun(&lun.uuid, range.size()?)
-                .await
-                .map_err(|e| dsm_status(&format!("growing clone {name}"), e))?;
-        }
-        Ok(())
+        self.grow_clone(name, snapshot.total_size, range).await
     }
 
     /// The target named `name` with IQN `iqn`, if any; ALREADY_EXISTS when
@@ -342,13 +365,7 @@ impl Inner {
         let name = lun_name(&s.name_prefix, &request.name, &s.name_suffix)?;
         check_capabilities(&request.volume_capabilities).map_err(Status::invalid_argument)?;
         let range = Range::of(request.capacity_range.as_ref())?;
-        let source = match request.volume_content_source.as_ref().and_then(|c| c.r#type.as_ref()) {
-            None => None,
-            Some(SourceType::Snapshot(snapshot)) => Some(snapshot),
-            Some(SourceType::Volume(_)) => {
-                return Err(Status::invalid_argument("cloning a volume is not supported (CLONE_VOLUME is not offered)"))
-            }
-        };
+        let source = request.volume_content_source.as_ref().and_then(|c| c.r#type.as_ref());
         let _serial = self.mutations.lock().await;
         // A target in the way is refused before anything is made.
         let iqn = target_iqn(&s.base_iqn, &name)?;
@@ -360,7 +377,7 @@ impl Inner {
             capacity_bytes: bytes_i64(lun.size),
             volume_id: name,
             volume_context: self.context(&target, lun_number),
-            content_source: source.map(|s| VolumeContentSource { r#type: Some(SourceType::Snapshot(s.clone())) }),
+            content_source: source.map(|s| VolumeContentSource { r#type: Some(s.clone()) }),
             accessible_topology: Vec::new(),
         })
     }
@@ -605,6 +622,7 @@ impl Controller for Provisioner {
             capabilities: vec![
                 capability(rpc::Type::CreateDeleteVolume),
                 capability(rpc::Type::CreateDeleteSnapshot),
+                capability(rpc::Type::CloneVolume),
                 capability(rpc::Type::ListSnapshots),
                 capability(rpc::Type::ListVolumes),
                 capability(rpc::Type::GetCapacity),

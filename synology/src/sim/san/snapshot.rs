@@ -149,4 +149,38 @@ impl San {
         self.store.save()?;
         Ok(json!({"cloned_lun_uuid": uuid}))
     }
+
+    /// `clone`: a new LUN holding a copy of a LUN (on `dst_location`, else
+    /// the source's volume).
+    pub(super) fn lun_clone(&mut self, params: &ApiParams) -> ApiResult {
+        let source = self.find_lun(params, "src_lun_uuid")?.clone();
+        let name = params.string("dst_lun_name").ok_or(ApiError::Code(18990508))?;
+        check_name(&name)?;
+        let location = params.string("dst_location").unwrap_or_else(|| source.location.clone());
+        if self.volume(&location).is_none() {
+            return Err(ApiError::Code(117));
+        }
+        if self.store.state.luns.iter().any(|l| l.name == name) {
+            return Err(ApiError::Code(18990538));
+        }
+        if self.store.state.luns.len() >= MAX_LUNS {
+            return Err(ApiError::Code(18990541));
+        }
+        let uuid = uuid::Uuid::new_v4().to_string();
+        Store::copy_sparse(&self.store.lun_file(&source.uuid), &self.store.lun_file(&uuid))?;
+        self.store.state.last_lun_id += 1;
+        self.store.state.luns.push(LunRec {
+            uuid: uuid.clone(),
+            name,
+            lun_id: self.store.state.last_lun_id,
+            size: source.size,
+            location,
+            type_str: source.type_str,
+            description: params.string("description").unwrap_or_default(),
+            dev_attribs: source.dev_attribs,
+            deleting_until_ms: None,
+        });
+        self.store.save()?;
+        Ok(json!({"dst_lun_uuid": uuid}))
+    }
 }
