@@ -2,12 +2,13 @@
 //!
 //! The crate holds the `berth` binary's parts: the jobspec and agent-config
 //! parsers, the server (state store, scheduler, plan applier), the client
-//! (fingerprint, allocation and task runners, drivers), the HTTP API and the
-//! CLI. `main.rs` is only the entry point.
+//! (fingerprint, allocation and task runners, drivers), the HTTP API, the
+//! CLI and `doctor` (node checks). `main.rs` is only the entry point.
 
 pub mod agent;
 pub mod cli;
 pub mod client;
+pub mod doctor;
 pub mod hclspan;
 pub mod http;
 pub mod jobspec;

@@ -414,3 +414,46 @@ fn the_standalone_plugin_takes_democratic_csis_yaml_unchanged() {
     assert!(!log.contains(PASSWORD), "the DSM password reached the log");
     assert!(!socket.exists(), "socket removed on exit");
 }
+
+/// `berth doctor` names the userspace initiator where the kernel has no
+/// iSCSI module, and says when the NAS refuses the credentials (without
+/// printing them).
+#[test]
+fn doctor_explains_the_initiator_and_a_refused_password() {
+    let root = tempfile::tempdir().unwrap();
+    let nas = Nas::start(root.path());
+    let config_dir = root.path().join("berth.d");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let yaml = config_dir.join("synology-iscsi.yaml");
+    std::fs::write(
+        config_dir.join("synology.hcl"),
+        format!("plugin \"synology\" {{\n  config {{\n    driver_config_file = \"{}\"\n  }}\n}}\n", yaml.display()),
+    )
+    .unwrap();
+    let doctor = |password: &str| {
+        std::fs::write(&yaml, nas.yaml(password)).unwrap();
+        let r = common::cli(&["doctor", "-json", &format!("-config={}", config_dir.display())]);
+        let findings: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"));
+        let find = |check: &str| {
+            findings.as_array().unwrap().iter().find(|f| f["check"] == check).cloned().unwrap_or_default()
+        };
+        (r, find("kernel: iscsi_tcp"), find("NAS"))
+    };
+
+    let (r, iscsi, nas_check) = doctor("wrong-password-xyz");
+    assert_eq!(r.code, 1, "a failed check exits 1: {r:?}");
+    if csi::iscsi::kernel_has_iscsi() {
+        assert_eq!(iscsi["status"], "pass");
+    } else {
+        assert_eq!(iscsi["status"], "warn", "{iscsi}");
+        assert!(iscsi["detail"].as_str().unwrap().contains("userspace initiator"), "{iscsi}");
+    }
+    assert_eq!(nas_check["status"], "fail", "{nas_check}");
+    assert!(nas_check["detail"].as_str().unwrap().contains("refused the credentials"), "{nas_check}");
+    assert!(!r.stdout.contains("wrong-password-xyz"), "the password was printed");
+
+    let (_, _, nas_check) = doctor(PASSWORD);
+    assert_eq!(nas_check["status"], "pass", "{nas_check}");
+    let human = common::cli(&["doctor", &format!("-config={}", config_dir.display())]);
+    assert!(human.stdout.contains("[ OK ] NAS:") && human.stdout.contains("fix:"), "{human:?}");
+}

@@ -151,6 +151,16 @@ enum Command {
         #[command(subcommand)]
         plugin: CsiPluginCommand,
     },
+    /// Checks this node (kernel, iptables, Docker, iSCSI, multipath, the
+    /// NAS, data dir, ports, clock) and says how to fix what fails.
+    Doctor {
+        /// Agent config file or directory (repeatable).
+        #[arg(long = "config", default_value = "/etc/berth.d")]
+        config: Vec<PathBuf>,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints the version.
     Version,
     /// Internal: supervises one task process (started by the agent).
@@ -727,6 +737,15 @@ pub async fn run(cli: Cli) -> i32 {
             csi_plugin_local(endpoint, state_dir, node_id).await
         }
         Command::CsiPlugin { plugin: CsiPluginCommand::Synology(args) } => csi_plugin_synology(args).await,
+        Command::Doctor { config, json } => {
+            let findings = crate::doctor::run(&config).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&findings).unwrap_or_default());
+            } else {
+                print!("{}", crate::doctor::render(&findings));
+            }
+            crate::doctor::exit_code(&findings)
+        }
         Command::Version => {
             println!("Berth v{}", crate::VERSION);
             0

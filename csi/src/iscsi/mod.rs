@@ -242,17 +242,32 @@ impl std::str::FromStr for Initiator {
     }
 }
 
-/// Whether this kernel can run the open-iscsi initiator: `iscsi_tcp` is
-/// loaded or built in, or loadable.
-pub fn kernel_has_iscsi() -> bool {
-    if Path::new("/sys/module/iscsi_tcp").exists() {
+/// Whether the running kernel has module `name` (as `modules.dep` spells
+/// it, e.g. `iscsi_tcp`, `dm-multipath`): loaded, built in, or loadable.
+pub fn kernel_module(name: &str) -> bool {
+    if Path::new("/sys/module").join(name.replace('-', "_")).exists() {
         return true;
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let modules = Path::new("/lib/modules").join(release.trim());
+    let file = format!("/{name}.ko");
     ["modules.builtin", "modules.dep"]
         .iter()
-        .any(|index| std::fs::read_to_string(modules.join(index)).is_ok_and(|text| text.contains("/iscsi_tcp.ko")))
+        .any(|index| std::fs::read_to_string(modules.join(index)).is_ok_and(|text| text.contains(&file)))
+}
+
+/// Whether this kernel can run the open-iscsi initiator (`iscsi_tcp`).
+pub fn kernel_has_iscsi() -> bool {
+    kernel_module("iscsi_tcp")
+}
+
+/// Whether the userspace initiator can run here: `qemu-storage-daemon`
+/// with its libiscsi block driver (Debian's `qemu-block-extra`).
+pub fn userspace_initiator_available() -> bool {
+    on_path("qemu-storage-daemon")
+        && ["/usr/lib/x86_64-linux-gnu/qemu", "/usr/lib/aarch64-linux-gnu/qemu", "/usr/lib64/qemu", "/usr/lib/qemu"]
+            .iter()
+            .any(|dir| Path::new(dir).join("block-iscsi.so").exists())
 }
 
 /// Whether `program` is on PATH.
