@@ -342,7 +342,7 @@ async fn clock(config: &AgentConfig) -> Vec<Finding> {
         let reply = client.get(format!("http://{server}/v1/status/leader")).send().await;
         let received = std::time::SystemTime::now();
         let date = reply.as_ref().ok().and_then(|r| r.headers().get("date")).and_then(|d| d.to_str().ok());
-        let theirs = date.and_then(|d| httpdate(d));
+        let theirs = date.and_then(httpdate);
         out.push(match (reply, theirs) {
             (Err(e), _) => finding(&check, Status::Fail, format!("server unreachable: {e}"), "check servers = [...]"),
             (Ok(_), None) => finding(&check, Status::Warn, "the server sent no Date header", ""),
