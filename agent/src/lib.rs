@@ -3,7 +3,7 @@
 //! The crate holds the `berth` binary's parts: the jobspec and agent-config
 //! parsers, the server (state store, scheduler, plan applier), the client
 //! (fingerprint, allocation and task runners, drivers), the HTTP API, the
-//! CLI and `doctor` (node checks). `main.rs` is only the entry point.
+//! CLI, `doctor` (node checks) and `install` (systemd service set-up). `main.rs` is only the entry point.
 
 pub mod agent;
 pub mod cli;
@@ -11,6 +11,7 @@ pub mod client;
 pub mod doctor;
 pub mod hclspan;
 pub mod http;
+pub mod install;
 pub mod jobspec;
 pub mod server;
 pub mod structs;

@@ -161,6 +161,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Installs berth as a systemd service with what a NAS-backed node needs.
+    Install(InstallArgs),
+    /// Stops and removes what `install` added (configs and data with --purge).
+    Uninstall {
+        /// Also remove the configs install wrote and /var/lib/berth.
+        #[arg(long)]
+        purge: bool,
+        /// The root to uninstall from.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Prints the version.
     Version,
     /// Internal: supervises one task process (started by the agent).
@@ -467,6 +478,34 @@ enum CsiPluginCommand {
 }
 
 #[derive(Debug, Args)]
+struct InstallArgs {
+    /// Write the server config (the default when neither role is given).
+    #[arg(long)]
+    server: bool,
+    /// Write the client config.
+    #[arg(long)]
+    client: bool,
+    /// Servers a client joins, comma-separated host:port.
+    #[arg(long, value_delimiter = ',')]
+    servers: Vec<String>,
+    /// democratic-csi's synology-iscsi YAML for the built-in Synology plugin.
+    #[arg(long)]
+    synology: Option<PathBuf>,
+    /// Install into this root (a chroot) instead of /.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// The binary to install (default: this one).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Do not install apt packages.
+    #[arg(long = "no-packages")]
+    no_packages: bool,
+    /// Do not start services.
+    #[arg(long = "no-start")]
+    no_start: bool,
+}
+
+#[derive(Debug, Args)]
 struct SynologyPluginArgs {
     /// Socket to serve on (default: $CSI_ENDPOINT).
     #[arg(long)]
@@ -563,6 +602,20 @@ async fn logs(api: &ApiClient, a: &LogsArgs) -> i32 {
 /// built-in CSI plugin (multi-threaded runtime).
 pub fn is_agent(cli: &Cli) -> bool {
     matches!(cli.command, Command::Agent(_) | Command::CsiPlugin { .. })
+}
+
+/// Prints an install/uninstall report; 1 on failure.
+fn report_steps(what: &str, result: Result<crate::install::Report, String>) -> i32 {
+    match result {
+        Ok(report) => {
+            print!("{}", report.render());
+            0
+        }
+        Err(e) => {
+            eprintln!("Error: {what}: {e}");
+            1
+        }
+    }
 }
 
 /// The socket a built-in plugin serves on: `--endpoint` or `$CSI_ENDPOINT`.
@@ -746,6 +799,27 @@ pub async fn run(cli: Cli) -> i32 {
             }
             crate::doctor::exit_code(&findings)
         }
+        Command::Install(args) => {
+            let binary = match args.binary.map(Ok).unwrap_or_else(std::env::current_exe) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("Error: cannot find this binary: {e}");
+                    return 1;
+                }
+            };
+            let options = crate::install::InstallOptions {
+                server: args.server,
+                client: args.client,
+                servers: args.servers,
+                synology: args.synology,
+                root: args.root,
+                binary,
+                no_packages: args.no_packages,
+                no_start: args.no_start,
+            };
+            report_steps("install", crate::install::install(&options))
+        }
+        Command::Uninstall { purge, root } => report_steps("uninstall", crate::install::uninstall(&root, purge)),
         Command::Version => {
             println!("Berth v{}", crate::VERSION);
             0
