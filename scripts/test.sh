@@ -29,6 +29,9 @@ apt_install util-linux e2fsprogs xfsprogs
 # Synology tests: dsm-sim exports LUNs through tgt, and the node attaches
 # them with the userspace initiator (this kernel has no iscsi_tcp).
 ensure_iscsi_userspace
+# Installer tests: systemd-analyze verify, and booting the installed root
+# with systemd-nspawn -b.
+apt_install systemd systemd-container
 ./scripts/build-test-images.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check

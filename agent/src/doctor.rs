@@ -325,16 +325,18 @@ async fn ports(config: &AgentConfig) -> Vec<Finding> {
 
 /// Whether a berth (or Nomad) agent answers HTTP on 127.0.0.1:`port`.
 async fn berth_answers(port: u16) -> bool {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build();
-    let Ok(client) = client else { return false };
-    client.get(format!("http://127.0.0.1:{port}/v1/agent/self")).send().await.is_ok_and(|r| r.status().is_success())
+    crate::util::http_client_with(|b| b.timeout(Duration::from_secs(2)))
+        .get(format!("http://127.0.0.1:{port}/v1/agent/self"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }
 
 async fn clock(config: &AgentConfig) -> Vec<Finding> {
     if config.servers.is_empty() {
         return vec![finding("clock", Status::Skip, "no servers configured (this node is its own server)", "")];
     }
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap_or_default();
+    let client = crate::util::http_client_with(|b| b.timeout(Duration::from_secs(3)));
     let mut out = Vec::new();
     for server in &config.servers {
         let check = format!("clock vs {server}");

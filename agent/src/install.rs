@@ -5,8 +5,9 @@
 //! changes nothing and says so): the binary at `/usr/local/bin/berth`, the
 //! unit `berth.service`, configs in `/etc/berth.d/` that are missing (an
 //! existing file is never overwritten), `/var/lib/berth` (0700), the apt
-//! packages (`open-iscsi`, `multipath-tools`, `lsscsi`, `sg3-utils`, and
-//! `docker.io` when there is no Docker), a default `/etc/multipath.conf`
+//! packages (`open-iscsi`, `multipath-tools`, `lsscsi`, `sg3-utils`,
+//! `ca-certificates` for an https DSM, and `docker.io` when there is no
+//! Docker), a default `/etc/multipath.conf`
 //! when there is none, an initiator name when there is none, and the units
 //! enabled (and started, on a running systemd). What it created is listed
 //! in `/var/lib/berth/install.json`; uninstall removes exactly that
@@ -30,7 +31,7 @@ const SYNOLOGY_HCL: &str = include_str!("../../systemd/berth.d/synology.hcl");
 /// paths, friendly names, and local disks left alone.
 const MULTIPATH_CONF: &str = "# Written by berth install (only because none existed).\ndefaults {\n    \
      user_friendly_names yes\n    find_multipaths yes\n}\nblacklist {\n    devnode \"^(ram|raw|loop|fd|md|dm-|sr|scd|st|zram|nbd)[0-9]*\"\n}\n";
-const PACKAGES: [&str; 4] = ["open-iscsi", "multipath-tools", "lsscsi", "sg3-utils"];
+const PACKAGES: [&str; 5] = ["open-iscsi", "multipath-tools", "lsscsi", "sg3-utils", "ca-certificates"];
 const UNITS: [&str; 3] = ["iscsid.service", "multipathd.service", "berth.service"];
 
 /// What to install.

@@ -233,10 +233,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     if let Some(srv) = &server {
         srv.set_plugin_calls(Arc::new(crate::client::csi::ClusterPluginCalls {
             local: client.as_ref().map(Arc::downgrade),
-            http: reqwest::Client::new(),
+            http: crate::util::http_client(),
         }));
     }
-    let api = Api { server: server.clone(), client: client.clone(), info, http: reqwest::Client::new() };
+    let api = Api { server: server.clone(), client: client.clone(), info, http: crate::util::http_client() };
     let router = http::router(api);
     let bound_http = listen(&format!("{}:{http_port}", s.bind), router.clone(), shutdown.clone()).await?;
     if s.server {

@@ -55,7 +55,7 @@ pub fn resolve_address(flag: Option<&str>) -> String {
 impl ApiClient {
     /// A client for `address`.
     pub fn new(address: &str) -> Self {
-        ApiClient { base: address.to_string(), http: reqwest::Client::new() }
+        ApiClient { base: address.to_string(), http: crate::util::http_client() }
     }
 
     async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response, ApiClientError> {

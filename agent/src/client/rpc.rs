@@ -127,7 +127,7 @@ impl HttpRpc {
     pub fn new(servers: Vec<String>) -> Self {
         let servers =
             servers.into_iter().map(|s| if s.starts_with("http") { s } else { format!("http://{s}") }).collect();
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build().unwrap_or_default();
+        let http = crate::util::http_client_with(|b| b.connect_timeout(Duration::from_secs(3)));
         HttpRpc { servers, http, current: parking_lot::Mutex::new(0) }
     }
 
