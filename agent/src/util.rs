@@ -174,6 +174,24 @@ pub fn format_timestamp(nanos: i64) -> String {
         .to_string()
 }
 
+/// An HTTP client for the agent's own plain-HTTP calls (agent to agent,
+/// CLI to agent). It builds even on a host without CA certificates (a
+/// minimal install), where a client verifying TLS against the system's
+/// roots cannot be built: it then trusts no roots, which plain HTTP does
+/// not need.
+pub fn http_client() -> reqwest::Client {
+    http_client_with(|builder| builder)
+}
+
+/// [`http_client`] with settings such as timeouts.
+pub fn http_client_with(configure: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder) -> reqwest::Client {
+    configure(reqwest::Client::builder()).build().unwrap_or_else(|_| {
+        configure(reqwest::Client::builder().tls_certs_only(std::iter::empty()))
+            .build()
+            .expect("a client with no TLS roots to load always builds")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,22 +218,4 @@ mod tests {
         assert!(parse_bytes("lots").is_err());
         assert_eq!(format_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
     }
-}
-
-/// An HTTP client for the agent's own plain-HTTP calls (agent to agent,
-/// CLI to agent). It builds even on a host without CA certificates (a
-/// minimal install), where a client verifying TLS against the system's
-/// roots cannot be built: it then trusts no roots, which plain HTTP does
-/// not need.
-pub fn http_client() -> reqwest::Client {
-    http_client_with(|builder| builder)
-}
-
-/// [`http_client`] with settings such as timeouts.
-pub fn http_client_with(configure: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder) -> reqwest::Client {
-    configure(reqwest::Client::builder()).build().unwrap_or_else(|_| {
-        configure(reqwest::Client::builder().tls_certs_only(std::iter::empty()))
-            .build()
-            .expect("a client with no TLS roots to load always builds")
-    })
 }
