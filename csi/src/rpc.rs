@@ -8,6 +8,8 @@ use tonic::{Response, Status};
 
 use crate::locks::KeyGuard;
 use crate::mount;
+use crate::v1::volume_usage::Unit;
+use crate::v1::VolumeUsage;
 
 /// Runs `work` on the blocking pool holding `guards`, which are released
 /// when the work ends (even if the RPC that started it was cancelled).
@@ -63,4 +65,22 @@ pub(crate) fn absolute(field: &str, value: &str) -> Result<PathBuf, Status> {
 /// Whether `path` is a mount point.
 pub(crate) fn is_mounted(path: &Path) -> bool {
     mount::mounted_source(path).is_some()
+}
+
+/// A filesystem's usage as NodeGetVolumeStats reports it: bytes, then inodes.
+pub(crate) fn filesystem_usage(u: &mount::Usage) -> Vec<VolumeUsage> {
+    vec![
+        VolumeUsage {
+            available: bytes_i64(u.available_bytes),
+            total: bytes_i64(u.total_bytes),
+            used: bytes_i64(u.used_bytes),
+            unit: Unit::Bytes as i32,
+        },
+        VolumeUsage {
+            available: bytes_i64(u.free_inodes),
+            total: bytes_i64(u.total_inodes),
+            used: bytes_i64(u.total_inodes.saturating_sub(u.free_inodes)),
+            unit: Unit::Inodes as i32,
+        },
+    ]
 }

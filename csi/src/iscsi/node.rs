@@ -29,7 +29,7 @@ use super::{file_name, Attacher, Attachment, IscsiError, IscsiTarget};
 use crate::local::capability::{Access, AccessKind};
 use crate::locks::KeyLocks;
 use crate::mount;
-use crate::rpc::{absolute, blocking, bytes_i64, is_mounted, reply, require};
+use crate::rpc::{absolute, blocking, bytes_i64, filesystem_usage, is_mounted, reply, require};
 use crate::v1::node_server::Node;
 use crate::v1::node_service_capability::{rpc, Rpc, Type as CapabilityType};
 use crate::v1::volume_usage::Unit;
@@ -306,20 +306,7 @@ impl Inner {
             }
             AccessKind::Mount { .. } => {
                 let u = mount::usage(path).map_err(|e| internal(id, "reading usage", e))?;
-                vec![
-                    VolumeUsage {
-                        available: bytes_i64(u.available_bytes),
-                        total: bytes_i64(u.total_bytes),
-                        used: bytes_i64(u.used_bytes),
-                        unit: Unit::Bytes as i32,
-                    },
-                    VolumeUsage {
-                        available: bytes_i64(u.free_inodes),
-                        total: bytes_i64(u.total_inodes),
-                        used: bytes_i64(u.total_inodes.saturating_sub(u.free_inodes)),
-                        unit: Unit::Inodes as i32,
-                    },
-                ]
+                filesystem_usage(&u)
             }
         };
         Ok(NodeGetVolumeStatsResponse { usage, volume_condition: None })

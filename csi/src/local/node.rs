@@ -35,7 +35,7 @@ use super::{
     blocking, bytes_i64, host, host_failed, mount_failed, reply, require, Inner, LocalPlugin, DEFAULT_FS_TYPE,
 };
 use crate::mount;
-use crate::rpc::{absolute, is_mounted};
+use crate::rpc::{absolute, filesystem_usage, is_mounted};
 use crate::v1::node_server::Node;
 use crate::v1::node_service_capability::{rpc, Rpc, Type as CapabilityType};
 use crate::v1::volume_usage::Unit;
@@ -313,20 +313,7 @@ impl Inner {
             }],
             AccessKind::Mount { .. } => {
                 let u = mount::usage(path).map_err(|e| mount_failed(id, e))?;
-                vec![
-                    VolumeUsage {
-                        available: bytes_i64(u.available_bytes),
-                        total: bytes_i64(u.total_bytes),
-                        used: bytes_i64(u.used_bytes),
-                        unit: Unit::Bytes as i32,
-                    },
-                    VolumeUsage {
-                        available: bytes_i64(u.free_inodes),
-                        total: bytes_i64(u.total_inodes),
-                        used: bytes_i64(u.total_inodes.saturating_sub(u.free_inodes)),
-                        unit: Unit::Inodes as i32,
-                    },
-                ]
+                filesystem_usage(&u)
             }
         };
         Ok(NodeGetVolumeStatsResponse { usage, volume_condition: None })
