@@ -7,6 +7,8 @@
 //!   timeouts, bounded retries of transient failures, errors that name the
 //!   socket, the RPC, the volume and the gRPC code, and helpers such as
 //!   [`CsiClient::probe_ready`] and [`CsiClient::capabilities`].
+//! * [`answers`]: plugin info, capability lists and capacity ranges,
+//!   answered the same way by every built-in plugin.
 //! * [`mount`]: node-side helpers shared by block-backed volumes: signature
 //!   check, format only when blank, fsck-safe mount, bind/read-only publish,
 //!   growth after expansion, usage.
@@ -23,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+pub mod answers;
 pub mod client;
 pub mod iscsi;
 pub mod local;

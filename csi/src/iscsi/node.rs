@@ -31,14 +31,14 @@ use crate::locks::KeyLocks;
 use crate::mount;
 use crate::rpc::{absolute, blocking, bytes_i64, filesystem_usage, is_mounted, reply, require};
 use crate::v1::node_server::Node;
-use crate::v1::node_service_capability::{rpc, Rpc, Type as CapabilityType};
+use crate::v1::node_service_capability::rpc;
 use crate::v1::volume_usage::Unit;
 use crate::v1::{
     NodeExpandVolumeRequest, NodeExpandVolumeResponse, NodeGetCapabilitiesRequest, NodeGetCapabilitiesResponse,
     NodeGetInfoRequest, NodeGetInfoResponse, NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse,
-    NodePublishVolumeRequest, NodePublishVolumeResponse, NodeServiceCapability, NodeStageVolumeRequest,
-    NodeStageVolumeResponse, NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse, NodeUnstageVolumeRequest,
-    NodeUnstageVolumeResponse, VolumeCapability, VolumeUsage,
+    NodePublishVolumeRequest, NodePublishVolumeResponse, NodeStageVolumeRequest, NodeStageVolumeResponse,
+    NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse, NodeUnstageVolumeRequest, NodeUnstageVolumeResponse,
+    VolumeCapability, VolumeUsage,
 };
 
 /// The filesystem a mount capability without `fs_type` gets.
@@ -89,10 +89,6 @@ fn attach_status(id: &str, error: IscsiError) -> Status {
 fn access_of(capability: Option<&VolumeCapability>) -> Result<Access, Status> {
     let capability = capability.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
     Access::parse(capability).map_err(Status::invalid_argument)
-}
-
-fn capability(kind: rpc::Type) -> NodeServiceCapability {
-    NodeServiceCapability { r#type: Some(CapabilityType::Rpc(Rpc { r#type: kind as i32 })) }
 }
 
 /// The size of a block device.
@@ -442,13 +438,11 @@ impl Node for IscsiNode {
         &self,
         _: Request<NodeGetCapabilitiesRequest>,
     ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
-        Ok(Response::new(NodeGetCapabilitiesResponse {
-            capabilities: vec![
-                capability(rpc::Type::StageUnstageVolume),
-                capability(rpc::Type::GetVolumeStats),
-                capability(rpc::Type::ExpandVolume),
-            ],
-        }))
+        Ok(Response::new(crate::answers::node_capabilities(&[
+            rpc::Type::StageUnstageVolume,
+            rpc::Type::GetVolumeStats,
+            rpc::Type::ExpandVolume,
+        ])))
     }
 
     async fn node_get_info(&self, _: Request<NodeGetInfoRequest>) -> Result<Response<NodeGetInfoResponse>, Status> {

@@ -164,10 +164,12 @@ impl<R: Runner> Attacher for Userspace<R> {
         Ok(())
     }
 
+    /// The FUSE export keeps the size the LUN had at login: a grown LUN is
+    /// seen only once the volume is staged again, which the caller is told.
     fn rescan(&self, attachment: &Attachment) -> Result<(), IscsiError> {
-        // The FUSE export keeps the size the LUN had at login; the loop
-        // device sees a new size only after the volume is staged again.
-        let _ = attachment;
-        Ok(())
+        Err(IscsiError::Context(format!(
+            "{}: the userspace initiator sees the new size of a LUN only when it is staged again",
+            attachment.iqn
+        )))
     }
 }

@@ -21,18 +21,18 @@ use super::{
 use super::{DEFAULT_FS_TYPE, TOPOLOGY_KEY};
 use crate::mount;
 use crate::v1::controller_server::Controller;
-use crate::v1::controller_service_capability::{rpc, Rpc, Type as CapabilityType};
+use crate::v1::controller_service_capability::rpc;
 use crate::v1::validate_volume_capabilities_response::Confirmed;
 use crate::v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 use crate::v1::{
     list_snapshots_response, list_volumes_response, ControllerExpandVolumeRequest, ControllerExpandVolumeResponse,
     ControllerGetCapabilitiesRequest, ControllerGetCapabilitiesResponse, ControllerPublishVolumeRequest,
-    ControllerPublishVolumeResponse, ControllerServiceCapability, ControllerUnpublishVolumeRequest,
-    ControllerUnpublishVolumeResponse, CreateSnapshotRequest, CreateSnapshotResponse, CreateVolumeRequest,
-    CreateVolumeResponse, DeleteSnapshotRequest, DeleteSnapshotResponse, DeleteVolumeRequest, DeleteVolumeResponse,
-    GetCapacityRequest, GetCapacityResponse, ListSnapshotsRequest, ListSnapshotsResponse, ListVolumesRequest,
-    ListVolumesResponse, Snapshot, Topology, TopologyRequirement, ValidateVolumeCapabilitiesRequest,
-    ValidateVolumeCapabilitiesResponse, Volume, VolumeContentSource,
+    ControllerPublishVolumeResponse, ControllerUnpublishVolumeRequest, ControllerUnpublishVolumeResponse,
+    CreateSnapshotRequest, CreateSnapshotResponse, CreateVolumeRequest, CreateVolumeResponse, DeleteSnapshotRequest,
+    DeleteSnapshotResponse, DeleteVolumeRequest, DeleteVolumeResponse, GetCapacityRequest, GetCapacityResponse,
+    ListSnapshotsRequest, ListSnapshotsResponse, ListVolumesRequest, ListVolumesResponse, Snapshot, Topology,
+    TopologyRequirement, ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume,
+    VolumeContentSource,
 };
 
 /// A CreateVolume request, checked.
@@ -55,10 +55,6 @@ struct Origin {
     path: PathBuf,
     /// A volume that may be in use (not a snapshot).
     live: bool,
-}
-
-fn capability(kind: rpc::Type) -> ControllerServiceCapability {
-    ControllerServiceCapability { r#type: Some(CapabilityType::Rpc(Rpc { r#type: kind as i32 })) }
 }
 
 fn content_source(source: &Source) -> VolumeContentSource {
@@ -451,17 +447,15 @@ impl Controller for LocalPlugin {
         _: Request<ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<ControllerGetCapabilitiesResponse>, Status> {
         tracing::info!(rpc = %"ControllerGetCapabilities", "CSI call");
-        Ok(Response::new(ControllerGetCapabilitiesResponse {
-            capabilities: vec![
-                capability(rpc::Type::CreateDeleteVolume),
-                capability(rpc::Type::ListVolumes),
-                capability(rpc::Type::GetCapacity),
-                capability(rpc::Type::CreateDeleteSnapshot),
-                capability(rpc::Type::ListSnapshots),
-                capability(rpc::Type::CloneVolume),
-                capability(rpc::Type::ExpandVolume),
-            ],
-        }))
+        Ok(Response::new(crate::answers::controller_capabilities(&[
+            rpc::Type::CreateDeleteVolume,
+            rpc::Type::ListVolumes,
+            rpc::Type::GetCapacity,
+            rpc::Type::CreateDeleteSnapshot,
+            rpc::Type::ListSnapshots,
+            rpc::Type::CloneVolume,
+            rpc::Type::ExpandVolume,
+        ])))
     }
 
     async fn create_snapshot(

@@ -5,11 +5,12 @@
 use tonic::{Request, Response, Status};
 
 use super::{reply, LocalPlugin, PLUGIN_NAME};
+use crate::answers;
 use crate::v1::identity_server::Identity;
-use crate::v1::plugin_capability::{service, volume_expansion, Service, Type, VolumeExpansion};
+use crate::v1::plugin_capability::service;
 use crate::v1::{
     GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest, GetPluginInfoResponse,
-    PluginCapability, ProbeRequest, ProbeResponse,
+    ProbeRequest, ProbeResponse,
 };
 
 #[tonic::async_trait]
@@ -19,11 +20,7 @@ impl Identity for LocalPlugin {
         _: Request<GetPluginInfoRequest>,
     ) -> Result<Response<GetPluginInfoResponse>, Status> {
         tracing::info!(rpc = %"GetPluginInfo", "CSI call");
-        Ok(Response::new(GetPluginInfoResponse {
-            name: PLUGIN_NAME.to_owned(),
-            vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
-            manifest: Default::default(),
-        }))
+        Ok(Response::new(answers::plugin_info(PLUGIN_NAME)))
     }
 
     async fn get_plugin_capabilities(
@@ -31,20 +28,11 @@ impl Identity for LocalPlugin {
         _: Request<GetPluginCapabilitiesRequest>,
     ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
         tracing::info!(rpc = %"GetPluginCapabilities", "CSI call");
-        let service =
-            |kind: service::Type| PluginCapability { r#type: Some(Type::Service(Service { r#type: kind as i32 })) };
-        Ok(Response::new(GetPluginCapabilitiesResponse {
-            capabilities: vec![
-                service(service::Type::ControllerService),
-                service(service::Type::VolumeAccessibilityConstraints),
-                // Volumes may be expanded while published.
-                PluginCapability {
-                    r#type: Some(Type::VolumeExpansion(VolumeExpansion {
-                        r#type: volume_expansion::Type::Online as i32,
-                    })),
-                },
-            ],
-        }))
+        // Volumes may be expanded while published.
+        Ok(Response::new(answers::plugin_capabilities(
+            &[service::Type::ControllerService, service::Type::VolumeAccessibilityConstraints],
+            true,
+        )))
     }
 
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {

@@ -37,23 +37,19 @@ use super::{
 use crate::mount;
 use crate::rpc::{absolute, filesystem_usage, is_mounted};
 use crate::v1::node_server::Node;
-use crate::v1::node_service_capability::{rpc, Rpc, Type as CapabilityType};
+use crate::v1::node_service_capability::rpc;
 use crate::v1::volume_usage::Unit;
 use crate::v1::{
     CapacityRange, NodeExpandVolumeRequest, NodeExpandVolumeResponse, NodeGetCapabilitiesRequest,
     NodeGetCapabilitiesResponse, NodeGetInfoRequest, NodeGetInfoResponse, NodeGetVolumeStatsRequest,
-    NodeGetVolumeStatsResponse, NodePublishVolumeRequest, NodePublishVolumeResponse, NodeServiceCapability,
-    NodeStageVolumeRequest, NodeStageVolumeResponse, NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse,
-    NodeUnstageVolumeRequest, NodeUnstageVolumeResponse, VolumeCapability, VolumeUsage,
+    NodeGetVolumeStatsResponse, NodePublishVolumeRequest, NodePublishVolumeResponse, NodeStageVolumeRequest,
+    NodeStageVolumeResponse, NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse, NodeUnstageVolumeRequest,
+    NodeUnstageVolumeResponse, VolumeCapability, VolumeUsage,
 };
 
 fn access_of(capability: Option<&VolumeCapability>) -> Result<Access, Status> {
     let capability = capability.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
     Access::parse(capability).map_err(Status::invalid_argument)
-}
-
-fn capability(kind: rpc::Type) -> NodeServiceCapability {
-    NodeServiceCapability { r#type: Some(CapabilityType::Rpc(Rpc { r#type: kind as i32 })) }
 }
 
 /// Whether this process may grow a mounted ext filesystem: ext4's online
@@ -503,13 +499,11 @@ impl Node for LocalPlugin {
         _: Request<NodeGetCapabilitiesRequest>,
     ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
         tracing::info!(rpc = %"NodeGetCapabilities", "CSI call");
-        Ok(Response::new(NodeGetCapabilitiesResponse {
-            capabilities: vec![
-                capability(rpc::Type::StageUnstageVolume),
-                capability(rpc::Type::GetVolumeStats),
-                capability(rpc::Type::ExpandVolume),
-            ],
-        }))
+        Ok(Response::new(crate::answers::node_capabilities(&[
+            rpc::Type::StageUnstageVolume,
+            rpc::Type::GetVolumeStats,
+            rpc::Type::ExpandVolume,
+        ])))
     }
 
     async fn node_get_info(&self, _: Request<NodeGetInfoRequest>) -> Result<Response<NodeGetInfoResponse>, Status> {

@@ -70,15 +70,7 @@ pub(crate) struct Range {
 
 impl Range {
     pub(crate) fn of(range: Option<CapacityRange>) -> Result<Self, Status> {
-        let Some(range) = range else { return Ok(Self::default()) };
-        let bytes = |field: &str, value: i64| {
-            u64::try_from(value).map_err(|_| Status::invalid_argument(format!("{field} must not be negative")))
-        };
-        let (required, limit) =
-            (bytes("required_bytes", range.required_bytes)?, bytes("limit_bytes", range.limit_bytes)?);
-        if limit > 0 && required > limit {
-            return Err(Status::out_of_range(format!("required_bytes {required} exceeds limit_bytes {limit}")));
-        }
+        let (required, limit) = crate::answers::capacity_bounds(range.as_ref())?;
         Ok(Self { required, limit })
     }
 

@@ -22,18 +22,18 @@
 use std::collections::HashMap;
 
 use csi::v1::controller_server::Controller;
-use csi::v1::controller_service_capability::{rpc, Rpc, Type as CapabilityType};
+use csi::v1::controller_service_capability::rpc;
 use csi::v1::validate_volume_capabilities_response::Confirmed;
 use csi::v1::volume_capability::{access_mode, AccessType};
 use csi::v1::volume_content_source::Type as SourceType;
 use csi::v1::{
     list_snapshots_response, list_volumes_response, CapacityRange, ControllerExpandVolumeRequest,
     ControllerExpandVolumeResponse, ControllerGetCapabilitiesRequest, ControllerGetCapabilitiesResponse,
-    ControllerServiceCapability, CreateSnapshotRequest, CreateSnapshotResponse, CreateVolumeRequest,
-    CreateVolumeResponse, DeleteSnapshotRequest, DeleteSnapshotResponse, DeleteVolumeRequest, DeleteVolumeResponse,
-    GetCapacityRequest, GetCapacityResponse, ListSnapshotsRequest, ListSnapshotsResponse, ListVolumesRequest,
-    ListVolumesResponse, Snapshot, ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume,
-    VolumeCapability, VolumeContentSource,
+    CreateSnapshotRequest, CreateSnapshotResponse, CreateVolumeRequest, CreateVolumeResponse, DeleteSnapshotRequest,
+    DeleteSnapshotResponse, DeleteVolumeRequest, DeleteVolumeResponse, GetCapacityRequest, GetCapacityResponse,
+    ListSnapshotsRequest, ListSnapshotsResponse, ListVolumesRequest, ListVolumesResponse, Snapshot,
+    ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume, VolumeCapability,
+    VolumeContentSource,
 };
 use tonic::{Request, Response, Status};
 
@@ -55,15 +55,7 @@ struct Range {
 
 impl Range {
     fn of(range: Option<&CapacityRange>) -> Result<Self, Status> {
-        let Some(range) = range else { return Ok(Self { required: 0, limit: 0 }) };
-        let bytes = |field: &str, value: i64| {
-            u64::try_from(value).map_err(|_| Status::invalid_argument(format!("{field} must not be negative")))
-        };
-        let (required, limit) =
-            (bytes("required_bytes", range.required_bytes)?, bytes("limit_bytes", range.limit_bytes)?);
-        if limit > 0 && required > limit {
-            return Err(Status::out_of_range(format!("required_bytes {required} exceeds limit_bytes {limit}")));
-        }
+        let (required, limit) = csi::answers::capacity_bounds(range)?;
         Ok(Self { required, limit })
     }
 
@@ -116,10 +108,6 @@ fn check_capabilities(capabilities: &[VolumeCapability]) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn capability(kind: rpc::Type) -> ControllerServiceCapability {
-    ControllerServiceCapability { r#type: Some(CapabilityType::Rpc(Rpc { r#type: kind as i32 })) }
 }
 
 fn bytes_i64(bytes: u64) -> i64 {
@@ -618,17 +606,15 @@ impl Controller for Provisioner {
         &self,
         _: Request<ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<ControllerGetCapabilitiesResponse>, Status> {
-        Ok(Response::new(ControllerGetCapabilitiesResponse {
-            capabilities: vec![
-                capability(rpc::Type::CreateDeleteVolume),
-                capability(rpc::Type::CreateDeleteSnapshot),
-                capability(rpc::Type::CloneVolume),
-                capability(rpc::Type::ListSnapshots),
-                capability(rpc::Type::ListVolumes),
-                capability(rpc::Type::GetCapacity),
-                capability(rpc::Type::ExpandVolume),
-            ],
-        }))
+        Ok(Response::new(csi::answers::controller_capabilities(&[
+            rpc::Type::CreateDeleteVolume,
+            rpc::Type::CreateDeleteSnapshot,
+            rpc::Type::CloneVolume,
+            rpc::Type::ListSnapshots,
+            rpc::Type::ListVolumes,
+            rpc::Type::GetCapacity,
+            rpc::Type::ExpandVolume,
+        ])))
     }
 
     async fn create_snapshot(

@@ -28,10 +28,10 @@ use csi::serve::serve_unix;
 use csi::v1::controller_server::ControllerServer;
 use csi::v1::identity_server::{Identity, IdentityServer};
 use csi::v1::node_server::NodeServer;
-use csi::v1::plugin_capability::{service, volume_expansion, Service, Type, VolumeExpansion};
+use csi::v1::plugin_capability::service;
 use csi::v1::{
     GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest, GetPluginInfoResponse,
-    PluginCapability, ProbeRequest, ProbeResponse,
+    ProbeRequest, ProbeResponse,
 };
 use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
@@ -203,29 +203,14 @@ impl Identity for Provisioner {
         &self,
         _: Request<GetPluginInfoRequest>,
     ) -> Result<Response<GetPluginInfoResponse>, Status> {
-        Ok(Response::new(GetPluginInfoResponse {
-            name: PLUGIN_NAME.to_owned(),
-            vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
-            manifest: Default::default(),
-        }))
+        Ok(Response::new(csi::answers::plugin_info(PLUGIN_NAME)))
     }
 
     async fn get_plugin_capabilities(
         &self,
         _: Request<GetPluginCapabilitiesRequest>,
     ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
-        Ok(Response::new(GetPluginCapabilitiesResponse {
-            capabilities: vec![
-                PluginCapability {
-                    r#type: Some(Type::Service(Service { r#type: service::Type::ControllerService as i32 })),
-                },
-                PluginCapability {
-                    r#type: Some(Type::VolumeExpansion(VolumeExpansion {
-                        r#type: volume_expansion::Type::Online as i32,
-                    })),
-                },
-            ],
-        }))
+        Ok(Response::new(csi::answers::plugin_capabilities(&[service::Type::ControllerService], true)))
     }
 
     /// Ready when DSM answers for the configured storage volume.

@@ -2,9 +2,12 @@
 //! arrive as a JSON string (a numeric id or the target's name); a bare
 //! number answers 18990710, as on real DSM.
 
+use std::collections::BTreeMap;
+
 use serde_json::{json, Value};
 
 use super::{wants, ApiError, ApiResult, San, MAX_TARGETS};
+use crate::sim::export::Session;
 use crate::sim::params::ApiParams;
 use crate::sim::store::TargetRec;
 
@@ -57,12 +60,24 @@ impl San {
     }
 
     pub(super) fn target_get(&self, params: &ApiParams) -> ApiResult {
-        Ok(json!({"target": self.target_json(self.find_target(params)?, params)}))
+        let sessions = self.sessions(params);
+        Ok(json!({"target": self.target_json(self.find_target(params)?, params, &sessions)}))
     }
 
     pub(super) fn target_list(&self, params: &ApiParams) -> Value {
-        let targets: Vec<Value> = self.store.state.targets.iter().map(|t| self.target_json(t, params)).collect();
+        let sessions = self.sessions(params);
+        let targets: Vec<Value> =
+            self.store.state.targets.iter().map(|t| self.target_json(t, params, &sessions)).collect();
         json!({ "targets": targets })
+    }
+
+    /// The export's sessions per target, read once per call and only when
+    /// `connected_sessions` is asked for.
+    fn sessions(&self, params: &ApiParams) -> BTreeMap<u32, Vec<Session>> {
+        if !wants(params, "connected_sessions") {
+            return BTreeMap::new();
+        }
+        self.export.as_ref().and_then(|e| e.sessions().ok()).unwrap_or_default()
     }
 
     /// Removes the target and its LUN mappings; the LUNs stay.
@@ -73,7 +88,7 @@ impl San {
         Ok(Value::Null)
     }
 
-    fn target_json(&self, target: &TargetRec, params: &ApiParams) -> Value {
+    fn target_json(&self, target: &TargetRec, params: &ApiParams, sessions: &BTreeMap<u32, Vec<Session>>) -> Value {
         let mut value = json!({
             "target_id": target.target_id,
             "name": target.name,
@@ -105,7 +120,6 @@ impl San {
             value["status"] = json!("online");
         }
         if wants(params, "connected_sessions") {
-            let sessions = self.export.as_ref().and_then(|e| e.sessions().ok()).unwrap_or_default();
             let connected: Vec<Value> = sessions
                 .get(&target.target_id)
                 .into_iter()
