@@ -5,6 +5,31 @@ set -euo pipefail
 
 log() { printf '==> %s\n' "$*" >&2; }
 
+# apt_get ARGS...: apt-get that waits (up to 15 minutes) for another apt or
+# dpkg holding the lock, e.g. Ubuntu's unattended-upgrades on a first boot.
+apt_get() {
+  local out rc
+  for _ in $(seq 1 90); do
+    rc=0
+    out=$(DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 "$@" 2>&1) || rc=$?
+    if [ "$rc" -ne 0 ] && grep -qE 'Could not get lock|Unable to lock|is another process using it' <<<"$out"; then
+      log "another apt/dpkg holds the lock; waiting"
+      sleep 10
+      continue
+    fi
+    [ "$rc" -eq 0 ] || printf '%s\n' "$out" >&2
+    return "$rc"
+  done
+  log "apt/dpkg stayed locked for 15 minutes"
+  return 1
+}
+
+# apt_update_now: refreshes the package lists.
+apt_update_now() {
+  apt_get update -qq
+  mkdir -p /var/lib/apt/periodic && touch /var/lib/apt/periodic/berth-updated
+}
+
 # apt_install PKG... : installs the packages that are missing.
 apt_install() {
   local missing=()
@@ -17,10 +42,9 @@ apt_install() {
   fi
   log "installing ${missing[*]}"
   if [ ! -f /var/lib/apt/periodic/berth-updated ] || [ -n "$(find /var/lib/apt/periodic/berth-updated -mmin +360 2>/dev/null)" ]; then
-    apt-get update -qq
-    mkdir -p /var/lib/apt/periodic && touch /var/lib/apt/periodic/berth-updated
+    apt_update_now
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # ensure_toolchain: a Rust toolchain new enough for the workspace.
@@ -82,8 +106,24 @@ ensure_iscsi_userspace() {
       log "qemu-utils $want is from bookworm-backports: adding that source for qemu-block-extra"
       echo "deb $(debian_mirror) bookworm-backports main" > /etc/apt/sources.list.d/berth-backports.list
     fi
-    apt-get update -qq
+    apt_update_now
   fi
   log "installing qemu-block-extra=$want"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "qemu-block-extra=$want" >/dev/null
+  apt_get install -y -qq --no-install-recommends "qemu-block-extra=$want" >/dev/null
+}
+
+# ensure_qemu_system: qemu-system-x86 (the test node VM) of the same
+# version as qemu-utils, from bookworm-backports when qemu-utils is.
+ensure_qemu_system() {
+  ensure_iscsi_userspace
+  local want have
+  want=$(dpkg-query -W -f='${Version}' qemu-utils)
+  have=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
+  [ "$have" = "$want" ] && return 0
+  log "installing qemu-system-x86=$want"
+  if [[ "$want" == *bpo12* ]]; then
+    apt_get install -y -qq --no-install-recommends -t bookworm-backports "qemu-system-x86=$want" >/dev/null
+  else
+    apt_get install -y -qq --no-install-recommends "qemu-system-x86=$want" >/dev/null
+  fi
 }
