@@ -92,10 +92,11 @@ arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^nodevm\.$1=//p" | tail -n1; }
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
-mkdir -p /dev/pts /dev/shm /run/lock
+mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p /run/lock /run/lock/iscsi
 mount -t tmpfs tmpfs /tmp
 mount -o remount,rw /
 name=$(arg hostname)

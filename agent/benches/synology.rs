@@ -20,7 +20,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use csi::iscsi::{Attacher, HostRunner, IscsiNode, IscsiTarget, Userspace};
+use csi::iscsi::{Attacher, Deadline, HostRunner, IscsiNode, IscsiTarget, Userspace};
 use csi::v1::volume_capability::{access_mode, AccessMode, AccessType, MountVolume};
 use csi::v1::{
     CapacityRange, CreateVolumeRequest, DeleteVolumeRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
@@ -147,7 +147,7 @@ fn main() {
         let other = rt.block_on(csi.create_volume(create(&format!("d{i}")))).unwrap().volume.unwrap();
         let spec = IscsiTarget::from_context(&other.volume_context, &Default::default()).unwrap();
         let t = Instant::now();
-        let attached = direct.attach(&format!("d{i}"), &spec).unwrap();
+        let attached = direct.attach(&format!("d{i}"), &spec, Deadline::after(Duration::from_secs(60))).unwrap();
         let login = t.elapsed();
         let device = attached.device.display().to_string();
         let t = Instant::now();
@@ -168,7 +168,7 @@ fn main() {
 
         // Clean up both, untimed.
         run("umount", &[&mountpoint.display().to_string()]);
-        direct.detach(&attached).unwrap();
+        direct.detach(&attached, Deadline::after(Duration::from_secs(60))).unwrap();
         rt.block_on(csi.node_unpublish_volume(NodeUnpublishVolumeRequest {
             volume_id: volume.volume_id.clone(),
             target_path: target.display().to_string(),

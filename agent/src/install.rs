@@ -29,7 +29,7 @@ const CLIENT_HCL: &str = include_str!("../../systemd/berth.d/client.hcl");
 const SYNOLOGY_HCL: &str = include_str!("../../systemd/berth.d/synology.hcl");
 /// multipath defaults for a NAS: maps only for LUNs seen on several
 /// paths, friendly names, and local disks left alone.
-const MULTIPATH_CONF: &str = "# Written by berth install (only because none existed).\ndefaults {\n    \
+pub const MULTIPATH_CONF: &str = "# Written by berth install (only because none existed).\ndefaults {\n    \
      user_friendly_names yes\n    find_multipaths yes\n}\nblacklist {\n    devnode \"^(ram|raw|loop|fd|md|dm-|sr|scd|st|zram|nbd)[0-9]*\"\n}\n";
 const PACKAGES: [&str; 5] = ["open-iscsi", "multipath-tools", "lsscsi", "sg3-utils", "ca-certificates"];
 const UNITS: [&str; 3] = ["iscsid.service", "multipathd.service", "berth.service"];

@@ -62,6 +62,24 @@ pub(crate) fn absolute(field: &str, value: &str) -> Result<PathBuf, Status> {
     Ok(path)
 }
 
+/// How long the caller will wait for this RPC, from its `grpc-timeout`
+/// header (`<digits><H|M|S|m|u|n>`), if it sent one.
+pub(crate) fn caller_timeout<T>(request: &tonic::Request<T>) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
 /// Whether `path` is a mount point.
 pub(crate) fn is_mounted(path: &Path) -> bool {
     mount::mounted_source(path).is_some()
@@ -83,4 +101,22 @@ pub(crate) fn filesystem_usage(u: &mount::Usage) -> Vec<VolumeUsage> {
             unit: Unit::Inodes as i32,
         },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_callers_timeout() {
+        let with = |value: &str| {
+            let mut request = tonic::Request::new(());
+            request.metadata_mut().insert("grpc-timeout", value.parse().unwrap());
+            caller_timeout(&request)
+        };
+        assert_eq!(with("119999m"), Some(std::time::Duration::from_millis(119_999)));
+        assert_eq!(with("2M"), Some(std::time::Duration::from_secs(120)));
+        assert_eq!(with("x"), None);
+        assert_eq!(caller_timeout(&tonic::Request::new(())), None);
+    }
 }

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{sim_config, ACCOUNT, PASSWORD};
-use csi::iscsi::{HostRunner, Initiator, IscsiNode, Userspace};
+use csi::iscsi::{Deadline, HostRunner, Initiator, IscsiNode, Userspace};
 use csi::v1::volume_capability::{access_mode, AccessMode, AccessType, MountVolume};
 use csi::v1::{
     CapacityRange, CreateVolumeRequest, DeleteVolumeRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
@@ -216,14 +216,14 @@ async fn a_volume_is_attached_over_real_iscsi_keeps_its_data_and_leaves_nothing_
     use csi::iscsi::Attacher;
     let a = tokio::task::spawn_blocking({
         let t = target_spec.clone();
-        move || first.attach("first", &t).map(|a| (first, a))
+        move || first.attach("first", &t, Deadline::after(Duration::from_secs(60))).map(|a| (first, a))
     })
     .await
     .unwrap()
     .unwrap();
     let b = tokio::task::spawn_blocking({
         let t = target_spec.clone();
-        move || second.attach("second", &t).map(|b| (second, b))
+        move || second.attach("second", &t, Deadline::after(Duration::from_secs(60))).map(|b| (second, b))
     })
     .await
     .unwrap();
@@ -237,9 +237,9 @@ async fn a_volume_is_attached_over_real_iscsi_keeps_its_data_and_leaves_nothing_
     }
     tokio::task::spawn_blocking(move || {
         let (first, a) = a;
-        first.detach(&a).unwrap();
+        first.detach(&a, Deadline::after(Duration::from_secs(60))).unwrap();
         if let Ok((second, b)) = b {
-            second.detach(&b).unwrap();
+            second.detach(&b, Deadline::after(Duration::from_secs(60))).unwrap();
         }
     })
     .await

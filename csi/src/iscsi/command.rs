@@ -19,12 +19,26 @@ pub struct Cmd {
     /// Its arguments.
     pub args: Vec<String>,
     secret: Vec<usize>,
+    /// Longest it may run, when shorter than the runner's own limit (what
+    /// is left of the caller's deadline).
+    pub timeout: Option<Duration>,
 }
 
 impl Cmd {
     /// `program` with `args`.
     pub fn new(program: &str, args: &[&str]) -> Self {
-        Self { program: program.to_owned(), args: args.iter().map(|a| (*a).to_owned()).collect(), secret: Vec::new() }
+        Self {
+            program: program.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            secret: Vec::new(),
+            timeout: None,
+        }
+    }
+
+    /// Limits how long it may run.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// Appends an argument.
@@ -136,11 +150,12 @@ impl Runner for HostRunner {
         let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
         let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
         let started = Instant::now();
+        let timeout = cmd.timeout.map_or(self.timeout, |t| t.min(self.timeout));
         let status = loop {
             if let Some(status) = child.try_wait().map_err(spawn_error)? {
                 break Some(status);
             }
-            if started.elapsed() > self.timeout {
+            if started.elapsed() > timeout {
                 let _ = child.kill();
                 let _ = child.wait();
                 break None;
@@ -152,7 +167,7 @@ impl Runner for HostRunner {
         let code = match status {
             Some(status) => status.code().unwrap_or(-1),
             None => {
-                stderr.push_str(&format!(" (killed after {:?})", self.timeout));
+                stderr.push_str(&format!(" (killed after {timeout:?})"));
                 -1
             }
         };

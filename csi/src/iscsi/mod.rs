@@ -23,7 +23,7 @@ mod userspace;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -70,12 +70,48 @@ pub enum IscsiError {
         offered: String,
     },
     /// The device of a logged-in LUN did not appear.
-    #[error("{what} did not appear within {waited:?}")]
+    #[error("{what} did not appear within {waited:?}{hint}")]
     NoDevice {
         /// The device path or multipath map waited for.
         what: String,
         /// How long was waited.
         waited: Duration,
+        /// What to check, when known (starts with "; ").
+        hint: String,
+    },
+    /// Logging in to a target failed (after retries, when retrying could help).
+    #[error("login to {iqn} at portal {portal} failed after {attempts} attempt(s) in {waited:?}: {reason}{detail}")]
+    Login {
+        /// The portal.
+        portal: String,
+        /// The target.
+        iqn: String,
+        /// Why, in words (CHAP refused, target refused, no answer, …).
+        reason: LoginFailure,
+        /// What iscsiadm said (starts with ": ").
+        detail: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        waited: Duration,
+    },
+    /// iscsid could not be reached (not running, or restarting too long).
+    #[error("{command}: iscsid does not answer (is it running? systemctl start iscsid): {stderr}")]
+    Iscsid {
+        /// The command line, secrets redacted.
+        command: String,
+        /// What iscsiadm said.
+        stderr: String,
+    },
+    /// A step did not finish before the caller's deadline.
+    #[error("{step}: not done before the deadline ({waited:?}): {last}")]
+    Deadline {
+        /// What was being done.
+        step: String,
+        /// Time spent on it.
+        waited: Duration,
+        /// The last failure seen.
+        last: String,
     },
     /// A file of the attachment could not be read or written.
     #[error("{path}: {source}")]
@@ -93,6 +129,65 @@ impl IscsiError {
     }
 }
 
+/// Why a login failed, as iscsiadm's exit code tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginFailure {
+    /// CHAP credentials refused (exit 24).
+    Chap,
+    /// The target refused the initiator: unknown target, initiator ACL, or
+    /// its session limit (exit 19).
+    Refused,
+    /// The kernel has no iSCSI transport (exit 12).
+    NoTransport,
+    /// The portal did not answer, or answered with transient errors, until
+    /// the deadline.
+    NoAnswer,
+}
+
+impl fmt::Display for LoginFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Chap => {
+                "CHAP authentication failed: check the CHAP user and secret \
+                 (node-db.node.session.auth.username/password, and username_in/password_in for mutual CHAP)"
+            }
+            Self::Refused => {
+                "the target refused this initiator (no such target on the portal, the target's initiator ACL, or \
+                 its session limit: another node may still be logged in)"
+            }
+            Self::NoTransport => "the kernel has no iSCSI TCP transport (modprobe iscsi_tcp)",
+            Self::NoAnswer => "the portal did not accept a login",
+        })
+    }
+}
+
+/// When a step must be done by: the caller's deadline for an attach or
+/// detach, so that no single try (a login, a device wait) outlives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    /// `timeout` from now.
+    pub fn after(timeout: Duration) -> Self {
+        Self(Instant::now() + timeout)
+    }
+
+    /// Time left (zero once passed).
+    pub fn remaining(&self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether it has passed.
+    pub fn passed(&self) -> bool {
+        self.remaining().is_zero()
+    }
+
+    /// The earlier of this deadline and `timeout` from now.
+    pub fn within(&self, timeout: Duration) -> Self {
+        Self(self.0.min(Instant::now() + timeout))
+    }
+}
+
 /// CHAP credentials for a session.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chap {
@@ -100,11 +195,19 @@ pub struct Chap {
     pub username: String,
     /// The initiator's secret.
     pub password: String,
+    /// For mutual CHAP, the target's user name and secret, which the
+    /// initiator checks (`username_in` / `password_in`).
+    #[serde(default)]
+    pub mutual: Option<(String, String)>,
 }
 
 impl fmt::Debug for Chap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Chap").field("username", &self.username).field("password", &"<redacted>").finish()
+        f.debug_struct("Chap")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("mutual", &self.mutual.as_ref().map(|(user, _)| (user, "<redacted>")))
+            .finish()
     }
 }
 
@@ -125,7 +228,8 @@ impl IscsiTarget {
     /// The target described by a volume context (`portal`, `portals` as a
     /// comma list, `iqn`, `lun`) and the CSI secrets. CHAP comes from the
     /// secrets, as democratic-csi reads them
-    /// (`node-db.node.session.auth.username` / `.password`).
+    /// (`node-db.node.session.auth.username` / `.password`, and for mutual
+    /// CHAP `.username_in` / `.password_in`).
     pub fn from_context(
         context: &HashMap<String, String>,
         secrets: &HashMap<String, String>,
@@ -150,9 +254,19 @@ impl IscsiTarget {
             return Err(IscsiError::Context("portal is missing".into()));
         }
         let secret = |key: &str| secrets.get(&format!("node-db.node.session.auth.{key}")).filter(|v| !v.is_empty());
-        let chap = match (secret("username"), secret("password")) {
-            (Some(username), Some(password)) => Some(Chap { username: username.clone(), password: password.clone() }),
+        let mutual = match (secret("username_in"), secret("password_in")) {
+            (Some(username), Some(password)) => Some((username.clone(), password.clone())),
             (None, None) => None,
+            _ => return Err(IscsiError::Context("mutual CHAP needs both username_in and password_in secrets".into())),
+        };
+        let chap = match (secret("username"), secret("password")) {
+            (Some(username), Some(password)) => {
+                Some(Chap { username: username.clone(), password: password.clone(), mutual })
+            }
+            (None, None) if mutual.is_none() => None,
+            (None, None) => {
+                return Err(IscsiError::Context("mutual CHAP needs the initiator's username and password too".into()))
+            }
             _ => return Err(IscsiError::Context("CHAP needs both a username and a password secret".into())),
         };
         Ok(Self { portals, iqn: iqn.clone(), lun, chap })
@@ -191,7 +305,9 @@ pub enum Via {
     OpenIscsi {
         /// Portals logged in to (a node record each).
         portals: Vec<String>,
-        /// Portals whose sendtargets discovery record berth created.
+        /// Portals whose sendtargets discovery record berth created
+        /// (attachments of earlier versions; berth no longer makes them).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         discovery_created: Vec<String>,
         /// The multipath map, when the device is one.
         multipath: Option<String>,
@@ -205,15 +321,18 @@ pub enum Via {
     },
 }
 
-/// Attaches and detaches iSCSI LUNs. Both calls block (they run programs
-/// and wait for devices): call them on the blocking pool.
+/// Attaches and detaches iSCSI LUNs. The calls block (they run programs
+/// and wait for devices): call them on the blocking pool. Each retries
+/// what may pass (a login the portal does not accept yet, iscsid
+/// restarting) until `deadline`, and no single try outlives it.
 pub trait Attacher: Send + Sync + fmt::Debug {
     /// Attaches `target`; `name` (the volume ID) names what is created.
-    fn attach(&self, name: &str, target: &IscsiTarget) -> Result<Attachment, IscsiError>;
+    /// A failed attach undoes what it did.
+    fn attach(&self, name: &str, target: &IscsiTarget, deadline: Deadline) -> Result<Attachment, IscsiError>;
     /// Undoes `attachment`; what is already gone is skipped.
-    fn detach(&self, attachment: &Attachment) -> Result<(), IscsiError>;
+    fn detach(&self, attachment: &Attachment, deadline: Deadline) -> Result<(), IscsiError>;
     /// Makes the attached device see a grown LUN.
-    fn rescan(&self, attachment: &Attachment) -> Result<(), IscsiError>;
+    fn rescan(&self, attachment: &Attachment, deadline: Deadline) -> Result<(), IscsiError>;
 }
 
 /// Which initiator to use.
@@ -339,8 +458,17 @@ mod tests {
 
         let secrets = map(&[("node-db.node.session.auth.username", "u"), ("node-db.node.session.auth.password", "p")]);
         let chap = IscsiTarget::from_context(&context, &secrets).unwrap().chap.unwrap();
-        assert_eq!(chap.username, "u");
+        assert_eq!((chap.username.as_str(), chap.mutual.is_none()), ("u", true));
         assert!(format!("{chap:?}").contains("<redacted>") && !format!("{chap:?}").contains("\"p\""));
+        let mut mutual = secrets.clone();
+        mutual.insert("node-db.node.session.auth.username_in".into(), "nas".into());
+        mutual.insert("node-db.node.session.auth.password_in".into(), "nas-secret".into());
+        let chap = IscsiTarget::from_context(&context, &mutual).unwrap().chap.unwrap();
+        assert_eq!(chap.mutual.as_ref().map(|(u, _)| u.as_str()), Some("nas"));
+        assert!(!format!("{chap:?}").contains("nas-secret"));
+        mutual.remove("node-db.node.session.auth.password_in");
+        let error = IscsiTarget::from_context(&context, &mutual).unwrap_err().to_string();
+        assert!(error.contains("mutual CHAP needs both"), "{error}");
 
         for (key, message) in [("iqn", "iqn is missing"), ("lun", "lun is missing"), ("portal", "portal is missing")] {
             let mut broken = context.clone();

@@ -25,11 +25,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
-use super::{file_name, Attacher, Attachment, IscsiError, IscsiTarget};
+use super::{file_name, Attacher, Attachment, Deadline, IscsiError, IscsiTarget, LoginFailure};
 use crate::local::capability::{Access, AccessKind};
 use crate::locks::KeyLocks;
 use crate::mount;
-use crate::rpc::{absolute, blocking, bytes_i64, filesystem_usage, is_mounted, reply, require};
+use crate::rpc::{absolute, blocking, bytes_i64, caller_timeout, filesystem_usage, is_mounted, reply, require};
 use crate::v1::node_server::Node;
 use crate::v1::node_service_capability::rpc;
 use crate::v1::volume_usage::Unit;
@@ -43,6 +43,10 @@ use crate::v1::{
 
 /// The filesystem a mount capability without `fs_type` gets.
 const DEFAULT_FS_TYPE: &str = "ext4";
+/// How long an attach or detach may take when the caller sets no deadline.
+const DEFAULT_ATTACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Taken off the caller's deadline, so the answer reaches it in time.
+const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One target path the volume is published at.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +76,9 @@ struct Inner {
     records: PathBuf,
     attacher: Box<dyn Attacher>,
     locks: KeyLocks,
+    /// The longest an attach or detach may take (the caller's own
+    /// deadline, when it sends one, may be shorter).
+    attach_timeout: std::time::Duration,
 }
 
 fn internal(id: &str, doing: &str, error: impl std::fmt::Display) -> Status {
@@ -82,8 +89,20 @@ fn attach_status(id: &str, error: IscsiError) -> Status {
     match error {
         IscsiError::Context(_) => Status::invalid_argument(format!("volume {id}: {error}")),
         IscsiError::NotOffered { .. } => Status::not_found(format!("volume {id}: {error}")),
+        IscsiError::Login { reason: LoginFailure::Chap, .. } => {
+            Status::permission_denied(format!("volume {id}: attaching the iSCSI LUN: {error}"))
+        }
+        IscsiError::Login { reason: LoginFailure::NoTransport, .. } => {
+            Status::failed_precondition(format!("volume {id}: attaching the iSCSI LUN: {error}"))
+        }
         _ => Status::unavailable(format!("volume {id}: attaching the iSCSI LUN: {error}")),
     }
+}
+
+/// The deadline for this request's attach or detach work.
+fn deadline<T>(request: &Request<T>, most: std::time::Duration) -> Deadline {
+    let wanted = caller_timeout(request).map_or(most, |t| t.saturating_sub(ANSWER_MARGIN).min(most));
+    Deadline::after(wanted)
 }
 
 fn access_of(capability: Option<&VolumeCapability>) -> Result<Access, Status> {
@@ -100,9 +119,22 @@ impl IscsiNode {
     /// The service for node `node_id`, attaching through `attacher` and
     /// keeping its records under `state_dir`.
     pub fn new(node_id: impl Into<String>, state_dir: &Path, attacher: Box<dyn Attacher>) -> Result<Self, IscsiError> {
+        Self::with_attach_timeout(node_id, state_dir, attacher, DEFAULT_ATTACH_TIMEOUT)
+    }
+
+    /// [`IscsiNode::new`] whose attaches and detaches take at most
+    /// `attach_timeout` (2 minutes by default; a caller's `grpc-timeout`
+    /// shortens it).
+    pub fn with_attach_timeout(
+        node_id: impl Into<String>,
+        state_dir: &Path,
+        attacher: Box<dyn Attacher>,
+        attach_timeout: std::time::Duration,
+    ) -> Result<Self, IscsiError> {
         let records = state_dir.join("staged");
         std::fs::create_dir_all(&records).map_err(|e| IscsiError::io(&records, e))?;
-        Ok(Self { inner: Arc::new(Inner { node_id: node_id.into(), records, attacher, locks: KeyLocks::default() }) })
+        let inner = Inner { node_id: node_id.into(), records, attacher, locks: KeyLocks::default(), attach_timeout };
+        Ok(Self { inner: Arc::new(inner) })
     }
 }
 
@@ -165,6 +197,7 @@ impl Inner {
         access: Access,
         context: &HashMap<String, String>,
         secrets: &HashMap<String, String>,
+        deadline: Deadline,
     ) -> Result<(), Status> {
         if let Some(record) = self.record(id)? {
             if Self::in_place(&record) {
@@ -188,16 +221,16 @@ impl Inner {
             if is_mounted(&record.staging) {
                 mount::unmount(&record.staging).map_err(|e| internal(id, "unmounting", e))?;
             }
-            self.attacher.detach(&record.attachment).map_err(|e| internal(id, "detaching", e))?;
+            self.attacher.detach(&record.attachment, deadline).map_err(|e| internal(id, "detaching", e))?;
             self.forget(id)?;
         }
         let target = IscsiTarget::from_context(context, secrets).map_err(|e| attach_status(id, e))?;
-        let attachment = self.attacher.attach(id, &target).map_err(|e| attach_status(id, e))?;
+        let attachment = self.attacher.attach(id, &target, deadline).map_err(|e| attach_status(id, e))?;
         let record =
             StageRecord { staging: staging.to_path_buf(), access: access.clone(), attachment, published: Vec::new() };
         let mounted = self.save(id, &record).and_then(|()| self.mount_staging(id, &record));
         if let Err(status) = mounted {
-            if let Err(e) = self.attacher.detach(&record.attachment) {
+            if let Err(e) = self.attacher.detach(&record.attachment, Deadline::after(self.attach_timeout)) {
                 tracing::warn!(volume = %id, error = %e, "could not detach after a failed stage");
             }
             self.forget(id)?;
@@ -220,7 +253,7 @@ impl Inner {
             .map_err(|e| internal(id, "mounting", e))
     }
 
-    fn unstage(&self, id: &str, staging: &Path) -> Result<(), Status> {
+    fn unstage(&self, id: &str, staging: &Path, deadline: Deadline) -> Result<(), Status> {
         let Some(record) = self.record(id)?.filter(|r| r.staging == staging) else {
             tracing::debug!(volume = %id, staging = %staging.display(), "not staged there");
             return Ok(());
@@ -233,7 +266,7 @@ impl Inner {
         if is_mounted(staging) {
             mount::unmount(staging).map_err(|e| internal(id, "unmounting", e))?;
         }
-        self.attacher.detach(&record.attachment).map_err(|e| internal(id, "detaching the iSCSI LUN", e))?;
+        self.attacher.detach(&record.attachment, deadline).map_err(|e| internal(id, "detaching the iSCSI LUN", e))?;
         self.forget(id)
     }
 
@@ -308,13 +341,33 @@ impl Inner {
         Ok(NodeGetVolumeStatsResponse { usage, volume_condition: None })
     }
 
-    fn expand(&self, id: &str, path: &Path) -> Result<NodeExpandVolumeResponse, Status> {
+    /// Grows the device and its filesystem to the LUN's new size. Asked
+    /// again once that is done (the device already holds `required`
+    /// bytes), it answers the size without doing anything.
+    fn expand(
+        &self,
+        id: &str,
+        path: &Path,
+        required: u64,
+        deadline: Deadline,
+    ) -> Result<NodeExpandVolumeResponse, Status> {
         let record = self.staged_at(id, path)?;
         let device = &record.attachment.device;
-        self.attacher.rescan(&record.attachment).map_err(|e| match e {
-            IscsiError::Context(message) => Status::failed_precondition(format!("volume {id}: {message}")),
-            other => internal(id, "rescanning", other),
-        })?;
+        let size = device_size(device).map_err(|e| internal(id, "reading its size", e))?;
+        if required == 0 || size < required {
+            self.attacher.rescan(&record.attachment, deadline).map_err(|e| match e {
+                IscsiError::Context(message) => Status::failed_precondition(format!("volume {id}: {message}")),
+                other => internal(id, "rescanning", other),
+            })?;
+            while device_size(device).map_err(|e| internal(id, "reading its size", e))? < required {
+                if deadline.passed() {
+                    return Err(Status::unavailable(format!(
+                        "volume {id}: the device does not show {required} bytes after a rescan; try again"
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
         if let AccessKind::Mount { .. } = record.access.kind {
             mount::grow(device, &record.staging).map_err(|e| internal(id, "growing the filesystem", e))?;
         }
@@ -329,6 +382,7 @@ impl Node for IscsiNode {
         &self,
         request: Request<NodeStageVolumeRequest>,
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        let deadline = deadline(&request, self.inner.attach_timeout);
         let request = request.into_inner();
         let id = request.volume_id.clone();
         tracing::info!(rpc = %"NodeStageVolume", volume = %id, staging = %request.staging_target_path, "CSI call");
@@ -339,7 +393,7 @@ impl Node for IscsiNode {
             let guard = self.inner.locks.lock(id.clone()).await;
             let (inner, id) = (Arc::clone(&self.inner), id.clone());
             let (context, secrets) = (request.volume_context, request.secrets);
-            blocking(vec![guard], move || inner.stage(&id, &staging, access, &context, &secrets)).await
+            blocking(vec![guard], move || inner.stage(&id, &staging, access, &context, &secrets, deadline)).await
         };
         reply("NodeStageVolume", &id, result.await.map(|()| NodeStageVolumeResponse {}))
     }
@@ -348,6 +402,7 @@ impl Node for IscsiNode {
         &self,
         request: Request<NodeUnstageVolumeRequest>,
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        let deadline = deadline(&request, self.inner.attach_timeout);
         let request = request.into_inner();
         let id = request.volume_id.clone();
         tracing::info!(rpc = %"NodeUnstageVolume", volume = %id, staging = %request.staging_target_path, "CSI call");
@@ -356,7 +411,7 @@ impl Node for IscsiNode {
             let staging = absolute("staging_target_path", &request.staging_target_path)?;
             let guard = self.inner.locks.lock(id.clone()).await;
             let (inner, id) = (Arc::clone(&self.inner), id.clone());
-            blocking(vec![guard], move || inner.unstage(&id, &staging)).await
+            blocking(vec![guard], move || inner.unstage(&id, &staging, deadline)).await
         };
         reply("NodeUnstageVolume", &id, result.await.map(|()| NodeUnstageVolumeResponse {}))
     }
@@ -410,7 +465,9 @@ impl Node for IscsiNode {
         let id = request.volume_id.clone();
         let result = async {
             require("volume_id", &id)?;
-            let path = absolute("volume_path", &request.volume_path)?;
+            require("volume_path", &request.volume_path)?;
+            // Any path the volume is not staged or published at is NOT_FOUND.
+            let path = PathBuf::from(&request.volume_path);
             let (inner, id) = (Arc::clone(&self.inner), id.clone());
             blocking(Vec::new(), move || inner.stats(&id, &path)).await
         };
@@ -421,15 +478,18 @@ impl Node for IscsiNode {
         &self,
         request: Request<NodeExpandVolumeRequest>,
     ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        let deadline = deadline(&request, self.inner.attach_timeout);
         let request = request.into_inner();
         let id = request.volume_id.clone();
         tracing::info!(rpc = %"NodeExpandVolume", volume = %id, path = %request.volume_path, "CSI call");
         let result = async {
             require("volume_id", &id)?;
-            let path = absolute("volume_path", &request.volume_path)?;
+            require("volume_path", &request.volume_path)?;
+            let path = PathBuf::from(&request.volume_path);
+            let required = request.capacity_range.map_or(0, |r| u64::try_from(r.required_bytes).unwrap_or(0));
             let guard = self.inner.locks.lock(id.clone()).await;
             let (inner, id) = (Arc::clone(&self.inner), id.clone());
-            blocking(vec![guard], move || inner.expand(&id, &path)).await
+            blocking(vec![guard], move || inner.expand(&id, &path, required, deadline)).await
         };
         reply("NodeExpandVolume", &id, result.await)
     }

@@ -19,7 +19,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::command::{Cmd, HostRunner, Runner};
-use super::{file_name, initiator_name, Attacher, Attachment, IscsiError, IscsiTarget, Via};
+use super::{file_name, initiator_name, Attacher, Attachment, Deadline, IscsiError, IscsiTarget, Via};
 
 /// The userspace attacher.
 #[derive(Debug)]
@@ -56,7 +56,13 @@ impl<R: Runner> Userspace<R> {
     }
 
     /// Starts the daemon for `target` through `portal`; returns its pid.
-    fn start_daemon(&self, dir: &Path, portal: &str, target: &IscsiTarget) -> Result<i32, IscsiError> {
+    fn start_daemon(
+        &self,
+        dir: &Path,
+        portal: &str,
+        target: &IscsiTarget,
+        deadline: Deadline,
+    ) -> Result<i32, IscsiError> {
         let (export, pid_file) = (dir.join("export"), dir.join("qsd.pid"));
         std::fs::File::create(&export).map_err(io(&export))?;
         let mut blockdev = format!(
@@ -65,6 +71,9 @@ impl<R: Runner> Userspace<R> {
         );
         let mut cmd = Cmd::new("qemu-storage-daemon", &["--daemonize", "--pidfile"]).arg(pid_file.to_string_lossy());
         if let Some(chap) = &target.chap {
+            if chap.mutual.is_some() {
+                tracing::warn!(iqn = %target.iqn, "the userspace initiator cannot check the target's mutual CHAP secret; logging in with one-way CHAP");
+            }
             let secret = dir.join("chap-secret");
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
@@ -78,7 +87,7 @@ impl<R: Runner> Userspace<R> {
             blockdev.push_str(&format!(",user={},password-secret=chap", chap.username));
         }
         let export_opt = format!("type=fuse,id=export,node-name=lun,mountpoint={},writable=on", export.display());
-        let cmd = cmd.arg("--blockdev").arg(blockdev).arg("--export").arg(export_opt);
+        let cmd = cmd.arg("--blockdev").arg(blockdev).arg("--export").arg(export_opt).timeout(deadline.remaining());
         self.runner.check(&cmd, &[])?;
         let pid = std::fs::read_to_string(&pid_file).map_err(io(&pid_file))?;
         pid.trim().parse().map_err(|_| IscsiError::Context(format!("{}: not a pid: {pid:?}", pid_file.display())))
@@ -99,8 +108,14 @@ impl<R: Runner> Userspace<R> {
         }
     }
 
-    fn attach_via(&self, dir: &Path, portal: &str, target: &IscsiTarget) -> Result<Attachment, IscsiError> {
-        let pid = self.start_daemon(dir, portal, target)?;
+    fn attach_via(
+        &self,
+        dir: &Path,
+        portal: &str,
+        target: &IscsiTarget,
+        deadline: Deadline,
+    ) -> Result<Attachment, IscsiError> {
+        let pid = self.start_daemon(dir, portal, target, deadline)?;
         let attachment = Attachment {
             device: PathBuf::new(),
             iqn: target.iqn.clone(),
@@ -110,7 +125,7 @@ impl<R: Runner> Userspace<R> {
         match self.losetup(&["--find", "--show"], &export) {
             Ok(device) => Ok(Attachment { device: PathBuf::from(device.trim()), ..attachment }),
             Err(error) => {
-                let _ = self.detach(&attachment);
+                let _ = self.detach(&attachment, deadline);
                 Err(error)
             }
         }
@@ -118,14 +133,14 @@ impl<R: Runner> Userspace<R> {
 }
 
 impl<R: Runner> Attacher for Userspace<R> {
-    fn attach(&self, name: &str, target: &IscsiTarget) -> Result<Attachment, IscsiError> {
+    fn attach(&self, name: &str, target: &IscsiTarget, deadline: Deadline) -> Result<Attachment, IscsiError> {
         let dir = self.dir.join(file_name(name));
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
         // One path is enough: the first portal that logs in serves.
         let mut failures = Vec::new();
         for portal in &target.portals {
-            match self.attach_via(&dir, portal, target) {
+            match self.attach_via(&dir, portal, target, deadline) {
                 Ok(attachment) => {
                     tracing::info!(
                         volume = %name, iqn = %target.iqn, portal = %portal, device = %attachment.device.display(),
@@ -140,7 +155,7 @@ impl<R: Runner> Attacher for Userspace<R> {
         Err(failures.into_iter().next().unwrap_or_else(|| IscsiError::Context("no portal".into())))
     }
 
-    fn detach(&self, attachment: &Attachment) -> Result<(), IscsiError> {
+    fn detach(&self, attachment: &Attachment, _deadline: Deadline) -> Result<(), IscsiError> {
         let Via::Userspace { dir, pid } = &attachment.via else {
             return Err(IscsiError::Context(format!("{} was not attached by the userspace initiator", attachment.iqn)));
         };
@@ -166,7 +181,7 @@ impl<R: Runner> Attacher for Userspace<R> {
 
     /// The FUSE export keeps the size the LUN had at login: a grown LUN is
     /// seen only once the volume is staged again, which the caller is told.
-    fn rescan(&self, attachment: &Attachment) -> Result<(), IscsiError> {
+    fn rescan(&self, attachment: &Attachment, _deadline: Deadline) -> Result<(), IscsiError> {
         Err(IscsiError::Context(format!(
             "{}: the userspace initiator sees the new size of a LUN only when it is staged again",
             attachment.iqn

@@ -95,13 +95,31 @@ impl DsmClient {
         if config.max_concurrency == 0 {
             return Err(DsmError::Config("max_concurrency must be at least 1".to_owned()));
         }
-        let http = reqwest::Client::builder()
-            .timeout(config.call_timeout)
-            .connect_timeout(config.call_timeout)
-            .tls_danger_accept_invalid_certs(config.insecure)
-            .user_agent(concat!("berth-synology/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| DsmError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(config.call_timeout)
+                .connect_timeout(config.call_timeout)
+                .tls_danger_accept_invalid_certs(config.insecure)
+                .user_agent(concat!("berth-synology/", env!("CARGO_PKG_VERSION")))
+        };
+        // The system's CA certificates are only needed to verify an https
+        // DSM; a host without them (no ca-certificates) still talks http,
+        // or https with allowInsecure.
+        let needs_roots = base_url.starts_with("https://") && !config.insecure;
+        let http = builder().build().or_else(|e| {
+            if needs_roots {
+                Err(DsmError::Config(format!(
+                    "cannot load this host's CA certificates to verify {base_url} ({}): install ca-certificates, \
+                     or set httpConnection.allowInsecure: true for a self-signed DSM certificate",
+                    root_cause(&e)
+                )))
+            } else {
+                builder()
+                    .tls_certs_only(std::iter::empty())
+                    .build()
+                    .map_err(|e| DsmError::Config(format!("cannot build the HTTP client: {}", root_cause(&e))))
+            }
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
