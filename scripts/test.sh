@@ -10,9 +10,10 @@ export CARGO_TERM_COLOR=never
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
   apt_install python3 python3-pip
 fi
-if [ ! -d target/pydeps/nomad ]; then
-  log "installing python-nomad into target/pydeps"
-  python3 -m pip install -q --disable-pip-version-check --target target/pydeps --break-system-packages python-nomad
+# grpcio: a CSI client that sends the socket path as HTTP/2 authority.
+if [ ! -d target/pydeps/nomad ] || [ ! -d target/pydeps/grpc ]; then
+  log "installing python-nomad and grpcio into target/pydeps"
+  python3 -m pip install -q --disable-pip-version-check --target target/pydeps --break-system-packages python-nomad grpcio
 fi
 # The Docker engine, a MySQL client and the local test images for the
 # docker driver's tests.
@@ -33,6 +34,9 @@ ensure_iscsi_userspace
 # with systemd-nspawn -b.
 apt_install systemd systemd-container
 ./scripts/build-test-images.sh
+# The node VM (Debian's kernel under QEMU) for the kernel iSCSI and
+# multipath tests: qemu-system-x86 and the cached image.
+./scripts/node-vm-image.sh >/dev/null
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, job_file, mysql, pids_with, wait_for, Agent};
 use synology::dsm::{DsmClient, DsmConfig, Password};
-use synology::sim::{tgt_control_port, FaultsUpdate, SimConfig, Simulator};
+use synology::sim::{tgt_control_port, FaultsUpdate, SimConfig, Simulator, FRESH_NAS_LUNS, FRESH_NAS_TARGETS};
 
 const PASSWORD: &str = "nas-pw-for-tests";
 
@@ -73,11 +73,17 @@ impl Nas {
         DsmClient::new(config).unwrap()
     }
 
-    /// (LUNs, targets) on the NAS.
+    /// (LUNs, targets) on the NAS besides those it came with.
     fn counts(&self) -> (usize, usize) {
         let client = self.client();
-        self.rt
-            .block_on(async { (client.list_luns().await.unwrap().len(), client.list_targets().await.unwrap().len()) })
+        self.rt.block_on(async {
+            let luns = client.list_luns().await.unwrap();
+            let targets = client.list_targets().await.unwrap();
+            (
+                luns.iter().filter(|l| !FRESH_NAS_LUNS.contains(&l.name.as_str())).count(),
+                targets.iter().filter(|t| !FRESH_NAS_TARGETS.contains(&t.name.as_str())).count(),
+            )
+        })
     }
 
     fn inject(&self, update: FaultsUpdate) {

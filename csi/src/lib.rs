@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod answers;
+mod authority;
 pub mod client;
 pub mod iscsi;
 pub mod local;
@@ -36,6 +37,8 @@ mod rpc;
 pub mod serve;
 
 pub use client::{Call, Capabilities, ClientConfig, ClientError, CsiClient, RetryPolicy, Rpc};
+/// The gRPC status codes plugins answer with (what [`ClientError::code`] returns).
+pub use tonic::Code;
 
 /// The csi.v1 protocol, generated from `proto/csi.proto`.
 ///

@@ -1,15 +1,21 @@
 //! Serving CSI services on a unix socket, for every plugin berth ships
 //! (the local plugin, the Synology provisioner): a stale socket file is
 //! replaced (any other file in the way is an error), the directory is
-//! created, and the socket is removed again when serving ends.
+//! created, and the socket is removed again when serving ends. Clients
+//! that send the socket's path as the HTTP/2 authority (Python's grpcio)
+//! are served too ([`crate::authority`]).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 use tonic::service::Routes;
+use tonic::transport::server::{Connected, UdsConnectInfo};
 use tonic::transport::Server;
+
+use crate::authority::AuthorityFix;
 
 use crate::client::{socket_path, ClientError};
 
@@ -60,11 +66,19 @@ pub async fn serve_unix(
     tracing::info!(plugin, socket = %path.display(), "CSI plugin serving");
     let served = Server::builder()
         .add_routes(routes)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener).map(|s| s.map(AuthorityFix::new)), shutdown)
         .await;
     let _ = std::fs::remove_file(&path);
     tracing::info!(plugin, socket = %path.display(), "CSI plugin stopped");
     served.map_err(|source| ServeError::Serve { path, source })
+}
+
+impl Connected for AuthorityFix<UnixStream> {
+    type ConnectInfo = UdsConnectInfo;
+
+    fn connect_info(&self) -> UdsConnectInfo {
+        self.get_ref().connect_info()
+    }
 }
 
 /// Removes a socket file at `path`; nothing there is fine, anything but a

@@ -28,6 +28,7 @@ struct State {
     /// Both streams of each relayed connection, by connection number.
     open: Vec<(u64, TcpStream)>,
     next: u64,
+    accepted: u64,
 }
 
 /// A relay from a loopback port to `upstream`.
@@ -41,7 +42,7 @@ impl Proxy {
     pub fn start(upstream: SocketAddr) -> Result<Proxy, VmError> {
         let listener = TcpListener::bind("127.0.0.1:0").map_err(VmError::io("127.0.0.1:0"))?;
         let addr = listener.local_addr().map_err(VmError::io("127.0.0.1:0"))?;
-        let state = Arc::new(Mutex::new(State { mode: ProxyMode::Pass, open: Vec::new(), next: 0 }));
+        let state = Arc::new(Mutex::new(State { mode: ProxyMode::Pass, open: Vec::new(), next: 0, accepted: 0 }));
         let shared = Arc::clone(&state);
         thread::spawn(move || {
             for client in listener.incoming().flatten() {
@@ -55,6 +56,12 @@ impl Proxy {
     /// The loopback address to connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections accepted so far (also the refused and held ones): how
+    /// often a client tried.
+    pub fn connections(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).accepted
     }
 
     /// Switches the mode; `Refuse` also closes every open connection.
@@ -76,8 +83,12 @@ impl Drop for Proxy {
 }
 
 fn relay(client: TcpStream, upstream: SocketAddr, state: &Arc<Mutex<State>>) {
-    if state.lock().unwrap_or_else(|e| e.into_inner()).mode == ProxyMode::Refuse {
-        return;
+    {
+        let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+        guard.accepted += 1;
+        if guard.mode == ProxyMode::Refuse {
+            return;
+        }
     }
     let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(5)) else { return };
     let id = {

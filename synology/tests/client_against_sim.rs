@@ -7,7 +7,7 @@ mod common;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use common::{client, client_config, sim_config, start, thin_lun, PASSWORD};
+use common::{added_luns, added_targets, client, client_config, sim_config, start, thin_lun, PASSWORD};
 use synology::dsm::{DsmClient, DsmError, Iqn, LunCreate, LunType, SnapshotCreate, TargetAuth, TargetCreate};
 use synology::sim::{FaultsUpdate, Simulator};
 
@@ -49,11 +49,11 @@ async fn lun_target_snapshot_clone_lifecycle() {
     let lun = dsm.get_lun(&uuid).await.unwrap().expect("LUN by uuid");
     assert_eq!((lun.name.as_str(), lun.size, lun.type_str.as_str()), ("pvc-1", GIB, "BLUN"));
     assert_eq!(dsm.get_lun("pvc-1").await.unwrap().map(|l| l.uuid), Some(uuid.clone()), "LUN by name");
-    assert_eq!(dsm.list_luns().await.unwrap().len(), 1);
+    assert_eq!(added_luns(&dsm).await.len(), 1);
     let got = dsm.get_target(target_id).await.unwrap().expect("target");
     assert_eq!(got.mapped_luns.len(), 1);
     assert_eq!((got.mapped_luns[0].lun_uuid.as_str(), got.mapped_luns[0].mapping_index), (uuid.as_str(), 1));
-    assert_eq!(dsm.list_targets().await.unwrap(), vec![got]);
+    assert_eq!(added_targets(&dsm).await, vec![got]);
 
     dsm.expand_lun(&uuid, 2 * GIB).await.unwrap();
     assert_eq!(dsm.get_lun(&uuid).await.unwrap().unwrap().size, 2 * GIB);
@@ -82,7 +82,7 @@ async fn lun_target_snapshot_clone_lifecycle() {
     dsm.delete_lun(&clone).await.unwrap();
     dsm.delete_target(target_id).await.unwrap();
     assert_eq!(dsm.get_target(target_id).await.unwrap(), None);
-    assert!(dsm.list_luns().await.unwrap().is_empty());
+    assert!(added_luns(&dsm).await.is_empty());
     h.sim.shutdown().await.unwrap();
 }
 
@@ -125,7 +125,7 @@ async fn session_expiry_mid_sequence_relogs_once_and_creates_once() {
     let second = dsm.create_lun(&thin_lun("after-expiry", GIB)).await.unwrap();
 
     assert_eq!(h.sim.stats().logins, 2, "exactly one re-login");
-    let luns = dsm.list_luns().await.unwrap();
+    let luns = added_luns(&dsm).await;
     let names: Vec<&str> = luns.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["before-expiry", "after-expiry"], "no duplicate LUN");
     assert_ne!(first, second);
@@ -139,7 +139,7 @@ async fn session_expiry_mid_sequence_relogs_once_and_creates_once() {
         })
         .collect();
     for handle in racing {
-        assert_eq!(handle.await.unwrap().unwrap().len(), 2);
+        assert_eq!(handle.await.unwrap().unwrap().len(), 2 + synology::sim::FRESH_NAS_LUNS.len());
     }
     assert_eq!(h.sim.stats().logins, 3);
     h.sim.shutdown().await.unwrap();
@@ -220,7 +220,7 @@ async fn injected_faults_surface_as_mapped_errors() {
     let err = dsm.create_lun(&thin_lun("limited", GIB)).await.unwrap_err();
     assert_eq!(err.code(), Some(18990541));
     assert_eq!(err.to_string(), "SYNO.Core.ISCSI.LUN create: DSM error 18990541 (maximum number of LUNs reached)");
-    assert!(dsm.list_luns().await.unwrap().is_empty(), "the refused create made nothing");
+    assert!(added_luns(&dsm).await.is_empty(), "the refused create made nothing");
 
     h.sim.inject(&FaultsUpdate { http_500_next: Some(1), ..FaultsUpdate::default() });
     let err = dsm.list_luns().await.unwrap_err();

@@ -4,13 +4,12 @@
 //! a create, expansion, snapshots, clones, deletion, and DSM down or
 //! refusing the password.
 
-#[allow(dead_code)]
 mod common;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{client, start, thin_lun, Harness, PASSWORD};
+use common::{added_luns, added_targets, client, start, thin_lun, Harness, PASSWORD};
 use csi::v1::volume_capability::{access_mode, AccessMode, AccessType, BlockVolume, MountVolume};
 use csi::v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 use csi::v1::{
@@ -125,8 +124,9 @@ fn create(name: &str, required: i64, limit: i64) -> CreateVolumeRequest {
     }
 }
 
+/// (LUNs, targets) on the NAS besides those it came with.
 async fn counts(dsm: &DsmClient) -> (usize, usize) {
-    (dsm.list_luns().await.unwrap().len(), dsm.list_targets().await.unwrap().len())
+    (added_luns(dsm).await.len(), added_targets(dsm).await.len())
 }
 
 #[tokio::test]
@@ -149,7 +149,7 @@ async fn volume_lifecycle_create_expand_snapshot_clone_delete() {
 
     let lun = dsm.get_lun("b-vol-1").await.unwrap().expect("LUN exists on DSM");
     assert_eq!((lun.size, lun.type_str.as_str(), lun.location.as_str()), (3 << 30, "BLUN", "/volume1"));
-    let targets = dsm.list_targets().await.unwrap();
+    let targets = added_targets(&dsm).await;
     assert_eq!(targets.len(), 1);
     assert_eq!((targets[0].iqn.as_str(), targets[0].max_sessions), (context["iqn"].as_str(), 0));
     assert_eq!(targets[0].mapped_luns[0].lun_uuid, lun.uuid);
@@ -277,7 +277,7 @@ async fn session_expiry_in_the_middle_of_a_create_relogs_once_and_creates_once()
     assert_eq!(sim.stats().logins, 2, "exactly one re-login");
     let dsm = client(&sim);
     assert_eq!(counts(&dsm).await, (1, 1));
-    assert_eq!(dsm.list_targets().await.unwrap()[0].mapped_luns.len(), 1);
+    assert_eq!(added_targets(&dsm).await[0].mapped_luns.len(), 1);
     p.stop().await;
     sim.shutdown().await.unwrap();
 }
@@ -301,7 +301,7 @@ async fn a_crash_between_steps_is_finished_by_the_retry() {
         assert_eq!(volume.volume_context["lun"], "1", "{name}");
     }
     assert_eq!(counts(&dsm).await, (2, 2), "exactly one LUN and one target per volume");
-    for target in dsm.list_targets().await.unwrap() {
+    for target in added_targets(&dsm).await {
         let expected = if target.name == "b-crash-1" { &uuid } else { &uuid2 };
         assert_eq!(&target.mapped_luns[0].lun_uuid, expected, "the existing LUN was adopted");
     }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{sim_config, start, ACCOUNT, PASSWORD};
+use common::{sim_config, start_empty, ACCOUNT, PASSWORD};
 use serde_json::{json, Value};
 use synology::sim::Simulator;
 
@@ -45,7 +45,7 @@ fn code(answer: &Value) -> i64 {
 
 #[tokio::test]
 async fn democratic_csi_and_synology_csi_wire_forms_work() {
-    let h = start().await;
+    let h = start_empty().await;
     let base = h.sim.base_url();
     let sid = login(&base, "&session=democratic-csi").await["data"]["sid"].as_str().unwrap().to_owned();
 
@@ -125,7 +125,7 @@ async fn democratic_csi_and_synology_csi_wire_forms_work() {
 
 #[tokio::test]
 async fn protocol_errors_discovery_and_logout() {
-    let h = start().await;
+    let h = start_empty().await;
     let base = h.sim.base_url();
     let info =
         get(&base, "query.cgi", "api=SYNO.API.Info&version=1&method=query&query=SYNO.API.Auth,SYNO.Core.ISCSI.LUN")

@@ -22,7 +22,7 @@ use csi::v1::{
     NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest,
     NodeUnstageVolumeRequest, Volume, VolumeCapability,
 };
-use csi::{ClientConfig, ClientError, CsiClient, RetryPolicy};
+use csi::{ClientConfig, ClientError, CsiClient, RetryPolicy, Rpc};
 use nodevm::{NodeVm, Proxy, UnixForward, VmConfig};
 use synology::dsm::{DsmClient, DsmConfig, Password};
 use synology::sim::{tgt_control_port, FaultsUpdate, SimConfig, Simulator};
@@ -105,6 +105,21 @@ pub fn target(id: &str) -> String {
     format!("/var/lib/berth-lab/publish/{id}/mount")
 }
 
+/// democratic-csi's synology-iscsi YAML for the lab's NAS as the VM sees it.
+fn driver_yaml(portals: usize, target_template: &str) -> String {
+    let portals: Vec<String> = (0..portals).map(|i| portal(i).to_string()).collect();
+    format!(
+        "driver: synology-iscsi\nhttpConnection:\n  protocol: http\n  host: {}\n  port: {}\n  username: admin\n  \
+         password: \"{PASSWORD}\"\nsynology:\n  volume: /volume1\niscsi:\n  targetPortal: \"{}\"\n  \
+         targetPortals: [{}]\n  baseiqn: \"iqn.2000-01.com.synology:lab.\"\n  namePrefix: \"\"\n  \
+         lunTemplate:\n    type: BLUN\n  targetTemplate:\n    {target_template}\n",
+        DSM_IN_VM.ip(),
+        DSM_IN_VM.port(),
+        portals[0],
+        portals[1..].iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", "),
+    )
+}
+
 impl Lab {
     pub fn start(config: LabConfig) -> Lab {
         let dir = tempfile::tempdir().unwrap();
@@ -121,18 +136,7 @@ impl Lab {
         let sim = rt.block_on(Simulator::start(sim_config.clone())).expect("dsm-sim starts");
         let paths: Vec<Proxy> = (0..config.portals).map(|_| Proxy::start(sim_config.portal).unwrap()).collect();
 
-        let portals: Vec<String> = (0..config.portals).map(|i| portal(i).to_string()).collect();
-        let yaml = format!(
-            "driver: synology-iscsi\nhttpConnection:\n  protocol: http\n  host: {}\n  port: {}\n  username: admin\n  \
-             password: \"{PASSWORD}\"\nsynology:\n  volume: /volume1\niscsi:\n  targetPortal: \"{}\"\n  \
-             targetPortals: [{}]\n  baseiqn: \"iqn.2000-01.com.synology:lab.\"\n  namePrefix: \"\"\n  \
-             lunTemplate:\n    type: BLUN\n  targetTemplate:\n    {}\n",
-            DSM_IN_VM.ip(),
-            DSM_IN_VM.port(),
-            portals[0],
-            portals[1..].iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", "),
-            config.target_template,
-        );
+        let yaml = driver_yaml(config.portals, &config.target_template);
         let mut vm_config = VmConfig::new(&config.name)
             .services(&config.services)
             .forward(DSM_IN_VM, sim.addr())
@@ -178,16 +182,34 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(200));
         }
         self._forward = Some(self.vm.forward_unix(SOCKET, &self.host_socket).unwrap());
+        self.connect(Duration::from_secs(120));
+    }
+
+    /// (Re)connects the host's client; node calls get `stage_timeout`,
+    /// which the plugin takes as its deadline.
+    pub fn connect(&mut self, stage_timeout: Duration) {
         let endpoint = format!("unix://{}", self.host_socket.display());
-        let config = ClientConfig { retry: RetryPolicy::never(), ..ClientConfig::default() };
+        let config = ClientConfig { retry: RetryPolicy::never(), ..ClientConfig::default() }
+            .with_timeout(Rpc::NodeStageVolume, stage_timeout)
+            .with_timeout(Rpc::NodeUnstageVolume, stage_timeout);
         self.client = Some(self.rt.block_on(CsiClient::connect(&endpoint, config)).unwrap());
+    }
+
+    /// Restarts the plugin with another `targetTemplate`.
+    pub fn reconfigure(&mut self, target_template: &str) {
+        self.kill_plugin();
+        self.config.target_template = target_template.to_owned();
+        let yaml = driver_yaml(self.config.portals, target_template);
+        std::fs::write(self.vm.work_dir().join("synology-iscsi.yaml"), yaml).unwrap();
+        self.sh("install -m 0600 /host/work/synology-iscsi.yaml /etc/berth/synology-iscsi.yaml");
+        self.start_plugin();
     }
 
     /// Kills the plugin (SIGKILL) in the VM.
     pub fn kill_plugin(&mut self) {
         self.client = None;
         self._forward = None;
-        let _ = self.vm.exec("pkill -9 -f 'berth csi-plugin'; sleep 0.2");
+        let _ = self.vm.exec(&format!("pkill -9 -f '^/host/bin/berth csi-plugin'; sleep 0.2; rm -f {SOCKET}"));
     }
 
     pub fn plugin_log(&self) -> String {
@@ -221,6 +243,39 @@ impl Lab {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The target id of volume `id` (the target has the volume's name).
+    pub fn target_id(&self, id: &str) -> u32 {
+        let dsm = self.dsm();
+        let targets = self.rt.block_on(dsm.list_targets()).unwrap();
+        targets.iter().find(|t| t.name == id).map(|t| t.target_id).expect("the volume's target")
+    }
+
+    /// The NAS deletes volume `id`'s target, as an operator in DSM's UI would.
+    pub fn nas_deletes_target(&self, id: &str) {
+        let target_id = self.target_id(id);
+        self.rt.block_on(self.dsm().delete_target(target_id)).unwrap();
+    }
+
+    /// tgtd's id of the target `iqn`.
+    pub fn tgt_tid(&self, iqn: &str) -> u32 {
+        let listing = self.tgtadm("--mode target --op show");
+        listing
+            .lines()
+            .find_map(|l| {
+                let (tid, name) = l.strip_prefix("Target ")?.split_once(": ")?;
+                (name.trim() == iqn).then(|| tid.parse().ok()).flatten()
+            })
+            .expect("the target is exported")
+    }
+
+    /// Powers the VM off without warning and boots it again; the plugin
+    /// is started anew, as its service would be.
+    pub fn vm_reboot(&mut self) {
+        self.kill_plugin();
+        self.vm.reboot().expect("the VM boots again");
+        self.start_plugin();
     }
 
     /// Sessions the NAS's tgtd holds.

@@ -60,7 +60,10 @@ pub enum IscsiError {
         stderr: String,
     },
     /// The portal answered discovery without the target.
-    #[error("portal {portal} does not offer target {iqn} (it offers: {offered})")]
+    #[error(
+        "portal {portal} does not offer target {iqn} to this initiator (it offers: {offered}): the target was \
+         deleted, or its access list does not admit this initiator"
+    )]
     NotOffered {
         /// The portal asked.
         portal: String,
@@ -137,6 +140,9 @@ pub enum LoginFailure {
     /// The target refused the initiator: unknown target, initiator ACL, or
     /// its session limit (exit 19).
     Refused,
+    /// As `Refused`, with mutual CHAP configured: the kernel reports a
+    /// target whose secret does not match the same way.
+    RefusedMutualChap,
     /// The kernel has no iSCSI transport (exit 12).
     NoTransport,
     /// The portal did not answer, or answered with transient errors, until
@@ -154,6 +160,11 @@ impl fmt::Display for LoginFailure {
             Self::Refused => {
                 "the target refused this initiator (no such target on the portal, the target's initiator ACL, or \
                  its session limit: another node may still be logged in)"
+            }
+            Self::RefusedMutualChap => {
+                "the login was refused: with mutual CHAP the usual cause is the target's user or secret not \
+                 matching node-db.node.session.auth.username_in/password_in (else: no such target, the target's \
+                 initiator ACL, or its session limit)"
             }
             Self::NoTransport => "the kernel has no iSCSI TCP transport (modprobe iscsi_tcp)",
             Self::NoAnswer => "the portal did not accept a login",
@@ -185,6 +196,13 @@ impl Deadline {
     /// The earlier of this deadline and `timeout` from now.
     pub fn within(&self, timeout: Duration) -> Self {
         Self(self.0.min(Instant::now() + timeout))
+    }
+
+    /// This deadline moved earlier by `share` of the time left, at most
+    /// `cap`: work that must leave time for its own undo.
+    pub fn leaving(&self, share: u32, cap: Duration) -> Self {
+        let reserve = (self.remaining() / share).min(cap);
+        Self(self.0 - reserve)
     }
 }
 
@@ -333,6 +351,14 @@ pub trait Attacher: Send + Sync + fmt::Debug {
     fn detach(&self, attachment: &Attachment, deadline: Deadline) -> Result<(), IscsiError>;
     /// Makes the attached device see a grown LUN.
     fn rescan(&self, attachment: &Attachment, deadline: Deadline) -> Result<(), IscsiError>;
+    /// Called before unmounting for a detach: when the NAS no longer has
+    /// the target (its portal answers without it), the dead session is
+    /// ended at once, failing the I/O that waits for it, so the unmount
+    /// cannot hang on data that has nowhere to go. A portal that does not answer is left alone: the
+    /// target may come back. Returns whether a vanished target was found.
+    fn release_vanished(&self, _attachment: &Attachment, _deadline: Deadline) -> bool {
+        false
+    }
 }
 
 /// Which initiator to use.

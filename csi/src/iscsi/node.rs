@@ -263,6 +263,7 @@ impl Inner {
         if !busy.is_empty() {
             return Err(Status::failed_precondition(format!("volume {id} is still published at {}", busy.join(", "))));
         }
+        self.attacher.release_vanished(&record.attachment, deadline);
         if is_mounted(staging) {
             mount::unmount(staging).map_err(|e| internal(id, "unmounting", e))?;
         }

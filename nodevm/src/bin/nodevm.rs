@@ -186,6 +186,12 @@ fn relay(addr: &str) -> std::io::Result<()> {
         let _ = to_socket.shutdown(Shutdown::Write);
     });
     let _ = std::io::copy(&mut from_socket, &mut output);
+    // The host side closed: QEMU hands over one socket as fds 0, 1 and 2,
+    // so closing fd 1 alone would keep it open; shutting down its sending
+    // side lets QEMU close the guest's end.
+    // SAFETY: shutdown(2) takes no pointers; on a non-socket it fails harmlessly.
+    unsafe { libc::shutdown(1, libc::SHUT_WR) };
+    drop(output);
     let _ = upstream.join();
     Ok(())
 }

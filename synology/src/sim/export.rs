@@ -35,6 +35,8 @@ pub(crate) struct ExportedTarget {
     pub luns: BTreeMap<u32, (PathBuf, u64)>,
     /// CHAP user and secret the initiator must present.
     pub chap: Option<(String, String)>,
+    /// Mutual CHAP: the user and secret the target presents to the initiator.
+    pub mutual: Option<(String, String)>,
 }
 
 /// A logged-in initiator.
@@ -110,7 +112,7 @@ impl TgtExport {
     fn clear(&mut self) -> Result<(), SimError> {
         let listing = self.run(&self.tgtadm(&["--mode", "target", "--op", "show"]))?;
         for tid in listing.lines().filter_map(|l| l.strip_prefix("Target ")?.split(':').next()?.parse::<u32>().ok()) {
-            self.run(&self.tgtadm(&["--mode", "target", "--op", "delete", "--force", "--tid", &tid.to_string()]))?;
+            self.delete_target(tid)?;
         }
         self.exported.clear();
         Ok(())
@@ -120,12 +122,40 @@ impl TgtExport {
         self.run(&self.tgtadm(&["--mode", "target", "--op", "new", "--tid", tid, "--targetname", &target.iqn]))?;
         self.run(&self.tgtadm(&["--mode", "target", "--op", "bind", "--tid", tid, "--initiator-address", "ALL"]))?;
         if let Some((user, secret)) = &target.chap {
-            let account = self.tgtadm(&["--mode", "account", "--op", "new", "--user", user, "--password"]);
-            // An account of the same name from an earlier target may exist.
-            let _ = self.run(&self.tgtadm(&["--mode", "account", "--op", "delete", "--user", user]));
-            self.run(&account.secret_arg(secret))?;
-            self.run(&self.tgtadm(&["--mode", "account", "--op", "bind", "--tid", tid, "--user", user]))?;
+            self.account(tid, user, secret, false)?;
         }
+        if let Some((user, secret)) = &target.mutual {
+            self.account(tid, user, secret, true)?;
+        }
+        Ok(())
+    }
+
+    /// A CHAP account bound to target `tid`: incoming (the initiator's) or
+    /// outgoing (the target's, for mutual CHAP).
+    fn account(&self, tid: &str, user: &str, secret: &str, outgoing: bool) -> Result<(), SimError> {
+        let account = self.tgtadm(&["--mode", "account", "--op", "new", "--user", user, "--password"]);
+        // An account of the same name from an earlier target may exist.
+        let _ = self.run(&self.tgtadm(&["--mode", "account", "--op", "delete", "--user", user]));
+        self.run(&account.secret_arg(secret))?;
+        let bind = self.tgtadm(&["--mode", "account", "--op", "bind", "--tid", tid, "--user", user]);
+        self.run(&if outgoing { bind.arg("--outgoing") } else { bind })?;
+        Ok(())
+    }
+
+    /// Removes target `tid`, closing its sessions first as DSM does (tgtd
+    /// left with a session of a deleted target stops answering logins).
+    fn delete_target(&self, tid: u32) -> Result<(), SimError> {
+        let sessions = self.sessions()?;
+        for session in sessions.get(&tid).into_iter().flatten() {
+            self.close_session(tid, session.nexus)?;
+        }
+        self.run(&self.tgtadm(&["--mode", "target", "--op", "delete", "--force", "--tid", &tid.to_string()]))?;
+        Ok(())
+    }
+
+    fn close_session(&self, tid: u32, nexus: u64) -> Result<(), SimError> {
+        let (tid, sid) = (tid.to_string(), nexus.to_string());
+        self.run(&self.tgtadm(&["--mode", "conn", "--op", "delete", "--tid", &tid, "--sid", &sid, "--cid", "0"]))?;
         Ok(())
     }
 
@@ -152,7 +182,7 @@ impl TgtExport {
         for (tid, old) in &current {
             let tid_text = tid.to_string();
             match wanted.get(tid) {
-                Some(new) if new.iqn == old.iqn && new.chap == old.chap => {
+                Some(new) if new.iqn == old.iqn && new.chap == old.chap && new.mutual == old.mutual => {
                     for (lun, backing) in &old.luns {
                         if new.luns.get(lun) != Some(backing) {
                             self.delete_lun(&tid_text, *lun)?;
@@ -164,13 +194,13 @@ impl TgtExport {
                         }
                     }
                 }
-                _ => {
-                    self.run(&self.tgtadm(&["--mode", "target", "--op", "delete", "--force", "--tid", &tid_text]))?;
-                }
+                _ => self.delete_target(*tid)?,
             }
         }
         for (tid, new) in &wanted {
-            let reused = current.get(tid).is_some_and(|old| old.iqn == new.iqn && old.chap == new.chap);
+            let reused = current
+                .get(tid)
+                .is_some_and(|old| old.iqn == new.iqn && old.chap == new.chap && old.mutual == new.mutual);
             if !reused {
                 let tid_text = tid.to_string();
                 self.add_target(&tid_text, new)?;
@@ -200,10 +230,7 @@ impl TgtExport {
             }
             sessions.sort_by_key(|s| s.nexus);
             for extra in sessions.iter().skip(usize::try_from(limit).unwrap_or(usize::MAX)) {
-                let (tid, sid) = (tid.to_string(), extra.nexus.to_string());
-                let cmd =
-                    self.tgtadm(&["--mode", "conn", "--op", "delete", "--tid", &tid, "--sid", &sid, "--cid", "0"]);
-                self.run(&cmd)?;
+                self.close_session(tid, extra.nexus)?;
                 tracing::info!(target = %tid, initiator = %extra.initiator, "session over max_sessions closed");
                 closed += 1;
             }

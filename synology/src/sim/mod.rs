@@ -38,6 +38,7 @@ use tracing::info;
 pub use error::SimError;
 pub use export::control_port as tgt_control_port;
 pub use faults::{Faults, FaultsUpdate};
+pub use san::{FRESH_NAS_LUNS, FRESH_NAS_TARGETS};
 
 use crate::dsm::Password;
 use auth::Sessions;
@@ -72,6 +73,9 @@ pub struct SimConfig {
     pub volume_size: u64,
     /// Faults in force from the start.
     pub faults: Faults,
+    /// Give a new state dir what a NAS comes with: DSM's default target, a
+    /// Virtual Machine Manager disk and another tool's LUN with a snapshot.
+    pub fresh_nas: bool,
 }
 
 impl SimConfig {
@@ -95,6 +99,7 @@ impl SimConfig {
             lun_delete_delay: Duration::from_secs(1),
             volume_size: 1 << 40,
             faults: Faults::default(),
+            fresh_nas: true,
         }
     }
 }
@@ -137,6 +142,9 @@ impl Simulator {
             export: None,
         };
         let mut san = san;
+        if config.fresh_nas {
+            san.seed_fresh_nas()?;
+        }
         if config.export_iscsi {
             let (portal, log) = (config.portal, config.state_dir.join("tgtd.log"));
             let export = tokio::task::spawn_blocking(move || TgtExport::start(portal, &log))

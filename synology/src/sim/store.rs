@@ -51,7 +51,15 @@ pub(crate) struct TargetRec {
     pub auth_type: u64,
     pub user: String,
     pub password: String,
+    /// Mutual CHAP: the target's own credentials, which the initiator checks.
+    #[serde(default)]
+    pub mutual_user: String,
+    #[serde(default)]
+    pub mutual_password: String,
     pub mapped: Vec<Mapping>,
+    /// DSM's own "Synology iSCSI Target".
+    #[serde(default)]
+    pub is_default: bool,
 }
 
 /// A snapshot record.
@@ -80,6 +88,9 @@ pub(crate) struct State {
     pub last_lun_id: u64,
     pub last_target_id: u32,
     pub last_snapshot_id: u64,
+    /// Whether the objects a NAS comes with were made (once per state dir).
+    #[serde(default)]
+    pub seeded: bool,
 }
 
 /// The state plus the directory it lives in.

@@ -1,11 +1,13 @@
 //! Shared setup: a simulator on a free 127.0.0.1 port with a temporary
 //! state dir, and a client pointed at it with test-sized waits.
 
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use synology::dsm::{DevAttrib, DsmClient, DsmConfig, LunCreate, LunType, Password};
-use synology::sim::{SimConfig, Simulator};
+use synology::dsm::{DevAttrib, DsmClient, DsmConfig, Lun, LunCreate, LunType, Password, Target};
+use synology::sim::{SimConfig, Simulator, FRESH_NAS_LUNS, FRESH_NAS_TARGETS};
 use tempfile::TempDir;
 
 pub const ACCOUNT: &str = "admin";
@@ -22,9 +24,21 @@ pub fn sim_config(dir: &TempDir, listen: SocketAddr) -> SimConfig {
     config
 }
 
+/// A simulated NAS as it comes, with DSM's default target and objects
+/// of other tools.
 pub async fn start() -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let sim = Simulator::start(sim_config(&dir, SocketAddr::from(([127, 0, 0, 1], 0)))).await.expect("sim starts");
+    Harness { sim, dir }
+}
+
+/// A simulated NAS holding nothing at all (for wire-level checks that read
+/// ids and whole listings).
+pub async fn start_empty() -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = sim_config(&dir, SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.fresh_nas = false;
+    let sim = Simulator::start(config).await.expect("sim starts");
     Harness { sim, dir }
 }
 
@@ -49,4 +63,14 @@ pub fn thin_lun(name: &str, size: u64) -> LunCreate {
         description: Some("made by berth tests".to_owned()),
         dev_attribs: vec![DevAttrib { dev_attrib: "can_snapshot".to_owned(), enable: 1 }],
     }
+}
+
+/// The LUNs on the NAS that it did not come with.
+pub async fn added_luns(dsm: &DsmClient) -> Vec<Lun> {
+    dsm.list_luns().await.unwrap().into_iter().filter(|l| !FRESH_NAS_LUNS.contains(&l.name.as_str())).collect()
+}
+
+/// The targets on the NAS that it did not come with.
+pub async fn added_targets(dsm: &DsmClient) -> Vec<Target> {
+    dsm.list_targets().await.unwrap().into_iter().filter(|t| !FRESH_NAS_TARGETS.contains(&t.name.as_str())).collect()
 }

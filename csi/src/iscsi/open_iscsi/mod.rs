@@ -104,19 +104,25 @@ impl<R: Runner> OpenIscsi<R> {
         }
     }
 
-    /// The target's node record on `portal`, with berth's settings.
+    /// The target's node record on `portal`, with berth's settings;
+    /// returns the time one login try may take.
     fn create_record(
         &self,
         portal: &str,
         target: &IscsiTarget,
         multipath: bool,
         deadline: Deadline,
-    ) -> Result<(), IscsiError> {
+    ) -> Result<Duration, IscsiError> {
         let iqn = &target.iqn;
         self.iscsiadm(&iscsiadm::node(iqn, portal, &["-o", "new"]), &[], deadline)?;
+        // One login try at a time, short enough that several fit before
+        // the deadline and that a try never outlives it (a session still
+        // logging in cannot be logged out).
+        let login_timeout = (deadline.remaining() / 3).as_secs().clamp(2, 15);
         let mut settings = vec![
             iscsiadm::set(iqn, portal, "node.startup").arg("manual"),
             iscsiadm::set(iqn, portal, "node.session.initial_login_retry_max").arg("1"),
+            iscsiadm::set(iqn, portal, "node.conn[0].timeo.login_timeout").arg(login_timeout.to_string()),
         ];
         if multipath {
             settings.push(
@@ -135,11 +141,19 @@ impl<R: Runner> OpenIscsi<R> {
         for setting in &settings {
             self.iscsiadm(setting, &[], deadline)?;
         }
-        Ok(())
+        Ok(Duration::from_secs(login_timeout))
     }
 
-    /// Logs in through `portal`, retrying what may pass until `deadline`.
-    fn login(&self, portal: &str, target: &IscsiTarget, deadline: Deadline) -> Result<(), IscsiError> {
+    /// Logs in through `portal`, retrying what may pass until `deadline`;
+    /// a try that could not end before it (each may take `try_time`) is
+    /// not started, so none is left logging in.
+    fn login(
+        &self,
+        portal: &str,
+        target: &IscsiTarget,
+        try_time: Duration,
+        deadline: Deadline,
+    ) -> Result<(), IscsiError> {
         let cmd = iscsiadm::node(&target.iqn, portal, &["--login"]);
         let started = Instant::now();
         let (mut attempts, mut refusals, mut delay) = (0, 0, Duration::from_millis(500));
@@ -147,7 +161,7 @@ impl<R: Runner> OpenIscsi<R> {
             attempts += 1;
             let out = self.run(&cmd, deadline)?;
             let failure = |reason: LoginFailure, out: &CmdOutput| {
-                let said = out.stderr.trim();
+                let said = if out.code == -1 { "no answer before the deadline" } else { out.stderr.trim() };
                 IscsiError::Login {
                     portal: portal.to_owned(),
                     iqn: target.iqn.clone(),
@@ -162,14 +176,18 @@ impl<R: Runner> OpenIscsi<R> {
                 LoginStep::Fail(reason) => return Err(failure(reason, &out)),
                 LoginStep::Refused => {
                     refusals += 1;
+                    let reason = match target.chap.as_ref().and_then(|c| c.mutual.as_ref()) {
+                        Some(_) => LoginFailure::RefusedMutualChap,
+                        None => LoginFailure::Refused,
+                    };
                     if refusals >= REFUSED_TRIES {
-                        return Err(self.refused(portal, target, failure(LoginFailure::Refused, &out), deadline));
+                        return Err(self.refused(portal, target, failure(reason, &out), deadline));
                     }
-                    LoginFailure::Refused
+                    reason
                 }
                 LoginStep::Retry => LoginFailure::NoAnswer,
             };
-            if deadline.remaining() < delay {
+            if deadline.remaining() < delay + try_time {
                 if iscsiadm::iscsid_unreachable(out.code) {
                     return Err(IscsiError::Iscsid { command: cmd.to_string(), stderr: out.stderr.trim().to_owned() });
                 }
@@ -181,34 +199,33 @@ impl<R: Runner> OpenIscsi<R> {
         }
     }
 
-    /// A refused login, explained by a discovery when the portal does not
-    /// offer the target at all. The discovery record is only kept when it
-    /// existed before.
+    /// A refused login, explained when the portal does not offer the
+    /// target at all.
     fn refused(&self, portal: &str, target: &IscsiTarget, refusal: IscsiError, deadline: Deadline) -> IscsiError {
-        let deadline = deadline.within(Duration::from_secs(20));
+        match self.offered(portal, deadline.within(Duration::from_secs(20))) {
+            Some(offered) if !offered.contains(&target.iqn) => IscsiError::NotOffered {
+                portal: portal.to_owned(),
+                iqn: target.iqn.clone(),
+                offered: offered.join(", "),
+            },
+            _ => refusal,
+        }
+    }
+
+    /// The targets `portal` offers (a sendtargets discovery that writes no
+    /// node records; the discovery record is kept only if it existed), or
+    /// `None` when the portal does not answer.
+    fn offered(&self, portal: &str, deadline: Deadline) -> Option<Vec<String>> {
         let existed = self.run(&iscsiadm::discoverydb(portal, &[]), deadline).is_ok_and(|o| o.code == 0);
-        if !existed && self.run(&iscsiadm::discoverydb(portal, &["-o", "new"]), deadline).is_err() {
-            return refusal;
+        if !existed && !self.run(&iscsiadm::discoverydb(portal, &["-o", "new"]), deadline).is_ok_and(|o| o.code == 0) {
+            return None;
         }
         let discovered = self.run(&iscsiadm::discoverydb(portal, &["--discover", "-o", "nonpersistent"]), deadline);
         if !existed {
             let _ = self.run(&iscsiadm::discoverydb(portal, &["-o", "delete"]), deadline);
         }
-        match discovered {
-            Ok(out) if out.code == 0 => {
-                let offered: Vec<&str> = out.stdout.lines().filter_map(|l| l.split_whitespace().nth(1)).collect();
-                if offered.contains(&target.iqn.as_str()) {
-                    refusal
-                } else {
-                    IscsiError::NotOffered {
-                        portal: portal.to_owned(),
-                        iqn: target.iqn.clone(),
-                        offered: offered.join(", "),
-                    }
-                }
-            }
-            _ => refusal,
-        }
+        let out = discovered.ok().filter(|o| o.code == 0)?;
+        Some(out.stdout.lines().filter_map(|l| l.split_whitespace().nth(1)).map(str::to_owned).collect())
     }
 
     /// The LUN's device through `portal`: udev's by-path link, else what
@@ -326,8 +343,8 @@ impl<R: Runner> OpenIscsi<R> {
         let mut devices = Vec::new();
         for portal in &target.portals {
             portals.push(portal.clone());
-            self.create_record(portal, target, several, deadline)?;
-            self.login(portal, target, deadline)?;
+            let try_time = self.create_record(portal, target, several, deadline)?;
+            self.login(portal, target, try_time, deadline)?;
             let device = self.wait_for_device(portal, target, deadline)?;
             if !devices.contains(&device) {
                 devices.push(device);
@@ -375,22 +392,36 @@ impl<R: Runner> OpenIscsi<R> {
         Ok(())
     }
 
-    /// Logs out of `iqn` through `portal`: by the node record, then by
-    /// the session the kernel still lists (a record deleted by hand, a
-    /// target the NAS removed), and checks that none is left.
+    /// Logs out of `iqn` through `portal` until the kernel lists no such
+    /// session: by the node record, else by the session's number (a record
+    /// deleted by hand; a session still logging in, which refuses the
+    /// logout until its attempt ends).
     fn logout(&self, iqn: &str, portal: &str, deadline: Deadline) -> Result<(), IscsiError> {
-        self.iscsiadm(&iscsiadm::node(iqn, portal, &["--logout"]), &[NO_OBJECTS], deadline)?;
-        if let Some(session) = sysfs::session(&self.root, iqn, portal) {
-            tracing::info!(iqn, portal, session = session.id, "logging out of a session its node record missed");
-            self.iscsiadm(&iscsiadm::session_logout(session.id), &[NO_OBJECTS], deadline)?;
-        }
-        match sysfs::session(&self.root, iqn, portal) {
-            Some(session) => Err(IscsiError::Deadline {
-                step: format!("logging out of {iqn} at {portal}"),
-                waited: Duration::ZERO,
-                last: format!("session {} is still there after logout", session.id),
-            }),
-            None => Ok(()),
+        let by_record = iscsiadm::node(iqn, portal, &["--logout"]);
+        let mut delay = self.poll;
+        loop {
+            let last = match self.iscsiadm(&by_record, &[NO_OBJECTS], deadline) {
+                Ok(_) => String::new(),
+                Err(e @ IscsiError::Spawn { .. }) => return Err(e),
+                Err(e) => e.to_string(),
+            };
+            let Some(session) = sysfs::session(&self.root, iqn, portal) else { return Ok(()) };
+            let by_id = iscsiadm::session_logout(session.id);
+            let out = self.run(&by_id, deadline)?;
+            if sysfs::session(&self.root, iqn, portal).is_none() {
+                return Ok(());
+            }
+            if deadline.remaining() < delay {
+                let said = if out.stderr.trim().is_empty() { last } else { out.stderr.trim().to_owned() };
+                return Err(IscsiError::Deadline {
+                    step: format!("logging out of {iqn} at {portal}"),
+                    waited: Duration::ZERO,
+                    last: format!("session {} is still there: {said}", session.id),
+                });
+            }
+            tracing::info!(iqn, portal, session = session.id, "session still there after logout; trying again");
+            sleep(delay);
+            delay = (delay * 2).min(MAX_BACKOFF);
         }
     }
 }
@@ -398,15 +429,15 @@ impl<R: Runner> OpenIscsi<R> {
 impl<R: Runner> Attacher for OpenIscsi<R> {
     fn attach(&self, name: &str, target: &IscsiTarget, deadline: Deadline) -> Result<Attachment, IscsiError> {
         let mut via = Via::OpenIscsi { portals: Vec::new(), discovery_created: Vec::new(), multipath: None };
-        match self.attach_all(target, &mut via, deadline) {
+        // A quarter of the time (at most 10 s) is kept for undoing a failure.
+        match self.attach_all(target, &mut via, deadline.leaving(4, Duration::from_secs(10))) {
             Ok(device) => {
                 tracing::info!(volume = %name, iqn = %target.iqn, device = %device.display(), "iSCSI LUN attached");
                 Ok(Attachment { device, iqn: target.iqn.clone(), via })
             }
             Err(error) => {
                 let partial = Attachment { device: PathBuf::new(), iqn: target.iqn.clone(), via };
-                // The undo gets its own time: the attach used up the deadline.
-                if let Err(undo) = self.detach(&partial, Deadline::after(Duration::from_secs(30))) {
+                if let Err(undo) = self.detach(&partial, deadline.within(Duration::from_secs(30))) {
                     tracing::warn!(volume = %name, error = %undo, "could not undo a failed iSCSI attach");
                 }
                 Err(error)
@@ -418,17 +449,55 @@ impl<R: Runner> Attacher for OpenIscsi<R> {
         let Via::OpenIscsi { portals, discovery_created, multipath } = &attachment.via else {
             return Err(IscsiError::Context(format!("{} was not attached by open-iscsi", attachment.iqn)));
         };
+        // Every step is tried, so one that fails leaves as little as
+        // possible behind; the first failure is reported.
         self.flush(attachment, multipath.as_ref(), deadline)?;
         let iqn = &attachment.iqn;
+        let mut first_failure = None;
         for portal in portals {
-            self.logout(iqn, portal, deadline)?;
-            self.iscsiadm(&iscsiadm::node(iqn, portal, &["-o", "delete"]), &[NO_OBJECTS], deadline)?;
+            let logged_out = self.logout(iqn, portal, deadline);
+            let deleted = self.iscsiadm(&iscsiadm::node(iqn, portal, &["-o", "delete"]), &[NO_OBJECTS], deadline);
+            for failure in [logged_out.err(), deleted.err()].into_iter().flatten() {
+                first_failure.get_or_insert(failure);
+            }
         }
         for portal in discovery_created {
-            self.iscsiadm(&iscsiadm::discoverydb(portal, &["-o", "delete"]), &[NO_OBJECTS], deadline)?;
+            if let Err(failure) =
+                self.iscsiadm(&iscsiadm::discoverydb(portal, &["-o", "delete"]), &[NO_OBJECTS], deadline)
+            {
+                first_failure.get_or_insert(failure);
+            }
+        }
+        if let Some(failure) = first_failure {
+            return Err(failure);
         }
         tracing::info!(iqn = %iqn, "iSCSI LUN detached");
         Ok(())
+    }
+
+    fn release_vanished(&self, attachment: &Attachment, deadline: Deadline) -> bool {
+        let Via::OpenIscsi { portals, multipath, .. } = &attachment.via else { return false };
+        let mut vanished = false;
+        for portal in portals {
+            // A session can look logged in for seconds after its target went
+            // (until a ping times out), so the portal is asked either way.
+            let Some(session) = sysfs::session(&self.root, &attachment.iqn, portal) else { continue };
+            let offered = self.offered(portal, deadline.within(Duration::from_secs(20)));
+            if offered.is_some_and(|offered| !offered.contains(&attachment.iqn)) {
+                tracing::warn!(
+                    iqn = %attachment.iqn, portal, session = session.id,
+                    "the NAS no longer has this target: ending its session, writes still waiting for it fail"
+                );
+                if let Err(e) = self.logout(&attachment.iqn, portal, deadline) {
+                    tracing::warn!(session = session.id, error = %e, "could not end the session of a vanished target");
+                }
+                vanished = true;
+            }
+        }
+        if let (true, Some(map)) = (vanished, multipath) {
+            let _ = self.run(&Cmd::new("dmsetup", &["message", map, "0", "fail_if_no_path"]), deadline);
+        }
+        vanished
     }
 
     fn rescan(&self, attachment: &Attachment, deadline: Deadline) -> Result<(), IscsiError> {

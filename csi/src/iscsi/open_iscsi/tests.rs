@@ -151,6 +151,7 @@ fn one_portal_with_mutual_chap_attaches_and_detaches_leaving_no_records() {
         format!("{node} -o new"),
         format!("{node} -o update -n node.startup -v manual"),
         format!("{node} -o update -n node.session.initial_login_retry_max -v 1"),
+        format!("{node} -o update -n node.conn[0].timeo.login_timeout -v 2"),
         format!("{node} -o update -n node.session.auth.authmethod -v CHAP"),
         format!("{node} -o update -n node.session.auth.username -v berth"),
         format!("{node} -o update -n node.session.auth.password -v <redacted>"),

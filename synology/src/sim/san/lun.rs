@@ -6,7 +6,7 @@ use super::{now_ms, wants, ApiError, ApiResult, Fs, San, MAX_LUNS};
 use crate::sim::params::ApiParams;
 use crate::sim::store::{LunRec, Mapping, Store};
 
-/// The device attributes every LUN reports, off unless `create` enabled them.
+/// The device attributes every LUN reports.
 const DEV_ATTRIBS: &[&str] = &[
     "emulate_tpws",
     "emulate_caw",
@@ -17,16 +17,28 @@ const DEV_ATTRIBS: &[&str] = &[
     "can_snapshot",
 ];
 
-/// DSM's numeric type codes (THIN's is not recorded; see the module doc).
-fn type_code(type_str: &str) -> Option<(u64, Fs)> {
+/// DSM's numeric type code and the filesystems `create` takes the type on
+/// (THIN's code is not recorded, see the module doc; DSM 7.3 takes THIN
+/// on btrfs too). `VDISK_BLUN` (Virtual Machine Manager's disks) is
+/// listed but cannot be created through this API.
+fn type_info(type_str: &str) -> Option<(u64, &'static [Fs])> {
     match type_str {
-        "BLUN" => Some((263, Fs::Btrfs)),
-        "BLUN_THICK" => Some((259, Fs::Btrfs)),
-        "THIN" => Some((16, Fs::Ext4)),
-        "ADV" => Some((15, Fs::Ext4)),
-        "FILE" => Some((3, Fs::Ext4)),
+        "BLUN" => Some((263, &[Fs::Btrfs])),
+        "BLUN_THICK" => Some((259, &[Fs::Btrfs])),
+        "THIN" => Some((16, &[Fs::Ext4, Fs::Btrfs])),
+        "ADV" => Some((15, &[Fs::Ext4])),
+        "FILE" => Some((3, &[Fs::Ext4])),
+        "VDISK_BLUN" => Some((295, &[])),
         _ => None,
     }
+}
+
+/// Device attributes a new LUN of `type_str` has when `create` does not
+/// set them: thin btrfs LUNs (BLUN, and VM disks) can be snapshotted
+/// (synology-csi and democratic-csi rely on that), the others cannot.
+pub(super) fn default_dev_attribs(type_str: &str) -> Vec<(String, u8)> {
+    let snapshottable = matches!(type_str, "BLUN" | "VDISK_BLUN");
+    DEV_ATTRIBS.iter().map(|a| ((*a).to_owned(), u8::from(*a == "can_snapshot" && snapshottable))).collect()
 }
 
 pub(super) fn is_thick(type_str: &str) -> bool {
@@ -58,11 +70,11 @@ impl San {
             let default = if volume.fs == Fs::Btrfs { "BLUN" } else { "ADV" };
             default.to_owned()
         });
-        let (_, fs) = type_code(&type_str).ok_or(ApiError::Code(18990500))?;
-        if fs != volume.fs {
+        let (_, filesystems) = type_info(&type_str).filter(|(_, fs)| !fs.is_empty()).ok_or(ApiError::Code(18990500))?;
+        if !filesystems.contains(&volume.fs) {
             return Err(ApiError::Code(18990318));
         }
-        let dev_attribs = parse_dev_attribs(params.value("dev_attribs"))?;
+        let dev_attribs = parse_dev_attribs(params.value("dev_attribs"), &type_str)?;
         if self.store.state.luns.iter().any(|l| l.name == name) {
             return Err(ApiError::Code(18990538));
         }
@@ -200,7 +212,7 @@ impl San {
     }
 
     fn lun_json(&self, lun: &LunRec, params: &ApiParams) -> Value {
-        let (type_code, _) = type_code(&lun.type_str).unwrap_or((0, Fs::Btrfs));
+        let type_code = type_info(&lun.type_str).map_or(0, |(code, _)| code);
         let dev_attribs: Vec<Value> =
             lun.dev_attribs.iter().map(|(name, enable)| json!({"dev_attrib": name, "enable": enable})).collect();
         let mut value = json!({
@@ -235,9 +247,9 @@ impl San {
     }
 }
 
-/// `dev_attribs=[{"dev_attrib":…,"enable":0|1}]` over the full default list.
-fn parse_dev_attribs(value: Option<Value>) -> Result<Vec<(String, u8)>, ApiError> {
-    let mut attribs: Vec<(String, u8)> = DEV_ATTRIBS.iter().map(|a| ((*a).to_owned(), 0)).collect();
+/// `dev_attribs=[{"dev_attrib":…,"enable":0|1}]` over the type's defaults.
+fn parse_dev_attribs(value: Option<Value>, type_str: &str) -> Result<Vec<(String, u8)>, ApiError> {
+    let mut attribs = default_dev_attribs(type_str);
     let items = match value {
         None => return Ok(attribs),
         Some(Value::Array(items)) => items,

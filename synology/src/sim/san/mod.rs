@@ -8,11 +8,17 @@
 //! * here: the storage volumes (`/volume1` btrfs, `/volume2` ext4) and
 //!   Storage.Volume get.
 //!
+//! * `fresh`: what a NAS holds before berth comes (default target, a VM
+//!   disk, another tool's LUN and snapshot).
+//!
 //! Choices where the reference records no DSM behaviour: shrinking a LUN
 //! answers 101; a snapshot of a LUN without `can_snapshot` answers 18990004;
 //! creating on a volume that does not exist answers 117; THIN's numeric
 //! type is 16. Clones are copied at once, so `is_action_locked` stays false.
 
+mod fresh;
+
+pub use fresh::{FRESH_NAS_LUNS, FRESH_NAS_TARGETS};
 mod lun;
 mod snapshot;
 mod target;
@@ -117,7 +123,8 @@ impl San {
                     })
                     .collect();
                 let chap = (t.auth_type != 0).then(|| (t.user.clone(), t.password.clone()));
-                (t.target_id, ExportedTarget { iqn: t.iqn.clone(), luns, chap })
+                let mutual = (t.auth_type == 2).then(|| (t.mutual_user.clone(), t.mutual_password.clone()));
+                (t.target_id, ExportedTarget { iqn: t.iqn.clone(), luns, chap, mutual })
             })
             .collect()
     }

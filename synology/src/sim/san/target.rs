@@ -17,12 +17,16 @@ impl San {
         let iqn = params.string("iqn").ok_or(ApiError::Code(18990508))?;
         let max_sessions = params.number("max_sessions").unwrap_or(1);
         let auth_type = params.number("auth_type").unwrap_or(0);
-        let (user, password) = match auth_type {
-            0 => (String::new(), String::new()),
-            1 | 2 => match (params.string("user"), params.string("password")) {
-                (Some(user), Some(password)) if !user.is_empty() && !password.is_empty() => (user, password),
-                _ => return Err(ApiError::Code(18990708)),
-            },
+        // CHAP needs a user and a secret (empty ones are refused, as DSM's
+        // form does); mutual CHAP the target's pair too.
+        let pair = |user: &str, password: &str| match (params.string(user), params.string(password)) {
+            (Some(user), Some(password)) if !user.is_empty() && !password.is_empty() => Ok((user, password)),
+            _ => Err(ApiError::Code(18990708)),
+        };
+        let ((user, password), (mutual_user, mutual_password)) = match auth_type {
+            0 => Default::default(),
+            1 => (pair("user", "password")?, Default::default()),
+            2 => (pair("user", "password")?, pair("mutual_user", "mutual_password")?),
             _ => return Err(ApiError::Code(18990708)),
         };
         let targets = &self.store.state.targets;
@@ -42,7 +46,10 @@ impl San {
             auth_type,
             user,
             password,
+            mutual_user,
+            mutual_password,
             mapped: Vec::new(),
+            is_default: false,
         });
         self.store.save()?;
         Ok(json!({ "target_id": target_id }))
@@ -94,11 +101,11 @@ impl San {
             "name": target.name,
             "iqn": target.iqn,
             "is_enabled": true,
-            "is_default_target": false,
+            "is_default_target": target.is_default,
             "auth_type": target.auth_type,
             "user": target.user,
             "password": "",
-            "mutual_user": "",
+            "mutual_user": target.mutual_user,
             "mutual_password": "",
             "max_sessions": target.max_sessions,
             "has_header_checksum": false,
