@@ -177,7 +177,7 @@ impl NodeVm {
         static SEQUENCE: AtomicU32 = AtomicU32::new(0);
         if !config.bin_dir.join("nodevm").is_file() {
             return Err(VmError::Image(format!(
-                "{} has no `nodevm` binary (build it: cargo build -p nodevm)",
+                "{} has no `nodevm` binary (build it: cargo build -p nodevm, with --release for a benchmark)",
                 config.bin_dir.display()
             )));
         }

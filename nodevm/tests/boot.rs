@@ -63,9 +63,10 @@ fn boots_runs_forwards_and_survives_a_crash_reboot() {
     let talk = "exec 3<>/dev/tcp/10.0.2.100/PORT && echo hello >&3 && head -n1 <&3";
     let bash = |port: u16| format!("timeout 10 bash -c '{}'", talk.replace("PORT", &port.to_string()));
     assert_eq!(vm.run(&bash(4000)).unwrap().trim(), "echo: hello");
-    assert_ne!(vm.exec(&bash(4002)).unwrap().code, 0, "an unforwarded port answered");
+    let answered = |port: u16| vm.exec(&bash(port)).unwrap().stdout.contains("echo: hello");
+    assert!(!answered(4002), "an unforwarded port answered");
     proxy.set(ProxyMode::Refuse);
-    assert_ne!(vm.exec(&bash(4001)).unwrap().code, 0, "a refusing proxy answered");
+    assert!(!answered(4001), "a refusing proxy answered");
     proxy.set(ProxyMode::Pass);
     assert_eq!(vm.run(&bash(4001)).unwrap().trim(), "echo: hello");
 

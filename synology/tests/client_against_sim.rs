@@ -109,8 +109,12 @@ async fn every_lun_type_lands_on_its_filesystem() {
     let err = dsm.create_lun(&thin_lun("lun-0", GIB)).await.unwrap_err();
     assert_eq!(err.code(), Some(18990538), "{err}");
     assert!(err.to_string().contains("already exists"), "{err}");
-    let err = dsm.volume_capacity("/volume9").await.unwrap_err();
-    assert_eq!(err.code(), Some(117));
+    // 117 for a volume path the NAS does not have, nothing for a path that is no volume's.
+    for path in ["/volume9", "/nonsense"] {
+        let err = dsm.volume_capacity(path).await.unwrap_err();
+        assert!(matches!(&err, DsmError::NoVolume { path: p } if p == path), "{err}");
+        assert!(err.to_string().contains("check synology.volume"), "{err}");
+    }
     h.sim.shutdown().await.unwrap();
 }
 

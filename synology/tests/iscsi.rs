@@ -165,7 +165,7 @@ async fn a_volume_is_attached_over_real_iscsi_keeps_its_data_and_leaves_nothing_
 
     // Without the CHAP secret the login is refused and nothing is left.
     let refused = csi.node_stage_volume(stage(HashMap::new())).await.unwrap_err();
-    assert!(refused.to_string().contains("volume it-data"), "{refused}");
+    assert!(refused.to_string().contains("volume data"), "{refused}");
     assert_eq!((processes_with("qemu-storage-daemon"), tgt_sessions(portal)), (0, 0));
 
     for round in 0..2 {

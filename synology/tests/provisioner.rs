@@ -9,7 +9,7 @@ mod common;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{added_luns, added_targets, client, start, thin_lun, Harness, PASSWORD};
+use common::{added_luns, added_targets, client, start, thin_lun, Harness, Plugin, PASSWORD};
 use csi::v1::volume_capability::{access_mode, AccessMode, AccessType, BlockVolume, MountVolume};
 use csi::v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
 use csi::v1::{
@@ -17,13 +17,9 @@ use csi::v1::{
     DeleteVolumeRequest, GetCapacityRequest, GetPluginInfoRequest, ListSnapshotsRequest, ListVolumesRequest,
     ProbeRequest, ValidateVolumeCapabilitiesRequest, VolumeCapability, VolumeContentSource,
 };
-use csi::{ClientConfig, CsiClient, RetryPolicy};
-use synology::config::DriverConfig;
 use synology::dsm::{DsmClient, Iqn, TargetAuth, TargetCreate};
-use synology::provisioner::{serve, Provisioner, PLUGIN_NAME};
+use synology::provisioner::PLUGIN_NAME;
 use synology::sim::FaultsUpdate;
-use tempfile::TempDir;
-use tokio::sync::oneshot;
 use tonic::Code;
 
 const GIB: i64 = 1 << 30;
@@ -63,49 +59,8 @@ iscsi:
     )
 }
 
-struct Plugin {
-    csi: CsiClient,
-    stop: oneshot::Sender<()>,
-    served: tokio::task::JoinHandle<()>,
-    _dir: TempDir,
-}
-
-impl Plugin {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.served.await.unwrap();
-    }
-}
-
 async fn plugin(port: u16, password: &str) -> Plugin {
-    let config = DriverConfig::from_yaml(&yaml(port, password)).unwrap();
-    let mut dsm_config = config.dsm_config(|_| None).unwrap();
-    dsm_config.call_timeout = Duration::from_secs(5);
-    dsm_config.delete_wait = Duration::from_secs(5);
-    dsm_config.delete_poll_interval = Duration::from_millis(50);
-    let provisioner = Provisioner::new(&config, DsmClient::new(dsm_config).unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("csi.sock");
-    let endpoint = format!("unix://{}", socket.display());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = {
-        let endpoint = endpoint.clone();
-        tokio::spawn(async move {
-            serve(provisioner, None, &endpoint, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        })
-    };
-    let started = Instant::now();
-    while !socket.exists() {
-        assert!(started.elapsed() < Duration::from_secs(5), "socket never appeared");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let config = ClientConfig { retry: RetryPolicy::never(), ..ClientConfig::default() };
-    let csi = CsiClient::connect(&endpoint, config).await.unwrap();
-    Plugin { csi, stop, served, _dir: dir }
+    Plugin::start(&yaml(port, password), |_| {}).await
 }
 
 fn mount_writer() -> VolumeCapability {
@@ -139,7 +94,8 @@ async fn volume_lifecycle_create_expand_snapshot_clone_delete() {
     assert_eq!(p.csi.probe(ProbeRequest {}).await.unwrap().ready, Some(true));
 
     let volume = p.csi.create_volume(create("vol-1", 3 * GIB, 5 * GIB)).await.unwrap().volume.unwrap();
-    assert_eq!((volume.volume_id.as_str(), volume.capacity_bytes), ("b-vol-1", 3 * GIB));
+    // democratic-csi's volume ids: the name, without namePrefix; the LUN and target carry it.
+    assert_eq!((volume.volume_id.as_str(), volume.capacity_bytes), ("vol-1", 3 * GIB));
     let context = &volume.volume_context;
     assert_eq!(context["iqn"], format!("{BASE_IQN}b-vol-1"));
     assert_eq!(context["lun"], "1");
@@ -166,7 +122,7 @@ async fn volume_lifecycle_create_expand_snapshot_clone_delete() {
         access_mode: Some(AccessMode { mode: access_mode::Mode::MultiNodeMultiWriter as i32 }),
     };
     let validate = |caps| ValidateVolumeCapabilitiesRequest {
-        volume_id: "b-vol-1".into(),
+        volume_id: "vol-1".into(),
         volume_capabilities: caps,
         ..Default::default()
     };
@@ -177,7 +133,7 @@ async fn volume_lifecycle_create_expand_snapshot_clone_delete() {
     let expanded = p
         .csi
         .controller_expand_volume(ControllerExpandVolumeRequest {
-            volume_id: "b-vol-1".into(),
+            volume_id: "vol-1".into(),
             capacity_range: Some(CapacityRange { required_bytes: 4 * GIB, limit_bytes: 0 }),
             ..Default::default()
         })
@@ -187,9 +143,9 @@ async fn volume_lifecycle_create_expand_snapshot_clone_delete() {
     assert_eq!(dsm.get_lun("b-vol-1").await.unwrap().unwrap().size, 4 << 30);
 
     let snap_request =
-        CreateSnapshotRequest { source_volume_id: "b-vol-1".into(), name: "snap-1".into(), ..Default::default() };
+        CreateSnapshotRequest { source_volume_id: "vol-1".into(), name: "snap-1".into(), ..Default::default() };
     let snapshot = p.csi.create_snapshot(snap_request.clone()).await.unwrap().snapshot.unwrap();
-    assert_eq!((snapshot.source_volume_id.as_str(), snapshot.size_bytes), ("b-vol-1", 4 * GIB));
+    assert_eq!((snapshot.source_volume_id.as_str(), snapshot.size_bytes), ("vol-1", 4 * GIB));
     assert!(snapshot.ready_to_use && snapshot.snapshot_id.starts_with(&format!("/lun/{}/", lun.uuid)));
     assert_eq!(p.csi.create_snapshot(snap_request).await.unwrap().snapshot.unwrap(), snapshot, "idempotent");
     let listed = p.csi.list_snapshots(ListSnapshotsRequest::default()).await.unwrap().entries;
@@ -204,7 +160,7 @@ async fn volume_lifecycle_create_expand_snapshot_clone_delete() {
         ..create("vol-2", 4 * GIB, 0)
     };
     let clone = p.csi.create_volume(from_snapshot.clone()).await.unwrap().volume.unwrap();
-    assert_eq!((clone.volume_id.as_str(), clone.capacity_bytes), ("b-vol-2", 4 * GIB));
+    assert_eq!((clone.volume_id.as_str(), clone.capacity_bytes), ("vol-2", 4 * GIB));
     assert_eq!(clone.volume_context["lun"], "1");
     assert!(clone.content_source.is_some());
     assert_eq!(p.csi.create_volume(from_snapshot.clone()).await.unwrap().volume.unwrap(), clone);
@@ -231,22 +187,22 @@ async fn volume_lifecycle_create_expand_snapshot_clone_delete() {
         }),
         ..create("vol-5", 6 * GIB, 0)
     };
-    let copy = p.csi.create_volume(from_volume("b-vol-1")).await.unwrap().volume.unwrap();
-    assert_eq!((copy.volume_id.as_str(), copy.capacity_bytes), ("b-vol-5", 6 * GIB));
-    assert_eq!(p.csi.create_volume(from_volume("b-vol-1")).await.unwrap().volume.unwrap(), copy);
-    let gone = CreateVolumeRequest { name: "vol-6".into(), ..from_volume("b-nope") };
+    let copy = p.csi.create_volume(from_volume("vol-1")).await.unwrap().volume.unwrap();
+    assert_eq!((copy.volume_id.as_str(), copy.capacity_bytes), ("vol-5", 6 * GIB));
+    assert_eq!(p.csi.create_volume(from_volume("vol-1")).await.unwrap().volume.unwrap(), copy);
+    let gone = CreateVolumeRequest { name: "vol-6".into(), ..from_volume("nope") };
     assert_eq!(p.csi.create_volume(gone).await.unwrap_err().code(), Some(Code::NotFound));
     let too_small = CreateVolumeRequest {
         capacity_range: Some(CapacityRange { required_bytes: GIB, limit_bytes: 2 * GIB }),
         name: "vol-7".into(),
-        ..from_volume("b-vol-1")
+        ..from_volume("vol-1")
     };
     assert_eq!(p.csi.create_volume(too_small).await.unwrap_err().code(), Some(Code::OutOfRange));
-    p.csi.delete_volume(DeleteVolumeRequest { volume_id: "b-vol-5".into(), ..Default::default() }).await.unwrap();
+    p.csi.delete_volume(DeleteVolumeRequest { volume_id: "vol-5".into(), ..Default::default() }).await.unwrap();
 
     let volumes = p.csi.list_volumes(ListVolumesRequest::default()).await.unwrap().entries;
     let ids: Vec<_> = volumes.iter().map(|e| e.volume.as_ref().unwrap().volume_id.as_str()).collect();
-    assert_eq!(ids, ["b-vol-1", "b-vol-2", "b-vol-4"]);
+    assert_eq!(ids, ["vol-1", "vol-2", "vol-4"]);
     let capacity = p.csi.get_capacity(GetCapacityRequest::default()).await.unwrap();
     assert!(capacity.available_capacity > 0);
 
@@ -255,7 +211,8 @@ async fn volume_lifecycle_create_expand_snapshot_clone_delete() {
     p.csi.delete_snapshot(delete_snapshot).await.unwrap();
     assert!(p.csi.list_snapshots(ListSnapshotsRequest::default()).await.unwrap().entries.is_empty());
 
-    for id in ["b-vol-1", "b-vol-2", "b-vol-4", "b-vol-1", "b-unknown", "not-ours"] {
+    // "b-vol-4" is the id berth gave before it left the prefix out: still found.
+    for id in ["vol-1", "vol-2", "b-vol-4", "vol-1", "unknown", "b-unknown"] {
         p.csi.delete_volume(DeleteVolumeRequest { volume_id: id.into(), ..Default::default() }).await.unwrap();
     }
     assert_eq!(counts(&dsm).await, (0, 0), "LUNs and targets gone");

@@ -130,7 +130,8 @@ async fn protocol_errors_discovery_and_logout() {
     let info =
         get(&base, "query.cgi", "api=SYNO.API.Info&version=1&method=query&query=SYNO.API.Auth,SYNO.Core.ISCSI.LUN")
             .await;
-    assert_eq!(info["data"]["SYNO.API.Auth"]["path"], json!("auth.cgi"));
+    // DSM 7 advertises the login on entry.cgi (auth.cgi still answers it).
+    assert_eq!(info["data"]["SYNO.API.Auth"]["path"], json!("entry.cgi"));
     assert_eq!(info["data"]["SYNO.Core.ISCSI.LUN"]["requestFormat"], json!("JSON"));
     assert_eq!(info["data"].as_object().unwrap().len(), 2);
 

@@ -355,6 +355,11 @@ impl Lab {
         self.rt.block_on(self.client().node_expand_volume(request)).map(|r| r.capacity_bytes)
     }
 
+    /// NodeGetCapabilities: a call that does nothing, to time the round trip.
+    pub fn capabilities(&self) {
+        self.rt.block_on(self.client().node_get_capabilities(Default::default())).unwrap();
+    }
+
     pub fn stats(&self, id: &str, path: &str) -> Result<(), ClientError> {
         let request =
             NodeGetVolumeStatsRequest { volume_id: id.to_owned(), volume_path: path.to_owned(), ..Default::default() };

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use synology::dsm::Password;
-use synology::sim::{Faults, SimConfig, Simulator};
+use synology::sim::{AutoBlock, Dialect, Faults, Limits, SimConfig, Simulator};
 
 /// A simulated Synology DSM (the Web API subset Berth uses).
 #[derive(Parser)]
@@ -59,6 +59,49 @@ struct Args {
     /// Answer the first SAN call with this DSM error code.
     #[arg(long)]
     fault_error_code_next: Option<i64>,
+    /// Auto Block: refused logins from one IP that block it (0: off).
+    #[arg(long, default_value_t = 10)]
+    auto_block_attempts: u32,
+    /// Auto Block: the window those refusals must fall in, in seconds.
+    #[arg(long, default_value_t = 300)]
+    auto_block_window: u64,
+    /// Auto Block: how long a blocked IP stays blocked, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    auto_block_expire: u64,
+    /// The account has 2-factor authentication enforced (logins answer 403).
+    #[arg(long)]
+    two_factor: bool,
+    /// The account is no administrator (SAN calls answer 105).
+    #[arg(long)]
+    non_admin: bool,
+    /// Answer as this DSM: 7 or 6.2.
+    #[arg(long, default_value = "7")]
+    dsm_version: Dialect,
+    /// Milliseconds a new clone stays locked, plus…
+    #[arg(long, default_value_t = 300)]
+    clone_lock_ms: u64,
+    /// …milliseconds per GiB of data its source holds.
+    #[arg(long, default_value_t = 7000)]
+    clone_lock_ms_per_gib: u64,
+    /// LUNs the model allows.
+    #[arg(long, default_value_t = 256)]
+    max_luns: usize,
+    /// Targets the model allows.
+    #[arg(long, default_value_t = 128)]
+    max_targets: usize,
+    /// Snapshots per LUN the model allows.
+    #[arg(long, default_value_t = 256)]
+    max_snapshots_per_lun: usize,
+    /// Also serve HTTPS (self-signed certificate) on this address.
+    #[arg(long)]
+    https: Option<SocketAddr>,
+    /// DSM's "redirect HTTP to HTTPS": plain HTTP requests are redirected
+    /// (needs --https).
+    #[arg(long, requires = "https")]
+    redirect_http: bool,
+    /// Start an empty NAS: no default target, VM disk or other tool's LUN.
+    #[arg(long)]
+    empty: bool,
 }
 
 #[tokio::main]
@@ -77,6 +120,21 @@ async fn main() -> ExitCode {
     config.csrf = args.csrf;
     config.lun_delete_delay = Duration::from_millis(args.lun_delete_delay_ms);
     config.volume_size = args.volume_size;
+    config.auto_block = AutoBlock {
+        attempts: args.auto_block_attempts,
+        window: Duration::from_secs(args.auto_block_window),
+        expire: Duration::from_secs(args.auto_block_expire),
+    };
+    config.two_factor = args.two_factor;
+    config.non_admin = args.non_admin;
+    config.dialect = args.dsm_version;
+    config.clone_lock = Duration::from_millis(args.clone_lock_ms);
+    config.clone_lock_per_gib = Duration::from_millis(args.clone_lock_ms_per_gib);
+    config.limits =
+        Limits { luns: args.max_luns, targets: args.max_targets, snapshots_per_lun: args.max_snapshots_per_lun };
+    config.https = args.https;
+    config.redirect_http = args.redirect_http;
+    config.fresh_nas = !args.empty;
     config.faults = Faults {
         http_500_next: args.fault_http_500_next,
         latency_ms: args.fault_latency_ms,
@@ -91,6 +149,9 @@ async fn main() -> ExitCode {
         }
     };
     println!("dsm-sim listening on {}", sim.base_url());
+    if let Some(https) = sim.https_addr() {
+        println!("dsm-sim listening on https://{https} (self-signed certificate)");
+    }
     if let Err(err) = stop_requested().await {
         eprintln!("dsm-sim: cannot wait for signals: {err}");
     }

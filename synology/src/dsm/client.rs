@@ -9,6 +9,14 @@
 //!   (synology-csi's), so either DSM behaviour accepts them.
 //! * A call refused with 105, 106 or 119 logs in again (once for all the
 //!   calls that saw the same stale session) and is retried exactly once.
+//! * A refused login (400–411: wrong password, not an administrator, 2FA,
+//!   Auto Block) is latched: no new login until a back-off has passed
+//!   ([`DsmConfig::login_backoff`], doubling), and every call meanwhile
+//!   fails at once with the cached reason, however many probes and RPCs
+//!   run, so a wrong password never trips DSM's Auto Block.
+//! * Redirects are not followed (DSM's "redirect HTTP to HTTPS" would turn
+//!   the POSTed login into a bodyless GET); they are an error saying what
+//!   to configure.
 //! * At most [`DsmConfig::max_concurrency`] calls are in flight; each has
 //!   [`DsmConfig::call_timeout`].
 
@@ -44,6 +52,8 @@ struct Inner {
     base_url: String,
     permits: Semaphore,
     session: Mutex<Option<Session>>,
+    /// The last refused login, while its back-off runs.
+    latch: std::sync::Mutex<Option<Latch>>,
     /// Nanoseconds spent in calls (waiting for a permit excluded).
     busy_nanos: std::sync::atomic::AtomicU64,
 }
@@ -55,6 +65,14 @@ struct Session {
     sid: String,
     token: Option<String>,
     generation: u64,
+}
+
+/// A refused login and when the next may be tried.
+#[derive(Clone, Copy)]
+struct Latch {
+    code: i64,
+    refusals: u32,
+    until: std::time::Instant,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +115,7 @@ impl DsmClient {
         }
         let builder = || {
             reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
                 .timeout(config.call_timeout)
                 .connect_timeout(config.call_timeout)
                 .tls_danger_accept_invalid_certs(config.insecure)
@@ -127,6 +146,7 @@ impl DsmClient {
                 base_url,
                 config,
                 session: Mutex::new(None),
+                latch: std::sync::Mutex::new(None),
                 busy_nanos: Default::default(),
             }),
         })
@@ -204,7 +224,32 @@ impl DsmClient {
         Ok(session)
     }
 
+    /// Logs in, unless a refused login's back-off still runs; a refusal
+    /// (400–411) starts or lengthens it, a success clears it.
     async fn login(&self, generation: u64) -> Result<Session, DsmError> {
+        let latched = *self.inner.latch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(latch) = latched.filter(|l| l.until > std::time::Instant::now()) {
+            let retry_in = latch.until.saturating_duration_since(std::time::Instant::now());
+            return Err(DsmError::LoginLatched { api: AUTH_API, method: "login", code: latch.code, retry_in });
+        }
+        let result = self.try_login(generation).await;
+        let mut latch = self.inner.latch.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(_) => *latch = None,
+            Err(DsmError::Api { code, .. }) if codes::login_refused(*code) => {
+                let config = &self.inner.config;
+                let refusals = latch.map_or(0, |l| l.refusals) + 1;
+                let pause =
+                    config.login_backoff.saturating_mul(1 << (refusals - 1).min(16)).min(config.login_backoff_max);
+                tracing::warn!(code, refusals, pause = ?pause, "DSM refused the login; not trying again before the pause ends");
+                *latch = Some(Latch { code: *code, refusals, until: std::time::Instant::now() + pause });
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn try_login(&self, generation: u64) -> Result<Session, DsmError> {
         let config = &self.inner.config;
         let mut form: Vec<(&str, &str)> = vec![
             ("api", AUTH_API),
@@ -262,6 +307,18 @@ impl DsmClient {
     ) -> Result<Value, DsmError> {
         let response = request.send().await.map_err(|e| self.transport_error(api, method, e))?;
         let status = response.status();
+        if status.is_redirection() {
+            let location = response.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok());
+            // The Location may carry the query (and so the SID): keep scheme, host and port only.
+            let location = location.and_then(|l| reqwest::Url::parse(l).ok()).map_or_else(
+                || "another address".to_owned(),
+                |url| {
+                    format!("{}://{}", url.scheme(), url.host_str().unwrap_or("?"))
+                        + &url.port().map(|p| format!(":{p}")).unwrap_or_default()
+                },
+            );
+            return Err(DsmError::Redirected { api, method, location });
+        }
         if !status.is_success() {
             return Err(DsmError::HttpStatus { api, method, status: status.as_u16() });
         }
@@ -283,8 +340,11 @@ impl DsmClient {
     fn transport_error(&self, api: &'static str, method: &'static str, error: reqwest::Error) -> DsmError {
         let error = error.without_url();
         let cause = root_cause(&error);
+        let tls = cause.contains("certificate") || cause.contains("UnknownIssuer") || cause.contains("CertNotValid");
         if error.is_timeout() {
             DsmError::Timeout { api, method, timeout: self.inner.config.call_timeout }
+        } else if tls {
+            DsmError::Certificate { api, method, base_url: self.inner.base_url.clone(), cause }
         } else if error.is_connect() {
             DsmError::Connect { api, method, base_url: self.inner.base_url.clone(), cause, source: error }
         } else {
@@ -299,6 +359,7 @@ fn with_call(error: DsmError, api: &'static str, method: &'static str) -> DsmErr
     match error {
         DsmError::Connect { base_url, cause, source, .. } => DsmError::Connect { api, method, base_url, cause, source },
         DsmError::Timeout { timeout, .. } => DsmError::Timeout { api, method, timeout },
+        DsmError::Certificate { base_url, cause, .. } => DsmError::Certificate { api, method, base_url, cause },
         other => other,
     }
 }

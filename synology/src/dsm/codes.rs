@@ -43,6 +43,7 @@ pub fn meaning(code: i64) -> &'static str {
         18990500 => "bad LUN type",
         18990502 => "LUN creation failed (undocumented DSM error)",
         18990503 => "illegal name",
+        18990513 => "a snapshot with this name already exists on the LUN",
         18990505 => "bad LUN UUID",
         18990508 => "required parameter missing",
         18990531 => "no such LUN",
@@ -65,6 +66,29 @@ pub fn meaning(code: i64) -> &'static str {
 /// (unknown SID).
 pub fn needs_relogin(code: i64) -> bool {
     matches!(code, 105 | 106 | 119)
+}
+
+/// Codes of a refused login (`SYNO.API.Auth`): the credentials, the
+/// account or the source IP; trying again at once cannot help, and repeated
+/// tries trip DSM's Auto Block.
+pub fn login_refused(code: i64) -> bool {
+    (400..=411).contains(&code)
+}
+
+/// What to do about a refused login, beginning with "; " (empty when the
+/// meaning says it all).
+pub fn login_hint(code: i64) -> &'static str {
+    match code {
+        400 => "; check httpConnection.username and the password",
+        402 => "; the account must be in DSM's administrators group (SAN APIs are admin-only)",
+        403 | 404 | 406 => "; use an account without 2-factor authentication for berth",
+        407 => {
+            "; this node's IP is blocked by DSM's Auto Block after failed logins: fix the password, then remove the \
+             IP in DSM (Control Panel > Security > Protection > Allow/Block List) or wait for the block to expire"
+        }
+        401 | 408..=411 => "; the account must be usable: check it in DSM (Control Panel > User)",
+        _ => "",
+    }
 }
 
 /// Codes that mean "this LUN does not exist": DSM answers either, depending

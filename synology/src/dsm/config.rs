@@ -52,6 +52,15 @@ pub struct DsmConfig {
     pub delete_wait: Duration,
     /// Interval between checks while waiting for a LUN removal.
     pub delete_poll_interval: Duration,
+    /// After DSM refuses a login, no new login for this long, doubling with
+    /// each refusal up to [`DsmConfig::login_backoff_max`]: at most two
+    /// tries in any five minutes, so a wrong password never trips DSM's
+    /// Auto Block (3 to 10 failures in 5 minutes).
+    pub login_backoff: Duration,
+    /// The longest pause between login tries after refusals.
+    pub login_backoff_max: Duration,
+    /// How long to wait for a cloned or restored LUN's action lock.
+    pub lock_wait: Duration,
 }
 
 impl DsmConfig {
@@ -71,6 +80,9 @@ impl DsmConfig {
             max_concurrency: 4,
             delete_wait: Duration::from_secs(40),
             delete_poll_interval: Duration::from_secs(1),
+            login_backoff: Duration::from_secs(150),
+            login_backoff_max: Duration::from_secs(15 * 60),
+            lock_wait: Duration::from_secs(120),
         }
     }
 }

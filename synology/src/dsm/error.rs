@@ -36,6 +36,21 @@ pub enum DsmError {
         #[source]
         source: reqwest::Error,
     },
+    /// DSM's TLS certificate is not trusted (DSM ships a self-signed one).
+    #[error(
+        "{api} {method}: the TLS certificate of {base_url} is not trusted ({cause}): DSM's own certificate is \
+         self-signed; set httpConnection.allowInsecure: true, or give DSM a certificate this host trusts"
+    )]
+    Certificate {
+        /// The API called.
+        api: &'static str,
+        /// The method called.
+        method: &'static str,
+        /// The configured DSM base URL.
+        base_url: String,
+        /// What the TLS layer said.
+        cause: String,
+    },
     /// DSM did not answer within the per-call timeout.
     #[error("{api} {method}: DSM did not answer within {timeout:?}")]
     Timeout {
@@ -90,6 +105,54 @@ pub enum DsmError {
         /// Its length in bytes.
         len: usize,
     },
+    /// DSM refused the last login, and logging in again is held back so
+    /// that retries never trip DSM's Auto Block.
+    #[error(
+        "{api} {method}: DSM refused the last login with DSM error {code} ({meaning}){hint}; berth logs in again in \
+         {secs} s (no sooner, so that retries never trip DSM's Auto Block)",
+        meaning = codes::meaning(*code), hint = codes::login_hint(*code), secs = retry_in.as_secs().max(1)
+    )]
+    LoginLatched {
+        /// The API called.
+        api: &'static str,
+        /// The method called.
+        method: &'static str,
+        /// DSM's code for the refused login.
+        code: i64,
+        /// Until the next login try.
+        retry_in: Duration,
+    },
+    /// DSM answered with a redirect (its "redirect HTTP to HTTPS" setting),
+    /// which berth does not follow: a followed POST would lose its body.
+    #[error(
+        "{api} {method}: DSM redirected the request to {location}: its \"redirect HTTP to HTTPS\" setting is on; set \
+         httpConnection.protocol: https and the HTTPS port (5001 by default), with allowInsecure: true for DSM's \
+         self-signed certificate"
+    )]
+    Redirected {
+        /// The API called.
+        api: &'static str,
+        /// The method called.
+        method: &'static str,
+        /// Where DSM sent it.
+        location: String,
+    },
+    /// A LUN stayed locked by DSM (copying a clone) past the wait.
+    #[error(
+        "LUN {name} is still locked by DSM after {waited:?} (a clone or restore is being copied); try again later"
+    )]
+    Locked {
+        /// The LUN's name.
+        name: String,
+        /// How long the client waited.
+        waited: Duration,
+    },
+    /// The storage volume LUNs are made on does not exist on the NAS.
+    #[error("storage volume {path} does not exist on the NAS (check synology.volume, e.g. /volume1)")]
+    NoVolume {
+        /// The volume path asked for.
+        path: String,
+    },
     /// A deleted LUN was still listed when the removal wait ran out.
     #[error("LUN {uuid} still present {waited:?} after DSM accepted its deletion")]
     DeletionTimedOut {
@@ -111,10 +174,11 @@ pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl DsmError {
-    /// DSM's error code, when DSM itself refused the call.
+    /// DSM's error code, when DSM itself refused the call (or, latched,
+    /// the last login).
     pub fn code(&self) -> Option<i64> {
         match self {
-            Self::Api { code, .. } => Some(*code),
+            Self::Api { code, .. } | Self::LoginLatched { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -125,8 +189,16 @@ impl DsmError {
         match self {
             Self::Connect { .. } | Self::Timeout { .. } | Self::Transport { .. } => true,
             Self::HttpStatus { status, .. } => *status >= 500,
-            Self::Api { code, .. } => codes::needs_relogin(*code) || *code == 117,
-            Self::Malformed { .. } | Self::Config(_) | Self::IqnTooLong { .. } | Self::DeletionTimedOut { .. } => false,
+            Self::Api { code, .. } => codes::needs_relogin(*code),
+            Self::Locked { .. } => true,
+            Self::Certificate { .. } => false,
+            Self::Malformed { .. }
+            | Self::Config(_)
+            | Self::IqnTooLong { .. }
+            | Self::DeletionTimedOut { .. }
+            | Self::LoginLatched { .. }
+            | Self::Redirected { .. }
+            | Self::NoVolume { .. } => false,
         }
     }
 }

@@ -79,8 +79,10 @@ pub struct Lun {
     /// Name, unique on the NAS.
     pub name: String,
     /// DSM's numeric id (not the LUN number on a target).
+    #[serde(deserialize_with = "super::lenient::u64")]
     pub lun_id: u64,
     /// Size in bytes.
+    #[serde(deserialize_with = "super::lenient::u64")]
     pub size: u64,
     /// Volume path.
     pub location: String,
@@ -90,7 +92,7 @@ pub struct Lun {
     /// Description.
     #[serde(default)]
     pub description: String,
-    /// `normal` when usable.
+    /// `normal` when usable; `deleting` while DSM removes it.
     #[serde(default)]
     pub status: String,
     /// True while DSM is still working on it (clone copy, resize).
@@ -155,6 +157,28 @@ impl DsmClient {
             Ok(_) => Ok(None),
             Err(DsmError::Api { code, .. }) if codes::is_no_such_lun(code) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The LUN `name` once DSM no longer holds its action lock (a clone or
+    /// a restore being copied), polled with a growing pause up to
+    /// [`super::DsmConfig::lock_wait`]; `None` when DSM knows no such LUN.
+    pub async fn wait_unlocked(&self, name: &str) -> Result<Option<Lun>, DsmError> {
+        let started = Instant::now();
+        let mut pause = std::time::Duration::from_millis(200);
+        loop {
+            let Some(lun) = self.get_lun(name).await? else { return Ok(None) };
+            if !lun.is_action_locked {
+                if !started.elapsed().is_zero() {
+                    debug!(name, waited = ?started.elapsed(), "LUN unlocked");
+                }
+                return Ok(Some(lun));
+            }
+            if started.elapsed() >= self.config().lock_wait {
+                return Err(DsmError::Locked { name: name.to_owned(), waited: started.elapsed() });
+            }
+            sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(2));
         }
     }
 

@@ -15,6 +15,7 @@ mod client;
 mod codes;
 mod config;
 mod error;
+mod lenient;
 mod lun;
 mod params;
 mod snapshot;
@@ -22,6 +23,7 @@ mod target;
 mod volume;
 
 pub use client::DsmClient;
+pub use codes::login_hint;
 pub use config::{DsmConfig, Password};
 pub use error::DsmError;
 pub use lun::{DevAttrib, Lun, LunCreate, LunType};

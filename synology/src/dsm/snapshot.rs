@@ -41,9 +41,10 @@ pub struct Snapshot {
     /// uuid of the LUN it was taken of.
     pub parent_uuid: String,
     /// The LUN's size when taken, in bytes.
+    #[serde(deserialize_with = "super::lenient::u64")]
     pub total_size: u64,
     /// Creation time, seconds since the epoch.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::u64")]
     pub create_time: u64,
     /// `Healthy` when usable.
     #[serde(default)]

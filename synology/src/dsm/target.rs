@@ -89,6 +89,7 @@ pub struct MappedLun {
     /// The LUN's uuid.
     pub lun_uuid: String,
     /// The LUN number initiators see on this target (from 1).
+    #[serde(deserialize_with = "super::lenient::u32")]
     pub mapping_index: u32,
 }
 
@@ -96,12 +97,14 @@ pub struct MappedLun {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Target {
     /// DSM's numeric id.
+    #[serde(deserialize_with = "super::lenient::u32")]
     pub target_id: u32,
     /// Name.
     pub name: String,
     /// IQN.
     pub iqn: String,
     /// Initiators allowed at once; 0 is unlimited.
+    #[serde(deserialize_with = "super::lenient::u32")]
     pub max_sessions: u32,
     /// 0 none, 1 CHAP, 2 mutual CHAP.
     #[serde(default)]
@@ -113,6 +116,7 @@ pub struct Target {
 
 #[derive(Deserialize)]
 struct Created {
+    #[serde(deserialize_with = "super::lenient::u32")]
     target_id: u32,
 }
 

@@ -18,33 +18,33 @@ pub struct VolumeCapacity {
     pub total: u64,
 }
 
+/// A path that is not volume-shaped answers success without a volume.
 #[derive(Deserialize)]
 struct VolumeData {
-    volume: RawVolume,
+    volume: Option<RawVolume>,
 }
 
-/// DSM sends the byte counts as strings.
+/// DSM 7 sends the byte counts as strings, DSM 6.2 builds as numbers.
 #[derive(Deserialize)]
 struct RawVolume {
-    size_free_byte: String,
-    size_total_byte: String,
+    #[serde(deserialize_with = "super::lenient::u64")]
+    size_free_byte: u64,
+    #[serde(deserialize_with = "super::lenient::u64")]
+    size_total_byte: u64,
 }
 
 impl DsmClient {
     /// Free and total bytes of the volume at `volume_path` (e.g. `/volume1`).
+    /// A volume the NAS does not have (DSM answers 117, or nothing for a
+    /// path that is no volume's) is [`DsmError::NoVolume`].
     pub async fn volume_capacity(&self, volume_path: &str) -> Result<VolumeCapacity, DsmError> {
         let params = Params::new().string("volume_path", volume_path);
-        let data: VolumeData = self.call_as(VOLUME_API, "get", params).await?;
-        let parse = |field: &str, text: &str| {
-            text.parse::<u64>().map_err(|e| DsmError::Malformed {
-                api: VOLUME_API,
-                method: "get",
-                detail: format!("{field} {text:?} is not a byte count: {e}"),
-            })
+        let no_volume = || DsmError::NoVolume { path: volume_path.to_owned() };
+        let data: VolumeData = match self.call_as(VOLUME_API, "get", params).await {
+            Err(DsmError::Api { code: 117, .. }) => return Err(no_volume()),
+            other => other?,
         };
-        Ok(VolumeCapacity {
-            free: parse("size_free_byte", &data.volume.size_free_byte)?,
-            total: parse("size_total_byte", &data.volume.size_total_byte)?,
-        })
+        let volume = data.volume.ok_or_else(no_volume)?;
+        Ok(VolumeCapacity { free: volume.size_free_byte, total: volume.size_total_byte })
     }
 }

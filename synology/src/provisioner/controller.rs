@@ -45,6 +45,18 @@ const MIB: u64 = 1 << 20;
 const DEFAULT_CAPACITY: u64 = 1 << 30;
 /// Who DSM records as having taken a snapshot.
 const TAKEN_BY: &str = "berth";
+/// How the description of every LUN berth makes begins.
+const BERTH_DESCRIPTION: &str = "berth volume ";
+
+/// A Virtual Machine Manager disk: never a volume, never touched.
+fn is_vm_disk(lun: &Lun) -> bool {
+    lun.type_str.starts_with("VDISK")
+}
+
+/// DSM lists a LUN it is still removing as `deleting`.
+fn being_deleted(lun: &Lun) -> bool {
+    lun.status == "deleting"
+}
 
 /// A checked capacity range; 0 means unset.
 #[derive(Debug, Clone, Copy)]
@@ -130,11 +142,11 @@ fn page<T>(items: Vec<T>, token: &str, max: i32) -> Result<(Vec<T>, String), Sta
     Ok((items.into_iter().skip(start).take(end - start).collect(), next))
 }
 
-fn snapshot_message(lun: &Lun, snapshot: &crate::dsm::Snapshot) -> Snapshot {
+fn snapshot_message(volume_id: &str, snapshot: &crate::dsm::Snapshot) -> Snapshot {
     Snapshot {
         size_bytes: bytes_i64(snapshot.total_size),
         snapshot_id: snapshot_id(&snapshot.parent_uuid, &snapshot.uuid),
-        source_volume_id: lun.name.clone(),
+        source_volume_id: volume_id.to_owned(),
         creation_time: Some(prost_types::Timestamp {
             seconds: i64::try_from(snapshot.create_time).unwrap_or(0),
             nanos: 0,
@@ -145,20 +157,81 @@ fn snapshot_message(lun: &Lun, snapshot: &crate::dsm::Snapshot) -> Snapshot {
 }
 
 impl Inner {
-    fn is_ours(&self, lun_name: &str) -> bool {
-        let s = &self.settings;
-        lun_name.starts_with(&s.name_prefix.to_lowercase()) && lun_name.ends_with(&s.name_suffix.to_lowercase())
+    /// The LUN (and target) name of volume `id`: namePrefix + id +
+    /// nameSuffix, as democratic-csi names it.
+    fn lun_name_of(&self, id: &str) -> Result<String, Status> {
+        lun_name(&self.settings.name_prefix, id, &self.settings.name_suffix)
     }
 
-    /// The LUN named `name`, if DSM lists it and it is not being deleted.
+    /// The volume id of the LUN named `name`: namePrefix and nameSuffix
+    /// taken off, as democratic-csi's volume ids leave them out.
+    fn volume_id_of(&self, name: &str) -> String {
+        let s = &self.settings;
+        let (prefix, suffix) = (s.name_prefix.to_lowercase(), s.name_suffix.to_lowercase());
+        let bare = name.strip_prefix(prefix.as_str()).unwrap_or(name);
+        bare.strip_suffix(suffix.as_str()).unwrap_or(bare).to_owned()
+    }
+
+    /// Whether a LUN on the NAS is one of this provisioner's volumes, for
+    /// listings: its name carries namePrefix/nameSuffix, and, when both are
+    /// empty (any LUN's name would), berth's description marks it. Other
+    /// tools' LUNs, VM disks and DSM's own objects are never listed.
+    fn is_ours(&self, lun: &Lun) -> bool {
+        let s = &self.settings;
+        let affixed =
+            lun.name.starts_with(&s.name_prefix.to_lowercase()) && lun.name.ends_with(&s.name_suffix.to_lowercase());
+        let marked =
+            !(s.name_prefix.is_empty() && s.name_suffix.is_empty()) || lun.description.starts_with(BERTH_DESCRIPTION);
+        affixed && marked && !is_vm_disk(lun)
+    }
+
+    /// The LUN named `name`, if DSM lists it.
     async fn lun(&self, name: &str) -> Result<Option<Lun>, Status> {
         self.dsm.get_lun(name).await.map_err(|e| dsm_status(&format!("looking up LUN {name}"), e))
+    }
+
+    /// Volume `id`'s LUN: by its democratic-csi name, else by the id itself
+    /// when that already carries the affixes (berth named volumes by their
+    /// full LUN name before it followed democratic-csi's ids).
+    async fn volume_lun(&self, id: &str) -> Result<Option<Lun>, Status> {
+        let name = self.lun_name_of(id)?;
+        if let Some(lun) = self.lun(&name).await? {
+            return Ok(Some(lun));
+        }
+        let s = &self.settings;
+        let affixed = !(s.name_prefix.is_empty() && s.name_suffix.is_empty())
+            && id.starts_with(&s.name_prefix.to_lowercase())
+            && id.ends_with(&s.name_suffix.to_lowercase());
+        if affixed {
+            return self.lun(id).await;
+        }
+        Ok(None)
+    }
+
+    /// `lun` once DSM's action lock (a clone or restore being copied) is
+    /// off: growing or mapping a locked LUN fails on a real NAS.
+    async fn unlocked(&self, lun: Lun) -> Result<Lun, Status> {
+        if !lun.is_action_locked {
+            return Ok(lun);
+        }
+        tracing::info!(lun = %lun.name, "waiting for DSM to finish copying the LUN");
+        self.dsm
+            .wait_unlocked(&lun.name)
+            .await
+            .map_err(|e| dsm_status(&format!("waiting for LUN {}", lun.name), e))?
+            .ok_or_else(|| Status::internal(format!("LUN {} vanished while DSM copied it", lun.name)))
     }
 
     /// The volume's LUN: adopted, cloned from a snapshot or a volume, or
     /// created.
     async fn ensure_lun(&self, name: &str, range: Range, source: Option<&SourceType>) -> Result<Lun, Status> {
-        if let Some(mut lun) = self.lun(name).await? {
+        if let Some(lun) = self.lun(name).await? {
+            if being_deleted(&lun) {
+                return Err(Status::unavailable(format!(
+                    "LUN {name} is still being deleted by DSM; create the volume again in a moment"
+                )));
+            }
+            let mut lun = self.unlocked(lun).await?;
             if source.is_some() && lun.size < range.required {
                 // A clone whose growth an interrupted call did not get to.
                 let size = range.size()?;
@@ -187,7 +260,7 @@ impl Inner {
                     location: s.location.clone(),
                     size,
                     lun_type: s.lun_type,
-                    description: Some(format!("berth volume {name}")),
+                    description: Some(format!("{BERTH_DESCRIPTION}{name}")),
                     dev_attribs: s.dev_attribs.clone(),
                 };
                 match self.dsm.create_lun(&create).await {
@@ -201,6 +274,7 @@ impl Inner {
         created?;
         let lun =
             self.lun(name).await?.ok_or_else(|| Status::internal(format!("LUN {name} vanished after creation")))?;
+        let lun = self.unlocked(lun).await?;
         if !range.admits(lun.size) {
             return Err(Status::already_exists(format!("volume {name} exists with {} bytes", lun.size)));
         }
@@ -208,8 +282,10 @@ impl Inner {
     }
 
     async fn clone_from_volume(&self, name: &str, id: &str, range: Range) -> Result<(), Status> {
-        let source =
-            self.lun(id).await?.ok_or_else(|| Status::not_found(format!("source volume {id} does not exist")))?;
+        let source = self
+            .volume_lun(id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("source volume {id} does not exist")))?;
         if range.limit > 0 && source.size > range.limit {
             return Err(Status::out_of_range(format!(
                 "source volume {id} holds {} bytes, more than limit_bytes {}",
@@ -223,10 +299,12 @@ impl Inner {
         self.grow_clone(name, source.size, range).await
     }
 
-    /// Grows a fresh clone of `source_size` bytes to the requested size.
+    /// Grows a fresh clone of `source_size` bytes to the requested size,
+    /// once DSM has finished copying it.
     async fn grow_clone(&self, name: &str, source_size: u64, range: Range) -> Result<(), Status> {
         if range.required > source_size {
             let lun = self.lun(name).await?.ok_or_else(|| Status::internal(format!("clone {name} vanished")))?;
+            let lun = self.unlocked(lun).await?;
             self.dsm
                 .expand_lun(&lun.uuid, range.size()?)
                 .await
@@ -350,7 +428,7 @@ impl Inner {
 
     async fn create_volume(&self, request: CreateVolumeRequest) -> Result<Volume, Status> {
         let s = &self.settings;
-        let name = lun_name(&s.name_prefix, &request.name, &s.name_suffix)?;
+        let name = self.lun_name_of(&request.name)?;
         check_capabilities(&request.volume_capabilities).map_err(Status::invalid_argument)?;
         let range = Range::of(request.capacity_range.as_ref())?;
         let source = request.volume_content_source.as_ref().and_then(|c| c.r#type.as_ref());
@@ -363,26 +441,46 @@ impl Inner {
         tracing::info!(volume = %name, lun = %lun.uuid, iqn = %target.iqn, lun_number, "volume ready");
         Ok(Volume {
             capacity_bytes: bytes_i64(lun.size),
-            volume_id: name,
+            volume_id: request.name,
             volume_context: self.context(&target, lun_number),
             content_source: source.map(|s| VolumeContentSource { r#type: Some(s.clone()) }),
             accessible_topology: Vec::new(),
         })
     }
 
+    /// Deletes volume `id`: its target (found by name, so a changed
+    /// baseiqn leaves no orphan), then its LUN, waiting out DSM's
+    /// asynchronous removal. A VM disk, or a LUN another target maps (a
+    /// LUN the volume does not own alone), is refused and left as it is.
     async fn delete_volume(&self, id: &str) -> Result<(), Status> {
         if id.is_empty() {
             return Err(Status::invalid_argument("volume_id is required"));
         }
-        if !self.is_ours(id) {
-            tracing::info!(volume = id, "not a volume of this provisioner (name prefix/suffix); nothing to delete");
-            return Ok(());
-        }
         let _serial = self.mutations.lock().await;
-        let lun = self.lun(id).await?;
+        let lun = self.volume_lun(id).await?;
+        let name = match &lun {
+            Some(lun) => lun.name.clone(),
+            None => self.lun_name_of(id)?,
+        };
+        if let Some(lun) = lun.as_ref().filter(|l| is_vm_disk(l)) {
+            return Err(Status::failed_precondition(format!(
+                "LUN {} of volume {id} is a {} (a Virtual Machine Manager disk); not deleting it",
+                lun.name, lun.type_str
+            )));
+        }
         let targets = self.dsm.list_targets().await.map_err(|e| dsm_status("listing targets", e))?;
-        // The target is found by name, not IQN, so a changed baseiqn leaves no orphan.
-        for target in targets.iter().filter(|t| t.name == id) {
+        if let Some(lun) = &lun {
+            if let Some(foreign) =
+                targets.iter().find(|t| t.name != name && t.mapped_luns.iter().any(|m| m.lun_uuid == lun.uuid))
+            {
+                return Err(Status::failed_precondition(format!(
+                    "LUN {name} of volume {id} is also mapped to target {} ({}), which is not the volume's; not \
+                     deleting it",
+                    foreign.name, foreign.iqn
+                )));
+            }
+        }
+        for target in targets.iter().filter(|t| t.name == name) {
             if let Some(other) = target.mapped_luns.iter().find(|m| lun.as_ref().is_none_or(|l| l.uuid != m.lun_uuid)) {
                 return Err(Status::failed_precondition(format!(
                     "target {} of volume {id} maps LUN {} that is not the volume's; not deleting it",
@@ -395,7 +493,9 @@ impl Inner {
                 .map_err(|e| dsm_status(&format!("deleting target {}", target.iqn), e))?;
         }
         if let Some(lun) = lun {
-            self.dsm.delete_lun(&lun.uuid).await.map_err(|e| dsm_status(&format!("deleting LUN {id}"), e))?;
+            // A LUN still copying a clone cannot be deleted yet.
+            let lun = self.unlocked(lun).await?;
+            self.dsm.delete_lun(&lun.uuid).await.map_err(|e| dsm_status(&format!("deleting LUN {name}"), e))?;
         }
         tracing::info!(volume = id, "volume deleted");
         Ok(())
@@ -411,7 +511,8 @@ impl Inner {
             return Err(Status::invalid_argument("capacity_range is required"));
         }
         let _serial = self.mutations.lock().await;
-        let lun = self.lun(id).await?.ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
+        let lun = self.volume_lun(id).await?.ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
+        let lun = self.unlocked(lun).await?;
         let size = if lun.size >= range.required { lun.size } else { range.size()? };
         if range.limit > 0 && size > range.limit {
             return Err(Status::out_of_range(format!(
@@ -420,7 +521,10 @@ impl Inner {
             )));
         }
         if size > lun.size {
-            self.dsm.expand_lun(&lun.uuid, size).await.map_err(|e| dsm_status(&format!("growing LUN {id}"), e))?;
+            self.dsm
+                .expand_lun(&lun.uuid, size)
+                .await
+                .map_err(|e| dsm_status(&format!("growing LUN {}", lun.name), e))?;
         }
         Ok(ControllerExpandVolumeResponse { capacity_bytes: bytes_i64(size), node_expansion_required: true })
     }
@@ -434,27 +538,43 @@ impl Inner {
 
     async fn our_luns(&self) -> Result<Vec<Lun>, Status> {
         let luns = self.dsm.list_luns().await.map_err(|e| dsm_status("listing LUNs", e))?;
-        Ok(luns.into_iter().filter(|l| self.is_ours(&l.name)).collect())
+        Ok(luns.into_iter().filter(|l| self.is_ours(l)).collect())
     }
 
+    /// Takes snapshot `name` of a volume's LUN. Names are unique across the
+    /// provisioner's volumes (CSI's rule), so berth's other LUNs are looked
+    /// at too, never other tools' LUNs. A LUN DSM cannot snapshot is
+    /// refused naming the setting.
     async fn create_snapshot(&self, request: CreateSnapshotRequest) -> Result<Snapshot, Status> {
         let (source, name) = (&request.source_volume_id, &request.name);
         if source.is_empty() || name.is_empty() {
             return Err(Status::invalid_argument("source_volume_id and name are required"));
         }
         let _serial = self.mutations.lock().await;
-        let lun =
-            self.lun(source).await?.ok_or_else(|| Status::not_found(format!("volume {source} does not exist")))?;
+        let lun = self
+            .volume_lun(source)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("volume {source} does not exist")))?;
         if let Some(existing) = self.snapshots_of(&lun).await?.into_iter().find(|s| &s.description == name) {
-            return Ok(snapshot_message(&lun, &existing));
+            return Ok(snapshot_message(source, &existing));
         }
         for other in self.our_luns().await?.iter().filter(|l| l.uuid != lun.uuid) {
             if self.snapshots_of(other).await?.iter().any(|s| &s.description == name) {
                 return Err(Status::already_exists(format!(
                     "snapshot {name} exists for another volume ({})",
-                    other.name
+                    self.volume_id_of(&other.name)
                 )));
             }
+        }
+        let snapshottable =
+            lun.dev_attribs.iter().find(|a| a.dev_attrib == "can_snapshot").is_none_or(|a| a.enable == 1);
+        if !snapshottable {
+            return Err(Status::failed_precondition(format!(
+                "LUN {} of volume {source} cannot be snapshotted: its can_snapshot device attribute is off (DSM sets \
+                 it when the LUN is made: add {{dev_attrib: can_snapshot, enable: 1}} to iscsi.lunTemplate.dev_attribs \
+                 for new volumes, and use a thin LUN type such as BLUN)",
+                lun.name
+            )));
         }
         let create = SnapshotCreate {
             name: Some(name.clone()),
@@ -474,7 +594,7 @@ impl Inner {
             .into_iter()
             .find(|s| s.uuid == uuid)
             .ok_or_else(|| Status::internal(format!("snapshot {name} vanished after creation")))?;
-        Ok(snapshot_message(&lun, &taken))
+        Ok(snapshot_message(source, &taken))
     }
 
     async fn list_snapshots(&self, request: &ListSnapshotsRequest) -> Result<Vec<Snapshot>, Status> {
@@ -482,14 +602,14 @@ impl Inner {
             let Some((lun_uuid, _)) = parse_snapshot_id(&request.snapshot_id) else { return Ok(Vec::new()) };
             self.lun(lun_uuid).await?.into_iter().collect()
         } else if !request.source_volume_id.is_empty() {
-            self.lun(&request.source_volume_id).await?.into_iter().collect()
+            self.volume_lun(&request.source_volume_id).await?.into_iter().collect()
         } else {
             self.our_luns().await?
         };
         let mut all = Vec::new();
-        for lun in luns.iter().filter(|l| self.is_ours(&l.name)) {
+        for lun in luns.iter().filter(|l| !is_vm_disk(l) && !being_deleted(l)) {
             for snapshot in self.snapshots_of(lun).await? {
-                let message = snapshot_message(lun, &snapshot);
+                let message = snapshot_message(&self.volume_id_of(&lun.name), &snapshot);
                 if request.snapshot_id.is_empty() || message.snapshot_id == request.snapshot_id {
                     all.push(message);
                 }
@@ -510,7 +630,7 @@ impl Inner {
                 Volume {
                     capacity_bytes: bytes_i64(lun.size),
                     volume_context: mapped.map(|(t, index)| self.context(t, index)).unwrap_or_default(),
-                    volume_id: lun.name,
+                    volume_id: self.volume_id_of(&lun.name),
                     content_source: None,
                     accessible_topology: Vec::new(),
                 }
@@ -552,7 +672,10 @@ impl Controller for Provisioner {
             if request.volume_capabilities.is_empty() {
                 return Err(Status::invalid_argument("volume_capabilities is required"));
             }
-            self.inner.lun(&id).await?.ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
+            self.inner
+                .volume_lun(&id)
+                .await?
+                .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
             Ok(match check_capabilities(&request.volume_capabilities) {
                 Ok(()) => ValidateVolumeCapabilitiesResponse {
                     confirmed: Some(Confirmed {

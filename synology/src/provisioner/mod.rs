@@ -153,26 +153,35 @@ impl Provisioner {
 
 /// A DSM failure as a gRPC status naming what was being done, DSM's code
 /// and its meaning:
-/// unreachable, slow or busy DSM and an unrecoverable session → UNAVAILABLE;
-/// refused login (400–411) → UNAUTHENTICATED; out of space or a model limit
-/// → RESOURCE_EXHAUSTED; duplicates → ALREADY_EXISTS; unknown objects →
-/// NOT_FOUND; refused parameters → INVALID_ARGUMENT; the rest INTERNAL.
+/// unreachable, slow or busy DSM, an unrecoverable session and a LUN still
+/// locked by DSM → UNAVAILABLE; refused login (400–411, also while its
+/// back-off runs) → UNAUTHENTICATED, with what to fix; a missing storage
+/// volume or a redirect to HTTPS → FAILED_PRECONDITION (configuration);
+/// out of space or a model limit → RESOURCE_EXHAUSTED; duplicates →
+/// ALREADY_EXISTS; unknown objects → NOT_FOUND; refused parameters →
+/// INVALID_ARGUMENT; the rest INTERNAL.
 pub(crate) fn dsm_status(doing: &str, error: DsmError) -> Status {
     let message = format!("{doing}: {error}");
     let code = match &error {
         DsmError::Connect { .. } | DsmError::Timeout { .. } | DsmError::Transport { .. } => Code::Unavailable,
         DsmError::HttpStatus { status, .. } if *status >= 500 => Code::Unavailable,
-        DsmError::DeletionTimedOut { .. } => Code::Unavailable,
+        DsmError::DeletionTimedOut { .. } | DsmError::Locked { .. } => Code::Unavailable,
+        DsmError::LoginLatched { .. } => Code::Unauthenticated,
+        DsmError::Redirected { .. } | DsmError::NoVolume { .. } | DsmError::Certificate { .. } => {
+            Code::FailedPrecondition
+        }
         DsmError::Api { code, .. } => match code {
-            105 | 106 | 107 | 117 | 119 => Code::Unavailable,
-            400..=411 => {
-                return Status::unauthenticated(format!(
-                    "{message}; check httpConnection.username and the password (the account must be a DSM \
-                     administrator)"
+            105 | 106 | 107 | 119 => Code::Unavailable,
+            117 => {
+                return Status::failed_precondition(format!(
+                    "{message}; check synology.volume (the storage volume, e.g. /volume1, must exist)"
                 ))
             }
+            400..=411 => {
+                return Status::unauthenticated(format!("{message}{}", crate::dsm::login_hint(*code)));
+            }
             18990002 | 18990541 | 18990542 | 18990543 => Code::ResourceExhausted,
-            18990538 | 18990744 => Code::AlreadyExists,
+            18990513 | 18990538 | 18990744 => Code::AlreadyExists,
             18990004 | 18990505 | 18990531 | 18990532 | 18990710 => Code::NotFound,
             101 | 18990068 | 18990318 | 18990403 | 18990500 | 18990503 | 18990508 | 18990635 | 18990708 => {
                 Code::InvalidArgument

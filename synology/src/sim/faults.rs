@@ -34,6 +34,9 @@ pub struct FaultsUpdate {
     /// Time out every session now (their next call answers 106).
     #[serde(default)]
     pub expire_sessions_now: bool,
+    /// Lift every Auto Block (DSM's Allow/Block List emptied).
+    #[serde(default)]
+    pub clear_auto_block: bool,
     /// New [`Faults::http_500_next`].
     pub http_500_next: Option<u32>,
     /// New [`Faults::latency_ms`].

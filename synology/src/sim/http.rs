@@ -7,8 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -17,21 +19,41 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tracing::{debug, error};
 
-use super::auth::Sessions;
+use super::auth::{AutoBlock, Blocks, Sessions};
 use super::faults::{Faults, FaultsUpdate};
 use super::params::ApiParams;
-use super::san::{ApiError, San, APIS};
-use super::Stats;
+use super::san::{ApiError, Dialect, San, APIS};
+use super::{tls, Stats};
 use crate::dsm::Password;
 
 /// Everything the handlers share.
 pub(crate) struct Shared {
     pub san: Arc<Mutex<San>>,
     pub sessions: Mutex<Sessions>,
+    pub blocks: Mutex<Blocks>,
     pub faults: Mutex<Faults>,
     pub stats: Mutex<Stats>,
     pub account: String,
     pub password: Password,
+    pub auto_block: AutoBlock,
+    pub two_factor: bool,
+    pub non_admin: bool,
+    pub dialect: Dialect,
+    /// With "redirect HTTP to HTTPS", where plain HTTP requests are sent.
+    pub redirect_to: Option<SocketAddr>,
+}
+
+/// Applies a fault update (`POST /sim/faults`, [`super::Simulator::inject`]).
+pub(crate) fn apply(shared: &Shared, update: &FaultsUpdate) {
+    if update.expire_sessions_now {
+        shared.sessions.lock().expire_all();
+    }
+    if update.clear_auto_block {
+        shared.blocks.lock().clear();
+    }
+    let mut faults = shared.faults.lock();
+    faults.apply(update);
+    debug!(?faults, expire_sessions_now = update.expire_sessions_now, "faults updated");
 }
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -47,13 +69,8 @@ async fn faults_get(State(shared): State<Arc<Shared>>) -> Json<Faults> {
 }
 
 async fn faults_post(State(shared): State<Arc<Shared>>, Json(update): Json<FaultsUpdate>) -> Json<Faults> {
-    if update.expire_sessions_now {
-        shared.sessions.lock().expire_all();
-    }
-    let mut faults = shared.faults.lock();
-    faults.apply(&update);
-    debug!(?faults, expire_sessions_now = update.expire_sessions_now, "faults updated");
-    Json(faults.clone())
+    apply(&shared, &update);
+    Json(shared.faults.lock().clone())
 }
 
 async fn stats_get(State(shared): State<Arc<Shared>>) -> Json<Stats> {
@@ -62,11 +79,23 @@ async fn stats_get(State(shared): State<Arc<Shared>>) -> Json<Stats> {
 
 async fn webapi(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(cgi): Path<String>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
+    if let Some(https) = shared.redirect_to.filter(|_| !headers.contains_key(tls::VIA_TLS)) {
+        // DSM's "redirect HTTP to HTTPS": the same path on the HTTPS port.
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).and_then(|h| h.split(':').next());
+        let location = format!(
+            "https://{}:{}/webapi/{cgi}{}",
+            host.unwrap_or("localhost"),
+            https.port(),
+            query.as_deref().map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        return (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, location)]).into_response();
+    }
     let (latency, fail_500) = {
         let mut faults = shared.faults.lock();
         let fail = faults.http_500_next > 0;
@@ -97,9 +126,9 @@ async fn webapi(
         _ => None,
     };
     match api.as_str() {
-        "SYNO.API.Info" if method == "query" => envelope(Ok(info(&params))),
+        "SYNO.API.Info" if method == "query" => envelope(Ok(info(&params, shared.dialect))),
         "SYNO.API.Info" => envelope(Err(103)),
-        "SYNO.API.Auth" => auth(&shared, &method, version, &params, &headers),
+        "SYNO.API.Auth" => auth(&shared, &method, version, &params, &headers, peer),
         _ => san_call(shared, api, method, version, params, &headers).await,
     }
 }
@@ -126,12 +155,19 @@ fn token(params: &ApiParams, headers: &HeaderMap) -> Option<String> {
     params.string("SynoToken").or_else(|| headers.get("x-syno-token").and_then(|v| v.to_str().ok()).map(str::to_owned))
 }
 
-fn auth(shared: &Shared, method: &str, version: Option<u64>, params: &ApiParams, headers: &HeaderMap) -> Response {
-    if !version.is_some_and(|v| (1..=7).contains(&v)) {
+fn auth(
+    shared: &Shared,
+    method: &str,
+    version: Option<u64>,
+    params: &ApiParams,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Response {
+    if !version.is_some_and(|v| (1..=shared.dialect.auth_max_version()).contains(&v)) {
         return envelope(Err(104));
     }
     match method {
-        "login" => login(shared, params),
+        "login" => login(shared, params, peer),
         "logout" => {
             if let Some(sid) = sid(params, headers) {
                 shared.sessions.lock().logout(&sid);
@@ -142,15 +178,28 @@ fn auth(shared: &Shared, method: &str, version: Option<u64>, params: &ApiParams,
     }
 }
 
-/// Credentials are compared raw, then JSON-decoded (clients that quote every field).
-fn login(shared: &Shared, params: &ApiParams) -> Response {
+/// Credentials are compared raw, then JSON-decoded (clients that quote
+/// every field). A blocked source IP answers 407 whatever it sends; a
+/// refusal counts towards Auto Block; an account with 2-factor
+/// authentication enforced answers 403 (berth sends no code).
+fn login(shared: &Shared, params: &ApiParams, peer: SocketAddr) -> Response {
+    if shared.blocks.lock().blocked(peer.ip()) {
+        shared.stats.lock().blocked_logins += 1;
+        debug!(ip = %peer.ip(), "login refused: the IP is blocked (Auto Block)");
+        return envelope(Err(407));
+    }
     let matches = |key: &str, expected: &str| {
         params.raw(key) == Some(expected) || params.string(key).as_deref() == Some(expected)
     };
     if !(matches("account", &shared.account) && matches("passwd", shared.password.expose())) {
         shared.stats.lock().failed_logins += 1;
+        shared.blocks.lock().refused(peer.ip(), shared.auto_block);
         debug!("login refused: wrong account or password");
         return envelope(Err(400));
+    }
+    if shared.two_factor && params.string("otp_code").is_none() {
+        shared.stats.lock().failed_logins += 1;
+        return envelope(Err(403));
     }
     let (sid, token) = shared.sessions.lock().login();
     shared.stats.lock().logins += 1;
@@ -188,6 +237,10 @@ async fn san_call(
         shared.sessions.lock().check(sid(&params, headers).as_deref(), token(&params, headers).as_deref())
     {
         return envelope(Err(code));
+    }
+    if shared.non_admin {
+        // SAN APIs are for administrators only (DSM's API manifest).
+        return envelope(Err(105));
     }
     if let Some(code) = shared.faults.lock().error_code_next.take() {
         return envelope(Err(code));
@@ -230,6 +283,10 @@ async fn san_call(
     let outcome = tokio::task::spawn_blocking(move || san.lock().dispatch(&api_name, method, &params)).await;
     match outcome {
         Ok(Ok(data)) => envelope(Ok(data)),
+        Ok(Err(ApiError::Busy(code))) => {
+            shared.stats.lock().busy_refusals += 1;
+            envelope(Err(code))
+        }
         Ok(Err(ApiError::Code(code))) => envelope(Err(code)),
         Ok(Err(ApiError::Sim(err))) => {
             error!(%api, method, %err, "simulator storage failed");
@@ -243,10 +300,13 @@ async fn san_call(
 }
 
 /// `SYNO.API.Info query`: `query=all` or a comma list of API names.
-fn info(params: &ApiParams) -> Value {
+fn info(params: &ApiParams, dialect: Dialect) -> Value {
     let mut all = serde_json::Map::new();
     all.insert("SYNO.API.Info".into(), json!({"path": "query.cgi", "minVersion": 1, "maxVersion": 1}));
-    all.insert("SYNO.API.Auth".into(), json!({"path": "auth.cgi", "minVersion": 1, "maxVersion": 7}));
+    all.insert(
+        "SYNO.API.Auth".into(),
+        json!({"path": dialect.auth_path(), "minVersion": 1, "maxVersion": dialect.auth_max_version()}),
+    );
     for (api, _) in APIS {
         all.insert(
             (*api).into(),

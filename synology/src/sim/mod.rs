@@ -22,6 +22,7 @@ mod http;
 mod params;
 mod san;
 mod store;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,10 +36,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+pub use auth::AutoBlock;
 pub use error::SimError;
 pub use export::control_port as tgt_control_port;
 pub use faults::{Faults, FaultsUpdate};
-pub use san::{FRESH_NAS_LUNS, FRESH_NAS_TARGETS};
+pub use san::{Dialect, Limits, FRESH_NAS_LUNS, FRESH_NAS_TARGETS};
 
 use crate::dsm::Password;
 use auth::Sessions;
@@ -76,11 +78,34 @@ pub struct SimConfig {
     /// Give a new state dir what a NAS comes with: DSM's default target, a
     /// Virtual Machine Manager disk and another tool's LUN with a snapshot.
     pub fresh_nas: bool,
+    /// DSM's Auto Block: refused logins from one IP that block it.
+    pub auto_block: AutoBlock,
+    /// The account has 2-factor authentication enforced: logins with the
+    /// right password answer 403 (code required), as berth sends none.
+    pub two_factor: bool,
+    /// The account is not an administrator: SAN calls answer 105.
+    pub non_admin: bool,
+    /// Which DSM the simulator answers as.
+    pub dialect: Dialect,
+    /// How long a new clone stays `is_action_locked`: this…
+    pub clone_lock: Duration,
+    /// …plus this per GiB of data the source holds (DSM copies the data).
+    pub clone_lock_per_gib: Duration,
+    /// The model's LUN, target and snapshot limits.
+    pub limits: Limits,
+    /// Also serve HTTPS, with a self-signed certificate, on this address.
+    pub https: Option<SocketAddr>,
+    /// DSM's "redirect HTTP to HTTPS": every HTTP request is answered with
+    /// a redirect to the HTTPS address.
+    pub redirect_http: bool,
 }
 
 impl SimConfig {
     /// A configuration with DSM's defaults: 15-minute sessions, CSRF off,
-    /// 1 s asynchronous LUN removal, two 1 TiB volumes, portal on port 3260.
+    /// 1 s asynchronous LUN removal, two 1 TiB volumes, portal on port 3260,
+    /// Auto Block at 10 refusals in 5 minutes, DSM 7's answers, clones
+    /// locked 0.3 s plus 7 s per GiB of data, a fresh NAS's own objects,
+    /// plain HTTP.
     pub fn new(
         listen: SocketAddr,
         state_dir: impl Into<PathBuf>,
@@ -100,6 +125,15 @@ impl SimConfig {
             volume_size: 1 << 40,
             faults: Faults::default(),
             fresh_nas: true,
+            auto_block: AutoBlock::default(),
+            two_factor: false,
+            non_admin: false,
+            dialect: Dialect::Dsm7,
+            clone_lock: Duration::from_millis(300),
+            clone_lock_per_gib: Duration::from_secs(7),
+            limits: Limits::default(),
+            https: None,
+            redirect_http: false,
         }
     }
 }
@@ -111,6 +145,12 @@ pub struct Stats {
     pub logins: u64,
     /// Refused logins.
     pub failed_logins: u64,
+    /// Logins refused because the source IP was blocked (407).
+    #[serde(default)]
+    pub blocked_logins: u64,
+    /// SAN calls refused because the LUN was locked or being deleted.
+    #[serde(default)]
+    pub busy_refusals: u64,
     /// SAN calls that passed the session check and reached the SAN layer.
     pub api_calls: u64,
 }
@@ -118,6 +158,7 @@ pub struct Stats {
 /// A running simulator.
 pub struct Simulator {
     addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
@@ -140,6 +181,9 @@ impl Simulator {
             lun_delete_delay: config.lun_delete_delay,
             portal_port: config.portal.port(),
             export: None,
+            dialect: config.dialect,
+            limits: config.limits,
+            clone_lock: (config.clone_lock, config.clone_lock_per_gib),
         };
         let mut san = san;
         if config.fresh_nas {
@@ -153,18 +197,32 @@ impl Simulator {
             san.export = Some(export);
             san.sync_export()?;
         }
+        let https = match config.https {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| SimError::Bind { addr, source })?),
+            None => None,
+        };
+        let https_addr = https.as_ref().and_then(|l| l.local_addr().ok());
         let shared = Arc::new(Shared {
             san: Arc::new(Mutex::new(san)),
             sessions: Mutex::new(Sessions::new(config.session_timeout, config.csrf)),
+            blocks: Mutex::new(auth::Blocks::default()),
             faults: Mutex::new(config.faults),
             stats: Mutex::new(Stats::default()),
             account: config.account,
             password: config.password,
+            auto_block: config.auto_block,
+            two_factor: config.two_factor,
+            non_admin: config.non_admin,
+            dialect: config.dialect,
+            redirect_to: https_addr.filter(|_| config.redirect_http),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let app = http::router(Arc::clone(&shared));
+        if let Some(listener) = https {
+            tokio::spawn(tls::serve(listener, app.clone()));
+        }
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(async {
                     let _ = stopped.await;
                 })
@@ -172,7 +230,7 @@ impl Simulator {
         });
         let sessions_guard = config.export_iscsi.then(|| tokio::spawn(guard_sessions(Arc::clone(&shared.san))));
         info!(%addr, state_dir = %config.state_dir.display(), "DSM simulator listening");
-        Ok(Self { addr, shared, stop, server, sessions_guard })
+        Ok(Self { addr, https_addr, shared, stop, server, sessions_guard })
     }
 
     /// The bound address.
@@ -185,6 +243,11 @@ impl Simulator {
         format!("http://{}", self.addr)
     }
 
+    /// The HTTPS address, when [`SimConfig::https`] asked for one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         *self.shared.stats.lock()
@@ -192,10 +255,7 @@ impl Simulator {
 
     /// Changes the faults in force, as `POST /sim/faults` does.
     pub fn inject(&self, update: &FaultsUpdate) {
-        if update.expire_sessions_now {
-            self.shared.sessions.lock().expire_all();
-        }
-        self.shared.faults.lock().apply(update);
+        http::apply(&self.shared, update);
     }
 
     /// Stops serving (in-flight requests finish) and waits for the server.

@@ -31,6 +31,9 @@ pub(crate) struct LunRec {
     /// Set when a delete was accepted: the LUN stays listed until this time
     /// (ms since the epoch), as DSM removes LUNs asynchronously.
     pub deleting_until_ms: Option<u64>,
+    /// A clone stays `is_action_locked` until this time (ms since the epoch).
+    #[serde(default)]
+    pub locked_until_ms: Option<u64>,
 }
 
 /// A LUN mapped on a target.

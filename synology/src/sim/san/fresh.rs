@@ -76,6 +76,7 @@ impl San {
             description: description.to_owned(),
             dev_attribs: super::lun::default_dev_attribs(type_str),
             deleting_until_ms: None,
+            locked_until_ms: None,
         };
         self.store.state.luns.push(lun.clone());
         Ok(lun)

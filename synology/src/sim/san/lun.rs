@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::{now_ms, wants, ApiError, ApiResult, Fs, San, MAX_LUNS};
+use super::{now_ms, wants, ApiError, ApiResult, Fs, San, LUN_BUSY};
 use crate::sim::params::ApiParams;
 use crate::sim::store::{LunRec, Mapping, Store};
 
@@ -78,7 +78,7 @@ impl San {
         if self.store.state.luns.iter().any(|l| l.name == name) {
             return Err(ApiError::Code(18990538));
         }
-        if self.store.state.luns.len() >= MAX_LUNS {
+        if self.store.state.luns.len() >= self.limits.luns {
             return Err(ApiError::Code(18990541));
         }
         if is_thick(&type_str) && size > self.volume_free(&volume) {
@@ -98,6 +98,7 @@ impl San {
             description,
             dev_attribs,
             deleting_until_ms: None,
+            locked_until_ms: None,
         });
         self.store.save()?;
         Ok(json!({"uuid": uuid, "lun_id": lun_id}))
@@ -132,8 +133,18 @@ impl San {
         json!({"luns": luns})
     }
 
+    /// Refuses work on a LUN DSM is still copying (a clone) or deleting.
+    fn ensure_idle(lun: &LunRec) -> Result<(), ApiError> {
+        let now = now_ms();
+        if lun.locked_until_ms.is_some_and(|until| until > now) || lun.deleting_until_ms.is_some() {
+            return Err(ApiError::Busy(LUN_BUSY));
+        }
+        Ok(())
+    }
+
     pub(super) fn lun_set(&mut self, params: &ApiParams) -> ApiResult {
         let lun = self.find_lun(params, "uuid")?.clone();
+        Self::ensure_idle(&lun)?;
         if let Some(new_size) = params.number("new_size") {
             if new_size < lun.size {
                 return Err(ApiError::Code(101));
@@ -154,7 +165,9 @@ impl San {
     }
 
     /// Accepts the deletion: mappings and snapshots go at once, the LUN
-    /// itself stays listed for the configured delay.
+    /// itself stays listed (status `deleting`) for the configured delay. A
+    /// LUN already being deleted is accepted again; one still copying a
+    /// clone is refused.
     pub(super) fn lun_delete(&mut self, params: &ApiParams) -> ApiResult {
         let uuids: Vec<String> = match params.value("uuids") {
             Some(Value::Array(items)) => items
@@ -166,6 +179,9 @@ impl San {
         let deadline = now_ms() + self.lun_delete_delay.as_millis() as u64;
         for uuid in &uuids {
             let lun = self.store.state.luns.iter_mut().find(|l| &l.uuid == uuid).ok_or(ApiError::Code(18990531))?;
+            if lun.locked_until_ms.is_some_and(|until| until > now_ms()) && lun.deleting_until_ms.is_none() {
+                return Err(ApiError::Busy(LUN_BUSY));
+            }
             lun.deleting_until_ms.get_or_insert(deadline);
             for target in &mut self.store.state.targets {
                 target.mapped.retain(|m| &m.lun_uuid != uuid);
@@ -183,7 +199,9 @@ impl San {
 
     /// Adds the LUN to each target at the lowest free LUN number from 1.
     pub(super) fn lun_map_target(&mut self, params: &ApiParams) -> ApiResult {
-        let lun_uuid = self.find_lun(params, "uuid")?.uuid.clone();
+        let lun = self.find_lun(params, "uuid")?;
+        Self::ensure_idle(lun)?;
+        let lun_uuid = lun.uuid.clone();
         let Some(Value::Array(ids)) = params.value("target_ids") else {
             return Err(ApiError::Code(18990508));
         };
@@ -225,8 +243,8 @@ impl San {
             "size": lun.size,
             "type": type_code,
             "type_str": lun.type_str,
-            "status": "normal",
-            "is_action_locked": false,
+            "status": if lun.deleting_until_ms.is_some() { "deleting" } else { "normal" },
+            "is_action_locked": lun.locked_until_ms.is_some_and(|until| until > now_ms()),
             "block_size": 512,
             "create_from": "",
             "restored_time": 0,

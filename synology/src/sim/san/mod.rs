@@ -14,7 +14,9 @@
 //! Choices where the reference records no DSM behaviour: shrinking a LUN
 //! answers 101; a snapshot of a LUN without `can_snapshot` answers 18990004;
 //! creating on a volume that does not exist answers 117; THIN's numeric
-//! type is 16. Clones are copied at once, so `is_action_locked` stays false.
+//! type is 16; a LUN busy with a clone answers [`LUN_BUSY`]; a second
+//! delete of a LUN being deleted succeeds. Clones are copied at once but
+//! report `is_action_locked` for as long as DSM would copy them.
 
 mod fresh;
 
@@ -56,16 +58,87 @@ pub(crate) const APIS: &[(&str, &[&str])] = &[
     ("SYNO.Core.Storage.Volume", &["get"]),
 ];
 
-const MAX_LUNS: usize = 256;
-const MAX_TARGETS: usize = 128;
-const MAX_SNAPSHOTS_PER_LUN: usize = 256;
+/// What `set`, `map_target` and `delete` answer for a LUN DSM is still
+/// busy with (a clone being copied). No client records the code real DSM
+/// uses; this one is the simulator's choice, and berth never depends on
+/// it: it waits for `is_action_locked` to clear first.
+pub(crate) const LUN_BUSY: i64 = 18990512;
 
-/// Why a SAN call failed: a DSM error code, or the simulator's own storage
-/// failing (answered as 100, unknown error).
+/// A NAS model's limits (`SYNO.Core.System info type=define`:
+/// `max_iscsiluns`, `max_iscsitrgs`, `max_snapshot_per_lun`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// LUNs on the NAS (18990541 beyond).
+    pub luns: usize,
+    /// Targets on the NAS (18990542 beyond).
+    pub targets: usize,
+    /// Snapshots of one LUN (18990543 beyond).
+    pub snapshots_per_lun: usize,
+}
+
+impl Default for Limits {
+    /// A DS918+'s limits.
+    fn default() -> Self {
+        Self { luns: 256, targets: 128, snapshots_per_lun: 256 }
+    }
+}
+
+/// Which DSM the simulator answers as, where versions differ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dialect {
+    /// DSM 6.2: `SYNO.API.Auth` up to version 6 on `auth.cgi`; volume byte
+    /// counts as JSON numbers.
+    Dsm62,
+    /// DSM 7.x: `SYNO.API.Auth` up to version 7 on `entry.cgi` (`auth.cgi`
+    /// still answers); volume byte counts as strings.
+    #[default]
+    Dsm7,
+}
+
+impl Dialect {
+    pub(crate) fn auth_max_version(self) -> u64 {
+        match self {
+            Self::Dsm62 => 6,
+            Self::Dsm7 => 7,
+        }
+    }
+
+    pub(crate) fn auth_path(self) -> &'static str {
+        match self {
+            Self::Dsm62 => "auth.cgi",
+            Self::Dsm7 => "entry.cgi",
+        }
+    }
+
+    /// A byte count as this DSM writes it.
+    fn bytes(self, value: u64) -> Value {
+        match self {
+            Self::Dsm62 => json!(value),
+            Self::Dsm7 => json!(value.to_string()),
+        }
+    }
+}
+
+impl std::str::FromStr for Dialect {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "6.2" | "6" => Ok(Self::Dsm62),
+            "7" | "7.x" => Ok(Self::Dsm7),
+            other => Err(format!("DSM version {other:?} is neither 6.2 nor 7")),
+        }
+    }
+}
+
+/// Why a SAN call failed: a DSM error code (`Busy` for a LUN still locked
+/// or being deleted), or the simulator's own storage failing (answered as
+/// 100, unknown error).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
     #[error("DSM error {0}")]
     Code(i64),
+    #[error("DSM error {0} (the LUN is busy)")]
+    Busy(i64),
     #[error(transparent)]
     Sim(#[from] SimError),
 }
@@ -95,6 +168,10 @@ pub(crate) struct San {
     pub portal_port: u16,
     /// The iSCSI export of the targets, when the simulator serves one.
     pub export: Option<TgtExport>,
+    pub dialect: Dialect,
+    pub limits: Limits,
+    /// How long a clone stays locked: base, and per GiB of source data.
+    pub clone_lock: (Duration, Duration),
 }
 
 impl San {
@@ -223,8 +300,8 @@ impl San {
             "container": "internal",
             "location": "sata",
             "readonly": false,
-            "size_free_byte": self.volume_free(volume).to_string(),
-            "size_total_byte": volume.size.to_string(),
+            "size_free_byte": self.dialect.bytes(self.volume_free(volume)),
+            "size_total_byte": self.dialect.bytes(volume.size),
         }}))
     }
 }

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use super::lun::check_name;
-use super::{now_ms, ApiError, ApiResult, San, MAX_LUNS, MAX_SNAPSHOTS_PER_LUN};
+use super::{now_ms, ApiError, ApiResult, San};
 use crate::sim::params::ApiParams;
 use crate::sim::store::{LunRec, SnapRec, Store};
 
@@ -16,8 +16,14 @@ impl San {
             return Err(ApiError::Code(18990004));
         }
         let taken = self.store.state.snapshots.iter().filter(|s| s.parent_uuid == lun.uuid).count();
-        if taken >= MAX_SNAPSHOTS_PER_LUN {
+        if taken >= self.limits.snapshots_per_lun {
             return Err(ApiError::Code(18990543));
+        }
+        let name = params.string("snapshot_name");
+        if let Some(name) = &name {
+            if self.store.state.snapshots.iter().any(|s| s.parent_uuid == lun.uuid && &s.name == name) {
+                return Err(ApiError::Code(18990513));
+            }
         }
         let uuid = uuid::Uuid::new_v4().to_string();
         Store::copy_sparse(&self.store.lun_file(&lun.uuid), &self.store.snapshot_file(&uuid))?;
@@ -28,7 +34,7 @@ impl San {
         self.store.state.snapshots.push(SnapRec {
             uuid: uuid.clone(),
             snapshot_id,
-            name: params.string("snapshot_name").unwrap_or_else(|| format!("SnapShot-{snapshot_id}")),
+            name: name.unwrap_or_else(|| format!("SnapShot-{snapshot_id}")),
             description: params.string("description").unwrap_or_default(),
             taken_by,
             parent_uuid: lun.uuid,
@@ -129,11 +135,12 @@ impl San {
         if self.store.state.luns.iter().any(|l| l.name == name) {
             return Err(ApiError::Code(18990538));
         }
-        if self.store.state.luns.len() >= MAX_LUNS {
+        if self.store.state.luns.len() >= self.limits.luns {
             return Err(ApiError::Code(18990541));
         }
         let uuid = uuid::Uuid::new_v4().to_string();
         Store::copy_sparse(&self.store.snapshot_file(&snapshot.uuid), &self.store.lun_file(&uuid))?;
+        let locked_until = self.clone_lock_until(&self.store.snapshot_file(&snapshot.uuid));
         self.store.state.last_lun_id += 1;
         self.store.state.luns.push(LunRec {
             uuid: uuid.clone(),
@@ -145,9 +152,18 @@ impl San {
             description: params.string("description").unwrap_or_default(),
             dev_attribs: parent.dev_attribs,
             deleting_until_ms: None,
+            locked_until_ms: Some(locked_until),
         });
         self.store.save()?;
         Ok(json!({"cloned_lun_uuid": uuid}))
+    }
+
+    /// Until when a clone of the data in `source` stays locked: DSM copies
+    /// the data, so the lock grows with what the source holds.
+    fn clone_lock_until(&self, source: &std::path::Path) -> u64 {
+        let (base, per_gib) = self.clone_lock;
+        let gib = Store::allocated(source) as f64 / (1u64 << 30) as f64;
+        now_ms() + (base + per_gib.mul_f64(gib)).as_millis() as u64
     }
 
     /// `clone`: a new LUN holding a copy of a LUN (on `dst_location`, else
@@ -163,11 +179,12 @@ impl San {
         if self.store.state.luns.iter().any(|l| l.name == name) {
             return Err(ApiError::Code(18990538));
         }
-        if self.store.state.luns.len() >= MAX_LUNS {
+        if self.store.state.luns.len() >= self.limits.luns {
             return Err(ApiError::Code(18990541));
         }
         let uuid = uuid::Uuid::new_v4().to_string();
         Store::copy_sparse(&self.store.lun_file(&source.uuid), &self.store.lun_file(&uuid))?;
+        let locked_until = self.clone_lock_until(&self.store.lun_file(&source.uuid));
         self.store.state.last_lun_id += 1;
         self.store.state.luns.push(LunRec {
             uuid: uuid.clone(),
@@ -179,6 +196,7 @@ impl San {
             description: params.string("description").unwrap_or_default(),
             dev_attribs: source.dev_attribs,
             deleting_until_ms: None,
+            locked_until_ms: Some(locked_until),
         });
         self.store.save()?;
         Ok(json!({"dst_lun_uuid": uuid}))

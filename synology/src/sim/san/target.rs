@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{wants, ApiError, ApiResult, San, MAX_TARGETS};
+use super::{wants, ApiError, ApiResult, San};
 use crate::sim::export::Session;
 use crate::sim::params::ApiParams;
 use crate::sim::store::TargetRec;
@@ -33,7 +33,7 @@ impl San {
         if targets.iter().any(|t| t.name == name || t.iqn == iqn) {
             return Err(ApiError::Code(18990744));
         }
-        if targets.len() >= MAX_TARGETS {
+        if targets.len() >= self.limits.targets {
             return Err(ApiError::Code(18990542));
         }
         self.store.state.last_target_id += 1;
