@@ -154,7 +154,8 @@ impl Provisioner {
 /// A DSM failure as a gRPC status naming what was being done, DSM's code
 /// and its meaning:
 /// unreachable, slow or busy DSM, an unrecoverable session and a LUN still
-/// locked by DSM → UNAVAILABLE; refused login (400–411, also while its
+/// locked by DSM → UNAVAILABLE; no permission after a fresh login (105, a
+/// non-administrator) → PERMISSION_DENIED; refused login (400–411, also while its
 /// back-off runs) → UNAUTHENTICATED, with what to fix; a missing storage
 /// volume or a redirect to HTTPS → FAILED_PRECONDITION (configuration);
 /// out of space or a model limit → RESOURCE_EXHAUSTED; duplicates →
@@ -171,7 +172,14 @@ pub(crate) fn dsm_status(doing: &str, error: DsmError) -> Status {
             Code::FailedPrecondition
         }
         DsmError::Api { code, .. } => match code {
-            105 | 106 | 107 | 119 => Code::Unavailable,
+            // Still refused after a fresh login: the account lacks the right.
+            105 => {
+                return Status::permission_denied(format!(
+                    "{message}; the account has no permission for DSM's SAN APIs: it must be in DSM's \
+                     administrators group"
+                ))
+            }
+            106 | 107 | 119 => Code::Unavailable,
             117 => {
                 return Status::failed_precondition(format!(
                     "{message}; check synology.volume (the storage volume, e.g. /volume1, must exist)"
