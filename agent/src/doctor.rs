@@ -47,31 +47,45 @@ fn finding(check: &str, status: Status, detail: impl Into<String>, fix: impl Int
 }
 
 /// Runs every check against the agent configuration at `config_paths`.
+/// Without a configuration (berth not installed yet) every check that
+/// needs none still runs, with the defaults an install would use; with a
+/// broken one, the checks that read it are skipped and the rest run.
 pub async fn run(config_paths: &[PathBuf]) -> Vec<Finding> {
-    let config = match AgentConfig::load(config_paths) {
-        Ok(config) => Some(config),
-        Err(e) => {
-            let mut out = vec![finding("agent config", Status::Fail, e.to_string(), "fix the file named above")];
-            out.extend(kernel_checks());
-            return out;
+    let missing: Vec<&PathBuf> = config_paths.iter().filter(|p| !p.exists()).collect();
+    let (config, first) = if !missing.is_empty() && missing.len() == config_paths.len() {
+        let shown = missing.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        let detail = format!("no agent config at {shown}: berth is not installed on this node yet");
+        let fix = "install it (berth install --server, or --client --servers ADDR; add --synology FILE for a NAS), \
+                   or point at the config with -config DIR; the checks below use the defaults an install writes";
+        (Some(AgentConfig::default()), finding("agent config", Status::Warn, detail, fix))
+    } else {
+        match AgentConfig::load(config_paths) {
+            Ok(config) => {
+                let loaded = config_paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+                (Some(config), finding("agent config", Status::Pass, format!("{loaded} loaded"), ""))
+            }
+            Err(e) => (None, finding("agent config", Status::Fail, e.to_string(), "fix the file named above")),
         }
     };
-    let config = config.unwrap_or_default();
-    let mut out = vec![finding(
-        "agent config",
-        Status::Pass,
-        format!("{} loaded", config_paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")),
-        "",
-    )];
+    let mut out = vec![first];
     out.extend(kernel_checks());
     out.push(iptables_backend());
     out.push(docker().await);
     out.extend(iscsi_node());
     out.push(multipath_config());
-    out.push(nas(&config).await);
-    out.push(data_dir(&config));
-    out.extend(ports(&config).await);
-    out.extend(clock(&config).await);
+    match config {
+        Some(config) => {
+            out.push(nas(&config).await);
+            out.push(data_dir(&config));
+            out.extend(ports(&config).await);
+            out.extend(clock(&config).await);
+        }
+        None => {
+            for check in ["NAS", "data dir", "ports", "clock"] {
+                out.push(finding(check, Status::Skip, "the agent config did not load (see above)", ""));
+            }
+        }
+    }
     out
 }
 

@@ -168,3 +168,36 @@ fn boot_with_systemd(root: &Path) {
     let answered = answered.expect("berth.service started the agent and `berth node status` answered through it");
     assert!(answered.contains("ready"), "{answered}");
 }
+
+/// `berth doctor` on a node where berth is not installed: it says how to
+/// install or which `-config` to pass, and still runs every check that
+/// needs no config; a broken config skips only the checks that read it.
+#[test]
+fn doctor_before_the_install_explains_it_and_runs_every_other_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let absent = dir.path().join("berth.d");
+    let out = common::cli(&["doctor", "-json", &format!("-config={}", absent.display())]);
+    let findings: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    let find = |findings: &serde_json::Value, check: &str| {
+        findings.as_array().unwrap().iter().find(|f| f["check"] == check).cloned().unwrap_or_default()
+    };
+    let config = find(&findings, "agent config");
+    assert_eq!(config["status"], "warn", "{config}");
+    assert!(
+        config["fix"].as_str().unwrap().contains("berth install")
+            && config["fix"].as_str().unwrap().contains("-config")
+    );
+    for check in ["docker", "data dir", "multipath config"] {
+        assert_ne!(find(&findings, check)["status"], "skip", "{check} was skipped: {findings}");
+    }
+    assert!(findings.as_array().unwrap().iter().any(|f| f["check"].as_str().unwrap_or("").starts_with("port")));
+
+    std::fs::create_dir_all(&absent).unwrap();
+    std::fs::write(absent.join("agent.hcl"), "client {\n  bogus_key = \n").unwrap();
+    let out = common::cli(&["doctor", "-json", &format!("-config={}", absent.display())]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let findings: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(find(&findings, "agent config")["status"], "fail");
+    assert_eq!(find(&findings, "NAS")["status"], "skip");
+    assert_ne!(find(&findings, "docker")["status"], "skip");
+}

@@ -69,6 +69,21 @@ impl TgtExport {
             export.clear()?;
             return Ok(export);
         }
+        // Another iSCSI target (Debian's and Ubuntu's tgt.service listens on
+        // 3260 once tgt is installed) would take every login meant for us.
+        // (Checked both ways: a listener on 0.0.0.0 does not always stop a bind to 127.0.0.1.)
+        let holder = listener_of(portal.port());
+        if let Some(why) = match std::net::TcpListener::bind(portal) {
+            Err(e) => Some(e.to_string()),
+            Ok(_) => holder.as_ref().map(|_| "it listens on that port".to_owned()),
+        } {
+            let holder = holder.unwrap_or_else(|| "another process".to_owned());
+            return Err(SimError::Tgt(format!(
+                "portal {portal} is taken by {holder} ({why}), so initiators would log in to it, not to dsm-sim: stop \
+                 it (for Debian's tgt: systemctl disable --now tgt) or give dsm-sim another --portal, e.g. \
+                 127.0.0.1:3261"
+            )));
+        }
         std::fs::create_dir_all("/var/run/tgtd").map_err(SimError::io("create", "/var/run/tgtd"))?;
         let log_file = std::fs::File::create(log).map_err(SimError::io("create", log))?;
         let err_file = log_file.try_clone().map_err(SimError::io("open", log))?;
@@ -248,6 +263,29 @@ impl Drop for TgtExport {
     }
 }
 
+/// The process listening on TCP `port`, as `name (pid N)`: the socket's
+/// inode from /proc/net/tcp{,6}, then the process holding it.
+fn listener_of(port: u16) -> Option<String> {
+    let inode = ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|table| {
+        let text = std::fs::read_to_string(table).ok()?;
+        text.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok())?;
+            (local_port == port && fields.get(3) == Some(&"0A")).then(|| fields.get(9).map(|i| (*i).to_owned()))?
+        })
+    })?;
+    let socket = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|process| {
+        let pid = process.file_name().to_str()?.parse::<u32>().ok()?;
+        let holds = std::fs::read_dir(process.path().join("fd"))
+            .ok()?
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == socket.as_str()));
+        let name = std::fs::read_to_string(process.path().join("comm")).ok()?;
+        holds.then(|| format!("{} (pid {pid})", name.trim()))
+    })
+}
+
 /// Sessions per target id from `tgtadm --mode target --op show`.
 fn parse_sessions(listing: &str) -> BTreeMap<u32, Vec<Session>> {
     let mut sessions: BTreeMap<u32, Vec<Session>> = BTreeMap::new();
@@ -275,6 +313,18 @@ fn parse_sessions(listing: &str) -> BTreeMap<u32, Vec<Session>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_portal_another_process_serves_is_refused_naming_it() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let portal = taken.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let error = TgtExport::start(portal, &dir.path().join("tgtd.log")).err().expect("refused");
+        let message = error.to_string();
+        assert!(message.contains(&format!("portal {portal} is taken by")), "{message}");
+        assert!(message.contains(&format!("(pid {})", std::process::id())), "{message}");
+        assert!(message.contains("systemctl disable --now tgt"), "{message}");
+    }
 
     #[test]
     fn reads_sessions_from_the_target_listing() {
