@@ -463,3 +463,97 @@ fn doctor_explains_the_initiator_and_a_refused_password() {
     let human = common::cli(&["doctor", &format!("-config={}", config_dir.display())]);
     assert!(human.stdout.contains("[ OK ] NAS:") && human.stdout.contains("fix:"), "{human:?}");
 }
+
+/// Moving from Nomad + democratic-csi: a LUN and target made exactly as
+/// democratic-csi's synology-iscsi driver names them (namePrefix and
+/// nameSuffix set), holding the filesystem and file its node left, is
+/// found by `volume import-synology`, registered under democratic-csi's
+/// volume id, mounted by a job with its data, expanded, snapshotted and
+/// deleted on the NAS through berth.
+#[test]
+fn democratic_csi_volumes_are_imported_and_managed_with_their_ids() {
+    use synology::dsm::{LunCreate, LunType, TargetAuth, TargetCreate};
+    let root = tempfile::tempdir().unwrap();
+    let _leftovers = Leftovers(root.path().to_path_buf());
+    let nas = Nas::start(root.path());
+    let yaml = nas
+        .yaml(PASSWORD)
+        .replace("namePrefix: \"\"", "namePrefix: \"k8s-\"")
+        .replace("nameSuffix: \"\"", "nameSuffix: \"-dc\"");
+    // democratic-csi: LUN and target named namePrefix + volume id + nameSuffix, IQN baseiqn + that name.
+    let (id, lun_name) = ("pvc-7f3a", "k8s-pvc-7f3a-dc");
+    let dsm = nas.client();
+    let uuid = nas
+        .rt
+        .block_on(dsm.create_lun(&LunCreate {
+            name: lun_name.into(),
+            location: "/volume1".into(),
+            size: 1 << 30,
+            lun_type: LunType::Blun,
+            description: None,
+            dev_attribs: Vec::new(),
+        }))
+        .unwrap();
+    let content = root.path().join("dc-data");
+    std::fs::create_dir_all(&content).unwrap();
+    std::fs::write(content.join("from-democratic-csi.txt"), "written by democratic-csi's node\n").unwrap();
+    let backing = nas.config.state_dir.join("luns").join(format!("{uuid}.img"));
+    let made = Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-d"]).arg(&content).arg(&backing).status();
+    assert!(made.unwrap().success(), "mke2fs on the LUN's backing file");
+    let iqn = synology::dsm::Iqn::new(format!("iqn.2000-01.com.synology:berth-sim.{lun_name}")).unwrap();
+    let target = TargetCreate { name: lun_name.into(), iqn, max_sessions: 1, auth: TargetAuth::None };
+    let target_id = nas.rt.block_on(dsm.create_target(&target)).unwrap();
+    nas.rt.block_on(dsm.map_lun_to_target(&uuid, target_id)).unwrap();
+
+    let agent = synology_agent(root.path(), "syno-dc", &yaml, "2s");
+    wait_plugin(&agent);
+    let yaml_file = root.path().join("syno-dc-synology-iscsi.yaml");
+    let specs = root.path().join("imported");
+    let r = common::cli(&[
+        "volume",
+        "import-synology",
+        &format!("--driver-config-file={}", yaml_file.display()),
+        &format!("--dir={}", specs.display()),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let files: Vec<_> = std::fs::read_dir(&specs).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(
+        files,
+        [std::ffi::OsString::from(format!("{id}.hcl"))],
+        "only democratic-csi's volume, not the NAS's own"
+    );
+    let spec = specs.join(format!("{id}.hcl"));
+    assert!(std::fs::read_to_string(&spec).unwrap().contains(&format!("external_id = \"{id}\"")));
+    run_ok(&agent, &["volume", "register", &spec.display().to_string()]);
+
+    // A job mounts it: democratic-csi's file is there (never reformatted).
+    let job = format!(
+        "job \"dc-reader\" {{\n  group \"g\" {{\n    volume \"data\" {{\n      type = \"csi\"\n      source = \"{id}\"\n      \
+         access_mode = \"single-node-writer\"\n      attachment_mode = \"file-system\"\n    }}\n    task \"t\" {{\n      \
+         driver = \"docker\"\n      config {{\n        image = \"berth-test/tiny:latest\"\n        command = \"sh\"\n        \
+         args = [\"-c\", \"cat /data/from-democratic-csi.txt; echo added by berth > /data/added; sync; sleep 3600\"]\n      \
+         }}\n      volume_mount {{\n        volume = \"data\"\n        destination = \"/data\"\n      }}\n    }}\n  }}\n}}\n"
+    );
+    run_ok(&agent, &["job", "run", "-detach", &job_file(root.path(), "dc-reader.nomad", &job)]);
+    let alloc = running_alloc(&agent, "dc-reader");
+    wait_for("democratic-csi's file in the task", Duration::from_secs(120), || {
+        run_ok(&agent, &["alloc", "logs", &alloc]).contains("written by democratic-csi's node").then_some(())
+    });
+    run_ok(&agent, &["job", "stop", "-purge", "dc-reader"]);
+    wait_for("the claim to end", Duration::from_secs(60), || {
+        (!run_ok(&agent, &["volume", "status", id]).contains(&alloc[..8])).then_some(())
+    });
+
+    // Expand, snapshot and delete act on democratic-csi's LUN.
+    let grown = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("type        = \"csi\"", "type        = \"csi\"\ncapacity_min = \"2GiB\"");
+    run_ok(&agent, &["volume", "create", &job_file(root.path(), "grow.hcl", &grown)]);
+    let size = |dsm: &DsmClient| nas.rt.block_on(dsm.get_lun(lun_name)).unwrap().map(|l| l.size);
+    assert_eq!(size(&dsm), Some(2 << 30), "the LUN grew");
+    run_ok(&agent, &["volume", "snapshot", "create", id, "before-move"]);
+    assert_eq!(nas.rt.block_on(dsm.list_snapshots(&uuid)).unwrap().len(), 1);
+    run_ok(&agent, &["volume", "delete", id]);
+    assert_eq!(size(&dsm), None, "the LUN is gone");
+    assert_eq!(nas.counts(), (0, 0), "the LUN and the target are gone");
+}

@@ -6,6 +6,7 @@ mod alloc;
 mod api;
 mod cluster;
 mod format;
+mod import;
 mod job;
 mod monitor;
 mod volume;
@@ -418,6 +419,21 @@ enum VolumeCommand {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Writes a `volume register` spec for each volume a Synology NAS
+    /// already holds (made by democratic-csi or berth), read with the
+    /// synology-iscsi YAML; talks to the NAS, not to an agent.
+    #[command(name = "import-synology")]
+    ImportSynology {
+        /// democratic-csi's synology-iscsi YAML for the NAS.
+        #[arg(long = "driver-config-file")]
+        driver_config_file: std::path::PathBuf,
+        /// Write `<id>.hcl` files here (else print them).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// The plugin_id the specs name.
+        #[arg(long = "plugin-id", default_value = "synology")]
+        plugin_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -770,6 +786,9 @@ pub async fn run(cli: Cli) -> i32 {
                 VolumeCommand::Delete { id, secret, .. } => volume::delete(&api, &id, &secret).await,
                 VolumeCommand::Deregister { id, force } => volume::deregister(&api, &id, force).await,
                 VolumeCommand::Detach { id, node } => volume::detach(&api, &id, &node).await,
+                VolumeCommand::ImportSynology { driver_config_file, dir, plugin_id } => {
+                    import::synology(&driver_config_file, dir.as_deref(), &plugin_id).await
+                }
                 VolumeCommand::Snapshot { command } => match command {
                     SnapshotCommand::Create { volume, name } => {
                         volume::snapshot_create(&api, &volume, name.as_deref()).await

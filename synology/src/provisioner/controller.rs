@@ -31,32 +31,19 @@ use csi::v1::{
     ControllerExpandVolumeResponse, ControllerGetCapabilitiesRequest, ControllerGetCapabilitiesResponse,
     CreateSnapshotRequest, CreateSnapshotResponse, CreateVolumeRequest, CreateVolumeResponse, DeleteSnapshotRequest,
     DeleteSnapshotResponse, DeleteVolumeRequest, DeleteVolumeResponse, GetCapacityRequest, GetCapacityResponse,
-    ListSnapshotsRequest, ListSnapshotsResponse, ListVolumesRequest, ListVolumesResponse, Snapshot,
+    ListSnapshotsRequest, ListSnapshotsResponse, ListVolumesRequest, ListVolumesResponse,
     ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume, VolumeCapability,
     VolumeContentSource,
 };
 use tonic::{Request, Response, Status};
 
-use super::naming::{lun_name, parse_snapshot_id, snapshot_id, target_iqn};
+use super::naming::{parse_snapshot_id, target_iqn};
+use super::volumes::{being_deleted, is_vm_disk, BERTH_DESCRIPTION};
 use super::{dsm_status, reply, Inner, Provisioner};
-use crate::dsm::{DsmError, Lun, LunCreate, SnapshotCreate, Target, TargetAuth, TargetCreate};
+use crate::dsm::{DsmError, Lun, LunCreate, Target, TargetAuth, TargetCreate};
 
 const MIB: u64 = 1 << 20;
 const DEFAULT_CAPACITY: u64 = 1 << 30;
-/// Who DSM records as having taken a snapshot.
-const TAKEN_BY: &str = "berth";
-/// How the description of every LUN berth makes begins.
-const BERTH_DESCRIPTION: &str = "berth volume ";
-
-/// A Virtual Machine Manager disk: never a volume, never touched.
-fn is_vm_disk(lun: &Lun) -> bool {
-    lun.type_str.starts_with("VDISK")
-}
-
-/// DSM lists a LUN it is still removing as `deleting`.
-fn being_deleted(lun: &Lun) -> bool {
-    lun.status == "deleting"
-}
 
 /// A checked capacity range; 0 means unset.
 #[derive(Debug, Clone, Copy)]
@@ -122,7 +109,7 @@ fn check_capabilities(capabilities: &[VolumeCapability]) -> Result<(), String> {
     Ok(())
 }
 
-fn bytes_i64(bytes: u64) -> i64 {
+pub(super) fn bytes_i64(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
@@ -142,86 +129,7 @@ fn page<T>(items: Vec<T>, token: &str, max: i32) -> Result<(Vec<T>, String), Sta
     Ok((items.into_iter().skip(start).take(end - start).collect(), next))
 }
 
-fn snapshot_message(volume_id: &str, snapshot: &crate::dsm::Snapshot) -> Snapshot {
-    Snapshot {
-        size_bytes: bytes_i64(snapshot.total_size),
-        snapshot_id: snapshot_id(&snapshot.parent_uuid, &snapshot.uuid),
-        source_volume_id: volume_id.to_owned(),
-        creation_time: Some(prost_types::Timestamp {
-            seconds: i64::try_from(snapshot.create_time).unwrap_or(0),
-            nanos: 0,
-        }),
-        ready_to_use: snapshot.status.is_empty() || snapshot.status == "Healthy",
-        group_snapshot_id: String::new(),
-    }
-}
-
 impl Inner {
-    /// The LUN (and target) name of volume `id`: namePrefix + id +
-    /// nameSuffix, as democratic-csi names it.
-    fn lun_name_of(&self, id: &str) -> Result<String, Status> {
-        lun_name(&self.settings.name_prefix, id, &self.settings.name_suffix)
-    }
-
-    /// The volume id of the LUN named `name`: namePrefix and nameSuffix
-    /// taken off, as democratic-csi's volume ids leave them out.
-    fn volume_id_of(&self, name: &str) -> String {
-        let s = &self.settings;
-        let (prefix, suffix) = (s.name_prefix.to_lowercase(), s.name_suffix.to_lowercase());
-        let bare = name.strip_prefix(prefix.as_str()).unwrap_or(name);
-        bare.strip_suffix(suffix.as_str()).unwrap_or(bare).to_owned()
-    }
-
-    /// Whether a LUN on the NAS is one of this provisioner's volumes, for
-    /// listings: its name carries namePrefix/nameSuffix, and, when both are
-    /// empty (any LUN's name would), berth's description marks it. Other
-    /// tools' LUNs, VM disks and DSM's own objects are never listed.
-    fn is_ours(&self, lun: &Lun) -> bool {
-        let s = &self.settings;
-        let affixed =
-            lun.name.starts_with(&s.name_prefix.to_lowercase()) && lun.name.ends_with(&s.name_suffix.to_lowercase());
-        let marked =
-            !(s.name_prefix.is_empty() && s.name_suffix.is_empty()) || lun.description.starts_with(BERTH_DESCRIPTION);
-        affixed && marked && !is_vm_disk(lun)
-    }
-
-    /// The LUN named `name`, if DSM lists it.
-    async fn lun(&self, name: &str) -> Result<Option<Lun>, Status> {
-        self.dsm.get_lun(name).await.map_err(|e| dsm_status(&format!("looking up LUN {name}"), e))
-    }
-
-    /// Volume `id`'s LUN: by its democratic-csi name, else by the id itself
-    /// when that already carries the affixes (berth named volumes by their
-    /// full LUN name before it followed democratic-csi's ids).
-    async fn volume_lun(&self, id: &str) -> Result<Option<Lun>, Status> {
-        let name = self.lun_name_of(id)?;
-        if let Some(lun) = self.lun(&name).await? {
-            return Ok(Some(lun));
-        }
-        let s = &self.settings;
-        let affixed = !(s.name_prefix.is_empty() && s.name_suffix.is_empty())
-            && id.starts_with(&s.name_prefix.to_lowercase())
-            && id.ends_with(&s.name_suffix.to_lowercase());
-        if affixed {
-            return self.lun(id).await;
-        }
-        Ok(None)
-    }
-
-    /// `lun` once DSM's action lock (a clone or restore being copied) is
-    /// off: growing or mapping a locked LUN fails on a real NAS.
-    async fn unlocked(&self, lun: Lun) -> Result<Lun, Status> {
-        if !lun.is_action_locked {
-            return Ok(lun);
-        }
-        tracing::info!(lun = %lun.name, "waiting for DSM to finish copying the LUN");
-        self.dsm
-            .wait_unlocked(&lun.name)
-            .await
-            .map_err(|e| dsm_status(&format!("waiting for LUN {}", lun.name), e))?
-            .ok_or_else(|| Status::internal(format!("LUN {} vanished while DSM copied it", lun.name)))
-    }
-
     /// The volume's LUN: adopted, cloned from a snapshot or a volume, or
     /// created.
     async fn ensure_lun(&self, name: &str, range: Range, source: Option<&SourceType>) -> Result<Lun, Status> {
@@ -403,7 +311,7 @@ impl Inner {
     }
 
     /// What the node needs to attach the volume.
-    fn context(&self, target: &Target, lun_number: u32) -> HashMap<String, String> {
+    pub(super) fn context(&self, target: &Target, lun_number: u32) -> HashMap<String, String> {
         let s = &self.settings;
         let auth = match s.auth {
             TargetAuth::None => "none",
@@ -527,115 +435,6 @@ impl Inner {
                 .map_err(|e| dsm_status(&format!("growing LUN {}", lun.name), e))?;
         }
         Ok(ControllerExpandVolumeResponse { capacity_bytes: bytes_i64(size), node_expansion_required: true })
-    }
-
-    async fn snapshots_of(&self, lun: &Lun) -> Result<Vec<crate::dsm::Snapshot>, Status> {
-        self.dsm
-            .list_snapshots(&lun.uuid)
-            .await
-            .map_err(|e| dsm_status(&format!("listing snapshots of {}", lun.name), e))
-    }
-
-    async fn our_luns(&self) -> Result<Vec<Lun>, Status> {
-        let luns = self.dsm.list_luns().await.map_err(|e| dsm_status("listing LUNs", e))?;
-        Ok(luns.into_iter().filter(|l| self.is_ours(l)).collect())
-    }
-
-    /// Takes snapshot `name` of a volume's LUN. Names are unique across the
-    /// provisioner's volumes (CSI's rule), so berth's other LUNs are looked
-    /// at too, never other tools' LUNs. A LUN DSM cannot snapshot is
-    /// refused naming the setting.
-    async fn create_snapshot(&self, request: CreateSnapshotRequest) -> Result<Snapshot, Status> {
-        let (source, name) = (&request.source_volume_id, &request.name);
-        if source.is_empty() || name.is_empty() {
-            return Err(Status::invalid_argument("source_volume_id and name are required"));
-        }
-        let _serial = self.mutations.lock().await;
-        let lun = self
-            .volume_lun(source)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("volume {source} does not exist")))?;
-        if let Some(existing) = self.snapshots_of(&lun).await?.into_iter().find(|s| &s.description == name) {
-            return Ok(snapshot_message(source, &existing));
-        }
-        for other in self.our_luns().await?.iter().filter(|l| l.uuid != lun.uuid) {
-            if self.snapshots_of(other).await?.iter().any(|s| &s.description == name) {
-                return Err(Status::already_exists(format!(
-                    "snapshot {name} exists for another volume ({})",
-                    self.volume_id_of(&other.name)
-                )));
-            }
-        }
-        let snapshottable =
-            lun.dev_attribs.iter().find(|a| a.dev_attrib == "can_snapshot").is_none_or(|a| a.enable == 1);
-        if !snapshottable {
-            return Err(Status::failed_precondition(format!(
-                "LUN {} of volume {source} cannot be snapshotted: its can_snapshot device attribute is off (DSM sets \
-                 it when the LUN is made: add {{dev_attrib: can_snapshot, enable: 1}} to iscsi.lunTemplate.dev_attribs \
-                 for new volumes, and use a thin LUN type such as BLUN)",
-                lun.name
-            )));
-        }
-        let create = SnapshotCreate {
-            name: Some(name.clone()),
-            description: name.clone(),
-            taken_by: TAKEN_BY.to_owned(),
-            is_locked: self.settings.snapshot_locked,
-            is_app_consistent: self.settings.snapshot_app_consistent,
-        };
-        let uuid = self
-            .dsm
-            .take_snapshot(&lun.uuid, &create)
-            .await
-            .map_err(|e| dsm_status(&format!("taking snapshot {name} of {source}"), e))?;
-        let taken = self
-            .snapshots_of(&lun)
-            .await?
-            .into_iter()
-            .find(|s| s.uuid == uuid)
-            .ok_or_else(|| Status::internal(format!("snapshot {name} vanished after creation")))?;
-        Ok(snapshot_message(source, &taken))
-    }
-
-    async fn list_snapshots(&self, request: &ListSnapshotsRequest) -> Result<Vec<Snapshot>, Status> {
-        let luns = if !request.snapshot_id.is_empty() {
-            let Some((lun_uuid, _)) = parse_snapshot_id(&request.snapshot_id) else { return Ok(Vec::new()) };
-            self.lun(lun_uuid).await?.into_iter().collect()
-        } else if !request.source_volume_id.is_empty() {
-            self.volume_lun(&request.source_volume_id).await?.into_iter().collect()
-        } else {
-            self.our_luns().await?
-        };
-        let mut all = Vec::new();
-        for lun in luns.iter().filter(|l| !is_vm_disk(l) && !being_deleted(l)) {
-            for snapshot in self.snapshots_of(lun).await? {
-                let message = snapshot_message(&self.volume_id_of(&lun.name), &snapshot);
-                if request.snapshot_id.is_empty() || message.snapshot_id == request.snapshot_id {
-                    all.push(message);
-                }
-            }
-        }
-        Ok(all)
-    }
-
-    async fn list_volumes(&self) -> Result<Vec<Volume>, Status> {
-        let luns = self.our_luns().await?;
-        let targets = self.dsm.list_targets().await.map_err(|e| dsm_status("listing targets", e))?;
-        Ok(luns
-            .into_iter()
-            .map(|lun| {
-                let mapped = targets
-                    .iter()
-                    .find_map(|t| t.mapped_luns.iter().find(|m| m.lun_uuid == lun.uuid).map(|m| (t, m.mapping_index)));
-                Volume {
-                    capacity_bytes: bytes_i64(lun.size),
-                    volume_context: mapped.map(|(t, index)| self.context(t, index)).unwrap_or_default(),
-                    volume_id: self.volume_id_of(&lun.name),
-                    content_source: None,
-                    accessible_topology: Vec::new(),
-                }
-            })
-            .collect())
     }
 }
 

@@ -4,6 +4,8 @@
 //! `synology-iscsi` YAML ([`crate::config::DriverConfig`]).
 //!
 //! * `naming`: CSI name → LUN name, target IQN, snapshot ids.
+//! * `volumes`: which LUNs are volumes, look-ups, listings, import.
+//! * `snapshots`: snapshot create and list.
 //! * `controller`: the Controller RPCs.
 //! * here: [`Provisioner`], the Identity service, DSM errors → gRPC codes,
 //!   and [`serve`] on a unix socket.
@@ -19,6 +21,10 @@
 
 mod controller;
 mod naming;
+mod snapshots;
+mod volumes;
+
+pub use volumes::ExistingVolume;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -241,6 +247,14 @@ impl Identity for Provisioner {
             .map(|_| ProbeResponse { ready: Some(true) })
             .map_err(|e| dsm_status(&format!("probing storage volume {location}"), e));
         reply("Probe", "", result)
+    }
+}
+
+impl Provisioner {
+    /// The volumes this configuration manages that the NAS already holds
+    /// (made by democratic-csi or berth), to register them.
+    pub async fn existing_volumes(&self) -> Result<Vec<ExistingVolume>, Status> {
+        self.inner.existing_volumes().await
     }
 }
 
