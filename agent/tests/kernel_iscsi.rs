@@ -95,6 +95,8 @@ fn online_expansion_grows_the_mounted_filesystem() {
 fn two_portals_make_one_map_that_survives_losing_a_path() {
     let mut config = LabConfig::new("mpath-node");
     config.portals = 2;
+    // One session per path: the target must admit two (DSM counts sessions).
+    config.target_template = "auth_type: 0\n    max_sessions: 0".to_owned();
     let lab = Lab::start(config);
     let volume = lab.create("mpath", 256 * MIB).expect("CreateVolume");
     let id = volume.volume_id.clone();

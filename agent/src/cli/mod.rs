@@ -702,7 +702,7 @@ async fn csi_plugin_synology(args: SynologyPluginArgs) -> i32 {
         let node = if args.controller_only {
             None
         } else {
-            let attacher = args.initiator.attacher(&args.state_dir);
+            let attacher = args.initiator.attacher(&args.state_dir, None);
             let node = csi::iscsi::IscsiNode::new(plugin_node_id(args.node_id), &args.state_dir, attacher)
                 .map_err(|e| e.to_string())?;
             Some(node)

@@ -431,11 +431,19 @@ impl Initiator {
     }
 
     /// The attacher for this initiator (resolved first), keeping its files
-    /// under `state_dir`.
-    pub fn attacher(self, state_dir: &Path) -> Box<dyn Attacher> {
+    /// under `state_dir`. `initiator_name` names the userspace initiator
+    /// (the kernel initiator's name is iscsid's); by default it is
+    /// [`initiator_name`].
+    pub fn attacher(self, state_dir: &Path, initiator_name: Option<String>) -> Box<dyn Attacher> {
         match self.resolve() {
             Self::OpenIscsi => Box::new(OpenIscsi::new(HostRunner::default())),
-            _ => Box::new(Userspace::new(HostRunner::default(), state_dir.join("userspace"))),
+            _ => {
+                let userspace = Userspace::new(HostRunner::default(), state_dir.join("userspace"));
+                Box::new(match initiator_name {
+                    Some(name) => userspace.named(name),
+                    None => userspace,
+                })
+            }
         }
     }
 }

@@ -45,6 +45,11 @@ impl<R: Runner> Userspace<R> {
         Self { runner, dir: dir.into(), initiator: initiator_name() }
     }
 
+    /// The same attacher logging in as initiator `name` (an IQN).
+    pub fn named(self, name: impl Into<String>) -> Self {
+        Self { initiator: name.into(), ..self }
+    }
+
     fn losetup(&self, args: &[&str], file: &Path) -> Result<String, IscsiError> {
         let cmd = Cmd::new("losetup", args).arg(file.to_string_lossy());
         Ok(self.runner.check(&cmd, &[])?.stdout)

@@ -53,6 +53,8 @@ pub(crate) struct TgtExport {
     tgtd: Option<Child>,
     runner: HostRunner,
     exported: BTreeMap<u32, ExportedTarget>,
+    /// Targets at their session limit: only these initiators may log in.
+    restricted: BTreeMap<u32, Vec<String>>,
 }
 
 impl TgtExport {
@@ -63,6 +65,7 @@ impl TgtExport {
             tgtd: None,
             runner: HostRunner { timeout: Duration::from_secs(20) },
             exported: BTreeMap::new(),
+            restricted: BTreeMap::new(),
         };
         if export.alive() {
             tracing::info!(control = export.control, "taking over a tgtd left by an earlier run");
@@ -130,6 +133,7 @@ impl TgtExport {
             self.delete_target(tid)?;
         }
         self.exported.clear();
+        self.restricted.clear();
         Ok(())
     }
 
@@ -159,7 +163,8 @@ impl TgtExport {
 
     /// Removes target `tid`, closing its sessions first as DSM does (tgtd
     /// left with a session of a deleted target stops answering logins).
-    fn delete_target(&self, tid: u32) -> Result<(), SimError> {
+    fn delete_target(&mut self, tid: u32) -> Result<(), SimError> {
+        self.restricted.remove(&tid);
         let sessions = self.sessions()?;
         for session in sessions.get(&tid).into_iter().flatten() {
             self.close_session(tid, session.nexus)?;
@@ -234,23 +239,66 @@ impl TgtExport {
         Ok(parse_sessions(&listing))
     }
 
-    /// Closes the sessions beyond each target's limit (target id → max
-    /// sessions, 0 unlimited), newest first; returns how many it closed.
-    pub fn enforce_max_sessions(&self, limits: &BTreeMap<u32, u64>) -> Result<usize, SimError> {
+    /// Holds each target to its session limit (target id → max sessions,
+    /// 0 unlimited), as DSM refuses a login beyond it: a target at its
+    /// limit admits only the initiators logged in (an access list by
+    /// initiator name), and sessions beyond it (logins that raced in) are
+    /// closed, newest first; returns how many it closed.
+    pub fn enforce_max_sessions(&mut self, limits: &BTreeMap<u32, u64>) -> Result<usize, SimError> {
         let mut closed = 0;
         for (tid, mut sessions) in self.sessions()? {
-            let limit = limits.get(&tid).copied().unwrap_or(0);
-            if limit == 0 || sessions.len() as u64 <= limit {
-                continue;
-            }
+            let limit = usize::try_from(limits.get(&tid).copied().unwrap_or(0)).unwrap_or(usize::MAX);
             sessions.sort_by_key(|s| s.nexus);
-            for extra in sessions.iter().skip(usize::try_from(limit).unwrap_or(usize::MAX)) {
+            for extra in sessions.iter().skip(if limit == 0 { usize::MAX } else { limit }) {
                 self.close_session(tid, extra.nexus)?;
                 tracing::info!(target = %tid, initiator = %extra.initiator, "session over max_sessions closed");
                 closed += 1;
             }
+            let admitted: Vec<String> = if limit > 0 && sessions.len() >= limit {
+                let mut names: Vec<String> = sessions.iter().take(limit).map(|s| s.initiator.clone()).collect();
+                names.sort();
+                names
+            } else {
+                Vec::new()
+            };
+            self.admit(tid, admitted)?;
         }
         Ok(closed)
+    }
+
+    /// Lets only `initiators` log in to `tid`, or everyone when empty.
+    fn admit(&mut self, tid: u32, initiators: Vec<String>) -> Result<(), SimError> {
+        let current = self.restricted.get(&tid).cloned().unwrap_or_default();
+        if current == initiators {
+            return Ok(());
+        }
+        let tid_text = tid.to_string();
+        let acl = |op: &str, kind: &str, value: &str| {
+            self.tgtadm(&["--mode", "target", "--op", op, "--tid", &tid_text, kind, value])
+        };
+        if current.is_empty() {
+            for name in &initiators {
+                self.run(&acl("bind", "--initiator-name", name))?;
+            }
+            self.run(&acl("unbind", "--initiator-address", "ALL"))?;
+        } else {
+            self.run(&acl("bind", "--initiator-address", "ALL"))?;
+            for name in &current {
+                let _ = self.run(&acl("unbind", "--initiator-name", name));
+            }
+            for name in &initiators {
+                self.run(&acl("bind", "--initiator-name", name))?;
+            }
+            if !initiators.is_empty() {
+                self.run(&acl("unbind", "--initiator-address", "ALL"))?;
+            }
+        }
+        if initiators.is_empty() {
+            self.restricted.remove(&tid);
+        } else {
+            self.restricted.insert(tid, initiators);
+        }
+        Ok(())
     }
 }
 

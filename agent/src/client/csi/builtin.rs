@@ -7,7 +7,9 @@
 //!
 //! Config keys: `driver_config_file` (democratic-csi's `synology-iscsi`
 //! YAML, required), `id`, `initiator` (`auto`, `open-iscsi`,
-//! `userspace`). The file is read and checked when the agent starts, so a
+//! `userspace`), `initiator_name` (the userspace initiator's IQN, e.g. for
+//! the NAS's access list), `login_backoff` (the pause after DSM refuses a
+//! login, doubling per refusal; default 150s). The file is read and checked when the agent starts, so a
 //! bad file stops the agent with an error naming it; an unreachable NAS
 //! only makes the plugin unhealthy (its probe says why).
 
@@ -36,6 +38,10 @@ pub struct SynologyPlugin {
     pub driver: DriverConfig,
     /// Which iSCSI initiator attaches volumes on this node.
     pub initiator: Initiator,
+    /// The userspace initiator's name, when set.
+    pub initiator_name: Option<String>,
+    /// The pause after a refused login, when set.
+    pub login_backoff: Option<std::time::Duration>,
 }
 
 impl SynologyPlugin {
@@ -51,11 +57,9 @@ impl SynologyPlugin {
                 Some(other) => Err(format!("{prefix}: config.{key} must be a string, got {other}")),
             }
         };
-        if let Some(unknown) = object.keys().find(|k| !["id", "driver_config_file", "initiator"].contains(&k.as_str()))
-        {
-            return Err(format!(
-                "{prefix}: config.{unknown} is not a setting (known: id, driver_config_file, initiator)"
-            ));
+        const KNOWN: [&str; 5] = ["id", "driver_config_file", "initiator", "initiator_name", "login_backoff"];
+        if let Some(unknown) = object.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(format!("{prefix}: config.{unknown} is not a setting (known: {})", KNOWN.join(", ")));
         }
         let file = text("driver_config_file")?
             .map(PathBuf::from)
@@ -70,17 +74,34 @@ impl SynologyPlugin {
         if id.is_empty() {
             return Err(format!("{prefix}: config.id must not be empty"));
         }
-        Ok(Self { id, driver_config_file: file, driver, initiator })
+        let login_backoff = match text("login_backoff")? {
+            None => None,
+            Some(value) => {
+                let nanos =
+                    crate::util::parse_duration(&value).map_err(|e| format!("{prefix}: config.login_backoff: {e}"))?;
+                Some(std::time::Duration::from_nanos(
+                    u64::try_from(nanos).map_err(|_| format!("{prefix}: config.login_backoff must not be negative"))?,
+                ))
+            }
+        };
+        let initiator_name = text("initiator_name")?;
+        Ok(Self { id, driver_config_file: file, driver, initiator, initiator_name, login_backoff })
     }
 
     /// Starts serving and registers the plugin with `manager`. It runs for
     /// the life of the agent process, so volumes stay mountable while the
     /// agent stops the allocations that use them.
     pub fn start(&self, manager: Arc<CsiManager>, node_id: &str) -> Result<(), String> {
-        let provisioner = Provisioner::from_config(&self.driver)
-            .map_err(|e| format!("{}: {e}", self.driver_config_file.display()))?;
+        let file = self.driver_config_file.display();
+        let mut dsm_config =
+            self.driver.dsm_config(|key| std::env::var(key).ok()).map_err(|e| format!("{file}: {e}"))?;
+        if let Some(backoff) = self.login_backoff {
+            dsm_config.login_backoff = backoff;
+        }
+        let dsm = synology::dsm::DsmClient::new(dsm_config).map_err(|e| format!("{file}: {e}"))?;
+        let provisioner = Provisioner::new(&self.driver, dsm);
         let base = manager.root().join("builtin").join(&self.id);
-        let attacher = self.initiator.attacher(&base.join("node"));
+        let attacher = self.initiator.attacher(&base.join("node"), self.initiator_name.clone());
         let node = IscsiNode::new(node_id, &base.join("node"), attacher)
             .map_err(|e| format!("built-in plugin {}: {e}", self.id))?;
         let cfg = CsiPluginConfig {

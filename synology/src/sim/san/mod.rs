@@ -216,8 +216,8 @@ impl San {
     }
 
     /// Closes sessions beyond the targets' `max_sessions`.
-    pub fn enforce_max_sessions(&self) -> Result<usize, SimError> {
-        let Some(export) = &self.export else { return Ok(0) };
+    pub fn enforce_max_sessions(&mut self) -> Result<usize, SimError> {
+        let Some(export) = &mut self.export else { return Ok(0) };
         let limits = self.store.state.targets.iter().map(|t| (t.target_id, t.max_sessions)).collect();
         export.enforce_max_sessions(&limits)
     }
