@@ -268,3 +268,4 @@ pub fn mysql(sql: &str) -> Result<String, String> {
         Err(String::from_utf8_lossy(&out.stderr).to_string())
     }
 }
+pub mod synology;

@@ -344,6 +344,11 @@ pub enum Via {
 /// what may pass (a login the portal does not accept yet, iscsid
 /// restarting) until `deadline`, and no single try outlives it.
 pub trait Attacher: Send + Sync + fmt::Debug {
+    /// What an attach of `target` may leave if it is cut short (the
+    /// process killed midway), without doing anything: recorded before
+    /// the attach starts, so that a detach of it, after a restart, undoes
+    /// whatever part was done.
+    fn plan(&self, name: &str, target: &IscsiTarget) -> Attachment;
     /// Attaches `target`; `name` (the volume ID) names what is created.
     /// A failed attach undoes what it did.
     fn attach(&self, name: &str, target: &IscsiTarget, deadline: Deadline) -> Result<Attachment, IscsiError>;

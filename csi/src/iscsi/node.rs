@@ -225,9 +225,23 @@ impl Inner {
             self.forget(id)?;
         }
         let target = IscsiTarget::from_context(context, secrets).map_err(|e| attach_status(id, e))?;
-        let attachment = self.attacher.attach(id, &target, deadline).map_err(|e| attach_status(id, e))?;
-        let record =
-            StageRecord { staging: staging.to_path_buf(), access: access.clone(), attachment, published: Vec::new() };
+        // What the attach may leave is recorded first: if this process dies
+        // midway, the next stage or unstage undoes it.
+        let planned = StageRecord {
+            staging: staging.to_path_buf(),
+            access: access.clone(),
+            attachment: self.attacher.plan(id, &target),
+            published: Vec::new(),
+        };
+        self.save(id, &planned)?;
+        let attachment = match self.attacher.attach(id, &target, deadline) {
+            Ok(attachment) => attachment,
+            Err(e) => {
+                self.forget(id)?;
+                return Err(attach_status(id, e));
+            }
+        };
+        let record = StageRecord { attachment, ..planned };
         let mounted = self.save(id, &record).and_then(|()| self.mount_staging(id, &record));
         if let Err(status) = mounted {
             if let Err(e) = self.attacher.detach(&record.attachment, Deadline::after(self.attach_timeout)) {

@@ -33,10 +33,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IscsiError + '_ {
     move |source| IscsiError::io(path, source)
 }
 
-/// Whether `pid` is a running qemu-storage-daemon (not a recycled pid).
-fn is_daemon(pid: i32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("qemu-storage-daemon"))
+/// Whether `pid` is a running qemu-storage-daemon of the volume directory
+/// `dir` (not a recycled pid, not another volume's daemon).
+fn is_daemon(pid: i32, dir: &Path) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        cmdline.contains("qemu-storage-daemon") && cmdline.contains(&*dir.to_string_lossy())
+    })
 }
 
 impl<R: Runner> Userspace<R> {
@@ -98,14 +101,15 @@ impl<R: Runner> Userspace<R> {
         pid.trim().parse().map_err(|_| IscsiError::Context(format!("{}: not a pid: {pid:?}", pid_file.display())))
     }
 
-    /// Stops the daemon `pid` (TERM, then KILL after 10 s) and waits for it.
-    fn stop_daemon(pid: i32) {
-        if !is_daemon(pid) {
+    /// Stops the daemon `pid` of `dir` (TERM, then KILL after 10 s) and
+    /// waits for it.
+    fn stop_daemon(pid: i32, dir: &Path) {
+        if !is_daemon(pid, dir) {
             return;
         }
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         let started = Instant::now();
-        while is_daemon(pid) {
+        while is_daemon(pid, dir) {
             if started.elapsed() > Duration::from_secs(10) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
@@ -138,6 +142,11 @@ impl<R: Runner> Userspace<R> {
 }
 
 impl<R: Runner> Attacher for Userspace<R> {
+    fn plan(&self, name: &str, target: &IscsiTarget) -> Attachment {
+        let via = Via::Userspace { dir: self.dir.join(file_name(name)), pid: 0 };
+        Attachment { device: PathBuf::new(), iqn: target.iqn.clone(), via }
+    }
+
     fn attach(&self, name: &str, target: &IscsiTarget, deadline: Deadline) -> Result<Attachment, IscsiError> {
         let dir = self.dir.join(file_name(name));
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
@@ -170,7 +179,12 @@ impl<R: Runner> Attacher for Userspace<R> {
                 self.runner.check(&Cmd::new("losetup", &["--detach"]).arg(device.to_string_lossy()), &[])?;
             }
         }
-        Self::stop_daemon(*pid);
+        // The recorded daemon, and the one its pid file names (an attach
+        // interrupted before it could record it).
+        let started = std::fs::read_to_string(dir.join("qsd.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        for pid in [Some(*pid).filter(|p| *p > 0), started].into_iter().flatten() {
+            Self::stop_daemon(pid, dir);
+        }
         if crate::mount::mounted_source(&export).is_some() {
             // The daemon died without unmounting its export.
             nix::mount::umount2(&export, nix::mount::MntFlags::MNT_DETACH)

@@ -361,7 +361,16 @@ impl<R: Runner> OpenIscsi<R> {
     /// map is told to fail I/O once no path is left (a dead NAS must not
     /// hang the flush) and removed; a plain device has its buffers flushed.
     fn flush(&self, attachment: &Attachment, multipath: Option<&String>, deadline: Deadline) -> Result<(), IscsiError> {
-        if let Some(map) = multipath {
+        // A map the attachment did not record (an attach cut short after
+        // multipathd made it) is found through the sessions' disks.
+        let Via::OpenIscsi { portals, .. } = &attachment.via else { return Ok(()) };
+        let found = multipath.cloned().or_else(|| {
+            portals.iter().find_map(|portal| {
+                let session = sysfs::session(&self.root, &attachment.iqn, portal)?;
+                sysfs::session_devices(&self.root, session.id).iter().find_map(|d| self.holder_map(d))
+            })
+        });
+        if let Some(map) = found.as_ref() {
             if !self.root.join("dev/mapper").join(map).exists() {
                 return Ok(());
             }
@@ -427,6 +436,11 @@ impl<R: Runner> OpenIscsi<R> {
 }
 
 impl<R: Runner> Attacher for OpenIscsi<R> {
+    fn plan(&self, _name: &str, target: &IscsiTarget) -> Attachment {
+        let via = Via::OpenIscsi { portals: target.portals.clone(), discovery_created: Vec::new(), multipath: None };
+        Attachment { device: PathBuf::new(), iqn: target.iqn.clone(), via }
+    }
+
     fn attach(&self, name: &str, target: &IscsiTarget, deadline: Deadline) -> Result<Attachment, IscsiError> {
         let mut via = Via::OpenIscsi { portals: Vec::new(), discovery_created: Vec::new(), multipath: None };
         // A quarter of the time (at most 10 s) is kept for undoing a failure.

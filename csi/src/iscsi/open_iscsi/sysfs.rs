@@ -84,6 +84,21 @@ pub(super) fn session(root: &Path, iqn: &str, portal: &str) -> Option<Session> {
     sessions(root).into_iter().find(|s| matches(s, iqn, portal))
 }
 
+/// Every block device of session `id` (`<root>/dev/sdX`).
+pub(super) fn session_devices(root: &Path, id: u32) -> Vec<PathBuf> {
+    let device = root.join(format!("sys/class/iscsi_session/session{id}/device"));
+    let units = std::fs::read_dir(&device)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|t| t.file_name().to_string_lossy().starts_with("target"));
+    units
+        .flat_map(|target| std::fs::read_dir(target.path()).into_iter().flatten().flatten())
+        .flat_map(|unit| std::fs::read_dir(unit.path().join("block")).into_iter().flatten().flatten())
+        .map(|block| root.join("dev").join(block.file_name()))
+        .collect()
+}
+
 /// The block device of LUN `lun` in session `id` (`<root>/dev/sdX`).
 pub(super) fn lun_device(root: &Path, id: u32, lun: u32) -> Option<PathBuf> {
     let device = root.join(format!("sys/class/iscsi_session/session{id}/device"));
