@@ -32,8 +32,8 @@ fn stop_and_release(agent: &Agent, job: &str, alloc: &str) {
 #[test]
 fn mariadb_keeps_its_rows_on_a_synology_lun() {
     let root = tempfile::tempdir().unwrap();
-    let _leftovers = Leftovers(root.path().to_path_buf());
     let nas = Nas::start(root.path());
+    let _leftovers = Leftovers(root.path().to_path_buf());
     let agent = synology_agent(root.path(), "syno-db", &nas.yaml(PASSWORD), "2s");
     wait_plugin(&agent);
     let status = run_ok(&agent, &["plugin", "status"]);
@@ -94,8 +94,8 @@ fn mariadb_keeps_its_rows_on_a_synology_lun() {
 #[test]
 fn creates_survive_expiry_and_crashes_and_fail_fast_when_the_nas_cannot_serve() {
     let root = tempfile::tempdir().unwrap();
-    let _leftovers = Leftovers(root.path().to_path_buf());
     let mut nas = Nas::start(root.path());
+    let _leftovers = Leftovers(root.path().to_path_buf());
     let mut agent = synology_agent(root.path(), "syno-faults", &nas.yaml(PASSWORD), "30s");
     wait_plugin(&agent);
     let spec = |name: &str| {
@@ -188,8 +188,8 @@ fn the_standalone_plugin_takes_democratic_csis_yaml_unchanged() {
     };
 
     let root = tempfile::tempdir().unwrap();
-    let _leftovers = Leftovers(root.path().to_path_buf());
     let nas = Nas::start(root.path());
+    let _leftovers = Leftovers(root.path().to_path_buf());
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../synology/testdata/democratic-csi-synology-iscsi.yaml");
     let yaml = std::fs::read_to_string(example)
         .unwrap()
@@ -315,8 +315,8 @@ fn doctor_explains_the_initiator_and_a_refused_password() {
 fn democratic_csi_volumes_are_imported_and_managed_with_their_ids() {
     use synology::dsm::{LunCreate, LunType, TargetAuth, TargetCreate};
     let root = tempfile::tempdir().unwrap();
-    let _leftovers = Leftovers(root.path().to_path_buf());
     let nas = Nas::start(root.path());
+    let _leftovers = Leftovers(root.path().to_path_buf());
     let yaml = nas
         .yaml(PASSWORD)
         .replace("namePrefix: \"\"", "namePrefix: \"k8s-\"")

@@ -20,8 +20,9 @@ use common::{added_targets, sim_config, ACCOUNT, PASSWORD};
 use csi::iscsi::{Deadline, HostRunner, Initiator, IscsiNode, Userspace};
 use csi::v1::volume_capability::{access_mode, AccessMode, AccessType, MountVolume};
 use csi::v1::{
-    CapacityRange, CreateVolumeRequest, DeleteVolumeRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
-    NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
+    CapacityRange, CreateVolumeRequest, DeleteVolumeRequest, NodeExpandVolumeRequest, NodeGetVolumeStatsRequest,
+    NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest,
+    VolumeCapability,
 };
 use csi::{ClientConfig, CsiClient, RetryPolicy};
 use synology::config::DriverConfig;
@@ -67,6 +68,11 @@ fn mount_writer() -> VolumeCapability {
         access_type: Some(AccessType::Mount(MountVolume { fs_type: "ext4".into(), ..Default::default() })),
         access_mode: Some(AccessMode { mode: access_mode::Mode::SingleNodeWriter as i32 }),
     }
+}
+
+/// This test's userspace initiators: qemu-storage-daemons working in `dir`.
+fn daemons(dir: &Path) -> usize {
+    processes_with(&format!("qemu-storage-daemon\0--daemonize\0--pidfile\0{}", dir.display()))
 }
 
 /// Processes whose command line contains `needle`.
@@ -166,12 +172,12 @@ async fn a_volume_is_attached_over_real_iscsi_keeps_its_data_and_leaves_nothing_
     // Without the CHAP secret the login is refused and nothing is left.
     let refused = csi.node_stage_volume(stage(HashMap::new())).await.unwrap_err();
     assert!(refused.to_string().contains("volume data"), "{refused}");
-    assert_eq!((processes_with("qemu-storage-daemon"), tgt_sessions(portal)), (0, 0));
+    assert_eq!((daemons(dir.path()), tgt_sessions(portal)), (0, 0));
 
     for round in 0..2 {
         csi.node_stage_volume(stage(chap.clone())).await.unwrap();
         csi.node_stage_volume(stage(chap.clone())).await.unwrap(); // idempotent
-        assert_eq!(tgt_sessions(portal), 1);
+        assert_eq!((tgt_sessions(portal), daemons(dir.path())), (1, 1));
         csi.node_publish_volume(NodePublishVolumeRequest {
             volume_id: volume.volume_id.clone(),
             staging_target_path: staging.display().to_string(),
@@ -181,6 +187,39 @@ async fn a_volume_is_attached_over_real_iscsi_keeps_its_data_and_leaves_nothing_
         })
         .await
         .unwrap();
+        if round == 0 {
+            // Node-side conformance: a path the volume is not at is NOT_FOUND
+            // (also a relative one); expanding to the size it has is OK.
+            for path in ["/nonexistent/path", "some/path"] {
+                let stats = csi
+                    .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                        volume_id: volume.volume_id.clone(),
+                        volume_path: path.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap_err();
+                assert_eq!(stats.code(), Some(tonic::Code::NotFound), "{path}: {stats}");
+                let expand = csi
+                    .node_expand_volume(NodeExpandVolumeRequest {
+                        volume_id: volume.volume_id.clone(),
+                        volume_path: path.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap_err();
+                assert_eq!(expand.code(), Some(tonic::Code::NotFound), "{path}: {expand}");
+            }
+            let same_size = NodeExpandVolumeRequest {
+                volume_id: volume.volume_id.clone(),
+                volume_path: target.display().to_string(),
+                capacity_range: Some(CapacityRange { required_bytes: volume.capacity_bytes, limit_bytes: 0 }),
+                ..Default::default()
+            };
+            let answer = csi.node_expand_volume(same_size.clone()).await.unwrap();
+            assert!(answer.capacity_bytes >= volume.capacity_bytes, "{answer:?}");
+            csi.node_expand_volume(same_size).await.unwrap();
+        }
         let file = target.join("rows.txt");
         if round == 0 {
             std::fs::write(&file, "kept across restage").unwrap();
@@ -199,7 +238,7 @@ async fn a_volume_is_attached_over_real_iscsi_keeps_its_data_and_leaves_nothing_
         })
         .await
         .unwrap();
-        assert_eq!(processes_with("qemu-storage-daemon"), 0, "daemon stopped");
+        assert_eq!(daemons(dir.path()), 0, "daemon stopped");
         assert!(!Path::new(&target).exists() && !staging.exists());
         let started = Instant::now();
         while tgt_sessions(portal) > 0 {

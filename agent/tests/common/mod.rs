@@ -128,6 +128,11 @@ impl Agent {
         });
     }
 
+    /// The agent's process ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILLs the agent process (tasks keep running).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -31,6 +31,11 @@ pub struct Nas {
 
 impl Nas {
     pub fn start(dir: &Path) -> Nas {
+        Self::start_with(dir, |_| {})
+    }
+
+    /// A NAS with `tune` applied to the simulator's configuration.
+    pub fn start_with(dir: &Path, tune: impl FnOnce(&mut SimConfig)) -> Nas {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let mut config = SimConfig::new(
             SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -41,6 +46,7 @@ impl Nas {
         config.portal = SocketAddr::from(([127, 0, 0, 1], free_port()));
         config.export_iscsi = true;
         config.lun_delete_delay = Duration::from_millis(300);
+        tune(&mut config);
         let mut nas = Nas { rt, sim: None, config };
         nas.up();
         nas

@@ -25,6 +25,10 @@ pub struct Faults {
     /// How long [`Faults::stall_method`] is held.
     #[serde(default)]
     pub stall_ms: u64,
+    /// Answer the next login with this code (407: as if Auto Block had
+    /// blocked the client's IP).
+    #[serde(default)]
+    pub login_error_next: Option<i64>,
 }
 
 /// Body of `POST /sim/faults`: fields present replace the current ones;
@@ -52,6 +56,9 @@ pub struct FaultsUpdate {
     /// New [`Faults::stall_ms`].
     #[serde(default)]
     pub stall_ms: Option<u64>,
+    /// New [`Faults::login_error_next`].
+    #[serde(default)]
+    pub login_error_next: Option<i64>,
 }
 
 impl Faults {
@@ -74,6 +81,9 @@ impl Faults {
         }
         if let Some(ms) = update.stall_ms {
             self.stall_ms = ms;
+        }
+        if update.login_error_next.is_some() {
+            self.login_error_next = update.login_error_next;
         }
     }
 }

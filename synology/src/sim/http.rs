@@ -183,6 +183,10 @@ fn auth(
 /// refusal counts towards Auto Block; an account with 2-factor
 /// authentication enforced answers 403 (berth sends no code).
 fn login(shared: &Shared, params: &ApiParams, peer: SocketAddr) -> Response {
+    if let Some(code) = shared.faults.lock().login_error_next.take() {
+        shared.stats.lock().failed_logins += 1;
+        return envelope(Err(code));
+    }
     if shared.blocks.lock().blocked(peer.ip()) {
         shared.stats.lock().blocked_logins += 1;
         debug!(ip = %peer.ip(), "login refused: the IP is blocked (Auto Block)");
