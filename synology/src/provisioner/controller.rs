@@ -19,8 +19,6 @@
 //! required bytes rounded up to whole MiB (1 GiB when no range is given),
 //! within `limit_bytes`.
 
-use std::collections::HashMap;
-
 use csi::v1::controller_server::Controller;
 use csi::v1::controller_service_capability::rpc;
 use csi::v1::validate_volume_capabilities_response::Confirmed;
@@ -39,8 +37,8 @@ use tonic::{Request, Response, Status};
 
 use super::naming::{parse_snapshot_id, target_iqn};
 use super::volumes::{being_deleted, is_vm_disk, BERTH_DESCRIPTION};
-use super::{dsm_status, reply, Inner, Provisioner};
-use crate::dsm::{DsmError, Lun, LunCreate, Target, TargetAuth, TargetCreate};
+use super::{bytes_i64, dsm_status, reply, Inner, Provisioner};
+use crate::dsm::{DsmError, Lun, LunCreate, Target, TargetCreate};
 
 const MIB: u64 = 1 << 20;
 const DEFAULT_CAPACITY: u64 = 1 << 30;
@@ -107,10 +105,6 @@ fn check_capabilities(capabilities: &[VolumeCapability]) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-pub(super) fn bytes_i64(bytes: u64) -> i64 {
-    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// One page of `items` from offset `token`, at most `max` (0: all).
@@ -308,30 +302,6 @@ impl Inner {
             .map(|m| m.mapping_index)
             .ok_or_else(|| Status::internal(format!("LUN {name} not mapped on target {iqn} after mapping")))?;
         Ok((target, index))
-    }
-
-    /// What the node needs to attach the volume.
-    pub(super) fn context(&self, target: &Target, lun_number: u32) -> HashMap<String, String> {
-        let s = &self.settings;
-        let auth = match s.auth {
-            TargetAuth::None => "none",
-            TargetAuth::Chap { .. } => "chap",
-            TargetAuth::MutualChap { .. } => "mutual_chap",
-        };
-        let mut context = HashMap::from([
-            ("node_attach_driver".to_owned(), "iscsi".to_owned()),
-            ("provisioner_driver".to_owned(), "synology-iscsi".to_owned()),
-            ("iqn".to_owned(), target.iqn.clone()),
-            ("portal".to_owned(), s.portal.clone()),
-            ("portals".to_owned(), s.portals.join(",")),
-            ("interface".to_owned(), s.interface.clone()),
-            ("lun".to_owned(), lun_number.to_string()),
-            ("auth_type".to_owned(), auth.to_owned()),
-        ]);
-        if let Some(id) = &s.instance_id {
-            context.insert("provisioner_driver_instance_id".to_owned(), id.clone());
-        }
-        context
     }
 
     async fn create_volume(&self, request: CreateVolumeRequest) -> Result<Volume, Status> {

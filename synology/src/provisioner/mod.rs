@@ -209,6 +209,11 @@ pub(crate) fn dsm_status(doing: &str, error: DsmError) -> Status {
     Status::new(code, message)
 }
 
+/// Bytes as the protocol's `int64`.
+pub(crate) fn bytes_i64(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
 /// The RPC's answer; a failure is logged once, here.
 pub(crate) fn reply<T>(rpc: &'static str, subject: &str, result: Result<T, Status>) -> Result<Response<T>, Status> {
     match result {

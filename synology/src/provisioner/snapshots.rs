@@ -6,10 +6,9 @@
 use csi::v1::{CreateSnapshotRequest, ListSnapshotsRequest, Snapshot};
 use tonic::Status;
 
-use super::controller::bytes_i64;
 use super::naming::{parse_snapshot_id, snapshot_id};
 use super::volumes::{being_deleted, is_vm_disk};
-use super::{dsm_status, Inner};
+use super::{bytes_i64, dsm_status, Inner};
 use crate::dsm::{Lun, SnapshotCreate};
 
 /// Who DSM records as having taken a snapshot.

@@ -9,10 +9,9 @@ use std::collections::HashMap;
 use csi::v1::Volume;
 use tonic::Status;
 
-use super::controller::bytes_i64;
 use super::naming::lun_name;
-use super::{dsm_status, Inner};
-use crate::dsm::Lun;
+use super::{bytes_i64, dsm_status, Inner};
+use crate::dsm::{Lun, Target, TargetAuth};
 
 /// How the description of every LUN berth makes begins.
 pub(super) const BERTH_DESCRIPTION: &str = "berth volume ";
@@ -42,6 +41,30 @@ pub struct ExistingVolume {
 }
 
 impl Inner {
+    /// What the node needs to attach the volume.
+    pub(super) fn context(&self, target: &Target, lun_number: u32) -> HashMap<String, String> {
+        let s = &self.settings;
+        let auth = match s.auth {
+            TargetAuth::None => "none",
+            TargetAuth::Chap { .. } => "chap",
+            TargetAuth::MutualChap { .. } => "mutual_chap",
+        };
+        let mut context = HashMap::from([
+            ("node_attach_driver".to_owned(), "iscsi".to_owned()),
+            ("provisioner_driver".to_owned(), "synology-iscsi".to_owned()),
+            ("iqn".to_owned(), target.iqn.clone()),
+            ("portal".to_owned(), s.portal.clone()),
+            ("portals".to_owned(), s.portals.join(",")),
+            ("interface".to_owned(), s.interface.clone()),
+            ("lun".to_owned(), lun_number.to_string()),
+            ("auth_type".to_owned(), auth.to_owned()),
+        ]);
+        if let Some(id) = &s.instance_id {
+            context.insert("provisioner_driver_instance_id".to_owned(), id.clone());
+        }
+        context
+    }
+
     /// The LUN (and target) name of volume `id`: namePrefix + id +
     /// nameSuffix, as democratic-csi names it.
     pub(super) fn lun_name_of(&self, id: &str) -> Result<String, Status> {
