@@ -433,9 +433,15 @@ impl Soak {
         for _ in 0..rounds {
             let run = self.nodes[0].agent.cli(&["job", "run", "-detach", &job]);
             assert_eq!(run.code, 0, "{run:?}");
+            // One node is killed while the holder starts, the other once it runs.
+            std::thread::sleep(Duration::from_millis(self.rng.random_range(0..3000)));
+            let starting = self.rng.random_range(0..2);
+            self.nodes[starting].agent.kill();
+            self.report.kills += 1;
+            self.nodes[starting].revive();
             let started = Instant::now();
             while self.nodes[0].agent.alloc_ids("holder", "running").is_empty() {
-                if started.elapsed() > Duration::from_secs(180) {
+                if started.elapsed() > Duration::from_secs(300) {
                     let server = &self.nodes[0].agent;
                     let allocs = server.cli(&["job", "status", "holder"]).stdout;
                     let volume = server.cli(&["volume", "status", "shared"]).stdout;
@@ -446,12 +452,6 @@ impl Soak {
                         .next();
                     let events = last.map(|a| server.cli(&["alloc", "status", &a]).stdout).unwrap_or_default();
                     panic!("the holder never ran:\n{allocs}\n{volume}\n{events}");
-                }
-                if self.rng.random_bool(0.05) {
-                    let victim = self.rng.random_range(0..2);
-                    self.nodes[victim].agent.kill();
-                    self.report.kills += 1;
-                    self.nodes[victim].revive();
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
