@@ -14,66 +14,22 @@
 
 #[path = "../tests/kernel_lab/mod.rs"]
 mod kernel_lab;
+mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use csi::iscsi::{Attacher, Deadline, HostRunner, IscsiNode, IscsiTarget, Userspace};
-use csi::v1::{
-    CapacityRange, CreateVolumeRequest, DeleteVolumeRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
-    NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest,
-};
+use csi::iscsi::{HostRunner, IscsiNode, Userspace};
+use csi::v1::{CapacityRange, CreateVolumeRequest, DeleteVolumeRequest};
 use csi::{ClientConfig, CsiClient};
 use kernel_lab::{mount_cap, portal, Lab, LabConfig, PASSWORD};
+use support::first_mount::{direct_first_mount, stage_and_publish, unpublish_and_unstage, Breakdown};
 use synology::config::DriverConfig;
 use synology::dsm::DsmClient;
 use synology::provisioner::{serve, Provisioner};
 
 const GIB: i64 = 1 << 30;
-
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values[values.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-#[derive(Default)]
-struct Samples {
-    total: Vec<Duration>,
-    login: Vec<Duration>,
-    device: Vec<Duration>,
-    mkfs: Vec<Duration>,
-    mount: Vec<Duration>,
-    bridge: Vec<Duration>,
-    berth: Vec<Duration>,
-}
-
-impl Samples {
-    fn report(self, what: &str, n: usize) -> Duration {
-        let total = median(self.total);
-        let share = |d: Duration| 100.0 * d.as_secs_f64() / total.as_secs_f64();
-        println!("kernel_iscsi: {what}: stage + publish of a 1 GiB volume, median of {n}: {:.1} ms", ms(total));
-        for (what, samples) in [
-            ("iSCSI login", self.login),
-            ("device wait", self.device),
-            ("mkfs.ext4 (lazy init, as berth runs it)", self.mkfs),
-            ("mount", self.mount),
-            ("host <-> VM call round trips (test bridge)", self.bridge),
-            ("berth (gRPC, records, checks, waits)", self.berth),
-        ] {
-            if !samples.is_empty() {
-                let d = median(samples);
-                println!("  {what:<44} {:>8.1} ms  {:>5.1} %", ms(d), share(d));
-            }
-        }
-        total
-    }
-}
 
 /// Times iscsiadm login, the by-path link, mkfs and mount in the VM, done
 /// by hand on the volume `context` describes; undoes it untimed.
@@ -95,11 +51,6 @@ fn by_hand_in_vm(lab: &Lab, context: &HashMap<String, String>, index: usize) -> 
     [0, 1, 2, 3].map(|i| Duration::from_nanos(nanos[i]))
 }
 
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 fn main() {
     let n: usize = std::env::var("BERTH_BENCH_VOLUMES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
 
@@ -110,7 +61,13 @@ fn main() {
         lab.vm.boot_time().as_secs_f64(),
         lab.vm.accel()
     );
-    let mut vm = Samples::default();
+    let mut vm = Breakdown::new(&[
+        "iSCSI login",
+        "device wait",
+        "mkfs.ext4 (lazy init, as berth runs it)",
+        "mount",
+        "host <-> VM call round trips (test bridge)",
+    ]);
     for i in 0..n {
         let volume = lab.create(&format!("k{i}"), GIB).unwrap();
         let started = Instant::now();
@@ -123,19 +80,13 @@ fn main() {
         let bridge = t.elapsed();
         let other = lab.create(&format!("kd{i}"), GIB).unwrap();
         let [login, device, mkfs, mount] = by_hand_in_vm(&lab, &other.volume_context, i);
-        vm.berth.push(total.saturating_sub(login + device + mkfs + mount + bridge));
-        vm.total.push(total);
-        vm.login.push(login);
-        vm.device.push(device);
-        vm.mkfs.push(mkfs);
-        vm.mount.push(mount);
-        vm.bridge.push(bridge);
+        vm.push(total, &[login, device, mkfs, mount, bridge]);
         lab.unpublish(&volume.volume_id).unwrap();
         lab.unstage(&volume.volume_id).unwrap();
         lab.delete(&volume.volume_id).unwrap();
         lab.delete(&other.volume_id).unwrap();
     }
-    let vm_total = vm.report("kernel initiator in the node VM (TCG)", n);
+    let vm_total = vm.report("kernel_iscsi: kernel initiator in the node VM (TCG): stage + publish of a 1 GiB volume");
 
     // The userspace initiator on this host, same NAS.
     let rt = &lab.rt;
@@ -170,64 +121,24 @@ fn main() {
         volume_capabilities: vec![mount_cap("ext4")],
         ..Default::default()
     };
-    let mut host = Samples::default();
+    let mut host = Breakdown::new(&[
+        "iSCSI login (userspace initiator + loop)",
+        "mkfs.ext4 (lazy init, as berth runs it)",
+        "mount",
+    ]);
     for i in 0..n {
         let volume = rt.block_on(csi.create_volume(create(format!("u{i}")))).unwrap().volume.unwrap();
-        let (staging, target) = (dir.path().join(format!("s{i}")), dir.path().join(format!("t{i}")));
         let started = Instant::now();
-        rt.block_on(csi.node_stage_volume(NodeStageVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-            volume_capability: Some(mount_cap("ext4")),
-            volume_context: volume.volume_context.clone(),
-            ..Default::default()
-        }))
-        .unwrap();
-        rt.block_on(csi.node_publish_volume(NodePublishVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-            target_path: target.display().to_string(),
-            volume_capability: Some(mount_cap("ext4")),
-            ..Default::default()
-        }))
-        .unwrap();
+        let mounted = stage_and_publish(rt, &csi, &volume, &mount_cap("ext4"), dir.path(), i);
         let total = started.elapsed();
         let other = rt.block_on(csi.create_volume(create(format!("ud{i}")))).unwrap().volume.unwrap();
-        let spec = IscsiTarget::from_context(&other.volume_context, &HashMap::new()).unwrap();
-        let t = Instant::now();
-        let attached = direct.attach(&format!("ud{i}"), &spec, Deadline::after(Duration::from_secs(60))).unwrap();
-        let login = t.elapsed();
-        let device = attached.device.display().to_string();
-        let t = Instant::now();
-        run("mkfs.ext4", &["-F", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1", &device]);
-        let mkfs = t.elapsed();
-        let mountpoint = dir.path().join(format!("d{i}"));
-        std::fs::create_dir_all(&mountpoint).unwrap();
-        let t = Instant::now();
-        run("mount", &["-t", "ext4", &device, &mountpoint.display().to_string()]);
-        let mount = t.elapsed();
-        host.berth.push(total.saturating_sub(login + mkfs + mount));
-        host.total.push(total);
-        host.login.push(login);
-        host.mkfs.push(mkfs);
-        host.mount.push(mount);
-        run("umount", &[&mountpoint.display().to_string()]);
-        direct.detach(&attached, Deadline::after(Duration::from_secs(60))).unwrap();
-        rt.block_on(csi.node_unpublish_volume(NodeUnpublishVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            target_path: target.display().to_string(),
-        }))
-        .unwrap();
-        rt.block_on(csi.node_unstage_volume(NodeUnstageVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-        }))
-        .unwrap();
+        host.push(total, &direct_first_mount(&direct, &other, dir.path(), i));
+        unpublish_and_unstage(rt, &csi, &volume.volume_id, &mounted);
         for id in [volume.volume_id, other.volume_id] {
             rt.block_on(csi.delete_volume(DeleteVolumeRequest { volume_id: id, ..Default::default() })).unwrap();
         }
     }
-    let host_total = host.report("userspace initiator on this host (login includes the loop device)", n);
+    let host_total = host.report("kernel_iscsi: userspace initiator on this host: stage + publish of a 1 GiB volume");
     println!(
         "kernel_iscsi: kernel initiator in the VM / userspace initiator on the host: {:.2}x (the VM runs under \
          software emulation)",

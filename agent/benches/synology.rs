@@ -14,18 +14,15 @@
 
 mod support;
 
+use support::first_mount::{direct_first_mount, stage_and_publish, unpublish_and_unstage, Breakdown};
 use support::rss_kib;
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use csi::iscsi::{Attacher, Deadline, HostRunner, IscsiNode, IscsiTarget, Userspace};
+use csi::iscsi::{HostRunner, IscsiNode, Userspace};
 use csi::v1::volume_capability::{access_mode, AccessMode, AccessType, MountVolume};
-use csi::v1::{
-    CapacityRange, CreateVolumeRequest, DeleteVolumeRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
-    NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
-};
+use csi::v1::{CapacityRange, CreateVolumeRequest, DeleteVolumeRequest, VolumeCapability};
 use csi::{ClientConfig, CsiClient};
 use synology::config::DriverConfig;
 use synology::dsm::{DsmClient, Password};
@@ -53,30 +50,6 @@ fn mount_writer() -> VolumeCapability {
         access_type: Some(AccessType::Mount(MountVolume { fs_type: "ext4".into(), ..Default::default() })),
         access_mode: Some(AccessMode { mode: access_mode::Mode::SingleNodeWriter as i32 }),
     }
-}
-
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values[values.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-#[derive(Default)]
-struct Samples {
-    total: Vec<Duration>,
-    dsm: Vec<Duration>,
-    login: Vec<Duration>,
-    mkfs: Vec<Duration>,
-    mount: Vec<Duration>,
-    berth: Vec<Duration>,
 }
 
 fn main() {
@@ -116,85 +89,33 @@ fn main() {
         volume_capabilities: vec![mount_writer()],
         ..Default::default()
     };
-    let mut s = Samples::default();
+    let mut s = Breakdown::new(&[
+        "DSM calls",
+        "iSCSI login (userspace initiator + loop)",
+        "mkfs.ext4 (lazy init, as berth runs it)",
+        "mount",
+    ]);
     for i in 0..n {
         // Through berth: create, stage (login, mkfs, mount), publish.
-        let staging = dir.path().join(format!("staging-{i}"));
-        let target = dir.path().join(format!("target-{i}"));
         let dsm_before = dsm.time_in_calls();
         let started = Instant::now();
         let volume = rt.block_on(csi.create_volume(create(&format!("b{i}")))).unwrap().volume.unwrap();
         let dsm_time = dsm.time_in_calls() - dsm_before;
-        rt.block_on(csi.node_stage_volume(NodeStageVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-            volume_capability: Some(mount_writer()),
-            volume_context: volume.volume_context.clone(),
-            ..Default::default()
-        }))
-        .unwrap();
-        rt.block_on(csi.node_publish_volume(NodePublishVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-            target_path: target.display().to_string(),
-            volume_capability: Some(mount_writer()),
-            ..Default::default()
-        }))
-        .unwrap();
+        let mounted = stage_and_publish(&rt, &csi, &volume, &mount_writer(), dir.path(), i);
         let total = started.elapsed();
 
         // The same external work done directly on a second LUN.
         let other = rt.block_on(csi.create_volume(create(&format!("d{i}")))).unwrap().volume.unwrap();
-        let spec = IscsiTarget::from_context(&other.volume_context, &Default::default()).unwrap();
-        let t = Instant::now();
-        let attached = direct.attach(&format!("d{i}"), &spec, Deadline::after(Duration::from_secs(60))).unwrap();
-        let login = t.elapsed();
-        let device = attached.device.display().to_string();
-        let t = Instant::now();
-        run("mkfs.ext4", &["-F", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1", &device]);
-        let mkfs = t.elapsed();
-        let mountpoint = dir.path().join(format!("direct-{i}"));
-        std::fs::create_dir_all(&mountpoint).unwrap();
-        let t = Instant::now();
-        run("mount", &["-t", "ext4", &device, &mountpoint.display().to_string()]);
-        let mount = t.elapsed();
-
-        s.berth.push(total.saturating_sub(dsm_time + login + mkfs + mount));
-        s.total.push(total);
-        s.dsm.push(dsm_time);
-        s.login.push(login);
-        s.mkfs.push(mkfs);
-        s.mount.push(mount);
+        let [login, mkfs, mount] = direct_first_mount(&direct, &other, dir.path(), i);
+        s.push(total, &[dsm_time, login, mkfs, mount]);
 
         // Clean up both, untimed.
-        run("umount", &[&mountpoint.display().to_string()]);
-        direct.detach(&attached, Deadline::after(Duration::from_secs(60))).unwrap();
-        rt.block_on(csi.node_unpublish_volume(NodeUnpublishVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            target_path: target.display().to_string(),
-        }))
-        .unwrap();
-        rt.block_on(csi.node_unstage_volume(NodeUnstageVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-        }))
-        .unwrap();
+        unpublish_and_unstage(&rt, &csi, &volume.volume_id, &mounted);
         for id in [volume.volume_id, other.volume_id] {
             rt.block_on(csi.delete_volume(DeleteVolumeRequest { volume_id: id, ..Default::default() })).unwrap();
         }
     }
-    let total = median(s.total);
-    let share = |d: Duration| 100.0 * d.as_secs_f64() / total.as_secs_f64();
-    println!("synology: volume create + first mount of a 1 GiB volume, median of {n}: {:.1} ms", ms(total));
-    for (what, d) in [
-        ("DSM calls", median(s.dsm)),
-        ("iSCSI login (userspace initiator + loop)", median(s.login)),
-        ("mkfs.ext4 (lazy init, as berth runs it)", median(s.mkfs)),
-        ("mount", median(s.mount)),
-        ("berth (gRPC, records, checks, waits)", median(s.berth)),
-    ] {
-        println!("  {what:<42} {:>8.1} ms  {:>5.1} %", ms(d), share(d));
-    }
+    s.report("synology: volume create + first mount of a 1 GiB volume");
 
     // RSS: a dev agent with the built-in plugin active vs without.
     let plain = support::DevAgent::start();

@@ -1,8 +1,11 @@
 //! Shared pieces of the end-to-end benchmarks: a dev agent on free ports,
-//! and "submit a job, wait until N allocations run" through the HTTP API.
-//! Each bench binary compiles this module and uses part of it.
+//! and "submit a job, wait until N allocations run" through the HTTP API;
+//! `first_mount` for the iSCSI benches. Each bench binary compiles this
+//! module and uses part of it.
 
 #![allow(dead_code)]
+
+pub mod first_mount;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
