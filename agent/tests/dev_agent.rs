@@ -1,6 +1,7 @@
 //! A dev agent running raw_exec jobs end to end through the real CLI:
 //! run, restart on kill, plan/run a scale-up, logs, purge; then agent
-//! restarts (kill -9) keep tasks and state.
+//! restarts (kill -9) keep tasks and state, and an agent killed while it
+//! stops a task finishes the stop when it comes back.
 
 mod common;
 
@@ -108,6 +109,35 @@ fn agent_restart_keeps_tasks_and_state() {
     });
     assert_eq!(agent.cli(&["job", "stop", "-purge", "keep"]).code, 0);
     wait_for("tasks to stop", Duration::from_secs(15), || pids_with(&marker).is_empty().then_some(()));
+}
+
+#[test]
+fn an_agent_killed_while_stopping_a_task_stops_it_after_the_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let mut agent = Agent::dev(root.path(), "dev5");
+    let marker = format!("s{}", std::process::id());
+    // The task ignores the interrupt, so the stop waits out kill_timeout.
+    let job = raw_exec_job("stubborn", 1, &marker)
+        .replace("-c\", \"echo", "-c\", \"trap '' INT TERM; echo")
+        .replace("driver = \"raw_exec\"", "driver = \"raw_exec\"\n      kill_timeout = \"3s\"");
+    let job = job_file(root.path(), "stubborn.nomad", &job);
+    assert_eq!(agent.cli(&["job", "run", &job]).code, 0);
+    let alloc = wait_for("running", Duration::from_secs(20), || agent.alloc_ids("stubborn", "running").pop());
+    let pid = wait_for("the task process", Duration::from_secs(10), || pids_with(&marker).first().copied());
+
+    assert_eq!(agent.cli(&["job", "stop", "-detach", "stubborn"]).code, 0);
+    wait_for("the stop to begin", Duration::from_secs(10), || {
+        agent.cli(&["alloc", "status", &alloc[..8]]).stdout.contains("Sent interrupt").then_some(())
+    });
+    agent.kill();
+    assert!(pids_with(&marker).contains(&pid), "the task outlives the agent killed mid-stop");
+    agent.start();
+    wait_for("the task to be stopped after the restart", Duration::from_secs(20), || {
+        pids_with(&marker).is_empty().then_some(())
+    });
+    wait_for("the allocation to complete", Duration::from_secs(10), || {
+        (agent.get(&format!("/v1/allocation/{alloc}"))["ClientStatus"] == "complete").then_some(())
+    });
 }
 
 #[test]

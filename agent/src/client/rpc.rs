@@ -19,7 +19,12 @@ pub enum RpcError {
     /// The server does not know this node (re-register).
     #[error("node not registered")]
     NodeNotFound,
-    /// Any other failure.
+    /// The server understood the request and refused it (HTTP 400): asking
+    /// again will not help.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Any other failure (unreachable, overloaded, unexpected reply): worth
+    /// a retry.
     #[error("{0}")]
     Failed(String),
 }
@@ -56,6 +61,7 @@ pub trait ServerRpc: Send + Sync {
 fn from_server(e: ServerError) -> RpcError {
     match e {
         ServerError::NotFound(_) => RpcError::NodeNotFound,
+        ServerError::BadRequest(why) => RpcError::Refused(why),
         other => RpcError::Failed(other.to_string()),
     }
 }
@@ -101,8 +107,13 @@ impl ServerRpc for LocalRpc {
         _secret: &'a str,
         alloc_id: &'a str,
     ) -> BoxFuture<'a, Result<ClaimGrant, RpcError>> {
-        async move { self.0.claim_volumes(node_id, alloc_id).await.map_err(|e| RpcError::Failed(e.to_string())) }
-            .boxed()
+        async move {
+            self.0.claim_volumes(node_id, alloc_id).await.map_err(|e| match e {
+                ServerError::BadRequest(why) => RpcError::Refused(why),
+                other => RpcError::Failed(other.to_string()),
+            })
+        }
+        .boxed()
     }
 }
 
@@ -145,6 +156,9 @@ impl HttpRpc {
                 Ok(resp) if resp.status().is_success() => {
                     *self.current.lock() = i;
                     return Ok(resp);
+                }
+                Ok(resp) if resp.status() == reqwest::StatusCode::BAD_REQUEST => {
+                    return Err(RpcError::Refused(resp.text().await.unwrap_or_default()));
                 }
                 Ok(resp) => {
                     let status = resp.status();

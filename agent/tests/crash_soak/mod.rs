@@ -451,7 +451,8 @@ impl Soak {
                         .chain(server.alloc_ids("holder", "failed"))
                         .next();
                     let events = last.map(|a| server.cli(&["alloc", "status", &a]).stdout).unwrap_or_default();
-                    panic!("the holder never ran:\n{allocs}\n{volume}\n{events}");
+                    let logs: String = self.nodes.iter().map(|n| log_tail(&n.agent, 120)).collect();
+                    panic!("the holder never ran:\n{allocs}\n{volume}\n{events}\n{logs}");
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -506,6 +507,18 @@ impl Soak {
             assert!(left.is_empty(), "stage records left on {}: {left:?}", node.agent.name);
         }
     }
+}
+
+/// The last `lines` lines of an agent's log about allocations, volumes,
+/// warnings and errors, headed by its name.
+fn log_tail(agent: &Agent, lines: usize) -> String {
+    let log = agent.log();
+    let relevant: Vec<&str> = log
+        .lines()
+        .filter(|l| ["alloc", "volume", "shared", "WARN", "ERROR", "starting"].iter().any(|w| l.contains(w)))
+        .collect();
+    let tail = relevant[relevant.len().saturating_sub(lines)..].join("\n");
+    format!("--- {} log (last {lines} relevant lines)\n{tail}\n", agent.name)
 }
 
 /// Runs `lifecycles` lifecycles and `rounds` job rounds with `seed`;

@@ -176,6 +176,8 @@ impl Runner {
         }
     }
 
+    /// Starts a task runner per task that is not dead, or none when any
+    /// cannot start (a missing driver or volume).
     fn start_tasks(
         &mut self,
         kill: &CancellationToken,
@@ -184,13 +186,9 @@ impl Runner {
     ) -> Result<(), String> {
         let job = self.alloc.job.clone().ok_or("allocation has no job")?;
         let tg = job.task_group(&self.alloc.task_group).ok_or("allocation's group is not in its job")?;
-        let node = self.deps.node.clone();
+        let mut runners = Vec::new();
         for task in &tg.tasks {
-            let driver = self.deps.drivers.get(&task.driver).cloned().ok_or_else(|| {
-                format!("task {:?}: driver {:?} is not available on this client", task.name, task.driver)
-            })?;
-            let state = self.persisted.task_states.get(&task.name).cloned().unwrap_or_default();
-            if state.state == task_state::DEAD {
+            if self.persisted.task_states.get(&task.name).is_some_and(|s| s.state == task_state::DEAD) {
                 continue;
             }
             let mut binds = task
@@ -209,27 +207,69 @@ impl Runner {
                 })
                 .collect::<Result<Vec<_>, String>>()?;
             binds.extend(res.task_binds.get(&task.name).cloned().unwrap_or_default());
-            let runner = TaskRunner {
-                alloc: self.alloc.clone(),
-                task: task.clone(),
-                node: node.clone(),
-                driver,
-                alloc_root: self.deps.alloc_dir.join(&self.alloc.id),
-                restart: task.restart_policy.clone().or_else(|| tg.restart_policy.clone()).unwrap_or_default(),
-                batch: job.is_batch_like(),
-                state,
-                handle: self.persisted.handles.get(&task.name).cloned(),
-                kill: kill.child_token(),
-                shutdown: self.deps.shutdown.child_token(),
-                updates: updates.clone(),
-                binds,
-                extra_env: res.task_env.get(&task.name).cloned().unwrap_or_default(),
-                network: res.network.clone(),
-            };
-            tokio::spawn(tracing::Instrument::instrument(runner.run(), tracing::info_span!("task", task = %task.name)));
+            let mut runner = self.task_runner(&job, task, kill, updates)?;
+            runner.binds = binds;
+            runner.extra_env = res.task_env.get(&task.name).cloned().unwrap_or_default();
+            runner.network = res.network.clone();
+            runners.push(runner);
+        }
+        for runner in runners {
+            spawn_task(runner);
         }
         Ok(())
     }
+
+    /// Re-attaches to the tasks a previous client left running, only to
+    /// stop them (`kill` is cancelled): an allocation that will not start
+    /// its tasks must not leave them running over volumes it unpublishes.
+    fn stop_restored_tasks(&self, kill: &CancellationToken, updates: &mpsc::UnboundedSender<TaskUpdate>) {
+        let Some(job) = self.alloc.job.clone() else { return };
+        let Some(tg) = job.task_group(&self.alloc.task_group) else { return };
+        for task in tg.tasks.iter().filter(|t| self.persisted.handles.contains_key(&t.name)) {
+            match self.task_runner(&job, task, kill, updates) {
+                Ok(runner) => spawn_task(runner),
+                Err(e) => tracing::error!(task = %task.name, error = %e, "cannot stop a restored task"),
+            }
+        }
+    }
+
+    /// A task runner for `task` with its persisted state and handle, no
+    /// binds, environment or network yet.
+    fn task_runner(
+        &self,
+        job: &crate::structs::Job,
+        task: &crate::structs::Task,
+        kill: &CancellationToken,
+        updates: &mpsc::UnboundedSender<TaskUpdate>,
+    ) -> Result<TaskRunner, String> {
+        let tg = job.task_group(&self.alloc.task_group).ok_or("allocation's group is not in its job")?;
+        let driver =
+            self.deps.drivers.get(&task.driver).cloned().ok_or_else(|| {
+                format!("task {:?}: driver {:?} is not available on this client", task.name, task.driver)
+            })?;
+        Ok(TaskRunner {
+            alloc: self.alloc.clone(),
+            task: task.clone(),
+            node: self.deps.node.clone(),
+            driver,
+            alloc_root: self.deps.alloc_dir.join(&self.alloc.id),
+            restart: task.restart_policy.clone().or_else(|| tg.restart_policy.clone()).unwrap_or_default(),
+            batch: job.is_batch_like(),
+            state: self.persisted.task_states.get(&task.name).cloned().unwrap_or_default(),
+            handle: self.persisted.handles.get(&task.name).cloned(),
+            kill: kill.child_token(),
+            shutdown: self.deps.shutdown.child_token(),
+            updates: updates.clone(),
+            binds: Vec::new(),
+            extra_env: Default::default(),
+            network: None,
+        })
+    }
+}
+
+fn spawn_task(runner: TaskRunner) {
+    let span = tracing::info_span!("task", task = %runner.task.name);
+    tokio::spawn(tracing::Instrument::instrument(runner.run(), span));
 }
 
 async fn run(
@@ -252,8 +292,10 @@ async fn run(
     let finished = |r: &Runner| r.status().0 == client_status::COMPLETE || r.status().0 == client_status::FAILED;
     if r.alloc.server_terminal() || finished(&r) {
         kill.cancel();
-        // A client stopped between the tasks' end and the volumes'
-        // unpublish finishes the teardown now, so the claims can end.
+        // Tasks still running from before are stopped first; a client
+        // stopped between the tasks' end and the volumes' unpublish
+        // finishes the teardown now, so the claims can end.
+        r.stop_restored_tasks(&kill, &task_tx);
         if r.persisted.handles.is_empty() && r.alloc.holds_csi_claims() && !r.persisted.csi_volumes_released {
             r.run_postrun().await;
         }
@@ -271,7 +313,13 @@ async fn run(
             Err(e) => {
                 tracing::warn!(error = %e, "allocation setup failed");
                 r.fail_setup(&e);
-                r.run_postrun().await;
+                kill.cancel();
+                if r.persisted.handles.is_empty() {
+                    r.run_postrun().await;
+                } else {
+                    // Postrun follows once the restored tasks have stopped.
+                    r.stop_restored_tasks(&kill, &task_tx);
+                }
             }
         }
     }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::manager::{CsiManager, PluginEntry};
 use crate::client::allocrunner::{AllocHook, HookResources, HookResult};
-use crate::client::rpc::ServerRpc;
+use crate::client::rpc::{RpcError, ServerRpc};
 use crate::server::csi::{ClaimGrant, GrantedVolume};
 use crate::structs::{Allocation, CsiVolumeCapability, Node};
 
@@ -120,6 +120,8 @@ impl CsiVolumeHook {
                     }
                     last = why;
                 }
+                // A stopping allocation may not claim: no wait changes that.
+                Err(RpcError::Refused(why)) => return Err(format!("claiming CSI volumes: {why}")),
                 Err(e) => last = e.to_string(),
             }
             if tokio::time::Instant::now() >= deadline {
@@ -281,5 +283,77 @@ impl AllocHook for CsiVolumeHook {
 
     fn postrun<'a>(&'a self, alloc: &'a Allocation) -> HookResult<'a> {
         self.unmount_all(alloc).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::server::AllocClientUpdate;
+
+    /// Servers whose claim answer is scripted; counts the claims asked.
+    struct Claims {
+        answer: fn() -> Result<ClaimGrant, RpcError>,
+        asked: AtomicUsize,
+    }
+
+    impl ServerRpc for Claims {
+        fn register(&self, _: Node) -> BoxFuture<'_, Result<Duration, RpcError>> {
+            unimplemented!("not used by the hook")
+        }
+        fn heartbeat<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<Duration, RpcError>> {
+            unimplemented!("not used by the hook")
+        }
+        fn node_allocs<'a>(
+            &'a self,
+            _: &'a str,
+            _: u64,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>> {
+            unimplemented!("not used by the hook")
+        }
+        fn update_allocs<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: Vec<AllocClientUpdate>,
+        ) -> BoxFuture<'a, Result<(), RpcError>> {
+            unimplemented!("not used by the hook")
+        }
+        fn claim_volumes<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<ClaimGrant, RpcError>> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            let answer = (self.answer)();
+            async move { answer }.boxed()
+        }
+    }
+
+    fn hook(answer: fn() -> Result<ClaimGrant, RpcError>) -> (CsiVolumeHook, Arc<Claims>) {
+        let rpc = Arc::new(Claims { answer, asked: AtomicUsize::new(0) });
+        let manager = Arc::new(CsiManager::new(PathBuf::from("/nonexistent"), Duration::from_secs(30)));
+        (CsiVolumeHook { manager, rpc: rpc.clone(), node: Arc::new(Node::default()) }, rpc)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_claim_fails_at_once_and_a_transient_error_is_retried_to_the_deadline() {
+        let (refused, rpc) =
+            hook(|| Err(RpcError::Refused("allocation a is stopping; it may not claim volumes".into())));
+        let started = tokio::time::Instant::now();
+        let err = refused.claim(&Allocation::default()).await.unwrap_err();
+        assert!(err.contains("is stopping"), "{err}");
+        assert_eq!((rpc.asked.load(Ordering::SeqCst), started.elapsed()), (1, Duration::ZERO));
+
+        let (unreachable, rpc) = hook(|| Err(RpcError::Failed("connection refused".into())));
+        let err = unreachable.claim(&Allocation::default()).await.unwrap_err();
+        assert!(err.contains("connection refused"), "{err}");
+        assert!(rpc.asked.load(Ordering::SeqCst) > 100 && started.elapsed() >= CLAIM_WAIT);
     }
 }
