@@ -282,15 +282,27 @@ impl DriverConfig {
             });
         }
         let template = &self.iscsi.target_template;
-        let missing = |key: &'static str| ConfigError::Invalid { key, reason: "required by auth_type".to_owned() };
+        // DSM refuses a target whose CHAP user or secret is empty (18990708),
+        // so an empty one is caught here rather than at the first CreateVolume.
+        let required = |key: &'static str, value: Option<&str>| match value {
+            None => Err(ConfigError::Invalid { key, reason: "required by auth_type".to_owned() }),
+            Some(v) if v.trim().is_empty() => Err(ConfigError::Invalid {
+                key,
+                reason: "is empty; DSM refuses an empty CHAP user or secret".to_owned(),
+            }),
+            Some(_) => Ok(()),
+        };
         match template.auth_type {
             0 => {}
             1 | 2 => {
-                template.user.as_ref().ok_or(missing("iscsi.targetTemplate.user"))?;
-                template.password.as_ref().ok_or(missing("iscsi.targetTemplate.password"))?;
+                required("iscsi.targetTemplate.user", template.user.as_deref())?;
+                required("iscsi.targetTemplate.password", template.password.as_ref().map(Password::expose))?;
                 if template.auth_type == 2 {
-                    template.mutual_user.as_ref().ok_or(missing("iscsi.targetTemplate.mutual_user"))?;
-                    template.mutual_password.as_ref().ok_or(missing("iscsi.targetTemplate.mutual_password"))?;
+                    required("iscsi.targetTemplate.mutual_user", template.mutual_user.as_deref())?;
+                    required(
+                        "iscsi.targetTemplate.mutual_password",
+                        template.mutual_password.as_ref().map(Password::expose),
+                    )?;
                 }
             }
             other => {
@@ -423,5 +435,18 @@ mod tests {
 
         let chap = DEMOCRATIC_CSI_EXAMPLE.replace("    auth_type: 0", "    auth_type: 1\n    user: u");
         assert!(DriverConfig::from_yaml(&chap).unwrap_err().to_string().contains("targetTemplate.password"));
+        let empty_user =
+            DEMOCRATIC_CSI_EXAMPLE.replace("    auth_type: 0", "    auth_type: 1\n    user: \"\"\n    password: s");
+        let err = DriverConfig::from_yaml(&empty_user).unwrap_err().to_string();
+        assert!(err.contains("targetTemplate.user") && err.contains("empty"), "{err}");
+        let empty_secret = DEMOCRATIC_CSI_EXAMPLE.replace(
+            "    auth_type: 0",
+            "    auth_type: 2\n    user: u\n    password: s\n    mutual_user: m\n    mutual_password: \" \"",
+        );
+        let err = DriverConfig::from_yaml(&empty_secret).unwrap_err().to_string();
+        assert!(err.contains("targetTemplate.mutual_password") && err.contains("empty"), "{err}");
+        assert!(!err.contains("\" \""), "the secret is not echoed: {err}");
+        let mutual = empty_secret.replace("mutual_password: \" \"", "mutual_password: ms");
+        assert!(DriverConfig::from_yaml(&mutual).is_ok());
     }
 }

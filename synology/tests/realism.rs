@@ -19,7 +19,7 @@ use csi::v1::{
 };
 use csi::Code;
 use synology::dsm::{DsmClient, SnapshotCreate};
-use synology::sim::{AutoBlock, Dialect, FaultsUpdate, Limits, Simulator, FRESH_NAS_LUNS};
+use synology::sim::{AutoBlock, Dialect, FaultsUpdate, Limits, Simulator, FRESH_NAS_LUNS, FRESH_NAS_TARGETS};
 
 const GIB: i64 = 1 << 30;
 
@@ -322,6 +322,21 @@ async fn model_limits_and_a_full_volume_are_resource_exhausted() {
     p.csi.create_snapshot(snapshot("a")).await.unwrap();
     let error = p.csi.create_snapshot(snapshot("b")).await.unwrap_err();
     assert_eq!(error.code(), Some(Code::ResourceExhausted), "{error}");
+    p.stop().await;
+    sim.shutdown().await.unwrap();
+
+    // Room for LUNs but one target only: the second volume's LUN is made,
+    // its target refused (18990542), and the LUN removed again.
+    let limits = Limits { luns: 16, targets: FRESH_NAS_TARGETS.len() + 1, snapshots_per_lun: 8 };
+    let Harness { sim, dir: _dir } = start_with(|c| c.limits = limits).await;
+    let dsm = client(&sim);
+    let p = plugin(&sim).await;
+    p.csi.create_volume(create("one", GIB)).await.unwrap();
+    let luns = dsm.list_luns().await.unwrap().len();
+    let error = p.csi.create_volume(create("two", GIB)).await.unwrap_err();
+    assert_eq!(error.code(), Some(Code::ResourceExhausted), "{error}");
+    assert!(error.to_string().contains("maximum number of iSCSI targets"), "{error}");
+    assert_eq!(dsm.list_luns().await.unwrap().len(), luns, "the refused volume's LUN was left on the NAS");
     p.stop().await;
     sim.shutdown().await.unwrap();
 

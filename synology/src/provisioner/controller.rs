@@ -33,7 +33,7 @@ use csi::v1::{
     ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume, VolumeCapability,
     VolumeContentSource,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::naming::{parse_snapshot_id, target_iqn};
 use super::volumes::{being_deleted, is_vm_disk, BERTH_DESCRIPTION};
@@ -315,7 +315,14 @@ impl Inner {
         let iqn = target_iqn(&s.base_iqn, &name)?;
         let found = self.find_target(&name, iqn.as_str()).await?;
         let lun = self.ensure_lun(&name, range, source).await?;
-        let (target, lun_number) = self.ensure_target(&name, &lun, found).await?;
+        let (target, lun_number) = match self.ensure_target(&name, &lun, found).await {
+            Ok(exposed) => exposed,
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                self.remove_unexposed_lun(lun).await;
+                return Err(status);
+            }
+            Err(status) => return Err(status),
+        };
         tracing::info!(volume = %name, lun = %lun.uuid, iqn = %target.iqn, lun_number, "volume ready");
         Ok(Volume {
             capacity_bytes: bytes_i64(lun.size),
@@ -324,6 +331,23 @@ impl Inner {
             content_source: source.map(|s| VolumeContentSource { r#type: Some(s.clone()) }),
             accessible_topology: Vec::new(),
         })
+    }
+
+    /// Removes the LUN of a volume DSM will not expose (no room for its
+    /// target): the CO never deletes a volume it did not get, so the LUN
+    /// would be orphaned. Best effort; a failure is logged.
+    async fn remove_unexposed_lun(&self, lun: Lun) {
+        let name = lun.name.clone();
+        let removed = match self.unlocked(lun).await {
+            Ok(lun) => self.dsm.delete_lun(&lun.uuid).await.map_err(|e| dsm_status(&format!("deleting LUN {name}"), e)),
+            Err(status) => Err(status),
+        };
+        match removed {
+            Ok(()) => tracing::info!(volume = %name, "LUN of a volume DSM could not expose removed"),
+            Err(status) => {
+                tracing::warn!(volume = %name, error = status.message(), "LUN of a volume DSM could not expose left")
+            }
+        }
     }
 
     /// Deletes volume `id`: its target (found by name, so a changed
