@@ -16,6 +16,7 @@ pub mod jobspec;
 pub mod server;
 pub mod structs;
 pub mod util;
+pub mod wire;
 
 /// The agent's version, reported in fingerprints and `agent/self`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -149,3 +149,38 @@ fn system_jobs_cover_every_node_including_late_joiners() {
     assert_eq!(nodes.len(), 3, "one allocation on each node");
     assert_eq!(server.cli(&["job", "stop", "-purge", "everywhere"]).code, 0);
 }
+
+/// The state index `path` answers with (`X-Nomad-Index`).
+fn state_index(agent: &Agent, path: &str) -> u64 {
+    let url = format!("http://127.0.0.1:{}{path}", agent.http);
+    let resp = reqwest::blocking::get(url).expect("the server answers");
+    resp.headers()["X-Nomad-Index"].to_str().unwrap().parse().unwrap()
+}
+
+/// Clients with running allocations heartbeat (registered once, no
+/// re-registration) and an idle cluster writes nothing: the state index
+/// stays where it is while a dozen heartbeats go by.
+#[test]
+fn an_idle_cluster_heartbeats_without_writing() {
+    let root = tempfile::tempdir().unwrap();
+    let server = server(root.path());
+    let clients: Vec<Agent> = (1..=2).map(|i| client(root.path(), &format!("idle{i}"), server.rpc)).collect();
+    wait_for("two ready nodes", Duration::from_secs(20), || (ready_nodes(&server) == 2).then_some(()));
+    let marker = format!("i{}", std::process::id());
+    let job = job_file(root.path(), "idle.nomad", &raw_exec_job("idle", 2, &marker));
+    let run = server.cli(&["job", "run", &job]);
+    assert_eq!(run.code, 0, "{run:?}");
+
+    let before = (state_index(&server, "/v1/nodes"), state_index(&server, "/v1/allocations"));
+    // min_heartbeat_ttl is 3 s: each client beats every 1 to 1.5 s.
+    std::thread::sleep(Duration::from_secs(12));
+    let after = (state_index(&server, "/v1/nodes"), state_index(&server, "/v1/allocations"));
+    assert_eq!(after, before, "an idle cluster wrote to its state");
+    for c in &clients {
+        let log = c.log();
+        assert_eq!(log.matches("node registered").count(), 1, "{} registered again:\n{log}", c.name);
+        assert!(!log.contains("cannot reach servers"), "{}: {log}", c.name);
+    }
+    assert_eq!(ready_nodes(&server), 2);
+    assert_eq!(server.cli(&["job", "stop", "-purge", "idle"]).code, 0);
+}

@@ -4,6 +4,7 @@
 //! except for a dev agent on a throw-away data dir, which stops them.
 
 pub mod config;
+mod local_rpc;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,11 +14,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::rpc::{HttpRpc, LocalRpc, ServerRpc};
+use crate::client::rpc::{HttpRpc, ServerRpc};
 use crate::client::{Client, ClientConfig};
 use crate::http::{self, AgentInfo, Api};
 use crate::server::{Server, ServerConfig};
 use config::AgentConfig;
+use local_rpc::LocalRpc;
 
 /// Command-line options of `berth agent`.
 #[derive(Debug, Clone, Default)]

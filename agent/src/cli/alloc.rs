@@ -6,9 +6,9 @@ use std::io::Write;
 use super::api::ApiClient;
 use super::format;
 use super::monitor::metric_lines;
-use crate::http::stubs::AllocListStub;
 use crate::structs::Allocation;
 use crate::util::{format_bytes, format_timestamp, pretty_time_ago, short_id};
+use crate::wire::stubs::AllocListStub;
 
 /// Resolves an allocation ID prefix to the full allocation.
 pub async fn resolve(api: &ApiClient, prefix: &str) -> Result<Allocation, i32> {

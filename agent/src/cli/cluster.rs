@@ -3,9 +3,9 @@
 use super::api::ApiClient;
 use super::format;
 use super::monitor::print_failures;
-use crate::http::stubs::{AllocListStub, NodeListStub};
 use crate::structs::{Evaluation, Node};
 use crate::util::{pretty_time_ago, short_id};
+use crate::wire::stubs::{AllocListStub, NodeListStub};
 
 /// `node status [-verbose] [-self] [ID]`.
 pub async fn node_status(api: &ApiClient, id: Option<&str>, verbose: bool, self_node: bool) -> i32 {
@@ -251,7 +251,7 @@ pub async fn eval_status(api: &ApiClient, prefix: &str) -> i32 {
 /// `status [ID]`: jobs, or whatever object the prefix names.
 pub async fn status(api: &ApiClient, id: Option<&str>) -> i32 {
     let Some(prefix) = id else { return super::job::status(api, None, false, false).await };
-    let jobs: Vec<crate::http::stubs::JobListStub> =
+    let jobs: Vec<crate::wire::stubs::JobListStub> =
         api.get(&format!("/v1/jobs?prefix={prefix}")).await.unwrap_or_default();
     if !jobs.is_empty() {
         return super::job::status(api, Some(prefix), false, false).await;

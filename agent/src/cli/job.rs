@@ -7,11 +7,10 @@ use serde_json::json;
 use super::api::ApiClient;
 use super::format;
 use super::monitor::{self, print_failures};
-use crate::http::stubs::{AllocListStub, JobListStub, JobSummary};
-use crate::server::diff::{FieldDiff, JobDiff, ObjectDiff};
-use crate::server::{PlanResult, RegisterResult};
 use crate::structs::{Deployment, Job};
 use crate::util::{format_timestamp, pretty_time_ago, short_id};
+use crate::wire::plan::{FieldDiff, JobDiff, ObjectDiff, PlanResult, RegisterResult};
+use crate::wire::stubs::{AllocListStub, JobListStub, JobSummary};
 
 const EXAMPLE: &str = include_str!("../../assets/example.nomad.hcl");
 const EXAMPLE_SHORT: &str = include_str!("../../assets/example-short.nomad.hcl");

@@ -9,9 +9,9 @@ use chrono::Utc;
 
 use super::api::ApiClient;
 use super::format;
-use crate::http::stubs::AllocListStub;
 use crate::structs::{AllocMetric, Deployment, Evaluation};
 use crate::util::short_id;
+use crate::wire::stubs::AllocListStub;
 
 fn ts() -> String {
     Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()

@@ -177,7 +177,7 @@ fn secrets_header(secrets: &[String]) -> Option<String> {
 pub async fn delete(api: &ApiClient, id: &str, secrets: &[String]) -> i32 {
     let path = format!("/v1/volume/csi/{id}/delete");
     let result: Result<Value, _> = match secrets_header(secrets) {
-        Some(h) => api.delete_with_header(&path, crate::http::SECRETS_HEADER, &h).await,
+        Some(h) => api.delete_with_header(&path, crate::wire::SECRETS_HEADER, &h).await,
         None => api.delete(&path).await,
     };
     match result {

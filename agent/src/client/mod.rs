@@ -24,8 +24,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::AllocClientUpdate;
 use crate::structs::{Allocation, ClientHostVolume, Node, NodeCpu, NodeDisk, NodeMemory, NodeResources};
+use crate::wire::node::AllocClientUpdate;
 use allocrunner::{AllocCommand, AllocRunnerCtl, RunnerDeps};
 use driver::Driver;
 use rpc::{RpcError, ServerRpc};
@@ -331,8 +331,9 @@ impl Client {
         let _ = tokio::time::timeout_at(deadline, self.network.settled()).await;
     }
 
-    /// Registers, then heartbeats; re-registers when the server forgot us
-    /// and when driver health changes.
+    /// Registers, then heartbeats (between a third and a half of the TTL,
+    /// at random, so many clients do not beat in step); re-registers when
+    /// the server forgot us and when driver health changes.
     async fn membership(self: Arc<Self>) {
         let mut ttl = Duration::from_secs(10);
         let mut registered = false;
@@ -364,7 +365,7 @@ impl Client {
                     registered = true;
                     ttl = t;
                     backoff = Duration::from_millis(250);
-                    ttl / 2
+                    heartbeat_pause(ttl)
                 }
                 Err(RpcError::NodeNotFound) => {
                     registered = false;
@@ -488,4 +489,11 @@ impl Client {
             }
         }
     }
+}
+
+/// How long a client waits before its next heartbeat: a random point
+/// between a third and a half of the TTL.
+fn heartbeat_pause(ttl: Duration) -> Duration {
+    use rand::RngExt;
+    ttl / 3 + (ttl / 6).mul_f64(rand::rng().random_range(0.0..=1.0))
 }

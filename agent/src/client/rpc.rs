@@ -1,17 +1,17 @@
 //! How a client talks to the servers: register, heartbeat, fetch its
-//! allocations (a blocking query) and report their status. `LocalRpc` calls
-//! an in-process server (dev agents); `HttpRpc` uses the servers' internal
-//! HTTP endpoints, trying each configured server in turn.
+//! allocations (a blocking query) and report their status, through
+//! [`ServerRpc`]. [`HttpRpc`] uses the servers' internal HTTP endpoints,
+//! trying each configured server in turn; the agent's wiring provides the
+//! in-process one for an agent that is also a server.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::server::csi::ClaimGrant;
-use crate::server::{AllocClientUpdate, Server, ServerError};
 use crate::structs::{Allocation, Node};
+use crate::wire::csi::ClaimGrant;
+use crate::wire::node::{AllocClientUpdate, HeartbeatAnswer, NODE_SECRET_HEADER};
 
 /// Failures talking to a server.
 #[derive(Debug, thiserror::Error)]
@@ -58,79 +58,11 @@ pub trait ServerRpc: Send + Sync {
     ) -> BoxFuture<'a, Result<ClaimGrant, RpcError>>;
 }
 
-fn from_server(e: ServerError) -> RpcError {
-    match e {
-        ServerError::NotFound(_) => RpcError::NodeNotFound,
-        ServerError::BadRequest(why) => RpcError::Refused(why),
-        other => RpcError::Failed(other.to_string()),
-    }
-}
-
-/// An in-process server.
-pub struct LocalRpc(pub Arc<Server>);
-
-impl ServerRpc for LocalRpc {
-    fn register(&self, node: Node) -> BoxFuture<'_, Result<Duration, RpcError>> {
-        async move { self.0.register_node(node).map_err(from_server) }.boxed()
-    }
-
-    fn heartbeat<'a>(&'a self, node_id: &'a str, secret: &'a str) -> BoxFuture<'a, Result<Duration, RpcError>> {
-        async move { self.0.heartbeat(node_id, secret).map_err(from_server) }.boxed()
-    }
-
-    fn node_allocs<'a>(
-        &'a self,
-        node_id: &'a str,
-        min_index: u64,
-        wait: Duration,
-    ) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>> {
-        async move {
-            let index = self.0.state.wait_index(min_index, wait).await;
-            let snap = self.0.state.snapshot();
-            Ok((snap.allocs_by_node(node_id).iter().map(|a| (**a).clone()).collect(), index))
-        }
-        .boxed()
-    }
-
-    fn update_allocs<'a>(
-        &'a self,
-        node_id: &'a str,
-        _secret: &'a str,
-        updates: Vec<AllocClientUpdate>,
-    ) -> BoxFuture<'a, Result<(), RpcError>> {
-        async move { self.0.update_allocs(node_id, updates).map_err(from_server) }.boxed()
-    }
-
-    fn claim_volumes<'a>(
-        &'a self,
-        node_id: &'a str,
-        _secret: &'a str,
-        alloc_id: &'a str,
-    ) -> BoxFuture<'a, Result<ClaimGrant, RpcError>> {
-        async move {
-            self.0.claim_volumes(node_id, alloc_id).await.map_err(|e| match e {
-                ServerError::BadRequest(why) => RpcError::Refused(why),
-                other => RpcError::Failed(other.to_string()),
-            })
-        }
-        .boxed()
-    }
-}
-
 /// Servers reached over HTTP.
 pub struct HttpRpc {
     servers: Vec<String>,
     http: reqwest::Client,
     current: parking_lot::Mutex<usize>,
-}
-
-/// Header carrying the node's secret on internal calls.
-pub const NODE_SECRET_HEADER: &str = "X-Berth-Node-Secret";
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct TtlResponse {
-    heartbeat_ttl: u64,
 }
 
 impl HttpRpc {
@@ -172,15 +104,11 @@ impl HttpRpc {
     }
 }
 
-fn ttl(r: TtlResponse) -> Duration {
-    Duration::from_nanos(r.heartbeat_ttl)
-}
-
 impl ServerRpc for HttpRpc {
     fn register(&self, node: Node) -> BoxFuture<'_, Result<Duration, RpcError>> {
         async move {
             let resp = self.call(|c, base| c.put(format!("{base}/v1/internal/node/register")).json(&node)).await?;
-            resp.json::<TtlResponse>().await.map(ttl).map_err(|e| RpcError::Failed(e.to_string()))
+            resp.json::<HeartbeatAnswer>().await.map(HeartbeatAnswer::ttl).map_err(|e| RpcError::Failed(e.to_string()))
         }
         .boxed()
     }
@@ -192,7 +120,7 @@ impl ServerRpc for HttpRpc {
                     c.put(format!("{base}/v1/internal/node/{node_id}/heartbeat")).header(NODE_SECRET_HEADER, secret)
                 })
                 .await?;
-            resp.json::<TtlResponse>().await.map(ttl).map_err(|e| RpcError::Failed(e.to_string()))
+            resp.json::<HeartbeatAnswer>().await.map(HeartbeatAnswer::ttl).map_err(|e| RpcError::Failed(e.to_string()))
         }
         .boxed()
     }

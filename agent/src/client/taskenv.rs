@@ -93,7 +93,8 @@ fn lookup(name: &str, env: &BTreeMap<String, String>, node: &Node) -> Option<Str
         return Some(v.clone());
     }
     let target = format!("${{{name}}}");
-    crate::server::scheduler::resolve_target(&target, node)
+    node.resolve(&target)
+        .map(str::to_string)
         .filter(|_| name.starts_with("attr.") || name.starts_with("meta.") || name.starts_with("node."))
 }
 

@@ -2,19 +2,12 @@
 //! heartbeat, the node's allocations (blocking) and status updates. Writes
 //! must carry the node's secret.
 
-use std::time::Duration;
-
 use axum::body::Bytes;
 use axum::extract::{Path, Query};
 
 use super::{decode_body, json_with_index, ApiError, ApiResult, ApiState, Headers, QueryOptions};
-use crate::client::rpc::NODE_SECRET_HEADER;
-use crate::server::AllocClientUpdate;
 use crate::structs::Node;
-
-fn ttl_body(ttl: Duration) -> serde_json::Value {
-    serde_json::json!({ "HeartbeatTTL": ttl.as_nanos() as u64 })
-}
+use crate::wire::node::{AllocClientUpdate, HeartbeatAnswer, NODE_SECRET_HEADER};
 
 fn secret(headers: &Headers) -> String {
     headers.get(NODE_SECRET_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
@@ -27,13 +20,13 @@ pub async fn register(api: ApiState, body: Bytes) -> ApiResult {
     }
     let server = api.server()?;
     let ttl = server.register_node(node)?;
-    Ok(json_with_index(&ttl_body(ttl), server.state.index(), false))
+    Ok(json_with_index(&HeartbeatAnswer::new(ttl), server.state.index(), false))
 }
 
 pub async fn heartbeat(api: ApiState, Path(id): Path<String>, headers: Headers) -> ApiResult {
     let server = api.server()?;
     let ttl = server.heartbeat(&id, &secret(&headers))?;
-    Ok(json_with_index(&ttl_body(ttl), server.state.index(), false))
+    Ok(json_with_index(&HeartbeatAnswer::new(ttl), server.state.index(), false))
 }
 
 pub async fn allocations(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOptions>) -> ApiResult {

@@ -12,7 +12,6 @@ mod logs;
 mod nodes;
 mod volumes;
 
-pub use volumes::SECRETS_HEADER;
 pub mod stubs;
 
 use std::collections::HashMap;

@@ -1,123 +1,12 @@
-//! List shapes of the API (Nomad's `*ListStub`s) and the job summary, which
-//! is derived from allocations and evaluations on read rather than stored.
+//! Builds the list shapes of the API (Nomad's `*ListStub`s, in
+//! [`crate::wire::stubs`]) and the job summary, which is derived from
+//! allocations and evaluations on read rather than stored.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 use crate::server::state::Tables;
-use crate::structs::{
-    client_status, eval_status, AllocatedResources, Allocation, DriverInfo, Job, Node, RescheduleTracker, TaskState,
-};
-
-/// Allocation counts of one task group.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct TaskGroupSummary {
-    pub queued: u64,
-    pub complete: u64,
-    pub failed: u64,
-    pub running: u64,
-    pub starting: u64,
-    pub lost: u64,
-    pub unknown: u64,
-}
-
-/// `JobSummary`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct JobSummary {
-    #[serde(rename = "JobID")]
-    pub job_id: String,
-    pub namespace: String,
-    pub summary: BTreeMap<String, TaskGroupSummary>,
-    pub children: BTreeMap<String, u64>,
-    pub create_index: u64,
-    pub modify_index: u64,
-}
-
-/// `JobListStub`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct JobListStub {
-    #[serde(rename = "ID")]
-    pub id: String,
-    #[serde(rename = "ParentID")]
-    pub parent_id: String,
-    pub name: String,
-    pub namespace: String,
-    pub datacenters: Vec<String>,
-    #[serde(rename = "Type")]
-    pub job_type: String,
-    pub priority: i64,
-    pub periodic: bool,
-    pub parameterized_job: bool,
-    pub stop: bool,
-    pub status: String,
-    pub status_description: String,
-    pub job_summary: JobSummary,
-    pub create_index: u64,
-    pub modify_index: u64,
-    pub job_modify_index: u64,
-    pub submit_time: i64,
-}
-
-/// `AllocListStub`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct AllocListStub {
-    #[serde(rename = "ID")]
-    pub id: String,
-    #[serde(rename = "EvalID")]
-    pub eval_id: String,
-    pub name: String,
-    pub namespace: String,
-    #[serde(rename = "NodeID")]
-    pub node_id: String,
-    pub node_name: String,
-    #[serde(rename = "JobID")]
-    pub job_id: String,
-    pub job_type: String,
-    pub job_version: u64,
-    pub task_group: String,
-    pub allocated_resources: Option<AllocatedResources>,
-    pub desired_status: String,
-    pub desired_description: String,
-    pub client_status: String,
-    pub client_description: String,
-    pub task_states: BTreeMap<String, TaskState>,
-    #[serde(rename = "FollowupEvalID")]
-    pub followup_eval_id: String,
-    pub reschedule_tracker: Option<RescheduleTracker>,
-    pub previous_allocation: String,
-    pub next_allocation: String,
-    pub create_index: u64,
-    pub modify_index: u64,
-    pub create_time: i64,
-    pub modify_time: i64,
-}
-
-/// `NodeListStub`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct NodeListStub {
-    pub address: String,
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub datacenter: String,
-    pub name: String,
-    pub node_class: String,
-    pub node_pool: String,
-    pub version: String,
-    pub drain: bool,
-    pub scheduling_eligibility: String,
-    pub status: String,
-    pub status_description: String,
-    pub drivers: BTreeMap<String, DriverInfo>,
-    pub attributes: Option<BTreeMap<String, String>>,
-    pub create_index: u64,
-    pub modify_index: u64,
-}
+use crate::structs::{client_status, eval_status, Allocation, Job, Node};
+use crate::wire::stubs::{AllocListStub, JobListStub, JobSummary, NodeListStub, TaskGroupSummary};
 
 /// Summarises a job's allocations per task group.
 pub fn job_summary(snap: &Tables, job: &Job) -> JobSummary {

@@ -11,12 +11,11 @@ use serde::{Deserialize, Serialize};
 use super::{
     by_prefix, decode_body, flag, json_with_index, ApiError, ApiResult, ApiState, Headers, QueryOptions, RawQuery,
 };
-use crate::client::rpc::NODE_SECRET_HEADER;
-use crate::server::csi::{self, PluginCall, VolumeView};
+use crate::server::csi::{self, VolumeView};
 use crate::structs::{CsiPlugin, CsiTopology, CsiVolume};
-
-/// Header carrying `k=v,k=v` secrets for delete calls, as in Nomad.
-pub const SECRETS_HEADER: &str = "X-Nomad-CSI-Secrets";
+use crate::wire::csi::PluginCall;
+use crate::wire::node::NODE_SECRET_HEADER;
+use crate::wire::SECRETS_HEADER;
 
 fn namespace(raw: &HashMap<String, String>) -> String {
     raw.get("namespace").filter(|n| !n.is_empty() && *n != "*").cloned().unwrap_or_else(|| "default".into())

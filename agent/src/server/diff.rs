@@ -4,77 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
-use super::scheduler::{tasks_updated, DesiredUpdates};
+use super::scheduler::tasks_updated;
 use crate::structs::{Job, TaskGroup};
-
-/// Added, Deleted, Edited or None.
-pub type DiffType = String;
+use crate::wire::plan::{DesiredUpdates, FieldDiff, JobDiff, ObjectDiff, TaskDiff, TaskGroupDiff};
 
 type Kind = &'static str;
-
-/// One changed (or unchanged) primitive field.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct FieldDiff {
-    #[serde(rename = "Type")]
-    pub diff_type: DiffType,
-    pub name: String,
-    pub old: String,
-    pub new: String,
-    pub annotations: Vec<String>,
-}
-
-/// A nested object (Config, Env, Resources, …) and its fields.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct ObjectDiff {
-    #[serde(rename = "Type")]
-    pub diff_type: DiffType,
-    pub name: String,
-    pub fields: Vec<FieldDiff>,
-    pub objects: Vec<ObjectDiff>,
-}
-
-/// A task's diff.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct TaskDiff {
-    #[serde(rename = "Type")]
-    pub diff_type: DiffType,
-    pub name: String,
-    pub annotations: Vec<String>,
-    pub fields: Vec<FieldDiff>,
-    pub objects: Vec<ObjectDiff>,
-}
-
-/// A task group's diff with the plan's update counts.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct TaskGroupDiff {
-    #[serde(rename = "Type")]
-    pub diff_type: DiffType,
-    pub name: String,
-    pub fields: Vec<FieldDiff>,
-    pub objects: Vec<ObjectDiff>,
-    pub tasks: Vec<TaskDiff>,
-    pub updates: BTreeMap<String, u64>,
-}
-
-/// The whole job's diff.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "PascalCase")]
-pub struct JobDiff {
-    #[serde(rename = "Type")]
-    pub diff_type: DiffType,
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub fields: Vec<FieldDiff>,
-    pub objects: Vec<ObjectDiff>,
-    pub task_groups: Vec<TaskGroupDiff>,
-}
 
 /// Fields that change on every submit and are never shown.
 const IGNORED: &[&str] = &[

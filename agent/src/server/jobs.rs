@@ -2,48 +2,15 @@
 //! stop or purge, and plan (a dry run of the scheduler with a diff).
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use serde::Serialize;
-
-use super::diff::{self, JobDiff};
-use super::scheduler::{self, DesiredUpdates};
+use super::diff;
+use super::scheduler;
 use super::state::{Tables, WriteBatch};
 use super::{Server, ServerError};
-use crate::structs::{client_status, AllocMetric, Allocation, Job};
+use crate::structs::{client_status, Allocation, Job};
 use crate::util::now_nanos;
-
-/// Answer to a job registration.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct RegisterResult {
-    #[serde(rename = "EvalID")]
-    pub eval_id: String,
-    pub eval_create_index: u64,
-    pub job_modify_index: u64,
-    pub warnings: String,
-    pub index: u64,
-}
-
-/// Answer to `job plan`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct PlanResult {
-    pub diff: JobDiff,
-    pub annotations: PlanAnnotations,
-    #[serde(rename = "FailedTGAllocs")]
-    pub failed_tg_allocs: BTreeMap<String, AllocMetric>,
-    pub job_modify_index: u64,
-    pub warnings: String,
-}
-
-/// Per-group counts of what a plan would do.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-pub struct PlanAnnotations {
-    #[serde(rename = "DesiredTGUpdates")]
-    pub desired_tg_updates: BTreeMap<String, DesiredUpdates>,
-}
+use crate::wire::plan::{PlanAnnotations, PlanResult, RegisterResult};
 
 /// The user-controlled part of a job, for "did the spec change?".
 fn spec(job: &Job) -> Job {

@@ -25,9 +25,6 @@ use crate::structs::{client_status, eval_status, Evaluation, Job};
 use crate::util::{new_id, now_nanos};
 use state::{StateError, StateStore, WriteBatch};
 
-pub use jobs::{PlanResult, RegisterResult};
-pub use nodes::AllocClientUpdate;
-
 /// Failures of server operations, classified for the HTTP edge.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -88,7 +85,7 @@ pub struct Server {
     broker: mpsc::UnboundedSender<String>,
     heartbeats: parking_lot::Mutex<BTreeMap<String, std::time::Instant>>,
     writes: parking_lot::Mutex<()>,
-    plugin_calls: std::sync::OnceLock<Arc<dyn csi::PluginCalls>>,
+    plugin_calls: std::sync::OnceLock<Arc<dyn crate::wire::csi::PluginCalls>>,
     detach_tx: mpsc::UnboundedSender<csi::ControllerDetach>,
 }
 

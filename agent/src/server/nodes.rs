@@ -12,20 +12,7 @@ use super::state::{Tables, WriteBatch};
 use super::{Server, ServerError};
 use crate::structs::{client_status, node_status, Allocation, Deployment, Evaluation, Job, Node, NodeEvent};
 use crate::util::{now_nanos, now_rfc3339};
-
-/// What a client sends about one of its allocations.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct AllocClientUpdate {
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub client_status: String,
-    pub client_description: String,
-    pub task_states: std::collections::BTreeMap<String, crate::structs::TaskState>,
-    /// The client has unpublished the allocation's CSI volumes.
-    #[serde(rename = "CSIVolumesReleased", default)]
-    pub csi_volumes_released: bool,
-}
+use crate::wire::node::AllocClientUpdate;
 
 fn node_event(subsystem: &str, message: &str) -> NodeEvent {
     NodeEvent { message: message.into(), subsystem: subsystem.into(), timestamp: now_rfc3339(), create_index: 0 }

@@ -119,6 +119,29 @@ pub struct NodeEvent {
 }
 
 impl Node {
+    /// Resolves `${attr.x}`, `${node.x}`, `${meta.x}` against this node
+    /// (constraints, task environment); literal text is returned as is.
+    /// `None` when the referenced value is not set.
+    pub fn resolve<'a>(&'a self, target: &'a str) -> Option<&'a str> {
+        let Some(inner) = target.strip_prefix("${").and_then(|t| t.strip_suffix('}')) else {
+            return Some(target);
+        };
+        if let Some(attr) = inner.strip_prefix("attr.") {
+            return self.attributes.get(attr).map(String::as_str);
+        }
+        if let Some(key) = inner.strip_prefix("meta.") {
+            return self.meta.get(key).map(String::as_str);
+        }
+        match inner {
+            "node.unique.id" => Some(&self.id),
+            "node.unique.name" => Some(&self.name),
+            "node.datacenter" => Some(&self.datacenter),
+            "node.class" => Some(&self.node_class),
+            "node.pool" => Some(&self.node_pool),
+            _ => None,
+        }
+    }
+
     /// True when the scheduler may place new allocations here.
     pub fn is_schedulable(&self) -> bool {
         self.status == node_status::READY && self.scheduling_eligibility != "ineligible" && !self.drain

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::driver::{Driver, VolumeBind};
 use super::state::{ClientState, PersistedAlloc};
 use super::taskrunner::{task_state, TaskRunner, TaskUpdate};
-use crate::server::AllocClientUpdate;
 use crate::structs::{client_status, Allocation, Node, TaskEvent, TaskState};
+use crate::wire::node::AllocClientUpdate;
 
 pub use hooks::{build_hooks, AllocHook, HookResources, HookResult};
 pub use network::{ExternalCni, GroupNetwork};

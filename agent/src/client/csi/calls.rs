@@ -1,4 +1,4 @@
-//! Plugin calls the servers ask for (`server::csi::PluginCall`), made
+//! Plugin calls the servers ask for (`wire::csi::PluginCall`), made
 //! here on this node's plugins, and [`ClusterPluginCalls`], which routes a
 //! call to the node the server chose: this agent's own client in process,
 //! another client over its HTTP API (authenticated with that node's secret).
@@ -17,10 +17,10 @@ use futures::FutureExt;
 
 use super::manager::{CsiManager, PluginEntry};
 use super::volume_hook::all_records;
-use crate::client::rpc::NODE_SECRET_HEADER;
 use crate::client::Client;
-use crate::server::csi::{CsiSnapshot, PluginCall, PluginCalls, PluginReply};
 use crate::structs::{CsiTopology, Node};
+use crate::wire::csi::{CsiSnapshot, PluginCall, PluginCalls, PluginReply};
+use crate::wire::node::NODE_SECRET_HEADER;
 
 fn capacity(min: i64, max: i64) -> Option<CapacityRange> {
     (min > 0 || max > 0).then_some(CapacityRange { required_bytes: min.max(0), limit_bytes: max.max(0) })

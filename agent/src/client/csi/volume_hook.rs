@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use super::manager::{CsiManager, PluginEntry};
 use crate::client::allocrunner::{AllocHook, HookResources, HookResult};
 use crate::client::rpc::{RpcError, ServerRpc};
-use crate::server::csi::{ClaimGrant, GrantedVolume};
 use crate::structs::{Allocation, CsiVolumeCapability, Node};
+use crate::wire::csi::{ClaimGrant, GrantedVolume};
 
 /// How long an allocation waits for a claim another allocation holds.
 const CLAIM_WAIT: Duration = Duration::from_secs(600);
@@ -293,7 +293,7 @@ mod tests {
     use futures::future::BoxFuture;
 
     use super::*;
-    use crate::server::AllocClientUpdate;
+    use crate::wire::node::AllocClientUpdate;
 
     /// Servers whose claim answer is scripted; counts the claims asked.
     struct Claims {

@@ -10,7 +10,6 @@
 //! `volume status` can always say which allocation holds each one.
 
 pub mod claims;
-pub mod ops;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,28 +21,7 @@ use crate::structs::{
     access_mode, attachment_mode, node_status, Allocation, CsiInfo, CsiPlugin, CsiVolume, Node, VolumeClaim,
 };
 use crate::util::now_nanos;
-pub use ops::{CsiSnapshot, PluginCall, PluginCalls, PluginReply, Secrets};
-
-/// What a client may do with an allocation's volumes now.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub enum ClaimGrant {
-    /// Mount them: the volumes, with what the node plugin needs.
-    Granted(Vec<GrantedVolume>),
-    /// Not yet, and why (a claim another allocation still holds, or a
-    /// controller that has not attached the volume to the node yet).
-    Wait(String),
-}
-
-/// A volume a client may mount, with the controller's publish context.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct GrantedVolume {
-    /// The volume (with the secrets the node plugin needs).
-    pub volume: CsiVolume,
-    /// From ControllerPublishVolume (empty when the plugin has no controller attach).
-    pub publish_context: BTreeMap<String, String>,
-}
+use crate::wire::csi::{ClaimGrant, CsiSnapshot, GrantedVolume, PluginCall, PluginCalls, PluginReply, Secrets};
 
 /// A volume to detach from a node in its controller, once no allocation
 /// there uses it any more.

@@ -13,11 +13,12 @@ use parking_lot::Mutex;
 
 use super::*;
 use crate::server::state::StateStore;
-use crate::server::{AllocClientUpdate, ServerConfig};
+use crate::server::ServerConfig;
 use crate::structs::{
     access_mode, client_status, desired, CsiControllerInfo, CsiNodeInfo, CsiVolumeCapability, Job, Task, TaskGroup,
     VolumeRequest,
 };
+use crate::wire::node::AllocClientUpdate;
 
 /// Records every call and answers as an attaching controller would.
 #[derive(Default)]

@@ -23,34 +23,6 @@ pub enum Infeasible {
     Constraint(String),
 }
 
-/// Resolves `${attr.x}`, `${node.x}`, `${meta.x}` against a node; literal text
-/// is returned as is. `None` when the referenced value is not set.
-pub fn resolve_target(target: &str, node: &Node) -> Option<String> {
-    resolve(target, node).map(str::to_string)
-}
-
-/// `resolve_target` without copying: the scheduler checks every node's
-/// constraints on each evaluation.
-fn resolve<'a>(target: &'a str, node: &'a Node) -> Option<&'a str> {
-    let Some(inner) = target.strip_prefix("${").and_then(|t| t.strip_suffix('}')) else {
-        return Some(target);
-    };
-    if let Some(attr) = inner.strip_prefix("attr.") {
-        return node.attributes.get(attr).map(String::as_str);
-    }
-    if let Some(key) = inner.strip_prefix("meta.") {
-        return node.meta.get(key).map(String::as_str);
-    }
-    match inner {
-        "node.unique.id" => Some(&node.id),
-        "node.unique.name" => Some(&node.name),
-        "node.datacenter" => Some(&node.datacenter),
-        "node.class" => Some(&node.node_class),
-        "node.pool" => Some(&node.node_pool),
-        _ => None,
-    }
-}
-
 /// Nomad's glob match for datacenters (`*` matches any run of characters).
 pub fn glob_match(pattern: &str, value: &str) -> bool {
     match pattern.split_once('*') {
@@ -77,8 +49,8 @@ pub fn constraint_holds(c: &Constraint, node: &Node) -> bool {
     if matches!(op, "distinct_hosts" | "distinct_property") {
         return true;
     }
-    let l = resolve(&c.l_target, node);
-    let r = resolve(&c.r_target, node);
+    let l = node.resolve(&c.l_target);
+    let r = node.resolve(&c.r_target);
     match op {
         "is_set" => return l.is_some(),
         "is_not_set" => return l.is_none(),

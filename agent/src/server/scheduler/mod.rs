@@ -16,24 +16,10 @@ use rand::RngExt;
 
 use crate::server::state::Tables;
 use crate::structs::{AllocMetric, Allocation, Deployment, Evaluation};
+use crate::wire::plan::DesiredUpdates;
 
-pub use feasible::{computed_class, constraint_holds, glob_match, resolve_target};
+pub use feasible::{computed_class, constraint_holds, glob_match};
 pub use reconcile::tasks_updated;
-
-/// How many allocations of each kind a plan changes for one task group,
-/// as Nomad's `DesiredTGUpdates` reports them.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct DesiredUpdates {
-    pub ignore: u64,
-    pub place: u64,
-    pub migrate: u64,
-    pub stop: u64,
-    pub in_place_update: u64,
-    pub destructive_update: u64,
-    pub canary: u64,
-    pub preemptions: u64,
-}
 
 /// The scheduler's output for one evaluation.
 #[derive(Debug, Clone, Default)]

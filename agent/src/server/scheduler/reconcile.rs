@@ -17,13 +17,14 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use super::rank::Placer;
-use super::{new_id, DesiredUpdates, Plan};
+use super::{new_id, Plan};
 use crate::server::state::Tables;
 use crate::structs::{
     client_status, desired, eval_status, AllocMetric, Allocation, Deployment, DeploymentState, Evaluation, Job,
     RescheduleEvent, ReschedulePolicy, RescheduleTracker, TaskGroup,
 };
 use crate::util::now_nanos;
+use crate::wire::plan::DesiredUpdates;
 
 /// True when the difference between two versions of a group needs its
 /// allocations replaced rather than updated in place.

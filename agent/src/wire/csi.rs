@@ -1,15 +1,17 @@
-//! The plugin calls the server needs made on some node: controller RPCs
-//! (create, delete, validate, expand, snapshots) on a node running a
-//! healthy controller, and node expansion on each node that has the volume
-//! staged. The server names the node; a [`PluginCalls`] implementation
-//! (the agent's own client, or a remote client over HTTP) makes the call.
+//! CSI between server and client: the claim grant a client asks for
+//! before it mounts an allocation's volumes, and the plugin calls the
+//! server needs made on some node: controller RPCs (create, delete,
+//! validate, expand, snapshots) on a node running a healthy controller,
+//! and node expansion on each node that has the volume staged. The server
+//! names the node; a [`PluginCalls`] implementation (the agent's own
+//! client, or a remote client over HTTP) makes the call.
 
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::structs::{CsiMountOptions, CsiTopology, CsiTopologyRequest, CsiVolumeCapability, Node};
+use crate::structs::{CsiMountOptions, CsiTopology, CsiTopologyRequest, CsiVolume, CsiVolumeCapability, Node};
 
 /// Secret values for a plugin: serialized (they must reach the plugin),
 /// never printed by `Debug`.
@@ -158,4 +160,25 @@ pub trait PluginCalls: Send + Sync {
         plugin_id: &'a str,
         call: PluginCall,
     ) -> BoxFuture<'a, Result<PluginReply, String>>;
+}
+
+/// What a client may do with an allocation's volumes now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub enum ClaimGrant {
+    /// Mount them: the volumes, with what the node plugin needs.
+    Granted(Vec<GrantedVolume>),
+    /// Not yet, and why (a claim another allocation still holds, or a
+    /// controller that has not attached the volume to the node yet).
+    Wait(String),
+}
+
+/// A volume a client may mount, with the controller's publish context.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GrantedVolume {
+    /// The volume (with the secrets the node plugin needs).
+    pub volume: CsiVolume,
+    /// From ControllerPublishVolume (empty when the plugin has no controller attach).
+    pub publish_context: BTreeMap<String, String>,
 }

@@ -1,0 +1,74 @@
+//! The client's view of an in-process server: an agent that is both
+//! server and client (a dev agent) calls its own server directly instead
+//! of over HTTP. The one place where client and server meet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use crate::client::rpc::{RpcError, ServerRpc};
+use crate::server::{Server, ServerError};
+use crate::structs::{Allocation, Node};
+use crate::wire::csi::ClaimGrant;
+use crate::wire::node::AllocClientUpdate;
+
+fn from_server(e: ServerError) -> RpcError {
+    match e {
+        ServerError::NotFound(_) => RpcError::NodeNotFound,
+        ServerError::BadRequest(why) => RpcError::Refused(why),
+        other => RpcError::Failed(other.to_string()),
+    }
+}
+
+/// An in-process server.
+pub struct LocalRpc(pub Arc<Server>);
+
+impl ServerRpc for LocalRpc {
+    fn register(&self, node: Node) -> BoxFuture<'_, Result<Duration, RpcError>> {
+        async move { self.0.register_node(node).map_err(from_server) }.boxed()
+    }
+
+    fn heartbeat<'a>(&'a self, node_id: &'a str, secret: &'a str) -> BoxFuture<'a, Result<Duration, RpcError>> {
+        async move { self.0.heartbeat(node_id, secret).map_err(from_server) }.boxed()
+    }
+
+    fn node_allocs<'a>(
+        &'a self,
+        node_id: &'a str,
+        min_index: u64,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>> {
+        async move {
+            let index = self.0.state.wait_index(min_index, wait).await;
+            let snap = self.0.state.snapshot();
+            Ok((snap.allocs_by_node(node_id).iter().map(|a| (**a).clone()).collect(), index))
+        }
+        .boxed()
+    }
+
+    fn update_allocs<'a>(
+        &'a self,
+        node_id: &'a str,
+        _secret: &'a str,
+        updates: Vec<AllocClientUpdate>,
+    ) -> BoxFuture<'a, Result<(), RpcError>> {
+        async move { self.0.update_allocs(node_id, updates).map_err(from_server) }.boxed()
+    }
+
+    fn claim_volumes<'a>(
+        &'a self,
+        node_id: &'a str,
+        _secret: &'a str,
+        alloc_id: &'a str,
+    ) -> BoxFuture<'a, Result<ClaimGrant, RpcError>> {
+        async move {
+            self.0.claim_volumes(node_id, alloc_id).await.map_err(|e| match e {
+                ServerError::BadRequest(why) => RpcError::Refused(why),
+                other => RpcError::Failed(other.to_string()),
+            })
+        }
+        .boxed()
+    }
+}

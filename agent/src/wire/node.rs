@@ -1,0 +1,48 @@
+//! Node membership and allocation status between client and server:
+//! what the server answers to a registration or heartbeat, and what a
+//! client reports about its allocations.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::structs::TaskState;
+
+/// Header carrying the node's secret on the client's calls to the servers
+/// and the servers' calls to a client's plugins.
+pub const NODE_SECRET_HEADER: &str = "X-Berth-Node-Secret";
+
+/// The server's answer to a registration or a heartbeat: how long until
+/// the node must beat again (nanoseconds, as Nomad's `HeartbeatTTL`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct HeartbeatAnswer {
+    #[serde(rename = "HeartbeatTTL")]
+    pub heartbeat_ttl: u64,
+}
+
+impl HeartbeatAnswer {
+    /// The answer for a TTL.
+    pub fn new(ttl: Duration) -> Self {
+        HeartbeatAnswer { heartbeat_ttl: ttl.as_nanos() as u64 }
+    }
+
+    /// The TTL.
+    pub fn ttl(self) -> Duration {
+        Duration::from_nanos(self.heartbeat_ttl)
+    }
+}
+
+/// What a client sends about one of its allocations.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AllocClientUpdate {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub client_status: String,
+    pub client_description: String,
+    pub task_states: BTreeMap<String, TaskState>,
+    /// The client has unpublished the allocation's CSI volumes.
+    #[serde(rename = "CSIVolumesReleased", default)]
+    pub csi_volumes_released: bool,
+}

@@ -1,0 +1,120 @@
+//! Job registration and `job plan` answers: the evaluation a registration
+//! made, and a plan's diff (Nomad's `JobDiff` shape) with its per-group
+//! counts and placement failures.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::structs::AllocMetric;
+
+/// Answer to a job registration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RegisterResult {
+    #[serde(rename = "EvalID")]
+    pub eval_id: String,
+    pub eval_create_index: u64,
+    pub job_modify_index: u64,
+    pub warnings: String,
+    pub index: u64,
+}
+
+/// Answer to `job plan`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PlanResult {
+    pub diff: JobDiff,
+    pub annotations: PlanAnnotations,
+    #[serde(rename = "FailedTGAllocs")]
+    pub failed_tg_allocs: BTreeMap<String, AllocMetric>,
+    pub job_modify_index: u64,
+    pub warnings: String,
+}
+
+/// Per-group counts of what a plan would do.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct PlanAnnotations {
+    #[serde(rename = "DesiredTGUpdates")]
+    pub desired_tg_updates: BTreeMap<String, DesiredUpdates>,
+}
+
+/// How many allocations of each kind a plan changes for one task group,
+/// as Nomad's `DesiredTGUpdates` reports them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DesiredUpdates {
+    pub ignore: u64,
+    pub place: u64,
+    pub migrate: u64,
+    pub stop: u64,
+    pub in_place_update: u64,
+    pub destructive_update: u64,
+    pub canary: u64,
+    pub preemptions: u64,
+}
+
+/// Added, Deleted, Edited or None.
+pub type DiffType = String;
+
+/// One changed (or unchanged) primitive field.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct FieldDiff {
+    #[serde(rename = "Type")]
+    pub diff_type: DiffType,
+    pub name: String,
+    pub old: String,
+    pub new: String,
+    pub annotations: Vec<String>,
+}
+
+/// A nested object (Config, Env, Resources, …) and its fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ObjectDiff {
+    #[serde(rename = "Type")]
+    pub diff_type: DiffType,
+    pub name: String,
+    pub fields: Vec<FieldDiff>,
+    pub objects: Vec<ObjectDiff>,
+}
+
+/// A task's diff.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskDiff {
+    #[serde(rename = "Type")]
+    pub diff_type: DiffType,
+    pub name: String,
+    pub annotations: Vec<String>,
+    pub fields: Vec<FieldDiff>,
+    pub objects: Vec<ObjectDiff>,
+}
+
+/// A task group's diff with the plan's update counts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskGroupDiff {
+    #[serde(rename = "Type")]
+    pub diff_type: DiffType,
+    pub name: String,
+    pub fields: Vec<FieldDiff>,
+    pub objects: Vec<ObjectDiff>,
+    pub tasks: Vec<TaskDiff>,
+    pub updates: BTreeMap<String, u64>,
+}
+
+/// The whole job's diff.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct JobDiff {
+    #[serde(rename = "Type")]
+    pub diff_type: DiffType,
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub fields: Vec<FieldDiff>,
+    pub objects: Vec<ObjectDiff>,
+    pub task_groups: Vec<TaskGroupDiff>,
+}
