@@ -307,3 +307,43 @@ fn plugin_health_gates_placement_and_expansion_grows_the_task_filesystem() {
     });
     run_ok(&agent, &["job", "stop", "-purge", "csi-local"]);
 }
+
+/// A job whose volume claim waits (the volume's holder is still stopping:
+/// its task takes up to 30 s) is stopped: its allocation ends within
+/// seconds, mounting nothing, while the holder is still stopping.
+#[test]
+fn a_job_stopped_while_its_volume_claim_waits_ends_within_seconds() {
+    let root = tempfile::tempdir().unwrap();
+    let _leftovers = Leftovers(root.path().to_path_buf());
+    let state = root.path().join("csi-state");
+    let agent = csi_agent(root.path(), "csi-wait");
+    run_ok(&agent, &["job", "run", "-detach", &plugin_job(root.path(), &state)]);
+    wait_plugin(&agent, 1);
+    let volume =
+        "id = \"shared\"\nname = \"shared\"\ntype = \"csi\"\nplugin_id = \"local\"\ncapacity_min = \"64MiB\"\n\
+                  capability {\n  access_mode = \"single-node-writer\"\n  attachment_mode = \"file-system\"\n}\n\
+                  parameters {\n  backing = \"image\"\n}\n";
+    run_ok(&agent, &["volume", "create", &spec(root.path(), "shared.hcl", volume)]);
+    // A shell as PID 1 ignores SIGTERM: the holder's stop waits out kill_timeout.
+    let holder = shell_job("holder", "shared")
+        .replace("driver = \"docker\"", "driver = \"docker\"\n      kill_timeout = \"30s\"");
+    run_ok(&agent, &["job", "run", "-detach", &job_file(root.path(), "holder.nomad", &holder)]);
+    let held = running_alloc(&agent, "holder");
+    run_ok(&agent, &["job", "stop", "-detach", "holder"]);
+    run_ok(&agent, &["job", "run", "-detach", &job_file(root.path(), "waiter.nomad", &shell_job("waiter", "shared"))]);
+    let waiter = wait_for("the waiter's claim to wait", Duration::from_secs(30), || {
+        let waiting = agent.log().contains("waiting for CSI volume claim");
+        agent.alloc_ids("waiter", "pending").pop().filter(|_| waiting)
+    });
+
+    run_ok(&agent, &["job", "stop", "-detach", "waiter"]);
+    wait_for("the waiting allocation to complete", Duration::from_secs(5), || {
+        (agent.get(&format!("/v1/allocation/{waiter}"))["ClientStatus"] == "complete").then_some(())
+    });
+    assert_eq!(agent.get(&format!("/v1/allocation/{held}"))["ClientStatus"], "running", "the holder stopped first");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&waiter), "the stopped waiter mounted the volume");
+    wait_for("the stopped waiter's claim to end", Duration::from_secs(5), || {
+        (!run_ok(&agent, &["volume", "status", "shared"]).contains(&waiter[..8])).then_some(())
+    });
+}

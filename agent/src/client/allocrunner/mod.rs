@@ -91,6 +91,19 @@ pub fn spawn(alloc: Allocation, restored: Option<PersistedAlloc>, deps: RunnerDe
     AllocRunnerCtl { commands: tx, modify_index }
 }
 
+/// How the set-up of an allocation (its prerun hooks) ended.
+enum Setup {
+    /// The hooks ran; the tasks may start with these resources.
+    Ready(HookResources),
+    /// A hook failed.
+    Failed(String),
+    /// Stopped (or removed from the server: `destroy`) before the hooks
+    /// were done.
+    Stopped { destroy: bool },
+    /// The agent shuts down: detach, leave everything as it is.
+    Shutdown,
+}
+
 struct Runner {
     alloc: Allocation,
     persisted: PersistedAlloc,
@@ -129,6 +142,59 @@ impl Runner {
             task_states: self.persisted.task_states.clone(),
             csi_volumes_released: self.persisted.csi_volumes_released,
         });
+    }
+
+    /// Runs the prerun hooks, unless a stop, a removal or the agent's
+    /// shutdown comes first: then the hook in progress is dropped where it
+    /// waits (a claim held elsewhere, a plugin call) and what the hooks did
+    /// so far is left to postrun, which undoes it from what is recorded and
+    /// mounted. An update that does not stop the allocation is applied
+    /// once the hooks are done.
+    async fn setup(&mut self, commands: &mut mpsc::UnboundedReceiver<AllocCommand>) -> Setup {
+        let mut res = HookResources::default();
+        let alloc = self.alloc.clone();
+        let shutdown = self.deps.shutdown.clone();
+        let mut later = None;
+        let mut prerun = Box::pin(async {
+            for h in &self.hooks {
+                h.prerun(&alloc, &mut res).await.map_err(|e| format!("{} hook: {e}", h.name()))?;
+            }
+            Ok::<(), String>(())
+        });
+        let interrupted = loop {
+            tokio::select! {
+                done = &mut prerun => break done.err().map(Setup::Failed),
+                command = commands.recv() => match command {
+                    Some(AllocCommand::Update(a)) if a.server_terminal() => {
+                        later = Some(a);
+                        break Some(Setup::Stopped { destroy: false });
+                    }
+                    Some(AllocCommand::Update(a)) => later = Some(a),
+                    Some(AllocCommand::Destroy) | None => break Some(Setup::Stopped { destroy: true }),
+                },
+                _ = shutdown.cancelled() => break Some(Setup::Shutdown),
+            }
+        };
+        drop(prerun);
+        if let Some(a) = later {
+            self.alloc = *a;
+            self.persist(true);
+        }
+        interrupted.unwrap_or(Setup::Ready(res))
+    }
+
+    /// A failed set-up: the tasks are marked failed; tasks still running
+    /// from before are stopped first, then postrun undoes the hooks.
+    async fn setup_failed(&mut self, why: &str, kill: &CancellationToken, updates: &mpsc::UnboundedSender<TaskUpdate>) {
+        tracing::warn!(error = %why, "allocation setup failed");
+        self.fail_setup(why);
+        kill.cancel();
+        if self.persisted.handles.is_empty() {
+            self.run_postrun().await;
+        } else {
+            // Postrun follows once the restored tasks have stopped.
+            self.stop_restored_tasks(kill, updates);
+        }
     }
 
     fn fail_setup(&mut self, why: &str) {
@@ -290,6 +356,7 @@ async fn run(
     let kill = CancellationToken::new();
     let (task_tx, mut task_rx) = mpsc::unbounded_channel::<TaskUpdate>();
     let finished = |r: &Runner| r.status().0 == client_status::COMPLETE || r.status().0 == client_status::FAILED;
+    let mut destroying = false;
     if r.alloc.server_terminal() || finished(&r) {
         kill.cancel();
         // Tasks still running from before are stopped first; a client
@@ -300,31 +367,31 @@ async fn run(
             r.run_postrun().await;
         }
     } else {
-        let mut res = HookResources::default();
-        let mut setup = Ok(());
-        for h in &r.hooks {
-            if let Err(e) = h.prerun(&r.alloc, &mut res).await {
-                setup = Err(format!("{} hook: {e}", h.name()));
-                break;
-            }
-        }
-        match setup.and_then(|_| r.start_tasks(&kill, &task_tx, &res)) {
-            Ok(()) => r.persist(false),
-            Err(e) => {
-                tracing::warn!(error = %e, "allocation setup failed");
-                r.fail_setup(&e);
+        match r.setup(&mut commands).await {
+            Setup::Ready(res) => match r.start_tasks(&kill, &task_tx, &res) {
+                Ok(()) => r.persist(false),
+                Err(e) => r.setup_failed(&e, &kill, &task_tx).await,
+            },
+            Setup::Failed(e) => r.setup_failed(&e, &kill, &task_tx).await,
+            Setup::Stopped { destroy } => {
                 kill.cancel();
+                destroying = destroy;
                 if r.persisted.handles.is_empty() {
+                    mark_unstarted_dead(&mut r);
+                    r.report();
                     r.run_postrun().await;
+                    if destroy {
+                        r.run_destroy().await;
+                        return;
+                    }
                 } else {
-                    // Postrun follows once the restored tasks have stopped.
                     r.stop_restored_tasks(&kill, &task_tx);
                 }
             }
+            Setup::Shutdown => return,
         }
     }
     r.report();
-    let mut destroying = false;
     loop {
         tokio::select! {
             Some(u) = task_rx.recv() => {
@@ -379,9 +446,11 @@ fn all_dead(r: &Runner) -> bool {
     r.persisted.task_states.values().all(|s| s.state == task_state::DEAD)
 }
 
-/// Tasks that never started (killed while pending) are dead, not failed.
+/// Tasks that never started (killed while pending, or stopped before the
+/// hooks were done) are dead, not failed.
 fn mark_unstarted_dead(r: &mut Runner) {
-    for s in r.persisted.task_states.values_mut() {
+    for task in r.alloc.task_names() {
+        let s = r.persisted.task_states.entry(task).or_default();
         if s.state != task_state::DEAD {
             s.state = task_state::DEAD.into();
         }
