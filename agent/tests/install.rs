@@ -141,16 +141,21 @@ fn boot_with_systemd(root: &Path) {
         r = root.display()
     ));
     assert!(ok, "systemd in the root: {out}");
+    // The console (systemd's boot messages) goes to a file, shown on failure.
+    let console_path = root.with_extension("console");
+    let console = std::fs::File::create(&console_path).unwrap();
     let mut container = Command::new("systemd-nspawn")
         .args(["-q", "-b", "--register=no", "--keep-unit", "-D"])
         .arg(root)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(console.try_clone().unwrap())
+        .stderr(console)
         .spawn()
         .unwrap();
     let address = format!("-address=http://127.0.0.1:{http}");
-    let answered = (0..120).find_map(|_| {
+    // A boot on a busy 2-core machine (the other tests run beside it) can
+    // take well over a minute.
+    let answered = (0..360).find_map(|_| {
         std::thread::sleep(std::time::Duration::from_millis(500));
         let r = common::cli(&["node", "status", &address]);
         (r.code == 0 && r.stdout.contains("ready")).then_some(r.stdout)
@@ -165,7 +170,15 @@ fn boot_with_systemd(root: &Path) {
         let _ = container.kill();
         let _ = container.wait();
     }
-    let answered = answered.expect("berth.service started the agent and `berth node status` answered through it");
+    let journal =
+        sh(&format!("journalctl -D {}/var/log/journal -u berth --no-pager 2>&1 | tail -40", root.display())).1;
+    let answered = answered.unwrap_or_else(|| {
+        let console = std::fs::read_to_string(&console_path).unwrap_or_default();
+        panic!(
+            "berth.service did not start an agent that `berth node status` answered through in 3 minutes\n--- \
+             console\n{console}\n--- berth.service journal\n{journal}"
+        )
+    });
     assert!(answered.contains("ready"), "{answered}");
 }
 
