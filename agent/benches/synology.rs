@@ -6,7 +6,9 @@
 //!    service) of a 1 GiB volume, N times (20; `BERTH_BENCH_VOLUMES`):
 //!    the median, split into DSM calls (timed by the DSM client), iSCSI
 //!    login, mkfs and mount (each done directly on a second LUN in the same
-//!    iteration) and what is left: berth's own share.
+//!    iteration) and what is left: berth's own share; first against a kind
+//!    dsm-sim (no locks, instant deletes, an empty NAS), then against one
+//!    behaving like DSM, and the ratio of the two medians.
 //! 2. The dev agent's RSS with the built-in Synology plugin active (healthy,
 //!    one volume created through the API) versus a dev agent without it.
 //!
@@ -18,6 +20,7 @@ use support::first_mount::{direct_first_mount, stage_and_publish, unpublish_and_
 use support::rss_kib;
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use csi::iscsi::{HostRunner, IscsiNode, Userspace};
@@ -52,70 +55,120 @@ fn mount_writer() -> VolumeCapability {
     }
 }
 
+/// A dsm-sim exporting over tgt and a provisioner with its node service
+/// serving it on a socket under `dir`.
+struct Stand {
+    sim: Simulator,
+    dsm: DsmClient,
+    csi: CsiClient,
+    direct: Userspace<HostRunner>,
+    yaml_file: std::path::PathBuf,
+}
+
+impl Stand {
+    /// `realistic`: DSM's clone locks, background deletes (100 ms) and a
+    /// fresh NAS's own objects; otherwise the kind simulator berth was
+    /// first measured against (none of them).
+    fn start(rt: &tokio::runtime::Runtime, dir: &Path, realistic: bool) -> Stand {
+        std::fs::create_dir_all(dir).unwrap();
+        let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let portal = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut sim_config = SimConfig::new(api, dir.join("nas"), "admin", Password::new("bench-pw"));
+        sim_config.portal = portal;
+        sim_config.export_iscsi = true;
+        if realistic {
+            sim_config.lun_delete_delay = Duration::from_millis(100);
+        } else {
+            sim_config.lun_delete_delay = Duration::ZERO;
+            sim_config.clone_lock = Duration::ZERO;
+            sim_config.clone_lock_per_gib = Duration::ZERO;
+            sim_config.fresh_nas = false;
+        }
+        let sim = rt.block_on(Simulator::start(sim_config)).expect("dsm-sim with tgtd starts");
+        let yaml_file = dir.join("synology-iscsi.yaml");
+        std::fs::write(&yaml_file, yaml(api, portal)).unwrap();
+        let driver = DriverConfig::from_yaml(&yaml(api, portal)).unwrap();
+        let dsm = DsmClient::new(driver.dsm_config(|_| None).unwrap()).unwrap();
+        let provisioner = Provisioner::new(&driver, dsm.clone());
+        let node_dir = dir.join("node");
+        let attacher = Box::new(Userspace::new(HostRunner::default(), node_dir.join("userspace")));
+        let node = IscsiNode::new("bench", &node_dir, attacher).unwrap();
+        let socket = dir.join("csi.sock");
+        let endpoint = format!("unix://{}", socket.display());
+        rt.spawn({
+            let endpoint = endpoint.clone();
+            async move { serve(provisioner, Some(node), &endpoint, std::future::pending()).await.unwrap() }
+        });
+        while !socket.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let csi = rt.block_on(CsiClient::connect(&endpoint, ClientConfig::default())).unwrap();
+        let direct = Userspace::new(HostRunner::default(), dir.join("direct"));
+        Stand { sim, dsm, csi, direct, yaml_file }
+    }
+
+    /// `n` volume creates + first mounts, each beside the same external
+    /// work done directly on a second LUN; prints the split, returns the
+    /// median.
+    fn first_mounts(&self, rt: &tokio::runtime::Runtime, dir: &Path, n: usize, title: &str) -> Duration {
+        let create = |name: &str| CreateVolumeRequest {
+            name: name.to_owned(),
+            capacity_range: Some(CapacityRange { required_bytes: GIB, limit_bytes: 0 }),
+            volume_capabilities: vec![mount_writer()],
+            ..Default::default()
+        };
+        let mut s = Breakdown::new(&[
+            "DSM calls",
+            "iSCSI login (userspace initiator + loop)",
+            "mkfs.ext4 (lazy init, as berth runs it)",
+            "mount",
+        ]);
+        for i in 0..n {
+            // Through berth: create, stage (login, mkfs, mount), publish.
+            let dsm_before = self.dsm.time_in_calls();
+            let started = Instant::now();
+            let volume = rt.block_on(self.csi.create_volume(create(&format!("b{i}")))).unwrap().volume.unwrap();
+            let dsm_time = self.dsm.time_in_calls() - dsm_before;
+            let mounted = stage_and_publish(rt, &self.csi, &volume, &mount_writer(), dir, i);
+            let total = started.elapsed();
+
+            // The same external work done directly on a second LUN.
+            let other = rt.block_on(self.csi.create_volume(create(&format!("d{i}")))).unwrap().volume.unwrap();
+            let [login, mkfs, mount] = direct_first_mount(&self.direct, &other, dir, i);
+            s.push(total, &[dsm_time, login, mkfs, mount]);
+
+            // Clean up both, untimed.
+            unpublish_and_unstage(rt, &self.csi, &volume.volume_id, &mounted);
+            for id in [volume.volume_id, other.volume_id] {
+                let delete = DeleteVolumeRequest { volume_id: id, ..Default::default() };
+                rt.block_on(self.csi.delete_volume(delete)).unwrap();
+            }
+        }
+        s.report(title)
+    }
+}
+
 fn main() {
     let n: usize = std::env::var("BERTH_BENCH_VOLUMES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let portal = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut sim_config = SimConfig::new(api, dir.path().join("nas"), "admin", Password::new("bench-pw"));
-    sim_config.portal = portal;
-    sim_config.export_iscsi = true;
-    sim_config.lun_delete_delay = Duration::from_millis(100);
-    let sim = rt.block_on(Simulator::start(sim_config)).expect("dsm-sim with tgtd starts");
-    let yaml_file = dir.path().join("synology-iscsi.yaml");
-    std::fs::write(&yaml_file, yaml(api, portal)).unwrap();
 
-    let driver = DriverConfig::from_yaml(&yaml(api, portal)).unwrap();
-    let dsm = DsmClient::new(driver.dsm_config(|_| None).unwrap()).unwrap();
-    let provisioner = Provisioner::new(&driver, dsm.clone());
-    let node_dir = dir.path().join("node");
-    let attacher = Box::new(Userspace::new(HostRunner::default(), node_dir.join("userspace")));
-    let node = IscsiNode::new("bench", &node_dir, attacher).unwrap();
-    let endpoint = format!("unix://{}", dir.path().join("csi.sock").display());
-    rt.spawn({
-        let endpoint = endpoint.clone();
-        async move { serve(provisioner, Some(node), &endpoint, std::future::pending()).await.unwrap() }
-    });
-    while !dir.path().join("csi.sock").exists() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let csi = rt.block_on(CsiClient::connect(&endpoint, ClientConfig::default())).unwrap();
-    let direct = Userspace::new(HostRunner::default(), dir.path().join("direct"));
-
-    let create = |name: &str| CreateVolumeRequest {
-        name: name.to_owned(),
-        capacity_range: Some(CapacityRange { required_bytes: GIB, limit_bytes: 0 }),
-        volume_capabilities: vec![mount_writer()],
-        ..Default::default()
-    };
-    let mut s = Breakdown::new(&[
-        "DSM calls",
-        "iSCSI login (userspace initiator + loop)",
-        "mkfs.ext4 (lazy init, as berth runs it)",
-        "mount",
-    ]);
-    for i in 0..n {
-        // Through berth: create, stage (login, mkfs, mount), publish.
-        let dsm_before = dsm.time_in_calls();
-        let started = Instant::now();
-        let volume = rt.block_on(csi.create_volume(create(&format!("b{i}")))).unwrap().volume.unwrap();
-        let dsm_time = dsm.time_in_calls() - dsm_before;
-        let mounted = stage_and_publish(&rt, &csi, &volume, &mount_writer(), dir.path(), i);
-        let total = started.elapsed();
-
-        // The same external work done directly on a second LUN.
-        let other = rt.block_on(csi.create_volume(create(&format!("d{i}")))).unwrap().volume.unwrap();
-        let [login, mkfs, mount] = direct_first_mount(&direct, &other, dir.path(), i);
-        s.push(total, &[dsm_time, login, mkfs, mount]);
-
-        // Clean up both, untimed.
-        unpublish_and_unstage(&rt, &csi, &volume.volume_id, &mounted);
-        for id in [volume.volume_id, other.volume_id] {
-            rt.block_on(csi.delete_volume(DeleteVolumeRequest { volume_id: id, ..Default::default() })).unwrap();
-        }
-    }
-    s.report("synology: volume create + first mount of a 1 GiB volume");
+    let kind_dir = dir.path().join("kind");
+    let kind = Stand::start(&rt, &kind_dir, false);
+    let baseline =
+        kind.first_mounts(&rt, &kind_dir, n, "synology (kind dsm-sim: no locks, instant deletes, empty NAS)");
+    rt.block_on(kind.sim.shutdown()).unwrap();
+    let real_dir = dir.path().join("realistic");
+    let stand = Stand::start(&rt, &real_dir, true);
+    let realistic = stand.first_mounts(&rt, &real_dir, n, "synology: volume create + first mount of a 1 GiB volume");
+    println!(
+        "synology: with DSM's locks, background deletes and a fresh NAS's objects {:.1} ms vs {:.1} ms without: \
+         {:.2}x (target < 1.5x)",
+        realistic.as_secs_f64() * 1e3,
+        baseline.as_secs_f64() * 1e3,
+        realistic.as_secs_f64() / baseline.as_secs_f64()
+    );
+    let yaml_file = &stand.yaml_file;
 
     // RSS: a dev agent with the built-in plugin active vs without.
     let plain = support::DevAgent::start();
@@ -155,5 +208,5 @@ fn main() {
         added as f64 / 1024.0,
         with_rss as f64 / plain_rss.max(1) as f64
     );
-    rt.block_on(sim.shutdown()).unwrap();
+    rt.block_on(stand.sim.shutdown()).unwrap();
 }
