@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{job_file, pids_with, raw_exec_job, wait_for, Agent};
+use common::{counter_job, job_file, pids_with, raw_exec_job, restart_while_counting, wait_for, Agent};
 
 #[test]
 fn raw_exec_job_lifecycle() {
@@ -108,6 +108,66 @@ fn agent_restart_keeps_tasks_and_state() {
         (p.len() == 2 && !p.contains(&pids[0])).then_some(())
     });
     assert_eq!(agent.cli(&["job", "stop", "-purge", "keep"]).code, 0);
+    wait_for("tasks to stop", Duration::from_secs(15), || pids_with(&marker).is_empty().then_some(()));
+}
+
+#[test]
+fn a_restored_task_keeps_its_logs_takes_signals_and_restarts_in_place() {
+    let root = tempfile::tempdir().unwrap();
+    let mut agent = Agent::dev(root.path(), "dev6");
+    let marker = format!("c{}", std::process::id());
+    let driver = r#"driver = "raw_exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", {script}]
+      }"#;
+    let job = job_file(root.path(), "counter.nomad", &counter_job("counter", &marker, driver));
+    assert_eq!(agent.cli(&["job", "run", "-detach", &job]).code, 0);
+    let alloc = wait_for("running", Duration::from_secs(20), || agent.alloc_ids("counter", "running").pop());
+
+    // Every number once, in order, across three agent restarts.
+    restart_while_counting(&mut agent, &alloc, 3);
+
+    // The restored task takes signals...
+    let signal = agent.cli(&["alloc", "signal", "-s", "SIGUSR1", &alloc[..8], "t"]);
+    assert_eq!(signal.code, 0, "{signal:?}");
+    wait_for("the task to report SIGUSR1", Duration::from_secs(10), || {
+        agent.cli(&["alloc", "logs", &alloc, "t"]).stdout.contains("got-usr1").then_some(())
+    });
+    let bad = agent.cli(&["alloc", "signal", "-s", "SIGNOPE", &alloc[..8]]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stderr.contains("unknown signal \"SIGNOPE\""), "{bad:?}");
+    let unknown = agent.cli(&["alloc", "signal", &alloc[..8], "nope"]);
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(unknown.stderr.contains("Could not find task named: nope"), "{unknown:?}");
+
+    // ...and restarts in place: same allocation, a new process, one restart.
+    let pid = wait_for("the task process", Duration::from_secs(10), || pids_with(&marker).first().copied());
+    let restart = agent.cli(&["alloc", "restart", &alloc[..8]]);
+    assert_eq!(restart.code, 0, "{restart:?}");
+    let new_pid = wait_for("a new task process", Duration::from_secs(15), || {
+        pids_with(&marker).first().copied().filter(|p| *p != pid)
+    });
+    assert!(!pids_with(&marker).contains(&pid), "the old process is gone");
+    let a = wait_for("the allocation running again", Duration::from_secs(15), || {
+        let a = agent.get(&format!("/v1/allocation/{alloc}"));
+        (a["ClientStatus"] == "running" && a["TaskStates"]["t"]["State"] == "running").then_some(a)
+    });
+    assert_eq!(a["TaskStates"]["t"]["Restarts"], 1, "{a}");
+    let events: Vec<&str> =
+        a["TaskStates"]["t"]["Events"].as_array().unwrap().iter().filter_map(|e| e["Type"].as_str()).collect();
+    assert!(events.contains(&"Restart Signaled"), "{events:?}");
+    assert_eq!(agent.alloc_ids("counter", "running"), vec![alloc.clone()], "restarted in place");
+    assert!(pids_with(&marker).contains(&new_pid));
+
+    // alloc stop: the allocation ends and the scheduler replaces it.
+    let stop = agent.cli(&["alloc", "stop", &alloc[..8]]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    wait_for("a replacement", Duration::from_secs(20), || {
+        agent.alloc_ids("counter", "running").into_iter().find(|a| *a != alloc)
+    });
+    assert_eq!(agent.get(&format!("/v1/allocation/{alloc}"))["DesiredStatus"], "stop");
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "counter"]).code, 0);
     wait_for("tasks to stop", Duration::from_secs(15), || pids_with(&marker).is_empty().then_some(()));
 }
 

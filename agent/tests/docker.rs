@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{job_file, mysql, wait_for, Agent};
+use common::{counted_to, counter_job, job_file, mysql, restart_while_counting, wait_for, Agent};
 
 static ENGINE: Mutex<()> = Mutex::new(());
 
@@ -148,6 +148,53 @@ fn killed_containers_are_replaced_and_restarts_keep_containers() {
         docker(&["ps", "-aq", "--filter", "label=berth.managed=true", "--filter", "name=redis-"])
             .is_empty()
             .then_some(())
+    });
+}
+
+#[test]
+fn a_restored_container_keeps_its_logs_takes_signals_and_restarts_in_place() {
+    let _engine = engine();
+    let root = tempfile::tempdir().unwrap();
+    let mut agent = Agent::dev(root.path(), "counter1");
+    let driver = r#"driver = "docker"
+      config {
+        image   = "berth-test/tiny:latest"
+        command = "/bin/sh"
+        args    = ["-c", {script}]
+      }"#;
+    let job = job_file(root.path(), "counter.nomad", &counter_job("dcounter", "docker", driver));
+    assert_eq!(agent.cli(&["job", "run", "-detach", &job]).code, 0);
+    let alloc = wait_for("running", Duration::from_secs(30), || agent.alloc_ids("dcounter", "running").pop());
+    let container = wait_for("the container", Duration::from_secs(10), || containers_of(&agent, "dcounter").pop());
+
+    // Every number once, in order, across three agent restarts; the same
+    // lines as the engine's own log of the container.
+    let logs = restart_while_counting(&mut agent, &alloc, 3);
+    let last = counted_to(&logs).unwrap();
+    let engine_log = docker(&["logs", &container]);
+    let engine_lines: Vec<&str> = engine_log.lines().take(last as usize).collect();
+    let berth_lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(berth_lines, engine_lines, "berth's copy of the container's output");
+
+    // The re-attached container takes signals and restarts in place.
+    let signal = agent.cli(&["alloc", "signal", "-s", "SIGUSR1", &alloc[..8], "t"]);
+    assert_eq!(signal.code, 0, "{signal:?}");
+    wait_for("the container to report SIGUSR1", Duration::from_secs(10), || {
+        agent.cli(&["alloc", "logs", &alloc, "t"]).stdout.contains("got-usr1").then_some(())
+    });
+    let restart = agent.cli(&["alloc", "restart", &alloc[..8], "t"]);
+    assert_eq!(restart.code, 0, "{restart:?}");
+    let replaced = wait_for("a new container", Duration::from_secs(30), || {
+        containers_of(&agent, "dcounter").pop().filter(|c| *c != container)
+    });
+    let a = agent.get(&format!("/v1/allocation/{alloc}"));
+    assert_eq!(a["TaskStates"]["t"]["Restarts"], 1, "{a}");
+    assert_eq!(agent.alloc_ids("dcounter", "running"), vec![alloc.clone()], "restarted in place");
+    assert!(docker(&["ps", "-aq", "--no-trunc"]).lines().all(|c| c != container), "the old container is removed");
+
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "dcounter"]).code, 0);
+    wait_for("container removed", Duration::from_secs(30), || {
+        docker(&["ps", "-aq", "--no-trunc"]).lines().all(|c| c != replaced).then_some(())
     });
 }
 

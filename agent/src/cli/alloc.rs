@@ -1,13 +1,15 @@
-//! `alloc status` and `alloc logs` (also `logs`).
+//! `alloc status`, `alloc logs` (also `logs`), and the requests to a
+//! running allocation: `alloc signal`, `alloc restart`, `alloc stop`.
 
 use futures::StreamExt;
 use std::io::Write;
 
 use super::api::ApiClient;
 use super::format;
-use super::monitor::metric_lines;
+use super::monitor::{self, metric_lines};
 use crate::structs::Allocation;
 use crate::util::{format_bytes, format_timestamp, pretty_time_ago, short_id};
+use crate::wire::alloc::{AllocRestartRequest, AllocSignalRequest};
 use crate::wire::stubs::AllocListStub;
 
 /// Resolves an allocation ID prefix to the full allocation.
@@ -49,6 +51,78 @@ pub async fn resolve(api: &ApiClient, prefix: &str) -> Result<Allocation, i32> {
         eprintln!("Error querying allocation: {e}");
         1
     })
+}
+
+/// Resolves the allocation and checks that `task`, if named, is one of
+/// its group's tasks.
+async fn resolve_task(api: &ApiClient, prefix: &str, task: Option<&str>) -> Result<Allocation, i32> {
+    let a = resolve(api, prefix).await?;
+    if let Some(t) = task {
+        if !a.task_names().iter().any(|n| n == t) {
+            eprintln!("Could not find task named: {t}");
+            return Err(1);
+        }
+    }
+    Ok(a)
+}
+
+/// `alloc signal [-s SIGNAL] ALLOC [TASK]`: every task when none is named.
+pub async fn signal(api: &ApiClient, prefix: &str, task: Option<&str>, signal: &str) -> i32 {
+    let a = match resolve_task(api, prefix, task).await {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let req = AllocSignalRequest { task: task.unwrap_or_default().into(), signal: signal.into() };
+    match api.put::<_, serde_json::Value>(&format!("/v1/client/allocation/{}/signal", a.id), &req).await {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("Error signalling allocation: {e}");
+            1
+        }
+    }
+}
+
+/// `alloc restart [-all-tasks] ALLOC [TASK]`: restarts in place.
+pub async fn restart(api: &ApiClient, prefix: &str, task: Option<&str>, all_tasks: bool) -> i32 {
+    if all_tasks && task.is_some() {
+        eprintln!("The -all-tasks option is not allowed when restarting a specific task");
+        return 1;
+    }
+    let a = match resolve_task(api, prefix, task).await {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let req = AllocRestartRequest { task_name: task.unwrap_or_default().into(), all_tasks };
+    match api.put::<_, serde_json::Value>(&format!("/v1/client/allocation/{}/restart", a.id), &req).await {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("Failed to restart allocation:\n\n{e}");
+            1
+        }
+    }
+}
+
+/// `alloc stop [-detach] ALLOC`: stops it; the scheduler places a
+/// replacement, which the command follows unless `-detach`.
+pub async fn stop(api: &ApiClient, prefix: &str, detach: bool) -> i32 {
+    let a = match resolve(api, prefix).await {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let resp: serde_json::Value = match api.put(&format!("/v1/allocation/{}/stop", a.id), &serde_json::json!({})).await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error stopping allocation: {e}");
+            return 1;
+        }
+    };
+    let eval_id = resp["EvalID"].as_str().unwrap_or_default();
+    if detach {
+        println!("{eval_id}");
+        return 0;
+    }
+    monitor::monitor(api, eval_id, false).await
 }
 
 /// `alloc status [-short] [-verbose] ID`.

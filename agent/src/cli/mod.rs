@@ -319,6 +319,42 @@ enum AllocCommand {
     },
     /// Prints or follows a task's logs.
     Logs(LogsArgs),
+    /// Sends a signal to an allocation's tasks (all of them unless one is
+    /// named).
+    Signal {
+        /// The signal (Nomad's default: SIGKILL).
+        #[arg(short = 's', default_value = "SIGKILL")]
+        signal: String,
+        /// Task name, as a flag.
+        #[arg(long = "task")]
+        task_flag: Option<String>,
+        /// Allocation ID or prefix.
+        alloc: String,
+        /// Task name.
+        task: Option<String>,
+    },
+    /// Restarts an allocation's tasks in place (all of them unless one is
+    /// named), outside their restart policy.
+    Restart {
+        /// Task name, as a flag.
+        #[arg(long = "task")]
+        task_flag: Option<String>,
+        /// Every task, whether running or not.
+        #[arg(long = "all-tasks")]
+        all_tasks: bool,
+        /// Allocation ID or prefix.
+        alloc: String,
+        /// Task name.
+        task: Option<String>,
+    },
+    /// Stops an allocation; the scheduler places a replacement.
+    Stop {
+        /// Print the evaluation ID and return at once.
+        #[arg(long)]
+        detach: bool,
+        /// Allocation ID or prefix.
+        alloc: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -760,6 +796,13 @@ pub async fn run(cli: Cli) -> i32 {
             match command {
                 AllocCommand::Status { id, short, verbose } => alloc::status(&api, &id, short, verbose).await,
                 AllocCommand::Logs(a) => logs(&api, &a).await,
+                AllocCommand::Signal { signal, task_flag, alloc: id, task } => {
+                    alloc::signal(&api, &id, task_flag.as_deref().or(task.as_deref()), &signal).await
+                }
+                AllocCommand::Restart { task_flag, all_tasks, alloc: id, task } => {
+                    alloc::restart(&api, &id, task_flag.as_deref().or(task.as_deref()), all_tasks).await
+                }
+                AllocCommand::Stop { detach, alloc: id } => alloc::stop(&api, &id, detach).await,
             }
         }
         Command::Logs { args, api } => logs(&client(&api), &args).await,

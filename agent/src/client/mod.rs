@@ -5,6 +5,7 @@
 //! before anything else, so an agent restart does not restart tasks.
 
 pub mod allocrunner;
+pub mod control;
 pub mod csi;
 pub mod driver;
 pub mod fingerprint;
@@ -293,6 +294,30 @@ impl Client {
     /// The node's CSI plugin registry.
     pub fn csi(&self) -> &csi::CsiManager {
         &self.csi
+    }
+
+    /// True when the allocation has a runner on this client.
+    pub fn runs(&self, alloc_id: &str) -> bool {
+        self.runners.lock().contains_key(alloc_id)
+    }
+
+    /// Carries out an API request (signal, restart) on one task of an
+    /// allocation running here, or on all of its tasks.
+    pub async fn control(
+        &self,
+        alloc_id: &str,
+        task: Option<String>,
+        action: control::TaskAction,
+    ) -> Result<(), control::ControlError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let command = AllocCommand::Control { task, action, reply };
+        match self.runners.lock().get(alloc_id) {
+            None => return Err(control::ControlError::UnknownAlloc(alloc_id.into())),
+            Some(ctl) => {
+                let _ = ctl.commands.send(command);
+            }
+        }
+        answer.await.unwrap_or(Err(control::ControlError::NotRunning))
     }
 
     /// The directory of an allocation on this client, if it runs here.

@@ -1,6 +1,7 @@
 //! The task runner: one tokio task per task that prepares the task (env,
 //! templates), starts it through its driver, waits, and applies the restart
-//! policy. Two tokens end it: `kill` stops the workload (the allocation is
+//! policy; it also carries out the API's requests to the running task
+//! (signal, restart in place). Two tokens end it: `kill` stops the workload (the allocation is
 //! stopping), `shutdown` only detaches (the agent is exiting and the task
 //! keeps running, to be re-attached through its persisted handle).
 
@@ -13,6 +14,7 @@ use rand::RngExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::control::{ControlError, TaskAction, TaskControl};
 use super::driver::{Driver, ExitResult, TaskConfig, TaskHandle};
 use super::logs::Rotation;
 use super::{taskenv, template};
@@ -73,6 +75,8 @@ pub struct TaskRunner {
     pub extra_env: BTreeMap<String, String>,
     /// The allocation's bridge network, if it has one.
     pub network: Option<std::sync::Arc<super::allocrunner::GroupNetwork>>,
+    /// Requests from the API (signal, restart).
+    pub control: mpsc::UnboundedReceiver<TaskControl>,
 }
 
 enum Next {
@@ -227,6 +231,14 @@ impl TaskRunner {
             self.state.state = task_state::PENDING.into();
             self.emit(TaskEvent::new("Received", "Task received by client"));
         }
+        if let Some(handle) = &self.handle {
+            // A task left running by a previous client: the driver
+            // re-attaches what it keeps (the log pump); an exit while the
+            // agent was away is collected by the wait below.
+            if !self.driver.recover(handle).await {
+                tracing::info!("a restored task is no longer running");
+            }
+        }
         loop {
             if self.handle.is_none() {
                 if self.kill.is_cancelled() {
@@ -280,19 +292,21 @@ impl TaskRunner {
                 }
             }
             let handle = self.handle.clone().expect("set above");
-            let exit = tokio::select! {
-                exit = self.driver.wait(&handle) => exit,
-                _ = self.kill.cancelled() => {
-                    self.emit(TaskEvent::new("Killing", "Sent interrupt. Waiting before force killing"));
-                    let default_signal = if self.driver.fs_isolation() { "SIGTERM" } else { "SIGINT" };
-                    let signal = if self.task.kill_signal.is_empty() { default_signal } else { self.task.kill_signal.as_str() };
-                    self.driver.stop(&handle, signal, self.kill_timeout()).await;
-                    self.driver.destroy(&handle).await;
-                    self.emit(TaskEvent::new("Killed", "Task successfully killed"));
+            let exit = match self.supervise(&handle).await {
+                Supervised::Exited(exit) => exit,
+                Supervised::Restart => {
+                    self.handle = None;
+                    self.state.restarts += 1;
+                    self.state.last_restart = Some(now_rfc3339());
+                    self.state.state = task_state::PENDING.into();
+                    self.publish();
+                    continue;
+                }
+                Supervised::Killed => {
                     self.mark_dead(self.state.failed);
                     return;
                 }
-                _ = self.shutdown.cancelled() => return,
+                Supervised::Detached => return,
             };
             let mut ev = TaskEvent::new(
                 "Terminated",
@@ -341,13 +355,74 @@ impl TaskRunner {
         self.state.last_restart = Some(now_rfc3339());
         self.state.state = task_state::PENDING.into();
         self.emit(ev);
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
-            _ = self.kill.cancelled() => {
-                self.mark_dead(false);
-                false
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return true,
+                _ = self.kill.cancelled() => {
+                    self.mark_dead(false);
+                    return false;
+                }
+                _ = self.shutdown.cancelled() => return false,
+                Some(c) = self.control.recv() => {
+                    let _ = c.reply.send(Err(ControlError::NotRunning));
+                }
             }
-            _ = self.shutdown.cancelled() => false,
         }
     }
+
+    /// Waits for the running task to exit, carrying out the API's requests
+    /// meanwhile, until a kill stops it or a shutdown detaches from it.
+    async fn supervise(&mut self, handle: &TaskHandle) -> Supervised {
+        let driver = self.driver.clone();
+        let wait = driver.wait(handle);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                exit = &mut wait => return Supervised::Exited(exit),
+                _ = self.kill.cancelled() => {
+                    self.stop_task(handle).await;
+                    self.emit(TaskEvent::new("Killed", "Task successfully killed"));
+                    return Supervised::Killed;
+                }
+                _ = self.shutdown.cancelled() => return Supervised::Detached,
+                Some(TaskControl { action, reply }) = self.control.recv() => match action {
+                    TaskAction::Signal(signal) => {
+                        self.emit(TaskEvent::new("Signaling", format!("Task being sent signal {signal}")));
+                        let _ = reply.send(driver.signal(handle, &signal).await.map_err(ControlError::from));
+                    }
+                    TaskAction::Restart => {
+                        let mut ev = TaskEvent::new("Restart Signaled", "User requested task to restart");
+                        ev.restart_reason = "User requested task to restart".into();
+                        self.emit(ev);
+                        self.stop_task(handle).await;
+                        let _ = reply.send(Ok(()));
+                        return Supervised::Restart;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Stops the task with its kill signal and timeout and releases it.
+    async fn stop_task(&mut self, handle: &TaskHandle) {
+        self.emit(TaskEvent::new("Killing", "Sent interrupt. Waiting before force killing"));
+        let default_signal = if self.driver.fs_isolation() { "SIGTERM" } else { "SIGINT" };
+        let signal = if self.task.kill_signal.is_empty() { default_signal } else { self.task.kill_signal.as_str() };
+        self.driver.stop(handle, signal, self.kill_timeout()).await;
+        self.driver.destroy(handle).await;
+    }
+}
+
+/// How supervising a running task ended.
+enum Supervised {
+    /// The task exited on its own.
+    Exited(ExitResult),
+    /// The API asked for a restart in place; the task is stopped.
+    Restart,
+    /// The allocation is stopping; the task is stopped.
+    Killed,
+    /// The agent shuts down; the task keeps running.
+    Detached,
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderValue;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use base64::Engine;
 
 use super::{flag, Api, ApiError, ApiResult, RawQuery};
@@ -33,7 +33,10 @@ pub async fn logs(
     axum::extract::Query(q): RawQuery,
 ) -> ApiResult {
     let local_root = api.client.as_ref().and_then(|c| c.alloc_root(&alloc_id));
-    let Some(root) = local_root else { return forward(&api, &alloc_id, &q).await };
+    let Some(root) = local_root else {
+        let path = format!("/v1/client/fs/logs/{alloc_id}");
+        return super::forward::to_alloc_node(&api, &alloc_id, reqwest::Method::GET, &path, &q, None).await;
+    };
     let task = match q.get("task").filter(|t| !t.is_empty()) {
         Some(t) => t.clone(),
         None => return Err(ApiError::bad_request("must include task name")),
@@ -74,29 +77,4 @@ pub async fn logs(
     let ctype = if plain { "text/plain; charset=utf-8" } else { "application/json" };
     resp.headers_mut().insert("Content-Type", HeaderValue::from_static(ctype));
     Ok(resp)
-}
-
-/// Asks the client that runs the allocation.
-async fn forward(api: &Api, alloc_id: &str, q: &std::collections::HashMap<String, String>) -> ApiResult {
-    let server = api.server()?;
-    let snap = server.state.snapshot();
-    let alloc = snap.alloc(alloc_id).ok_or_else(|| ApiError::not_found(format!("alloc {alloc_id} not found")))?;
-    let node = snap.node(&alloc.node_id).ok_or_else(|| ApiError::not_found("node not found"))?;
-    if node.http_addr.is_empty() || node.http_addr == api.info.http_addr {
-        return Err(ApiError::not_found(format!("no logs for allocation {alloc_id} on this client")));
-    }
-    let url = format!("http://{}/v1/client/fs/logs/{alloc_id}", node.http_addr);
-    let resp = api
-        .http
-        .get(url)
-        .query(q)
-        .send()
-        .await
-        .map_err(|e| ApiError(axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("node {}: {e}", node.name)))?;
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let mut out = Body::from_stream(resp.bytes_stream()).into_response();
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    Ok(out)
 }

@@ -6,6 +6,8 @@
 
 mod agent;
 mod allocs;
+mod control;
+mod forward;
 mod internal;
 mod jobs;
 mod logs;
@@ -80,6 +82,19 @@ impl From<ServerError> for ApiError {
             ServerError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ServerError::NotFound(_) => StatusCode::NOT_FOUND,
             ServerError::State(_) | ServerError::Plugin(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+impl From<crate::client::control::ControlError> for ApiError {
+    fn from(e: crate::client::control::ControlError) -> Self {
+        let code = if e.is_not_found() {
+            StatusCode::NOT_FOUND
+        } else if e.is_bad_request() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
         };
         ApiError(code, e.to_string())
     }
@@ -198,6 +213,8 @@ pub fn by_prefix<'a, T>(items: impl Iterator<Item = (&'a str, T)>, prefix: &str,
 pub fn router(api: Api) -> Router {
     let local = Router::new()
         .route("/v1/client/fs/logs/{alloc}", get(logs::logs))
+        .route("/v1/client/allocation/{alloc}/signal", put(control::signal).post(control::signal))
+        .route("/v1/client/allocation/{alloc}/restart", put(control::restart).post(control::restart))
         .route("/v1/agent/self", get(agent::agent_self))
         .route("/v1/agent/health", get(agent::health))
         .route("/v1/internal/client/csi/{plugin}", put(volumes::client_call));

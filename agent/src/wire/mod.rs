@@ -4,6 +4,7 @@
 //! neither imports the other, so a field renamed on one side is renamed on
 //! both.
 
+pub mod alloc;
 pub mod csi;
 pub mod node;
 pub mod plan;

@@ -274,3 +274,76 @@ pub fn mysql(sql: &str) -> Result<String, String> {
     }
 }
 pub mod synology;
+
+/// The counter task's shell script: prints `count 1`, `count 2`, … five
+/// times a second, `got-usr1` on SIGUSR1, and exits on SIGINT/SIGTERM.
+/// `marker` is in its command line (for [`pids_with`]).
+pub fn counter_script(marker: &str) -> String {
+    format!(
+        "trap 'echo got-usr1' USR1; trap 'exit 0' INT TERM; n=0; \
+         while true; do n=$((n+1)); echo count $n; sleep 0.2; done # {marker}"
+    )
+}
+
+/// A one-allocation service job running the counter; `driver` is the
+/// task's driver line and config block (`{script}` is replaced by the
+/// counter script as a quoted HCL string).
+pub fn counter_job(id: &str, marker: &str, driver: &str) -> String {
+    let script = serde_json::to_string(&counter_script(marker)).unwrap();
+    format!(
+        r#"job "{id}" {{
+  datacenters = ["dc1"]
+  group "g" {{
+    task "t" {{
+      {}
+      resources {{
+        cpu    = 50
+        memory = 32
+      }}
+    }}
+  }}
+}}
+"#,
+        driver.replace("{script}", &script)
+    )
+}
+
+/// The counter's numbers in `logs`, checked to run 1, 2, 3, … with no gap
+/// and no repeat; the last one.
+pub fn counted_to(logs: &str) -> Result<u64, String> {
+    let mut last = 0;
+    for line in logs.lines().filter_map(|l| l.strip_prefix("count ")) {
+        let n: u64 = line.trim().parse().map_err(|_| format!("unreadable line {line:?}"))?;
+        if n != last + 1 {
+            return Err(format!("count {n} follows count {last}"));
+        }
+        last = n;
+    }
+    Ok(last)
+}
+
+/// Kills the agent (SIGKILL) and starts it again `times` times while the
+/// counter of `alloc` runs, letting it count on between restarts, then
+/// waits until `alloc logs` has caught up; returns the full stdout, every
+/// number checked to be there once and in order.
+pub fn restart_while_counting(agent: &mut Agent, alloc: &str, times: usize) -> String {
+    let counted = |agent: &Agent, round: usize| {
+        let out = agent.cli(&["alloc", "logs", alloc, "t"]).stdout;
+        match counted_to(&out) {
+            Ok(n) => (n, out),
+            Err(e) => panic!("logs after {round} agent restarts: {e}\n{out}"),
+        }
+    };
+    for round in 0..times {
+        let before = wait_for("the counter to count", Duration::from_secs(20), || {
+            Some(counted(agent, round).0).filter(|n| *n >= 3)
+        });
+        agent.kill();
+        std::thread::sleep(Duration::from_millis(1500));
+        agent.start();
+        wait_for("the counter's logs to move on after the restart", Duration::from_secs(30), || {
+            Some(counted(agent, round + 1).0).filter(|n| *n > before + 10)
+        });
+    }
+    counted(agent, times).1
+}

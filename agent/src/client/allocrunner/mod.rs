@@ -2,8 +2,9 @@
 //! starts a task runner per task, folds their updates into the
 //! allocation's client status (a pure function of the task states),
 //! persists what a restarted client needs to re-attach, and reports
-//! changes to the server. Commands (`Update`, `Destroy`) come in over a
-//! channel; it owns its state and nothing else touches it.
+//! changes to the server. Commands (`Update`, `Destroy`, the API's
+//! `Control` of its tasks) come in over a channel; it owns its state and
+//! nothing else touches it.
 
 mod hooks;
 mod network;
@@ -12,9 +13,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::control::{self, ControlError, ControlReply, TaskAction, TaskControl};
 use super::driver::{Driver, VolumeBind};
 use super::state::{ClientState, PersistedAlloc};
 use super::taskrunner::{task_state, TaskRunner, TaskUpdate};
@@ -31,6 +33,15 @@ pub enum AllocCommand {
     Update(Box<Allocation>),
     /// The allocation is gone from the server: stop and remove everything.
     Destroy,
+    /// A request to one task (`task`) or to all of them.
+    Control {
+        /// The task, or `None` for every task.
+        task: Option<String>,
+        /// What to do.
+        action: TaskAction,
+        /// Where the outcome goes.
+        reply: ControlReply,
+    },
 }
 
 /// What the client keeps of a running alloc runner.
@@ -110,6 +121,8 @@ struct Runner {
     deps: RunnerDeps,
     hooks: Vec<Box<dyn AllocHook>>,
     reported: Option<(String, BTreeMap<String, TaskState>, bool)>,
+    /// The request channels of the task runners, by task.
+    controls: BTreeMap<String, mpsc::UnboundedSender<TaskControl>>,
 }
 
 impl Runner {
@@ -170,6 +183,9 @@ impl Runner {
                         break Some(Setup::Stopped { destroy: false });
                     }
                     Some(AllocCommand::Update(a)) => later = Some(a),
+                    Some(AllocCommand::Control { reply, .. }) => {
+                        let _ = reply.send(Err(ControlError::NotRunning));
+                    }
                     Some(AllocCommand::Destroy) | None => break Some(Setup::Stopped { destroy: true }),
                 },
                 _ = shutdown.cancelled() => break Some(Setup::Shutdown),
@@ -288,10 +304,12 @@ impl Runner {
     /// Re-attaches to the tasks a previous client left running, only to
     /// stop them (`kill` is cancelled): an allocation that will not start
     /// its tasks must not leave them running over volumes it unpublishes.
-    fn stop_restored_tasks(&self, kill: &CancellationToken, updates: &mpsc::UnboundedSender<TaskUpdate>) {
+    fn stop_restored_tasks(&mut self, kill: &CancellationToken, updates: &mpsc::UnboundedSender<TaskUpdate>) {
         let Some(job) = self.alloc.job.clone() else { return };
         let Some(tg) = job.task_group(&self.alloc.task_group) else { return };
-        for task in tg.tasks.iter().filter(|t| self.persisted.handles.contains_key(&t.name)) {
+        let restored: Vec<_> =
+            tg.tasks.iter().filter(|t| self.persisted.handles.contains_key(&t.name)).cloned().collect();
+        for task in &restored {
             match self.task_runner(&job, task, kill, updates) {
                 Ok(runner) => spawn_task(runner),
                 Err(e) => tracing::error!(task = %task.name, error = %e, "cannot stop a restored task"),
@@ -299,10 +317,38 @@ impl Runner {
         }
     }
 
+    /// Hands a request to the task runners it names; the answer comes
+    /// once they have all answered.
+    fn control(&self, task: Option<String>, action: TaskAction, reply: ControlReply) {
+        let names = self.alloc.task_names();
+        let targets = match task {
+            Some(t) if !names.contains(&t) => {
+                let _ = reply.send(Err(ControlError::UnknownTask(t)));
+                return;
+            }
+            Some(t) => vec![t],
+            None => names,
+        };
+        let replies = targets
+            .iter()
+            .map(|t| {
+                let (tx, rx) = oneshot::channel();
+                // A runner that has ended drops the request: not running.
+                if let Some(runner) = self.controls.get(t) {
+                    let _ = runner.send(TaskControl { action: action.clone(), reply: tx });
+                }
+                rx
+            })
+            .collect();
+        tokio::spawn(async move {
+            let _ = reply.send(control::gather(replies).await);
+        });
+    }
+
     /// A task runner for `task` with its persisted state and handle, no
     /// binds, environment or network yet.
     fn task_runner(
-        &self,
+        &mut self,
         job: &crate::structs::Job,
         task: &crate::structs::Task,
         kill: &CancellationToken,
@@ -313,6 +359,8 @@ impl Runner {
             self.deps.drivers.get(&task.driver).cloned().ok_or_else(|| {
                 format!("task {:?}: driver {:?} is not available on this client", task.name, task.driver)
             })?;
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        self.controls.insert(task.name.clone(), control_tx);
         Ok(TaskRunner {
             alloc: self.alloc.clone(),
             task: task.clone(),
@@ -329,6 +377,7 @@ impl Runner {
             binds: Vec::new(),
             extra_env: Default::default(),
             network: None,
+            control: control_rx,
         })
     }
 }
@@ -352,6 +401,7 @@ async fn run(
         deps,
         hooks,
         reported: None,
+        controls: BTreeMap::new(),
     };
     let kill = CancellationToken::new();
     let (task_tx, mut task_rx) = mpsc::unbounded_channel::<TaskUpdate>();
@@ -427,6 +477,7 @@ async fn run(
                         r.report();
                     }
                 }
+                Some(AllocCommand::Control { task, action, reply }) => r.control(task, action, reply),
                 Some(AllocCommand::Destroy) | None => {
                     destroying = true;
                     kill.cancel();

@@ -23,7 +23,7 @@ use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Driver, DriverError, ExitResult, TaskConfig, TaskHandle, TaskNetwork};
+use super::{parse_signal, Driver, DriverError, ExitResult, TaskConfig, TaskHandle, TaskNetwork};
 use crate::client::logs::{RotatingWriter, Rotation};
 use crate::structs::DriverInfo;
 use crate::util::now_rfc3339;
@@ -506,29 +506,49 @@ fn docker_message(e: &bollard::errors::Error) -> String {
     }
 }
 
+/// The log pump's place in a container's output: the timestamp of the
+/// last frame written, rewritten in place after every frame, so a pump
+/// resumed after an agent restart neither repeats nor skips a line.
+struct LogCursor {
+    file: std::fs::File,
+    nanos: i64,
+}
+
+impl LogCursor {
+    fn open(path: &Path) -> std::io::Result<LogCursor> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let nanos = std::io::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        Ok(LogCursor { file, nanos })
+    }
+
+    /// Records `nanos` (fixed width, so a shorter number leaves no tail).
+    fn advance(&mut self, nanos: i64) {
+        use std::os::unix::fs::FileExt;
+        self.nanos = nanos;
+        let _ = self.file.write_all_at(format!("{nanos:020}\n").as_bytes(), 0);
+    }
+}
+
 /// Copies a container's output into the rotating log files, following
-/// until the container stops; resumes after the last recorded timestamp.
+/// until the container stops; resumes after the recorded cursor.
 async fn pump_logs(docker: Docker, state: ContainerState) {
-    let cursor_nanos: i64 =
-        std::fs::read_to_string(&state.log_cursor).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let (Ok(mut out), Ok(mut err), Ok(mut cursor)) = (
+        RotatingWriter::open(&state.log_dir, &state.task, "stdout", state.rotation),
+        RotatingWriter::open(&state.log_dir, &state.task, "stderr", state.rotation),
+        LogCursor::open(&state.log_cursor),
+    ) else {
+        tracing::warn!(task = %state.task, "cannot open log files for container output");
+        return;
+    };
     let opts = LogsOptions {
         follow: true,
         stdout: true,
         stderr: true,
         timestamps: true,
-        since: (cursor_nanos / 1_000_000_000) as i32,
+        since: (cursor.nanos / 1_000_000_000) as i32,
         ..Default::default()
     };
-    let (Ok(mut out), Ok(mut err)) = (
-        RotatingWriter::open(&state.log_dir, &state.task, "stdout", state.rotation),
-        RotatingWriter::open(&state.log_dir, &state.task, "stderr", state.rotation),
-    ) else {
-        tracing::warn!(task = %state.task, "cannot open log files for container output");
-        return;
-    };
     let mut stream = docker.logs(&state.id, Some(opts));
-    let mut last_saved = std::time::Instant::now();
-    let mut cursor = cursor_nanos;
     use std::io::Write;
     while let Some(item) = stream.next().await {
         let Ok(chunk) = item else { break };
@@ -547,22 +567,16 @@ async fn pump_logs(docker: Docker, state: ContainerState) {
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .and_then(|t| t.timestamp_nanos_opt());
         let body = if ts.is_some() { &text[split + 1..] } else { text };
-        if let Some(ts) = ts {
-            if ts <= cursor {
-                continue;
-            }
-            cursor = ts;
+        if ts.is_some_and(|ts| ts <= cursor.nanos) {
+            continue;
         }
+        // The frame, then its cursor, with nothing between them that an
+        // agent shutdown could interrupt.
         let _ = writer.write_all(body);
-        if last_saved.elapsed() > Duration::from_millis(500) {
-            let _ = writer.flush();
-            let _ = std::fs::write(&state.log_cursor, cursor.to_string());
-            last_saved = std::time::Instant::now();
+        if let Some(ts) = ts {
+            cursor.advance(ts);
         }
     }
-    let _ = out.flush();
-    let _ = err.flush();
-    let _ = std::fs::write(&state.log_cursor, cursor.to_string());
 }
 
 impl Driver for DockerDriver {
@@ -634,13 +648,12 @@ impl Driver for DockerDriver {
             let private = cfg.task_dir.join("private");
             let _ = std::fs::create_dir_all(&private);
             let state = ContainerState {
-                id: created.id,
-                log_cursor: private.join("docker-logs.cursor"),
+                id: created.id.clone(),
+                log_cursor: private.join(format!("docker-logs.{}.cursor", &created.id[..12.min(created.id.len())])),
                 log_dir: cfg.log_dir.clone(),
                 task: cfg.task.clone(),
                 rotation: cfg.rotation,
             };
-            let _ = std::fs::remove_file(&state.log_cursor);
             tokio::spawn(pump_logs(docker, state.clone()));
             Ok(TaskHandle { driver: NAME.into(), state: serde_json::to_value(state).unwrap_or_default() })
         }
@@ -678,14 +691,21 @@ impl Driver for DockerDriver {
         .boxed()
     }
 
-    fn signal(&self, handle: &TaskHandle, signal: &str) -> Result<(), DriverError> {
-        let state = Self::state_of(handle).ok_or_else(|| config_error("unreadable task handle"))?;
-        let docker = self.docker()?;
-        let signal = signal.to_string();
-        tokio::spawn(async move {
-            let _ = docker.kill_container(&state.id, Some(KillContainerOptions { signal })).await;
-        });
-        Ok(())
+    fn signal<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        async move {
+            let sig = parse_signal(signal).ok_or_else(|| config_error(format!("unknown signal {signal:?}")))?;
+            let state = Self::state_of(handle).ok_or_else(|| config_error("unreadable task handle"))?;
+            let docker = self.docker()?;
+            let opts = KillContainerOptions { signal: sig.as_str().to_string() };
+            docker.kill_container(&state.id, Some(opts)).await.map_err(|e| {
+                DriverError::Unreachable(format!(
+                    "sending {sig} to container {}: {}",
+                    &state.id[..12.min(state.id.len())],
+                    docker_message(&e)
+                ))
+            })
+        }
+        .boxed()
     }
 
     fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, ()> {
@@ -701,17 +721,13 @@ impl Driver for DockerDriver {
     fn recover<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, bool> {
         async move {
             let (Some(state), Ok(docker)) = (Self::state_of(handle), self.docker()) else { return false };
-            let running = docker
-                .inspect_container(&state.id, None::<InspectContainerOptions>)
-                .await
-                .ok()
-                .and_then(|i| i.state)
-                .and_then(|s| s.running)
-                .unwrap_or(false);
-            if running {
-                tokio::spawn(pump_logs(docker, state));
-            }
-            running
+            let Ok(inspect) = docker.inspect_container(&state.id, None::<InspectContainerOptions>).await else {
+                return false;
+            };
+            // A container that exited while the agent was away still has
+            // output the pump has not copied: the pump ends at its end.
+            tokio::spawn(pump_logs(docker, state));
+            inspect.state.and_then(|s| s.running).unwrap_or(false)
         }
         .boxed()
     }
@@ -722,6 +738,7 @@ impl Driver for DockerDriver {
             let _ = docker
                 .remove_container(&state.id, Some(RemoveContainerOptions { force: true, ..Default::default() }))
                 .await;
+            let _ = std::fs::remove_file(&state.log_cursor);
         }
         .boxed()
     }

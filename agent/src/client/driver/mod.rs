@@ -32,6 +32,9 @@ pub enum DriverError {
     /// The driver is disabled on this client.
     #[error("driver {0} is not enabled on this client")]
     Disabled(&'static str),
+    /// The task cannot be reached (its runtime is away, it is gone).
+    #[error("{0}")]
+    Unreachable(String),
     /// Starting the task failed.
     #[error("failed to start task: {0}")]
     Start(String),
@@ -148,11 +151,13 @@ pub trait Driver: Send + Sync {
     fn start<'a>(&'a self, cfg: &'a TaskConfig) -> BoxFuture<'a, Result<TaskHandle, DriverError>>;
     /// Resolves when the task exits.
     fn wait<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, ExitResult>;
-    /// Sends a signal to the task.
-    fn signal(&self, handle: &TaskHandle, signal: &str) -> Result<(), DriverError>;
+    /// Sends a signal to the task; fails when the name is not a signal or
+    /// the task cannot be reached.
+    fn signal<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Stops the task: `signal`, then a hard kill after `timeout`.
     fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, ()>;
-    /// After a client restart: is the task behind this handle still running?
+    /// After a client restart: re-attaches what the driver keeps for a task
+    /// (its log pump) and tells whether the task is still running.
     fn recover<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, bool>;
     /// Releases what the task left behind once it will not run again
     /// (a stopped container, say).

@@ -119,10 +119,13 @@ impl Driver for RawExec {
         .boxed()
     }
 
-    fn signal(&self, handle: &TaskHandle, signal: &str) -> Result<(), DriverError> {
-        let sig = parse_signal(signal).ok_or_else(|| config_error(format!("unknown signal {signal:?}")))?;
-        let state = state_of(handle).ok_or_else(|| config_error("unreadable task handle"))?;
-        process::signal(&state, sig)
+    fn signal<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        async move {
+            let sig = parse_signal(signal).ok_or_else(|| config_error(format!("unknown signal {signal:?}")))?;
+            let state = state_of(handle).ok_or_else(|| config_error("unreadable task handle"))?;
+            process::signal(&state, sig)
+        }
+        .boxed()
     }
 
     fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, ()> {
