@@ -13,6 +13,7 @@ pub mod hclspan;
 pub mod http;
 pub mod install;
 pub mod jobspec;
+pub mod metrics;
 pub mod server;
 pub mod structs;
 pub mod util;

@@ -184,3 +184,63 @@ fn an_idle_cluster_heartbeats_without_writing() {
     assert_eq!(ready_nodes(&server), 2);
     assert_eq!(server.cli(&["job", "stop", "-purge", "idle"]).code, 0);
 }
+
+/// A counter of an agent's `/v1/metrics`.
+fn counter(agent: &Agent, name: &str) -> u64 {
+    let metrics = agent.get("/v1/metrics");
+    let found = metrics["Counters"].as_array().and_then(|c| c.iter().find(|c| c["Name"] == name).cloned());
+    found.and_then(|c| c["Count"].as_u64()).unwrap_or(0)
+}
+
+/// `raw_exec_job` placed on the client whose `meta.node` is `node`.
+fn pinned_job(id: &str, count: u32, marker: &str, node: &str) -> String {
+    raw_exec_job(id, count, marker).replacen(
+        "group \"g\" {",
+        &format!(
+            "constraint {{\n    attribute = \"${{meta.node}}\"\n    value     = \"{node}\"\n  }}\n  group \"g\" {{"
+        ),
+        1,
+    )
+}
+
+/// Clients follow their allocations by index: a write wakes only the
+/// client whose allocations it changes, which then fetches those
+/// allocations and no others; a client's own status reports wake nobody.
+#[test]
+fn a_write_reaches_only_the_client_whose_allocations_it_changes() {
+    let root = tempfile::tempdir().unwrap();
+    let server = server(root.path());
+    let (one, two) = (client(root.path(), "sync1", server.rpc), client(root.path(), "sync2", server.rpc));
+    wait_for("two ready nodes", Duration::from_secs(20), || (ready_nodes(&server) == 2).then_some(()));
+    let marker = format!("y{}", std::process::id());
+    let first = job_file(root.path(), "first.nomad", &pinned_job("first", 2, &marker, "sync1"));
+    assert_eq!(server.cli(&["job", "run", &first]).code, 0);
+    let figures =
+        |c: &Agent| (counter(c, "berth.client.allocations.wakeups"), counter(c, "berth.client.allocations.fetched"));
+    let (one_before, two_before) = (figures(&one), figures(&two));
+    assert_eq!(one_before.1, 2, "the first client fetched its two allocations");
+    assert_eq!(two_before, (0, 0), "the other client was never woken and fetched nothing");
+
+    // A new job on the first client: it fetches that allocation only.
+    let second = job_file(root.path(), "second.nomad", &pinned_job("second", 1, &marker, "sync1"));
+    assert_eq!(server.cli(&["job", "run", &second]).code, 0);
+    // Status reports and heartbeats go on for a while; they wake nobody.
+    std::thread::sleep(Duration::from_secs(3));
+    let one_after = figures(&one);
+    assert_eq!(one_after.1 - one_before.1, 1, "fetched only the new allocation");
+    assert_eq!(figures(&two), two_before, "the other client was not woken");
+
+    // Stopping one allocation: the client fetches it and its replacement.
+    let alloc = server.alloc_ids("first", "running").pop().unwrap();
+    assert_eq!(server.cli(&["alloc", "stop", &alloc]).code, 0);
+    wait_for("a replacement", Duration::from_secs(20), || {
+        (server.alloc_ids("first", "running").len() == 2 && !server.alloc_ids("first", "running").contains(&alloc))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(figures(&one).1 - one_after.1, 2, "the stopped allocation and its replacement");
+    assert_eq!(figures(&two), two_before, "the other client was not woken");
+    assert!(counter(&server, "berth.server.node_allocations.sent") >= figures(&one).1);
+    assert_eq!(server.cli(&["job", "stop", "-purge", "first"]).code, 0);
+    assert_eq!(server.cli(&["job", "stop", "-purge", "second"]).code, 0);
+}

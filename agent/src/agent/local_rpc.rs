@@ -12,7 +12,7 @@ use crate::client::rpc::{RpcError, ServerRpc};
 use crate::server::{Server, ServerError};
 use crate::structs::{Allocation, Node};
 use crate::wire::csi::ClaimGrant;
-use crate::wire::node::AllocClientUpdate;
+use crate::wire::node::{AllocClientUpdate, NodeAllocIndexes};
 
 fn from_server(e: ServerError) -> RpcError {
     match e {
@@ -34,18 +34,22 @@ impl ServerRpc for LocalRpc {
         async move { self.0.heartbeat(node_id, secret).map_err(from_server) }.boxed()
     }
 
-    fn node_allocs<'a>(
+    fn alloc_indexes<'a>(
         &'a self,
         node_id: &'a str,
         min_index: u64,
         wait: Duration,
-    ) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>> {
-        async move {
-            let index = self.0.state.wait_index(min_index, wait).await;
-            let snap = self.0.state.snapshot();
-            Ok((snap.allocs_by_node(node_id).iter().map(|a| (**a).clone()).collect(), index))
-        }
-        .boxed()
+    ) -> BoxFuture<'a, Result<NodeAllocIndexes, RpcError>> {
+        async move { Ok(self.0.node_alloc_indexes(node_id, min_index, wait).await) }.boxed()
+    }
+
+    fn fetch_allocs<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<Allocation>, RpcError>> {
+        async move { self.0.fetch_node_allocs(node_id, secret, &ids).map_err(from_server) }.boxed()
     }
 
     fn update_allocs<'a>(

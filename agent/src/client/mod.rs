@@ -431,42 +431,79 @@ impl Client {
         changed
     }
 
-    /// Follows the node's allocations and reconciles the runners.
+    /// Follows the node's allocations: blocks until the servers change one
+    /// of them, fetches only those that are new or whose `AllocModifyIndex`
+    /// moved, and reconciles the runners (those whose allocation is gone
+    /// are destroyed).
     async fn watch_allocs(self: Arc<Self>) {
         let mut index = 0;
-        let node_id = self.node.read().id.clone();
+        let (node_id, secret) = {
+            let node = self.node.read();
+            (node.id.clone(), node.secret_id.clone())
+        };
+        // The AllocModifyIndex of each allocation as last fetched.
+        let mut known: HashMap<String, u64> =
+            self.runners.lock().iter().map(|(id, ctl)| (id.clone(), ctl.modify_index)).collect();
         loop {
-            let fetch = self.rpc.node_allocs(&node_id, index, Duration::from_secs(30));
+            let query = self.rpc.alloc_indexes(&node_id, index, Duration::from_secs(30));
             let result = tokio::select! {
-                r = fetch => r,
+                r = query => r,
                 _ = self.shutdown.cancelled() => return,
             };
-            match result {
-                Ok((allocs, new_index)) => {
-                    if new_index < index {
-                        index = 0;
-                    } else {
-                        index = new_index;
-                    }
-                    self.reconcile(allocs);
-                }
+            let answer = match result {
+                Ok(a) => a,
                 Err(e) => {
-                    tracing::debug!(error = %e, "fetching allocations");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        _ = self.shutdown.cancelled() => return,
+                    tracing::debug!(error = %e, "querying allocations");
+                    self.pause(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let changed: Vec<String> = answer
+                .allocs
+                .iter()
+                .filter(|(id, i)| known.get(*id).is_none_or(|k| *i > k))
+                .map(|(id, _)| id.clone())
+                .collect();
+            let fetched = if changed.is_empty() {
+                Vec::new()
+            } else {
+                match self.rpc.fetch_allocs(&node_id, &secret, changed).await {
+                    Ok(allocs) => allocs,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fetching allocations");
+                        self.pause(Duration::from_millis(500)).await;
+                        continue;
                     }
                 }
+            };
+            // A wake-up: a change, neither the first answer nor a timeout.
+            if index != 0 && answer.index != index {
+                crate::metrics::incr("berth.client.allocations.wakeups", &[], 1);
             }
+            crate::metrics::incr("berth.client.allocations.fetched", &[], fetched.len() as u64);
+            for a in &fetched {
+                known.insert(a.id.clone(), a.alloc_modify_index);
+            }
+            known.retain(|id, _| answer.allocs.contains_key(id));
+            self.reconcile(fetched, &answer.allocs);
+            index = answer.index;
         }
     }
 
-    fn reconcile(&self, allocs: Vec<Allocation>) {
+    /// Sleeps, unless the agent shuts down first.
+    async fn pause(&self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+
+    /// Hands the fetched allocations to their runners (starting one for a
+    /// new allocation that is not terminal) and destroys the runners of
+    /// allocations no longer in `present`.
+    fn reconcile(&self, changed: Vec<Allocation>, present: &BTreeMap<String, u64>) {
         let mut runners = self.runners.lock();
-        let present: HashSet<String> = allocs.iter().map(|a| a.id.clone()).collect();
-        for a in allocs {
-            // Only server-side changes (AllocModifyIndex) concern the runner;
-            // the status it reported itself comes back with a newer ModifyIndex.
+        for a in changed {
             let index = a.alloc_modify_index;
             match runners.get_mut(&a.id) {
                 Some(ctl) if index > ctl.modify_index => {
@@ -482,7 +519,7 @@ impl Client {
             }
         }
         runners.retain(|id, ctl| {
-            if present.contains(id) {
+            if present.contains_key(id) {
                 return true;
             }
             let _ = ctl.commands.send(AllocCommand::Destroy);

@@ -1,5 +1,6 @@
-//! How a client talks to the servers: register, heartbeat, fetch its
-//! allocations (a blocking query) and report their status, through
+//! How a client talks to the servers: register, heartbeat, follow its
+//! allocations (a blocking query for their indexes, then a fetch of those
+//! that changed) and report their status, through
 //! [`ServerRpc`]. [`HttpRpc`] uses the servers' internal HTTP endpoints,
 //! trying each configured server in turn; the agent's wiring provides the
 //! in-process one for an agent that is also a server.
@@ -11,7 +12,7 @@ use futures::FutureExt;
 
 use crate::structs::{Allocation, Node};
 use crate::wire::csi::ClaimGrant;
-use crate::wire::node::{AllocClientUpdate, HeartbeatAnswer, NODE_SECRET_HEADER};
+use crate::wire::node::{AllocClientUpdate, AllocFetchRequest, HeartbeatAnswer, NodeAllocIndexes, NODE_SECRET_HEADER};
 
 /// Failures talking to a server.
 #[derive(Debug, thiserror::Error)]
@@ -35,13 +36,21 @@ pub trait ServerRpc: Send + Sync {
     fn register(&self, node: Node) -> BoxFuture<'_, Result<Duration, RpcError>>;
     /// Heartbeats; returns the TTL.
     fn heartbeat<'a>(&'a self, node_id: &'a str, secret: &'a str) -> BoxFuture<'a, Result<Duration, RpcError>>;
-    /// The node's allocations once the state index passes `min_index`.
-    fn node_allocs<'a>(
+    /// The node's allocation IDs and `AllocModifyIndex`es once a
+    /// server-side change to them passes `min_index` (or `wait` elapses).
+    fn alloc_indexes<'a>(
         &'a self,
         node_id: &'a str,
         min_index: u64,
         wait: Duration,
-    ) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>>;
+    ) -> BoxFuture<'a, Result<NodeAllocIndexes, RpcError>>;
+    /// The named allocations of the node (those whose index moved).
+    fn fetch_allocs<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<Allocation>, RpcError>>;
     /// Reports allocation status.
     fn update_allocs<'a>(
         &'a self,
@@ -125,25 +134,40 @@ impl ServerRpc for HttpRpc {
         .boxed()
     }
 
-    fn node_allocs<'a>(
+    fn alloc_indexes<'a>(
         &'a self,
         node_id: &'a str,
         min_index: u64,
         wait: Duration,
-    ) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>> {
+    ) -> BoxFuture<'a, Result<NodeAllocIndexes, RpcError>> {
         async move {
             let url = |base: &str| {
                 format!("{base}/v1/internal/node/{node_id}/allocations?index={min_index}&wait={}ms", wait.as_millis())
             };
-            let resp = self.call(|c, base| c.get(url(base)).timeout(wait + Duration::from_secs(10))).await?;
-            let index = resp
-                .headers()
-                .get("X-Nomad-Index")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(min_index);
-            let allocs = resp.json().await.map_err(|e| RpcError::Failed(e.to_string()))?;
-            Ok((allocs, index))
+            // The server may add up to 1/16 of the wait at random.
+            let timeout = wait + wait / 16 + Duration::from_secs(10);
+            let resp = self.call(|c, base| c.get(url(base)).timeout(timeout)).await?;
+            resp.json().await.map_err(|e| RpcError::Failed(e.to_string()))
+        }
+        .boxed()
+    }
+
+    fn fetch_allocs<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        ids: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<Allocation>, RpcError>> {
+        async move {
+            let req = AllocFetchRequest { alloc_ids: ids };
+            let resp = self
+                .call(|c, base| {
+                    c.put(format!("{base}/v1/internal/node/{node_id}/allocations/fetch"))
+                        .header(NODE_SECRET_HEADER, secret)
+                        .json(&req)
+                })
+                .await?;
+            resp.json().await.map_err(|e| RpcError::Failed(e.to_string()))
         }
         .boxed()
     }

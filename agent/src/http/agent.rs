@@ -1,4 +1,4 @@
-//! `/v1/agent/*`, `/v1/status/*`, `/v1/regions`, `/v1/system/gc`, and the
+//! `/v1/agent/*`, `/v1/status/*`, `/v1/regions`, `/v1/system/gc`, `/v1/metrics`, and the
 //! fallback that forwards server endpoints from a client-only agent.
 
 use axum::body::Body;
@@ -114,4 +114,16 @@ pub async fn fallback(State(api): ApiState, req: Request) -> Response {
         }
     }
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("no servers reachable: {last}")).into_response()
+}
+
+/// `GET /v1/metrics`: this agent's metrics as Nomad's JSON, or as
+/// Prometheus text with `?format=prometheus`.
+pub async fn metrics(axum::extract::Query(q): super::RawQuery) -> ApiResult {
+    if q.get("format").is_some_and(|f| f == "prometheus") {
+        let mut resp = crate::metrics::render_prometheus().into_response();
+        resp.headers_mut()
+            .insert("Content-Type", axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+        return Ok(resp);
+    }
+    Ok(json_with_index(&crate::metrics::render_json(), 0, super::flag(&q, "pretty")))
 }

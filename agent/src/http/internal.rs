@@ -1,13 +1,14 @@
 //! Client-to-server endpoints (`/v1/internal/node/...`): register,
-//! heartbeat, the node's allocations (blocking) and status updates. Writes
-//! must carry the node's secret.
+//! heartbeat, the node's allocation indexes (blocking), the allocations
+//! that changed, and status updates. Writes and allocation fetches must
+//! carry the node's secret.
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query};
 
 use super::{decode_body, json_with_index, ApiError, ApiResult, ApiState, Headers, QueryOptions};
 use crate::structs::Node;
-use crate::wire::node::{AllocClientUpdate, HeartbeatAnswer, NODE_SECRET_HEADER};
+use crate::wire::node::{AllocClientUpdate, AllocFetchRequest, HeartbeatAnswer, NODE_SECRET_HEADER};
 
 fn secret(headers: &Headers) -> String {
     headers.get(NODE_SECRET_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
@@ -29,11 +30,22 @@ pub async fn heartbeat(api: ApiState, Path(id): Path<String>, headers: Headers) 
     Ok(json_with_index(&HeartbeatAnswer::new(ttl), server.state.index(), false))
 }
 
+/// The node's allocations as ID → `AllocModifyIndex`, once a server-side
+/// change to them passes `?index=` (or `?wait=` elapses).
 pub async fn allocations(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOptions>) -> ApiResult {
-    let index = api.block(&q).await?;
-    let snap = api.server()?.state.snapshot();
-    let allocs: Vec<_> = snap.allocs_by_node(&id).iter().map(|a| (**a).clone()).collect();
-    Ok(json_with_index(&allocs, index, false))
+    let server = api.server()?;
+    let wait = api.wait(&q)?;
+    let answer = server.node_alloc_indexes(&id, q.index.unwrap_or(0), wait).await;
+    let index = answer.index;
+    Ok(json_with_index(&answer, index, false))
+}
+
+/// The allocations the client asks for (those whose index moved).
+pub async fn fetch_allocs(api: ApiState, Path(id): Path<String>, headers: Headers, body: Bytes) -> ApiResult {
+    let req: AllocFetchRequest = decode_body(&body)?;
+    let server = api.server()?;
+    let allocs = server.fetch_node_allocs(&id, &secret(&headers), &req.alloc_ids)?;
+    Ok(json_with_index(&allocs, server.state.index(), false))
 }
 
 pub async fn update_allocs(api: ApiState, Path(id): Path<String>, headers: Headers, body: Bytes) -> ApiResult {

@@ -81,6 +81,7 @@ impl From<ServerError> for ApiError {
         let code = match &e {
             ServerError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ServerError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServerError::PermissionDenied => StatusCode::FORBIDDEN,
             ServerError::State(_) | ServerError::Plugin(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
@@ -156,6 +157,14 @@ impl Api {
     pub async fn block(&self, q: &QueryOptions) -> Result<u64, ApiError> {
         let server = self.server()?;
         let Some(min) = q.index.filter(|i| *i > 0) else { return Ok(server.state.index()) };
+        let wait = self.wait(q)?;
+        Ok(server.state.wait_index(min, wait).await)
+    }
+
+    /// How long a blocking query may wait: `?wait=` (default and maximum
+    /// 5 minutes, as Nomad) plus up to 1/16 of it at random, so that many
+    /// waiters do not return in step.
+    pub fn wait(&self, q: &QueryOptions) -> Result<Duration, ApiError> {
         let wait = q
             .wait
             .as_deref()
@@ -165,8 +174,7 @@ impl Api {
             .map(|ns| Duration::from_nanos(ns.max(0) as u64))
             .unwrap_or(Duration::from_secs(300))
             .min(Duration::from_secs(300));
-        let jitter = Duration::from_millis(rand::random::<u64>() % (wait.as_millis() as u64 / 16 + 1));
-        Ok(server.state.wait_index(min, wait + jitter).await)
+        Ok(wait + Duration::from_millis(rand::random::<u64>() % (wait.as_millis() as u64 / 16 + 1)))
     }
 }
 
@@ -217,6 +225,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/client/allocation/{alloc}/restart", put(control::restart).post(control::restart))
         .route("/v1/agent/self", get(agent::agent_self))
         .route("/v1/agent/health", get(agent::health))
+        .route("/v1/metrics", get(agent::metrics))
         .route("/v1/internal/client/csi/{plugin}", put(volumes::client_call));
     let routes = if api.server.is_some() { local.merge(server_routes()) } else { local };
     routes.fallback(agent::fallback).with_state(api)
@@ -269,6 +278,7 @@ fn server_routes() -> Router<Api> {
         .route("/v1/internal/node/register", put(internal::register))
         .route("/v1/internal/node/{id}/heartbeat", put(internal::heartbeat))
         .route("/v1/internal/node/{id}/allocations", get(internal::allocations).put(internal::update_allocs))
+        .route("/v1/internal/node/{id}/allocations/fetch", put(internal::fetch_allocs))
         .route("/v1/internal/node/{id}/csi-claim/{alloc}", put(internal::claim_volumes))
 }
 

@@ -34,6 +34,10 @@ pub enum ServerError {
     /// The object does not exist (HTTP 404).
     #[error("{0}")]
     NotFound(String),
+    /// The caller may not do this (HTTP 403): a node secret that does not
+    /// match.
+    #[error("Permission denied")]
+    PermissionDenied,
     /// The state store failed (HTTP 500).
     #[error(transparent)]
     State(#[from] StateError),

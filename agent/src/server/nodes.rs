@@ -12,7 +12,7 @@ use super::state::{Tables, WriteBatch};
 use super::{Server, ServerError};
 use crate::structs::{client_status, node_status, Allocation, Deployment, Evaluation, Job, Node, NodeEvent};
 use crate::util::{now_nanos, now_rfc3339};
-use crate::wire::node::AllocClientUpdate;
+use crate::wire::node::{AllocClientUpdate, NodeAllocIndexes};
 
 fn node_event(subsystem: &str, message: &str) -> NodeEvent {
     NodeEvent { message: message.into(), subsystem: subsystem.into(), timestamp: now_rfc3339(), create_index: 0 }
@@ -94,6 +94,35 @@ impl Server {
         }
         self.heartbeats.lock().insert(node_id.to_string(), Instant::now());
         Ok(self.config.heartbeat_ttl)
+    }
+
+    /// A client's allocation query: waits (at most `wait`) for a
+    /// server-side change to the node's allocations past `min_index`, then
+    /// answers with their IDs and `AllocModifyIndex`. Writes elsewhere, and
+    /// the node's own status reports, do not end the wait.
+    pub async fn node_alloc_indexes(&self, node_id: &str, min_index: u64, wait: Duration) -> NodeAllocIndexes {
+        let index = self.state.wait_node_allocs(node_id, min_index, wait).await;
+        NodeAllocIndexes { allocs: self.state.snapshot().node_alloc_indexes(node_id), index }
+    }
+
+    /// The allocations among `ids` that are placed on the node (others are
+    /// skipped); only for the node itself, since they carry its tasks'
+    /// configuration.
+    pub fn fetch_node_allocs(
+        &self,
+        node_id: &str,
+        secret: &str,
+        ids: &[String],
+    ) -> Result<Vec<Allocation>, ServerError> {
+        let snap = self.state.snapshot();
+        let node = snap.node(node_id).ok_or_else(|| ServerError::NotFound(format!("node {node_id} not found")))?;
+        if node.secret_id != secret {
+            return Err(ServerError::PermissionDenied);
+        }
+        let allocs: Vec<Allocation> =
+            ids.iter().filter_map(|id| snap.alloc(id)).filter(|a| a.node_id == node_id).map(|a| (*a).clone()).collect();
+        crate::metrics::incr("berth.server.node_allocations.sent", &[], allocs.len() as u64);
+        Ok(allocs)
     }
 
     /// Fails running deployments whose groups missed their progress

@@ -33,6 +33,25 @@ impl HeartbeatAnswer {
     }
 }
 
+/// The servers' answer to a client's allocation query: the node's
+/// allocations as ID → `AllocModifyIndex` (as Nomad's
+/// `Node.GetClientAllocs`), and the index to block on next. The client
+/// fetches only the allocations whose index moved.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NodeAllocIndexes {
+    pub allocs: BTreeMap<String, u64>,
+    pub index: u64,
+}
+
+/// A client's request for the allocations whose index moved.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AllocFetchRequest {
+    #[serde(rename = "AllocIDs")]
+    pub alloc_ids: Vec<String>,
+}
+
 /// What a client sends about one of its allocations.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]

@@ -308,12 +308,20 @@ mod tests {
         fn heartbeat<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<Duration, RpcError>> {
             unimplemented!("not used by the hook")
         }
-        fn node_allocs<'a>(
+        fn alloc_indexes<'a>(
             &'a self,
             _: &'a str,
             _: u64,
             _: Duration,
-        ) -> BoxFuture<'a, Result<(Vec<Allocation>, u64), RpcError>> {
+        ) -> BoxFuture<'a, Result<crate::wire::node::NodeAllocIndexes, RpcError>> {
+            unimplemented!("not used by the hook")
+        }
+        fn fetch_allocs<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: Vec<String>,
+        ) -> BoxFuture<'a, Result<Vec<Allocation>, RpcError>> {
             unimplemented!("not used by the hook")
         }
         fn update_allocs<'a>(

@@ -189,6 +189,11 @@ pub struct Tables {
     /// has to be built to look one up).
     allocs_by_job: HashMap<String, HashMap<String, BTreeSet<String>>>,
     allocs_by_node: HashMap<String, BTreeSet<String>>,
+    /// Per node, the index of the last server-side change to its
+    /// allocations (one placed, changed by the server, or removed): what a
+    /// client's blocking query waits on, so that other writes (its own
+    /// status reports among them) do not wake it.
+    node_alloc_index: HashMap<String, u64>,
     /// Ordered by node ID, like `nodes`, so that `placement_nodes` pairs
     /// them up without a lookup per node.
     allocated_by_node: BTreeMap<String, NodeAllocated>,
@@ -259,9 +264,23 @@ impl Tables {
         }
     }
 
+    /// Records a server-side change to `node`'s allocations at `index`.
+    fn touch_node_allocs(&mut self, node: &str, index: u64) {
+        let at = self.node_alloc_index.entry(node.to_string()).or_default();
+        *at = (*at).max(index);
+    }
+
     fn insert_alloc(&mut self, alloc: Allocation) {
         let alloc = Arc::new(alloc);
         let old = self.allocs.insert(alloc.id.clone(), Arc::clone(&alloc));
+        match &old {
+            Some(o) if o.node_id != alloc.node_id => {
+                self.touch_node_allocs(&o.node_id, alloc.alloc_modify_index);
+                self.touch_node_allocs(&alloc.node_id, alloc.alloc_modify_index);
+            }
+            Some(o) if o.alloc_modify_index == alloc.alloc_modify_index => {}
+            _ => self.touch_node_allocs(&alloc.node_id, alloc.alloc_modify_index),
+        }
         if old.as_ref().is_some_and(|o| o.holds_csi_claims()) || alloc.holds_csi_claims() {
             self.index_claims(old.as_deref(), Some(&alloc));
         }
@@ -296,6 +315,7 @@ impl Tables {
 
     fn remove_alloc(&mut self, id: &str) {
         if let Some(old) = self.allocs.remove(id) {
+            self.touch_node_allocs(&old.node_id, self.index);
             if old.holds_csi_claims() {
                 self.index_claims(Some(&old), None);
             }
@@ -402,6 +422,24 @@ impl Tables {
             .get(node_id)
             .map(|ids| ids.iter().filter_map(|id| self.allocs.get(id).cloned()).collect())
             .unwrap_or_default()
+    }
+
+    /// The index of the last server-side change to the node's allocations
+    /// (0 if none since the server started or the node appeared).
+    pub fn node_alloc_index(&self, node_id: &str) -> u64 {
+        self.node_alloc_index.get(node_id).copied().unwrap_or(0)
+    }
+
+    /// The node's allocations as ID → `AllocModifyIndex`, what a client
+    /// compares with what it runs to fetch only what changed.
+    pub fn node_alloc_indexes(&self, node_id: &str) -> BTreeMap<String, u64> {
+        self.allocs_by_node
+            .get(node_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.allocs.get(id))
+            .map(|a| (a.id.clone(), a.alloc_modify_index))
+            .collect()
     }
 
     /// The IDs of the allocations placed on one node (no clones).
@@ -535,6 +573,27 @@ impl StateStore {
         let mut rx = self.watch();
         let _ = tokio::time::timeout(wait, rx.wait_for(|i| *i > min)).await;
         self.index()
+    }
+
+    /// Waits until a server-side change to the node's allocations passes
+    /// `min` or `wait` elapses; returns the node's allocation index (at
+    /// least 1). Writes that do not touch the node's allocations do not
+    /// end the wait; `min` 0 does not wait (a client's first query).
+    pub async fn wait_node_allocs(&self, node_id: &str, min: u64, wait: std::time::Duration) -> u64 {
+        if min == 0 {
+            return self.snapshot().node_alloc_index(node_id).max(1);
+        }
+        let mut rx = self.watch();
+        let moved = |s: &Self| s.snapshot().node_alloc_index(node_id) > min;
+        let _ = tokio::time::timeout(wait, async {
+            while !moved(self) {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        self.snapshot().node_alloc_index(node_id).max(1)
     }
 
     /// Commits a batch: assigns the next index to every object in it,
@@ -709,6 +768,49 @@ mod tests {
         assert_eq!(store.snapshot().allocated_on_node("n2").unwrap().allocs, 1);
         store.apply(WriteBatch { delete_allocs: vec!["a1".into()], ..Default::default() }).unwrap();
         assert_eq!(store.snapshot().allocated_on_node("n2").unwrap(), &NodeAllocated::default());
+    }
+
+    #[tokio::test]
+    async fn a_nodes_allocation_index_moves_only_with_server_changes_to_its_allocations() {
+        use crate::structs::{client_status, desired};
+        let store = StateStore::in_memory();
+        let a = Allocation {
+            id: "a1".into(),
+            namespace: "default".into(),
+            job_id: "web".into(),
+            node_id: "n1".into(),
+            desired_status: desired::RUN.into(),
+            ..Default::default()
+        };
+        let placed = store.apply(WriteBatch { allocs: vec![a.clone()], ..Default::default() }).unwrap();
+        let node_index = |n: &str| store.snapshot().node_alloc_index(n);
+        assert_eq!(node_index("n1"), placed);
+        assert_eq!(store.snapshot().node_alloc_indexes("n1"), BTreeMap::from([("a1".to_string(), placed)]));
+        // The client's status report, and writes elsewhere, leave it.
+        let mut running = a.clone();
+        running.client_status = client_status::RUNNING.into();
+        store.apply(WriteBatch { allocs: vec![running.clone()], ..Default::default() }).unwrap();
+        let mut elsewhere = a.clone();
+        elsewhere.id = "b1".into();
+        elsewhere.node_id = "n2".into();
+        store.apply(WriteBatch { allocs: vec![elsewhere], ..Default::default() }).unwrap();
+        assert_eq!(node_index("n1"), placed);
+        let short = std::time::Duration::from_millis(50);
+        assert_eq!(store.wait_node_allocs("n1", placed, short).await, placed, "no wake-up for n1");
+        // The server stopping it moves it, and wakes a waiter.
+        let waiter = store.wait_node_allocs("n1", placed, std::time::Duration::from_secs(10));
+        let mut stopped = running;
+        stopped.desired_status = desired::STOP.into();
+        let stop = async {
+            tokio::task::yield_now().await;
+            store.apply(WriteBatch { allocs: vec![stopped], ..Default::default() }).unwrap()
+        };
+        let (woke, stop_index) = tokio::join!(waiter, stop);
+        assert_eq!(woke, stop_index);
+        // So does its removal.
+        let gone = store.apply(WriteBatch { delete_allocs: vec!["a1".into()], ..Default::default() }).unwrap();
+        assert_eq!(node_index("n1"), gone);
+        assert!(store.snapshot().node_alloc_indexes("n1").is_empty());
     }
 
     #[test]
