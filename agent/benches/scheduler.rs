@@ -39,6 +39,7 @@ fn make_node(i: usize) -> Node {
     n.node_resources.cpu.cpu_shares = NODE_CPU_MHZ;
     n.node_resources.cpu.total_core_count = 4;
     n.node_resources.memory.memory_mb = NODE_MEMORY_MB;
+    n.node_resources.disk.disk_mb = 1024 * 1024;
     n.attributes.insert("kernel.name".into(), "linux".into());
     n.attributes.insert("cpu.numcores".into(), "4".into());
     n.attributes.insert("unique.network.ip-address".into(), format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255));

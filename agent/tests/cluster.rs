@@ -244,3 +244,45 @@ fn a_write_reaches_only_the_client_whose_allocations_it_changes() {
     assert_eq!(server.cli(&["job", "stop", "-purge", "first"]).code, 0);
     assert_eq!(server.cli(&["job", "stop", "-purge", "second"]).code, 0);
 }
+
+/// `/v1/agent/health` and the leader headers tell the truth: a client
+/// agent is healthy while its server answers its heartbeats and says so
+/// when it stops; nodes report the free disk they place ephemeral disks on.
+#[test]
+fn agent_health_and_leader_headers_follow_the_servers() {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = server(root.path());
+    let one = client(root.path(), "health1", server.rpc);
+    wait_for("a ready node", Duration::from_secs(20), || (ready_nodes(&server) == 1).then_some(()));
+    let get = |agent: &Agent, path: &str| {
+        let resp = reqwest::blocking::get(format!("http://127.0.0.1:{}{path}", agent.http)).unwrap();
+        let header = |h: &str| resp.headers().get(h).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let headers = (header("X-Nomad-KnownLeader"), header("X-Nomad-LastContact"));
+        (resp.status().as_u16(), headers, resp.json::<serde_json::Value>().unwrap_or_default())
+    };
+    let (status, _, body) = get(&server, "/v1/agent/health");
+    assert_eq!((status, &body["server"]["ok"]), (200, &serde_json::json!(true)), "{body}");
+    let (status, _, body) = get(&one, "/v1/agent/health");
+    assert_eq!((status, body["client"]["ok"].as_bool()), (200, Some(true)), "{body}");
+    assert!(body.get("server").is_none(), "a client agent has no server part: {body}");
+    let (_, (known_self, contact), _) = get(&one, "/v1/agent/self");
+    assert_eq!(known_self, "true");
+    assert!(contact.parse::<u64>().unwrap() < 3000, "last contact {contact} ms");
+
+    let node = &server.get("/v1/nodes")[0];
+    let node = server.get(&format!("/v1/node/{}", node["ID"].as_str().unwrap()));
+    let free: u64 = node["Attributes"]["unique.storage.bytesfree"].as_str().unwrap().parse().unwrap();
+    assert!(free > 0, "{node}");
+    assert_eq!(node["NodeResources"]["Disk"]["DiskMB"].as_u64(), Some(free >> 20), "{node}");
+
+    // The server goes away: within a TTL (3 s here) the client says so.
+    server.kill();
+    let body = wait_for("the client to report losing its servers", Duration::from_secs(20), || {
+        let (status, _, body) = get(&one, "/v1/agent/health");
+        (status == 500).then_some(body)
+    });
+    assert_eq!(body["client"]["ok"], false, "{body}");
+    assert!(body["client"]["message"].as_str().unwrap().contains("no answer from the servers"), "{body}");
+    let (_, (known, _), _) = get(&one, "/v1/agent/self");
+    assert_eq!(known, "false");
+}

@@ -1,5 +1,6 @@
-//! Node fingerprinting: CPU (total MHz across cores), memory, hostname,
-//! kernel, OS and address attributes, as Nomad's fingerprinters name them.
+//! Node fingerprinting: CPU (total MHz across cores), memory, the storage
+//! under the data dir, hostname, kernel, OS and address attributes, as
+//! Nomad's fingerprinters name them.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,16 @@ pub struct HostFacts {
     pub cores: u64,
     /// Memory in MB.
     pub memory_mb: u64,
+    /// Free space (MB) on the filesystem of the data dir: what ephemeral
+    /// disks are placed against (Nomad's `DiskMB`).
+    pub disk_free_mb: u64,
+}
+
+/// Total and free bytes of the filesystem holding `dir`.
+fn storage(dir: &std::path::Path) -> Option<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let block = st.fragment_size() as u64;
+    Some((st.blocks() as u64 * block, st.blocks_available() as u64 * block))
 }
 
 fn read(path: &str) -> String {
@@ -58,8 +69,9 @@ fn os_release() -> (String, String) {
     (get("ID"), get("VERSION_ID"))
 }
 
-/// Fingerprints this host; `address` is the node's advertised IP.
-pub fn fingerprint(address: &str) -> HostFacts {
+/// Fingerprints this host; `address` is the node's advertised IP and
+/// `data_dir` the agent's data dir (allocation directories live under it).
+pub fn fingerprint(address: &str, data_dir: &std::path::Path) -> HostFacts {
     let uts = nix::sys::utsname::uname().ok();
     let field = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
         uts.as_ref().map(|u| f(u).to_string_lossy().into_owned()).unwrap_or_default()
@@ -89,7 +101,11 @@ pub fn fingerprint(address: &str) -> HostFacts {
     attrs.insert("berth.version".into(), crate::VERSION.to_string());
     let memory_mb = memory_mb(&read("/proc/meminfo"));
     attrs.insert("memory.totalbytes".into(), (memory_mb * 1024 * 1024).to_string());
-    HostFacts { attributes: attrs, cpu_mhz: mhz * cores, cores, memory_mb }
+    let (total, free) = storage(data_dir).unwrap_or_default();
+    attrs.insert("unique.storage.volume".into(), data_dir.display().to_string());
+    attrs.insert("unique.storage.bytestotal".into(), total.to_string());
+    attrs.insert("unique.storage.bytesfree".into(), free.to_string());
+    HostFacts { attributes: attrs, cpu_mhz: mhz * cores, cores, memory_mb, disk_free_mb: free / (1024 * 1024) }
 }
 
 #[cfg(test)]
@@ -100,8 +116,12 @@ mod tests {
     fn parses_proc_files() {
         assert_eq!(core_mhz("processor: 0\ncpu MHz\t\t: 2399.998\nprocessor: 1\ncpu MHz : 2500.0\n"), 2500);
         assert_eq!(memory_mb("MemTotal:       24576000 kB\nMemFree: 1 kB\n"), 24000);
-        let facts = fingerprint("127.0.0.1");
+        let dir = tempfile::tempdir().unwrap();
+        let facts = fingerprint("127.0.0.1", dir.path());
         assert_eq!(facts.attributes["kernel.name"], "linux");
         assert!(facts.cpu_mhz > 0 && facts.memory_mb > 0);
+        let (total, free) = storage(dir.path()).unwrap();
+        assert!(total >= free && free > 0, "{total} {free}");
+        assert_eq!(facts.disk_free_mb, facts.attributes["unique.storage.bytesfree"].parse::<u64>().unwrap() >> 20);
     }
 }

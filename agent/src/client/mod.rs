@@ -133,6 +133,18 @@ pub struct Client {
     shutdown: CancellationToken,
     network: Arc<cni::BridgeNetwork>,
     csi: Arc<csi::CsiManager>,
+    /// When the servers last answered a registration or heartbeat, and the
+    /// TTL they gave.
+    contact: parking_lot::Mutex<Option<(tokio::time::Instant, Duration)>>,
+}
+
+/// Whether the client is in touch with its servers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerContact {
+    /// The last heartbeat was answered this long ago, within its TTL.
+    Current(Duration),
+    /// Never answered, or not within the TTL.
+    Lost(String),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -202,6 +214,7 @@ impl Client {
             shutdown,
             network,
             csi: Arc::new(csi::CsiManager::new(client_dir.join("csi"), config_probe_interval)),
+            contact: parking_lot::Mutex::new(None),
         });
         if let Some(synology) = &client.config.synology {
             synology.start(client.csi.clone(), &ident.id).map_err(ClientError::BuiltinPlugin)?;
@@ -215,7 +228,7 @@ impl Client {
     }
 
     async fn build_node(config: &ClientConfig, ident: &Identity, drivers: &BTreeMap<String, Arc<dyn Driver>>) -> Node {
-        let facts = fingerprint::fingerprint(&config.advertise_ip);
+        let facts = fingerprint::fingerprint(&config.advertise_ip, &config.data_dir);
         let mut node = Node {
             id: ident.id.clone(),
             secret_id: ident.secret.clone(),
@@ -226,7 +239,7 @@ impl Client {
             node_resources: NodeResources {
                 cpu: NodeCpu { cpu_shares: facts.cpu_mhz, total_core_count: facts.cores },
                 memory: NodeMemory { memory_mb: facts.memory_mb },
-                disk: NodeDisk { disk_mb: 0 },
+                disk: NodeDisk { disk_mb: facts.disk_free_mb },
                 min_dynamic_port: 20000,
                 max_dynamic_port: 32000,
             },
@@ -294,6 +307,19 @@ impl Client {
     /// The node's CSI plugin registry.
     pub fn csi(&self) -> &csi::CsiManager {
         &self.csi
+    }
+
+    /// Whether the servers answer this client's heartbeats.
+    pub fn server_contact(&self) -> ServerContact {
+        match *self.contact.lock() {
+            None => ServerContact::Lost("no known servers".into()),
+            Some((at, ttl)) if at.elapsed() > ttl => ServerContact::Lost(format!(
+                "no answer from the servers for {}s (heartbeat TTL {}s)",
+                at.elapsed().as_secs(),
+                ttl.as_secs()
+            )),
+            Some((at, _)) => ServerContact::Current(at.elapsed()),
+        }
     }
 
     /// True when the allocation has a runner on this client.
@@ -387,6 +413,7 @@ impl Client {
                     if !registered {
                         tracing::info!(node_id = %node.id, "node registered");
                     }
+                    *self.contact.lock() = Some((tokio::time::Instant::now(), t));
                     registered = true;
                     ttl = t;
                     backoff = Duration::from_millis(250);

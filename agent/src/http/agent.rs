@@ -59,12 +59,32 @@ pub async fn members(State(api): ApiState) -> ApiResult {
     Ok(json_with_index(&body, index(&api), false))
 }
 
+/// `GET /v1/agent/health`: the client is healthy while its servers answer
+/// its heartbeats, the server while its state store commits; 500 when
+/// either is not (Nomad's shape).
 pub async fn health(State(api): ApiState) -> ApiResult {
-    let body = json!({
-        "client": api.client.as_ref().map(|_| json!({"ok": true, "message": "ok"})),
-        "server": api.server.as_ref().map(|_| json!({"ok": true, "message": "ok"})),
+    let part = |problem: Option<String>| match problem {
+        None => json!({"ok": true, "message": "ok"}),
+        Some(why) => json!({"ok": false, "message": why}),
+    };
+    let client = api.client.as_ref().map(|c| match c.server_contact() {
+        crate::client::ServerContact::Current(_) => None,
+        crate::client::ServerContact::Lost(why) => Some(why),
     });
-    Ok(json_with_index(&body, index(&api), false))
+    let server = api.server.as_ref().map(|s| s.state.commit_error().map(|e| format!("state store: {e}")));
+    let healthy = client.iter().chain(server.iter()).all(Option::is_none);
+    let mut body = serde_json::Map::new();
+    if let Some(c) = client {
+        body.insert("client".into(), part(c));
+    }
+    if let Some(s) = server {
+        body.insert("server".into(), part(s));
+    }
+    let mut resp = json_with_index(&body, index(&api), false);
+    if !healthy {
+        *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    Ok(resp)
 }
 
 pub async fn leader(State(api): ApiState) -> ApiResult {

@@ -123,8 +123,30 @@ pub fn json_with_index<T: Serialize>(value: &T, index: u64, pretty: bool) -> Res
     let h = resp.headers_mut();
     h.insert("Content-Type", HeaderValue::from_static("application/json"));
     h.insert("X-Nomad-Index", HeaderValue::from(index.max(1)));
-    h.insert("X-Nomad-KnownLeader", HeaderValue::from_static("true"));
-    h.insert("X-Nomad-LastContact", HeaderValue::from_static("0"));
+    resp
+}
+
+/// Adds Nomad's `X-Nomad-KnownLeader` and `X-Nomad-LastContact` to query
+/// answers that do not carry them (a forwarded answer keeps its
+/// server's): a server agent is the leader (one server: contact 0 ms); a
+/// client-only agent knows a leader while its servers answer its
+/// heartbeats, and reports how long ago the last answer came.
+async fn leader_headers(State(api): State<Api>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    if !h.contains_key("X-Nomad-Index") || h.contains_key("X-Nomad-KnownLeader") {
+        return resp;
+    }
+    let (known, contact_ms) = match (&api.server, &api.client) {
+        (Some(_), _) => (true, 0),
+        (None, Some(c)) => match c.server_contact() {
+            crate::client::ServerContact::Current(d) => (true, d.as_millis() as u64),
+            crate::client::ServerContact::Lost(_) => (false, 0),
+        },
+        (None, None) => (false, 0),
+    };
+    h.insert("X-Nomad-KnownLeader", HeaderValue::from_static(if known { "true" } else { "false" }));
+    h.insert("X-Nomad-LastContact", HeaderValue::from(contact_ms));
     resp
 }
 
@@ -228,7 +250,10 @@ pub fn router(api: Api) -> Router {
         .route("/v1/metrics", get(agent::metrics))
         .route("/v1/internal/client/csi/{plugin}", put(volumes::client_call));
     let routes = if api.server.is_some() { local.merge(server_routes()) } else { local };
-    routes.fallback(agent::fallback).with_state(api)
+    routes
+        .fallback(agent::fallback)
+        .layer(axum::middleware::from_fn_with_state(api.clone(), leader_headers))
+        .with_state(api)
 }
 
 fn server_routes() -> Router<Api> {

@@ -396,6 +396,11 @@ impl TaskGroup {
         self.volumes.values().filter(|v| v.volume_type == "csi").map(|v| (v.volume_id(index), v)).collect()
     }
 
+    /// The group's `ephemeral_disk` size in MB (0 when it has none).
+    pub fn ephemeral_disk_mb(&self) -> u64 {
+        self.ephemeral_disk.as_ref().map(|d| d.size_mb).unwrap_or(0)
+    }
+
     /// Total CPU (MHz) and memory (MB) asked for by the group's tasks.
     pub fn resource_ask(&self) -> (u64, u64) {
         self.tasks.iter().filter_map(|t| t.resources.as_ref()).fold((0, 0), |(c, m), r| (c + r.cpu, m + r.memory_mb))

@@ -29,6 +29,7 @@ pub const DEFAULT_MAX_DYNAMIC_PORT: u16 = 32000;
 struct NodeUsage {
     cpu: u64,
     memory_mb: u64,
+    disk_mb: u64,
     ports: HashSet<u16>,
     /// Allocations of the job being placed, per group name, for
     /// anti-affinity and distinct_hosts (a placer serves a single job).
@@ -83,6 +84,8 @@ struct Ask<'t> {
     count: u32,
     cpu: u64,
     memory_mb: u64,
+    /// The group's `ephemeral_disk` size.
+    disk_mb: u64,
     distinct: bool,
     /// Static ports as (label, value).
     static_ports: Vec<(&'t str, u16)>,
@@ -111,6 +114,7 @@ impl<'t> Ask<'t> {
             count: tg.count,
             cpu,
             memory_mb,
+            disk_mb: tg.ephemeral_disk_mb(),
             distinct: feasible::wants_distinct_hosts(job, tg),
             static_ports,
             index,
@@ -181,6 +185,7 @@ impl<'a> Placer<'a> {
             if let Some(used) = used {
                 u.cpu = used.cpu;
                 u.memory_mb = used.memory_mb;
+                u.disk_mb = used.disk_mb;
                 u.ports = used.ports.keys().copied().collect();
             }
             // Only this job's own allocations can be freed by this plan, and
@@ -193,6 +198,7 @@ impl<'a> Placer<'a> {
                             u.cpu = u.cpu.saturating_sub(t.cpu.cpu_shares);
                             u.memory_mb = u.memory_mb.saturating_sub(t.memory.memory_mb);
                         }
+                        u.disk_mb = u.disk_mb.saturating_sub(a.allocated_resources.shared.disk_mb);
                         freed_ports.extend(a.allocated_resources.shared.ports.iter().map(|p| p.value));
                     } else {
                         *u.groups.entry(a.task_group.clone()).or_default() += 1;
@@ -223,6 +229,7 @@ impl<'a> Placer<'a> {
             u.cpu = u.cpu.saturating_sub(t.cpu.cpu_shares);
             u.memory_mb = u.memory_mb.saturating_sub(t.memory.memory_mb);
         }
+        u.disk_mb = u.disk_mb.saturating_sub(alloc.allocated_resources.shared.disk_mb);
         for p in &alloc.allocated_resources.shared.ports {
             u.ports.remove(&p.value);
         }
@@ -398,9 +405,9 @@ impl<'a> Placer<'a> {
                 return None;
             }
         }
-        let (total_cpu, total_mem) = {
+        let (total_cpu, total_mem, total_disk) = {
             let r = &self.nodes[i].node.node_resources;
-            (r.cpu.cpu_shares, r.memory.memory_mb)
+            (r.cpu.cpu_shares, r.memory.memory_mb, r.disk.disk_mb)
         };
         let u = self.usage(i);
         let collisions = u.groups.get(ask.group).copied().unwrap_or(0);
@@ -410,6 +417,8 @@ impl<'a> Placer<'a> {
             Some(Some("cpu".into()))
         } else if u.memory_mb + ask.memory_mb > total_mem {
             Some(Some("memory".into()))
+        } else if u.disk_mb + ask.disk_mb > total_disk {
+            Some(Some("disk".into()))
         } else {
             ask.static_ports
                 .iter()
@@ -502,7 +511,8 @@ impl<'a> Placer<'a> {
                 }
             }
         }
-        let disk_mb = tg.ephemeral_disk.as_ref().map(|d| d.size_mb).unwrap_or(0);
+        let disk_mb = tg.ephemeral_disk_mb();
+        u.disk_mb += disk_mb;
         Some(Placement {
             node,
             resources: AllocatedResources { tasks, shared: AllocatedSharedResources { disk_mb, networks, ports } },

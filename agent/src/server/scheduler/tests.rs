@@ -37,6 +37,7 @@ fn node(name: &str, cpu: u64, memory_mb: u64) -> Node {
     };
     n.node_resources.cpu.cpu_shares = cpu;
     n.node_resources.memory.memory_mb = memory_mb;
+    n.node_resources.disk.disk_mb = 100 * 1024;
     n.attributes.insert("kernel.name".into(), "linux".into());
     n.attributes.insert("unique.network.ip-address".into(), "10.0.0.1".into());
     n.drivers.insert(
@@ -582,6 +583,28 @@ fn cpu_exhaustion_reports_dimension() {
     assert_eq!(m.dimension_exhausted.get("cpu"), Some(&1));
     assert_eq!(plan.queued["web"], 1);
     assert_eq!(m.coalesced_failures, 0);
+}
+
+#[test]
+fn ephemeral_disk_is_placed_against_the_nodes_free_disk() {
+    let h = Harness::new();
+    // Room for two 300 MB ephemeral disks (the default size) on each node.
+    for name in ["small-1", "small-2"] {
+        let mut n = node(name, 20000, 16384);
+        n.node_resources.disk.disk_mb = 700;
+        h.add_node(n);
+    }
+    h.register(job("web", 5));
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 4);
+    assert!(plan.place.iter().all(|a| a.allocated_resources.shared.disk_mb == 300));
+    let m = &plan.failed_tg_allocs["web"];
+    assert_eq!(m.dimension_exhausted.get("disk"), Some(&2), "{:?}", m.dimension_exhausted);
+    // Stopping the job gives the disk back.
+    h.stop_job("web");
+    h.eval("web");
+    h.register(job("db", 2));
+    assert_eq!(h.eval("db").place.len(), 2);
 }
 
 #[test]

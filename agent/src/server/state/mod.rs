@@ -101,6 +101,8 @@ pub struct NodeAllocated {
     pub cpu: u64,
     /// Memory (MB) of every task.
     pub memory_mb: u64,
+    /// Ephemeral disk (MB) of every allocation.
+    pub disk_mb: u64,
     /// Host ports in use, with how many allocations hold each.
     pub ports: BTreeMap<u16, u32>,
     /// Number of live allocations.
@@ -113,6 +115,7 @@ impl NodeAllocated {
             self.cpu += t.cpu.cpu_shares;
             self.memory_mb += t.memory.memory_mb;
         }
+        self.disk_mb += a.allocated_resources.shared.disk_mb;
         for p in &a.allocated_resources.shared.ports {
             *self.ports.entry(p.value).or_default() += 1;
         }
@@ -124,6 +127,7 @@ impl NodeAllocated {
             self.cpu = self.cpu.saturating_sub(t.cpu.cpu_shares);
             self.memory_mb = self.memory_mb.saturating_sub(t.memory.memory_mb);
         }
+        self.disk_mb = self.disk_mb.saturating_sub(a.allocated_resources.shared.disk_mb);
         for p in &a.allocated_resources.shared.ports {
             if let Some(n) = self.ports.get_mut(&p.value) {
                 *n -= 1;
@@ -533,6 +537,8 @@ pub struct StateStore {
     persist: Option<persist::Persist>,
     index_tx: watch::Sender<u64>,
     write_lock: Mutex<()>,
+    /// Why the last commit failed, until one succeeds (agent health).
+    commit_error: Mutex<Option<String>>,
 }
 
 impl StateStore {
@@ -550,7 +556,13 @@ impl StateStore {
 
     fn with_tables(tables: Tables, persist: Option<persist::Persist>) -> Self {
         let (index_tx, _) = watch::channel(tables.index.max(1));
-        StateStore { tables: Mutex::new(Arc::new(tables)), persist, index_tx, write_lock: Mutex::new(()) }
+        StateStore {
+            tables: Mutex::new(Arc::new(tables)),
+            persist,
+            index_tx,
+            write_lock: Mutex::new(()),
+            commit_error: Mutex::new(None),
+        }
     }
 
     /// A consistent read-only view; never changes after it is taken.
@@ -561,6 +573,12 @@ impl StateStore {
     /// The index of the last write (at least 1, as in Nomad).
     pub fn index(&self) -> u64 {
         *self.index_tx.borrow()
+    }
+
+    /// Why the last write could not be committed, while no later one has
+    /// been.
+    pub fn commit_error(&self) -> Option<String> {
+        self.commit_error.lock().clone()
     }
 
     /// A receiver that changes whenever a write lands (for blocking queries).
@@ -652,7 +670,11 @@ impl StateStore {
             d.modify_index = index;
         }
         if let Some(p) = &self.persist {
-            p.commit(index, &batch)?;
+            if let Err(e) = p.commit(index, &batch) {
+                *self.commit_error.lock() = Some(e.to_string());
+                return Err(e);
+            }
+            *self.commit_error.lock() = None;
         }
         drop(current);
         {
