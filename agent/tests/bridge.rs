@@ -272,6 +272,13 @@ fn bridge_job_ports_peers_egress_and_clean_teardown() {
         l.contains("egress=").then_some(l)
     });
     assert!(out.contains(&format!("alloc-ip={ip1} port=8080 host-port={p1}")), "{out}");
+    // The API carries the address as Nomad's NetworkStatus.
+    let status = wait_for("the allocation's NetworkStatus", Duration::from_secs(10), || {
+        let a = agent.get(&format!("/v1/allocation/{a1}"));
+        a["NetworkStatus"]["Address"].as_str().map(|_| a["NetworkStatus"].clone())
+    });
+    assert_eq!(status["Address"], ip1.as_str(), "{status}");
+    assert_eq!(status["InterfaceName"], "eth0", "{status}");
     // Egress from the namespace to a host-side listener.
     assert!(out.contains("egress=egress-ok"), "{out}");
 
@@ -410,6 +417,7 @@ fn a_cni_mode_job_runs_the_operators_conflist_with_real_plugins() {
     let out = logs(&agent, &alloc);
     let ip = sh(&format!("ip netns exec cni-{alloc} ip -4 -o addr show dev eth0 | awk '{{print $4}}' | cut -d/ -f1"));
     assert!(out.contains(&format!("alloc-ip={ip} ")), "{out}");
+    assert_eq!(agent.get(&format!("/v1/allocation/{alloc}"))["NetworkStatus"]["Address"], ip.as_str());
 
     assert_eq!(agent.cli(&["job", "stop", "-purge", "labweb"]).code, 0);
     wait_for("the CNI DEL ran", Duration::from_secs(30), || {

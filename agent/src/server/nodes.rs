@@ -224,6 +224,9 @@ impl Server {
             a.client_status = u.client_status;
             a.client_description = u.client_description;
             a.task_states = u.task_states;
+            if u.network_status.is_some() {
+                a.network_status = u.network_status;
+            }
             if u.csi_volumes_released && !old.csi_volumes_released {
                 a.csi_volumes_released = true;
                 freed = true;

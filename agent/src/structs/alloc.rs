@@ -91,6 +91,20 @@ pub struct Allocation {
     pub csi_release_reason: String,
     pub create_time: i64,
     pub modify_time: i64,
+    /// The address the allocation's bridge or CNI network gave it, as its
+    /// client reported it.
+    pub network_status: Option<AllocNetworkStatus>,
+}
+
+/// Nomad's `AllocNetworkStatus`: the interface and address of an
+/// allocation in a network namespace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AllocNetworkStatus {
+    pub interface_name: String,
+    pub address: String,
+    #[serde(rename = "AddressIPv6")]
+    pub address_ipv6: String,
 }
 
 /// Resources granted to an allocation.

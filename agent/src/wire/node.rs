@@ -64,4 +64,6 @@ pub struct AllocClientUpdate {
     /// The client has unpublished the allocation's CSI volumes.
     #[serde(rename = "CSIVolumesReleased", default)]
     pub csi_volumes_released: bool,
+    /// The allocation's address in its bridge or CNI network.
+    pub network_status: Option<crate::structs::AllocNetworkStatus>,
 }

@@ -121,6 +121,8 @@ struct Runner {
     deps: RunnerDeps,
     hooks: Vec<Box<dyn AllocHook>>,
     reported: Option<(String, BTreeMap<String, TaskState>, bool)>,
+    /// The address the network hook gave the allocation (bridge, CNI).
+    network_status: Option<crate::structs::AllocNetworkStatus>,
     /// The request channels of the task runners, by task.
     controls: BTreeMap<String, mpsc::UnboundedSender<TaskControl>>,
 }
@@ -154,6 +156,7 @@ impl Runner {
             client_description: desc.into(),
             task_states: self.persisted.task_states.clone(),
             csi_volumes_released: self.persisted.csi_volumes_released,
+            network_status: self.network_status.clone(),
         });
     }
 
@@ -401,6 +404,7 @@ async fn run(
         deps,
         hooks,
         reported: None,
+        network_status: None,
         controls: BTreeMap::new(),
     };
     let kill = CancellationToken::new();
@@ -419,6 +423,10 @@ async fn run(
     } else {
         match r.setup(&mut commands).await {
             Setup::Ready(res) => match r.start_tasks(&kill, &task_tx, &res) {
+                Ok(()) if res.network.as_ref().is_some_and(|n| n.is_addressed()) => {
+                    r.network_status = res.network.as_ref().map(|n| n.status());
+                    r.persist(false)
+                }
                 Ok(()) => r.persist(false),
                 Err(e) => r.setup_failed(&e, &kill, &task_tx).await,
             },

@@ -29,6 +29,23 @@ pub struct GroupNetwork {
     pub task: TaskNetwork,
 }
 
+impl GroupNetwork {
+    /// True for a network that gave the allocation an address of its own
+    /// (bridge, CNI), not loopback only (`none`).
+    pub fn is_addressed(&self) -> bool {
+        !self.alloc.ip.is_loopback()
+    }
+
+    /// Nomad's `NetworkStatus` of the allocation.
+    pub fn status(&self) -> crate::structs::AllocNetworkStatus {
+        crate::structs::AllocNetworkStatus {
+            interface_name: self.alloc.interface.clone(),
+            address: self.alloc.ip.to_string(),
+            address_ipv6: String::new(),
+        }
+    }
+}
+
 /// The allocation's network mode (`host` when none is given).
 pub fn network_mode(alloc: &Allocation) -> String {
     let from_alloc = alloc.allocated_resources.shared.networks.first().map(|n| n.mode.clone());
