@@ -82,9 +82,31 @@ impl From<ServerError> for ApiError {
             ServerError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ServerError::NotFound(_) => StatusCode::NOT_FOUND,
             ServerError::PermissionDenied => StatusCode::FORBIDDEN,
-            ServerError::State(_) | ServerError::Plugin(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServerError::Plugin(p) => plugin_status(p),
+            ServerError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
+    }
+}
+
+/// The HTTP status of a failed plugin call, from its gRPC code: what the
+/// request got wrong is a 4xx (NOT_FOUND a 404), a plugin or node that is
+/// away a 503 (worth a retry), the rest a 500.
+pub fn plugin_status(e: &crate::wire::csi::PluginError) -> StatusCode {
+    use crate::wire::csi::PluginCode;
+    match e.code {
+        PluginCode::NotFound => StatusCode::NOT_FOUND,
+        PluginCode::InvalidArgument
+        | PluginCode::FailedPrecondition
+        | PluginCode::OutOfRange
+        | PluginCode::AlreadyExists
+        | PluginCode::ResourceExhausted => StatusCode::BAD_REQUEST,
+        PluginCode::PermissionDenied | PluginCode::Unauthenticated => StatusCode::FORBIDDEN,
+        PluginCode::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        PluginCode::Unavailable | PluginCode::DeadlineExceeded | PluginCode::Aborted => StatusCode::SERVICE_UNAVAILABLE,
+        PluginCode::Cancelled | PluginCode::Unknown | PluginCode::Internal | PluginCode::DataLoss => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     }
 }
 
@@ -321,3 +343,24 @@ pub type ApiState = State<Api>;
 
 /// Header map alias for handlers.
 pub type Headers = HeaderMap;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::csi::{PluginCode, PluginError};
+
+    #[test]
+    fn plugin_errors_keep_their_code_to_the_http_status() {
+        let status = |code| ApiError::from(ServerError::Plugin(PluginError::new(code, "x").context("node n1"))).0;
+        assert_eq!(status(PluginCode::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(status(PluginCode::FailedPrecondition), StatusCode::BAD_REQUEST);
+        assert_eq!(status(PluginCode::Unavailable), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(PluginCode::Internal), StatusCode::INTERNAL_SERVER_ERROR);
+        // The code crosses the wire by its canonical gRPC name.
+        let e = PluginError::new(PluginCode::FailedPrecondition, "volume in use");
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(json, r#"{"Code":"FAILED_PRECONDITION","Message":"volume in use"}"#);
+        assert_eq!(serde_json::from_str::<PluginError>(&json).unwrap(), e);
+        assert!(PluginError::new(PluginCode::Unavailable, "").is_transient() && !e.is_transient());
+    }
+}

@@ -315,8 +315,13 @@ pub async fn client_call(api: ApiState, Path(plugin): Path<String>, headers: Hea
         return Err(ApiError(axum::http::StatusCode::FORBIDDEN, "Permission denied".into()));
     }
     let call: PluginCall = decode_body(&body)?;
-    let reply = crate::client::csi::calls::call_local(client.csi(), &plugin, call)
-        .await
-        .map_err(|e| ApiError(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    Ok(json_with_index(&reply, 1, false))
+    match crate::client::csi::calls::call_local(client.csi(), &plugin, call).await {
+        Ok(reply) => Ok(json_with_index(&reply, 1, false)),
+        // The plugin's error as JSON, so the server keeps its code.
+        Err(e) => {
+            let mut resp = json_with_index(&e, 1, false);
+            *resp.status_mut() = super::plugin_status(&e);
+            Ok(resp)
+        }
+    }
 }

@@ -41,9 +41,10 @@ pub enum ServerError {
     /// The state store failed (HTTP 500).
     #[error(transparent)]
     State(#[from] StateError),
-    /// A CSI plugin could not be reached or refused the call (HTTP 500).
+    /// A CSI plugin could not be reached or refused the call; its gRPC
+    /// code decides the HTTP status.
     #[error("{0}")]
-    Plugin(String),
+    Plugin(crate::wire::csi::PluginError),
 }
 
 /// How long evaluations of purged jobs are kept.

@@ -151,6 +151,58 @@ pub enum PluginReply {
     Snapshots(Vec<CsiSnapshot>),
 }
 
+/// The gRPC status of a failed plugin call, by its canonical name
+/// (`"NOT_FOUND"`); `Unavailable` also stands for a plugin that is not
+/// running healthy or a node that cannot be reached.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PluginCode {
+    Cancelled,
+    Unknown,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    ResourceExhausted,
+    FailedPrecondition,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    DataLoss,
+    Unauthenticated,
+}
+
+/// A failed plugin call: its code, kept from the node that made the call
+/// to the servers' HTTP answer, and what went wrong.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, thiserror::Error)]
+#[serde(rename_all = "PascalCase")]
+#[error("{message}")]
+pub struct PluginError {
+    pub code: PluginCode,
+    pub message: String,
+}
+
+impl PluginError {
+    /// An error with a code.
+    pub fn new(code: PluginCode, message: impl Into<String>) -> Self {
+        PluginError { code, message: message.into() }
+    }
+
+    /// The same error, its message prefixed with where it happened.
+    pub fn context(self, what: &str) -> Self {
+        PluginError { code: self.code, message: format!("{what}: {}", self.message) }
+    }
+
+    /// True when asking again later may succeed (the plugin or its node is
+    /// away, busy or slow).
+    pub fn is_transient(&self) -> bool {
+        matches!(self.code, PluginCode::Unavailable | PluginCode::DeadlineExceeded | PluginCode::Aborted)
+    }
+}
+
 /// Makes plugin calls on a given node.
 pub trait PluginCalls: Send + Sync {
     /// Calls `plugin_id`'s controller (or node plugin, for node calls) on `node`.
@@ -159,7 +211,7 @@ pub trait PluginCalls: Send + Sync {
         node: &'a Node,
         plugin_id: &'a str,
         call: PluginCall,
-    ) -> BoxFuture<'a, Result<PluginReply, String>>;
+    ) -> BoxFuture<'a, Result<PluginReply, PluginError>>;
 }
 
 /// What a client may do with an allocation's volumes now.

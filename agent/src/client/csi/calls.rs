@@ -2,6 +2,7 @@
 //! here on this node's plugins, and [`ClusterPluginCalls`], which routes a
 //! call to the node the server chose: this agent's own client in process,
 //! another client over its HTTP API (authenticated with that node's secret).
+//! A failure keeps the plugin's gRPC code on its way ([`PluginError`]).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use super::manager::{CsiManager, PluginEntry};
 use super::volume_hook::all_records;
 use crate::client::Client;
 use crate::structs::{CsiTopology, Node};
-use crate::wire::csi::{CsiSnapshot, PluginCall, PluginCalls, PluginReply};
+use crate::wire::csi::{CsiSnapshot, PluginCall, PluginCalls, PluginCode, PluginError, PluginReply};
 use crate::wire::node::NODE_SECRET_HEADER;
 
 fn capacity(min: i64, max: i64) -> Option<CapacityRange> {
@@ -41,12 +42,50 @@ fn snapshot(s: csi::v1::Snapshot) -> CsiSnapshot {
     }
 }
 
+/// The wire's name for a gRPC code.
+fn plugin_code(code: csi::Code) -> PluginCode {
+    use csi::Code;
+    match code {
+        Code::Cancelled => PluginCode::Cancelled,
+        Code::InvalidArgument => PluginCode::InvalidArgument,
+        Code::DeadlineExceeded => PluginCode::DeadlineExceeded,
+        Code::NotFound => PluginCode::NotFound,
+        Code::AlreadyExists => PluginCode::AlreadyExists,
+        Code::PermissionDenied => PluginCode::PermissionDenied,
+        Code::ResourceExhausted => PluginCode::ResourceExhausted,
+        Code::FailedPrecondition => PluginCode::FailedPrecondition,
+        Code::Aborted => PluginCode::Aborted,
+        Code::OutOfRange => PluginCode::OutOfRange,
+        Code::Unimplemented => PluginCode::Unimplemented,
+        Code::Internal => PluginCode::Internal,
+        Code::Unavailable => PluginCode::Unavailable,
+        Code::DataLoss => PluginCode::DataLoss,
+        Code::Unauthenticated => PluginCode::Unauthenticated,
+        Code::Ok | Code::Unknown => PluginCode::Unknown,
+    }
+}
+
+/// A failed call with its gRPC code; a plugin that could not be reached
+/// at all is UNAVAILABLE.
+fn call_error(e: csi::ClientError) -> PluginError {
+    let code = e.code().map(plugin_code).unwrap_or(PluginCode::Unavailable);
+    PluginError::new(code, e.to_string())
+}
+
+/// A reply without what the call must return: the plugin broke the spec.
+fn empty_reply(what: &str) -> PluginError {
+    PluginError::new(PluginCode::Internal, format!("{what} returned nothing"))
+}
+
 /// Makes one call on a plugin of this node.
-pub async fn call_local(manager: &CsiManager, plugin_id: &str, call: PluginCall) -> Result<PluginReply, String> {
-    let plugin = manager
-        .healthy(plugin_id)
-        .ok_or_else(|| format!("CSI plugin {plugin_id:?} is not running healthy on this node"))?;
-    let err = |e: csi::ClientError| e.to_string();
+pub async fn call_local(manager: &CsiManager, plugin_id: &str, call: PluginCall) -> Result<PluginReply, PluginError> {
+    let plugin = manager.healthy(plugin_id).ok_or_else(|| {
+        PluginError::new(
+            PluginCode::Unavailable,
+            format!("CSI plugin {plugin_id:?} is not running healthy on this node"),
+        )
+    })?;
+    let err = call_error;
     let c = &plugin.client;
     Ok(match call {
         PluginCall::Create {
@@ -85,7 +124,7 @@ pub async fn call_local(manager: &CsiManager, plugin_id: &str, call: PluginCall)
                 ..Default::default()
             };
             let volume =
-                c.create_volume(request).await.map_err(err)?.volume.ok_or("CreateVolume returned no volume")?;
+                c.create_volume(request).await.map_err(err)?.volume.ok_or_else(|| empty_reply("CreateVolume"))?;
             PluginReply::Volume {
                 external_id: volume.volume_id,
                 capacity: volume.capacity_bytes,
@@ -179,7 +218,8 @@ pub async fn call_local(manager: &CsiManager, plugin_id: &str, call: PluginCall)
                 secrets: secrets.0.into_iter().collect(),
                 parameters: parameters.into_iter().collect(),
             };
-            let s = c.create_snapshot(request).await.map_err(err)?.snapshot.ok_or("CreateSnapshot returned nothing")?;
+            let s =
+                c.create_snapshot(request).await.map_err(err)?.snapshot.ok_or_else(|| empty_reply("CreateSnapshot"))?;
             PluginReply::Snapshot(snapshot(s))
         }
         PluginCall::DeleteSnapshot { snapshot_id, secrets } => {
@@ -223,7 +263,7 @@ async fn node_expand(
     external_id: &str,
     range: Option<CapacityRange>,
     capability: Option<csi::v1::VolumeCapability>,
-) -> Result<PluginReply, String> {
+) -> Result<PluginReply, PluginError> {
     if !plugin.caps.node_expand {
         return Ok(PluginReply::Done);
     }
@@ -252,7 +292,7 @@ async fn node_expand(
             volume_capability: capability.clone(),
             secrets: Default::default(),
         };
-        capacity = plugin.client.node_expand_volume(request).await.map_err(|e| e.to_string())?.capacity_bytes;
+        capacity = plugin.client.node_expand_volume(request).await.map_err(call_error)?.capacity_bytes;
     }
     Ok(PluginReply::Expanded { capacity, node_expansion_required: false })
 }
@@ -266,9 +306,10 @@ pub struct ClusterPluginCalls {
 }
 
 impl ClusterPluginCalls {
-    async fn remote(&self, node: &Node, plugin_id: &str, call: PluginCall) -> Result<PluginReply, String> {
+    async fn remote(&self, node: &Node, plugin_id: &str, call: PluginCall) -> Result<PluginReply, PluginError> {
+        let unreachable = |why: String| PluginError::new(PluginCode::Unavailable, why);
         if node.http_addr.is_empty() {
-            return Err(format!("node {} has no HTTP address to reach its plugins", node.name));
+            return Err(unreachable(format!("node {} has no HTTP address to reach its plugins", node.name)));
         }
         let base = if node.http_addr.starts_with("http") {
             node.http_addr.clone()
@@ -283,12 +324,18 @@ impl ClusterPluginCalls {
             .json(&call)
             .send()
             .await
-            .map_err(|e| format!("reaching node {} at {base}: {e}", node.name))?;
+            .map_err(|e| unreachable(format!("reaching node {} at {base}: {e}", node.name)))?;
         if !resp.status().is_success() {
             let status = resp.status();
-            return Err(format!("node {}: {status}: {}", node.name, resp.text().await.unwrap_or_default()));
+            let body = resp.text().await.unwrap_or_default();
+            // The node's plugin failed (its error, with its code), or the
+            // node refused the call itself.
+            return Err(match serde_json::from_str::<PluginError>(&body) {
+                Ok(e) => e,
+                Err(_) => PluginError::new(PluginCode::Unknown, format!("node {}: {status}: {body}", node.name)),
+            });
         }
-        resp.json().await.map_err(|e| format!("node {}: {e}", node.name))
+        resp.json().await.map_err(|e| PluginError::new(PluginCode::Unknown, format!("node {}: {e}", node.name)))
     }
 }
 
@@ -298,7 +345,7 @@ impl PluginCalls for ClusterPluginCalls {
         node: &'a Node,
         plugin_id: &'a str,
         call: PluginCall,
-    ) -> BoxFuture<'a, Result<PluginReply, String>> {
+    ) -> BoxFuture<'a, Result<PluginReply, PluginError>> {
         async move {
             let local: Option<Arc<Client>> = self.local.as_ref().and_then(Weak::upgrade);
             match local {

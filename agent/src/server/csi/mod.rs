@@ -21,7 +21,9 @@ use crate::structs::{
     access_mode, attachment_mode, node_status, Allocation, CsiInfo, CsiPlugin, CsiVolume, Node, VolumeClaim,
 };
 use crate::util::now_nanos;
-use crate::wire::csi::{ClaimGrant, CsiSnapshot, GrantedVolume, PluginCall, PluginCalls, PluginReply, Secrets};
+use crate::wire::csi::{
+    ClaimGrant, CsiSnapshot, GrantedVolume, PluginCall, PluginCalls, PluginCode, PluginError, PluginReply, Secrets,
+};
 
 /// A volume to detach from a node in its controller, once no allocation
 /// there uses it any more.
@@ -75,8 +77,9 @@ pub struct VolumeView {
     pub index: u64,
 }
 
-fn plugin_error(what: &str, e: String) -> ServerError {
-    ServerError::Plugin(format!("{what}: {e}"))
+/// A plugin's reply that does not fit the call: a plugin error of its own.
+fn unexpected_reply(call: &str) -> ServerError {
+    ServerError::Plugin(PluginError::new(PluginCode::Internal, format!("{call}: unexpected reply")))
 }
 
 /// Checks what a submitted volume must satisfy, naming the field.
@@ -277,15 +280,23 @@ impl Server {
                 )
             }));
         }
-        Err(ServerError::Plugin(format!("CSI plugin {plugin_id:?} has no healthy controller: {}", seen.join("; "))))
+        Err(ServerError::Plugin(PluginError::new(
+            PluginCode::Unavailable,
+            format!("CSI plugin {plugin_id:?} has no healthy controller: {}", seen.join("; ")),
+        )))
     }
 
     async fn call_plugin(&self, node: &Node, plugin_id: &str, call: PluginCall) -> Result<PluginReply, ServerError> {
-        let calls = self
-            .plugin_calls
-            .get()
-            .ok_or_else(|| ServerError::Plugin("this server cannot reach CSI plugins (no client agent)".into()))?;
-        calls.call(node, plugin_id, call).await.map_err(|e| plugin_error(&format!("node {}", node.name), e))
+        let calls = self.plugin_calls.get().ok_or_else(|| {
+            ServerError::Plugin(PluginError::new(
+                PluginCode::Unavailable,
+                "this server cannot reach CSI plugins (no client agent)",
+            ))
+        })?;
+        calls
+            .call(node, plugin_id, call)
+            .await
+            .map_err(|e| ServerError::Plugin(e.context(&format!("node {}", node.name))))
     }
 
     /// `volume create`: CreateVolume in the plugin, then register. With an
@@ -318,7 +329,7 @@ impl Server {
         let PluginReply::Volume { external_id, capacity, context, topologies } =
             self.call_plugin(&node, &v.plugin_id, call).await?
         else {
-            return Err(ServerError::Plugin("CreateVolume: unexpected reply".into()));
+            return Err(unexpected_reply("CreateVolume"));
         };
         v.external_id = external_id;
         v.capacity = capacity;
@@ -378,7 +389,7 @@ impl Server {
         let PluginReply::Expanded { capacity, node_expansion_required } =
             self.call_plugin(&node, &v.plugin_id, call).await?
         else {
-            return Err(ServerError::Plugin("ControllerExpandVolume: unexpected reply".into()));
+            return Err(unexpected_reply("ControllerExpandVolume"));
         };
         let mut updated = existing.clone();
         updated.capacity = capacity;
@@ -585,7 +596,7 @@ impl Server {
                 s.plugin_id = v.plugin_id.clone();
                 Ok(s)
             }
-            _ => Err(ServerError::Plugin("CreateSnapshot: unexpected reply".into())),
+            _ => Err(unexpected_reply("CreateSnapshot")),
         }
     }
 
@@ -621,7 +632,7 @@ impl Server {
                 }
                 Ok(list)
             }
-            _ => Err(ServerError::Plugin("ListSnapshots: unexpected reply".into())),
+            _ => Err(unexpected_reply("ListSnapshots")),
         }
     }
 

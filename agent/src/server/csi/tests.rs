@@ -30,7 +30,7 @@ impl PluginCalls for Recorder {
         node: &'a Node,
         plugin_id: &'a str,
         call: PluginCall,
-    ) -> BoxFuture<'a, Result<PluginReply, String>> {
+    ) -> BoxFuture<'a, Result<PluginReply, PluginError>> {
         async move {
             let (entry, reply) = match call {
                 PluginCall::Publish { external_id, node_id, read_only, .. } => (
