@@ -6,7 +6,10 @@
 //!   the wire contract (`wire/`), never by importing `server` or the HTTP
 //!   handlers (`http`); the client knows nothing of the CLI or the agent's
 //!   wiring;
-//! - `wire/` depends on nothing but `structs` and `util`.
+//! - `wire/` depends on nothing but `structs` and `util`;
+//! - no import circle among sibling modules anywhere in the agent (as Go
+//!   packages cannot have one): `client`'s hooks, network, CSI and runners,
+//!   `server`'s state and scheduler depend on each other one way.
 //!
 //! Test modules (`#[cfg(test)]`) are left out: a unit test may build its
 //! fixtures from anywhere.
@@ -170,4 +173,188 @@ fn the_scanner_sees_paths_and_groups() {
     let expected = [(1, "server"), (2, "wire"), (2, "structs"), (3, "util")].map(|(l, m)| (l, m.to_string()));
     assert_eq!(found, expected);
     assert_eq!(dependencies("synology").iter().filter(|(k, _)| k == "berth-csi").count(), 1);
+}
+
+/// A file's module path: `client/csi/mod.rs` is `client::csi`, `lib.rs`
+/// the crate root.
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap().with_extension("");
+    let mut path: Vec<String> = rel.iter().map(|s| s.to_string_lossy().into_owned()).collect();
+    if matches!(path.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+        path.pop();
+    }
+    path
+}
+
+/// The paths written from `at` on (`a::b`, `a::{b, c::{d}}`), each as its
+/// segments; `at` is moved past them.
+fn path_tree(text: &[u8], at: &mut usize) -> Vec<Vec<String>> {
+    let skip_space = |at: &mut usize| {
+        while *at < text.len() && text[*at].is_ascii_whitespace() {
+            *at += 1;
+        }
+    };
+    skip_space(at);
+    if text.get(*at) == Some(&b'{') {
+        *at += 1;
+        let mut out = Vec::new();
+        loop {
+            skip_space(at);
+            match text.get(*at) {
+                None => return out,
+                Some(b'}') => {
+                    *at += 1;
+                    return out;
+                }
+                Some(b',') => *at += 1,
+                Some(_) => {
+                    let before = *at;
+                    out.extend(path_tree(text, at));
+                    if *at == before {
+                        *at += 1;
+                    }
+                }
+            }
+        }
+    }
+    let start = *at;
+    while *at < text.len() && (text[*at].is_ascii_alphanumeric() || text[*at] == b'_' || text[*at] == b'*') {
+        *at += 1;
+    }
+    if *at == start {
+        return Vec::new();
+    }
+    let segment = String::from_utf8_lossy(&text[start..*at]).into_owned();
+    if text[*at..].starts_with(b"::") {
+        *at += 2;
+        let rest = path_tree(text, at);
+        if !rest.is_empty() {
+            return rest.into_iter().map(|tail| std::iter::once(segment.clone()).chain(tail).collect()).collect();
+        }
+    }
+    vec![vec![segment]]
+}
+
+/// Every path a source names from `crate`, `super` or `self`, made absolute
+/// against the file's `module`, with its line. Comment lines are left out.
+fn named_paths(source: &str, module: &[String]) -> Vec<(usize, Vec<String>)> {
+    let code: String =
+        source.lines().map(|l| if l.trim_start().starts_with("//") { "" } else { l }).collect::<Vec<_>>().join("\n");
+    let text = code.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        let starts_path = ["crate::", "super::", "self::"].iter().any(|p| text[i..].starts_with(p.as_bytes()));
+        let fresh = i == 0 || !(text[i - 1].is_ascii_alphanumeric() || text[i - 1] == b'_' || text[i - 1] == b':');
+        if !(starts_path && fresh) {
+            i += 1;
+            continue;
+        }
+        let line = code[..i].matches('\n').count() + 1;
+        let mut at = i;
+        for segments in path_tree(text, &mut at) {
+            let mut absolute: Vec<String> = Vec::new();
+            let mut rest = segments.as_slice();
+            match rest.first().map(String::as_str) {
+                Some("crate") => rest = &rest[1..],
+                _ => absolute = module.to_vec(),
+            }
+            while let Some(first) = rest.first() {
+                match first.as_str() {
+                    "super" => {
+                        absolute.pop();
+                    }
+                    "self" => {}
+                    _ => break,
+                }
+                rest = &rest[1..];
+            }
+            absolute.extend(rest.iter().cloned());
+            out.push((line, absolute));
+        }
+        i = at.max(i + 1);
+    }
+    out
+}
+
+/// The import circles among sibling modules of the agent: for every module,
+/// its children must depend on each other without a circle, a child counting
+/// what any file below it names. (A child naming its parent, or a parent its
+/// child, is how Rust nests modules and is not a circle.) Each circle is
+/// reported with one `file:line` per edge.
+fn sibling_circles() -> Vec<String> {
+    use std::collections::BTreeMap;
+    let src = root().join("agent/src");
+    // `tests.rs` files are test modules of their parent.
+    let files: Vec<PathBuf> = rust_files(&src).into_iter().filter(|f| !f.ends_with("tests.rs")).collect();
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_of(&src, f)).collect();
+    // (parent, from child, to child) → one place that makes the edge.
+    let mut edges: BTreeMap<(Vec<String>, String, String), String> = BTreeMap::new();
+    for file in &files {
+        let module = module_of(&src, file);
+        let shown = file.strip_prefix(root()).unwrap().display().to_string();
+        for (line, path) in named_paths(&non_test_source(file), &module) {
+            let Some(target) = (0..=path.len()).rev().map(|n| &path[..n]).find(|p| modules.contains(*p)) else {
+                continue;
+            };
+            let common = module.iter().zip(target).take_while(|(a, b)| a == b).count();
+            if common < module.len() && common < target.len() {
+                let key = (module[..common].to_vec(), module[common].clone(), target[common].clone());
+                edges.entry(key).or_insert_with(|| format!("{shown}:{line}: {}", path.join("::")));
+            }
+        }
+    }
+    let mut circles = Vec::new();
+    let parents: BTreeSet<Vec<String>> = edges.keys().map(|(p, _, _)| p.clone()).collect();
+    for parent in parents {
+        let next = |from: &str| -> Vec<String> {
+            edges.keys().filter(|(p, f, _)| *p == parent && f == from).map(|(_, _, t)| t.clone()).collect()
+        };
+        let children: BTreeSet<String> =
+            edges.keys().filter(|(p, _, _)| *p == parent).map(|(_, f, _)| f.clone()).collect();
+        let reaches = |from: &str, to: &str| {
+            let (mut seen, mut todo) = (BTreeSet::new(), vec![from.to_string()]);
+            while let Some(m) = todo.pop() {
+                if m == to {
+                    return true;
+                }
+                if seen.insert(m.clone()) {
+                    todo.extend(next(&m));
+                }
+            }
+            false
+        };
+        for (p, from, to) in edges.keys().filter(|(p, _, _)| *p == parent) {
+            if children.contains(to) && reaches(to, from) {
+                let at = if p.is_empty() { "crate".to_string() } else { p.join("::") };
+                circles.push(format!(
+                    "{at}: {from} -> {to} (back again): {}",
+                    edges[&(p.clone(), from.clone(), to.clone())]
+                ));
+            }
+        }
+    }
+    circles
+}
+
+#[test]
+fn no_import_circle_among_the_agents_modules() {
+    let circles = sibling_circles();
+    assert!(circles.is_empty(), "edges that close an import circle:\n{}", circles.join("\n"));
+}
+
+#[test]
+fn the_circle_finder_resolves_relative_paths() {
+    let module: Vec<String> = ["client", "csi", "volume_hook"].map(String::from).to_vec();
+    let source = "use super::super::allocrunner::{hooks::Hook, X};\n// crate::server::x\nfn f() { self::g(); crate::wire::csi::y() }\n";
+    let found: Vec<(usize, String)> =
+        named_paths(source, &module).into_iter().map(|(l, p)| (l, p.join("::"))).collect();
+    let expected = [
+        (1, "client::allocrunner::hooks::Hook"),
+        (1, "client::allocrunner::X"),
+        (3, "client::csi::volume_hook::g"),
+        (3, "wire::csi::y"),
+    ]
+    .map(|(l, p)| (l, p.to_string()));
+    assert_eq!(found, expected);
 }

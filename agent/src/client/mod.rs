@@ -9,7 +9,9 @@ pub mod control;
 pub mod csi;
 pub mod driver;
 pub mod fingerprint;
+pub mod hook;
 pub mod logs;
+pub mod network;
 pub mod rpc;
 pub mod shim;
 pub mod state;
@@ -107,8 +109,8 @@ impl ClientConfig {
 
 impl ClientConfig {
     /// Settings of `mode = "cni/<name>"` networks.
-    fn external_cni(&self) -> allocrunner::ExternalCni {
-        allocrunner::ExternalCni {
+    fn external_cni(&self) -> network::ExternalCni {
+        network::ExternalCni {
             config_dir: self.cni_config_dir.clone(),
             plugin_path: self.cni_path.clone(),
             netns_dir: self.netns_dir.clone(),

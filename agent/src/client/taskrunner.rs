@@ -74,7 +74,7 @@ pub struct TaskRunner {
     /// `env` overrides it.
     pub extra_env: BTreeMap<String, String>,
     /// The allocation's bridge network, if it has one.
-    pub network: Option<std::sync::Arc<super::allocrunner::GroupNetwork>>,
+    pub network: Option<std::sync::Arc<super::hook::GroupNetwork>>,
     /// Requests from the API (signal, restart).
     pub control: mpsc::UnboundedReceiver<TaskControl>,
 }

@@ -118,6 +118,12 @@ pub struct NodeEvent {
     pub create_index: u64,
 }
 
+/// True for attribute and meta keys whose values are unique to each node
+/// (`unique.network.ip-address`), which the computed class leaves out.
+pub fn is_unique_key(key: &str) -> bool {
+    key.starts_with("unique.")
+}
+
 impl Node {
     /// Resolves `${attr.x}`, `${node.x}`, `${meta.x}` against this node
     /// (constraints, task environment); literal text is returned as is.
@@ -145,6 +151,33 @@ impl Node {
     /// True when the scheduler may place new allocations here.
     pub fn is_schedulable(&self) -> bool {
         self.status == node_status::READY && self.scheduling_eligibility != "ineligible" && !self.drain
+    }
+
+    /// The node's computed class, the scheduler's feasibility cache key: a
+    /// hash of everything the scheduler's `check_node` reads from a node
+    /// except values unique to it (ID, name, `unique.` attributes and meta).
+    /// Two nodes of one class pass or fail `check_node` alike for any group
+    /// that does not `escapes_class`. Keep in step with `check_node`.
+    pub fn computed_class(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.datacenter.hash(&mut h);
+        self.node_class.hash(&mut h);
+        self.node_pool.hash(&mut h);
+        self.is_schedulable().hash(&mut h);
+        for map in [&self.attributes, &self.meta] {
+            let shared: Vec<_> = map.iter().filter(|(k, _)| !is_unique_key(k)).collect();
+            shared.hash(&mut h);
+        }
+        self.drivers.len().hash(&mut h);
+        for (name, d) in &self.drivers {
+            (name, d.detected && d.healthy).hash(&mut h);
+        }
+        self.host_volumes.len().hash(&mut h);
+        for (name, v) in &self.host_volumes {
+            (name, v.read_only).hash(&mut h);
+        }
+        h.finish()
     }
 
     /// A copy without the secret, for API output.

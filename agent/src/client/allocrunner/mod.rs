@@ -7,7 +7,6 @@
 //! nothing else touches it.
 
 mod hooks;
-mod network;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,13 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::control::{self, ControlError, ControlReply, TaskAction, TaskControl};
 use super::driver::{Driver, VolumeBind};
+use super::hook::{AllocHook, HookError, HookResources};
+use super::network::ExternalCni;
 use super::state::{ClientState, PersistedAlloc};
 use super::taskrunner::{task_state, TaskRunner, TaskUpdate};
 use crate::structs::{client_status, Allocation, Node, TaskEvent, TaskState};
 use crate::wire::node::AllocClientUpdate;
 
-pub use hooks::{build_hooks, AllocHook, HookResources, HookResult};
-pub use network::{ExternalCni, GroupNetwork};
+pub use hooks::build_hooks;
 
 /// Messages to a running alloc runner.
 #[derive(Debug)]
@@ -107,7 +107,12 @@ enum Setup {
     /// The hooks ran; the tasks may start with these resources.
     Ready(HookResources),
     /// A hook failed.
-    Failed(String),
+    Failed {
+        /// The hook's name.
+        hook: &'static str,
+        /// Why.
+        error: HookError,
+    },
     /// Stopped (or removed from the server: `destroy`) before the hooks
     /// were done.
     Stopped { destroy: bool },
@@ -173,13 +178,13 @@ impl Runner {
         let mut later = None;
         let mut prerun = Box::pin(async {
             for h in &self.hooks {
-                h.prerun(&alloc, &mut res).await.map_err(|e| format!("{} hook: {e}", h.name()))?;
+                h.prerun(&alloc, &mut res).await.map_err(|error| Setup::Failed { hook: h.name(), error })?;
             }
-            Ok::<(), String>(())
+            Ok::<(), Setup>(())
         });
         let interrupted = loop {
             tokio::select! {
-                done = &mut prerun => break done.err().map(Setup::Failed),
+                done = &mut prerun => break done.err(),
                 command = commands.recv() => match command {
                     Some(AllocCommand::Update(a)) if a.server_terminal() => {
                         later = Some(a);
@@ -430,7 +435,7 @@ async fn run(
                 Ok(()) => r.persist(false),
                 Err(e) => r.setup_failed(&e, &kill, &task_tx).await,
             },
-            Setup::Failed(e) => r.setup_failed(&e, &kill, &task_tx).await,
+            Setup::Failed { hook, error } => r.setup_failed(&format!("{hook} hook: {error}"), &kill, &task_tx).await,
             Setup::Stopped { destroy } => {
                 kill.cancel();
                 destroying = destroy;

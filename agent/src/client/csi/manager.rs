@@ -12,6 +12,7 @@ use csi::v1::{GetPluginInfoRequest, NodeGetInfoRequest};
 use csi::{Capabilities, ClientConfig, CsiClient};
 use tokio_util::sync::CancellationToken;
 
+use crate::client::hook::HookError;
 use crate::structs::{CsiControllerInfo, CsiInfo, CsiNodeInfo, CsiPluginConfig, CsiTopology, Node};
 use crate::util::now_rfc3339;
 
@@ -91,16 +92,16 @@ impl CsiManager {
     /// `rshared` binds reaches the host and the other tasks, as kubelet
     /// does for its plugin directories. Done once, for the first plugin
     /// task of a driver with filesystem isolation.
-    pub fn share_root(&self) -> Result<(), String> {
+    pub fn share_root(&self) -> Result<(), HookError> {
         use nix::mount::{mount, MsFlags};
         let root = self.root.as_path();
-        std::fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+        std::fs::create_dir_all(root).map_err(HookError::io(format!("creating {}", root.display())))?;
         if csi::mount::mounted_source(root).is_none() {
             mount(Some(root), root, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| format!("bind-mounting {} onto itself: {e}", root.display()))?;
+                .map_err(|e| HookError::io(format!("bind-mounting {} onto itself", root.display()))(e.into()))?;
         }
         mount(None::<&str>, root, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
-            .map_err(|e| format!("making {} a shared mount: {e}", root.display()))
+            .map_err(|e| HookError::io(format!("making {} a shared mount", root.display()))(e.into()))
     }
 
     /// The directories of a plugin task.
@@ -140,7 +141,7 @@ impl CsiManager {
     }
 
     /// Waits up to `timeout` for `plugin_id` to be healthy here.
-    pub async fn wait_healthy(&self, plugin_id: &str, timeout: Duration) -> Result<PluginEntry, String> {
+    pub async fn wait_healthy(&self, plugin_id: &str, timeout: Duration) -> Result<PluginEntry, HookError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(p) = self.healthy(plugin_id) {
@@ -153,7 +154,7 @@ impl CsiManager {
                     }
                     None => format!("CSI plugin {plugin_id:?} is not running on this node"),
                 };
-                return Err(why);
+                return Err(HookError::Unavailable(why));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

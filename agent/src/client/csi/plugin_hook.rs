@@ -11,8 +11,8 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::manager::CsiManager;
-use crate::client::allocrunner::{AllocHook, HookResources, HookResult};
 use crate::client::driver::VolumeBind;
+use crate::client::hook::{AllocHook, HookError, HookResources, HookResult};
 use crate::structs::{Allocation, CsiPluginConfig};
 
 /// Runs the `csi_plugin` tasks of an allocation.
@@ -45,7 +45,7 @@ impl AllocHook for CsiPluginHook {
             for (task, driver, cfg) in plugins(alloc) {
                 let dirs = self.manager.plugin_dirs(&alloc.id, &cfg);
                 for d in [&dirs.socket_dir, &dirs.host_root] {
-                    std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+                    std::fs::create_dir_all(d).map_err(HookError::io(format!("creating {}", d.display())))?;
                 }
                 use std::os::unix::fs::PermissionsExt;
                 let _ = std::fs::set_permissions(&dirs.host_root, std::fs::Permissions::from_mode(0o700));

@@ -18,7 +18,7 @@ use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
 use super::manager::{CsiManager, PluginEntry};
-use crate::client::allocrunner::{AllocHook, HookResources, HookResult};
+use crate::client::hook::{AllocHook, HookError, HookResources, HookResult};
 use crate::client::rpc::{RpcError, ServerRpc};
 use crate::structs::{Allocation, CsiVolumeCapability, Node};
 use crate::wire::csi::{ClaimGrant, GrantedVolume};
@@ -88,51 +88,58 @@ pub fn all_records(manager: &CsiManager) -> Vec<(String, MountRecord)> {
         .collect()
 }
 
-fn save_records(manager: &CsiManager, alloc_id: &str, records: &[MountRecord]) -> Result<(), String> {
+fn save_records(manager: &CsiManager, alloc_id: &str, records: &[MountRecord]) -> Result<(), HookError> {
     let path = records_path(manager, alloc_id);
     if records.is_empty() {
         return match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("removing {}: {e}", path.display())),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(HookError::io(format!("removing {}", path.display()))(e))
+            }
             _ => Ok(()),
         };
     }
     let dir = path.parent().expect("records live in a directory");
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(HookError::io(format!("creating {}", dir.display())))?;
     let tmp = path.with_extension("tmp");
-    let body = serde_json::to_vec_pretty(records).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec_pretty(records)
+        .map_err(|source| HookError::Record { op: format!("encoding {}", path.display()), source })?;
     std::fs::write(&tmp, body)
         .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("writing {}: {e}", path.display()))
+        .map_err(HookError::io(format!("writing {}", path.display())))
 }
 
 impl CsiVolumeHook {
     /// Waits for the servers to grant the allocation's claims.
-    async fn claim(&self, alloc: &Allocation) -> Result<Vec<GrantedVolume>, String> {
+    async fn claim(&self, alloc: &Allocation) -> Result<Vec<GrantedVolume>, HookError> {
+        const OP: &str = "claiming CSI volumes";
         let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         let mut pause = Duration::from_millis(250);
-        let mut last = String::new();
+        let mut last = Err(HookError::Unavailable(String::new()));
         loop {
             match self.rpc.claim_volumes(&self.node.id, &self.node.secret_id, &alloc.id).await {
                 Ok(ClaimGrant::Granted(volumes)) => return Ok(volumes),
                 Ok(ClaimGrant::Wait(why)) => {
-                    if why != last {
+                    if !matches!(&last, Err(HookError::Unavailable(w)) if *w == why) {
                         tracing::info!(reason = %why, "waiting for CSI volume claim");
                     }
-                    last = why;
+                    last = Err(HookError::Unavailable(why));
                 }
                 // A stopping allocation may not claim: no wait changes that.
-                Err(RpcError::Refused(why)) => return Err(format!("claiming CSI volumes: {why}")),
-                Err(e) => last = e.to_string(),
+                Err(source @ RpcError::Refused(_)) => return Err(HookError::Rpc { op: OP, source }),
+                Err(source) => last = Err(HookError::Rpc { op: OP, source }),
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!("claiming CSI volumes: {last}"));
+                return last.map_err(|e| match e {
+                    HookError::Unavailable(why) => HookError::Unavailable(format!("{OP}: {why}")),
+                    other => other,
+                });
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 
-    async fn mount_all(&self, alloc: &Allocation, res: &mut HookResources) -> Result<(), String> {
+    async fn mount_all(&self, alloc: &Allocation, res: &mut HookResources) -> Result<(), HookError> {
         if alloc.csi_requests().is_empty() {
             return Ok(());
         }
@@ -146,7 +153,7 @@ impl CsiVolumeHook {
             let GrantedVolume { volume, publish_context } = volumes
                 .iter()
                 .find(|g| g.volume.id == volume_id)
-                .ok_or_else(|| format!("CSI volume {volume_id} was not granted"))?;
+                .ok_or_else(|| HookError::Unavailable(format!("CSI volume {volume_id} was not granted")))?;
             let plugin = self.manager.wait_healthy(&volume.plugin_id, PLUGIN_WAIT).await?;
             let read_only = req.read_only || req.access_mode.ends_with("reader-only");
             let use_ = usage(read_only, &req.attachment_mode, &req.access_mode);
@@ -182,7 +189,8 @@ impl CsiVolumeHook {
                 if mounted(staging) {
                     tracing::debug!(volume = %volume_id, "already staged");
                 } else {
-                    std::fs::create_dir_all(staging).map_err(|e| format!("creating {}: {e}", staging.display()))?;
+                    std::fs::create_dir_all(staging)
+                        .map_err(HookError::io(format!("creating {}", staging.display())))?;
                     let request = NodeStageVolumeRequest {
                         volume_id: volume.external_id.clone(),
                         publish_context: publish_context.clone().into_iter().collect(),
@@ -191,12 +199,15 @@ impl CsiVolumeHook {
                         secrets: volume.secrets.clone().into_iter().collect(),
                         volume_context: volume.context.clone().into_iter().collect(),
                     };
-                    plugin.client.node_stage_volume(request).await.map_err(|e| e.to_string())?;
+                    plugin.client.node_stage_volume(request).await.map_err(|source| HookError::Plugin {
+                        op: format!("staging CSI volume {volume_id}"),
+                        source,
+                    })?;
                 }
             }
             if !mounted(&target) {
                 let parent = target.parent().expect("targets have a parent");
-                std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent).map_err(HookError::io(format!("creating {}", parent.display())))?;
                 let request = NodePublishVolumeRequest {
                     volume_id: volume.external_id.clone(),
                     publish_context: publish_context.clone().into_iter().collect(),
@@ -210,7 +221,11 @@ impl CsiVolumeHook {
                     secrets: volume.secrets.clone().into_iter().collect(),
                     volume_context: volume.context.clone().into_iter().collect(),
                 };
-                plugin.client.node_publish_volume(request).await.map_err(|e| e.to_string())?;
+                plugin
+                    .client
+                    .node_publish_volume(request)
+                    .await
+                    .map_err(|source| HookError::Plugin { op: format!("publishing CSI volume {volume_id}"), source })?;
             }
             res.volume_paths.insert(alias.clone(), (target, read_only));
         }
@@ -218,14 +233,18 @@ impl CsiVolumeHook {
     }
 
     /// Unpublishes (and, for the node's last user, unstages) one record.
-    async fn unmount(&self, alloc_id: &str, r: &MountRecord, plugin: &PluginEntry) -> Result<(), String> {
+    async fn unmount(&self, alloc_id: &str, r: &MountRecord, plugin: &PluginEntry) -> Result<(), HookError> {
         let lock = self.manager.volume_lock(&format!("{}/{}", r.namespace, r.volume_id));
         let _serialised = lock.lock().await;
         let request = NodeUnpublishVolumeRequest {
             volume_id: r.external_id.clone(),
             target_path: plugin.plugin_path(&r.target).display().to_string(),
         };
-        plugin.client.node_unpublish_volume(request).await.map_err(|e| e.to_string())?;
+        plugin
+            .client
+            .node_unpublish_volume(request)
+            .await
+            .map_err(|source| HookError::Plugin { op: format!("unpublishing CSI volume {}", r.volume_id), source })?;
         if let Some(per_alloc) = r.target.parent().and_then(Path::parent) {
             let _ = std::fs::remove_dir_all(per_alloc);
         }
@@ -240,19 +259,23 @@ impl CsiVolumeHook {
             volume_id: r.external_id.clone(),
             staging_target_path: plugin.plugin_path(staging).display().to_string(),
         };
-        plugin.client.node_unstage_volume(request).await.map_err(|e| e.to_string())?;
+        plugin
+            .client
+            .node_unstage_volume(request)
+            .await
+            .map_err(|source| HookError::Plugin { op: format!("unstaging CSI volume {}", r.volume_id), source })?;
         let _ = std::fs::remove_dir(staging);
         Ok(())
     }
 
-    async fn unmount_all(&self, alloc: &Allocation) -> Result<(), String> {
+    async fn unmount_all(&self, alloc: &Allocation) -> Result<(), HookError> {
         let mut records = load_records(&self.manager, &alloc.id);
         while let Some(r) = records.last().cloned() {
             let plugin = self
                 .manager
                 .wait_healthy(&r.plugin_id, Duration::from_secs(30))
                 .await
-                .map_err(|e| format!("unpublishing CSI volume {}: {e}", r.volume_id))?;
+                .map_err(|e| HookError::Unavailable(format!("unpublishing CSI volume {}: {e}", r.volume_id)))?;
             let mut attempt = 0;
             loop {
                 match self.unmount(&alloc.id, &r, &plugin).await {
@@ -262,7 +285,7 @@ impl CsiVolumeHook {
                         tracing::warn!(volume = %r.volume_id, error = %e, attempt, "unpublishing CSI volume");
                         tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
                     }
-                    Err(e) => return Err(format!("unpublishing CSI volume {}: {e}", r.volume_id)),
+                    Err(e) => return Err(e),
                 }
             }
             records.pop();
@@ -356,12 +379,14 @@ mod tests {
             hook(|| Err(RpcError::Refused("allocation a is stopping; it may not claim volumes".into())));
         let started = tokio::time::Instant::now();
         let err = refused.claim(&Allocation::default()).await.unwrap_err();
-        assert!(err.contains("is stopping"), "{err}");
+        assert!(matches!(&err, HookError::Rpc { source: RpcError::Refused(_), .. }), "{err:?}");
+        assert!(err.to_string().contains("is stopping"), "{err}");
         assert_eq!((rpc.asked.load(Ordering::SeqCst), started.elapsed()), (1, Duration::ZERO));
 
         let (unreachable, rpc) = hook(|| Err(RpcError::Failed("connection refused".into())));
         let err = unreachable.claim(&Allocation::default()).await.unwrap_err();
-        assert!(err.contains("connection refused"), "{err}");
+        assert!(matches!(&err, HookError::Rpc { source: RpcError::Failed(_), .. }), "{err:?}");
+        assert!(err.to_string().contains("connection refused"), "{err}");
         assert!(rpc.asked.load(Ordering::SeqCst) > 100 && started.elapsed() >= CLAIM_WAIT);
     }
 }

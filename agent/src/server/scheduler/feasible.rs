@@ -5,9 +5,6 @@
 //! *computed class* (as in Nomad): unless a group's constraints refer to such
 //! a value, one check per class answers for all of its nodes.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-
 use regex::Regex;
 
 use crate::structs::{Constraint, Job, Node, TaskGroup};
@@ -156,12 +153,6 @@ pub fn check_node(job: &Job, tg: &TaskGroup, node: &Node) -> Result<(), Infeasib
     Ok(())
 }
 
-/// True for attribute and meta keys whose values are unique to each node
-/// (`unique.network.ip-address`), which the computed class leaves out.
-fn is_unique_key(key: &str) -> bool {
-    key.starts_with("unique.")
-}
-
 /// True when a constraint target names a value unique to each node.
 fn target_escapes_class(target: &str) -> bool {
     ["${node.unique.", "${attr.unique.", "${meta.unique."].iter().any(|p| target.starts_with(p))
@@ -176,31 +167,6 @@ pub fn escapes_class(job: &Job, tg: &TaskGroup) -> bool {
         .chain(tg.constraints.iter())
         .chain(tg.tasks.iter().flat_map(|t| t.constraints.iter()))
         .any(|c| target_escapes_class(&c.l_target) || target_escapes_class(&c.r_target))
-}
-
-/// The node's computed class: a hash of everything `check_node` reads from
-/// a node except values unique to it (ID, name, `unique.` attributes and
-/// meta). Two nodes of one class pass or fail `check_node` alike for any
-/// group that does not `escapes_class`. Keep in step with `check_node`.
-pub fn computed_class(node: &Node) -> u64 {
-    let mut h = DefaultHasher::new();
-    node.datacenter.hash(&mut h);
-    node.node_class.hash(&mut h);
-    node.node_pool.hash(&mut h);
-    node.is_schedulable().hash(&mut h);
-    for map in [&node.attributes, &node.meta] {
-        let shared: Vec<_> = map.iter().filter(|(k, _)| !is_unique_key(k)).collect();
-        shared.hash(&mut h);
-    }
-    node.drivers.len().hash(&mut h);
-    for (name, d) in &node.drivers {
-        (name, d.detected && d.healthy).hash(&mut h);
-    }
-    node.host_volumes.len().hash(&mut h);
-    for (name, v) in &node.host_volumes {
-        (name, v.read_only).hash(&mut h);
-    }
-    h.finish()
 }
 
 /// True when the group (or its job) asks for one allocation per node.
@@ -249,7 +215,7 @@ mod tests {
         twin.name = "host2".into();
         twin.attributes.insert("unique.network.ip-address".into(), "10.0.0.2".into());
         twin.meta.insert("unique.serial".into(), "s2".into());
-        assert_eq!(computed_class(&base), computed_class(&twin));
+        assert_eq!(base.computed_class(), twin.computed_class());
         let changes: [fn(&mut Node); 6] = [
             |n| n.datacenter = "dc2".into(),
             |n| n.status = crate::structs::node_status::READY.into(),
@@ -269,13 +235,13 @@ mod tests {
         for change in changes {
             let mut other = node();
             change(&mut other);
-            assert_ne!(computed_class(&base), computed_class(&other));
+            assert_ne!(base.computed_class(), other.computed_class());
         }
         // The same entry moved from attributes to meta is another class.
         let mut moved = node();
         let value = moved.attributes.remove("cpu.numcores").unwrap();
         moved.meta.insert("cpu.numcores".into(), value);
-        assert_ne!(computed_class(&base), computed_class(&moved));
+        assert_ne!(base.computed_class(), moved.computed_class());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::server::state::Tables;
 use crate::structs::{AllocMetric, Allocation, Deployment, Evaluation};
 use crate::wire::plan::DesiredUpdates;
 
-pub use feasible::{computed_class, constraint_holds, glob_match};
+pub use feasible::{constraint_holds, glob_match};
 pub use reconcile::tasks_updated;
 
 /// The scheduler's output for one evaluation.

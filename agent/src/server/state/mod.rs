@@ -203,7 +203,7 @@ pub struct Tables {
     allocated_by_node: BTreeMap<String, NodeAllocated>,
     evals: HashMap<String, Arc<Evaluation>>,
     nodes: BTreeMap<String, StoredNode>,
-    /// Computed classes (`scheduler::computed_class`) numbered in the order
+    /// Computed classes (`Node::computed_class`) numbered in the order
     /// first seen, so that the scheduler can keep a result per class in a
     /// `Vec`. Numbers are never reused: nodes come in few classes.
     class_numbers: HashMap<u64, usize>,
@@ -225,7 +225,7 @@ impl Tables {
 
     fn insert_node(&mut self, node: Node) {
         let next = self.class_numbers.len();
-        let class = *self.class_numbers.entry(crate::server::scheduler::computed_class(&node)).or_insert(next);
+        let class = *self.class_numbers.entry(node.computed_class()).or_insert(next);
         self.nodes.insert(node.id.clone(), StoredNode { node: Arc::new(node), class });
     }
 

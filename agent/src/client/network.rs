@@ -16,35 +16,9 @@ use cni::netns::NetNs;
 use cni::{AllocNetwork, BridgeNetwork, PortMapping};
 use futures::FutureExt;
 
-use super::hooks::{AllocHook, HookResources, HookResult};
-use crate::client::driver::{Driver, TaskNetwork};
+use super::driver::{Driver, TaskNetwork};
+use super::hook::{AllocHook, GroupNetwork, HookError, HookResources, HookResult};
 use crate::structs::Allocation;
-
-/// An allocation's bridge network, as tasks see it.
-#[derive(Debug, Clone)]
-pub struct GroupNetwork {
-    /// Address, gateway, veth and mappings.
-    pub alloc: AllocNetwork,
-    /// The namespace the tasks join.
-    pub task: TaskNetwork,
-}
-
-impl GroupNetwork {
-    /// True for a network that gave the allocation an address of its own
-    /// (bridge, CNI), not loopback only (`none`).
-    pub fn is_addressed(&self) -> bool {
-        !self.alloc.ip.is_loopback()
-    }
-
-    /// Nomad's `NetworkStatus` of the allocation.
-    pub fn status(&self) -> crate::structs::AllocNetworkStatus {
-        crate::structs::AllocNetworkStatus {
-            interface_name: self.alloc.interface.clone(),
-            address: self.alloc.ip.to_string(),
-            address_ipv6: String::new(),
-        }
-    }
-}
 
 /// The allocation's network mode (`host` when none is given).
 pub fn network_mode(alloc: &Allocation) -> String {
@@ -138,29 +112,29 @@ impl NetworkHook {
         alloc: &Allocation,
         dir: &std::path::Path,
         name: &str,
-    ) -> Result<(NetNs, Option<String>), String> {
+    ) -> Result<(NetNs, Option<String>), HookError> {
         for d in self.group_drivers(alloc) {
-            if let Some(t) = d.create_network(&alloc.id).await.map_err(|e| e.to_string())? {
-                let ns = NetNs::adopt(dir, name, &t.netns).map_err(|e| e.to_string())?;
+            if let Some(t) = d.create_network(&alloc.id).await? {
+                let ns = NetNs::adopt(dir, name, &t.netns)?;
                 return Ok((ns, t.holder));
             }
         }
-        Ok((NetNs::create(dir, name).map_err(|e| e.to_string())?, None))
+        Ok((NetNs::create(dir, name)?, None))
     }
 
-    async fn setup_bridge(&self, alloc: &Allocation) -> Result<GroupNetwork, String> {
+    async fn setup_bridge(&self, alloc: &Allocation) -> Result<GroupNetwork, HookError> {
         let cfg = self.net.config();
         let (ns, holder) = self.namespace(alloc, &cfg.netns_dir, &self.net.netns_name(&alloc.id)).await?;
-        let network = self.net.setup(&alloc.id, &ns, &port_mappings(alloc)).await.map_err(|e| e.to_string())?;
+        let network = self.net.setup(&alloc.id, &ns, &port_mappings(alloc)).await?;
         Ok(GroupNetwork { alloc: network, task: TaskNetwork { netns: ns.path().to_path_buf(), holder } })
     }
 
     /// `mode = "none"`: a namespace with loopback only.
-    async fn setup_isolated(&self, alloc: &Allocation) -> Result<GroupNetwork, String> {
+    async fn setup_isolated(&self, alloc: &Allocation) -> Result<GroupNetwork, HookError> {
         let dir = &self.external.netns_dir;
         let (ns, holder) = self.namespace(alloc, dir, &ExternalCni::isolated_netns_name(&alloc.id)).await?;
-        let h = ns.netlink().map_err(|e| e.to_string())?;
-        cni::link::loopback_up(&h).await.map_err(|e| e.to_string())?;
+        let h = ns.netlink()?;
+        cni::link::loopback_up(&h).await?;
         let alloc_net = AllocNetwork {
             id: alloc.id.clone(),
             netns: ns.path().to_path_buf(),
@@ -174,14 +148,16 @@ impl NetworkHook {
         Ok(GroupNetwork { alloc: alloc_net, task: TaskNetwork { netns: ns.path().to_path_buf(), holder } })
     }
 
-    async fn setup_external(&self, alloc: &Allocation, name: &str) -> Result<GroupNetwork, String> {
+    async fn setup_external(&self, alloc: &Allocation, name: &str) -> Result<GroupNetwork, HookError> {
         let ext = &self.external;
-        let conf = external::load(&ext.config_dir, name).map_err(|e| e.to_string())?;
+        let conf = external::load(&ext.config_dir, name)?;
         let (ns, holder) = self.namespace(alloc, &ext.netns_dir, &ExternalCni::netns_name(&alloc.id)).await?;
         let att = ext.attachment(alloc, ns.path().to_path_buf());
-        let result = external::add(&conf, &att, &ext.cache_dir).await.map_err(|e| e.to_string())?;
-        let ip = external::result_ipv4(&result)
-            .ok_or_else(|| format!("CNI network {name:?} gave the allocation no IPv4 address"))?;
+        let result = external::add(&conf, &att, &ext.cache_dir).await?;
+        let ip = external::result_ipv4(&result).ok_or_else(|| cni::NetError::Plugin {
+            plugin: name.to_string(),
+            msg: "the network gave the allocation no IPv4 address".into(),
+        })?;
         let gateway =
             result["ips"][0]["gateway"].as_str().and_then(|g| g.parse().ok()).unwrap_or(Ipv4Addr::UNSPECIFIED);
         let prefix_len = result["ips"][0]["address"]
@@ -202,17 +178,16 @@ impl NetworkHook {
         Ok(GroupNetwork { alloc: alloc_net, task: TaskNetwork { netns: ns.path().to_path_buf(), holder } })
     }
 
-    async fn teardown(&self, alloc: &Allocation, mode: &str) -> Result<(), String> {
+    async fn teardown(&self, alloc: &Allocation, mode: &str) -> Result<(), HookError> {
         let known = self.current.lock().take();
         let result = match mode.strip_prefix("cni/") {
             Some(name) => self.teardown_external(alloc, name).await,
             None if mode == "none" => {
-                NetNs::delete(&self.external.netns_dir, &ExternalCni::isolated_netns_name(&alloc.id))
-                    .map_err(|e| e.to_string())
+                Ok(NetNs::delete(&self.external.netns_dir, &ExternalCni::isolated_netns_name(&alloc.id))?)
             }
             None => {
                 let ports = known.as_ref().map(|n| n.alloc.ports.clone());
-                self.net.release(&alloc.id, ports.as_deref()).await.map_err(|e| e.to_string())
+                Ok(self.net.release(&alloc.id, ports.as_deref()).await?)
             }
         };
         for d in self.group_drivers(alloc) {
@@ -221,18 +196,18 @@ impl NetworkHook {
         result
     }
 
-    async fn teardown_external(&self, alloc: &Allocation, name: &str) -> Result<(), String> {
+    async fn teardown_external(&self, alloc: &Allocation, name: &str) -> Result<(), HookError> {
         let ext = &self.external;
         let ns_name = ExternalCni::netns_name(&alloc.id);
         let deleted = match external::load(&ext.config_dir, name) {
             Ok(conf) => {
                 let att = ext.attachment(alloc, ext.netns_dir.join(&ns_name));
-                external::del(&conf, &att, &ext.cache_dir).await.map_err(|e| e.to_string())
+                external::del(&conf, &att, &ext.cache_dir).await
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         };
-        NetNs::delete(&ext.netns_dir, &ns_name).map_err(|e| e.to_string())?;
-        deleted
+        NetNs::delete(&ext.netns_dir, &ns_name)?;
+        Ok(deleted?)
     }
 }
 
@@ -250,7 +225,11 @@ impl AllocHook for NetworkHook {
                 "bridge" => self.setup_bridge(alloc).await,
                 other => match other.strip_prefix("cni/") {
                     Some(name) if !name.is_empty() => self.setup_external(alloc, name).await,
-                    _ => return Err(format!("unknown network mode {other:?} (use host, bridge, none or cni/<name>)")),
+                    _ => {
+                        return Err(HookError::Unavailable(format!(
+                            "unknown network mode {other:?} (use host, bridge, none or cni/<name>)"
+                        )))
+                    }
                 },
             };
             match made {
