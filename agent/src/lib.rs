@@ -13,9 +13,9 @@ pub mod hclspan;
 pub mod http;
 pub mod install;
 pub mod jobspec;
-pub mod metrics;
 pub mod server;
 pub mod structs;
+pub mod telemetry;
 pub mod util;
 pub mod wire;
 

@@ -87,6 +87,41 @@ fn mariadb_keeps_its_rows_on_a_synology_lun() {
     assert_eq!((initiators(root.path()), nas.sessions()), (0, 0), "no initiator or session left");
     let records = sh(&format!("ls {}/syno-db/client/csi/builtin/synology/node/staged", root.path().display()));
     assert!(records.is_empty(), "stage records left: {records}");
+    metrics_tell_the_volume_lifecycle(&agent);
+}
+
+/// After a create, three mounts and a delete, `/v1/metrics` in Prometheus
+/// text parses line by line and holds the storage series: CSI calls by
+/// RPC, DSM calls by API, iSCSI attaches and no session left, the plugin's
+/// health, HTTP requests and plan timings.
+fn metrics_tell_the_volume_lifecycle(agent: &Agent) {
+    let text = agent.text("/v1/metrics?format=prometheus");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text");
+    let sample_lines = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
+    assert_eq!(scrape.samples.len(), sample_lines, "every sample line parses:\n{text}");
+    let value = |metric: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no {metric} {labels:?} in:\n{text}"))
+    };
+    assert_eq!(value("berth_csi_rpc_count", &[("rpc", "NodeStageVolume")]), 3.0, "three stages");
+    assert_eq!(value("berth_csi_rpc_count", &[("rpc", "CreateVolume")]), 1.0);
+    assert!(value("berth_csi_rpc_sum", &[("rpc", "NodePublishVolume")]) > 0.0);
+    assert!(value("berth_dsm_call_count", &[("api", "SYNO.Core.ISCSI.LUN"), ("method", "create")]) >= 1.0);
+    assert!(value("berth_dsm_call_count", &[("api", "SYNO.Core.ISCSI.LUN"), ("method", "delete")]) >= 1.0);
+    assert_eq!(value("berth_iscsi_attach_count", &[]), 3.0, "three attaches");
+    assert_eq!(value("berth_iscsi_sessions", &[]), 0.0, "no session left");
+    assert_eq!(value("berth_csi_plugin_nodes_healthy", &[("plugin_id", "synology")]), 1.0);
+    assert!(value("berth_http_request_count", &[("route", "/v1/jobs"), ("method", "PUT")]) >= 3.0);
+    assert!(value("nomad_nomad_plan_apply_count", &[]) >= 1.0);
 }
 
 /// Failures on the way to the NAS: a session expiring mid-create, the agent

@@ -172,8 +172,10 @@ impl BridgeNetwork {
     /// Connects allocation `id`, whose namespace is `ns`, to the bridge
     /// with `ports` mapped. Idempotent.
     pub async fn setup(&self, id: &str, ns: &NetNs, ports: &[PortMapping]) -> Result<AllocNetwork> {
+        let started = std::time::Instant::now();
         let bridge = self.ready().await?;
         let ip = self.ipam.reserve(id, CONTAINER_IFNAME)?;
+        crate::reaper::publish_allocations(&self.cfg.name, &self.ipam);
         let net = AllocNetwork {
             id: id.to_string(),
             netns: ns.path().to_path_buf(),
@@ -184,7 +186,10 @@ impl BridgeNetwork {
             host_veth: self.host_veth(id),
             ports: ports.to_vec(),
         };
-        if let Err(e) = self.connect(bridge, ns, &net).await {
+        let connected = self.connect(bridge, ns, &net).await;
+        metrics::histogram!("berth.network.bridge.setup").record(started.elapsed().as_secs_f64() * 1e3);
+        if let Err(e) = connected {
+            metrics::counter!("berth.network.bridge.setup.errors").increment(1);
             let _ = self.teardown(&net).await;
             return Err(e);
         }

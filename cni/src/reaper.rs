@@ -59,6 +59,7 @@ impl Reaper {
         if self.tx.send(work).is_err() {
             self.pending.send_modify(|n| *n -= 1);
         }
+        publish_queue(&self.pending);
     }
 
     /// Resolves once everything queued so far is done.
@@ -66,6 +67,17 @@ impl Reaper {
         let mut rx = self.pending.subscribe();
         let _ = rx.wait_for(|n| *n == 0).await;
     }
+}
+
+/// Sets `berth.network.teardown.queue` to the work not yet done.
+fn publish_queue(pending: &watch::Sender<usize>) {
+    metrics::gauge!("berth.network.teardown.queue").set(*pending.borrow() as f64);
+}
+
+/// Sets `berth.network.bridge.allocations` to the addresses held on `bridge`.
+pub(crate) fn publish_allocations(bridge: &str, ipam: &Ipam) {
+    metrics::gauge!("berth.network.bridge.allocations", "bridge" => bridge.to_string())
+        .set(ipam.holders().len() as f64);
 }
 
 async fn run(
@@ -134,5 +146,7 @@ async fn run(
             }
         }
         pending.send_modify(|n| *n -= batch.len());
+        publish_queue(&pending);
+        publish_allocations(&bridge, &ipam);
     }
 }

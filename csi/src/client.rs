@@ -588,9 +588,28 @@ impl CsiClient {
         &self.config
     }
 
-    /// Runs one RPC with the call's timeout and the retry policy. `send`
-    /// makes one attempt on a clone of the channel.
+    /// Runs one RPC with the call's timeout and the retry policy, and
+    /// records it: `berth.csi.rpc` (milliseconds, retries included) and
+    /// `berth.csi.rpc.errors` by gRPC code. `send` makes one attempt on a
+    /// clone of the channel.
     async fn call<Req, Resp, F, Fut>(&self, call: Call, request: Req, send: F) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let started = Instant::now();
+        let rpc = call.rpc.name();
+        let result = self.attempts(call, request, send).await;
+        metrics::histogram!("berth.csi.rpc", "rpc" => rpc).record(started.elapsed().as_secs_f64() * 1e3);
+        if let Err(e) = &result {
+            let code = e.code().map_or("UNAVAILABLE", code_name);
+            metrics::counter!("berth.csi.rpc.errors", "rpc" => rpc, "code" => code).increment(1);
+        }
+        result
+    }
+
+    async fn attempts<Req, Resp, F, Fut>(&self, call: Call, request: Req, send: F) -> Result<Resp, ClientError>
     where
         Req: Clone,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,

@@ -128,7 +128,13 @@ async fn listen(addr: &str, router: axum::Router, shutdown: CancellationToken) -
     Ok(local)
 }
 
+/// The agent's crates (itself and its libraries) at `level`, as a filter.
+fn agent_crates(level: &str) -> String {
+    ["berth", "csi", "cni", "synology"].map(|c| format!("{c}={level}")).join(",")
+}
+
 /// Installs the log subscriber: Nomad's level names, `RUST_LOG` overrides.
+/// The libraries' logs (CSI, iSCSI, bridge, DSM) show at the agent's level.
 fn init_logging(level: &str) {
     let level = match level.to_ascii_uppercase().as_str() {
         "TRACE" => "trace",
@@ -138,7 +144,7 @@ fn init_logging(level: &str) {
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("berth={level},warn")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},warn", agent_crates(level))));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
@@ -146,6 +152,7 @@ fn init_logging(level: &str) {
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let s = settings(&opts)?;
     init_logging(s.cfg.log_level.as_deref().unwrap_or(if opts.dev { "DEBUG" } else { "INFO" }));
+    crate::telemetry::install();
     let cfg = &s.cfg;
     let http_port = cfg.http_port.unwrap_or(4646);
     let rpc_port = cfg.rpc_port.unwrap_or(4647);

@@ -138,12 +138,19 @@ pub async fn fallback(State(api): ApiState, req: Request) -> Response {
 
 /// `GET /v1/metrics`: this agent's metrics as Nomad's JSON, or as
 /// Prometheus text with `?format=prometheus`.
-pub async fn metrics(axum::extract::Query(q): super::RawQuery) -> ApiResult {
+pub async fn metrics(State(api): ApiState, axum::extract::Query(q): super::RawQuery) -> ApiResult {
+    let mut derived = Vec::new();
+    if let Some(server) = &api.server {
+        derived.extend(crate::server::telemetry::gauges(&server.state.snapshot()));
+    }
+    if let Some(client) = &api.client {
+        derived.extend(client.gauges());
+    }
     if q.get("format").is_some_and(|f| f == "prometheus") {
-        let mut resp = crate::metrics::render_prometheus().into_response();
+        let mut resp = crate::telemetry::render_prometheus(&derived).into_response();
         resp.headers_mut()
             .insert("Content-Type", axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
         return Ok(resp);
     }
-    Ok(json_with_index(&crate::metrics::render_json(), 0, super::flag(&q, "pretty")))
+    Ok(json_with_index(&crate::telemetry::render_json(&derived), 0, super::flag(&q, "pretty")))
 }

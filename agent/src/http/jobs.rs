@@ -7,8 +7,9 @@ use axum::extract::{Path, Query};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::stubs::{alloc_stub, job_stub, job_summary};
+use super::stubs::{alloc_stub, job_stub};
 use super::{decode_body, flag, json_with_index, ApiError, ApiResult, ApiState, QueryOptions, RawQuery};
+use crate::server::summary::job_summary;
 use crate::structs::Job;
 
 /// Body of a register request.

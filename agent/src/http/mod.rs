@@ -172,6 +172,25 @@ async fn leader_headers(State(api): State<Api>, req: axum::extract::Request, nex
     resp
 }
 
+/// Runs each request in a `http` span (method and path) and records it:
+/// `berth.http.request` (milliseconds) by method, route (Nomad's spelling,
+/// `/v1/job/:id`) and status. Blocking queries count their whole wait.
+async fn trace_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "other".to_string(), |p| p.as_str().replace('{', ":").replace('}', ""));
+    let span = tracing::debug_span!("http", method = %method, path = %req.uri().path());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).instrument(span).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::histogram!("berth.http.request", "method" => method, "route" => route, "status" => status)
+        .record(crate::telemetry::millis_since(started));
+    resp
+}
+
 /// Query parameters common to reads.
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct QueryOptions {
@@ -275,6 +294,7 @@ pub fn router(api: Api) -> Router {
     routes
         .fallback(agent::fallback)
         .layer(axum::middleware::from_fn_with_state(api.clone(), leader_headers))
+        .layer(axum::middleware::from_fn(trace_request))
         .with_state(api)
 }
 

@@ -13,6 +13,8 @@ mod nodes;
 pub mod plan_apply;
 pub mod scheduler;
 pub mod state;
+pub mod summary;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -196,12 +198,21 @@ impl Server {
         if eval.status != eval_status::PENDING {
             return Ok(());
         }
+        let span =
+            tracing::debug_span!("eval", eval_id = %eval.id, job_id = %eval.job_id, triggered_by = %eval.triggered_by);
+        let _entered = span.enter();
+        let started = std::time::Instant::now();
         let plan = scheduler::process(&snap, &eval);
+        let kind = if eval.eval_type.is_empty() { "service".to_string() } else { eval.eval_type.clone() };
+        metrics::histogram!("nomad.nomad.worker.invoke_scheduler", "type" => kind)
+            .record(crate::telemetry::millis_since(started));
+        let started = std::time::Instant::now();
         let write = plan_apply::plan_write(&snap, &eval, plan);
         // Release the snapshot first: a live snapshot makes the store copy
         // its tables on write.
         drop(snap);
         self.state.apply(write.batch)?;
+        metrics::histogram!("nomad.nomad.plan.apply").record(crate::telemetry::millis_since(started));
         for e in &write.followups {
             self.enqueue(e);
         }

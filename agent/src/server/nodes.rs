@@ -121,7 +121,7 @@ impl Server {
         }
         let allocs: Vec<Allocation> =
             ids.iter().filter_map(|id| snap.alloc(id)).filter(|a| a.node_id == node_id).map(|a| (*a).clone()).collect();
-        crate::metrics::incr("berth.server.node_allocations.sent", &[], allocs.len() as u64);
+        metrics::counter!("berth.server.node_allocations.sent").increment(allocs.len() as u64);
         Ok(allocs)
     }
 

@@ -164,6 +164,12 @@ impl Agent {
         reqwest::blocking::get(url).and_then(|r| r.json()).unwrap_or(serde_json::Value::Null)
     }
 
+    /// GETs an API path as text (empty when it cannot be read).
+    pub fn text(&self, path: &str) -> String {
+        let url = format!("http://127.0.0.1:{}{path}", self.http);
+        reqwest::blocking::get(url).and_then(|r| r.text()).unwrap_or_default()
+    }
+
     /// Allocations of a job as JSON stubs.
     pub fn allocs(&self, job: &str) -> Vec<serde_json::Value> {
         self.get(&format!("/v1/job/{job}/allocations")).as_array().cloned().unwrap_or_default()

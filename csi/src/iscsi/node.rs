@@ -134,6 +134,7 @@ impl IscsiNode {
         let records = state_dir.join("staged");
         std::fs::create_dir_all(&records).map_err(|e| IscsiError::io(&records, e))?;
         let inner = Inner { node_id: node_id.into(), records, attacher, locks: KeyLocks::default(), attach_timeout };
+        inner.count_sessions();
         Ok(Self { inner: Arc::new(inner) })
     }
 }
@@ -152,6 +153,15 @@ impl Inner {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(internal(id, &format!("reading {}", path.display()), e)),
         }
+    }
+
+    /// Sets `berth.iscsi.sessions` to the LUNs this node has staged (its
+    /// records, each one attachment).
+    fn count_sessions(&self) {
+        let staged = std::fs::read_dir(&self.records)
+            .map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).count())
+            .unwrap_or(0);
+        metrics::gauge!("berth.iscsi.sessions").set(staged as f64);
     }
 
     /// Writes the record atomically (temporary file, fsync, rename).
@@ -234,13 +244,18 @@ impl Inner {
             published: Vec::new(),
         };
         self.save(id, &planned)?;
-        let attachment = match self.attacher.attach(id, &target, deadline) {
+        let started = std::time::Instant::now();
+        let attached = self.attacher.attach(id, &target, deadline);
+        metrics::histogram!("berth.iscsi.attach").record(started.elapsed().as_secs_f64() * 1e3);
+        let attachment = match attached {
             Ok(attachment) => attachment,
             Err(e) => {
+                metrics::counter!("berth.iscsi.attach.errors").increment(1);
                 self.forget(id)?;
                 return Err(attach_status(id, e));
             }
         };
+        self.count_sessions();
         let record = StageRecord { attachment, ..planned };
         let mounted = self.save(id, &record).and_then(|()| self.mount_staging(id, &record));
         if let Err(status) = mounted {
@@ -281,8 +296,16 @@ impl Inner {
         if is_mounted(staging) {
             mount::unmount(staging).map_err(|e| internal(id, "unmounting", e))?;
         }
-        self.attacher.detach(&record.attachment, deadline).map_err(|e| internal(id, "detaching the iSCSI LUN", e))?;
-        self.forget(id)
+        let started = std::time::Instant::now();
+        let detached = self.attacher.detach(&record.attachment, deadline);
+        metrics::histogram!("berth.iscsi.detach").record(started.elapsed().as_secs_f64() * 1e3);
+        if detached.is_err() {
+            metrics::counter!("berth.iscsi.detach.errors").increment(1);
+        }
+        detached.map_err(|e| internal(id, "detaching the iSCSI LUN", e))?;
+        self.forget(id)?;
+        self.count_sessions();
+        Ok(())
     }
 
     fn publish(&self, id: &str, staging: &Path, target: &Path, access: Access, readonly: bool) -> Result<(), Status> {

@@ -158,7 +158,9 @@ impl DsmClient {
     }
 
     /// Calls `api`/`method` (version 1) on `entry.cgi` and returns `data`,
-    /// logging in first when needed and once more on 105/106/119.
+    /// logging in first when needed and once more on 105/106/119. Each call
+    /// is recorded: `berth.dsm.call` (milliseconds) and, when it fails,
+    /// `berth.dsm.call.errors` by kind.
     pub(crate) async fn call(
         &self,
         api: &'static str,
@@ -181,6 +183,11 @@ impl DsmClient {
         .await;
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.inner.busy_nanos.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+        metrics::histogram!("berth.dsm.call", "api" => api, "method" => method).record(nanos as f64 / 1e6);
+        if let Err(e) = &result {
+            metrics::counter!("berth.dsm.call.errors", "api" => api, "method" => method, "error" => e.kind())
+                .increment(1);
+        }
         result
     }
 

@@ -174,6 +174,28 @@ pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl DsmError {
+    /// A short, stable name of the kind of failure, for metrics labels:
+    /// `api-<code>` for DSM's own refusals, else the variant's name.
+    pub fn kind(&self) -> String {
+        let kind = match self {
+            Self::Api { code, .. } => return format!("api-{code}"),
+            Self::Connect { .. } => "connect",
+            Self::Certificate { .. } => "certificate",
+            Self::Timeout { .. } => "timeout",
+            Self::Transport { .. } => "transport",
+            Self::HttpStatus { .. } => "http-status",
+            Self::Malformed { .. } => "malformed",
+            Self::Config(_) => "config",
+            Self::IqnTooLong { .. } => "iqn-too-long",
+            Self::LoginLatched { .. } => "login-latched",
+            Self::Redirected { .. } => "redirected",
+            Self::Locked { .. } => "locked",
+            Self::NoVolume { .. } => "no-volume",
+            Self::DeletionTimedOut { .. } => "deletion-timed-out",
+        };
+        kind.to_string()
+    }
+
     /// DSM's error code, when DSM itself refused the call (or, latched,
     /// the last login).
     pub fn code(&self) -> Option<i64> {
