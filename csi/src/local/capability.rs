@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::store::Backing;
+use super::backing::Backing;
 use crate::v1::volume_capability::{access_mode, AccessType};
 use crate::v1::VolumeCapability;
 

@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::backing::Backing;
 use super::capability::Access;
 use super::params::{Parameters, Range};
-use super::store::{Backing, SnapshotRecord, Source, VolumeRecord};
+use super::store::{SnapshotRecord, Source, VolumeRecord};
 use super::{
     blocking, bytes_i64, host, host_failed, io_failed, mount_failed, page, reply, require, Inner, LocalPlugin,
 };

@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::store::Backing;
+use super::backing::Backing;
 
 /// A host command that could not be run or failed; the message has the
 /// whole command line.

@@ -24,6 +24,7 @@
 //! (per-volume serialization), `host` (losetup, cp), and the three
 //! services: `identity`, `controller`, `node`.
 
+mod backing;
 pub(crate) mod capability;
 mod controller;
 mod host;

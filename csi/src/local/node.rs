@@ -29,8 +29,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::backing::Backing;
 use super::capability::{Access, AccessKind};
-use super::store::{Backing, NodeRecord, Published, Staged, VolumeRecord};
+use super::store::{NodeRecord, Published, Staged, VolumeRecord};
 use super::{
     blocking, bytes_i64, host, host_failed, mount_failed, reply, require, Inner, LocalPlugin, DEFAULT_FS_TYPE,
 };

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tonic::Status;
 
-use super::store::Backing;
+use super::backing::Backing;
 use crate::v1::CapacityRange;
 
 const MIB: u64 = 1 << 20;

@@ -23,6 +23,7 @@ use std::time::SystemTime;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::backing::Backing;
 use super::capability::Access;
 
 /// Failures reading or writing the state directory, naming the path.
@@ -53,35 +54,6 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
     let path = path.to_path_buf();
     move |source| StoreError::Io { op, path, source }
-}
-
-/// What holds a volume's data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Backing {
-    /// A directory on the state directory's filesystem; capacity is
-    /// recorded, not enforced.
-    Directory,
-    /// A sparse image file holding a filesystem (or raw blocks), attached
-    /// through a loop device on the node.
-    Image,
-}
-
-impl Backing {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Directory => "directory",
-            Self::Image => "image",
-        }
-    }
-
-    /// The name of the data inside a volume or snapshot directory.
-    fn content_name(self) -> &'static str {
-        match self {
-            Self::Directory => "data",
-            Self::Image => "image.img",
-        }
-    }
 }
 
 /// Where a volume's initial content came from.
