@@ -18,6 +18,7 @@ pub mod state;
 pub mod taskenv;
 pub mod taskrunner;
 pub mod template;
+mod updates;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -584,28 +585,9 @@ impl Client {
     }
 
     /// Sends allocation updates, coalescing whatever queued up meanwhile.
-    async fn sync_updates(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<AllocClientUpdate>) {
-        let mut pending: BTreeMap<String, AllocClientUpdate> = BTreeMap::new();
-        loop {
-            if pending.is_empty() {
-                tokio::select! {
-                    Some(u) = rx.recv() => { pending.insert(u.id.clone(), u); }
-                    _ = self.shutdown.cancelled() => return,
-                }
-            }
-            while let Ok(u) = rx.try_recv() {
-                pending.insert(u.id.clone(), u);
-            }
-            let node = self.node.read().clone();
-            let batch: Vec<AllocClientUpdate> = pending.values().cloned().collect();
-            match self.rpc.update_allocs(&node.id, &node.secret_id, batch).await {
-                Ok(()) => pending.clear(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "sending allocation updates");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
+    async fn sync_updates(self: Arc<Self>, rx: mpsc::UnboundedReceiver<AllocClientUpdate>) {
+        let node = || self.node.read().clone();
+        updates::run(self.rpc.clone(), node, rx, self.shutdown.clone()).await
     }
 }
 
