@@ -83,31 +83,32 @@ impl Server {
     /// Registers (or updates) a job and creates its evaluation.
     pub fn register_job(&self, job: Job, enforce_index: Option<u64>) -> Result<RegisterResult, ServerError> {
         let (mut job, warnings) = canonical(job)?;
-        let (_guard, snap) = self.begin_write();
-        let existing = snap.job(&job.namespace, &job.id);
-        if let Some(idx) = enforce_index {
-            let prefix = format!("Enforcing job modify index {idx}");
-            match (&existing, idx) {
-                (Some(_), 0) => return Err(ServerError::BadRequest(format!("{prefix}: job already exists"))),
-                (None, i) if i > 0 => return Err(ServerError::BadRequest(format!("{prefix}: job does not exist"))),
-                (Some(e), i) if i > 0 && e.job_modify_index != i => {
-                    return Err(ServerError::BadRequest(format!(
-                        "{prefix}: job exists with conflicting job modify index: {}",
-                        e.job_modify_index
-                    )))
+        let (index, eval) = self.state.commit(|snap| {
+            let existing = snap.job(&job.namespace, &job.id);
+            if let Some(idx) = enforce_index {
+                let prefix = format!("Enforcing job modify index {idx}");
+                match (&existing, idx) {
+                    (Some(_), 0) => return Err(ServerError::BadRequest(format!("{prefix}: job already exists"))),
+                    (None, i) if i > 0 => return Err(ServerError::BadRequest(format!("{prefix}: job does not exist"))),
+                    (Some(e), i) if i > 0 && e.job_modify_index != i => {
+                        return Err(ServerError::BadRequest(format!(
+                            "{prefix}: job exists with conflicting job modify index: {}",
+                            e.job_modify_index
+                        )))
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-        job.version = Self::next_version(existing.as_deref(), &job);
-        job.submit_time = now_nanos();
-        job.status = existing.as_ref().map(|e| e.status.clone()).unwrap_or_else(|| "pending".into());
-        job.job_modify_index = 0;
-        let eval = Server::new_eval(&job, "job-register");
-        let mut batch = WriteBatch::default();
-        batch.jobs.push(job);
-        batch.evals.push(eval.clone());
-        let index = self.state.apply(batch)?;
+            job.version = Self::next_version(existing.as_deref(), &job);
+            job.submit_time = now_nanos();
+            job.status = existing.as_ref().map(|e| e.status.clone()).unwrap_or_else(|| "pending".into());
+            job.job_modify_index = 0;
+            let eval = Server::new_eval(&job, "job-register");
+            let mut batch = WriteBatch::default();
+            batch.jobs.push(job);
+            batch.evals.push(eval.clone());
+            Ok::<_, ServerError>((batch, eval))
+        })?;
         self.enqueue(&eval);
         Ok(RegisterResult {
             eval_id: eval.id,
@@ -120,22 +121,23 @@ impl Server {
 
     /// Stops a job (it stays queryable as dead) or purges it.
     pub fn deregister_job(&self, ns: &str, id: &str, purge: bool) -> Result<RegisterResult, ServerError> {
-        let (_guard, snap) = self.begin_write();
-        let existing = snap.job(ns, id).ok_or_else(|| ServerError::NotFound("job not found".into()))?;
-        let mut batch = WriteBatch::default();
-        let eval = Server::new_eval(&existing, "job-deregister");
-        if purge {
-            batch.delete_jobs.push((ns.to_string(), id.to_string()));
-        } else if !existing.stop {
-            let mut j = (*existing).clone();
-            j.stop = true;
-            j.version += 1;
-            j.submit_time = now_nanos();
-            j.job_modify_index = 0;
-            batch.jobs.push(j);
-        }
-        batch.evals.push(eval.clone());
-        let index = self.state.apply(batch)?;
+        let (index, eval) = self.state.commit(|snap| {
+            let existing = snap.job(ns, id).ok_or_else(|| ServerError::NotFound("job not found".into()))?;
+            let mut batch = WriteBatch::default();
+            let eval = Server::new_eval(&existing, "job-deregister");
+            if purge {
+                batch.delete_jobs.push((ns.to_string(), id.to_string()));
+            } else if !existing.stop {
+                let mut j = (*existing).clone();
+                j.stop = true;
+                j.version += 1;
+                j.submit_time = now_nanos();
+                j.job_modify_index = 0;
+                batch.jobs.push(j);
+            }
+            batch.evals.push(eval.clone());
+            Ok::<_, ServerError>((batch, eval))
+        })?;
         self.enqueue(&eval);
         Ok(RegisterResult {
             eval_id: eval.id,
@@ -149,18 +151,20 @@ impl Server {
     /// Stops one allocation (`POST /v1/allocation/:id/stop`); the
     /// scheduler replaces it. Returns the evaluation ID and the index.
     pub fn stop_alloc(&self, id: &str) -> Result<(String, u64), ServerError> {
-        let (_guard, snap) = self.begin_write();
-        let alloc = snap.alloc(id).ok_or_else(|| ServerError::NotFound("alloc not found".into()))?;
-        let job =
-            snap.job(&alloc.namespace, &alloc.job_id).ok_or_else(|| ServerError::NotFound("job not found".into()))?;
-        let mut stopped = (*alloc).clone();
-        stopped.desired_status = crate::structs::desired::STOP.into();
-        stopped.desired_description = "alloc was stopped by the user".into();
-        let eval = Server::new_eval(&job, "alloc-stop");
-        let mut batch = WriteBatch::default();
-        batch.allocs.push(stopped);
-        batch.evals.push(eval.clone());
-        let index = self.state.apply(batch)?;
+        let (index, eval) = self.state.commit(|snap| {
+            let alloc = snap.alloc(id).ok_or_else(|| ServerError::NotFound("alloc not found".into()))?;
+            let job = snap
+                .job(&alloc.namespace, &alloc.job_id)
+                .ok_or_else(|| ServerError::NotFound("job not found".into()))?;
+            let mut stopped = (*alloc).clone();
+            stopped.desired_status = crate::structs::desired::STOP.into();
+            stopped.desired_description = "alloc was stopped by the user".into();
+            let eval = Server::new_eval(&job, "alloc-stop");
+            let mut batch = WriteBatch::default();
+            batch.allocs.push(stopped);
+            batch.evals.push(eval.clone());
+            Ok::<_, ServerError>((batch, eval))
+        })?;
         self.enqueue(&eval);
         Ok((eval.id, index))
     }

@@ -91,7 +91,6 @@ pub struct Server {
     pub config: ServerConfig,
     broker: mpsc::UnboundedSender<String>,
     heartbeats: parking_lot::Mutex<BTreeMap<String, std::time::Instant>>,
-    writes: parking_lot::Mutex<()>,
     plugin_calls: std::sync::OnceLock<Arc<dyn crate::wire::csi::PluginCalls>>,
     detach_tx: mpsc::UnboundedSender<csi::ControllerDetach>,
 }
@@ -114,7 +113,6 @@ impl Server {
             config,
             broker: tx,
             heartbeats: Default::default(),
-            writes: Default::default(),
             plugin_calls: Default::default(),
             detach_tx,
         });
@@ -142,15 +140,6 @@ impl Server {
                 tracing::error!(error = %e, "garbage collection");
             }
         }
-    }
-
-    /// Serialises read-modify-write operations: the guard is taken before the
-    /// snapshot a write is computed from and held until the write is applied,
-    /// so concurrent writers (client updates, the eval worker, the API)
-    /// never overwrite each other with stale copies.
-    fn begin_write(&self) -> (parking_lot::MutexGuard<'_, ()>, Arc<state::Tables>) {
-        let guard = self.writes.lock();
-        (guard, self.state.snapshot())
     }
 
     /// Queues an evaluation, honouring its `WaitUntil`.
@@ -193,27 +182,26 @@ impl Server {
 
     /// Runs one evaluation through the scheduler and applies its plan.
     pub fn process_eval(&self, id: &str) -> Result<(), ServerError> {
-        let (_guard, snap) = self.begin_write();
-        let Some(eval) = snap.eval(id) else { return Ok(()) };
+        let (_, planned) = self.state.commit(|snap| {
+        let Some(eval) = snap.eval(id) else { return Ok((WriteBatch::default(), None)) };
         if eval.status != eval_status::PENDING {
-            return Ok(());
+            return Ok((WriteBatch::default(), None));
         }
         let span =
             tracing::debug_span!("eval", eval_id = %eval.id, job_id = %eval.job_id, triggered_by = %eval.triggered_by);
         let _entered = span.enter();
         let started = std::time::Instant::now();
-        let plan = scheduler::process(&snap, &eval);
+        let plan = scheduler::process(snap, &eval);
         let kind = if eval.eval_type.is_empty() { "service".to_string() } else { eval.eval_type.clone() };
         metrics::histogram!("nomad.nomad.worker.invoke_scheduler", "type" => kind)
             .record(crate::telemetry::millis_since(started));
-        let started = std::time::Instant::now();
-        let write = plan_apply::plan_write(&snap, &eval, plan);
-        // Release the snapshot first: a live snapshot makes the store copy
-        // its tables on write.
-        drop(snap);
-        self.state.apply(write.batch)?;
-        metrics::histogram!("nomad.nomad.plan.apply").record(crate::telemetry::millis_since(started));
-        for e in &write.followups {
+        let applying = std::time::Instant::now();
+        let write = plan_apply::plan_write(snap, &eval, plan);
+        Ok::<_, ServerError>((write.batch, Some((write.followups, applying))))
+        })?;
+        let Some((followups, applying)) = planned else { return Ok(()) };
+        metrics::histogram!("nomad.nomad.plan.apply").record(crate::telemetry::millis_since(applying));
+        for e in &followups {
             self.enqueue(e);
         }
         Ok(())
@@ -221,18 +209,16 @@ impl Server {
 
     /// Moves blocked evaluations back to pending (capacity changed).
     pub fn unblock_evals(&self) -> Result<(), ServerError> {
-        let (_guard, snap) = self.begin_write();
-        let mut batch = WriteBatch::default();
-        for e in snap.evals().filter(|e| e.status == eval_status::BLOCKED) {
-            let mut c = (**e).clone();
-            c.status = eval_status::PENDING.into();
-            batch.evals.push(c);
-        }
-        if batch.evals.is_empty() {
-            return Ok(());
-        }
-        let queued = batch.evals.clone();
-        self.state.apply(batch)?;
+        let (_, queued) = self.state.commit(|snap| {
+            let mut batch = WriteBatch::default();
+            for e in snap.evals().filter(|e| e.status == eval_status::BLOCKED) {
+                let mut c = (**e).clone();
+                c.status = eval_status::PENDING.into();
+                batch.evals.push(c);
+            }
+            let queued = batch.evals.clone();
+            Ok::<_, ServerError>((batch, queued))
+        })?;
         for e in &queued {
             self.enqueue(e);
         }
@@ -254,35 +240,35 @@ impl Server {
 
     fn collect(&self, eval_age: Duration) -> Result<(), ServerError> {
         let cutoff = now_nanos() - eval_age.as_nanos() as i64;
-        let (_guard, snap) = self.begin_write();
-        let mut batch = WriteBatch::default();
-        for a in snap.allocs() {
-            let gone = snap.job(&a.namespace, &a.job_id).is_none();
-            let finished = a.client_terminal() || (a.server_terminal() && a.client_status == client_status::PENDING);
-            // An allocation whose node has not unpublished its volumes yet
-            // is kept: it is what holds their claims.
-            if gone && finished && !a.holds_csi_claims() {
-                batch.delete_allocs.push(a.id.clone());
+        self.state.commit(|snap| {
+            let mut batch = WriteBatch::default();
+            for a in snap.allocs() {
+                let gone = snap.job(&a.namespace, &a.job_id).is_none();
+                let finished =
+                    a.client_terminal() || (a.server_terminal() && a.client_status == client_status::PENDING);
+                // An allocation whose node has not unpublished its volumes yet
+                // is kept: it is what holds their claims.
+                if gone && finished && !a.holds_csi_claims() {
+                    batch.delete_allocs.push(a.id.clone());
+                }
             }
-        }
-        for e in snap.evals() {
-            if snap.job(&e.namespace, &e.job_id).is_none()
-                && e.status != eval_status::PENDING
-                && e.modify_time <= cutoff
-            {
-                batch.delete_evals.push(e.id.clone());
+            for e in snap.evals() {
+                if snap.job(&e.namespace, &e.job_id).is_none()
+                    && e.status != eval_status::PENDING
+                    && e.modify_time <= cutoff
+                {
+                    batch.delete_evals.push(e.id.clone());
+                }
             }
-        }
-        for d in snap.deployments() {
-            let evals_left =
-                snap.evals().any(|e| e.job_id == d.job_id && e.namespace == d.namespace && e.modify_time > cutoff);
-            if snap.job(&d.namespace, &d.job_id).is_none() && !evals_left {
-                batch.delete_deployments.push(d.id.clone());
+            for d in snap.deployments() {
+                let evals_left =
+                    snap.evals().any(|e| e.job_id == d.job_id && e.namespace == d.namespace && e.modify_time > cutoff);
+                if snap.job(&d.namespace, &d.job_id).is_none() && !evals_left {
+                    batch.delete_deployments.push(d.id.clone());
+                }
             }
-        }
-        if !batch.is_empty() {
-            self.state.apply(batch)?;
-        }
+            Ok::<_, ServerError>((batch, ()))
+        })?;
         Ok(())
     }
 }

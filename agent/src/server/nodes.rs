@@ -21,46 +21,46 @@ fn node_event(subsystem: &str, message: &str) -> NodeEvent {
 impl Server {
     /// Registers or re-registers a node and returns its heartbeat TTL.
     pub fn register_node(&self, mut node: Node) -> Result<Duration, ServerError> {
-        let (guard, snap) = self.begin_write();
-        let existing = snap.node(&node.id);
-        if let Some(e) = &existing {
-            if !e.secret_id.is_empty() && e.secret_id != node.secret_id {
-                return Err(ServerError::BadRequest(format!("node {}: secret ID does not match", node.id)));
+        let (_, (evals, capacity_changed)) = self.state.commit(|snap| {
+            let existing = snap.node(&node.id);
+            if let Some(e) = &existing {
+                if !e.secret_id.is_empty() && e.secret_id != node.secret_id {
+                    return Err(ServerError::BadRequest(format!("node {}: secret ID does not match", node.id)));
+                }
             }
-        }
-        let was_ready = existing.as_ref().map(|e| e.status == node_status::READY).unwrap_or(false);
-        node.events = existing.as_ref().map(|e| e.events.clone()).unwrap_or_default();
-        if existing.is_none() {
-            node.events.push(node_event("Cluster", "Node registered"));
-        } else if !was_ready {
-            node.events.push(node_event("Cluster", "Node re-registered"));
-        }
-        if node.events.len() > 10 {
-            node.events.drain(..node.events.len() - 10);
-        }
-        node.status = node_status::READY.into();
-        node.status_updated_at = now_nanos() / 1_000_000_000;
-        if node.scheduling_eligibility.is_empty() {
-            node.scheduling_eligibility = "eligible".into();
-        }
-        let mut batch = WriteBatch::default();
-        let capacity_changed = !was_ready
-            || existing
-                .as_ref()
-                .map(|e| {
-                    e.drivers != node.drivers
-                        || e.node_resources != node.node_resources
-                        || e.csi_node_plugins != node.csi_node_plugins
-                        || e.csi_controller_plugins != node.csi_controller_plugins
-                })
-                .unwrap_or(true);
-        if capacity_changed {
-            batch.evals.extend(self.system_job_evals(&snap, &node.id));
-        }
-        batch.nodes.push(node.clone());
-        let evals = batch.evals.clone();
-        self.state.apply(batch)?;
-        drop((guard, snap));
+            let was_ready = existing.as_ref().map(|e| e.status == node_status::READY).unwrap_or(false);
+            node.events = existing.as_ref().map(|e| e.events.clone()).unwrap_or_default();
+            if existing.is_none() {
+                node.events.push(node_event("Cluster", "Node registered"));
+            } else if !was_ready {
+                node.events.push(node_event("Cluster", "Node re-registered"));
+            }
+            if node.events.len() > 10 {
+                node.events.drain(..node.events.len() - 10);
+            }
+            node.status = node_status::READY.into();
+            node.status_updated_at = now_nanos() / 1_000_000_000;
+            if node.scheduling_eligibility.is_empty() {
+                node.scheduling_eligibility = "eligible".into();
+            }
+            let mut batch = WriteBatch::default();
+            let capacity_changed = !was_ready
+                || existing
+                    .as_ref()
+                    .map(|e| {
+                        e.drivers != node.drivers
+                            || e.node_resources != node.node_resources
+                            || e.csi_node_plugins != node.csi_node_plugins
+                            || e.csi_controller_plugins != node.csi_controller_plugins
+                    })
+                    .unwrap_or(true);
+            if capacity_changed {
+                batch.evals.extend(self.system_job_evals(snap, &node.id));
+            }
+            batch.nodes.push(node.clone());
+            let evals = batch.evals.clone();
+            Ok::<_, ServerError>((batch, (evals, capacity_changed)))
+        })?;
         self.heartbeats.lock().insert(node.id.clone(), Instant::now());
         for e in &evals {
             self.enqueue(e);
@@ -128,23 +128,22 @@ impl Server {
     /// Fails running deployments whose groups missed their progress
     /// deadline (so `job run` stops waiting, as Nomad's does).
     pub fn check_deployment_deadlines(&self) -> Result<(), ServerError> {
-        let (_guard, snap) = self.begin_write();
-        let now = now_nanos();
-        let mut batch = WriteBatch::default();
-        for d in snap.deployments().filter(|d| d.status == "running") {
-            let missed = d.task_groups.values().any(|s| {
-                s.require_progress_by > 0 && now > s.require_progress_by && s.healthy_allocs < s.desired_total
-            });
-            if missed {
-                let mut failed = (**d).clone();
-                failed.status = "failed".into();
-                failed.status_description = "Failed due to progress deadline".into();
-                batch.deployments.push(failed);
+        self.state.commit(|snap| {
+            let now = now_nanos();
+            let mut batch = WriteBatch::default();
+            for d in snap.deployments().filter(|d| d.status == "running") {
+                let missed = d.task_groups.values().any(|s| {
+                    s.require_progress_by > 0 && now > s.require_progress_by && s.healthy_allocs < s.desired_total
+                });
+                if missed {
+                    let mut failed = (**d).clone();
+                    failed.status = "failed".into();
+                    failed.status_description = "Failed due to progress deadline".into();
+                    batch.deployments.push(failed);
+                }
             }
-        }
-        if !batch.is_empty() {
-            self.state.apply(batch)?;
-        }
+            Ok::<_, ServerError>((batch, ()))
+        })?;
         Ok(())
     }
 
@@ -174,33 +173,34 @@ impl Server {
 
     /// Marks a node down and evaluates every job with allocations on it.
     pub fn mark_node_down(&self, node_id: &str) -> Result<(), ServerError> {
-        let (_guard, snap) = self.begin_write();
-        let Some(node) = snap.node(node_id) else { return Ok(()) };
-        if node.status == node_status::DOWN {
-            return Ok(());
-        }
-        tracing::warn!(node_id, name = %node.name, "node missed its heartbeat; marking it down");
-        let mut n = (*node).clone();
-        n.status = node_status::DOWN.into();
-        n.status_updated_at = now_nanos() / 1_000_000_000;
-        n.events.push(node_event("Cluster", "Node heartbeat missed"));
-        let mut batch = WriteBatch::default();
-        batch.nodes.push(n);
-        let jobs: BTreeSet<(String, String)> = snap
-            .allocs_by_node(node_id)
-            .iter()
-            .filter(|a| !a.is_terminal())
-            .map(|a| (a.namespace.clone(), a.job_id.clone()))
-            .collect();
-        for (ns, id) in jobs {
-            if let Some(job) = snap.job(&ns, &id) {
-                let mut e = Server::new_eval(&job, "node-update");
-                e.node_id = node_id.to_string();
-                batch.evals.push(e);
+        let (_, evals) = self.state.commit(|snap| {
+            let mut batch = WriteBatch::default();
+            let Some(node) = snap.node(node_id) else { return Ok((batch, Vec::new())) };
+            if node.status == node_status::DOWN {
+                return Ok((batch, Vec::new()));
             }
-        }
-        let evals = batch.evals.clone();
-        self.state.apply(batch)?;
+            tracing::warn!(node_id, name = %node.name, "node missed its heartbeat; marking it down");
+            let mut n = (*node).clone();
+            n.status = node_status::DOWN.into();
+            n.status_updated_at = now_nanos() / 1_000_000_000;
+            n.events.push(node_event("Cluster", "Node heartbeat missed"));
+            batch.nodes.push(n);
+            let jobs: BTreeSet<(String, String)> = snap
+                .allocs_by_node(node_id)
+                .iter()
+                .filter(|a| !a.is_terminal())
+                .map(|a| (a.namespace.clone(), a.job_id.clone()))
+                .collect();
+            for (ns, id) in jobs {
+                if let Some(job) = snap.job(&ns, &id) {
+                    let mut e = Server::new_eval(&job, "node-update");
+                    e.node_id = node_id.to_string();
+                    batch.evals.push(e);
+                }
+            }
+            let evals = batch.evals.clone();
+            Ok::<_, ServerError>((batch, evals))
+        })?;
         for e in &evals {
             self.enqueue(e);
         }
@@ -210,72 +210,72 @@ impl Server {
     /// Applies allocation status reported by a client, and creates the
     /// evaluations that follow from it (failures, rolling updates).
     pub fn update_allocs(&self, node_id: &str, updates: Vec<AllocClientUpdate>) -> Result<(), ServerError> {
-        let (guard, snap) = self.begin_write();
-        let mut batch = WriteBatch::default();
-        let mut failed_jobs: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut touched_jobs: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut freed = false;
-        for u in updates {
-            let Some(old) = snap.alloc(&u.id) else { continue };
-            if old.node_id != node_id {
-                continue;
+        let (_, (evals, released, freed)) = self.state.commit(|snap| {
+            let mut batch = WriteBatch::default();
+            let mut failed_jobs: BTreeSet<(String, String)> = BTreeSet::new();
+            let mut touched_jobs: BTreeSet<(String, String)> = BTreeSet::new();
+            let mut freed = false;
+            for u in updates {
+                let Some(old) = snap.alloc(&u.id) else { continue };
+                if old.node_id != node_id {
+                    continue;
+                }
+                let mut a = (*old).clone();
+                a.client_status = u.client_status;
+                a.client_description = u.client_description;
+                a.task_states = u.task_states;
+                if u.network_status.is_some() {
+                    a.network_status = u.network_status;
+                }
+                if u.csi_volumes_released && !old.csi_volumes_released {
+                    a.csi_volumes_released = true;
+                    freed = true;
+                }
+                let key = (a.namespace.clone(), a.job_id.clone());
+                if a.client_status == client_status::FAILED
+                    && old.client_status != client_status::FAILED
+                    && !a.server_terminal()
+                {
+                    failed_jobs.insert(key.clone());
+                }
+                if a.client_terminal() && !old.client_terminal() {
+                    freed = true;
+                }
+                if a.client_status != old.client_status {
+                    touched_jobs.insert(key);
+                }
+                batch.allocs.push(a);
             }
-            let mut a = (*old).clone();
-            a.client_status = u.client_status;
-            a.client_description = u.client_description;
-            a.task_states = u.task_states;
-            if u.network_status.is_some() {
-                a.network_status = u.network_status;
+            if batch.allocs.is_empty() {
+                return Ok((batch, (Vec::new(), Vec::new(), false)));
             }
-            if u.csi_volumes_released && !old.csi_volumes_released {
-                a.csi_volumes_released = true;
-                freed = true;
-            }
-            let key = (a.namespace.clone(), a.job_id.clone());
-            if a.client_status == client_status::FAILED
-                && old.client_status != client_status::FAILED
-                && !a.server_terminal()
-            {
-                failed_jobs.insert(key.clone());
-            }
-            if a.client_terminal() && !old.client_terminal() {
-                freed = true;
-            }
-            if a.client_status != old.client_status {
-                touched_jobs.insert(key);
-            }
-            batch.allocs.push(a);
-        }
-        if batch.allocs.is_empty() {
-            return Ok(());
-        }
-        for (ns, id) in &touched_jobs {
-            let Some(job) = snap.job(ns, id) else { continue };
-            if failed_jobs.contains(&(ns.clone(), id.clone())) {
-                batch.evals.push(Server::new_eval(&job, "alloc-failure"));
-            }
-            if let Some((dep, rolling)) = deployment_progress(&snap, &job, &batch.allocs) {
-                batch.deployments.push(dep);
-                if rolling {
-                    batch.evals.push(Server::new_eval(&job, "deployment-watcher"));
+            for (ns, id) in &touched_jobs {
+                let Some(job) = snap.job(ns, id) else { continue };
+                if failed_jobs.contains(&(ns.clone(), id.clone())) {
+                    batch.evals.push(Server::new_eval(&job, "alloc-failure"));
+                }
+                if let Some((dep, rolling)) = deployment_progress(snap, &job, &batch.allocs) {
+                    batch.deployments.push(dep);
+                    if rolling {
+                        batch.evals.push(Server::new_eval(&job, "deployment-watcher"));
+                    }
+                }
+                let status = job_status(snap, &job, &batch.allocs);
+                if status != job.status {
+                    let mut j = (*job).clone();
+                    j.status = status;
+                    batch.jobs.push(j);
                 }
             }
-            let status = job_status(&snap, &job, &batch.allocs);
-            if status != job.status {
-                let mut j = (*job).clone();
-                j.status = status;
-                batch.jobs.push(j);
-            }
-        }
-        let evals = batch.evals.clone();
-        let released: Vec<Allocation> = batch
-            .allocs
-            .iter()
-            .filter(|a| a.csi_volumes_released && snap.alloc(&a.id).is_some_and(|old| !old.csi_volumes_released))
-            .cloned()
-            .collect();
-        self.state.apply(batch)?;
-        drop((guard, snap));
+            let evals = batch.evals.clone();
+            let released: Vec<Allocation> = batch
+                .allocs
+                .iter()
+                .filter(|a| a.csi_volumes_released && snap.alloc(&a.id).is_some_and(|old| !old.csi_volumes_released))
+                .cloned()
+                .collect();
+            Ok::<_, ServerError>((batch, (evals, released, freed)))
+        })?;
         self.queue_detach(&released);
         for e in &evals {
             self.enqueue(e);

@@ -343,9 +343,7 @@ impl Server {
     }
 
     async fn store_volume(&self, v: CsiVolume) -> Result<CsiVolume, ServerError> {
-        let (guard, _snap) = self.begin_write();
         self.state.apply(WriteBatch { volumes: vec![v.clone()], ..Default::default() })?;
-        drop(guard);
         self.unblock_evals()?;
         let snap = self.state.snapshot();
         Ok(snap.volume(&v.namespace, &v.id).map(|s| (*s).clone()).unwrap_or(v))
@@ -498,13 +496,13 @@ impl Server {
     /// `volume deregister [-force]`: forgets the volume (it stays in the
     /// provider). `force` drops claims of stopped allocations.
     pub fn deregister_volume(&self, ns: &str, id: &str, force: bool) -> Result<(), ServerError> {
-        let (guard, snap) = self.begin_write();
-        let v = snap.volume(ns, id).ok_or_else(|| ServerError::NotFound(format!("volume {id:?} not found")))?;
-        let stale = Self::in_use(&snap, &v, force)?;
-        let mut batch = WriteBatch { delete_volumes: vec![(ns.into(), id.into())], ..Default::default() };
-        batch.allocs = stale.into_iter().map(|a| Self::released(a, "volume deregistered with -force")).collect();
-        self.state.apply(batch)?;
-        drop((guard, snap));
+        self.state.commit(|snap| {
+            let v = snap.volume(ns, id).ok_or_else(|| ServerError::NotFound(format!("volume {id:?} not found")))?;
+            let stale = Self::in_use(snap, &v, force)?;
+            let mut batch = WriteBatch { delete_volumes: vec![(ns.into(), id.into())], ..Default::default() };
+            batch.allocs = stale.into_iter().map(|a| Self::released(a, "volume deregistered with -force")).collect();
+            Ok::<_, ServerError>((batch, ()))
+        })?;
         self.unblock_evals()
     }
 
@@ -537,30 +535,28 @@ impl Server {
     /// allocations on a node that will not unpublish them itself (down or
     /// gone). Claims of live allocations are refused with their IDs.
     pub fn detach_volume(&self, ns: &str, id: &str, node_id: &str) -> Result<usize, ServerError> {
-        let (guard, snap) = self.begin_write();
-        let v = snap.volume(ns, id).ok_or_else(|| ServerError::NotFound(format!("volume {id:?} not found")))?;
-        let on_node: Vec<Arc<Allocation>> = snap
-            .volume_claimers(ns, id)
-            .into_iter()
-            .filter(|a| a.node_id == node_id || a.node_id.starts_with(node_id))
-            .collect();
-        if let Some(live) = on_node.iter().find(|a| !a.is_terminal()) {
-            return Err(ServerError::BadRequest(format!(
-                "volume {:?} is in use on that node by allocation {}; stop it first",
-                v.id,
-                crate::util::short_id(&live.id)
-            )));
-        }
-        let count = on_node.len();
-        let batch = WriteBatch {
-            allocs: on_node.into_iter().map(|a| Self::released((*a).clone(), "detached by the operator")).collect(),
-            ..Default::default()
-        };
-        let released = batch.allocs.clone();
-        if !batch.allocs.is_empty() {
-            self.state.apply(batch)?;
-        }
-        drop((guard, snap));
+        let (_, (count, released)) = self.state.commit(|snap| {
+            let v = snap.volume(ns, id).ok_or_else(|| ServerError::NotFound(format!("volume {id:?} not found")))?;
+            let on_node: Vec<Arc<Allocation>> = snap
+                .volume_claimers(ns, id)
+                .into_iter()
+                .filter(|a| a.node_id == node_id || a.node_id.starts_with(node_id))
+                .collect();
+            if let Some(live) = on_node.iter().find(|a| !a.is_terminal()) {
+                return Err(ServerError::BadRequest(format!(
+                    "volume {:?} is in use on that node by allocation {}; stop it first",
+                    v.id,
+                    crate::util::short_id(&live.id)
+                )));
+            }
+            let count = on_node.len();
+            let batch = WriteBatch {
+                allocs: on_node.into_iter().map(|a| Self::released((*a).clone(), "detached by the operator")).collect(),
+                ..Default::default()
+            };
+            let released = batch.allocs.clone();
+            Ok::<_, ServerError>((batch, (count, released)))
+        })?;
         self.queue_detach(&released);
         self.unblock_evals()?;
         Ok(count)
@@ -799,37 +795,36 @@ impl Server {
     /// Releases the claims of allocations whose node has been down for
     /// longer than `timeout` (or is gone): that node will not unpublish.
     pub fn release_stranded_claims(&self, timeout: Duration) -> Result<usize, ServerError> {
-        let (guard, snap) = self.begin_write();
-        let now = now_nanos() / 1_000_000_000;
-        let mut batch = WriteBatch::default();
-        for v in snap.volumes() {
-            for a in snap.volume_claimers(&v.namespace, &v.id) {
-                if batch.allocs.iter().any(|b: &Allocation| b.id == a.id) {
-                    continue;
-                }
-                let reason = match snap.node(&a.node_id) {
-                    None => "its node is gone".to_string(),
-                    Some(n)
-                        if n.status == node_status::DOWN && now - n.status_updated_at >= timeout.as_secs() as i64 =>
-                    {
-                        format!(
-                            "node {} down for more than {}",
-                            n.name,
-                            crate::util::format_duration(timeout.as_nanos() as i64)
-                        )
+        let (_, (count, released)) = self.state.commit(|snap| {
+            let now = now_nanos() / 1_000_000_000;
+            let mut batch = WriteBatch::default();
+            for v in snap.volumes() {
+                for a in snap.volume_claimers(&v.namespace, &v.id) {
+                    if batch.allocs.iter().any(|b: &Allocation| b.id == a.id) {
+                        continue;
                     }
-                    _ => continue,
-                };
-                tracing::warn!(alloc_id = %a.id, volume = %v.id, %reason, "releasing stranded CSI claim");
-                batch.allocs.push(Self::released((*a).clone(), &format!("claim released: {reason}")));
+                    let reason = match snap.node(&a.node_id) {
+                        None => "its node is gone".to_string(),
+                        Some(n)
+                            if n.status == node_status::DOWN
+                                && now - n.status_updated_at >= timeout.as_secs() as i64 =>
+                        {
+                            format!(
+                                "node {} down for more than {}",
+                                n.name,
+                                crate::util::format_duration(timeout.as_nanos() as i64)
+                            )
+                        }
+                        _ => continue,
+                    };
+                    tracing::warn!(alloc_id = %a.id, volume = %v.id, %reason, "releasing stranded CSI claim");
+                    batch.allocs.push(Self::released((*a).clone(), &format!("claim released: {reason}")));
+                }
             }
-        }
-        let count = batch.allocs.len();
-        let released = batch.allocs.clone();
-        if count > 0 {
-            self.state.apply(batch)?;
-        }
-        drop((guard, snap));
+            let count = batch.allocs.len();
+            let released = batch.allocs.clone();
+            Ok::<_, ServerError>((batch, (count, released)))
+        })?;
         self.queue_detach(&released);
         if count > 0 {
             self.unblock_evals()?;

@@ -656,11 +656,35 @@ impl StateStore {
         self.snapshot().node_alloc_index(node_id).max(1)
     }
 
-    /// Commits a batch: assigns the next index to every object in it,
-    /// persists it in one transaction, then makes it visible.
-    pub fn apply(&self, mut batch: WriteBatch) -> Result<u64, StateError> {
+    /// The one write path. Under the write lock, `build` reads the tables
+    /// as they are and returns the batch to write (with anything else it
+    /// worked out); the batch gets the next index, is persisted in one
+    /// transaction, becomes visible, and wakes blocking queries. An empty
+    /// batch writes nothing. Returns the index (the current one when
+    /// nothing was written) and what `build` returned; an error from
+    /// `build` writes nothing.
+    pub fn commit<T, E: From<StateError>>(
+        &self,
+        build: impl FnOnce(&Tables) -> Result<(WriteBatch, T), E>,
+    ) -> Result<(u64, T), E> {
         let _serialised = self.write_lock.lock();
         let current = self.snapshot();
+        let (batch, out) = build(&current)?;
+        if batch.is_empty() {
+            return Ok((current.index.max(1), out));
+        }
+        Ok((self.write_locked(current, batch)?, out))
+    }
+
+    /// [`Self::commit`] of a batch that depends on nothing it would read.
+    pub fn apply(&self, batch: WriteBatch) -> Result<u64, StateError> {
+        self.commit(|_| Ok::<_, StateError>((batch, ()))).map(|(index, ())| index)
+    }
+
+    /// Indexes, persists and shows `batch`; the caller holds the write lock
+    /// and hands over its snapshot, released before the tables change so
+    /// that they are not copied for it.
+    fn write_locked(&self, current: Arc<Tables>, mut batch: WriteBatch) -> Result<u64, StateError> {
         let index = current.index + 1;
         let now = crate::util::now_nanos();
         for job in &mut batch.jobs {
@@ -765,6 +789,23 @@ mod tests {
         assert_eq!(snap.job_versions("default", "web").len(), 2);
         assert_eq!(snap.allocs_by_node("n1").len(), 1);
         assert_eq!(snap.allocs_by_job("default", "web")[0].create_index, 1);
+    }
+
+    #[test]
+    fn commit_writes_what_its_builder_returns_and_nothing_on_an_error_or_an_empty_batch() {
+        let store = StateStore::in_memory();
+        let (index, seen) = store
+            .commit(|t| {
+                let b = WriteBatch { jobs: vec![job("web", 0)], ..Default::default() };
+                Ok::<_, StateError>((b, t.index))
+            })
+            .unwrap();
+        assert_eq!((index, seen), (1, 0));
+        let failed = store.commit(|_| -> Result<(WriteBatch, ()), StateError> { Err(StateError::Encode("no".into())) });
+        assert!(failed.is_err());
+        let (index, ()) = store.commit(|_| Ok::<_, StateError>((WriteBatch::default(), ()))).unwrap();
+        assert_eq!((index, store.index()), (1, 1), "nothing written");
+        assert_eq!(store.snapshot().job_versions("default", "web").len(), 1);
     }
 
     #[test]
