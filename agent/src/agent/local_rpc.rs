@@ -14,12 +14,11 @@ use crate::structs::{Allocation, Node};
 use crate::wire::csi::ClaimGrant;
 use crate::wire::node::{AllocClientUpdate, NodeAllocIndexes};
 
+/// A server error as the client would see it over HTTP: classified by the
+/// status the API answers it with.
 fn from_server(e: ServerError) -> RpcError {
-    match e {
-        ServerError::NotFound(_) => RpcError::NodeNotFound,
-        ServerError::BadRequest(why) => RpcError::Refused(why),
-        other => RpcError::Failed(other.to_string()),
-    }
+    let crate::http::ApiError(status, message) = e.into();
+    RpcError::from_status(status.as_u16(), message.clone()).unwrap_or(RpcError::Failed(message))
 }
 
 /// An in-process server.
@@ -67,12 +66,6 @@ impl ServerRpc for LocalRpc {
         _secret: &'a str,
         alloc_id: &'a str,
     ) -> BoxFuture<'a, Result<ClaimGrant, RpcError>> {
-        async move {
-            self.0.claim_volumes(node_id, alloc_id).await.map_err(|e| match e {
-                ServerError::BadRequest(why) => RpcError::Refused(why),
-                other => RpcError::Failed(other.to_string()),
-            })
-        }
-        .boxed()
+        async move { self.0.claim_volumes(node_id, alloc_id).await.map_err(from_server) }.boxed()
     }
 }

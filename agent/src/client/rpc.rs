@@ -30,6 +30,22 @@ pub enum RpcError {
     Failed(String),
 }
 
+impl RpcError {
+    /// The error a server's HTTP status means for the client, when asking
+    /// another server would not help: 404 (the node is unknown: register
+    /// again), 400 and 403 (refused: the request or the node's secret is
+    /// wrong). `None` for a status another server may answer differently.
+    /// The in-process server's errors take the same way, through their
+    /// status, so both transports fail alike.
+    pub fn from_status(status: u16, message: String) -> Option<RpcError> {
+        match status {
+            404 => Some(RpcError::NodeNotFound),
+            400 | 403 => Some(RpcError::Refused(message)),
+            _ => None,
+        }
+    }
+}
+
 /// The client's view of the servers.
 pub trait ServerRpc: Send + Sync {
     /// Registers the node; returns the heartbeat TTL.
@@ -93,17 +109,16 @@ impl HttpRpc {
             let i = (*self.current.lock() + attempt) % n;
             let Some(base) = self.servers.get(i) else { break };
             match build(&self.http, base).send().await {
-                Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => return Err(RpcError::NodeNotFound),
                 Ok(resp) if resp.status().is_success() => {
                     *self.current.lock() = i;
                     return Ok(resp);
                 }
-                Ok(resp) if resp.status() == reqwest::StatusCode::BAD_REQUEST => {
-                    return Err(RpcError::Refused(resp.text().await.unwrap_or_default()));
-                }
                 Ok(resp) => {
                     let status = resp.status();
                     let body = resp.text().await.unwrap_or_default();
+                    if let Some(e) = RpcError::from_status(status.as_u16(), body.clone()) {
+                        return Err(e);
+                    }
                     last = RpcError::Failed(format!("server {base}: {status}: {body}"));
                 }
                 Err(e) => last = RpcError::Failed(format!("server {base}: {e}")),
