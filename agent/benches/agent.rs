@@ -1,6 +1,7 @@
 //! Agent benchmark: the dev agent's idle RSS, and submit-to-running for a
 //! raw_exec job of N allocations against a baseline measured in the same
-//! run (starting the same N processes directly, one after another).
+//! run (starting the same N processes directly, one after another), and the
+//! client state's writes against its (grouped) commits meanwhile.
 //!
 //! `cargo bench -p berth --bench agent` (N = 50; `BERTH_BENCH_QUICK=1`: N = 10).
 
@@ -37,7 +38,10 @@ fn main() {
                 "Resources": {"CPU": 10, "MemoryMB": 10}}]
         }]
     }});
+    let state_before = (agent.counter("berth.client.state.writes"), agent.counter("berth.client.state.commits"));
     let berth_time = agent.submit_and_wait(&job, n);
+    let writes = agent.counter("berth.client.state.writes") - state_before.0;
+    let commits = agent.counter("berth.client.state.commits") - state_before.1;
     let busy_rss = rss_kib(agent.pid());
     agent.purge("bench");
 
@@ -65,4 +69,8 @@ fn main() {
         berth_time.as_secs_f64() / direct_time.as_secs_f64().max(1e-9)
     );
     println!("orchestrator overhead per allocation:   {:.2} ms (target <= 5 ms)", per_alloc.as_secs_f64() * 1e3);
+    println!(
+        "client state while starting them: {writes} writes in {commits} commits (ratio {:.2}; one commit per write ungrouped)",
+        commits as f64 / writes.max(1) as f64
+    );
 }

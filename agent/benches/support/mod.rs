@@ -99,6 +99,15 @@ impl DevAgent {
         }
     }
 
+    /// The sum of a counter's series (every label set) in the agent's
+    /// `/v1/metrics`.
+    pub fn counter(&self, name: &str) -> u64 {
+        let metrics: Value =
+            self.http.get(format!("{}/v1/metrics", self.base)).send().and_then(|r| r.json()).unwrap_or_default();
+        let counters = metrics["Counters"].as_array().cloned().unwrap_or_default();
+        counters.iter().filter(|c| c["Name"] == name).filter_map(|c| c["Count"].as_u64()).sum()
+    }
+
     /// Purges a job and gives its tasks time to stop.
     pub fn purge(&self, id: &str) {
         let _ = self.http.delete(format!("{}/v1/job/{id}?purge=true", self.base)).send();
