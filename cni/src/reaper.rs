@@ -5,7 +5,8 @@
 //! so a new allocation never inherits entries nor loses its own to a flush.
 //! Rule and link deletion wait out kernel RCU grace periods, and a
 //! conntrack flush walks the whole table, so none of it belongs on an
-//! allocation's critical path; the task takes everything queued at once,
+//! allocation's critical path; the task gathers what is queued (waiting a
+//! few milliseconds for more, so that a burst of stops makes one batch),
 //! removes all its rules in one transaction and walks the table once per
 //! batch. Stale-UDP flushes for new mappings ride the same walk. (Until
 //! its turn comes, a stopped allocation's DNAT rules are shadowed: new
@@ -13,6 +14,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
@@ -69,6 +71,33 @@ impl Reaper {
     }
 }
 
+/// How long the reaper waits for more work once some has come: teardowns
+/// arriving together (a job stopped, a node drained) then share one
+/// iptables-restore, one conntrack walk and the kernel's link removal,
+/// which each cost about as much for many allocations as for one.
+const GATHER_QUIET: Duration = Duration::from_millis(5);
+/// The longest a teardown waits for others to join it.
+const GATHER_MAX: Duration = Duration::from_millis(50);
+
+/// Adds to `batch` what arrives until the queue has been quiet for
+/// `GATHER_QUIET`, or `GATHER_MAX` has passed.
+async fn gather(rx: &mut mpsc::UnboundedReceiver<Work>, batch: &mut Vec<Work>) {
+    let deadline = tokio::time::Instant::now() + GATHER_MAX;
+    loop {
+        while let Ok(w) = rx.try_recv() {
+            batch.push(w);
+        }
+        let quiet = (tokio::time::Instant::now() + GATHER_QUIET).min(deadline);
+        match tokio::time::timeout_at(quiet, rx.recv()).await {
+            Ok(Some(w)) => batch.push(w),
+            Ok(None) | Err(_) => return,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+    }
+}
+
 /// Sets `berth.network.teardown.queue` to the work not yet done.
 fn publish_queue(pending: &watch::Sender<usize>) {
     metrics::gauge!("berth.network.teardown.queue").set(*pending.borrow() as f64);
@@ -89,9 +118,7 @@ async fn run(
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        while let Ok(w) = rx.try_recv() {
-            batch.push(w);
-        }
+        gather(&mut rx, &mut batch).await;
         let mut mappings: Vec<(String, Option<Vec<PortMapping>>)> = Vec::new();
         let mut udp = Vec::new();
         for w in &batch {

@@ -218,15 +218,33 @@ fn bind_at(source: &Path, target: &Path, read_only: bool) -> Result<()> {
     Ok(())
 }
 
+/// How often [`unmount`] tries again, 50 ms apart, while the mount is busy.
+const UNMOUNT_BUSY_TRIES: u32 = 20;
+
 /// Unmounts `target` if it is a mount point and removes it: the directory,
-/// or the file of a block publish.
+/// or the file of a block publish. A mount still busy after a second is an
+/// error.
 pub fn unmount(target: &Path) -> Result<()> {
     if mounted_source(target).is_some() {
-        umount2(target, MntFlags::empty()).map_err(|source| MountError::Sys {
-            op: "unmounting",
-            target: target.display().to_string(),
-            source,
-        })?;
+        // A holder that is letting go (a probe of a just-written device, a
+        // process on its way out) makes the mount busy for a moment.
+        let mut busy_tries = 0;
+        loop {
+            match umount2(target, MntFlags::empty()) {
+                Err(nix::errno::Errno::EBUSY) if busy_tries < UNMOUNT_BUSY_TRIES => {
+                    busy_tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                done => {
+                    done.map_err(|source| MountError::Sys {
+                        op: "unmounting",
+                        target: target.display().to_string(),
+                        source,
+                    })?;
+                    break;
+                }
+            }
+        }
     }
     let removed = match std::fs::symlink_metadata(target) {
         Ok(meta) if meta.is_dir() => std::fs::remove_dir(target),
