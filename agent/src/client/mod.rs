@@ -17,6 +17,7 @@ pub mod shim;
 pub mod state;
 pub mod taskenv;
 pub mod taskrunner;
+mod telemetry;
 pub mod template;
 mod updates;
 
@@ -325,31 +326,15 @@ impl Client {
         }
     }
 
-    /// Nomad's client allocation gauges (`nomad.client.allocations.*`):
-    /// this node's allocations by client status, from its state.
+    /// The client's gauges (see `telemetry`), from its state.
     pub fn gauges(&self) -> Vec<crate::telemetry::Point> {
-        let allocs = match self.store.load() {
-            Ok(allocs) => allocs,
+        match self.store.load() {
+            Ok(allocs) => telemetry::gauges(&self.node.read(), &allocs),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the client state for metrics");
-                return Vec::new();
+                Vec::new()
             }
-        };
-        const RUNNING: &str = "nomad.client.allocations.running";
-        const PENDING: &str = "nomad.client.allocations.pending";
-        const TERMINAL: &str = "nomad.client.allocations.terminal";
-        let mut counts: BTreeMap<&'static str, u64> = [RUNNING, PENDING, TERMINAL].map(|n| (n, 0)).into();
-        for p in &allocs {
-            let name = match allocrunner::client_status_of(&p.task_states, p.alloc.task_names().len()).0 {
-                crate::structs::client_status::RUNNING => RUNNING,
-                crate::structs::client_status::PENDING => PENDING,
-                _ => TERMINAL,
-            };
-            *counts.entry(name).or_default() += 1;
         }
-        let node = self.node.read().clone();
-        let labels = [("node_id", node.id.as_str()), ("datacenter", node.datacenter.as_str())];
-        counts.into_iter().map(|(name, n)| crate::telemetry::Point::new(name, &labels, n as f64)).collect()
     }
 
     /// True when the allocation has a runner on this client.
