@@ -51,8 +51,9 @@ pub(super) fn decode_constraint(mut block: Block<'_>) -> Result<Constraint, HclE
             c.r_target = value;
         }
     }
-    if b.bool("distinct_hosts")? == Some(true) {
+    if let Some(enabled) = b.bool("distinct_hosts")? {
         c.operand = "distinct_hosts".into();
+        c.r_target = enabled.to_string();
     }
     if let Some(property) = b.string("distinct_property")? {
         c.operand = "distinct_property".into();

@@ -213,6 +213,7 @@ fn constraint_shorthands() {
     let src = concat!(
         "job \"j\" {\n",
         "  constraint { distinct_hosts = true }\n",
+        "  constraint { distinct_hosts = false }\n",
         "  constraint {\n    distinct_property = \"${meta.rack}\"\n    value = \"2\"\n  }\n",
         "  constraint {\n    attribute = \"${attr.os.version}\"\n    version = \">= 22\"\n  }\n",
         "  constraint {\n    attribute = \"${attr.unique.hostname}\"\n    regexp = \"^nas\"\n  }\n",
@@ -225,7 +226,8 @@ fn constraint_shorthands() {
     assert_eq!(
         got,
         vec![
-            ("", "distinct_hosts", ""),
+            ("", "distinct_hosts", "true"),
+            ("", "distinct_hosts", "false"),
             ("${meta.rack}", "distinct_property", "2"),
             ("${attr.os.version}", "version", ">= 22"),
             ("${attr.unique.hostname}", "regexp", "^nas"),

@@ -170,8 +170,15 @@ pub fn escapes_class(job: &Job, tg: &TaskGroup) -> bool {
 }
 
 /// True when the group (or its job) asks for one allocation per node.
+/// As in Nomad, the constraint's value turns it off when it says false
+/// (`value = "false"`, `distinct_hosts = false`); no value, or one that is
+/// not a boolean, leaves it on.
 pub fn wants_distinct_hosts(job: &Job, tg: &TaskGroup) -> bool {
-    job.constraints.iter().chain(tg.constraints.iter()).any(|c| c.operand == "distinct_hosts")
+    job.constraints
+        .iter()
+        .chain(tg.constraints.iter())
+        .filter(|c| c.operand == "distinct_hosts")
+        .any(|c| !matches!(c.r_target.trim().to_ascii_lowercase().as_str(), "false" | "0" | "f"))
 }
 
 #[cfg(test)]

@@ -1231,6 +1231,19 @@ fn job_level_distinct_hosts_applies_to_every_group() {
     assert!(per_node(&h.live("web")).values().all(|&n| n == 1));
 }
 
+#[test]
+fn distinct_hosts_with_a_false_value_is_off() {
+    for value in ["false", "0"] {
+        let h = Harness::new();
+        h.add_nodes(1, 8000, 16384);
+        let mut j = job("web", 3);
+        let off = Constraint { operand: "distinct_hosts".into(), r_target: value.into(), ..Default::default() };
+        group(&mut j).constraints.push(off);
+        h.register(j);
+        assert_eq!(h.eval("web").place.len(), 3, "value {value:?}: all three on the one node");
+    }
+}
+
 // === stop and purge ===
 
 #[test]
