@@ -1,16 +1,12 @@
-//! Entry point of the `berth` binary: normalizes Nomad-style flags, runs
-//! the task shim synchronously when asked, and otherwise runs the command on
-//! a tokio runtime (multi-threaded for the agent, single-threaded for CLI
-//! commands).
+//! Entry point of the `berth` binary: normalizes Nomad-style flags and runs
+//! the command on a tokio runtime (multi-threaded for the agent,
+//! single-threaded for CLI commands).
 
 use clap::Parser;
 
 fn main() {
     let args = berth::cli::normalize_args(std::env::args_os());
     let cli = berth::cli::Cli::parse_from(args);
-    if let Some(code) = berth::cli::run_shim(&cli) {
-        std::process::exit(code);
-    }
     let runtime = if berth::cli::is_agent(&cli) {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
     } else {

@@ -175,12 +175,6 @@ enum Command {
     },
     /// Prints the version.
     Version,
-    /// Internal: supervises one task process (started by the agent).
-    #[command(name = "task-shim", hide = true)]
-    TaskShim {
-        /// The shim spec file.
-        spec: PathBuf,
-    },
 }
 
 #[derive(Debug, Args)]
@@ -761,14 +755,6 @@ async fn csi_plugin_synology(args: SynologyPluginArgs) -> i32 {
     }
 }
 
-/// If the command is the task shim, runs it synchronously and returns its code.
-pub fn run_shim(cli: &Cli) -> Option<i32> {
-    match &cli.command {
-        Command::TaskShim { spec } => Some(crate::client::shim::run(spec)),
-        _ => None,
-    }
-}
-
 /// Runs a parsed command; returns the exit code.
 pub async fn run(cli: Cli) -> i32 {
     match cli.command {
@@ -886,7 +872,6 @@ pub async fn run(cli: Cli) -> i32 {
             println!("Berth v{}", crate::VERSION);
             0
         }
-        Command::TaskShim { spec } => crate::client::shim::run(&spec),
     }
 }
 

@@ -185,7 +185,10 @@ impl Client {
         let ident = identity(&client_dir)?;
         let store = Arc::new(ClientState::open(&client_dir)?);
         let mut drivers: BTreeMap<String, Arc<dyn Driver>> = BTreeMap::new();
-        drivers.insert("raw_exec".into(), Arc::new(driver::raw_exec::RawExec::new(config.raw_exec_enabled)));
+        let bin = client_dir.join("bin");
+        let task_shim =
+            shim::install(&bin).map_err(|source| ClientError::DataDir { path: bin.display().to_string(), source })?;
+        drivers.insert("raw_exec".into(), Arc::new(driver::raw_exec::RawExec::new(config.raw_exec_enabled, task_shim)));
         drivers.insert("docker".into(), Arc::new(driver::docker::DockerDriver::new(config.docker.clone(), &ident.id)));
         let drivers = Arc::new(drivers);
         let bridge = config.bridge();

@@ -1,22 +1,31 @@
-//! The task shim: `berth task-shim SPEC.json`, a small synchronous process
-//! that owns one task process so the task outlives agent restarts.
+//! The task shim: a small static program (`agent/shim/shim.c`, built by
+//! build.rs and written into the client's data dir) that owns one task
+//! process so the task outlives agent restarts. Starting one costs an exec
+//! of a few hundred KiB, not of the agent's own binary.
 //!
 //! It starts its own session, starts the task in a new process group with
 //! the given environment, copies the task's stdout/stderr into rotating log
-//! files, and when the task exits writes its exit status to `exit_file`
-//! (atomically). It reports `pid <N>` (or `error <why>`) on its stdout and
-//! then closes it, so the agent learns the task's PID without waiting.
+//! files (the layout `logs` reads), and when the task exits writes its exit
+//! status to `exit_file` (atomically). It reports `pid <N>` (or `error
+//! <why>`) on its stdout and then closes it, so the agent learns the task's
+//! PID without waiting. This module holds the agent's side: the spec, its
+//! encoding for the shim, the binary, and the recorded exit status.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use super::logs::{RotatingWriter, Rotation};
+use super::logs::Rotation;
+
+/// The shim program, built by build.rs.
+const SHIM_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth-task-shim"));
+
+/// The argument a shim is started with (and known by in `/proc`).
+pub const SHIM_ARG: &str = "task-shim";
 
 /// Everything the shim needs to run a task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,16 +64,25 @@ pub struct ExitStatus {
     pub error: String,
 }
 
-fn write_exit(path: &Path, status: &ExitStatus) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, serde_json::to_vec(status).map_err(io::Error::other)?)?;
-    fs::rename(tmp, path)
-}
-
 /// Reads a recorded exit status, if the task has exited.
 pub fn read_exit(path: &Path) -> Option<ExitStatus> {
     let data = fs::read(path).ok()?;
     serde_json::from_slice(&data).ok()
+}
+
+/// Writes the shim program into `dir` (once per content: a running shim
+/// keeps the file it was started from) and returns its path.
+pub fn install(dir: &Path) -> io::Result<PathBuf> {
+    let path = dir.join("berth-task-shim");
+    if fs::read(&path).is_ok_and(|b| b == SHIM_BINARY) {
+        return Ok(path);
+    }
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(".berth-task-shim.tmp");
+    fs::write(&tmp, SHIM_BINARY)?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
+    fs::rename(&tmp, &path)?;
+    Ok(path)
 }
 
 fn resolve_user(name: &str) -> io::Result<(u32, u32)> {
@@ -74,118 +92,114 @@ fn resolve_user(name: &str) -> io::Result<(u32, u32)> {
     Ok((user.uid.as_raw(), user.gid.as_raw()))
 }
 
-/// Moves the shim (and so the task it starts) into the namespace file `path`.
-fn enter_netns(path: &Path) -> io::Result<()> {
-    let f = fs::File::open(path).map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
-    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| io::Error::other(format!("entering network namespace {}: {e}", path.display())))
+/// The spec as the shim reads it: NUL-terminated key and value strings
+/// (see `shim.c`), the user resolved to numeric IDs here.
+pub fn encode(spec: &ShimSpec) -> io::Result<Vec<u8>> {
+    let (uid, gid) = match spec.user.as_str() {
+        "" => (String::new(), String::new()),
+        name => resolve_user(name).map(|(u, g)| (u.to_string(), g.to_string()))?,
+    };
+    let text = |p: &Path| {
+        p.to_str().map(str::to_string).ok_or_else(|| io::Error::other(format!("path {} is not UTF-8", p.display())))
+    };
+    let mut pairs: Vec<(&str, String)> = vec![
+        ("command", spec.command.clone()),
+        ("cwd", text(&spec.cwd)?),
+        ("uid", uid),
+        ("gid", gid),
+        ("log_dir", text(&spec.log_dir)?),
+        ("task", spec.task.clone()),
+        ("max_files", spec.rotation.max_files.to_string()),
+        ("max_file_bytes", spec.rotation.max_file_bytes.max(1).to_string()),
+        ("exit_file", text(&spec.exit_file)?),
+        ("netns", spec.netns.as_deref().map(text).transpose()?.unwrap_or_default()),
+    ];
+    pairs.extend(spec.args.iter().map(|a| ("arg", a.clone())));
+    pairs.extend(spec.env.iter().map(|(k, v)| ("env", format!("{k}={v}"))));
+    let mut out = Vec::new();
+    for (key, value) in pairs {
+        if value.contains('\0') {
+            return Err(io::Error::other(format!("the task's {key} {value:?} holds a NUL byte")));
+        }
+        for part in [key.as_bytes(), value.as_bytes()] {
+            out.extend_from_slice(part);
+            out.push(0);
+        }
+    }
+    Ok(out)
 }
 
-/// The PATH of a task whose environment has none.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
 
-fn spawn_task(spec: &ShimSpec) -> io::Result<std::process::Child> {
-    if let Some(ns) = &spec.netns {
-        enter_netns(ns)?;
-    }
-    let mut cmd = Command::new(&spec.command);
-    cmd.args(&spec.args).env_clear();
-    // A task that sets no PATH gets the usual one, as a shell would give it:
-    // tools such as CSI plugins run helpers (losetup, mkfs) by name.
-    if !spec.env.contains_key("PATH") {
-        cmd.env("PATH", DEFAULT_PATH);
-    }
-    cmd.envs(&spec.env)
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    if !spec.user.is_empty() {
-        let (uid, gid) = resolve_user(&spec.user)?;
-        cmd.uid(uid).gid(gid);
-    }
-    cmd.spawn().map_err(|e| io::Error::new(e.kind(), format!("failed to start {:?}: {e}", spec.command)))
-}
+    use super::*;
+    use crate::client::logs::{log_indexes, LogReader};
 
-fn pump(mut from: impl io::Read + Send + 'static, mut to: RotatingWriter) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        let _ = to.flush();
-    })
-}
+    /// Runs `spec` under the installed shim; its first line and the exit
+    /// status it records.
+    fn run(dir: &Path, spec: &ShimSpec) -> (String, Option<ExitStatus>) {
+        let shim = install(&dir.join("bin")).unwrap();
+        let spec_path = dir.join("spec");
+        fs::write(&spec_path, encode(spec).unwrap()).unwrap();
+        let mut child =
+            Command::new(shim).arg(SHIM_ARG).arg(&spec_path).stdout(Stdio::piped()).spawn().expect("the shim starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        child.wait().unwrap();
+        (line.trim().to_string(), read_exit(&spec.exit_file))
+    }
 
-/// Runs the shim; returns the process exit code.
-pub fn run(spec_path: &Path) -> i32 {
-    let spec: ShimSpec = match fs::read(spec_path)
-        .map_err(|e| e.to_string())
-        .and_then(|d| serde_json::from_slice(&d).map_err(|e| e.to_string()))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            println!("error reading shim spec {}: {e}", spec_path.display());
-            return 1;
+    fn spec(dir: &Path, script: &str) -> ShimSpec {
+        ShimSpec {
+            command: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: [("GREETING".to_string(), "hello there".to_string())].into(),
+            cwd: dir.to_path_buf(),
+            user: String::new(),
+            log_dir: dir.join("logs"),
+            task: "t".into(),
+            rotation: Rotation { max_files: 2, max_file_bytes: 16 },
+            exit_file: dir.join("exit.json"),
+            netns: None,
         }
-    };
-    let _ = nix::unistd::setsid();
-    let writers = RotatingWriter::open(&spec.log_dir, &spec.task, "stdout", spec.rotation)
-        .and_then(|o| Ok((o, RotatingWriter::open(&spec.log_dir, &spec.task, "stderr", spec.rotation)?)));
-    let (out_w, err_w) = match writers {
-        Ok(w) => w,
-        Err(e) => {
-            println!("error opening log files in {}: {e}", spec.log_dir.display());
-            return 1;
-        }
-    };
-    let mut child = match spawn_task(&spec) {
-        Ok(c) => c,
-        Err(e) => {
-            let status = ExitStatus { exit_code: -1, signal: 0, error: e.to_string() };
-            let _ = write_exit(&spec.exit_file, &status);
-            println!("error {e}");
-            return 1;
-        }
-    };
-    println!("pid {}", child.id());
-    let _ = io::stdout().flush();
-    // Detach from the agent: our stdout was its pipe.
-    if let Ok(devnull) = fs::OpenOptions::new().write(true).open("/dev/null") {
-        let _ = nix::unistd::dup2_stdout(&devnull);
-        let _ = nix::unistd::dup2_stderr(&devnull);
     }
-    let pumps = [child.stdout.take().map(|s| pump(s, out_w)), child.stderr.take().map(|s| pump(s, err_w))];
-    let status = loop {
-        match child.wait() {
-            Ok(s) => break s,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                let _ = write_exit(&spec.exit_file, &ExitStatus { exit_code: -1, signal: 0, error: e.to_string() });
-                return 1;
-            }
-        }
-    };
-    for p in pumps.into_iter().flatten() {
-        let _ = p.join();
+
+    #[test]
+    fn the_shim_runs_the_task_with_its_environment_rotates_its_logs_and_records_its_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "echo \"$GREETING from $(pwd)\"; echo PATH=$PATH; echo oops >&2; exit 3";
+        let (line, exit) = run(dir.path(), &spec(dir.path(), script));
+        assert!(line.starts_with("pid "), "{line}");
+        assert_eq!(exit, Some(ExitStatus { exit_code: 3, signal: 0, error: String::new() }));
+        let logs = dir.path().join("logs");
+        let out = String::from_utf8(LogReader::new(&logs, "t", "stdout").read_from(0, 1 << 20).unwrap()).unwrap();
+        let path_line = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n";
+        let full = format!("hello there from {}\n{path_line}", dir.path().display());
+        assert!(full.ends_with(&out) && out.len() >= 16, "the newest two 16-byte files hold the end: {out:?}");
+        let kept = log_indexes(&logs, "t", "stdout");
+        assert_eq!(kept.len(), 2, "max_files: {kept:?}");
+        assert!(kept.iter().all(|i| fs::metadata(logs.join(format!("t.stdout.{i}"))).unwrap().len() <= 16));
+        assert_eq!(fs::read_to_string(logs.join("t.stderr.0")).unwrap(), "oops\n");
+
+        // Started again, it continues the newest file; a signal is recorded.
+        let (_, exit) = run(dir.path(), &spec(dir.path(), "kill -TERM $$"));
+        assert_eq!(exit.map(|e| (e.exit_code, e.signal)), Some((0, 15)));
+        assert_eq!(log_indexes(&logs, "t", "stdout"), kept);
     }
-    let exit = ExitStatus {
-        exit_code: status.code().unwrap_or(0) as i64,
-        signal: status.signal().unwrap_or(0) as i64,
-        error: String::new(),
-    };
-    match write_exit(&spec.exit_file, &exit) {
-        Ok(()) => 0,
-        Err(_) => 1,
+
+    #[test]
+    fn a_task_that_cannot_start_is_an_error_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = ShimSpec { command: "/nonexistent/task".into(), ..spec(dir.path(), "") };
+        let (line, exit) = run(dir.path(), &missing);
+        let why = "failed to start \"/nonexistent/task\": No such file or directory (os error 2)";
+        assert_eq!(line, format!("error {why}"));
+        assert_eq!(exit, Some(ExitStatus { exit_code: -1, signal: 0, error: why.into() }));
+
+        let nobody = ShimSpec { user: "no-such-user-berth".into(), ..spec(dir.path(), "") };
+        let e = encode(&nobody).unwrap_err();
+        assert!(e.to_string().contains("\"no-such-user-berth\" does not exist"), "{e}");
     }
 }

@@ -25,20 +25,19 @@ pub struct ProcessState {
     pub exit_file: PathBuf,
 }
 
-/// Starts `spec` under a new shim and returns once the task has a PID.
-pub async fn launch(spec: &ShimSpec, private_dir: &Path) -> Result<ProcessState, DriverError> {
+/// Starts `spec` under a new `shim` and returns once the task has a PID.
+pub async fn launch(shim: &Path, spec: &ShimSpec, private_dir: &Path) -> Result<ProcessState, DriverError> {
     let io = |op: &str| {
         let op = op.to_string();
         move |source| DriverError::Io { op, source }
     };
     std::fs::create_dir_all(private_dir).map_err(io("creating task private dir"))?;
     let _ = std::fs::remove_file(&spec.exit_file);
-    let spec_path = private_dir.join("shim.json");
-    let data = serde_json::to_vec(spec).map_err(|e| DriverError::Start(e.to_string()))?;
+    let spec_path = private_dir.join("shim.spec");
+    let data = shim::encode(spec).map_err(|e| DriverError::Start(e.to_string()))?;
     std::fs::write(&spec_path, data).map_err(io("writing shim spec"))?;
-    let exe = std::env::current_exe().map_err(io("locating the berth binary"))?;
-    let mut child = tokio::process::Command::new(exe)
-        .arg("task-shim")
+    let mut child = tokio::process::Command::new(shim)
+        .arg(shim::SHIM_ARG)
         .arg(&spec_path)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -79,7 +78,7 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
 /// True if `pid` is a berth task shim (guards against PID reuse).
 fn is_shim(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| c.split(|b| *b == 0).any(|arg| arg == b"task-shim"))
+        .map(|c| c.split(|b| *b == 0).any(|arg| arg == shim::SHIM_ARG.as_bytes()))
         .unwrap_or(false)
 }
 

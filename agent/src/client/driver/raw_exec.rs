@@ -3,7 +3,7 @@
 //! It must be enabled with `plugin "raw_exec" { config { enabled = true } }`
 //! (dev agents enable it), as in Nomad.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -18,14 +18,16 @@ use crate::util::now_rfc3339;
 /// The raw_exec driver.
 pub struct RawExec {
     enabled: bool,
+    /// The task shim program.
+    shim: PathBuf,
 }
 
 const NAME: &str = "raw_exec";
 
 impl RawExec {
-    /// A driver that runs tasks only when `enabled`.
-    pub fn new(enabled: bool) -> Self {
-        RawExec { enabled }
+    /// A driver that runs tasks, under `shim`, only when `enabled`.
+    pub fn new(enabled: bool, shim: PathBuf) -> Self {
+        RawExec { enabled, shim }
     }
 }
 
@@ -103,7 +105,7 @@ impl Driver for RawExec {
                 return Err(DriverError::Disabled(NAME));
             }
             let spec = shim_spec(cfg)?;
-            let state = process::launch(&spec, &private_dir(&cfg.task_dir)).await?;
+            let state = process::launch(&self.shim, &spec, &private_dir(&cfg.task_dir)).await?;
             Ok(TaskHandle { driver: NAME.into(), state: serde_json::to_value(state).unwrap_or_default() })
         }
         .boxed()
