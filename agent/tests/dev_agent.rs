@@ -200,6 +200,37 @@ fn an_agent_killed_while_stopping_a_task_stops_it_after_the_restart() {
     });
 }
 
+/// A stopped allocation waits its group's and then its task's
+/// `shutdown_delay` before the task is signalled.
+#[test]
+fn a_stopping_task_is_signalled_after_the_group_and_task_shutdown_delays() {
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::dev(root.path(), "dev-delay");
+    let marker = format!("d{}", std::process::id());
+    let job = raw_exec_job("delayed", 1, &marker)
+        .replace("-c\", \"echo", "-c\", \"trap 'echo signalled-at $(date +%s%N); exit 0' INT TERM; echo")
+        .replace("  group \"g\" {\n", "  group \"g\" {\n    shutdown_delay = \"1s\"\n")
+        .replace("driver = \"raw_exec\"", "driver = \"raw_exec\"\n      shutdown_delay = \"1s\"");
+    let job = job_file(root.path(), "delayed.nomad", &job);
+    assert_eq!(agent.cli(&["job", "run", &job]).code, 0);
+    let alloc = wait_for("running", Duration::from_secs(20), || agent.alloc_ids("delayed", "running").pop());
+    wait_for("the task to print", Duration::from_secs(10), || {
+        agent.cli(&["alloc", "logs", &alloc, "t"]).stdout.contains("tick").then_some(())
+    });
+    let stopped = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    assert_eq!(agent.cli(&["job", "stop", "-detach", "delayed"]).code, 0);
+    wait_for("the allocation to complete", Duration::from_secs(20), || {
+        (agent.get(&format!("/v1/allocation/{alloc}"))["ClientStatus"] == "complete").then_some(())
+    });
+    let logs = agent.cli(&["alloc", "logs", &alloc, "t"]).stdout;
+    let signalled: u128 = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("signalled-at ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the task was not signalled: {logs}"));
+    let waited = Duration::from_nanos((signalled - stopped.as_nanos()) as u64);
+    assert!(waited >= Duration::from_secs(2), "signalled {waited:?} after the stop, before 1 s + 1 s of delay");
+}
+
 #[test]
 fn impossible_jobs_exit_2_with_reasons() {
     let root = tempfile::tempdir().unwrap();

@@ -382,6 +382,10 @@ impl TaskRunner {
             tokio::select! {
                 exit = &mut wait => return Supervised::Exited(exit),
                 _ = self.kill.cancelled() => {
+                    // The group's shutdown delay, then the task's (as
+                    // Nomad's prekill hooks run them), before the signal.
+                    let group = self.alloc.group().and_then(|tg| tg.shutdown_delay).unwrap_or(0);
+                    self.delay_shutdown(group).await;
                     self.stop_task(handle).await;
                     self.emit(TaskEvent::new("Killed", "Task successfully killed"));
                     return Supervised::Killed;
@@ -405,8 +409,22 @@ impl TaskRunner {
         }
     }
 
-    /// Stops the task with its kill signal and timeout and releases it.
+    /// Waits `nanos` of shutdown delay, unless the agent shuts down (which
+    /// leaves the task running anyway).
+    async fn delay_shutdown(&self, nanos: i64) {
+        if nanos > 0 {
+            let wait = Duration::from_nanos(nanos as u64);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Stops the task with its kill signal and timeout (after its shutdown
+    /// delay) and releases it.
     async fn stop_task(&mut self, handle: &TaskHandle) {
+        self.delay_shutdown(self.task.shutdown_delay).await;
         self.emit(TaskEvent::new("Killing", "Sent interrupt. Waiting before force killing"));
         let default_signal = if self.driver.fs_isolation() { "SIGTERM" } else { "SIGINT" };
         let signal = if self.task.kill_signal.is_empty() { default_signal } else { self.task.kill_signal.as_str() };

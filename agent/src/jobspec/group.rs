@@ -31,6 +31,7 @@ pub(super) fn decode(
         name,
         count: b.number("count")?.unwrap_or(1),
         meta: b.string_map("meta")?.unwrap_or_default(),
+        shutdown_delay: b.duration("shutdown_delay")?,
         ..TaskGroup::default()
     };
     for c in b.blocks("constraint") {

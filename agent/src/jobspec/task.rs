@@ -25,6 +25,7 @@ pub(super) fn decode(
         meta: b.string_map("meta")?.unwrap_or_default(),
         kill_timeout: b.duration("kill_timeout")?,
         kill_signal: b.string("kill_signal")?.unwrap_or_default(),
+        shutdown_delay: b.duration("shutdown_delay")?.unwrap_or(0),
         leader: b.bool("leader")?.unwrap_or(false),
         ..Task::default()
     };

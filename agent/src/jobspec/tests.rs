@@ -336,3 +336,21 @@ fn locals_resolve_in_any_order_and_unknown_ones_fail() {
     let err = parse("l.hcl", "locals {\n  a = local.nope\n}\n").unwrap_err();
     assert_eq!(err.line, 2);
 }
+
+#[test]
+fn shutdown_delay_on_groups_and_tasks() {
+    let src = concat!(
+        "job \"j\" {\n",
+        "  group \"g\" {\n    shutdown_delay = \"3s\"\n",
+        "    task \"t\" {\n      driver = \"raw_exec\"\n      shutdown_delay = \"500ms\"\n    }\n",
+        "    task \"u\" { driver = \"raw_exec\" }\n  }\n",
+        "}\n",
+    );
+    let job = parse("d.hcl", src).unwrap_or_else(|e| panic!("{e}")).job;
+    let tg = &job.task_groups[0];
+    assert_eq!(tg.shutdown_delay, Some(3 * SECOND));
+    assert_eq!((tg.tasks[0].shutdown_delay, tg.tasks[1].shutdown_delay), (SECOND / 2, 0));
+    let json = serde_json::to_value(&job).unwrap();
+    assert_eq!(json["TaskGroups"][0]["ShutdownDelay"], 3 * SECOND);
+    assert_eq!(json["TaskGroups"][0]["Tasks"][0]["ShutdownDelay"], SECOND / 2);
+}

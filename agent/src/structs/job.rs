@@ -71,6 +71,8 @@ pub struct TaskGroup {
     pub services: Vec<Service>,
     pub ephemeral_disk: Option<EphemeralDisk>,
     pub meta: BTreeMap<String, String>,
+    /// Nanoseconds a stopping group waits before its tasks are signalled.
+    pub shutdown_delay: Option<i64>,
 }
 
 /// One unit of work run by a driver.
@@ -91,6 +93,8 @@ pub struct Task {
     /// Nanoseconds.
     pub kill_timeout: Option<i64>,
     pub kill_signal: String,
+    /// Nanoseconds between the stop of the task and its kill signal.
+    pub shutdown_delay: i64,
     pub templates: Vec<Template>,
     pub volume_mounts: Vec<VolumeMount>,
     #[serde(rename = "CSIPluginConfig")]
