@@ -12,6 +12,11 @@ use crate::structs::{client_status, Allocation, Job};
 use crate::util::now_nanos;
 use crate::wire::plan::{PlanAnnotations, PlanResult, RegisterResult};
 
+/// The answer to a job write committed at `index` with its evaluation.
+fn registered(eval: crate::structs::Evaluation, index: u64, warnings: String) -> RegisterResult {
+    RegisterResult { eval_id: eval.id, eval_create_index: index, job_modify_index: index, warnings, index }
+}
+
 /// The user-controlled part of a job, for "did the spec change?".
 fn spec(job: &Job) -> Job {
     Job {
@@ -110,13 +115,7 @@ impl Server {
             Ok::<_, ServerError>((batch, eval))
         })?;
         self.enqueue(&eval);
-        Ok(RegisterResult {
-            eval_id: eval.id,
-            eval_create_index: index,
-            job_modify_index: index,
-            warnings: warnings.join("\n"),
-            index,
-        })
+        Ok(registered(eval, index, warnings.join("\n")))
     }
 
     /// Stops a job (it stays queryable as dead) or purges it.
@@ -139,13 +138,7 @@ impl Server {
             Ok::<_, ServerError>((batch, eval))
         })?;
         self.enqueue(&eval);
-        Ok(RegisterResult {
-            eval_id: eval.id,
-            eval_create_index: index,
-            job_modify_index: index,
-            warnings: String::new(),
-            index,
-        })
+        Ok(registered(eval, index, String::new()))
     }
 
     /// Stops one allocation (`POST /v1/allocation/:id/stop`); the

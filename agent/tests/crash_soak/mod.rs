@@ -396,6 +396,11 @@ impl Soak {
     /// while they are killed; a watcher checks it is never mounted on both.
     fn job_rounds(&mut self, rounds: usize, root: &Path) {
         let server = &self.nodes[0].agent;
+        // The last lifecycle may have killed either node just now: the
+        // server must answer and have a healthy controller before the create.
+        wait_for("a healthy synology controller on the server", Duration::from_secs(60), || {
+            (server.get("/v1/plugin/csi/synology")["ControllersHealthy"].as_u64() >= Some(1)).then_some(())
+        });
         let spec = "id = \"shared\"\nname = \"shared\"\ntype = \"csi\"\nplugin_id = \"synology\"\ncapacity_min = \
                     \"64MiB\"\ncapability {\n  access_mode = \"single-node-writer\"\n  attachment_mode = \
                     \"file-system\"\n}\n";

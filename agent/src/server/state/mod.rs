@@ -532,47 +532,6 @@ impl Tables {
     }
 }
 
-/// Which job bodies on disk outlive `batch` though their job is purged (in
-/// it or before), because allocations still use them, and which lose
-/// their last allocation in it.
-fn retention(current: &Tables, batch: &WriteBatch) -> persist::Retention {
-    use persist::JobRef;
-    let mut out = persist::Retention::default();
-    if batch.delete_jobs.is_empty() && batch.delete_allocs.is_empty() {
-        return out;
-    }
-    let deleted: BTreeSet<&str> = batch.delete_allocs.iter().map(String::as_str).collect();
-    let written: BTreeSet<&str> = batch.allocs.iter().map(|a| a.id.as_str()).collect();
-    let purged: BTreeSet<(&str, &str)> = batch.delete_jobs.iter().map(|(n, i)| (n.as_str(), i.as_str())).collect();
-    // The bodies the allocations of (ns, job) use once the batch is in.
-    let mut used: HashMap<(String, String), BTreeSet<JobRef>> = HashMap::new();
-    let mut used_after = |ns: &str, id: &str| -> BTreeSet<JobRef> {
-        let key = (ns.to_string(), id.to_string());
-        used.entry(key)
-            .or_insert_with(|| {
-                let kept = current.allocs_by_job(ns, id);
-                let kept = kept.iter().filter(|a| !deleted.contains(a.id.as_str()) && !written.contains(a.id.as_str()));
-                let new = batch.allocs.iter().filter(|a| a.namespace == ns && a.job_id == id);
-                kept.map(|a| &**a).chain(new).filter_map(|a| a.job.as_deref().map(JobRef::of)).collect()
-            })
-            .clone()
-    };
-    for (ns, id) in &purged {
-        out.keep.extend(used_after(ns, id).into_iter().map(|r| (ns.to_string(), id.to_string(), r)));
-    }
-    // A removed allocation of a job that is gone (or registered anew) may
-    // have been the last user of a kept body.
-    for a in batch.delete_allocs.iter().filter_map(|id| current.alloc(id)) {
-        let Some(r) = a.job.as_deref().map(JobRef::of) else { continue };
-        let registered = !purged.contains(&(a.namespace.as_str(), a.job_id.as_str()))
-            && current.job(&a.namespace, &a.job_id).is_some_and(|j| JobRef::of(&j).registration() == r.registration());
-        if !registered && !used_after(&a.namespace, &a.job_id).contains(&r) {
-            out.drop.insert((a.namespace.clone(), a.job_id.clone(), r));
-        }
-    }
-    out
-}
-
 /// The shared, persistent state store.
 pub struct StateStore {
     tables: Mutex<Arc<Tables>>,
@@ -736,7 +695,7 @@ impl StateStore {
             d.modify_index = index;
         }
         if let Some(p) = &self.persist {
-            if let Err(e) = p.commit(index, &batch, &retention(&current, &batch)) {
+            if let Err(e) = p.commit(index, &batch, &persist::Retention::of(&current, &batch)) {
                 *self.commit_error.lock() = Some(e.to_string());
                 return Err(e);
             }

@@ -71,6 +71,49 @@ pub struct Retention {
     pub drop: BTreeSet<VersionName>,
 }
 
+impl Retention {
+    /// What `batch`, applied to `current`, keeps and drops.
+    pub fn of(current: &Tables, batch: &WriteBatch) -> Retention {
+        let mut out = Retention::default();
+        if batch.delete_jobs.is_empty() && batch.delete_allocs.is_empty() {
+            return out;
+        }
+        let deleted: BTreeSet<&str> = batch.delete_allocs.iter().map(String::as_str).collect();
+        let written: BTreeSet<&str> = batch.allocs.iter().map(|a| a.id.as_str()).collect();
+        let purged: BTreeSet<(&str, &str)> = batch.delete_jobs.iter().map(|(n, i)| (n.as_str(), i.as_str())).collect();
+        // The bodies the allocations of (ns, job) use once the batch is in.
+        let mut used: HashMap<(String, String), BTreeSet<JobRef>> = HashMap::new();
+        let mut used_after = |ns: &str, id: &str| -> BTreeSet<JobRef> {
+            let key = (ns.to_string(), id.to_string());
+            used.entry(key)
+                .or_insert_with(|| {
+                    let kept = current.allocs_by_job(ns, id);
+                    let kept =
+                        kept.iter().filter(|a| !deleted.contains(a.id.as_str()) && !written.contains(a.id.as_str()));
+                    let new = batch.allocs.iter().filter(|a| a.namespace == ns && a.job_id == id);
+                    kept.map(|a| &**a).chain(new).filter_map(|a| a.job.as_deref().map(JobRef::of)).collect()
+                })
+                .clone()
+        };
+        for (ns, id) in &purged {
+            out.keep.extend(used_after(ns, id).into_iter().map(|r| (ns.to_string(), id.to_string(), r)));
+        }
+        // A removed allocation of a job that is gone (or registered anew) may
+        // have been the last user of a kept body.
+        for a in batch.delete_allocs.iter().filter_map(|id| current.alloc(id)) {
+            let Some(r) = a.job.as_deref().map(JobRef::of) else { continue };
+            let registered = !purged.contains(&(a.namespace.as_str(), a.job_id.as_str()))
+                && current
+                    .job(&a.namespace, &a.job_id)
+                    .is_some_and(|j| JobRef::of(&j).registration() == r.registration());
+            if !registered && !used_after(&a.namespace, &a.job_id).contains(&r) {
+                out.drop.insert((a.namespace.clone(), a.job_id.clone(), r));
+            }
+        }
+        out
+    }
+}
+
 /// An allocation row: the allocation without its job, and the reference.
 fn alloc_row(a: &Allocation) -> Result<Vec<u8>, StateError> {
     match &a.job {
