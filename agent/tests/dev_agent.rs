@@ -7,7 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{counter_job, job_file, pids_with, raw_exec_job, restart_while_counting, wait_for, Agent};
+use common::{
+    assert_task_reports_usage, counter_job, job_file, pids_with, raw_exec_job, restart_while_counting, wait_for, Agent,
+    ALLOCATION_METRICS,
+};
 
 #[test]
 fn raw_exec_job_lifecycle() {
@@ -114,7 +117,7 @@ fn agent_restart_keeps_tasks_and_state() {
 #[test]
 fn a_restored_task_keeps_its_logs_takes_signals_and_restarts_in_place() {
     let root = tempfile::tempdir().unwrap();
-    let mut agent = Agent::dev(root.path(), "dev6");
+    let mut agent = Agent::dev_with(root.path(), "dev6", ALLOCATION_METRICS);
     let marker = format!("c{}", std::process::id());
     let driver = r#"driver = "raw_exec"
       config {
@@ -128,7 +131,10 @@ fn a_restored_task_keeps_its_logs_takes_signals_and_restarts_in_place() {
     // Every number once, in order, across three agent restarts.
     restart_while_counting(&mut agent, &alloc, 3);
 
-    // The restored task takes signals...
+    // The restored task reports its usage...
+    assert_task_reports_usage(&agent, &alloc, "t");
+
+    // ...takes signals...
     let signal = agent.cli(&["alloc", "signal", "-s", "SIGUSR1", &alloc[..8], "t"]);
     assert_eq!(signal.code, 0, "{signal:?}");
     wait_for("the task to report SIGUSR1", Duration::from_secs(10), || {

@@ -11,7 +11,10 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{counted_to, counter_job, job_file, mysql, restart_while_counting, wait_for, Agent};
+use common::{
+    assert_task_reports_usage, counted_to, counter_job, job_file, mysql, restart_while_counting, wait_for, Agent,
+    ALLOCATION_METRICS,
+};
 
 static ENGINE: Mutex<()> = Mutex::new(());
 
@@ -155,7 +158,7 @@ fn killed_containers_are_replaced_and_restarts_keep_containers() {
 fn a_restored_container_keeps_its_logs_takes_signals_and_restarts_in_place() {
     let _engine = engine();
     let root = tempfile::tempdir().unwrap();
-    let mut agent = Agent::dev(root.path(), "counter1");
+    let mut agent = Agent::dev_with(root.path(), "counter1", ALLOCATION_METRICS);
     let driver = r#"driver = "docker"
       config {
         image   = "berth-test/tiny:latest"
@@ -176,7 +179,9 @@ fn a_restored_container_keeps_its_logs_takes_signals_and_restarts_in_place() {
     let berth_lines: Vec<&str> = logs.lines().collect();
     assert_eq!(berth_lines, engine_lines, "berth's copy of the container's output");
 
-    // The re-attached container takes signals and restarts in place.
+    // The re-attached container reports its usage, takes signals and
+    // restarts in place.
+    assert_task_reports_usage(&agent, &alloc, "t");
     let signal = agent.cli(&["alloc", "signal", "-s", "SIGUSR1", &alloc[..8], "t"]);
     assert_eq!(signal.code, 0, "{signal:?}");
     wait_for("the container to report SIGUSR1", Duration::from_secs(10), || {

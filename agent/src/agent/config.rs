@@ -79,6 +79,8 @@ pub struct AgentConfig {
     pub csi_plugin_probe_interval: Option<i64>,
     /// `server { csi_claim_release_timeout }` in nanoseconds.
     pub csi_claim_release_timeout: Option<i64>,
+    /// `telemetry { publish_allocation_metrics }`.
+    pub publish_allocation_metrics: Option<bool>,
     /// `plugin "name" { config { ... } }`, as JSON.
     pub plugins: BTreeMap<String, serde_json::Value>,
     /// Warnings about unknown keys.
@@ -197,6 +199,14 @@ impl AgentConfig {
             }
             w.extend(b.body.finish_lenient());
         }
+        if let Some(mut b) = root.block("telemetry")? {
+            b.no_labels()?;
+            set!(self.publish_allocation_metrics, b.body.bool("publish_allocation_metrics")?);
+            // Metrics are always kept and served at /v1/metrics; these
+            // only choose sinks and formats, which berth has one of each.
+            b.body.skip(&["collection_interval", "prometheus_metrics", "publish_node_metrics", "disable_hostname"]);
+            w.extend(b.body.finish_lenient());
+        }
         for mut p in root.blocks("plugin") {
             let name = p.label()?;
             let config = match p.body.block("config")? {
@@ -244,7 +254,11 @@ plugin "docker" {
     volumes { enabled = true }
   }
 }
-telemetry { collection_interval = "1s" }
+telemetry {
+  collection_interval = "1s"
+  publish_allocation_metrics = true
+  statsd_address = "127.0.0.1:8125"
+}
 "#;
 
     #[test]
@@ -257,9 +271,14 @@ telemetry { collection_interval = "1s" }
         assert_eq!(c.servers, vec!["127.0.0.1:4647"]);
         assert_eq!(c.host_volumes["mysql-vol"].path, "/opt/mysql/data");
         assert_eq!(c.raw_exec_enabled(), Some(true));
+        assert_eq!(c.publish_allocation_metrics, Some(true));
         assert_eq!(c.plugins["docker"]["allow_privileged"], serde_json::json!(true));
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-        assert!(c.warnings[0].contains("client1.hcl:25"), "{}", c.warnings[0]);
+        assert!(
+            c.warnings[0].contains("client1.hcl:28") && c.warnings[0].contains("statsd_address"),
+            "{}",
+            c.warnings[0]
+        );
     }
 
     #[test]

@@ -234,6 +234,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 }
                 None => None,
             },
+            publish_allocation_metrics: cfg.publish_allocation_metrics.unwrap_or(false),
         };
         Some(Client::start(cc, rpc, shutdown.clone()).await.context("starting the client")?)
     } else {
@@ -277,6 +278,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Some(c) = &client {
+        c.flush_state().await;
+    }
     drop(s.ephemeral);
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `alloc status`, `alloc logs` (also `logs`), and the requests to a
+//! `alloc status` (with the tasks' resource usage), `alloc logs` (also `logs`), and the requests to a
 //! running allocation: `alloc signal`, `alloc restart`, `alloc stop`.
 
 use futures::StreamExt;
@@ -10,6 +10,7 @@ use super::monitor::{self, metric_lines};
 use crate::structs::Allocation;
 use crate::util::{format_bytes, format_timestamp, pretty_time_ago, short_id};
 use crate::wire::alloc::{AllocRestartRequest, AllocSignalRequest};
+use crate::wire::stats::{AllocResourceUsage, ResourceUsage};
 use crate::wire::stubs::AllocListStub;
 
 /// Resolves an allocation ID prefix to the full allocation.
@@ -125,11 +126,85 @@ pub async fn stop(api: &ApiClient, prefix: &str, detach: bool) -> i32 {
     monitor::monitor(api, eval_id, false).await
 }
 
-/// `alloc status [-short] [-verbose] ID`.
-pub async fn status(api: &ApiClient, prefix: &str, short: bool, verbose: bool) -> i32 {
+/// The "Task Resources" table: used/asked when usage is known, and with
+/// `-stats` the measured memory and CPU fields.
+fn print_task_resources(
+    r: &crate::structs::AllocatedTaskResources,
+    disk_mb: u64,
+    used: Option<&ResourceUsage>,
+    detailed: bool,
+) {
+    let asked_memory = format_bytes(r.memory.memory_mb * 1024 * 1024);
+    let (cpu, memory) = match used {
+        Some(u) => {
+            let m = &u.memory_stats;
+            let mem_used = if m.measured.iter().any(|f| f == "RSS") { m.rss } else { m.usage };
+            (
+                format!("{:.0}/{} MHz", u.cpu_stats.total_ticks, r.cpu.cpu_shares),
+                format!("{}/{asked_memory}", format_bytes(mem_used)),
+            )
+        }
+        None => (format!("{} MHz", r.cpu.cpu_shares), asked_memory),
+    };
+    println!("Task Resources:");
+    let row = format!("{cpu}|{memory}|{}|", format_bytes(disk_mb * 1024 * 1024));
+    println!("{}", format::list(&["CPU|Memory|Disk|Addresses".to_string(), row]));
+    let Some(u) = used.filter(|_| detailed) else { return };
+    let m = &u.memory_stats;
+    let memory: Vec<(&str, String)> =
+        [("RSS", m.rss), ("Cache", m.cache), ("Swap", m.swap), ("Usage", m.usage), ("Max Usage", m.max_usage)]
+            .into_iter()
+            .filter(|(f, _)| m.measured.iter().any(|x| x == f))
+            .map(|(f, v)| (f, format_bytes(v)))
+            .collect();
+    let c = &u.cpu_stats;
+    let cpu: Vec<(&str, String)> = [
+        ("Percent", format!("{:.2}%", c.percent)),
+        ("System Mode", format!("{:.2}%", c.system_mode)),
+        ("User Mode", format!("{:.2}%", c.user_mode)),
+        ("Throttled Periods", c.throttled_periods.to_string()),
+        ("Throttled Time", c.throttled_time.to_string()),
+    ]
+    .into_iter()
+    .filter(|(f, _)| c.measured.iter().any(|x| x == f))
+    .collect();
+    for (title, fields) in [("Memory Stats", memory), ("CPU Stats", cpu)] {
+        let header: Vec<&str> = fields.iter().map(|(f, _)| *f).collect();
+        let values: Vec<&str> = fields.iter().map(|(_, v)| v.as_str()).collect();
+        println!("\n{title}\n{}", format::list(&[header.join("|"), values.join("|")]));
+    }
+}
+
+/// What `alloc status` shows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatusView {
+    /// `-short`: the tasks table only.
+    pub short: bool,
+    /// `-verbose`: full IDs and placement metrics.
+    pub verbose: bool,
+    /// `-stats`: detailed resource usage.
+    pub stats: bool,
+}
+
+/// `alloc status [-short] [-verbose] [-stats] ID`.
+pub async fn status(api: &ApiClient, prefix: &str, view: StatusView) -> i32 {
+    let StatusView { short, verbose, stats } = view;
     let a = match resolve(api, prefix).await {
         Ok(a) => a,
         Err(code) => return code,
+    };
+    // Usage is read from the client only for a running allocation (as
+    // Nomad does); without it the table shows what was asked alone.
+    let usage: Option<AllocResourceUsage> = if a.client_status == "running" && !short {
+        match api.get(&format!("/v1/client/allocation/{}/stats", a.id)).await {
+            Ok(u) => Some(u),
+            Err(e) => {
+                eprintln!("Couldn't retrieve stats: {e}");
+                None
+            }
+        }
+    } else {
+        None
     };
     let id = |s: &str| if verbose { s.to_string() } else { short_id(s).to_string() };
     let mut kv = vec![
@@ -211,19 +286,8 @@ pub async fn status(api: &ApiClient, prefix: &str, short: bool, verbose: bool) -
         let st = a.task_states.get(t).cloned().unwrap_or_default();
         println!("\nTask {t:?} is {:?}", if st.state.is_empty() { "pending" } else { &st.state });
         if let Some(r) = a.allocated_resources.tasks.get(t) {
-            println!("Task Resources:");
-            println!(
-                "{}",
-                format::list(&[
-                    "CPU|Memory|Disk|Addresses".to_string(),
-                    format!(
-                        "{} MHz|{}|{}|",
-                        r.cpu.cpu_shares,
-                        format_bytes(r.memory.memory_mb * 1024 * 1024),
-                        format_bytes(a.allocated_resources.shared.disk_mb * 1024 * 1024)
-                    ),
-                ])
-            );
+            let used = usage.as_ref().and_then(|u| u.tasks.get(t)).map(|u| &u.resource_usage);
+            print_task_resources(r, a.allocated_resources.shared.disk_mb, used, stats);
         }
         let tg = a.group();
         let host_vols: Vec<String> = tg

@@ -259,7 +259,7 @@ pub async fn status(api: &ApiClient, id: Option<&str>) -> i32 {
     let even = &prefix[..prefix.len() - prefix.len() % 2];
     let allocs: Vec<AllocListStub> = api.get(&format!("/v1/allocations?prefix={even}")).await.unwrap_or_default();
     if allocs.iter().any(|a| a.id.starts_with(prefix)) {
-        return super::alloc::status(api, prefix, false, false).await;
+        return super::alloc::status(api, prefix, Default::default()).await;
     }
     let nodes: Vec<NodeListStub> = api.get(&format!("/v1/nodes?prefix={prefix}")).await.unwrap_or_default();
     if !nodes.is_empty() {

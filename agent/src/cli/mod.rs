@@ -310,6 +310,9 @@ enum AllocCommand {
         /// Full IDs and placement metrics.
         #[arg(long)]
         verbose: bool,
+        /// Detailed resource usage of each task.
+        #[arg(long)]
+        stats: bool,
     },
     /// Prints or follows a task's logs.
     Logs(LogsArgs),
@@ -780,7 +783,9 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Alloc { command, api } => {
             let api = client(&api);
             match command {
-                AllocCommand::Status { id, short, verbose } => alloc::status(&api, &id, short, verbose).await,
+                AllocCommand::Status { id, short, verbose, stats } => {
+                    alloc::status(&api, &id, alloc::StatusView { short, verbose, stats }).await
+                }
                 AllocCommand::Logs(a) => logs(&api, &a).await,
                 AllocCommand::Signal { signal, task_flag, alloc: id, task } => {
                     alloc::signal(&api, &id, task_flag.as_deref().or(task.as_deref()), &signal).await

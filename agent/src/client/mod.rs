@@ -15,6 +15,7 @@ pub mod network;
 pub mod rpc;
 pub mod shim;
 pub mod state;
+mod stats;
 pub mod taskenv;
 pub mod taskrunner;
 mod telemetry;
@@ -95,6 +96,8 @@ pub struct ClientConfig {
     pub csi_probe_interval: Duration,
     /// `plugin "synology" { config { ... } }`: the built-in Synology plugin.
     pub synology: Option<csi::builtin::SynologyPlugin>,
+    /// `telemetry { publish_allocation_metrics }`: per-task usage gauges.
+    pub publish_allocation_metrics: bool,
 }
 
 impl ClientConfig {
@@ -140,6 +143,8 @@ pub struct Client {
     /// When the servers last answered a registration or heartbeat, and the
     /// TTL they gave.
     contact: parking_lot::Mutex<Option<(tokio::time::Instant, Duration)>>,
+    /// Each task's previous usage reading.
+    usage: stats::UsageTracker,
 }
 
 /// Whether the client is in touch with its servers.
@@ -197,7 +202,7 @@ impl Client {
         let used_bridge = bridge.ipam_dir.join(&bridge.name).is_dir();
         let network = Arc::new(cni::BridgeNetwork::open(bridge).await?);
         if used_bridge {
-            let live: HashSet<String> = store.load()?.into_iter().map(|p| p.alloc.id).collect();
+            let live: HashSet<String> = store.load().into_iter().map(|p| p.alloc.id).collect();
             match network.gc(&live).await {
                 Ok(r) if !r.removed.is_empty() => {
                     tracing::info!(allocs = ?r.removed, "removed stale allocation networks")
@@ -222,11 +227,12 @@ impl Client {
             network,
             csi: Arc::new(csi::CsiManager::new(client_dir.join("csi"), config_probe_interval)),
             contact: parking_lot::Mutex::new(None),
+            usage: Default::default(),
         });
         if let Some(synology) = &client.config.synology {
             synology.start(client.csi.clone(), &ident.id).map_err(ClientError::BuiltinPlugin)?;
         }
-        client.restore()?;
+        client.restore();
         tokio::spawn(client.clone().collect_orphans());
         tokio::spawn(client.clone().sync_updates(rx));
         tokio::spawn(client.clone().membership());
@@ -283,8 +289,8 @@ impl Client {
     }
 
     /// Re-creates runners for persisted allocations (re-attaching tasks).
-    fn restore(&self) -> Result<(), ClientError> {
-        let persisted = self.store.load()?;
+    fn restore(&self) {
+        let persisted = self.store.load();
         let mut runners = self.runners.lock();
         for p in persisted {
             tracing::info!(alloc_id = %p.alloc.id, tasks = p.handles.len(), "restoring allocation");
@@ -292,7 +298,6 @@ impl Client {
             let ctl = allocrunner::spawn(p.alloc.clone(), Some(p), self.deps());
             runners.insert(id, ctl);
         }
-        Ok(())
     }
 
     /// Removes what drivers left for allocations this client no longer
@@ -331,13 +336,97 @@ impl Client {
 
     /// The client's gauges (see `telemetry`), from its state.
     pub fn gauges(&self) -> Vec<crate::telemetry::Point> {
-        match self.store.load() {
-            Ok(allocs) => telemetry::gauges(&self.node.read(), &allocs),
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the client state for metrics");
-                Vec::new()
+        telemetry::gauges(&self.node.read(), &self.store.load())
+    }
+
+    /// What allocation `alloc_id`'s running tasks use (Nomad's
+    /// `/v1/client/allocation/:id/stats`).
+    pub async fn alloc_stats(
+        &self,
+        alloc_id: &str,
+    ) -> Result<crate::wire::stats::AllocResourceUsage, control::ControlError> {
+        let p = self.store.get(alloc_id).ok_or_else(|| control::ControlError::UnknownAlloc(alloc_id.into()))?;
+        let tasks = self.task_usage(&p).await;
+        let mut out =
+            crate::wire::stats::AllocResourceUsage { timestamp: crate::util::now_nanos(), ..Default::default() };
+        for t in tasks.values() {
+            out.resource_usage.add(&t.resource_usage);
+        }
+        out.tasks = tasks;
+        Ok(out)
+    }
+
+    /// Reads the usage of an allocation's running tasks from their drivers;
+    /// a task whose driver cannot tell is left out.
+    async fn task_usage(&self, p: &state::PersistedAlloc) -> BTreeMap<String, crate::wire::stats::TaskResourceUsage> {
+        let node = self.node.read().clone();
+        let cores = node.node_resources.cpu.total_core_count.max(1);
+        let mhz_per_core = node.node_resources.cpu.cpu_shares as f64 / cores as f64;
+        let readings = p.handles.iter().filter_map(|(task, handle)| {
+            let driver = self.drivers.get(&handle.driver)?.clone();
+            Some(async move { (task, handle, driver.stats(handle).await) })
+        });
+        let mut out = BTreeMap::new();
+        for (task, handle, reading) in futures::future::join_all(readings).await {
+            let reading = match reading {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(alloc_id = %p.alloc.id, task, error = %e, "no usage reading");
+                    continue;
+                }
+            };
+            let started = p.task_states.get(task).and_then(|s| s.started_at.as_deref());
+            let running_for = started
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).as_seconds_f64().max(0.0));
+            let since = stats::Since { handle: handle.state.to_string(), running_for };
+            let usage = self.usage.rate((p.alloc.id.clone(), task.clone()), &reading, since, mhz_per_core);
+            let usage = crate::wire::stats::TaskResourceUsage {
+                resource_usage: usage,
+                timestamp: crate::util::now_nanos(),
+                pids: Default::default(),
+            };
+            out.insert(task.clone(), usage);
+        }
+        out
+    }
+
+    /// Nomad's `nomad.client.allocs.*` gauges of every running task, when
+    /// `telemetry { publish_allocation_metrics = true }`.
+    pub async fn allocation_gauges(&self) -> Vec<crate::telemetry::Point> {
+        if !self.config.publish_allocation_metrics {
+            return Vec::new();
+        }
+        let allocs = self.store.load();
+        let live: HashSet<&str> =
+            allocs.iter().filter(|p| !p.handles.is_empty()).map(|p| p.alloc.id.as_str()).collect();
+        self.usage.retain(&|id| live.contains(id));
+        let host = self.node.read().name.clone();
+        let mut out = Vec::new();
+        for p in allocs.iter().filter(|p| !p.handles.is_empty()) {
+            for (task, usage) in self.task_usage(p).await {
+                let labels = stats::TaskLabels {
+                    alloc_id: &p.alloc.id,
+                    job: &p.alloc.job_id,
+                    namespace: &p.alloc.namespace,
+                    task_group: &p.alloc.task_group,
+                    task: &task,
+                    host: &host,
+                };
+                let given = p.alloc.allocated_resources.tasks.get(&task);
+                let memory_mb = given.map_or(0, |r| r.memory.memory_mb);
+                let cpu = given.map_or(0, |r| r.cpu.cpu_shares);
+                out.extend(stats::task_points(&labels, &usage, memory_mb, cpu));
             }
         }
+        out
+    }
+
+    /// Writes whatever client state is still in memory only to disk (the
+    /// agent does this last when it exits).
+    pub async fn flush_state(&self) {
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.flush()).await;
     }
 
     /// True when the allocation has a runner on this client.
@@ -379,7 +468,6 @@ impl Client {
         let plugins: HashSet<String> = self
             .store
             .load()
-            .unwrap_or_default()
             .into_iter()
             .filter(|p| p.alloc.group().is_some_and(|tg| tg.tasks.iter().any(|t| t.csi_plugin_config.is_some())))
             .map(|p| p.alloc.id)
@@ -389,8 +477,8 @@ impl Client {
                 let _ = ctl.commands.send(AllocCommand::Destroy);
             }
             while tokio::time::Instant::now() < deadline {
-                let left = self.store.load().map(|l| l.iter().any(|p| last || !plugins.contains(&p.alloc.id)));
-                if !left.unwrap_or(false) {
+                let left = self.store.load().iter().any(|p| last || !plugins.contains(&p.alloc.id));
+                if !left {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -145,6 +145,7 @@ pub async fn metrics(State(api): ApiState, axum::extract::Query(q): super::RawQu
     }
     if let Some(client) = &api.client {
         derived.extend(client.gauges());
+        derived.extend(client.allocation_gauges().await);
     }
     if q.get("format").is_some_and(|f| f == "prometheus") {
         let mut resp = crate::telemetry::render_prometheus(&derived).into_response();

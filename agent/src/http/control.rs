@@ -1,4 +1,4 @@
-//! `/v1/client/allocation/:id/signal` and `/v1/client/allocation/:id/restart`:
+//! `/v1/client/allocation/:id/signal`, `.../restart` and `.../stats`:
 //! requests to a running allocation's tasks, carried out by the client
 //! that runs it (this agent's, or another one's through the servers).
 
@@ -23,6 +23,21 @@ pub async fn restart(State(api): State<Api>, Path(alloc_id): Path<String>, body:
     let req: AllocRestartRequest = decode_body(&body)?;
     let task = if req.all_tasks { None } else { named_task(&req.task_name) };
     run(api, alloc_id, "restart", body, task, TaskAction::Restart).await
+}
+
+/// What the allocation's running tasks use.
+pub async fn stats(
+    State(api): State<Api>,
+    Path(alloc_id): Path<String>,
+    axum::extract::Query(query): super::RawQuery,
+) -> ApiResult {
+    match api.client.as_ref().filter(|c| c.runs(&alloc_id)) {
+        Some(client) => Ok(json_with_index(&client.alloc_stats(&alloc_id).await?, 0, super::flag(&query, "pretty"))),
+        None => {
+            let path = format!("/v1/client/allocation/{alloc_id}/stats");
+            super::forward::to_alloc_node(&api, &alloc_id, reqwest::Method::GET, &path, &query, None).await
+        }
+    }
 }
 
 async fn run(

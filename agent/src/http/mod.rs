@@ -286,6 +286,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/client/fs/logs/{alloc}", get(logs::logs))
         .route("/v1/client/allocation/{alloc}/signal", put(control::signal).post(control::signal))
         .route("/v1/client/allocation/{alloc}/restart", put(control::restart).post(control::restart))
+        .route("/v1/client/allocation/{alloc}/stats", get(control::stats))
         .route("/v1/agent/self", get(agent::agent_self))
         .route("/v1/agent/health", get(agent::health))
         .route("/v1/metrics", get(agent::metrics))

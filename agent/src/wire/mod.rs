@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod csi;
 pub mod node;
 pub mod plan;
+pub mod stats;
 pub mod stubs;
 
 /// Header carrying `k=v,k=v` CSI secrets on volume deletes, as in Nomad.

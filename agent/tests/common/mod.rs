@@ -353,3 +353,35 @@ pub fn restart_while_counting(agent: &mut Agent, alloc: &str, times: usize) -> S
     }
     counted(agent, times).1
 }
+
+/// Agent config that publishes Nomad's per-task usage gauges.
+pub const ALLOCATION_METRICS: &str = "telemetry {\n  publish_allocation_metrics = true\n}\n";
+
+/// The running task `task` of `alloc` reports what it uses: through the
+/// stats endpoint (memory and a CPU rate), `alloc status -stats`, and the
+/// agent's Prometheus metrics (when it publishes allocation metrics).
+pub fn assert_task_reports_usage(agent: &Agent, alloc: &str, task: &str) {
+    let stats = agent.get(&format!("/v1/client/allocation/{alloc}/stats"));
+    let usage = &stats["Tasks"][task]["ResourceUsage"];
+    let memory = &usage["MemoryStats"];
+    let measured: Vec<&str> =
+        memory["Measured"].as_array().map(|m| m.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+    let used = if measured.contains(&"RSS") { &memory["RSS"] } else { &memory["Usage"] };
+    assert!(used.as_u64().unwrap_or(0) > 0, "no memory reading: {stats}");
+    let cpu = usage["CpuStats"]["Measured"].as_array().cloned().unwrap_or_default();
+    assert!(cpu.iter().any(|m| m == "Percent"), "no CPU rate: {stats}");
+    assert!(stats["ResourceUsage"]["MemoryStats"]["RSS"] == memory["RSS"], "the allocation total: {stats}");
+    let status = agent.cli(&["alloc", "status", "-stats", &alloc[..8]]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let resources = status.stdout.lines().skip_while(|l| !l.starts_with("Task Resources")).nth(2).unwrap_or_default();
+    assert!(resources.contains(" MHz") && resources.matches('/').count() >= 2, "used/asked: {status:?}");
+    assert!(status.stdout.contains("Memory Stats") && status.stdout.contains("CPU Stats"), "{status:?}");
+    let metrics = agent.text("/v1/metrics?format=prometheus");
+    let series = format!("alloc_id=\"{alloc}\"");
+    for name in ["nomad_client_allocs_memory_allocated", "nomad_client_allocs_cpu_total_percent"] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name) && l.contains(&series)),
+            "no {name} of {alloc}:\n{metrics}"
+        );
+    }
+}

@@ -261,9 +261,7 @@ impl Runner {
                 tracing::warn!(hook = h.name(), error = %e, "destroy hook failed");
             }
         }
-        if let Err(e) = self.deps.store.delete(&self.alloc.id) {
-            tracing::error!(error = %e, "removing allocation state");
-        }
+        self.deps.store.delete(&self.alloc.id);
     }
 
     /// Starts a task runner per task that is not dead, or none when any

@@ -15,7 +15,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, StopContainerOptions,
+    LogsOptions, RemoveContainerOptions, StatsOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures::future::BoxFuture;
@@ -714,6 +714,24 @@ impl Driver for DockerDriver {
             let opts =
                 StopContainerOptions { signal: Some(signal.to_string()), t: Some(timeout.as_secs().max(1) as i32) };
             let _ = docker.stop_container(&state.id, Some(opts)).await;
+        }
+        .boxed()
+    }
+
+    fn stats<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<super::usage::TaskUsage, DriverError>> {
+        async move {
+            let state = Self::state_of(handle).ok_or_else(|| config_error("unreadable task handle"))?;
+            let docker = self.docker()?;
+            let opts = StatsOptions { stream: false, one_shot: true };
+            match docker.stats(&state.id, Some(opts)).next().await {
+                Some(Ok(stats)) => Ok(super::usage::of_container(&stats)),
+                Some(Err(e)) => Err(DriverError::Unreachable(format!(
+                    "reading stats of container {}: {}",
+                    &state.id[..12.min(state.id.len())],
+                    docker_message(&e)
+                ))),
+                None => Err(DriverError::Unreachable("docker sent no stats".into())),
+            }
         }
         .boxed()
     }

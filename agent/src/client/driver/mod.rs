@@ -7,6 +7,7 @@ pub mod docker;
 pub mod pause;
 mod process;
 pub mod raw_exec;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -156,6 +157,8 @@ pub trait Driver: Send + Sync {
     fn signal<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Stops the task: `signal`, then a hard kill after `timeout`.
     fn stop<'a>(&'a self, handle: &'a TaskHandle, signal: &'a str, timeout: Duration) -> BoxFuture<'a, ()>;
+    /// What the running task uses now (memory) and has used (CPU time).
+    fn stats<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<usage::TaskUsage, DriverError>>;
     /// After a client restart: re-attaches what the driver keeps for a task
     /// (its log pump) and tells whether the task is still running.
     fn recover<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, bool>;

@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::process::{self, ProcessState};
+use super::usage::{self, TaskUsage};
 use super::{parse_signal, Driver, DriverError, ExitResult, TaskConfig, TaskHandle};
 use crate::client::shim::ShimSpec;
 use crate::structs::DriverInfo;
@@ -136,6 +137,15 @@ impl Driver for RawExec {
             if let Some(state) = state_of(handle) {
                 process::stop(&state, sig, timeout).await;
             }
+        }
+        .boxed()
+    }
+
+    fn stats<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, Result<TaskUsage, DriverError>> {
+        async move {
+            let state = state_of(handle).ok_or_else(|| config_error("unreadable task handle"))?;
+            usage::of_process_group(state.pid)
+                .ok_or_else(|| DriverError::Unreachable(format!("task process group {} is gone", state.pid)))
         }
         .boxed()
     }
