@@ -365,3 +365,71 @@ fn a_deployment_that_misses_its_progress_deadline_fails() {
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(agent.cli(&["job", "stop", "-purge", "stuck"]).code, 0);
 }
+
+/// The time of the first event of `kind` of `task` in allocation `a`.
+fn event_time(a: &serde_json::Value, task: &str, kind: &str) -> i64 {
+    a["TaskStates"][task]["Events"]
+        .as_array()
+        .and_then(|evs| evs.iter().find(|e| e["Type"] == kind))
+        .and_then(|e| e["Time"].as_i64())
+        .unwrap_or_else(|| panic!("task {task} has no {kind:?} event: {a}"))
+}
+
+#[test]
+fn lifecycle_tasks_run_in_nomads_order() {
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::dev(root.path(), "dev7");
+    let task = |name: &str, lifecycle: &str, script: &str| {
+        format!(
+            "    task \"{name}\" {{\n      driver = \"raw_exec\"\n{lifecycle}      config {{\n        command = \"/bin/sh\"\n        \
+             args = [\"-c\", {}]\n      }}\n    }}\n",
+            serde_json::to_string(script).unwrap()
+        )
+    };
+    let job = [
+        "job \"ordered\" {\n  type = \"batch\"\n  group \"g\" {\n".to_string(),
+        task("init", "      lifecycle { hook = \"prestart\" }\n", "echo from-init > $NOMAD_ALLOC_DIR/init.txt"),
+        task(
+            "proxy",
+            "      lifecycle {\n        hook = \"prestart\"\n        sidecar = true\n      }\n",
+            "while true; do sleep 0.1; done",
+        ),
+        task("main", "", "sleep 1; echo main-read-$(cat $NOMAD_ALLOC_DIR/init.txt)"),
+        task(
+            "cleanup",
+            "      lifecycle { hook = \"poststop\" }\n",
+            "test -f $NOMAD_ALLOC_DIR/init.txt && echo cleaned > $NOMAD_ALLOC_DIR/post.txt",
+        ),
+        "  }\n}\n".to_string(),
+    ]
+    .concat();
+    let file = job_file(root.path(), "ordered.nomad", &job);
+    let run = agent.cli(&["job", "run", "-detach", &file]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = wait_for("the allocation", Duration::from_secs(20), || {
+        agent.allocs("ordered").first().and_then(|a| a["ID"].as_str().map(String::from))
+    });
+    let a = wait_for("the allocation to complete", Duration::from_secs(40), || {
+        let a = agent.get(&format!("/v1/allocation/{id}"));
+        (a["ClientStatus"] == "complete").then_some(a)
+    });
+    for t in ["init", "proxy", "main", "cleanup"] {
+        assert_eq!(a["TaskStates"][t]["State"], "dead", "{t}: {a}");
+        assert_eq!(a["TaskStates"][t]["Failed"], false, "{t}: {a}");
+    }
+    // The main task read what the prestart task wrote.
+    let logs = agent.cli(&["alloc", "logs", &id, "main"]);
+    assert!(logs.stdout.contains("main-read-from-init"), "{logs:?}");
+    // Main started after init ended and while the sidecar ran; the sidecar
+    // was stopped after main ended; the poststop task ran after both.
+    let (init_end, main_start) = (event_time(&a, "init", "Terminated"), event_time(&a, "main", "Started"));
+    assert!(init_end <= main_start, "main started before init ended: {a}");
+    assert!(event_time(&a, "proxy", "Started") <= main_start, "{a}");
+    let main_end = event_time(&a, "main", "Terminated");
+    assert!(main_end <= event_time(&a, "proxy", "Killing"), "the sidecar was stopped before main ended: {a}");
+    let cleanup_start = event_time(&a, "cleanup", "Started");
+    assert!(event_time(&a, "proxy", "Killed") <= cleanup_start, "poststop ran beside the sidecar: {a}");
+    let alloc_dir = agent.dir.join("alloc").join(&id).join("alloc");
+    assert_eq!(std::fs::read_to_string(alloc_dir.join("post.txt")).unwrap_or_default().trim(), "cleaned");
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "ordered"]).code, 0);
+}

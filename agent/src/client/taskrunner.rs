@@ -1,6 +1,6 @@
-//! The task runner: one tokio task per task that prepares the task (env,
-//! templates), starts it through its driver, waits, and applies the restart
-//! policy; it also carries out the API's requests to the running task
+//! The task runner: one tokio task per task that waits for its lifecycle
+//! phase, prepares the task (env, templates), starts it through its
+//! driver, waits, and applies the restart policy; it also carries out the API's requests to the running task
 //! (signal, restart in place). Two tokens end it: `kill` stops the workload (the allocation is
 //! stopping), `shutdown` only detaches (the agent is exiting and the task
 //! keeps running, to be re-attached through its persisted handle).
@@ -77,6 +77,9 @@ pub struct TaskRunner {
     pub network: Option<std::sync::Arc<super::hook::GroupNetwork>>,
     /// Requests from the API (signal, restart).
     pub control: mpsc::UnboundedReceiver<TaskControl>,
+    /// Opens when the task's turn comes (its lifecycle phase); `None`
+    /// starts it at once.
+    pub gate: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 enum Next {
@@ -239,6 +242,13 @@ impl TaskRunner {
                 tracing::info!("a restored task is no longer running");
             }
         }
+        if self.handle.is_none() {
+            if let Some(gate) = self.gate.take() {
+                if !self.wait_for_turn(gate).await {
+                    return;
+                }
+            }
+        }
         loop {
             if self.handle.is_none() {
                 if self.kill.is_cancelled() {
@@ -330,6 +340,24 @@ impl TaskRunner {
             }
             if !self.should_restart(&exit, &mut window).await {
                 return;
+            }
+        }
+    }
+
+    /// Waits until the task's lifecycle phase may start; false when it is
+    /// killed (then dead) or shut down meanwhile.
+    async fn wait_for_turn(&mut self, mut gate: tokio::sync::watch::Receiver<bool>) -> bool {
+        loop {
+            tokio::select! {
+                open = gate.wait_for(|open| *open) => return open.is_ok(),
+                _ = self.kill.cancelled() => {
+                    self.mark_dead(self.state.failed);
+                    return false;
+                }
+                _ = self.shutdown.cancelled() => return false,
+                Some(c) = self.control.recv() => {
+                    let _ = c.reply.send(Err(ControlError::NotRunning));
+                }
             }
         }
     }

@@ -48,7 +48,7 @@ pub struct ParsedJob {
 }
 
 /// Nomad blocks berth accepts but does not implement.
-const UNSUPPORTED: [&str; 15] = [
+const UNSUPPORTED: [&str; 14] = [
     "affinity",
     "spread",
     "migrate",
@@ -58,7 +58,6 @@ const UNSUPPORTED: [&str; 15] = [
     "identity",
     "scaling",
     "artifact",
-    "lifecycle",
     "consul",
     "multiregion",
     "dispatch_payload",

@@ -1,11 +1,14 @@
 //! The `task` block: driver and its free-form `config`, resources,
-//! templates, volume mounts, the CSI plugin role, services and logs.
+//! templates, volume mounts, the CSI plugin role, services, lifecycle and
+//! logs.
 
 use super::policy::RestartPatch;
 use super::service::{decode_constraint, decode_service};
 use super::{network, skip_unsupported};
 use crate::hclspan::{Block, HclError};
-use crate::structs::{CsiPluginConfig, LogConfig, Resources, RestartPolicy, Task, Template, VolumeMount};
+use crate::structs::{
+    CsiPluginConfig, LogConfig, Resources, RestartPolicy, Task, TaskLifecycle, Template, VolumeMount,
+};
 
 /// Decodes a `task "name" { ... }` block; `group_restart` is the group's
 /// restart policy, which a task `restart` block overrides field by field.
@@ -68,6 +71,14 @@ pub(super) fn decode(
             health_timeout: p.body.duration("health_timeout")?.unwrap_or(0),
         });
         p.body.finish()?;
+    }
+    if let Some(mut l) = b.block("lifecycle")? {
+        l.no_labels()?;
+        task.lifecycle = Some(TaskLifecycle {
+            hook: l.body.string("hook")?.unwrap_or_default(),
+            sidecar: l.body.bool("sidecar")?.unwrap_or(false),
+        });
+        l.body.finish()?;
     }
     if let Some(mut logs) = b.block("logs")? {
         logs.no_labels()?;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::*;
+use crate::structs::TaskPhase;
 
 const SECOND: i64 = 1_000_000_000;
 
@@ -266,14 +267,13 @@ fn volumes_and_mounts() {
 
 #[test]
 fn unsupported_blocks_warn_unknown_fields_fail() {
-    let src =
-        task_job("      driver = \"exec\"\n      artifact { source = \"x\" }\n      lifecycle { hook = \"prestart\" }");
+    let src = task_job("      driver = \"exec\"\n      artifact { source = \"x\" }\n      identity { env = true }");
     let parsed = parse("u.hcl", &src).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         parsed.warnings,
         vec![
             "\"artifact\" is not supported by berth and is ignored (u.hcl:5)".to_string(),
-            "\"lifecycle\" is not supported by berth and is ignored (u.hcl:6)".to_string(),
+            "\"identity\" is not supported by berth and is ignored (u.hcl:6)".to_string(),
         ]
     );
     let err = parse("u.hcl", &task_job("      driver = \"exec\"\n      foo = 1")).unwrap_err();
@@ -353,4 +353,41 @@ fn shutdown_delay_on_groups_and_tasks() {
     let json = serde_json::to_value(&job).unwrap();
     assert_eq!(json["TaskGroups"][0]["ShutdownDelay"], 3 * SECOND);
     assert_eq!(json["TaskGroups"][0]["Tasks"][0]["ShutdownDelay"], SECOND / 2);
+}
+
+#[test]
+fn lifecycle_blocks_and_their_validation() {
+    let src = concat!(
+        "job \"j\" {\n  group \"g\" {\n",
+        "    task \"init\" {\n      driver = \"raw_exec\"\n      lifecycle { hook = \"prestart\" }\n    }\n",
+        "    task \"proxy\" {\n      driver = \"raw_exec\"\n      lifecycle {\n        hook = \"prestart\"\n        sidecar = true\n      }\n    }\n",
+        "    task \"main\" {\n      driver = \"raw_exec\"\n    }\n",
+        "    task \"after\" {\n      driver = \"raw_exec\"\n      lifecycle { hook = \"poststop\" }\n    }\n",
+        "  }\n}\n"
+    );
+    let parsed = parse("l.hcl", src).unwrap_or_else(|e| panic!("{e}"));
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    let phases: Vec<(TaskPhase, bool)> =
+        parsed.job.task_groups[0].tasks.iter().map(|t| (t.phase(), t.is_sidecar())).collect();
+    assert_eq!(
+        phases,
+        [
+            (TaskPhase::Prestart, false),
+            (TaskPhase::Prestart, true),
+            (TaskPhase::Main, false),
+            (TaskPhase::Poststop, false)
+        ]
+    );
+    let json = serde_json::to_value(&parsed.job).unwrap();
+    assert_eq!(
+        json["TaskGroups"][0]["Tasks"][1]["Lifecycle"],
+        serde_json::json!({"Hook": "prestart", "Sidecar": true})
+    );
+
+    let bad = src.replace("hook = \"poststop\"", "hook = \"later\"");
+    let e = parse("l.hcl", &bad).unwrap_err().to_string();
+    assert!(e.contains("task \"after\": lifecycle hook \"later\" must be"), "{e}");
+    let only_hooks = task_job("      driver = \"raw_exec\"\n      lifecycle { hook = \"prestart\" }");
+    let e = parse("l.hcl", &only_hooks).unwrap_err().to_string();
+    assert!(e.contains("group has no main task"), "{e}");
 }

@@ -264,6 +264,9 @@ impl Job {
                 issue(None, format!("duplicate port label {:?}", port.label));
             }
         }
+        if !tg.tasks.is_empty() && tg.tasks.iter().all(|t| t.phase() != super::TaskPhase::Main) {
+            issue(None, "group has no main task (every task has a lifecycle block)".into());
+        }
         let mut task_names = BTreeSet::new();
         for task in &tg.tasks {
             if !task_names.insert(task.name.as_str()) {
@@ -388,6 +391,13 @@ fn task_problems(task: &Task, tg: &super::TaskGroup, port_labels: &BTreeSet<&str
     for mount in &task.volume_mounts {
         if !tg.volumes.contains_key(&mount.volume) {
             out.push(format!("volume_mount of undeclared volume {:?}", mount.volume));
+        }
+    }
+    if let Some(l) = &task.lifecycle {
+        if !super::LIFECYCLE_HOOKS.contains(&l.hook.as_str()) {
+            out.push(format!("lifecycle hook {:?} must be \"prestart\", \"poststart\" or \"poststop\"", l.hook));
+        } else if l.sidecar && l.hook == "poststop" {
+            out.push("lifecycle: a poststop task cannot be a sidecar".into());
         }
     }
     if let Some(plugin) = &task.csi_plugin_config {

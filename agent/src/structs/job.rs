@@ -101,6 +101,57 @@ pub struct Task {
     pub csi_plugin_config: Option<CsiPluginConfig>,
     pub log_config: Option<LogConfig>,
     pub leader: bool,
+    /// When the task runs relative to the group's main tasks.
+    pub lifecycle: Option<TaskLifecycle>,
+}
+
+/// A task `lifecycle` block.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TaskLifecycle {
+    /// `prestart`, `poststart` or `poststop`.
+    pub hook: String,
+    /// Runs for as long as the main tasks do (prestart and poststart).
+    pub sidecar: bool,
+}
+
+/// Where a task sits in its group's order (Nomad's lifecycle hooks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskPhase {
+    /// Before the main tasks: run to completion, or started first (sidecar).
+    Prestart,
+    /// A task without a lifecycle block.
+    Main,
+    /// Once every main task is running.
+    Poststart,
+    /// Once every other task has stopped.
+    Poststop,
+}
+
+/// The lifecycle hook names.
+pub const LIFECYCLE_HOOKS: [&str; 3] = ["prestart", "poststart", "poststop"];
+
+impl Task {
+    /// The task's phase (an unknown hook, refused by validation, is main).
+    pub fn phase(&self) -> TaskPhase {
+        match self.lifecycle.as_ref().map(|l| l.hook.as_str()) {
+            Some("prestart") => TaskPhase::Prestart,
+            Some("poststart") => TaskPhase::Poststart,
+            Some("poststop") => TaskPhase::Poststop,
+            _ => TaskPhase::Main,
+        }
+    }
+
+    /// A prestart or poststart task that runs beside the main tasks.
+    pub fn is_sidecar(&self) -> bool {
+        self.phase() != TaskPhase::Main && self.lifecycle.as_ref().is_some_and(|l| l.sidecar)
+    }
+
+    /// A lifecycle task that runs once to completion: a clean exit ends
+    /// it, whatever the job type.
+    pub fn is_ephemeral(&self) -> bool {
+        self.phase() != TaskPhase::Main && !self.is_sidecar()
+    }
 }
 
 /// A task `logs` block: rotation of the captured stdout/stderr.

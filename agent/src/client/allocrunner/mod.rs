@@ -7,6 +7,7 @@
 //! nothing else touches it.
 
 mod hooks;
+mod lifecycle;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -130,6 +131,8 @@ struct Runner {
     network_status: Option<crate::structs::AllocNetworkStatus>,
     /// The request channels of the task runners, by task.
     controls: BTreeMap<String, mpsc::UnboundedSender<TaskControl>>,
+    /// The order of the tasks, once they are started.
+    lifecycle: Option<lifecycle::Coordinator>,
 }
 
 impl Runner {
@@ -274,6 +277,7 @@ impl Runner {
     ) -> Result<(), String> {
         let job = self.alloc.job.clone().ok_or("allocation has no job")?;
         let tg = job.task_group(&self.alloc.task_group).ok_or("allocation's group is not in its job")?;
+        let order = lifecycle::Coordinator::new(&tg.tasks, kill);
         let mut runners = Vec::new();
         for task in &tg.tasks {
             if self.persisted.task_states.get(&task.name).is_some_and(|s| s.state == task_state::DEAD) {
@@ -299,11 +303,15 @@ impl Runner {
             runner.binds = binds;
             runner.extra_env = res.task_env.get(&task.name).cloned().unwrap_or_default();
             runner.network = res.network.clone();
+            runner.gate = order.gate(task);
+            runner.kill = order.kill_token(task, kill);
             runners.push(runner);
         }
         for runner in runners {
             spawn_task(runner);
         }
+        order.advance(&self.persisted.task_states);
+        self.lifecycle = Some(order);
         Ok(())
     }
 
@@ -374,7 +382,7 @@ impl Runner {
             driver,
             alloc_root: self.deps.alloc_dir.join(&self.alloc.id),
             restart: task.restart_policy.clone().or_else(|| tg.restart_policy.clone()).unwrap_or_default(),
-            batch: job.is_batch_like(),
+            batch: job.is_batch_like() || task.is_ephemeral(),
             state: self.persisted.task_states.get(&task.name).cloned().unwrap_or_default(),
             handle: self.persisted.handles.get(&task.name).cloned(),
             kill: kill.child_token(),
@@ -384,6 +392,7 @@ impl Runner {
             extra_env: Default::default(),
             network: None,
             control: control_rx,
+            gate: None,
         })
     }
 }
@@ -409,10 +418,17 @@ async fn run(
         reported: None,
         network_status: None,
         controls: BTreeMap::new(),
+        lifecycle: None,
     };
     let kill = CancellationToken::new();
     let (task_tx, mut task_rx) = mpsc::unbounded_channel::<TaskUpdate>();
-    let finished = |r: &Runner| r.status().0 == client_status::COMPLETE || r.status().0 == client_status::FAILED;
+    // Done when every task has ended (a failed one ends the others, and
+    // the poststop tasks run after them).
+    let finished = |r: &Runner| {
+        let status = r.status().0;
+        status == client_status::COMPLETE
+            || (status == client_status::FAILED && r.persisted.handles.is_empty() && all_dead(r))
+    };
     let mut destroying = false;
     if r.alloc.server_terminal() || finished(&r) {
         kill.cancel();
@@ -466,6 +482,9 @@ async fn run(
                 if failed {
                     kill.cancel();
                 }
+                if let Some(order) = &r.lifecycle {
+                    order.advance(&r.persisted.task_states);
+                }
                 r.persist(handle_changed);
                 r.report();
                 if finished(&r) || (kill.is_cancelled() && r.persisted.handles.is_empty() && all_dead(&r)) {
@@ -492,6 +511,9 @@ async fn run(
                 Some(AllocCommand::Destroy) | None => {
                     destroying = true;
                     kill.cancel();
+                    if let Some(order) = &r.lifecycle {
+                        order.abandon();
+                    }
                     if r.persisted.handles.is_empty() {
                         r.run_postrun().await;
                         r.run_destroy().await;
@@ -509,8 +531,12 @@ fn all_dead(r: &Runner) -> bool {
 }
 
 /// Tasks that never started (killed while pending, or stopped before the
-/// hooks were done) are dead, not failed.
+/// hooks were done) are dead, not failed; with nothing run, no poststop
+/// task runs either.
 fn mark_unstarted_dead(r: &mut Runner) {
+    if let Some(order) = &r.lifecycle {
+        order.abandon();
+    }
     for task in r.alloc.task_names() {
         let s = r.persisted.task_states.entry(task).or_default();
         if s.state != task_state::DEAD {
