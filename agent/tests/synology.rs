@@ -117,6 +117,13 @@ fn metrics_tell_the_volume_lifecycle(agent: &Agent) {
     assert!(value("berth_csi_rpc_sum", &[("rpc", "NodePublishVolume")]) > 0.0);
     assert!(value("berth_dsm_call_count", &[("api", "SYNO.Core.ISCSI.LUN"), ("method", "create")]) >= 1.0);
     assert!(value("berth_dsm_call_count", &[("api", "SYNO.Core.ISCSI.LUN"), ("method", "delete")]) >= 1.0);
+    let failed: Vec<String> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "berth_dsm_call_errors")
+        .map(|s| format!("{:?}", s.labels))
+        .collect();
+    assert!(failed.is_empty(), "a fault-free lifecycle fails no DSM call (\"no such LUN\" is an answer): {failed:?}");
     assert_eq!(value("berth_iscsi_attach_count", &[]), 3.0, "three attaches");
     assert_eq!(value("berth_iscsi_sessions", &[]), 0.0, "no session left");
     assert_eq!(value("berth_csi_plugin_nodes_healthy", &[("plugin_id", "synology")]), 1.0);

@@ -160,7 +160,8 @@ impl DsmClient {
     /// Calls `api`/`method` (version 1) on `entry.cgi` and returns `data`,
     /// logging in first when needed and once more on 105/106/119. Each call
     /// is recorded: `berth.dsm.call` (milliseconds) and, when it fails,
-    /// `berth.dsm.call.errors` by kind.
+    /// `berth.dsm.call.errors` by kind. "No such LUN" is an answer, not a
+    /// failure (a delete waits for it), and is not counted as one.
     pub(crate) async fn call(
         &self,
         api: &'static str,
@@ -184,7 +185,11 @@ impl DsmClient {
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.inner.busy_nanos.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
         metrics::histogram!("berth.dsm.call", "api" => api, "method" => method).record(nanos as f64 / 1e6);
-        if let Err(e) = &result {
+        let failure = match &result {
+            Err(DsmError::Api { code, .. }) if codes::is_no_such_lun(*code) => None,
+            other => other.as_ref().err(),
+        };
+        if let Some(e) = failure {
             metrics::counter!("berth.dsm.call.errors", "api" => api, "method" => method, "error" => e.kind())
                 .increment(1);
         }
