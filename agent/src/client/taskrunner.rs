@@ -179,6 +179,7 @@ impl TaskRunner {
             user: self.task.user.clone(),
             cpu: resources.map(|r| r.cpu.cpu_shares).unwrap_or(0),
             memory_mb: resources.map(|r| r.memory.memory_mb).unwrap_or(0),
+            memory_max_mb: resources.map(|r| r.memory.memory_max_mb).unwrap_or(0),
             ports: self.alloc.allocated_resources.shared.ports.clone(),
             binds: self.binds.clone(),
             kill_timeout: self.kill_timeout(),

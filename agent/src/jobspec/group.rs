@@ -53,24 +53,8 @@ pub(super) fn decode(
     tg.restart_policy = Some(restart.clone());
 
     let reschedule = b.block("reschedule")?.map(ReschedulePatch::decode).transpose()?;
-    let system_like = ReschedulePolicy::default_for(&job.job_type).is_none();
-    // System jobs get no policy unless one was written (which validation rejects).
-    if !system_like || reschedule.is_some() || job.reschedule.is_some() {
-        let mut policy = job.reschedule_base.clone();
-        for patch in job.reschedule.iter().chain(&reschedule) {
-            policy = patch.apply(&policy);
-        }
-        tg.reschedule_policy = Some(policy);
-    }
-
     let update = b.block("update")?.map(UpdatePatch::decode).transpose()?;
-    if job.job_type == JOB_TYPE_SERVICE || update.is_some() {
-        let mut strategy = UpdateStrategy::nomad_default();
-        for patch in job.update.iter().chain(&update) {
-            strategy = patch.apply(&strategy);
-        }
-        tg.update = Some(strategy);
-    }
+    inherit(&mut tg, job, reschedule.as_ref(), update.as_ref());
 
     if let Some(mut disk) = b.block("ephemeral_disk")? {
         disk.no_labels()?;
@@ -93,6 +77,43 @@ pub(super) fn decode(
     }
     block.body.finish()?;
     Ok((tg, places))
+}
+
+/// The group's reschedule and update policies: the job type's defaults,
+/// patched by the job's blocks, then by the group's own.
+fn inherit(tg: &mut TaskGroup, job: &Inherited, reschedule: Option<&ReschedulePatch>, update: Option<&UpdatePatch>) {
+    let system_like = ReschedulePolicy::default_for(&job.job_type).is_none();
+    // System jobs get no policy unless one was written (which validation rejects).
+    if !system_like || reschedule.is_some() || job.reschedule.is_some() {
+        let mut policy = job.reschedule_base.clone();
+        for patch in job.reschedule.iter().chain(reschedule) {
+            policy = patch.apply(&policy);
+        }
+        tg.reschedule_policy = Some(policy);
+    }
+    if job.job_type == JOB_TYPE_SERVICE || update.is_some() {
+        let mut strategy = UpdateStrategy::nomad_default();
+        for patch in job.update.iter().chain(update) {
+            strategy = patch.apply(&strategy);
+        }
+        tg.update = Some(strategy);
+    }
+}
+
+/// A job-level `task "name" { ... }` in a group of its own, named after
+/// it, with one instance and the job's policies (as Nomad wraps them).
+pub(super) fn wrap_task(
+    block: Block<'_>,
+    job: &Inherited,
+    warnings: &mut Vec<String>,
+) -> Result<(TaskGroup, Pos), HclError> {
+    let pos = block.pos;
+    let restart = RestartPolicy::default_for(&job.job_type);
+    let task = task::decode(block, &restart, warnings)?;
+    let mut tg = TaskGroup { name: task.name.clone(), count: 1, restart_policy: Some(restart), ..TaskGroup::default() };
+    inherit(&mut tg, job, None, None);
+    tg.tasks.push(task);
+    Ok((tg, pos))
 }
 
 /// Decodes `volume "alias" { ... }`.

@@ -1,5 +1,6 @@
-//! The `job` block: job-level fields, and the job-level `update` and
-//! `reschedule` blocks that groups inherit.
+//! The `job` block: job-level fields, the job-level `update` and
+//! `reschedule` blocks that groups inherit, and job-level tasks (each
+//! wrapped in a group of its own).
 
 use super::group;
 use super::policy::{ReschedulePatch, UpdatePatch};
@@ -52,6 +53,12 @@ pub(super) fn decode(mut block: Block<'_>, warnings: &mut Vec<String>) -> Result
         for (task, pos) in task_places {
             places.tasks.entry((tg.name.clone(), task)).or_insert(pos);
         }
+        job.task_groups.push(tg);
+    }
+    for t in b.blocks("task") {
+        let (tg, pos) = group::wrap_task(t, &inherited, warnings)?;
+        places.groups.entry(tg.name.clone()).or_insert(pos);
+        places.tasks.entry((tg.name.clone(), tg.name.clone())).or_insert(pos);
         job.task_groups.push(tg);
     }
     block.body.finish()?;

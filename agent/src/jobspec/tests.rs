@@ -391,3 +391,38 @@ fn lifecycle_blocks_and_their_validation() {
     let e = parse("l.hcl", &only_hooks).unwrap_err().to_string();
     assert!(e.contains("group has no main task"), "{e}");
 }
+
+#[test]
+fn a_job_level_task_gets_a_group_of_its_own() {
+    let src = concat!(
+        "job \"j\" {\n  type = \"batch\"\n",
+        "  group \"g\" {\n    count = 2\n    task \"a\" {\n      driver = \"raw_exec\"\n    }\n  }\n",
+        "  task \"solo\" {\n    driver = \"raw_exec\"\n    config {\n      command = \"/bin/true\"\n    }\n  }\n",
+        "}\n"
+    );
+    let parsed = parse("solo.hcl", src).unwrap_or_else(|e| panic!("{e}"));
+    let groups: Vec<(&str, u32, Vec<&str>)> = parsed
+        .job
+        .task_groups
+        .iter()
+        .map(|tg| (tg.name.as_str(), tg.count, tg.tasks.iter().map(|t| t.name.as_str()).collect()))
+        .collect();
+    assert_eq!(groups, [("g", 2, vec!["a"]), ("solo", 1, vec!["solo"])]);
+    let (g, solo) = (&parsed.job.task_groups[0], &parsed.job.task_groups[1]);
+    assert_eq!(solo.restart_policy, g.restart_policy, "the job type's policies, as a written group gets");
+    assert_eq!(solo.reschedule_policy, g.reschedule_policy);
+    let e = parse("solo.hcl", &src.replace("    driver = \"raw_exec\"\n    config", "    bogus = 1\n    config"))
+        .unwrap_err();
+    assert_eq!(e.to_string(), "solo.hcl:10:5: unsupported argument \"bogus\" in task \"solo\"");
+}
+
+#[test]
+fn memory_max_below_memory_is_refused() {
+    let src = task_job(
+        "      driver = \"docker\"\n      resources {\n        memory = 512\n        memory_max = 256\n      }",
+    );
+    let e = parse("m.hcl", &src).unwrap_err().to_string();
+    assert!(e.contains("memory_max (256 MB) must not be below memory (512 MB)"), "{e}");
+    let ok = parse("m.hcl", &src.replace("memory_max = 256", "memory_max = 1024")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ok.job.task_groups[0].tasks[0].resources.as_ref().map(|r| r.memory_max_mb), Some(1024));
+}

@@ -393,6 +393,9 @@ fn task_problems(task: &Task, tg: &super::TaskGroup, port_labels: &BTreeSet<&str
             out.push(format!("volume_mount of undeclared volume {:?}", mount.volume));
         }
     }
+    if let Some(r) = task.resources.as_ref().filter(|r| r.memory_max_mb > 0 && r.memory_max_mb < r.memory_mb) {
+        out.push(format!("memory_max ({} MB) must not be below memory ({} MB)", r.memory_max_mb, r.memory_mb));
+    }
     if let Some(l) = &task.lifecycle {
         if !super::LIFECYCLE_HOOKS.contains(&l.hook.as_str()) {
             out.push(format!("lifecycle hook {:?} must be \"prestart\", \"poststart\" or \"poststop\"", l.hook));

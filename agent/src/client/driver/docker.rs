@@ -424,7 +424,10 @@ impl DockerDriver {
             readonly_rootfs: Some(boolean(c, "readonly_rootfs")),
             init: c.get("init").and_then(Value::as_bool),
             cpu_shares: Some(cfg.cpu.max(2) as i64),
-            memory: (cfg.memory_mb > 0).then_some((cfg.memory_mb * 1024 * 1024) as i64),
+            // With memory_max, Nomad's docker driver makes memory a soft
+            // reservation and memory_max the hard limit.
+            memory: (cfg.memory_mb > 0).then_some((cfg.memory_mb.max(cfg.memory_max_mb) * 1024 * 1024) as i64),
+            memory_reservation: (cfg.memory_max_mb > cfg.memory_mb).then_some((cfg.memory_mb * 1024 * 1024) as i64),
             ..Default::default()
         };
         Ok(ContainerCreateBody {
@@ -877,6 +880,7 @@ mod tests {
             user: String::new(),
             cpu: 500,
             memory_mb: 256,
+            memory_max_mb: 0,
             ports: vec![AllocatedPort { label: "db".into(), value: 3306, to: 0, host_ip: "127.0.0.1".into() }],
             binds: vec![],
             kill_timeout: Duration::from_secs(5),
@@ -900,6 +904,15 @@ mod tests {
     }
 
     #[test]
+    fn memory_max_is_the_hard_limit_and_memory_the_reservation() {
+        let d = DockerDriver::new(DockerPluginConfig::default(), "n1");
+        let mut c = cfg(serde_json::json!({"image": "x"}));
+        c.memory_max_mb = 1024;
+        let hc = d.container_body(&c).unwrap().host_config.unwrap();
+        assert_eq!((hc.memory, hc.memory_reservation), (Some(1024 * 1024 * 1024), Some(256 * 1024 * 1024)));
+    }
+
+    #[test]
     fn hcl1_port_map_publishes_on_the_node_address() {
         let d = DockerDriver::new(DockerPluginConfig::default(), "n1");
         let body = d.container_body(&cfg(serde_json::json!({"image": "m:1", "port_map": [{"db": 3306}]}))).unwrap();
@@ -908,7 +921,7 @@ mod tests {
         assert_eq!(b[0].host_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(b[0].host_port.as_deref(), Some("3306"));
         assert!(hc.binds.unwrap().contains(&"/data/alloc/a1/alloc:/alloc".to_string()));
-        assert_eq!(hc.memory, Some(256 * 1024 * 1024));
+        assert_eq!((hc.memory, hc.memory_reservation), (Some(256 * 1024 * 1024), None));
         assert_eq!(hc.cpu_shares, Some(500));
         assert_eq!(body.labels.unwrap()[LABEL_ALLOC], "a1");
         assert_eq!(body.env.unwrap(), vec!["K=v"]);

@@ -171,6 +171,7 @@ mod tests {
             user: String::new(),
             cpu: 100,
             memory_mb: 300,
+            memory_max_mb: 0,
             ports: vec![],
             binds: vec![],
             kill_timeout: std::time::Duration::from_secs(5),
