@@ -123,9 +123,16 @@ impl Agent {
             .expect("start agent");
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.http);
-        wait_for(&format!("agent {} to listen on {addr}", self.name), Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&addr).ok()
-        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if Instant::now() > deadline {
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!("agent {} did not listen on {addr} within 60 s; its log ends:\n{}", self.name, tail.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The agent's process ID, while it runs.
