@@ -7,9 +7,91 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+use super::control::ControlError;
 use super::driver::usage::TaskUsage;
+use super::state::PersistedAlloc;
+use super::Client;
 use crate::telemetry::Point;
-use crate::wire::stats::{CpuStats, ResourceUsage, TaskResourceUsage};
+use crate::wire::stats::{AllocResourceUsage, CpuStats, ResourceUsage, TaskResourceUsage};
+
+impl Client {
+    /// What allocation `alloc_id`'s running tasks use (Nomad's
+    /// `/v1/client/allocation/:id/stats`).
+    pub async fn alloc_stats(&self, alloc_id: &str) -> Result<AllocResourceUsage, ControlError> {
+        let p = self.store.get(alloc_id).ok_or_else(|| ControlError::UnknownAlloc(alloc_id.into()))?;
+        let tasks = self.task_usage(&p).await;
+        let mut out = AllocResourceUsage { timestamp: crate::util::now_nanos(), ..Default::default() };
+        for t in tasks.values() {
+            out.resource_usage.add(&t.resource_usage);
+        }
+        out.tasks = tasks;
+        Ok(out)
+    }
+
+    /// Nomad's `nomad.client.allocs.*` gauges of every running task, when
+    /// `telemetry { publish_allocation_metrics = true }`.
+    pub async fn allocation_gauges(&self) -> Vec<Point> {
+        if !self.config.publish_allocation_metrics {
+            return Vec::new();
+        }
+        let host = self.node.read().name.clone();
+        let mut out = Vec::new();
+        for p in self.store.load().iter().filter(|p| !p.handles.is_empty()) {
+            for (task, usage) in self.task_usage(p).await {
+                let labels = TaskLabels {
+                    alloc_id: &p.alloc.id,
+                    job: &p.alloc.job_id,
+                    namespace: &p.alloc.namespace,
+                    task_group: &p.alloc.task_group,
+                    task: &task,
+                    host: &host,
+                };
+                let given = p.alloc.allocated_resources.tasks.get(&task);
+                let memory_mb = given.map_or(0, |r| r.memory.memory_mb);
+                let cpu = given.map_or(0, |r| r.cpu.cpu_shares);
+                out.extend(task_points(&labels, &usage, memory_mb, cpu));
+            }
+        }
+        out
+    }
+
+    /// Reads the usage of an allocation's running tasks from their drivers;
+    /// a task whose driver cannot tell is left out. Readings of
+    /// allocations that no longer run here are forgotten.
+    async fn task_usage(&self, p: &PersistedAlloc) -> BTreeMap<String, TaskResourceUsage> {
+        self.usage.retain(&|id| self.runs(id));
+        let node = self.node.read().clone();
+        let cores = node.node_resources.cpu.total_core_count.max(1);
+        let mhz_per_core = node.node_resources.cpu.cpu_shares as f64 / cores as f64;
+        let readings = p.handles.iter().filter_map(|(task, handle)| {
+            let driver = self.drivers.get(&handle.driver)?.clone();
+            Some(async move { (task, handle, driver.stats(handle).await) })
+        });
+        let mut out = BTreeMap::new();
+        for (task, handle, reading) in futures::future::join_all(readings).await {
+            let reading = match reading {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(alloc_id = %p.alloc.id, task, error = %e, "no usage reading");
+                    continue;
+                }
+            };
+            let started = p.task_states.get(task).and_then(|s| s.started_at.as_deref());
+            let running_for = started
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).as_seconds_f64().max(0.0));
+            let since = Since { handle: handle.state.to_string(), running_for };
+            let usage = self.usage.rate((p.alloc.id.clone(), task.clone()), &reading, since, mhz_per_core);
+            let usage = TaskResourceUsage {
+                resource_usage: usage,
+                timestamp: crate::util::now_nanos(),
+                pids: Default::default(),
+            };
+            out.insert(task.clone(), usage);
+        }
+        out
+    }
+}
 
 /// A task's previous reading.
 struct Previous {
