@@ -19,10 +19,10 @@ fi
 # docker driver's tests.
 ensure_docker
 apt_install mariadb-client
-# Bridge networking tests and benchmark: iproute2 (ip netns), iptables,
+# Bridge networking tests and benchmark: iproute2 (ip netns), iptables, nftables (nft, to inspect port maps),
 # busybox (httpd/nc in test tasks) and, only as the benchmark's baseline,
 # Debian's CNI reference plugins (berth itself never runs them).
-apt_install iproute2 iptables busybox-static containernetworking-plugins
+apt_install iproute2 iptables nftables busybox-static containernetworking-plugins
 # CSI node-side helpers: loop devices, blkid, mkfs/fsck/resize for ext4
 # and XFS (the expansion test grows XFS online, which needs no
 # CAP_SYS_RESOURCE).

@@ -70,6 +70,7 @@ pub async fn run(config_paths: &[PathBuf]) -> Vec<Finding> {
     let mut out = vec![first];
     out.extend(kernel_checks());
     out.push(iptables_backend());
+    out.push(port_map());
     out.push(docker().await);
     out.extend(iscsi_node());
     out.push(multipath_config());
@@ -163,6 +164,28 @@ fn kernel_checks() -> Vec<Finding> {
         });
     }
     out
+}
+
+/// Creates berth's nftables port map (table, nat chains, the fib/map DNAT
+/// rule) in a throw-away network namespace, with the code the bridge
+/// network uses: nothing on the host is touched.
+fn port_map() -> Finding {
+    let tried = std::thread::spawn(|| -> cni::Result<()> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| cni::NetError::Io { op: "creating a network namespace".into(), source: e.into() })?;
+        cni::portmap::PortMap::open("doctor")?.ensure_table()
+    })
+    .join();
+    match tried {
+        Err(_) => finding("kernel: nf_tables", Status::Fail, "the probe thread panicked", ""),
+        Ok(Ok(())) => finding("kernel: nf_tables", Status::Pass, "port maps work (nat chains, fib, maps)", ""),
+        Ok(Err(e)) => finding(
+            "kernel: nf_tables",
+            Status::Fail,
+            format!("berth's port map cannot be created: {e}"),
+            "modprobe nf_tables nft_fib_ipv4 nft_nat, or install the kernel's modules package",
+        ),
+    }
 }
 
 fn iptables_backend() -> Finding {

@@ -30,7 +30,7 @@ fn host() -> std::sync::MutexGuard<'static, ()> {
     guard
 }
 
-/// Removes namespaces, rules (with their per-allocation chains), veths and
+/// Removes namespaces, rules, nftables tables, veths and
 /// bridges of the test bridges `names` matches.
 fn remove_leftovers(names: &regex::Regex) {
     for ns in sh("ip netns list | awk '{print $1}'").lines() {
@@ -50,11 +50,13 @@ fn remove_leftovers(names: &regex::Regex) {
             script.push_str(&rule.replacen("-A ", "-D ", 1));
             script.push('\n');
         }
-        for chain in doomed.iter().filter_map(|r| r.rsplit(' ').next()).filter(|c| c.starts_with("BERTH-DN-")) {
-            script.push_str(&format!(":{chain} - [0:0]\n-X {chain}\n"));
-        }
         script.push_str("COMMIT\n");
         iptables_restore(&script);
+    }
+    for table in sh("nft list tables ip | awk '{print $3}'").lines() {
+        if table.starts_with("berth-bt") && names.is_match(table) {
+            sh(&format!("nft delete table ip {table}"));
+        }
     }
     for l in sh("ip -o link show type bridge | awk -F': ' '{print $2}'").lines() {
         if l.len() == 8 && l.starts_with("bt") && names.is_match(l) {

@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::firewall::PortMapping;
 use crate::ipam::Ipam;
 use crate::netns::NetNs;
+use crate::portmap::PortMap;
 use crate::reaper::{Reaper, Work};
 use crate::{firewall, link, sysctl, NetError, Result};
 
@@ -71,6 +73,7 @@ pub struct BridgeNetwork {
     cfg: BridgeConfig,
     ipam: Ipam,
     host: rtnetlink::Handle,
+    ports: Arc<PortMap>,
     bridge_index: tokio::sync::OnceCell<u32>,
     reaper: Reaper,
 }
@@ -119,8 +122,9 @@ impl BridgeNetwork {
         // ahead of a setup's requests.
         let (conn, reaper_link, _) = rtnetlink::new_connection().map_err(crate::io_err("opening netlink"))?;
         tokio::spawn(conn);
-        let reaper = Reaper::spawn(cfg.name.clone(), reaper_link, ipam.clone());
-        Ok(BridgeNetwork { cfg, ipam, host, bridge_index: tokio::sync::OnceCell::new(), reaper })
+        let ports = Arc::new(PortMap::open(&cfg.name)?);
+        let reaper = Reaper::spawn(cfg.name.clone(), reaper_link, ipam.clone(), ports.clone());
+        Ok(BridgeNetwork { cfg, ipam, host, ports, bridge_index: tokio::sync::OnceCell::new(), reaper })
     }
 
     /// The configuration.
@@ -128,8 +132,8 @@ impl BridgeNetwork {
         &self.cfg
     }
 
-    /// Creates the bridge, its address, forwarding and the shared iptables
-    /// rules, once per process.
+    /// Creates the bridge, its address, forwarding, the shared iptables
+    /// rules and the nftables port map, once per process.
     async fn ready(&self) -> Result<u32> {
         self.bridge_index
             .get_or_try_init(|| async {
@@ -139,10 +143,13 @@ impl BridgeNetwork {
                 let index = link::ensure_bridge(&self.host, &self.cfg.name, gw).await?;
                 // Lets DNATed packets from 127.0.0.1 leave through the bridge.
                 sysctl::ensure(&format!("net/ipv4/conf/{}/route_localnet", self.cfg.name), "1")?;
-                let (name, subnet) = (self.cfg.name.clone(), self.cfg.subnet);
-                tokio::task::spawn_blocking(move || firewall::ensure_base(&name, subnet))
-                    .await
-                    .map_err(|e| NetError::Config(e.to_string()))??;
+                let (name, subnet, ports) = (self.cfg.name.clone(), self.cfg.subnet, self.ports.clone());
+                tokio::task::spawn_blocking(move || {
+                    firewall::ensure_base(&name, subnet)?;
+                    ports.ensure_table()
+                })
+                .await
+                .map_err(|e| NetError::Config(e.to_string()))??;
                 Ok(index)
             })
             .await
@@ -199,19 +206,13 @@ impl BridgeNetwork {
     async fn connect(&self, bridge: u32, ns: &NetNs, net: &AllocNetwork) -> Result<()> {
         let inside = ns.netlink()?;
         let adopted = self.is_connected(bridge, &inside, net).await?;
-        // The links and the rules are independent: set them up side by side.
-        let (bridge_name, subnet, n) = (self.cfg.name.clone(), self.cfg.subnet, net.clone());
-        let rules = tokio::task::spawn_blocking(move || {
-            if adopted {
-                firewall::ensure_mappings(&bridge_name, &n.id, n.ip, subnet, &n.ports)
-            } else {
-                firewall::add_mappings(&bridge_name, &n.id, n.ip, subnet, &n.ports)
-            }
-        });
-        let links = self.connect_links(bridge, ns, &inside, net, adopted);
-        let (rules, links) = tokio::join!(rules, links);
-        rules.map_err(|e| NetError::Config(e.to_string()))??;
-        links?;
+        // One netlink transaction each, answered within the send.
+        if adopted {
+            self.ports.ensure(net.ip, &net.ports)?;
+        } else {
+            self.ports.add(net.ip, &net.ports)?;
+        }
+        self.connect_links(bridge, ns, &inside, net, adopted).await?;
         // Stale UDP entries for the new host ports would bypass the DNAT
         // (as portmap notes); the reaper flushes them.
         if !net.ports.is_empty() {
@@ -254,19 +255,18 @@ impl BridgeNetwork {
     /// Removes everything [`setup`](Self::setup) made for `net`, including
     /// the namespace mount. Missing pieces are fine.
     pub async fn teardown(&self, net: &AllocNetwork) -> Result<()> {
-        self.release(&net.id, Some(&net.ports)).await
+        self.release(&net.id).await
     }
 
-    /// Removes what allocation `id` has, knowing only its ID (and, if
-    /// known, its mappings): what an agent restarted after the allocation
-    /// ended must do. Missing pieces are fine. The work is queued for the
-    /// network's background reaper, which removes rules, veth, namespace
-    /// mount, conntrack entries and address in that order
-    /// ([`settled`](Self::settled) waits for it).
-    pub async fn release(&self, id: &str, ports: Option<&[PortMapping]>) -> Result<()> {
+    /// Removes what allocation `id` has, knowing only its ID: what an
+    /// agent restarted after the allocation ended must do. Missing pieces
+    /// are fine. The work is queued for the network's background reaper,
+    /// which removes port mappings, namespace mount (and veth), conntrack
+    /// entries and address in that order ([`settled`](Self::settled)
+    /// waits for it).
+    pub async fn release(&self, id: &str) -> Result<()> {
         self.reaper.queue(Work::Allocation {
             id: id.to_string(),
-            ports: ports.map(<[_]>::to_vec),
             veth: self.host_veth(id),
             netns: (self.cfg.netns_dir.clone(), self.netns_name(id)),
         });
@@ -287,23 +287,27 @@ impl BridgeNetwork {
                 doomed.push(id);
             }
         };
-        for (_, id) in self.ipam.holders() {
-            add(id);
+        let holders = self.ipam.holders();
+        for (_, id) in &holders {
+            add(id.clone());
         }
         let prefix = format!("{}-", self.cfg.name);
         for name in NetNs::list(&self.cfg.netns_dir, &prefix) {
             add(name[prefix.len()..].to_string());
         }
-        let bridge = self.cfg.name.clone();
-        for id in tokio::task::spawn_blocking(move || firewall::installed(&bridge))
-            .await
-            .map_err(|e| NetError::Config(e.to_string()))??
-        {
-            add(id);
-        }
+        // Mappings to an address nobody holds belong to nothing that can
+        // be released by ID.
+        let orphans: Vec<Ipv4Addr> = self
+            .ports
+            .list()?
+            .into_iter()
+            .map(|m| m.ip)
+            .filter(|ip| !holders.iter().any(|(held, _)| held == ip))
+            .collect();
+        self.ports.remove(&orphans)?;
         for id in &doomed {
             tracing::info!(alloc_id = %id, "removing the network of an allocation that no longer exists");
-            self.release(id, None).await?;
+            self.release(id).await?;
         }
         self.settled().await;
         // Veths on the bridge whose allocation is unknown (their namespace is gone).

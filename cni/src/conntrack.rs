@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_netfilter::conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Tuple};
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use netlink_sys::Socket;
 
 use crate::{io_err, Result};
 
@@ -91,13 +91,6 @@ fn request(msg: ConntrackMessage, flags: u16) -> Vec<u8> {
     buf
 }
 
-fn socket() -> Result<Socket> {
-    let mut s = Socket::new(NETLINK_NETFILTER).map_err(io_err("opening a netfilter netlink socket"))?;
-    s.bind_auto().map_err(io_err("binding a netfilter netlink socket"))?;
-    s.connect(&SocketAddr::new(0, 0)).map_err(io_err("connecting a netfilter netlink socket"))?;
-    Ok(s)
-}
-
 /// Reads messages until the kernel's DONE (dump) or ACK/error (request);
 /// calls `each` for every conntrack message. Returns false on a netlink error.
 fn receive(s: &Socket, mut each: impl FnMut(&[ConntrackAttribute])) -> Result<bool> {
@@ -131,7 +124,7 @@ fn receive(s: &Socket, mut each: impl FnMut(&[ConntrackAttribute])) -> Result<bo
 
 /// Deletes every IPv4 entry `select` picks; returns how many went.
 pub fn flush(select: impl Fn(&Entry) -> bool) -> Result<usize> {
-    let s = socket()?;
+    let s = crate::netfilter_socket()?;
     s.send(&request(ConntrackMessage::Get(vec![]), NLM_F_REQUEST | NLM_F_DUMP), 0)
         .map_err(io_err("asking for conntrack entries"))?;
     let mut doomed = Vec::new();

@@ -1,12 +1,14 @@
 //! Berth's built-in container networking: what the CNI reference plugins
 //! `bridge`, `host-local`, `portmap` and `firewall` do for Nomad, done in
-//! process over netlink and one `iptables-restore` per change, so a node
-//! needs no plugin binaries.
+//! process over netlink (port mappings are nftables map elements; the
+//! static masquerade and forward rules are iptables), so a node needs no
+//! plugin binaries.
 //!
 //! * [`netns`]: named network namespaces (create, adopt a container's, enter, delete).
 //! * [`link`]: netlink operations on bridges, veth pairs, addresses and routes.
 //! * [`ipam`]: the host-local style on-disk address store.
-//! * [`firewall`]: masquerade, forward and port-mapping rules in berth's own chains.
+//! * [`firewall`]: masquerade and forward rules in berth's own iptables chains.
+//! * [`portmap`]: per-allocation port mappings, elements of an nftables map.
 //! * [`conntrack`]: flushing connection-tracking entries of removed mappings.
 //! * [`bridge`]: the bridge network that ties them together per allocation.
 //! * [`external`]: runs a user's CNI conflist with real plugin binaries (`mode = "cni/<name>"`).
@@ -20,6 +22,7 @@ pub mod firewall;
 pub mod ipam;
 pub mod link;
 pub mod netns;
+pub mod portmap;
 mod reaper;
 mod sysctl;
 
@@ -52,6 +55,14 @@ pub enum NetError {
         /// What iptables said.
         detail: String,
     },
+    /// An nftables request failed.
+    #[error("nftables: {op}: {source}")]
+    Nftables {
+        /// What was being done.
+        op: String,
+        /// The kernel's answer.
+        source: std::io::Error,
+    },
     /// No address is left, or the store is unreadable.
     #[error("address allocation: {0}")]
     Ipam(String),
@@ -79,4 +90,13 @@ pub(crate) fn io_err(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> Ne
 pub(crate) fn nl_err(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let op = op.into();
     move |source| NetError::Netlink { op, source }
+}
+
+/// A `NETLINK_NETFILTER` socket connected to the kernel.
+pub(crate) fn netfilter_socket() -> Result<netlink_sys::Socket> {
+    use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+    let mut s = Socket::new(NETLINK_NETFILTER).map_err(io_err("opening a netfilter netlink socket"))?;
+    s.bind_auto().map_err(io_err("binding a netfilter netlink socket"))?;
+    s.connect(&SocketAddr::new(0, 0)).map_err(io_err("connecting a netfilter netlink socket"))?;
+    Ok(s)
 }

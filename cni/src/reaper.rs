@@ -3,14 +3,15 @@
 //! mount (which takes the veth pair along), then its conntrack entries,
 //! any veth a still-held namespace kept, and only then its address,
 //! so a new allocation never inherits entries nor loses its own to a flush.
-//! Rule and link deletion wait out kernel RCU grace periods, and a
-//! conntrack flush walks the whole table, so none of it belongs on an
-//! allocation's critical path; the task gathers what is queued (waiting a
-//! few milliseconds for more, so that a burst of stops makes one batch),
-//! removes all its rules in one transaction and walks the table once per
-//! batch. Stale-UDP flushes for new mappings ride the same walk. (Until
-//! its turn comes, a stopped allocation's DNAT rules are shadowed: new
-//! mappings are inserted first.)
+//! Link deletion waits out kernel RCU grace periods, and a conntrack
+//! flush walks the whole table, so none of it belongs on an allocation's
+//! critical path; the task gathers what is queued (waiting a few
+//! milliseconds for more, so that a burst of stops makes one batch),
+//! removes all its mappings in one transaction and walks the table once
+//! per batch. Stale-UDP flushes for new mappings ride the same walk.
+//! (Until its turn comes, a stopped allocation's host ports can already be
+//! taken over by a new allocation: [`PortMap::add`] replaces them, and the
+//! removal here only deletes mappings that still point at the old address.)
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -18,9 +19,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::firewall::{self, PortMapping};
 use crate::ipam::Ipam;
 use crate::netns::NetNs;
+use crate::portmap::PortMap;
 use crate::{conntrack, link};
 
 /// One piece of deferred work.
@@ -29,8 +30,6 @@ pub(crate) enum Work {
     Allocation {
         /// Allocation ID (the IPAM holder).
         id: String,
-        /// Its mappings, when known.
-        ports: Option<Vec<PortMapping>>,
         /// Host end of its veth.
         veth: String,
         /// Directory and name of its namespace mount.
@@ -48,10 +47,10 @@ pub(crate) struct Reaper {
 
 impl Reaper {
     /// Starts the task (needs a tokio runtime).
-    pub fn spawn(bridge: String, host: rtnetlink::Handle, ipam: Ipam) -> Reaper {
+    pub fn spawn(bridge: String, host: rtnetlink::Handle, ipam: Ipam, ports: std::sync::Arc<PortMap>) -> Reaper {
         let (tx, rx) = mpsc::unbounded_channel();
         let (pending, _) = watch::channel(0usize);
-        tokio::spawn(run(rx, bridge, host, ipam, pending.clone()));
+        tokio::spawn(run(rx, bridge, host, ipam, ports, pending.clone()));
         Reaper { tx, pending }
     }
 
@@ -73,7 +72,7 @@ impl Reaper {
 
 /// How long the reaper waits for more work once some has come: teardowns
 /// arriving together (a job stopped, a node drained) then share one
-/// iptables-restore, one conntrack walk and the kernel's link removal,
+/// nftables transaction, one conntrack walk and the kernel's link removal,
 /// which each cost about as much for many allocations as for one.
 const GATHER_QUIET: Duration = Duration::from_millis(5);
 /// The longest a teardown waits for others to join it.
@@ -114,23 +113,24 @@ async fn run(
     bridge: String,
     host: rtnetlink::Handle,
     ipam: Ipam,
+    ports: std::sync::Arc<PortMap>,
     pending: watch::Sender<usize>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         gather(&mut rx, &mut batch).await;
-        let mut mappings: Vec<(String, Option<Vec<PortMapping>>)> = Vec::new();
+        let mut ids = Vec::new();
         let mut udp = Vec::new();
         for w in &batch {
             match w {
-                Work::Allocation { id, ports, .. } => mappings.push((id.clone(), ports.clone())),
+                Work::Allocation { id, .. } => ids.push(id.clone()),
                 Work::UdpPorts(p) => udp.extend_from_slice(p),
             }
         }
-        let ids: Vec<String> = mappings.iter().map(|(id, _)| id.clone()).collect();
-        // Rules and namespaces are independent; both wait on the kernel.
-        let b = bridge.clone();
-        let rules = tokio::task::spawn_blocking(move || firewall::remove_mappings(&b, &mappings));
+        let ips: Vec<Ipv4Addr> = ids.iter().filter_map(|id| ipam.lookup(id)).collect();
+        if let Err(e) = ports.remove(&ips) {
+            tracing::warn!(error = %e, "removing port mappings");
+        }
         for w in &batch {
             if let Work::Allocation { netns, .. } = w {
                 // Unmounting drops the last reference to a bare namespace;
@@ -141,12 +141,6 @@ async fn run(
                 }
             }
         }
-        match rules.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "removing port mappings"),
-            Err(e) => tracing::warn!(error = %e, "removing port mappings"),
-        }
-        let ips: Vec<Ipv4Addr> = ids.iter().filter_map(|id| ipam.lookup(id)).collect();
         let walk = tokio::task::spawn_blocking(move || {
             let udp_proto = u8::from(netlink_packet_netfilter::conntrack::Protocol::Udp);
             conntrack::flush(|e| {

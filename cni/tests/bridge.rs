@@ -1,5 +1,5 @@
 //! The bridge network against the real kernel: namespaces, veth, bridge,
-//! iptables and conntrack. Each test runs in a fresh network namespace of
+//! iptables, nftables and conntrack. Each test runs in a fresh network namespace of
 //! its own that plays the host, so it neither sees nor touches the real
 //! host's interfaces and rules, and leaves nothing behind when it ends.
 
@@ -47,6 +47,7 @@ fn fetch(addr: SocketAddr) -> String {
 fn host_state(dir: &Path) -> String {
     let links = sh("ip -o link show | awk -F': ' '{print $2}' | sort");
     let rules = sh("iptables-save | grep -v '^#' | sed 's/\\[[0-9]*:[0-9]*\\]//'");
+    let mappings = sh("nft -s list ruleset");
     let ns: Vec<String> = NetNs::list(&dir.join("netns"), "");
     let mut ipam: Vec<String> = std::fs::read_dir(dir.join("ipam"))
         .map(|rd| {
@@ -56,7 +57,7 @@ fn host_state(dir: &Path) -> String {
         })
         .unwrap_or_default();
     ipam.sort();
-    format!("links:\n{links}\nnetns: {ns:?}\nipam: {ipam:?}\nrules:\n{rules}")
+    format!("links:\n{links}\nnetns: {ns:?}\nipam: {ipam:?}\nrules:\n{rules}\nnftables:\n{mappings}")
 }
 
 /// Sets up and tears down one allocation, so the bridge and berth's shared
@@ -179,5 +180,33 @@ fn a_foreign_link_or_an_overlapping_route_is_refused_at_open() {
         assert!(err.contains("overlaps the route to 10.99.0.0/24 via node0"), "{err}");
         let err = BridgeNetwork::open(config(dir.path(), "bt3", "172.30.3.7/24")).await.err().unwrap().to_string();
         assert!(err.contains("not a network address"), "{err}");
+    });
+}
+
+#[test]
+fn a_host_port_given_to_a_new_allocation_is_taken_over_and_kept_when_the_old_one_goes() {
+    in_fresh_host(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let net = BridgeNetwork::open(config(dir.path(), "bt4", "172.30.4.0/24")).await.unwrap();
+        let port = [PortMapping { host_port: 8090, container_port: 90 }];
+        let ns_old = net.create_netns("old").unwrap();
+        let old = net.setup("old", &ns_old, &port).await.unwrap();
+        serve(&ns_old, 90, "old");
+        assert_eq!(fetch("127.0.0.1:8090".parse().unwrap()), "old");
+        // The scheduler handed the port on before the old allocation's
+        // network was gone (its teardown still queued).
+        let ns_new = net.create_netns("new").unwrap();
+        let new = net.setup("new", &ns_new, &port).await.unwrap();
+        serve(&ns_new, 90, "new");
+        assert_eq!(fetch("127.0.0.1:8090".parse().unwrap()), "new");
+        net.teardown(&old).await.unwrap();
+        net.settled().await;
+        assert_eq!(fetch("127.0.0.1:8090".parse().unwrap()), "new", "the old teardown left the new mapping");
+        let map = sh("nft -s list map ip berth-bt4 hostports");
+        assert!(map.contains(&format!("tcp . 8090 : {} . 90", new.ip)), "{map}");
+        assert!(!map.contains(&old.ip.to_string()), "{map}");
+        net.teardown(&new).await.unwrap();
+        net.settled().await;
+        assert!(!sh("nft -s list map ip berth-bt4 hostports").contains("8090"));
     });
 }

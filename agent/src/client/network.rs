@@ -179,16 +179,13 @@ impl NetworkHook {
     }
 
     async fn teardown(&self, alloc: &Allocation, mode: &str) -> Result<(), HookError> {
-        let known = self.current.lock().take();
+        self.current.lock().take();
         let result = match mode.strip_prefix("cni/") {
             Some(name) => self.teardown_external(alloc, name).await,
             None if mode == "none" => {
                 Ok(NetNs::delete(&self.external.netns_dir, &ExternalCni::isolated_netns_name(&alloc.id))?)
             }
-            None => {
-                let ports = known.as_ref().map(|n| n.alloc.ports.clone());
-                Ok(self.net.release(&alloc.id, ports.as_deref()).await?)
-            }
+            None => Ok(self.net.release(&alloc.id).await?),
         };
         for d in self.group_drivers(alloc) {
             d.destroy_network(&alloc.id).await;
