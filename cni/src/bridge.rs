@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::ipam::Ipam;
 use crate::netns::NetNs;
 use crate::portmap::PortMap;
 use crate::reaper::{Reaper, Work};
+use crate::spares::Spares;
 use crate::{firewall, link, sysctl, NetError, Result};
 
 /// The interface name inside allocation namespaces (Nomad's `eth0`).
@@ -76,6 +78,8 @@ pub struct BridgeNetwork {
     ports: Arc<PortMap>,
     bridge_index: tokio::sync::OnceCell<u32>,
     reaper: Reaper,
+    /// Started by the first namespace this network creates.
+    spares: std::sync::OnceLock<Spares>,
 }
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
@@ -124,7 +128,8 @@ impl BridgeNetwork {
         tokio::spawn(conn);
         let ports = Arc::new(PortMap::open(&cfg.name)?);
         let reaper = Reaper::spawn(cfg.name.clone(), reaper_link, ipam.clone(), ports.clone());
-        Ok(BridgeNetwork { cfg, ipam, host, ports, bridge_index: tokio::sync::OnceCell::new(), reaper })
+        let spares = std::sync::OnceLock::new();
+        Ok(BridgeNetwork { cfg, ipam, host, ports, bridge_index: tokio::sync::OnceCell::new(), reaper, spares })
     }
 
     /// The configuration.
@@ -161,9 +166,20 @@ impl BridgeNetwork {
         format!("{}-{id}", self.cfg.name)
     }
 
-    /// Creates (or finds) an allocation's own namespace.
+    /// Creates (or finds) an allocation's own namespace: a spare made
+    /// ahead of time when one is ready.
     pub fn create_netns(&self, id: &str) -> Result<NetNs> {
-        NetNs::create(&self.cfg.netns_dir, &self.netns_name(id))
+        let name = self.netns_name(id);
+        if let Some(ns) = NetNs::open(&self.cfg.netns_dir, &name) {
+            return Ok(ns);
+        }
+        match self.spares.get_or_init(Spares::start).take() {
+            Some(spare) => {
+                let fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", spare.as_raw_fd()));
+                NetNs::adopt(&self.cfg.netns_dir, &name, &fd)
+            }
+            None => NetNs::create(&self.cfg.netns_dir, &name),
+        }
     }
 
     /// Names an existing namespace (a pause container's) as the allocation's.
@@ -273,9 +289,13 @@ impl BridgeNetwork {
         Ok(())
     }
 
-    /// Resolves once every teardown so far is complete, background part included.
+    /// Resolves once every teardown so far is complete, background part
+    /// included, and the spare namespaces are made again.
     pub async fn settled(&self) {
-        self.reaper.idle().await
+        self.reaper.idle().await;
+        if let Some(spares) = self.spares.get() {
+            spares.full().await;
+        }
     }
 
     /// Removes what allocations not in `live` left: namespaces, veths,

@@ -2,17 +2,20 @@
 //! in `<data dir>/<network>/`, named by the address and holding
 //! `<id>\r\n<ifname>`, created with `O_EXCL` under an `flock`ed `lock`
 //! file, with `last_reserved_ip.0` for round-robin. The layout is the
-//! reference plugin's, so the store survives restarts, is safe across
-//! processes, and `ls` shows who holds what.
+//! reference plugin's, so the store survives restarts and `ls` shows who
+//! holds what. The agent keeps the holders in memory and writes through.
 //!
 //! One difference: reserving again for an ID that already holds an address
 //! returns that address instead of failing, which makes re-adoption after
 //! an agent restart idempotent.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use ipnet::Ipv4Net;
 use nix::fcntl::{Flock, FlockArg};
@@ -21,13 +24,28 @@ use crate::{io_err, NetError, Result};
 
 const LAST_RESERVED: &str = "last_reserved_ip.0";
 
-/// The address store of one network.
+/// The address store of one network. Every store of one directory in this
+/// process shares one in-memory copy of the holders, read from the
+/// directory when the first one opens it, so lookups read no files. The
+/// directory belongs to one agent: another process writing to it is not
+/// seen (the `flock` and `O_EXCL` still keep it from handing out an
+/// address twice).
 #[derive(Debug, Clone)]
 pub struct Ipam {
     dir: PathBuf,
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
+    known: Arc<Mutex<Known>>,
 }
+
+/// The holders, as read at open and kept up to date since.
+#[derive(Debug, Default)]
+struct Known {
+    holders: BTreeMap<Ipv4Addr, String>,
+}
+
+/// The shared copies, by directory.
+static OPEN: LazyLock<Mutex<HashMap<PathBuf, Weak<Mutex<Known>>>>> = LazyLock::new(Default::default);
 
 impl Ipam {
     /// Opens (creating) the store for `subnet` in `dir`. The gateway is the
@@ -45,7 +63,17 @@ impl Ipam {
         }
         std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let gateway = Ipv4Addr::from(u32::from(subnet.network()) + 1);
-        Ok(Ipam { dir, subnet, gateway })
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|_, k| k.strong_count() > 0);
+        let known = match open.get(&dir).and_then(Weak::upgrade) {
+            Some(k) => k,
+            None => {
+                let k = Arc::new(Mutex::new(Known { holders: read_holders(&dir) }));
+                open.insert(dir.clone(), Arc::downgrade(&k));
+                k
+            }
+        };
+        Ok(Ipam { dir, subnet, gateway, known })
     }
 
     /// The store's directory.
@@ -75,29 +103,31 @@ impl Ipam {
             .map_err(|(_, e)| io_err(format!("locking {}", path.display()))(std::io::Error::from(e)))
     }
 
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Every handed-out address and the ID holding it.
     pub fn holders(&self) -> Vec<(Ipv4Addr, String)> {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else { return vec![] };
-        rd.filter_map(|e| {
-            let e = e.ok()?;
-            let ip: Ipv4Addr = e.file_name().to_str()?.parse().ok()?;
-            let content = std::fs::read_to_string(e.path()).ok()?;
-            let id = content.split("\r\n").next()?.trim().to_string();
-            Some((ip, id))
-        })
-        .collect()
+        self.known().holders.iter().map(|(ip, id)| (*ip, id.clone())).collect()
+    }
+
+    /// How many addresses are handed out.
+    pub fn handed_out(&self) -> usize {
+        self.known().holders.len()
     }
 
     /// The address `id` holds, if any.
     pub fn lookup(&self, id: &str) -> Option<Ipv4Addr> {
-        self.holders().into_iter().find(|(_, h)| h == id).map(|(ip, _)| ip)
+        self.known().holders.iter().find(|(_, h)| *h == id).map(|(ip, _)| *ip)
     }
 
     /// Hands out an address to `id` (its existing one if it has one).
     pub fn reserve(&self, id: &str, ifname: &str) -> Result<Ipv4Addr> {
         let _lock = self.lock()?;
-        if let Some(ip) = self.lookup(id) {
-            return Ok(ip);
+        let mut known = self.known();
+        if let Some((ip, _)) = known.holders.iter().find(|(_, h)| *h == id) {
+            return Ok(*ip);
         }
         let first = u32::from(self.subnet.network()) + 1;
         let last = u32::from(self.subnet.broadcast()) - 1;
@@ -111,7 +141,7 @@ impl Ipam {
         let size = last - first + 1;
         for step in 0..size {
             let ip = Ipv4Addr::from(first + (start - first + step) % size);
-            if ip == self.gateway {
+            if ip == self.gateway || known.holders.contains_key(&ip) {
                 continue;
             }
             let path = self.dir.join(ip.to_string());
@@ -121,6 +151,7 @@ impl Ipam {
                         .map_err(io_err(format!("writing {}", path.display())))?;
                     std::fs::write(self.dir.join(LAST_RESERVED), ip.to_string())
                         .map_err(io_err("recording the last reserved address"))?;
+                    known.holders.insert(ip, id.to_string());
                     return Ok(ip);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -133,16 +164,31 @@ impl Ipam {
     /// Frees what `id` holds; returns the freed address.
     pub fn release(&self, id: &str) -> Result<Option<Ipv4Addr>> {
         let _lock = self.lock()?;
-        let mut freed = None;
-        for (ip, holder) in self.holders() {
-            if holder == id {
-                let path = self.dir.join(ip.to_string());
-                std::fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?;
-                freed = Some(ip);
+        let mut known = self.known();
+        let held: Vec<Ipv4Addr> = known.holders.iter().filter(|(_, h)| *h == id).map(|(ip, _)| *ip).collect();
+        for ip in &held {
+            let path = self.dir.join(ip.to_string());
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(format!("removing {}", path.display()))(e)),
             }
+            known.holders.remove(ip);
         }
-        Ok(freed)
+        Ok(held.first().copied())
     }
+}
+
+fn read_holders(dir: &Path) -> BTreeMap<Ipv4Addr, String> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return BTreeMap::new() };
+    rd.filter_map(|e| {
+        let e = e.ok()?;
+        let ip: Ipv4Addr = e.file_name().to_str()?.parse().ok()?;
+        let content = std::fs::read_to_string(e.path()).ok()?;
+        let id = content.split("\r\n").next()?.trim().to_string();
+        Some((ip, id))
+    })
+    .collect()
 }
 
 #[cfg(test)]
@@ -165,8 +211,10 @@ mod tests {
         ipam.release("a").unwrap();
         // Round robin: the freed address is not reused first.
         assert_eq!(ipam.reserve("b", "eth0").unwrap(), Ipv4Addr::new(10, 9, 0, 3));
-        let reopened = Ipam::new(ipam.dir(), "10.9.0.0/29".parse().unwrap()).unwrap();
-        assert_eq!(reopened.lookup("b"), Some(Ipv4Addr::new(10, 9, 0, 3)));
+        let dir = ipam.dir().to_path_buf();
+        drop(ipam);
+        let reopened = Ipam::new(&dir, "10.9.0.0/29".parse().unwrap()).unwrap();
+        assert_eq!(reopened.lookup("b"), Some(Ipv4Addr::new(10, 9, 0, 3)), "read back from the files");
     }
 
     #[test]
@@ -198,6 +246,18 @@ mod tests {
         });
         let unique: std::collections::BTreeSet<_> = ips.iter().collect();
         assert_eq!(unique.len(), 200);
+    }
+
+    #[test]
+    fn stores_of_one_directory_share_their_holders() {
+        let (_d, ipam) = store("10.9.0.0/29");
+        let other = Ipam::new(ipam.dir(), "10.9.0.0/29".parse().unwrap()).unwrap();
+        assert_eq!(ipam.lookup("x"), None);
+        let ip = other.reserve("x", "eth0").unwrap();
+        assert_eq!(ipam.lookup("x"), Some(ip));
+        assert_ne!(ipam.reserve("y", "eth0").unwrap(), ip);
+        other.release("x").unwrap();
+        assert_eq!(ipam.lookup("x"), None);
     }
 
     #[test]

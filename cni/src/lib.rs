@@ -24,6 +24,7 @@ pub mod link;
 pub mod netns;
 pub mod portmap;
 mod reaper;
+mod spares;
 mod sysctl;
 
 pub use bridge::{AllocNetwork, BridgeConfig, BridgeNetwork, PortMapping};
