@@ -10,11 +10,12 @@
 //! an agent restart idempotent.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use ipnet::Ipv4Net;
@@ -38,10 +39,13 @@ pub struct Ipam {
     known: Arc<Mutex<Known>>,
 }
 
-/// The holders, as read at open and kept up to date since.
+/// The holders, as read at open and kept up to date since, and the
+/// store's lock and round-robin files, kept open.
 #[derive(Debug, Default)]
 struct Known {
     holders: BTreeMap<Ipv4Addr, String>,
+    last: Option<Ipv4Addr>,
+    files: Option<(File, File)>,
 }
 
 /// The shared copies, by directory.
@@ -68,7 +72,8 @@ impl Ipam {
         let known = match open.get(&dir).and_then(Weak::upgrade) {
             Some(k) => k,
             None => {
-                let k = Arc::new(Mutex::new(Known { holders: read_holders(&dir) }));
+                let last = std::fs::read_to_string(dir.join(LAST_RESERVED)).ok().and_then(|s| s.trim().parse().ok());
+                let k = Arc::new(Mutex::new(Known { holders: read_holders(&dir), last, files: None }));
                 open.insert(dir.clone(), Arc::downgrade(&k));
                 k
             }
@@ -91,16 +96,31 @@ impl Ipam {
         self.subnet
     }
 
-    fn lock(&self) -> Result<Flock<File>> {
+    /// Takes the store's `flock` (the lock file is opened once).
+    fn lock(&self, known: &mut Known) -> Result<Flock<File>> {
         let path = self.dir.join("lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(format!("opening {}", path.display())))?;
+        let (lock, _) = self.files(known)?;
+        let f = lock.try_clone().map_err(io_err(format!("opening {}", path.display())))?;
         Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, e)| io_err(format!("locking {}", path.display()))(std::io::Error::from(e)))
+    }
+
+    /// The lock file and the round-robin file, opened on first use.
+    fn files<'k>(&self, known: &'k mut Known) -> Result<&'k (File, File)> {
+        if known.files.is_none() {
+            let open = |name: &str| {
+                let path = self.dir.join(name);
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(format!("opening {}", path.display())))
+            };
+            known.files = Some((open("lock")?, open(LAST_RESERVED)?));
+        }
+        Ok(known.files.as_ref().expect("just opened"))
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, Known> {
@@ -124,16 +144,15 @@ impl Ipam {
 
     /// Hands out an address to `id` (its existing one if it has one).
     pub fn reserve(&self, id: &str, ifname: &str) -> Result<Ipv4Addr> {
-        let _lock = self.lock()?;
         let mut known = self.known();
+        let _lock = self.lock(&mut known)?;
         if let Some((ip, _)) = known.holders.iter().find(|(_, h)| *h == id) {
             return Ok(*ip);
         }
         let first = u32::from(self.subnet.network()) + 1;
         let last = u32::from(self.subnet.broadcast()) - 1;
-        let start = std::fs::read_to_string(self.dir.join(LAST_RESERVED))
-            .ok()
-            .and_then(|s| s.trim().parse::<Ipv4Addr>().ok())
+        let start = known
+            .last
             .map(u32::from)
             .filter(|ip| (first..=last).contains(ip))
             .map(|ip| if ip == last { first } else { ip + 1 })
@@ -149,9 +168,13 @@ impl Ipam {
                 Ok(mut f) => {
                     f.write_all(format!("{id}\r\n{ifname}").as_bytes())
                         .map_err(io_err(format!("writing {}", path.display())))?;
-                    std::fs::write(self.dir.join(LAST_RESERVED), ip.to_string())
+                    let (_, round_robin) = self.files(&mut known)?;
+                    round_robin
+                        .set_len(0)
+                        .and_then(|()| round_robin.write_all_at(ip.to_string().as_bytes(), 0))
                         .map_err(io_err("recording the last reserved address"))?;
                     known.holders.insert(ip, id.to_string());
+                    known.last = Some(ip);
                     return Ok(ip);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -163,8 +186,8 @@ impl Ipam {
 
     /// Frees what `id` holds; returns the freed address.
     pub fn release(&self, id: &str) -> Result<Option<Ipv4Addr>> {
-        let _lock = self.lock()?;
         let mut known = self.known();
+        let _lock = self.lock(&mut known)?;
         let held: Vec<Ipv4Addr> = known.holders.iter().filter(|(_, h)| *h == id).map(|(ip, _)| *ip).collect();
         for ip in &held {
             let path = self.dir.join(ip.to_string());

@@ -104,8 +104,7 @@ fn publish_queue(pending: &watch::Sender<usize>) {
 
 /// Sets `berth.network.bridge.allocations` to the addresses held on `bridge`.
 pub(crate) fn publish_allocations(bridge: &str, ipam: &Ipam) {
-    metrics::gauge!("berth.network.bridge.allocations", "bridge" => bridge.to_string())
-        .set(ipam.handed_out() as f64);
+    metrics::gauge!("berth.network.bridge.allocations", "bridge" => bridge.to_string()).set(ipam.handed_out() as f64);
 }
 
 async fn run(
