@@ -5,8 +5,10 @@
 //! throw-away namespace that plays the host. Both sides include creating
 //! and deleting the allocation's namespace and map one port. Latency is
 //! per allocation, from an idle node, as the orchestrator waits for it
-//! (berth defers part of teardown to a background task); the back-to-back
-//! run counts that background work too, until it is all done.
+//! (berth defers part of teardown to a background task, and makes spare
+//! namespaces once set-ups pause; both are done before the next one
+//! starts); the back-to-back run counts that background work too, until it
+//! is all done.
 //!
 //! Run with `cargo bench -p berth-cni --bench netsetup` (root).
 //! `BERTH_BENCH_ALLOCS` sets the number of allocations (default 200).

@@ -257,15 +257,23 @@ impl BridgeNetwork {
         net: &AllocNetwork,
         adopted: bool,
     ) -> Result<()> {
+        let mut peer = None;
         if !adopted {
-            // A half-made pair from an interrupted setup.
-            link::delete(inside, &net.interface).await?;
             let file =
                 std::fs::File::open(ns.path()).map_err(crate::io_err(format!("opening {}", ns.path().display())))?;
-            link::create_veth(&self.host, &net.host_veth, &net.interface, &file, bridge).await?;
+            let create = || link::create_veth(&self.host, &net.host_veth, &net.interface, &file, bridge);
+            peer = match create().await {
+                // A half-made pair from an interrupted setup.
+                Err(e) if link::is_exists(&e) => {
+                    link::delete(inside, &net.interface).await?;
+                    link::delete(&self.host, &net.host_veth).await?;
+                    create().await?.1
+                }
+                made => made?.1,
+            };
         }
         let addr = Ipv4Net::new(net.ip, net.prefix_len).map_err(|e| NetError::Config(e.to_string()))?;
-        link::configure_container(inside, &net.interface, addr, net.gateway).await
+        link::configure_container(inside, &net.interface, peer, addr, net.gateway).await
     }
 
     /// Removes everything [`setup`](Self::setup) made for `net`, including

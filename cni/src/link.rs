@@ -27,14 +27,18 @@ pub struct LinkInfoSummary {
     pub kind: Option<String>,
     /// Index of the bridge it is attached to.
     pub controller: Option<u32>,
+    /// The link it is bound to (a veth's peer, by its index in the peer's namespace).
+    pub peer: Option<u32>,
 }
 
 fn summarize(m: &LinkMessage) -> LinkInfoSummary {
-    let mut s = LinkInfoSummary { index: m.header.index, name: String::new(), kind: None, controller: None };
+    let mut s =
+        LinkInfoSummary { index: m.header.index, name: String::new(), kind: None, controller: None, peer: None };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => s.name = n.clone(),
             LinkAttribute::Controller(c) => s.controller = Some(*c),
+            LinkAttribute::Link(l) => s.peer = Some(*l),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let LinkInfo::Kind(k) = i {
@@ -46,6 +50,11 @@ fn summarize(m: &LinkMessage) -> LinkInfoSummary {
         }
     }
     s
+}
+
+/// True when a request failed because a link of that name exists.
+pub fn is_exists(e: &NetError) -> bool {
+    matches!(e, NetError::Netlink { source, .. } if is_errno(source, libc::EEXIST))
 }
 
 fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
@@ -125,14 +134,15 @@ pub async fn ensure_bridge(h: &Handle, name: &str, gateway: Ipv4Net) -> Result<u
 
 /// Creates a veth pair: `host_name` attached to bridge `bridge` (up, with
 /// hairpin mode on), and `peer_name` placed straight into the namespace
-/// `peer_ns`. Returns the host end's index.
+/// `peer_ns`. Returns the host end's index and the peer's index inside
+/// its namespace.
 pub async fn create_veth(
     h: &Handle,
     host_name: &str,
     peer_name: &str,
     peer_ns: &std::fs::File,
     bridge: u32,
-) -> Result<u32> {
+) -> Result<(u32, Option<u32>)> {
     let peer =
         LinkMessageBuilder::<LinkUnspec>::new().name(peer_name.to_string()).setns_by_fd(peer_ns.as_raw_fd()).build();
     let msg = LinkVeth::new(host_name, peer_name)
@@ -149,19 +159,32 @@ pub async fn create_veth(
         .execute()
         .await
         .map_err(nl_err(format!("setting hairpin mode on {host_name}")))?;
-    Ok(link.index)
+    Ok((link.index, link.peer))
 }
 
-/// Inside a namespace: loopback up, `address` on `ifname`, `ifname` up, and
-/// a default route via `gateway`. Each step tolerates having been done.
-pub async fn configure_container(h: &Handle, ifname: &str, address: Ipv4Net, gateway: Ipv4Addr) -> Result<()> {
+/// Inside a namespace: loopback up, `address` on `ifname` (whose index is
+/// looked up unless given), `ifname` up, and a default route via
+/// `gateway`. Each step tolerates having been done.
+pub async fn configure_container(
+    h: &Handle,
+    ifname: &str,
+    index: Option<u32>,
+    address: Ipv4Net,
+    gateway: Ipv4Addr,
+) -> Result<()> {
     loopback_up(h).await?;
-    let link = get(h, ifname)
-        .await?
-        .ok_or_else(|| NetError::Config(format!("interface {ifname} is missing in the namespace")))?;
-    add_address(h, link.index, ifname, address).await?;
-    set_up(h, link.index, ifname).await?;
-    let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(link.index).build();
+    let index = match index {
+        Some(i) => i,
+        None => {
+            get(h, ifname)
+                .await?
+                .ok_or_else(|| NetError::Config(format!("interface {ifname} is missing in the namespace")))?
+                .index
+        }
+    };
+    add_address(h, index, ifname, address).await?;
+    set_up(h, index, ifname).await?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(index).build();
     match h.route().add(route).execute().await {
         Ok(()) => Ok(()),
         Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
@@ -169,10 +192,9 @@ pub async fn configure_container(h: &Handle, ifname: &str, address: Ipv4Net, gat
     }
 }
 
-/// Sets the loopback interface up.
+/// Sets the loopback interface up (index 1 in every namespace).
 pub async fn loopback_up(h: &Handle) -> Result<()> {
-    let lo = get(h, "lo").await?.ok_or_else(|| NetError::Config("namespace has no loopback".into()))?;
-    set_up(h, lo.index, "lo").await
+    set_up(h, 1, "lo").await
 }
 
 /// Adds `address` (with its prefix) to link `index`; present already is fine.

@@ -210,3 +210,21 @@ fn a_host_port_given_to_a_new_allocation_is_taken_over_and_kept_when_the_old_one
         assert!(!sh("nft -s list map ip berth-bt4 hostports").contains("8090"));
     });
 }
+
+#[test]
+fn a_half_made_pair_from_an_interrupted_setup_is_replaced() {
+    in_fresh_host(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let net = BridgeNetwork::open(config(dir.path(), "bt5", "172.30.5.0/24")).await.unwrap();
+        let ns = net.create_netns("half").unwrap();
+        // What a setup cut short leaves: the namespace's end exists, the host's does not.
+        sh(&format!("nsenter --net={} ip link add eth0 type veth peer name eth0p", ns.path().display()));
+        let a = net.setup("half", &ns, &[PortMapping { host_port: 8095, container_port: 95 }]).await.unwrap();
+        serve(&ns, 95, "whole again");
+        assert_eq!(fetch("127.0.0.1:8095".parse().unwrap()), "whole again");
+        let links = sh(&format!("nsenter --net={} ip -o link show", ns.path().display()));
+        assert!(!links.contains("eth0p"), "the stale pair is gone: {links}");
+        net.teardown(&a).await.unwrap();
+        net.settled().await;
+    });
+}
