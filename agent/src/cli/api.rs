@@ -41,6 +41,16 @@ pub struct ApiClient {
 }
 
 /// The address to use, from the flag or the environment.
+/// Characters a job ID keeps in a URL path; everything else is
+/// percent-encoded (a child job's `/` above all).
+const PATH_SAFE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// `/v1/job/<id>`, with the ID encoded as one path segment.
+pub fn job_path(id: &str) -> String {
+    format!("/v1/job/{}", percent_encoding::utf8_percent_encode(id, PATH_SAFE))
+}
+
 pub fn resolve_address(flag: Option<&str>) -> String {
     let addr = flag
         .map(str::to_string)

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::api::ApiClient;
+use super::api::{job_path, ApiClient};
+use super::children;
 use super::format;
 use super::monitor::{self, print_failures};
 use crate::structs::{Deployment, Job};
@@ -142,6 +143,14 @@ pub async fn run(api: &ApiClient, input: &JobInput<'_>, detach: bool, check_inde
         }
     };
     print_warnings(&warnings, &resp.warnings);
+    // Periodic and parameterized jobs are not evaluated: nothing to monitor.
+    if job.is_template() {
+        println!("Job registration successful");
+        if let Some(line) = children::next_launch_line(&job) {
+            println!("Approximate next launch time: {line}");
+        }
+        return 0;
+    }
     if detach {
         println!("Job registration successful");
         println!("Evaluation ID: {}", resp.eval_id);
@@ -221,7 +230,7 @@ pub async fn plan(api: &ApiClient, input: &JobInput<'_>) -> i32 {
         }
     };
     let body = json!({ "Job": job, "Diff": true });
-    let resp: PlanResult = match api.put(&format!("/v1/job/{}/plan", job.id), &body).await {
+    let resp: PlanResult = match api.put(&format!("{}/plan", job_path(&job.id)), &body).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("Error during plan: {e}");
@@ -335,7 +344,7 @@ pub async fn status(api: &ApiClient, id: Option<&str>, short: bool, verbose: boo
         Ok(id) => id,
         Err(code) => return code,
     };
-    let job: Job = match api.get(&format!("/v1/job/{id}")).await {
+    let job: Job = match api.get(&job_path(&id)).await {
         Ok(j) => j,
         Err(e) => {
             eprintln!("Error querying job: {e}");
@@ -344,24 +353,31 @@ pub async fn status(api: &ApiClient, id: Option<&str>, short: bool, verbose: boo
     };
     println!(
         "{}",
-        format::kv(&[
-            format!("ID|{}", job.id),
-            format!("Name|{}", job.name),
-            format!("Submit Date|{}", format_timestamp(job.submit_time)),
-            format!("Type|{}", job.job_type),
-            format!("Priority|{}", job.priority),
-            format!("Datacenters|{}", job.datacenters.join(",")),
-            format!("Namespace|{}", job.namespace),
-            format!("Node Pool|{}", job.node_pool),
-            format!("Status|{}", job_status_text(job.stop, &job.status)),
-            "Periodic|false".to_string(),
-            "Parameterized|false".to_string(),
-        ])
+        format::kv(
+            &[
+                format!("ID|{}", job.id),
+                format!("Name|{}", job.name),
+                format!("Submit Date|{}", format_timestamp(job.submit_time)),
+                format!("Type|{}", job.job_type),
+                format!("Priority|{}", job.priority),
+                format!("Datacenters|{}", job.datacenters.join(",")),
+                format!("Namespace|{}", job.namespace),
+                format!("Node Pool|{}", job.node_pool),
+                format!("Status|{}", job_status_text(job.stop, &job.status)),
+            ]
+            .into_iter()
+            .chain(children::status_rows(&job))
+            .collect::<Vec<_>>()
+        )
     );
     if short {
         return 0;
     }
-    if let Ok(summary) = api.get::<JobSummary>(&format!("/v1/job/{id}/summary")).await {
+    if job.is_template() {
+        children::print_children(api, &job).await;
+        return 0;
+    }
+    if let Ok(summary) = api.get::<JobSummary>(&format!("{}/summary", job_path(&id))).await {
         println!("\nSummary");
         let mut rows = vec!["Task Group|Queued|Starting|Running|Failed|Complete|Lost|Unknown".to_string()];
         for (tg, s) in &summary.summary {
@@ -373,7 +389,7 @@ pub async fn status(api: &ApiClient, id: Option<&str>, short: bool, verbose: boo
         println!("{}", format::list(&rows));
     }
     let evals: Vec<crate::structs::Evaluation> =
-        api.get(&format!("/v1/job/{id}/evaluations")).await.unwrap_or_default();
+        api.get(&format!("{}/evaluations", job_path(&id))).await.unwrap_or_default();
     if let Some(blocked) = evals.iter().find(|e| e.status == "blocked") {
         let failed = evals.iter().find(|e| e.blocked_eval == blocked.id && !e.failed_tg_allocs.is_empty());
         if let Some(f) = failed {
@@ -382,12 +398,12 @@ pub async fn status(api: &ApiClient, id: Option<&str>, short: bool, verbose: boo
         }
     }
     if job.job_type == "service" {
-        if let Ok(Some(dep)) = api.get::<Option<Deployment>>(&format!("/v1/job/{id}/deployment")).await {
+        if let Ok(Some(dep)) = api.get::<Option<Deployment>>(&format!("{}/deployment", job_path(&id))).await {
             println!("\nLatest Deployment");
             monitor::print_deployment(&dep);
         }
     }
-    let allocs: Vec<AllocListStub> = api.get(&format!("/v1/job/{id}/allocations")).await.unwrap_or_default();
+    let allocs: Vec<AllocListStub> = api.get(&format!("{}/allocations", job_path(&id))).await.unwrap_or_default();
     println!("\nAllocations");
     if allocs.is_empty() {
         println!("No allocations placed");
@@ -446,14 +462,15 @@ pub async fn stop(api: &ApiClient, prefix: &str, purge: bool, detach: bool, yes:
             return 0;
         }
     }
-    let resp: RegisterResult = match api.delete(&format!("/v1/job/{id}?purge={purge}")).await {
+    let resp: RegisterResult = match api.delete(&format!("{}?purge={purge}", job_path(&id))).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("Error deregistering job: {e}");
             return 1;
         }
     };
-    if detach {
+    // A periodic or parameterized job has no evaluation to follow.
+    if detach || resp.eval_id.is_empty() {
         println!("{}", resp.eval_id);
         return 0;
     }
@@ -466,7 +483,7 @@ pub async fn inspect(api: &ApiClient, prefix: &str) -> i32 {
         Ok(id) => id,
         Err(code) => return code,
     };
-    match api.get::<Job>(&format!("/v1/job/{id}")).await {
+    match api.get::<Job>(&job_path(&id)).await {
         Ok(job) => {
             println!("{}", serde_json::to_string_pretty(&json!({ "Job": job })).unwrap_or_default());
             0

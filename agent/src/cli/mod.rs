@@ -4,6 +4,7 @@
 
 mod alloc;
 mod api;
+mod children;
 mod cluster;
 mod format;
 mod import;
@@ -237,6 +238,36 @@ enum JobCommand {
     /// Prints a registered job as JSON.
     Inspect {
         /// Job ID or prefix.
+        id: String,
+    },
+    /// Dispatches a parameterized job with a payload and meta.
+    Dispatch {
+        /// Meta key=value for the child (repeatable).
+        #[arg(long)]
+        meta: Vec<String>,
+        /// Do not monitor the evaluation.
+        #[arg(long)]
+        detach: bool,
+        /// Parameterized job ID or prefix.
+        id: String,
+        /// Payload file, or - for stdin.
+        input: Option<String>,
+    },
+    /// Periodic job actions.
+    Periodic {
+        #[command(subcommand)]
+        command: PeriodicCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PeriodicCommand {
+    /// Launches a periodic job now.
+    Force {
+        /// Do not monitor the evaluation.
+        #[arg(long)]
+        detach: bool,
+        /// Periodic job ID or prefix.
         id: String,
     },
 }
@@ -778,6 +809,12 @@ pub async fn run(cli: Cli) -> i32 {
                 JobCommand::Stop(a) => job::stop(&api, &a.id, a.purge, a.detach, a.yes).await,
                 JobCommand::Validate(a) => job::validate(&input(&a)),
                 JobCommand::Inspect { id } => job::inspect(&api, &id).await,
+                JobCommand::Dispatch { meta, detach, id, input } => {
+                    children::dispatch(&api, &id, input.as_deref(), &meta, detach).await
+                }
+                JobCommand::Periodic { command: PeriodicCommand::Force { detach, id } } => {
+                    children::periodic_force(&api, &id, detach).await
+                }
             }
         }
         Command::Alloc { command, api } => {

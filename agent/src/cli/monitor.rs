@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::api::ApiClient;
+use super::api::{job_path, ApiClient};
 use super::format;
 use crate::structs::{AllocMetric, Deployment, Evaluation};
 use crate::util::short_id;
@@ -128,13 +128,13 @@ pub async fn monitor(api: &ApiClient, eval_id: &str, watch_deployment: bool) -> 
 }
 
 async fn monitor_deployment(api: &ApiClient, job_id: &str) -> i32 {
-    let job: crate::structs::Job = match api.get(&format!("/v1/job/{job_id}")).await {
+    let job: crate::structs::Job = match api.get(&job_path(job_id)).await {
         Ok(j) => j,
         Err(_) => return 0,
     };
     let mut printed = false;
     loop {
-        let dep: Option<Deployment> = api.get(&format!("/v1/job/{job_id}/deployment")).await.unwrap_or(None);
+        let dep: Option<Deployment> = api.get(&format!("{}/deployment", job_path(job_id))).await.unwrap_or(None);
         let Some(dep) = dep.filter(|d| d.job_version == job.version) else { return 0 };
         if !printed {
             println!("==> {}: Monitoring deployment {:?}", ts(), short_id(&dep.id));

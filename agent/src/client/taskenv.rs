@@ -42,6 +42,9 @@ pub fn build(alloc: &Allocation, task: &Task, node: &Node, dirs: &TaskDirs) -> B
     set("NOMAD_NAMESPACE", alloc.namespace.clone());
     if let Some(job) = &alloc.job {
         set("NOMAD_JOB_NAME", job.name.clone());
+        if !job.parent_id.is_empty() {
+            set("NOMAD_JOB_PARENT_ID", job.parent_id.clone());
+        }
         set("NOMAD_REGION", job.region.clone());
         for (k, v) in &job.meta {
             set(&format!("NOMAD_META_{k}"), v.clone());

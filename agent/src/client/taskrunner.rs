@@ -109,7 +109,8 @@ impl TaskRunner {
         self.alloc_root.join(&self.task.name)
     }
 
-    /// Builds the driver's config: env, interpolation and templates.
+    /// Builds the driver's config: env, interpolation, the dispatch payload
+    /// and templates.
     fn prepare(&self) -> Result<TaskConfig, String> {
         let task_dir = self.task_dir();
         let alloc_dir = self.alloc_root.join("alloc");
@@ -128,6 +129,14 @@ impl TaskRunner {
         for (k, v) in &self.task.env {
             let value = taskenv::interpolate(v, &env, &self.node);
             env.insert(k.clone(), value);
+        }
+        if let (Some(d), Some(job)) = (&self.task.dispatch_payload, &self.alloc.job) {
+            // Nomad's dispatch hook: the payload in the task's local/ directory.
+            let dest = task_dir.join("local").join(&d.file);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("dispatch payload {}: {e}", d.file))?;
+            }
+            std::fs::write(&dest, &job.payload).map_err(|e| format!("dispatch payload {}: {e}", d.file))?;
         }
         for tmpl in &self.task.templates {
             let data = if !tmpl.embedded_tmpl.is_empty() {

@@ -1,4 +1,4 @@
-//! `/v1/jobs`, `/v1/jobs/parse` and `/v1/job/:id/...`.
+//! `/v1/jobs`, `/v1/jobs/parse` and `/v1/job/:id/...` (dispatch and periodic force included).
 
 use std::collections::BTreeMap;
 
@@ -11,6 +11,7 @@ use super::stubs::{alloc_stub, job_stub};
 use super::{decode_body, flag, json_with_index, ApiError, ApiResult, ApiState, QueryOptions, RawQuery};
 use crate::server::summary::job_summary;
 use crate::structs::Job;
+use crate::wire::plan::DispatchRequest;
 
 /// Body of a register request.
 #[derive(Debug, Deserialize, Default)]
@@ -111,6 +112,17 @@ pub async fn read(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOp
 
 pub async fn deregister(api: ApiState, Path(id): Path<String>, Query(q): RawQuery) -> ApiResult {
     let result = api.server()?.deregister_job("default", &id, flag(&q, "purge"))?;
+    Ok(json_with_index(&result, result.index, false))
+}
+
+pub async fn dispatch(api: ApiState, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let req: DispatchRequest = if body.is_empty() { DispatchRequest::default() } else { decode_body(&body)? };
+    let result = api.server()?.dispatch_job("default", &id, req.payload, req.meta)?;
+    Ok(json_with_index(&result, result.index, false))
+}
+
+pub async fn periodic_force(api: ApiState, Path(id): Path<String>) -> ApiResult {
+    let result = api.server()?.force_periodic("default", &id)?;
     Ok(json_with_index(&result, result.index, false))
 }
 

@@ -305,6 +305,8 @@ fn server_routes() -> Router<Api> {
         .route("/v1/jobs/parse", put(jobs::parse).post(jobs::parse))
         .route("/v1/job/{id}", get(jobs::read).put(jobs::update).post(jobs::update).delete(jobs::deregister))
         .route("/v1/job/{id}/plan", put(jobs::plan).post(jobs::plan))
+        .route("/v1/job/{id}/dispatch", put(jobs::dispatch).post(jobs::dispatch))
+        .route("/v1/job/{id}/periodic/force", put(jobs::periodic_force).post(jobs::periodic_force))
         .route("/v1/job/{id}/allocations", get(jobs::allocations))
         .route("/v1/job/{id}/evaluations", get(jobs::evaluations))
         .route("/v1/job/{id}/summary", get(jobs::summary))

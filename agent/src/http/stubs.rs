@@ -16,6 +16,8 @@ pub fn job_stub(snap: &Tables, job: &Job) -> JobListStub {
         datacenters: job.datacenters.clone(),
         job_type: job.job_type.clone(),
         priority: job.priority,
+        periodic: job.is_periodic(),
+        parameterized_job: job.is_parameterized(),
         stop: job.stop,
         status: job.status.clone(),
         status_description: job.status_description.clone(),
@@ -24,7 +26,6 @@ pub fn job_stub(snap: &Tables, job: &Job) -> JobListStub {
         modify_index: job.modify_index,
         job_modify_index: job.job_modify_index,
         submit_time: job.submit_time,
-        ..Default::default()
     }
 }
 

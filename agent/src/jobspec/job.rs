@@ -1,13 +1,15 @@
 //! The `job` block: job-level fields, the job-level `update` and
-//! `reschedule` blocks that groups inherit, and job-level tasks (each
-//! wrapped in a group of its own).
+//! `reschedule` blocks that groups inherit, job-level tasks (each wrapped
+//! in a group of its own), and the `periodic` and `parameterized` blocks.
 
 use super::group;
 use super::policy::{ReschedulePatch, UpdatePatch};
 use super::service::decode_constraint;
 use super::{skip_unsupported, Places};
 use crate::hclspan::{Block, HclError};
-use crate::structs::{Job, ReschedulePolicy, UpdateStrategy, JOB_TYPE_SERVICE};
+use crate::structs::{
+    dispatch_payload, Job, ParameterizedJobConfig, PeriodicConfig, ReschedulePolicy, UpdateStrategy, JOB_TYPE_SERVICE,
+};
 
 /// Decodes the `job "id" { ... }` block.
 pub(super) fn decode(mut block: Block<'_>, warnings: &mut Vec<String>) -> Result<(Job, Places), HclError> {
@@ -30,6 +32,31 @@ pub(super) fn decode(mut block: Block<'_>, warnings: &mut Vec<String>) -> Result
     };
     for c in b.blocks("constraint") {
         job.constraints.push(decode_constraint(c)?);
+    }
+    if let Some(mut p) = b.block("periodic")? {
+        p.no_labels()?;
+        let b = &mut p.body;
+        let spec = b.string("cron")?;
+        let specs = b.strings("crons")?.unwrap_or_default();
+        job.periodic = Some(PeriodicConfig {
+            enabled: b.bool("enabled")?.unwrap_or(true),
+            spec: spec.or_else(|| specs.first().cloned()).unwrap_or_default(),
+            specs,
+            spec_type: "cron".into(),
+            prohibit_overlap: b.bool("prohibit_overlap")?.unwrap_or(false),
+            time_zone: b.string("time_zone")?.unwrap_or_else(|| "UTC".into()),
+        });
+        p.body.finish()?;
+    }
+    if let Some(mut p) = b.block("parameterized")? {
+        p.no_labels()?;
+        let b = &mut p.body;
+        job.parameterized_job = Some(ParameterizedJobConfig {
+            payload: b.string("payload")?.unwrap_or_else(|| dispatch_payload::OPTIONAL.into()),
+            meta_required: b.strings("meta_required")?.unwrap_or_default(),
+            meta_optional: b.strings("meta_optional")?.unwrap_or_default(),
+        });
+        p.body.finish()?;
     }
     let update = b.block("update")?.map(UpdatePatch::decode).transpose()?;
     let reschedule = b.block("reschedule")?.map(ReschedulePatch::decode).transpose()?;

@@ -48,19 +48,16 @@ pub struct ParsedJob {
 }
 
 /// Nomad blocks berth accepts but does not implement.
-const UNSUPPORTED: [&str; 14] = [
+const UNSUPPORTED: [&str; 11] = [
     "affinity",
     "spread",
     "migrate",
-    "periodic",
-    "parameterized",
     "vault",
     "identity",
     "scaling",
     "artifact",
     "consul",
     "multiregion",
-    "dispatch_payload",
     "disconnect",
     "max_client_disconnect",
 ];

@@ -7,7 +7,8 @@ use super::service::{decode_constraint, decode_service};
 use super::{network, skip_unsupported};
 use crate::hclspan::{Block, HclError};
 use crate::structs::{
-    CsiPluginConfig, LogConfig, Resources, RestartPolicy, Task, TaskLifecycle, Template, VolumeMount,
+    CsiPluginConfig, DispatchPayloadConfig, LogConfig, Resources, RestartPolicy, Task, TaskLifecycle, Template,
+    VolumeMount,
 };
 
 /// Decodes a `task "name" { ... }` block; `group_restart` is the group's
@@ -79,6 +80,11 @@ pub(super) fn decode(
             sidecar: l.body.bool("sidecar")?.unwrap_or(false),
         });
         l.body.finish()?;
+    }
+    if let Some(mut d) = b.block("dispatch_payload")? {
+        d.no_labels()?;
+        task.dispatch_payload = Some(DispatchPayloadConfig { file: d.body.string("file")?.unwrap_or_default() });
+        d.body.finish()?;
     }
     if let Some(mut logs) = b.block("logs")? {
         logs.no_labels()?;

@@ -426,3 +426,78 @@ fn memory_max_below_memory_is_refused() {
     let ok = parse("m.hcl", &src.replace("memory_max = 256", "memory_max = 1024")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ok.job.task_groups[0].tasks[0].resources.as_ref().map(|r| r.memory_max_mb), Some(1024));
 }
+
+#[test]
+fn periodic_and_parameterized_blocks_are_read_and_checked_as_nomad_does() {
+    let src = r#"job "nightly" {
+  type = "batch"
+  periodic {
+    crons            = ["0 3 * * *", "30 4 * * 1-5"]
+    prohibit_overlap = true
+    time_zone        = "Europe/Berlin"
+  }
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      config { command = "true" }
+    }
+  }
+}
+"#;
+    let parsed = parse("nightly.nomad", src).unwrap();
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    let p = parsed.job.periodic.clone().unwrap();
+    assert_eq!((p.spec.as_str(), p.specs.len(), p.spec_type.as_str()), ("0 3 * * *", 2, "cron"));
+    assert!(p.enabled && p.prohibit_overlap);
+    assert!(parsed.job.is_periodic() && parsed.job.is_template());
+
+    let service = src.replace("type = \"batch\"", "type = \"service\"");
+    let e = parse("nightly.nomad", &service).unwrap_err().to_string();
+    assert!(e.contains("periodic can only be used with \"batch\" or \"sysbatch\" jobs, not \"service\""), "{e}");
+    let bad_cron = src.replace("\"30 4 * * 1-5\"", "\"30 4 * * 9\"");
+    let e = parse("nightly.nomad", &bad_cron).unwrap_err().to_string();
+    assert!(e.starts_with("nightly.nomad:1:") && e.contains("invalid cron expression \"30 4 * * 9\""), "{e}");
+    let bad_zone = src.replace("Europe/Berlin", "Europe/Atlantis");
+    assert!(parse("nightly.nomad", &bad_zone)
+        .unwrap_err()
+        .to_string()
+        .contains("unknown time_zone \"Europe/Atlantis\""));
+
+    let dispatch = r#"job "encode" {
+  type = "batch"
+  parameterized {
+    payload       = "required"
+    meta_required = ["target"]
+  }
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      dispatch_payload { file = "in/data.json" }
+      config { command = "true" }
+    }
+  }
+}
+"#;
+    let parsed = parse("encode.nomad", dispatch).unwrap();
+    let p = parsed.job.parameterized_job.clone().unwrap();
+    assert_eq!((p.payload.as_str(), p.meta_required.clone()), ("required", vec!["target".to_string()]));
+    assert!(p.meta_optional.is_empty() && parsed.job.is_parameterized());
+    assert_eq!(parsed.job.task_groups[0].tasks[0].dispatch_payload.as_ref().unwrap().file, "in/data.json");
+    let e = parse("encode.nomad", &dispatch.replace("\"required\"", "\"sometimes\"")).unwrap_err().to_string();
+    assert!(e.contains("unknown payload requirement \"sometimes\""), "{e}");
+    let both = dispatch
+        .replace("meta_required = [\"target\"]", "meta_required = [\"target\"]\n    meta_optional = [\"target\"]");
+    assert!(parse("encode.nomad", &both)
+        .unwrap_err()
+        .to_string()
+        .contains("[\"target\"] are both required and optional"));
+    let escape = dispatch.replace("in/data.json", "../../etc/passwd");
+    let e = parse("encode.nomad", &escape).unwrap_err().to_string();
+    assert!(e.contains("dispatch_payload file \"../../etc/passwd\" must be a relative path inside local/"), "{e}");
+    assert!(e.starts_with("encode.nomad:8:"), "names the task's line: {e}");
+    // The API's JSON shape, as Nomad's clients send and read it.
+    let json = serde_json::to_value(&parsed.job).unwrap();
+    assert_eq!(json["ParameterizedJob"]["MetaRequired"], json!(["target"]));
+    assert_eq!(json["Payload"], serde_json::Value::Null);
+    assert_eq!(json["TaskGroups"][0]["Tasks"][0]["DispatchPayload"]["File"], "in/data.json");
+}

@@ -1,5 +1,6 @@
 //! Job writes: register (with `-check-index` enforcement and versioning),
-//! stop or purge, and plan (a dry run of the scheduler with a diff).
+//! stop or purge, plan (a dry run of the scheduler with a diff), and the
+//! registration of children that periodic and parameterized jobs launch.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -12,9 +13,11 @@ use crate::structs::{client_status, Allocation, Job};
 use crate::util::now_nanos;
 use crate::wire::plan::{PlanAnnotations, PlanResult, RegisterResult};
 
-/// The answer to a job write committed at `index` with its evaluation.
-fn registered(eval: crate::structs::Evaluation, index: u64, warnings: String) -> RegisterResult {
-    RegisterResult { eval_id: eval.id, eval_create_index: index, job_modify_index: index, warnings, index }
+/// The answer to a job write committed at `index` with its evaluation
+/// (none for periodic and parameterized jobs, which are not scheduled).
+fn registered(eval: Option<crate::structs::Evaluation>, index: u64, warnings: String) -> RegisterResult {
+    let (eval_id, eval_create_index) = eval.map(|e| (e.id, index)).unwrap_or_default();
+    RegisterResult { eval_id, eval_create_index, job_modify_index: index, warnings, index }
 }
 
 /// The user-controlled part of a job, for "did the spec change?".
@@ -106,16 +109,52 @@ impl Server {
             }
             job.version = Self::next_version(existing.as_deref(), &job);
             job.submit_time = now_nanos();
-            job.status = existing.as_ref().map(|e| e.status.clone()).unwrap_or_else(|| "pending".into());
+            job.status = if job.is_template() {
+                "running".into()
+            } else {
+                existing.as_ref().map(|e| e.status.clone()).unwrap_or_else(|| "pending".into())
+            };
             job.job_modify_index = 0;
-            let eval = Server::new_eval(&job, "job-register");
+            // A periodic or parameterized job only launches children.
+            let eval = (!job.is_template()).then(|| Server::new_eval(&job, "job-register"));
             let mut batch = WriteBatch::default();
             batch.jobs.push(job);
-            batch.evals.push(eval.clone());
+            batch.evals.extend(eval.clone());
             Ok::<_, ServerError>((batch, eval))
         })?;
-        self.enqueue(&eval);
+        if let Some(eval) = &eval {
+            self.enqueue(eval);
+        }
         Ok(registered(eval, index, warnings.join("\n")))
+    }
+
+    /// Registers a child of a periodic or parameterized job with its
+    /// evaluation, unless a job of its ID exists already (a launch is never
+    /// made twice). Returns the evaluation and the index, or `None`.
+    pub(super) fn register_child(
+        &self,
+        mut child: Job,
+        triggered_by: &str,
+    ) -> Result<Option<(crate::structs::Evaluation, u64)>, ServerError> {
+        child.canonicalize();
+        let (index, eval) = self.state.commit(|snap| {
+            if snap.job(&child.namespace, &child.id).is_some() {
+                return Ok::<_, ServerError>((WriteBatch::default(), None));
+            }
+            child.version = 0;
+            child.submit_time = now_nanos();
+            child.status = "pending".into();
+            child.job_modify_index = 0;
+            let eval = Server::new_eval(&child, triggered_by);
+            let mut batch = WriteBatch::default();
+            batch.jobs.push(child);
+            batch.evals.push(eval.clone());
+            Ok((batch, Some(eval)))
+        })?;
+        Ok(eval.map(|e| {
+            self.enqueue(&e);
+            (e, index)
+        }))
     }
 
     /// Stops a job (it stays queryable as dead) or purges it.
@@ -123,7 +162,7 @@ impl Server {
         let (index, eval) = self.state.commit(|snap| {
             let existing = snap.job(ns, id).ok_or_else(|| ServerError::NotFound("job not found".into()))?;
             let mut batch = WriteBatch::default();
-            let eval = Server::new_eval(&existing, "job-deregister");
+            let eval = (!existing.is_template()).then(|| Server::new_eval(&existing, "job-deregister"));
             if purge {
                 batch.delete_jobs.push((ns.to_string(), id.to_string()));
             } else if !existing.stop {
@@ -132,12 +171,17 @@ impl Server {
                 j.version += 1;
                 j.submit_time = now_nanos();
                 j.job_modify_index = 0;
+                if j.is_template() {
+                    j.status = "dead".into();
+                }
                 batch.jobs.push(j);
             }
-            batch.evals.push(eval.clone());
+            batch.evals.extend(eval.clone());
             Ok::<_, ServerError>((batch, eval))
         })?;
-        self.enqueue(&eval);
+        if let Some(eval) = &eval {
+            self.enqueue(eval);
+        }
         Ok(registered(eval, index, String::new()))
     }
 

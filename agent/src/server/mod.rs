@@ -8,8 +8,10 @@
 
 pub mod csi;
 pub mod diff;
+mod dispatch;
 mod jobs;
 mod nodes;
+mod periodic;
 pub mod plan_apply;
 pub mod scheduler;
 pub mod state;
@@ -51,6 +53,9 @@ pub enum ServerError {
 
 /// How long evaluations of purged jobs are kept.
 const EVAL_GC_THRESHOLD: Duration = Duration::from_secs(3600);
+/// How long finished children of periodic and parameterized jobs are kept
+/// (Nomad's `job_gc_threshold`).
+const JOB_GC_THRESHOLD: Duration = Duration::from_secs(4 * 3600);
 
 /// Server tunables.
 #[derive(Debug, Clone)]
@@ -129,6 +134,7 @@ impl Server {
         tokio::spawn(Self::periodic_gc(server.clone()));
         tokio::spawn(Self::claim_watcher(server.clone()));
         tokio::spawn(Self::controller_detacher(server.clone(), detach_rx));
+        tokio::spawn(Self::periodic_launcher(server.clone()));
         server
     }
 
@@ -230,18 +236,34 @@ impl Server {
     /// a CLI still monitoring a deregistration can read it), as Nomad's core
     /// GC does.
     pub fn garbage_collect(&self) -> Result<(), ServerError> {
-        self.collect(EVAL_GC_THRESHOLD)
+        self.collect(EVAL_GC_THRESHOLD, JOB_GC_THRESHOLD)
     }
 
     /// `PUT /v1/system/gc`: collect everything collectable now.
     pub fn force_gc(&self) -> Result<(), ServerError> {
-        self.collect(Duration::ZERO)
+        self.collect(Duration::ZERO, Duration::ZERO)
     }
 
-    fn collect(&self, eval_age: Duration) -> Result<(), ServerError> {
+    fn collect(&self, eval_age: Duration, job_age: Duration) -> Result<(), ServerError> {
         let cutoff = now_nanos() - eval_age.as_nanos() as i64;
+        let job_cutoff = now_nanos() - job_age.as_nanos() as i64;
         self.state.commit(|snap| {
             let mut batch = WriteBatch::default();
+            // Finished children go, but a periodic job's newest one stays:
+            // it records the last launch.
+            let mut newest: BTreeMap<(&str, &str), &Job> = BTreeMap::new();
+            for j in snap.jobs().filter(|j| !j.parent_id.is_empty()) {
+                let slot = newest.entry((j.namespace.as_str(), j.parent_id.as_str())).or_insert(j);
+                if j.submit_time > slot.submit_time {
+                    *slot = j;
+                }
+            }
+            for j in snap.jobs() {
+                let keep = newest.get(&(j.namespace.as_str(), j.parent_id.as_str())).is_some_and(|n| n.id == j.id);
+                if !j.parent_id.is_empty() && j.status == "dead" && j.submit_time <= job_cutoff && !keep {
+                    batch.delete_jobs.push((j.namespace.clone(), j.id.clone()));
+                }
+            }
             for a in snap.allocs() {
                 let gone = snap.job(&a.namespace, &a.job_id).is_none();
                 let finished =

@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 
 use super::{
-    EphemeralDisk, Job, LogConfig, NetworkResource, ReschedulePolicy, Resources, RestartPolicy, Service, Task,
-    UpdateStrategy, JOB_TYPE_BATCH, JOB_TYPE_SERVICE, JOB_TYPE_SYSBATCH, JOB_TYPE_SYSTEM,
+    dispatch_payload, EphemeralDisk, Job, LogConfig, NetworkResource, ReschedulePolicy, Resources, RestartPolicy,
+    Service, Task, UpdateStrategy, JOB_TYPE_BATCH, JOB_TYPE_SERVICE, JOB_TYPE_SYSBATCH, JOB_TYPE_SYSTEM,
 };
 
 const SECOND: i64 = 1_000_000_000;
@@ -145,6 +145,16 @@ impl Job {
         default_str(&mut self.region, "global");
         default_str(&mut self.job_type, JOB_TYPE_SERVICE);
         default_str(&mut self.node_pool, "default");
+        if let Some(p) = &mut self.periodic {
+            default_str(&mut p.spec_type, "cron");
+            default_str(&mut p.time_zone, "UTC");
+            if p.spec.is_empty() {
+                p.spec = p.specs.first().cloned().unwrap_or_default();
+            }
+        }
+        if let Some(p) = &mut self.parameterized_job {
+            default_str(&mut p.payload, dispatch_payload::OPTIONAL);
+        }
         if self.priority == 0 {
             self.priority = 50;
         }
@@ -212,6 +222,9 @@ impl Job {
             out.push(job(format!("reschedule is not allowed for {} jobs", self.job_type)));
         }
         check_constraints(&self.constraints, "job", &mut |m| out.push(job(m)));
+        for m in self.template_problems() {
+            out.push(job(m));
+        }
         let mut names = BTreeSet::new();
         for tg in &self.task_groups {
             if !names.insert(tg.name.as_str()) {
@@ -222,6 +235,47 @@ impl Job {
                 });
             }
             self.validate_group(tg, &mut out);
+        }
+        out
+    }
+
+    /// What is wrong with the `periodic` and `parameterized` blocks.
+    fn template_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(p) = self.periodic.as_ref() {
+            if !self.is_batch_like() {
+                out.push(format!(
+                    "periodic can only be used with \"batch\" or \"sysbatch\" jobs, not {:?}",
+                    self.job_type
+                ));
+            }
+            if p.spec_type != "cron" {
+                out.push(format!("periodic: unknown spec type {:?} (only \"cron\")", p.spec_type));
+            }
+            if p.enabled {
+                if let Err(e) = super::Schedule::parse(p) {
+                    out.push(e.to_string());
+                }
+            }
+        }
+        if let Some(p) = &self.parameterized_job {
+            if !self.is_batch_like() {
+                out.push(format!(
+                    "parameterized can only be used with \"batch\" or \"sysbatch\" jobs, not {:?}",
+                    self.job_type
+                ));
+            }
+            let kinds = [dispatch_payload::OPTIONAL, dispatch_payload::REQUIRED, dispatch_payload::FORBIDDEN];
+            if !kinds.contains(&p.payload.as_str()) {
+                out.push(format!(
+                    "parameterized: unknown payload requirement {:?} (optional, required or forbidden)",
+                    p.payload
+                ));
+            }
+            let both: Vec<&String> = p.meta_required.iter().filter(|k| p.meta_optional.contains(k)).collect();
+            if !both.is_empty() {
+                out.push(format!("parameterized: meta keys {both:?} are both required and optional"));
+            }
         }
         out
     }
@@ -387,6 +441,12 @@ fn task_problems(task: &Task, tg: &super::TaskGroup, port_labels: &BTreeSet<&str
     }
     if let Some(mode) = task.restart_policy.as_ref().map(|r| r.mode.as_str()).filter(|m| !is_restart_mode(m)) {
         out.push(format!("restart mode {mode:?} must be \"fail\" or \"delay\""));
+    }
+    if let Some(d) = &task.dispatch_payload {
+        let path = std::path::Path::new(&d.file);
+        if d.file.is_empty() || path.is_absolute() || path.components().any(|c| c == std::path::Component::ParentDir) {
+            out.push(format!("dispatch_payload file {:?} must be a relative path inside local/", d.file));
+        }
     }
     for mount in &task.volume_mounts {
         if !tg.volumes.contains_key(&mount.volume) {

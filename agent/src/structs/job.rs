@@ -44,6 +44,15 @@ pub struct Job {
     pub meta: BTreeMap<String, String>,
     #[serde(rename = "ParentID")]
     pub parent_id: String,
+    /// Launched on a schedule: the job is a template for its children.
+    pub periodic: Option<PeriodicConfig>,
+    /// Dispatched on request: the job is a template for its children.
+    pub parameterized_job: Option<ParameterizedJobConfig>,
+    /// A child made by `job dispatch`.
+    pub dispatched: bool,
+    /// The dispatch payload of a dispatched child (base64 in JSON).
+    #[serde(with = "base64_bytes")]
+    pub payload: Vec<u8>,
     pub stop: bool,
     pub status: String,
     pub status_description: String,
@@ -53,6 +62,89 @@ pub struct Job {
     pub create_index: u64,
     pub modify_index: u64,
     pub job_modify_index: u64,
+}
+
+/// A job's `periodic` block.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PeriodicConfig {
+    pub enabled: bool,
+    /// The first cron expression (`cron`, or the first of `crons`).
+    pub spec: String,
+    /// Every cron expression (`crons`).
+    pub specs: Vec<String>,
+    /// Always `cron`.
+    pub spec_type: String,
+    /// Skip a launch while a child of the previous one still runs.
+    pub prohibit_overlap: bool,
+    /// IANA time zone the expressions are read in (UTC when empty).
+    pub time_zone: String,
+}
+
+impl PeriodicConfig {
+    /// Every expression of the block.
+    pub fn expressions(&self) -> Vec<&str> {
+        if self.specs.is_empty() {
+            vec![self.spec.as_str()]
+        } else {
+            self.specs.iter().map(String::as_str).collect()
+        }
+    }
+}
+
+/// A job's `parameterized` block.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ParameterizedJobConfig {
+    /// `optional` (the default), `required` or `forbidden`.
+    pub payload: String,
+    pub meta_required: Vec<String>,
+    pub meta_optional: Vec<String>,
+}
+
+/// The payload values of `ParameterizedJobConfig::payload`.
+pub mod dispatch_payload {
+    /// A payload may be given.
+    pub const OPTIONAL: &str = "optional";
+    /// A payload must be given.
+    pub const REQUIRED: &str = "required";
+    /// A payload may not be given.
+    pub const FORBIDDEN: &str = "forbidden";
+    /// Nomad's limit on a payload, in bytes.
+    pub const MAX_SIZE: usize = 16 * 1024;
+}
+
+/// A task's `dispatch_payload` block.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DispatchPayloadConfig {
+    /// Where the payload is written, relative to the task's `local/`.
+    pub file: String,
+}
+
+/// `[]byte` fields as Go encodes them in JSON: base64, `null` when empty.
+pub mod base64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Base64, or `null` for no bytes.
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        if bytes.is_empty() {
+            s.serialize_none()
+        } else {
+            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+    }
+
+    /// Base64 or `null`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(Vec::new()),
+            Some(text) => {
+                base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(serde::de::Error::custom)
+            }
+        }
+    }
 }
 
 /// A group of tasks placed together on one node.
@@ -103,6 +195,8 @@ pub struct Task {
     pub leader: bool,
     /// When the task runs relative to the group's main tasks.
     pub lifecycle: Option<TaskLifecycle>,
+    /// Where a dispatched job's payload is written.
+    pub dispatch_payload: Option<DispatchPayloadConfig>,
 }
 
 /// A task `lifecycle` block.
@@ -385,6 +479,21 @@ pub struct ServiceCheck {
 }
 
 impl Job {
+    /// A periodic job that launches children (not one of them).
+    pub fn is_periodic(&self) -> bool {
+        self.periodic.is_some()
+    }
+
+    /// A parameterized job that is dispatched (not a dispatched child).
+    pub fn is_parameterized(&self) -> bool {
+        self.parameterized_job.is_some() && !self.dispatched
+    }
+
+    /// A template for children, never scheduled itself.
+    pub fn is_template(&self) -> bool {
+        self.is_periodic() || self.is_parameterized()
+    }
+
     /// True for job types whose allocations run to completion.
     pub fn is_batch_like(&self) -> bool {
         self.job_type == JOB_TYPE_BATCH || self.job_type == JOB_TYPE_SYSBATCH

@@ -7,10 +7,12 @@ mod alloc;
 mod canonicalize;
 mod job;
 mod node;
+mod periodic;
 mod volume;
 
 pub use alloc::*;
 pub use canonicalize::ValidationIssue;
 pub use job::*;
 pub use node::*;
+pub use periodic::{Schedule, ScheduleError};
 pub use volume::*;

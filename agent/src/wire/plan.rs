@@ -1,4 +1,4 @@
-//! Job registration and `job plan` answers: the evaluation a registration
+//! Job registration, dispatch and `job plan` answers: the evaluation a registration
 //! made, and a plan's diff (Nomad's `JobDiff` shape) with its per-group
 //! counts and placement failures.
 
@@ -17,6 +17,39 @@ pub struct RegisterResult {
     pub eval_create_index: u64,
     pub job_modify_index: u64,
     pub warnings: String,
+    pub index: u64,
+}
+
+/// Body of `POST /v1/job/:id/dispatch` (Nomad's `JobDispatchRequest`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DispatchRequest {
+    /// The input, base64 in JSON.
+    #[serde(with = "crate::structs::base64_bytes")]
+    pub payload: Vec<u8>,
+    pub meta: BTreeMap<String, String>,
+}
+
+/// Answer to a dispatch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DispatchResult {
+    #[serde(rename = "DispatchedJobID")]
+    pub dispatched_job_id: String,
+    #[serde(rename = "EvalID")]
+    pub eval_id: String,
+    pub eval_create_index: u64,
+    pub job_create_index: u64,
+    pub index: u64,
+}
+
+/// Answer to `POST /v1/job/:id/periodic/force`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PeriodicForceResult {
+    #[serde(rename = "EvalID")]
+    pub eval_id: String,
+    pub eval_create_index: u64,
     pub index: u64,
 }
 

@@ -1,0 +1,142 @@
+//! `job dispatch`: a parameterized job's child, made from the parent with
+//! the caller's payload and meta, checked against the parent's
+//! `parameterized` block as Nomad checks it.
+
+use std::collections::BTreeMap;
+
+use super::{Server, ServerError};
+use crate::structs::{dispatch_payload, Job};
+use crate::wire::plan::DispatchResult;
+
+/// What the caller gives a dispatch.
+fn check(parent: &Job, payload: &[u8], meta: &BTreeMap<String, String>) -> Result<(), ServerError> {
+    let Some(p) = parent.parameterized_job.as_ref().filter(|_| !parent.dispatched) else {
+        return Err(ServerError::BadRequest(format!("Specified job {:?} is not a parameterized job", parent.id)));
+    };
+    if parent.stop {
+        return Err(ServerError::BadRequest(format!("Specified job {:?} is stopped", parent.id)));
+    }
+    match p.payload.as_str() {
+        dispatch_payload::REQUIRED if payload.is_empty() => {
+            return Err(ServerError::BadRequest("Payload is not provided but required by parameterized job".into()))
+        }
+        dispatch_payload::FORBIDDEN if !payload.is_empty() => {
+            return Err(ServerError::BadRequest("Payload provided but forbidden by parameterized job".into()))
+        }
+        _ => {}
+    }
+    if payload.len() > dispatch_payload::MAX_SIZE {
+        return Err(ServerError::BadRequest(format!(
+            "Payload exceeds maximum size; {} > {}",
+            payload.len(),
+            dispatch_payload::MAX_SIZE
+        )));
+    }
+    let unpermitted: Vec<&String> =
+        meta.keys().filter(|k| !p.meta_required.contains(k) && !p.meta_optional.contains(k)).collect();
+    if !unpermitted.is_empty() {
+        return Err(ServerError::BadRequest(format!(
+            "Dispatch request included unpermitted metadata keys: {unpermitted:?}"
+        )));
+    }
+    let missing: Vec<&String> = p.meta_required.iter().filter(|k| !meta.contains_key(*k)).collect();
+    if !missing.is_empty() {
+        return Err(ServerError::BadRequest(format!("Dispatch did not provide required meta keys: {missing:?}")));
+    }
+    Ok(())
+}
+
+/// The child: the parent's spec under `<parent>/dispatch-<unix time>-<8 hex>`,
+/// with the payload and the parent's meta overlaid by the caller's.
+fn child(parent: &Job, payload: Vec<u8>, meta: BTreeMap<String, String>) -> Job {
+    let mut job = parent.clone();
+    let suffix = &crate::util::new_id()[..8];
+    job.id = format!("{}/dispatch-{}-{suffix}", parent.id, chrono::Utc::now().timestamp());
+    job.name = job.id.clone();
+    job.parent_id = parent.id.clone();
+    job.dispatched = true;
+    job.payload = payload;
+    job.meta.extend(meta);
+    job.create_index = 0;
+    job.modify_index = 0;
+    job
+}
+
+impl Server {
+    /// Dispatches parameterized job `id` (`POST /v1/job/:id/dispatch`).
+    pub fn dispatch_job(
+        &self,
+        ns: &str,
+        id: &str,
+        payload: Vec<u8>,
+        meta: BTreeMap<String, String>,
+    ) -> Result<DispatchResult, ServerError> {
+        let parent = self.state.snapshot().job(ns, id).ok_or_else(|| ServerError::NotFound("job not found".into()))?;
+        check(&parent, &payload, &meta)?;
+        let job = child(&parent, payload, meta);
+        let dispatched_job_id = job.id.clone();
+        let (eval, index) = self
+            .register_child(job, "job-register")?
+            .ok_or_else(|| ServerError::BadRequest(format!("a job {dispatched_job_id:?} exists already")))?;
+        Ok(DispatchResult {
+            dispatched_job_id,
+            eval_id: eval.id,
+            eval_create_index: index,
+            job_create_index: index,
+            index,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::structs::ParameterizedJobConfig;
+
+    fn parent(payload: &str) -> Job {
+        Job {
+            id: "backup".into(),
+            meta: [("owner".to_string(), "ops".to_string())].into(),
+            parameterized_job: Some(ParameterizedJobConfig {
+                payload: payload.into(),
+                meta_required: vec!["target".into()],
+                meta_optional: vec!["level".into()],
+            }),
+            ..Job::default()
+        }
+    }
+
+    fn meta(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn payload_and_meta_rules_are_nomads() {
+        let ok = meta(&[("target", "nas")]);
+        assert!(check(&parent("optional"), b"", &ok).is_ok());
+        let e = check(&parent("required"), b"", &ok).unwrap_err().to_string();
+        assert_eq!(e, "Payload is not provided but required by parameterized job");
+        let e = check(&parent("forbidden"), b"x", &ok).unwrap_err().to_string();
+        assert_eq!(e, "Payload provided but forbidden by parameterized job");
+        let e = check(&parent("optional"), &vec![0; 16 * 1024 + 1], &ok).unwrap_err().to_string();
+        assert_eq!(e, "Payload exceeds maximum size; 16385 > 16384");
+        let e = check(&parent("optional"), b"", &meta(&[("target", "nas"), ("color", "red")])).unwrap_err();
+        assert_eq!(e.to_string(), "Dispatch request included unpermitted metadata keys: [\"color\"]");
+        let e = check(&parent("optional"), b"", &meta(&[("level", "1")])).unwrap_err().to_string();
+        assert_eq!(e, "Dispatch did not provide required meta keys: [\"target\"]");
+        let plain = Job { id: "web".into(), ..Job::default() };
+        assert!(check(&plain, b"", &ok).unwrap_err().to_string().contains("is not a parameterized job"));
+    }
+
+    #[test]
+    fn the_child_carries_payload_and_merged_meta_under_nomads_id() {
+        let c = child(&parent("optional"), b"hello".to_vec(), meta(&[("target", "nas")]));
+        assert!(c.id.starts_with("backup/dispatch-"), "{}", c.id);
+        let tail: Vec<&str> = c.id["backup/dispatch-".len()..].split('-').collect();
+        assert!(tail[0].parse::<i64>().is_ok() && tail[1].len() == 8, "{}", c.id);
+        assert_eq!(c.parent_id, "backup");
+        assert!(c.dispatched && !c.is_template());
+        assert_eq!(c.payload, b"hello");
+        assert_eq!(c.meta, meta(&[("owner", "ops"), ("target", "nas")]));
+    }
+}

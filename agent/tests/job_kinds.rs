@@ -1,0 +1,198 @@
+//! Periodic and parameterized jobs against a real dev agent: dispatch with
+//! a payload and meta, launches on a cron schedule, overlap prohibited,
+//! and an agent restart that neither loses nor repeats a launch.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{job_file, wait_for, Agent};
+
+/// `/v1/job/<id>` with a child's `/` encoded.
+fn job_path(id: &str) -> String {
+    format!("/v1/job/{}", id.replace('/', "%2F"))
+}
+
+/// The children of `parent` as (ID, status).
+fn children(agent: &Agent, parent: &str) -> Vec<(String, String)> {
+    let jobs = agent.get(&format!("/v1/jobs?prefix={parent}%2F"));
+    let mut out: Vec<(String, String)> = jobs
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|j| j["ParentID"] == parent)
+        .map(|j| (j["ID"].as_str().unwrap().to_string(), j["Status"].as_str().unwrap_or("").to_string()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The launch times (Unix seconds) in the IDs of a periodic job's children.
+fn launches(agent: &Agent, parent: &str) -> Vec<i64> {
+    let prefix = format!("{parent}/periodic-");
+    let mut out: Vec<i64> =
+        children(agent, parent).iter().filter_map(|(id, _)| id.strip_prefix(&prefix)?.parse().ok()).collect();
+    out.sort();
+    out
+}
+
+/// True when `out` has a `key = value` line, however it is aligned.
+fn kv_has(out: &str, key: &str, value: &str) -> bool {
+    out.lines().any(|l| l.split_once('=').is_some_and(|(k, v)| k.trim() == key && v.trim() == value))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+#[test]
+fn dispatch_hands_the_task_its_payload_file_and_meta() {
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::dev(root.path(), "disp1");
+    let job = r#"job "backup" {
+  type = "batch"
+  meta { owner = "ops" }
+  parameterized {
+    payload       = "required"
+    meta_required = ["target"]
+    meta_optional = ["level"]
+  }
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      dispatch_payload { file = "in/payload.txt" }
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "echo payload=$(cat ${NOMAD_TASK_DIR}/in/payload.txt) target=$NOMAD_META_target owner=$NOMAD_META_owner parent=$NOMAD_JOB_PARENT_ID"]
+      }
+    }
+  }
+}
+"#;
+    let file = job_file(root.path(), "backup.nomad", job);
+    let run = agent.cli(&["job", "run", &file]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("Job registration successful") && !run.stdout.contains("Evaluation ID"), "{run:?}");
+    assert!(agent.get("/v1/job/backup/allocations").as_array().is_some_and(|a| a.is_empty()), "the parent never runs");
+    let status = agent.cli(&["job", "status", "backup"]);
+    assert!(kv_has(&status.stdout, "Parameterized", "true"), "{status:?}");
+    assert!(kv_has(&status.stdout, "Required Metadata", "target"), "{status:?}");
+
+    let input = job_file(root.path(), "input.txt", "nightly-snapshot");
+    let missing = agent.cli(&["job", "dispatch", "backup", &input]);
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(missing.stderr.contains("Dispatch did not provide required meta keys: [\"target\"]"), "{missing:?}");
+    let no_payload = agent.cli(&["job", "dispatch", "-meta", "target=nas", "backup"]);
+    assert!(no_payload.stderr.contains("Payload is not provided but required"), "{no_payload:?}");
+    let bad = agent.cli(&["job", "dispatch", "-meta", "target=nas", "-meta", "color=red", "backup", &input]);
+    assert!(bad.stderr.contains("unpermitted metadata keys: [\"color\"]"), "{bad:?}");
+
+    let ok = agent.cli(&["job", "dispatch", "-meta", "target=nas", "backup", &input]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let child = ok
+        .stdout
+        .lines()
+        .find_map(|l| l.split_once('=').filter(|(k, _)| k.trim() == "Dispatched Job ID").map(|(_, v)| v))
+        .unwrap_or_else(|| panic!("no child ID: {ok:?}"))
+        .trim()
+        .to_string();
+    assert!(child.starts_with("backup/dispatch-"), "{child}");
+    let alloc = wait_for("the child's allocation to complete", Duration::from_secs(30), || {
+        let allocs = agent.get(&format!("{}/allocations", job_path(&child)));
+        allocs.as_array()?.iter().find(|a| a["ClientStatus"] == "complete")?["ID"].as_str().map(String::from)
+    });
+    let logs = agent.cli(&["alloc", "logs", &alloc, "t"]);
+    assert_eq!(logs.stdout.trim(), "payload=nightly-snapshot target=nas owner=ops parent=backup", "{logs:?}");
+    let child_job = agent.get(&job_path(&child));
+    assert_eq!(child_job["Dispatched"], true);
+    assert_eq!(child_job["Payload"], "bmlnaHRseS1zbmFwc2hvdA==", "Nomad's base64 payload");
+    let status = agent.cli(&["job", "status", "backup"]);
+    assert!(status.stdout.contains("Dispatched Jobs") && status.stdout.contains(&child), "{status:?}");
+
+    let plain = job_file(root.path(), "plain.nomad", &common::raw_exec_job("plain", 1, "plain-marker"));
+    assert_eq!(agent.cli(&["job", "run", "-detach", &plain]).code, 0);
+    let refused = agent.cli(&["job", "dispatch", "plain"]);
+    assert!(refused.stderr.contains("is not a parameterized job"), "{refused:?}");
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "plain"]).code, 0);
+}
+
+#[test]
+fn periodic_children_launch_on_schedule_never_overlap_and_survive_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let mut agent = Agent::dev(root.path(), "peri1");
+    let periodic = |id: &str, overlap: bool, seconds: u32| {
+        format!(
+            "job \"{id}\" {{\n  type = \"batch\"\n  periodic {{\n    cron             = \"*/2 * * * * * *\"\n    \
+             prohibit_overlap = {overlap}\n  }}\n  group \"g\" {{\n    task \"t\" {{\n      driver = \"raw_exec\"\n      \
+             config {{\n        command = \"/bin/sleep\"\n        args    = [\"{seconds}\"]\n      }}\n    }}\n  }}\n}}\n"
+        )
+    };
+    let quick = job_file(root.path(), "tick.nomad", &periodic("tick", false, 0));
+    let slow = job_file(root.path(), "slow.nomad", &periodic("slow", true, 3));
+    let run = agent.cli(&["job", "run", &quick]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("Approximate next launch time:"), "{run:?}");
+    assert_eq!(agent.cli(&["job", "run", &slow]).code, 0);
+    let status = agent.cli(&["job", "status", "tick"]);
+    assert!(kv_has(&status.stdout, "Periodic", "true"), "{status:?}");
+    assert!(status.stdout.contains("Next Periodic Launch"), "{status:?}");
+
+    // Every two seconds, each launch once, on even seconds.
+    let got = wait_for("three launches of tick", Duration::from_secs(20), || {
+        let l = launches(&agent, "tick");
+        (l.len() >= 3).then_some(l)
+    });
+    assert!(got.iter().all(|t| t % 2 == 0), "{got:?}");
+    assert!(got.windows(2).all(|w| w[1] - w[0] >= 2), "{got:?}");
+    let done = wait_for("a launched child to complete", Duration::from_secs(20), || {
+        children(&agent, "tick").into_iter().find(|(_, s)| s == "dead")
+    });
+    assert!(done.0.starts_with("tick/periodic-"), "{done:?}");
+
+    // A 3 s task every 2 s with overlap prohibited: the launch while one
+    // runs is skipped, so no two are two seconds apart.
+    let slow_launches = wait_for("two launches of slow", Duration::from_secs(30), || {
+        let l = launches(&agent, "slow");
+        (l.len() >= 2).then_some(l)
+    });
+    assert!(slow_launches.windows(2).all(|w| w[1] - w[0] >= 4), "overlapping launches: {slow_launches:?}");
+
+    // Down across several launch times, then back: the last missed launch
+    // is made once, nothing launched before is made again.
+    assert_eq!(agent.cli(&["job", "stop", "slow"]).code, 0);
+    let before = launches(&agent, "tick");
+    agent.kill();
+    let down_at = now();
+    std::thread::sleep(Duration::from_secs(5));
+    agent.start();
+    let listening_at = now();
+    let after = wait_for("the catch-up launch", Duration::from_secs(20), || {
+        let l = launches(&agent, "tick");
+        l.iter().any(|t| *t > down_at).then_some(l)
+    });
+    // The catch-up carries the last launch time that fell due, so it is
+    // within the downtime (or the start-up second after it).
+    let first_after = after.iter().copied().find(|t| *t > down_at).unwrap();
+    assert!(first_after <= listening_at + 2, "the launches due while down were lost: {before:?} → {after:?}");
+    let missed: Vec<i64> = after.iter().copied().filter(|t| *t > down_at && *t <= listening_at).collect();
+    assert!(missed.len() <= 1, "each missed launch was made instead of one: {before:?} → {after:?}");
+    assert!(
+        before.iter().all(|t| after.contains(t)),
+        "launches from before the restart changed: {before:?} → {after:?}"
+    );
+    wait_for("launches to go on after the restart", Duration::from_secs(20), || {
+        (launches(&agent, "tick").iter().filter(|t| **t > listening_at).count() >= 2).then_some(())
+    });
+
+    // Forced, stopped, purged.
+    let forced = agent.cli(&["job", "periodic", "force", "-detach", "tick"]);
+    assert_eq!(forced.code, 0, "{forced:?}");
+    assert!(forced.stdout.contains("Force periodic successful"), "{forced:?}");
+    assert_eq!(agent.cli(&["job", "stop", "tick"]).code, 0);
+    let settled = launches(&agent, "tick").len();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(launches(&agent, "tick").len(), settled, "a stopped periodic job launched again");
+    let refused = agent.cli(&["job", "periodic", "force", "tick/periodic-1"]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+}
