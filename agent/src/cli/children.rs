@@ -71,7 +71,7 @@ pub async fn dispatch(api: &ApiClient, prefix: &str, input: Option<&str>, meta_f
             }
         },
     };
-    let id = match super::job::resolve(api, prefix).await {
+    let id = match super::lookup::resolve(api, prefix).await {
         Ok(id) => id,
         Err(code) => return code,
     };
@@ -99,7 +99,7 @@ pub async fn dispatch(api: &ApiClient, prefix: &str, input: Option<&str>, meta_f
 
 /// `job periodic force [-detach] JOB`.
 pub async fn periodic_force(api: &ApiClient, prefix: &str, detach: bool) -> i32 {
-    let id = match super::job::resolve(api, prefix).await {
+    let id = match super::lookup::resolve(api, prefix).await {
         Ok(id) => id,
         Err(code) => return code,
     };

@@ -7,6 +7,7 @@ use serde_json::json;
 use super::api::{job_path, ApiClient};
 use super::children;
 use super::format;
+use super::lookup::{job_status_text, resolve};
 use super::monitor::{self, print_failures};
 use crate::structs::{Deployment, Job};
 use crate::util::{format_timestamp, pretty_time_ago, short_id};
@@ -264,51 +265,6 @@ pub async fn plan(api: &ApiClient, input: &JobInput<'_>) -> i32 {
         1
     } else {
         0
-    }
-}
-
-/// Resolves a job ID prefix; prints Nomad's messages on failure.
-pub async fn resolve(api: &ApiClient, prefix: &str) -> Result<String, i32> {
-    let jobs: Vec<JobListStub> = match api.get(&format!("/v1/jobs?prefix={prefix}")).await {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("Error querying job prefix: {e}");
-            return Err(1);
-        }
-    };
-    if let Some(j) = jobs.iter().find(|j| j.id == prefix) {
-        return Ok(j.id.clone());
-    }
-    match jobs.len() {
-        0 => {
-            eprintln!("No job(s) with prefix or ID {prefix:?} found");
-            Err(1)
-        }
-        1 => Ok(jobs[0].id.clone()),
-        _ => {
-            eprintln!("Prefix matched multiple jobs\n");
-            let mut rows = vec!["ID|Type|Priority|Status|Submit Date".to_string()];
-            rows.extend(jobs.iter().map(|j| {
-                format!(
-                    "{}|{}|{}|{}|{}",
-                    j.id,
-                    j.job_type,
-                    j.priority,
-                    job_status_text(j.stop, &j.status),
-                    format_timestamp(j.submit_time)
-                )
-            }));
-            eprintln!("{}", format::list(&rows));
-            Err(1)
-        }
-    }
-}
-
-fn job_status_text(stop: bool, status: &str) -> String {
-    if stop && status == "dead" {
-        "dead (stopped)".into()
-    } else {
-        status.into()
     }
 }
 

@@ -9,6 +9,7 @@ mod cluster;
 mod format;
 mod import;
 mod job;
+mod lookup;
 mod monitor;
 mod volume;
 
