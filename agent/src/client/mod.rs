@@ -5,6 +5,7 @@
 //! before anything else, so an agent restart does not restart tasks.
 
 pub mod allocrunner;
+mod artifact;
 pub mod control;
 pub mod csi;
 pub mod driver;

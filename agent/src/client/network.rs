@@ -73,9 +73,16 @@ impl ExternalCni {
             ifname: cni::bridge::CONTAINER_IFNAME.into(),
             cni_path: self.plugin_path.clone(),
             ports: port_mappings(alloc),
-            args: vec![],
+            args: cni_args(alloc),
         }
     }
+}
+
+/// The group network's `cni { args }`, as `CNI_ARGS` pairs.
+fn cni_args(alloc: &Allocation) -> Vec<(String, String)> {
+    let group = alloc.job.as_ref().and_then(|j| j.task_group(&alloc.task_group));
+    let cni = group.and_then(|g| g.networks.first()).and_then(|n| n.cni.as_ref());
+    cni.map(|c| c.args.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
 }
 
 /// Sets up and tears down bridge and external networking.

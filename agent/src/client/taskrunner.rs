@@ -1,5 +1,5 @@
 //! The task runner: one tokio task per task that waits for its lifecycle
-//! phase, prepares the task (env, templates), starts it through its
+//! phase, prepares the task (artifacts, env, templates), starts it through its
 //! driver, waits, and applies the restart policy; it also carries out the API's requests to the running task
 //! (signal, restart in place). Two tokens end it: `kill` stops the workload (the allocation is
 //! stopping), `shutdown` only detaches (the agent is exiting and the task
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::control::{ControlError, TaskAction, TaskControl};
 use super::driver::{Driver, ExitResult, TaskConfig, TaskHandle};
 use super::logs::Rotation;
-use super::{taskenv, template};
+use super::{artifact, taskenv, template};
 use crate::structs::{Allocation, Node, RestartPolicy, Task, TaskEvent, TaskState};
 use crate::util::{format_duration, now_rfc3339};
 
@@ -109,9 +109,9 @@ impl TaskRunner {
         self.alloc_root.join(&self.task.name)
     }
 
-    /// Builds the driver's config: env, interpolation, the dispatch payload
-    /// and templates.
-    fn prepare(&self) -> Result<TaskConfig, String> {
+    /// The task's environment: Nomad's variables, the alloc hooks' and the
+    /// task's own `env`, interpolated.
+    fn environment(&self) -> BTreeMap<String, String> {
         let task_dir = self.task_dir();
         let alloc_dir = self.alloc_root.join("alloc");
         // Isolated tasks see the directories where the driver mounts them.
@@ -130,6 +130,14 @@ impl TaskRunner {
             let value = taskenv::interpolate(v, &env, &self.node);
             env.insert(k.clone(), value);
         }
+        env
+    }
+
+    /// Builds the driver's config: env, the dispatch payload and templates.
+    fn prepare(&self) -> Result<TaskConfig, String> {
+        let task_dir = self.task_dir();
+        let alloc_dir = self.alloc_root.join("alloc");
+        let mut env = self.environment();
         if let (Some(d), Some(job)) = (&self.task.dispatch_payload, &self.alloc.job) {
             // Nomad's dispatch hook: the payload in the task's local/ directory.
             let dest = task_dir.join("local").join(&d.file);
@@ -197,6 +205,19 @@ impl TaskRunner {
         })
     }
 
+    /// Downloads the task's artifacts; `None` if the task was killed meanwhile.
+    async fn fetch_artifacts(&mut self) -> Option<Result<(), artifact::ArtifactError>> {
+        self.emit(TaskEvent::new("Downloading Artifacts", "Client is downloading artifacts"));
+        let env = self.environment();
+        let node = self.node.clone();
+        let task_dir = self.task_dir();
+        let fetch = artifact::fetch_all(&self.task.artifacts, &task_dir, |v| taskenv::interpolate(v, &env, &node));
+        tokio::select! {
+            r = fetch => Some(r),
+            _ = self.kill.cancelled() => None,
+        }
+    }
+
     fn kill_timeout(&self) -> Duration {
         Duration::from_nanos(self.task.kill_timeout.unwrap_or(5_000_000_000).max(0) as u64)
     }
@@ -240,6 +261,8 @@ impl TaskRunner {
     /// Runs the task to its end (or until shutdown detaches it).
     pub async fn run(mut self) {
         let mut window = (Instant::now(), 0u32);
+        // Fetched once per run of the runner, as Nomad's artifact hook.
+        let mut artifacts_done = false;
         if self.state.state.is_empty() {
             self.state.state = task_state::PENDING.into();
             self.emit(TaskEvent::new("Received", "Task received by client"));
@@ -266,6 +289,25 @@ impl TaskRunner {
                     return;
                 }
                 self.emit(TaskEvent::new("Task Setup", "Building Task Directory"));
+                if !artifacts_done && !self.task.artifacts.is_empty() {
+                    match self.fetch_artifacts().await {
+                        None => {
+                            self.mark_dead(self.state.failed);
+                            return;
+                        }
+                        Some(Ok(())) => artifacts_done = true,
+                        Some(Err(e)) => {
+                            let mut ev = TaskEvent::new("Failed Artifact Download", e.to_string());
+                            ev.download_error = e.to_string();
+                            self.emit(ev);
+                            let exit = ExitResult { exit_code: -1, signal: 0, error: Some(e.to_string()) };
+                            if !self.should_restart(&exit, &mut window).await {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
                 let mut cfg = match self.prepare() {
                     Ok(c) => c,
                     Err(e) => {

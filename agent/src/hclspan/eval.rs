@@ -27,9 +27,12 @@ pub struct Scope {
 }
 
 impl Scope {
-    /// A scope with no variables: every reference is a runtime one.
+    /// A scope with no variables (every reference is a runtime one) and
+    /// Nomad's functions.
     pub fn new() -> Self {
-        Scope::default()
+        let mut scope = Scope::default();
+        super::functions::declare(&mut scope.ctx);
+        scope
     }
 
     /// Declares `root` (e.g. `var`) as an object holding `values`; replaces

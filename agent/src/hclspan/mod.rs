@@ -1,6 +1,7 @@
 //! A thin layer over hcl-edit shared by every HCL file berth reads (job
 //! specs, the agent configuration, CSI volume specs): parsing with byte
-//! spans, `file:line:col` errors, Nomad-style expression evaluation, the
+//! spans, `file:line:col` errors, Nomad-style expression evaluation with
+//! Nomad's function library, the
 //! HCL1 quoted-key compatibility pre-pass and a decoder that walks a body
 //! and rejects unknown keys.
 //!
@@ -18,6 +19,7 @@
 mod decode;
 mod error;
 mod eval;
+pub mod functions;
 mod hcl1;
 mod source;
 

@@ -26,6 +26,7 @@ pub(super) fn decode(
 ) -> Result<(TaskGroup, Vec<(String, Pos)>), HclError> {
     let name = block.label()?;
     let b = &mut block.body;
+    super::refuse_consul_and_vault(b)?;
     skip_unsupported(b, warnings);
     let mut tg = TaskGroup {
         name,

@@ -48,22 +48,18 @@ pub struct ParsedJob {
 }
 
 /// Nomad blocks berth accepts but does not implement.
-const UNSUPPORTED: [&str; 11] = [
-    "affinity",
-    "spread",
-    "migrate",
-    "vault",
-    "identity",
-    "scaling",
-    "artifact",
-    "consul",
-    "multiregion",
-    "disconnect",
-    "max_client_disconnect",
-];
+const UNSUPPORTED: [&str; 8] =
+    ["affinity", "spread", "migrate", "identity", "scaling", "multiregion", "disconnect", "max_client_disconnect"];
 
 /// Parses a job file. `vars` are `-var name=value` assignments.
 pub fn parse_job(file_name: &str, src: &str, vars: &BTreeMap<String, String>) -> Result<ParsedJob, HclError> {
+    // `file()` and `templatefile()` read relative to the job file.
+    let dir = std::path::Path::new(file_name).parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or(std::path::Path::new(".")).to_path_buf();
+    crate::hclspan::functions::with_base_dir(&dir, || parse_in_dir(file_name, src, vars))
+}
+
+fn parse_in_dir(file_name: &str, src: &str, vars: &BTreeMap<String, String>) -> Result<ParsedJob, HclError> {
     let source = Source::parse(file_name, src)?;
     let scope = variables::scope(&source, vars)?;
     let mut root = Decoder::root(&source, &scope);
@@ -106,6 +102,23 @@ impl Places {
         let task_pos = group.zip(task).and_then(|(g, t)| self.tasks.get(&(g.to_string(), t.to_string())));
         task_pos.or(group_pos).copied().unwrap_or(self.job)
     }
+}
+
+/// Blocks that need Consul or Vault, and what each needs. Berth has
+/// neither, so a job asking for them is refused rather than run without.
+const NEEDS_CONSUL_OR_VAULT: [(&str, &str); 3] =
+    [("vault", "Vault"), ("consul", "Consul"), ("connect", "Consul Connect")];
+
+/// Refuses a block of `NEEDS_CONSUL_OR_VAULT`, naming it and its place.
+fn refuse_consul_and_vault(body: &mut Decoder<'_>) -> Result<(), HclError> {
+    for (name, needs) in NEEDS_CONSUL_OR_VAULT {
+        if let Some(block) = body.blocks(name).first() {
+            return Err(block.error(format!(
+                "the \"{name}\" block needs {needs}, which berth does not have; remove it to run the job without it"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Consumes the blocks berth ignores, warning about each.

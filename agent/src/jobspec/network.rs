@@ -2,7 +2,7 @@
 //! with their `port "label"` and `dns` blocks.
 
 use crate::hclspan::{Block, HclError};
-use crate::structs::{DnsConfig, NetworkResource, Port};
+use crate::structs::{CniConfig, DnsConfig, NetworkResource, Port};
 
 /// Decodes a group-level (`task_level == false`) or task-level network block.
 pub(super) fn decode(mut block: Block<'_>, task_level: bool) -> Result<NetworkResource, HclError> {
@@ -20,6 +20,11 @@ pub(super) fn decode(mut block: Block<'_>, task_level: bool) -> Result<NetworkRe
                 options: dns.body.strings("options")?.unwrap_or_default(),
             });
             dns.body.finish()?;
+        }
+        if let Some(mut cni) = b.block("cni")? {
+            cni.no_labels()?;
+            net.cni = Some(CniConfig { args: cni.body.string_map("args")?.unwrap_or_default() });
+            cni.body.finish()?;
         }
     }
     for mut port in b.blocks("port") {

@@ -7,8 +7,8 @@ use super::service::{decode_constraint, decode_service};
 use super::{network, skip_unsupported};
 use crate::hclspan::{Block, HclError};
 use crate::structs::{
-    CsiPluginConfig, DispatchPayloadConfig, LogConfig, Resources, RestartPolicy, Task, TaskLifecycle, Template,
-    VolumeMount,
+    CsiPluginConfig, DispatchPayloadConfig, LogConfig, Resources, RestartPolicy, Task, TaskArtifact, TaskLifecycle,
+    Template, VolumeMount,
 };
 
 /// Decodes a `task "name" { ... }` block; `group_restart` is the group's
@@ -20,6 +20,7 @@ pub(super) fn decode(
 ) -> Result<Task, HclError> {
     let name = block.label()?;
     let b = &mut block.body;
+    super::refuse_consul_and_vault(b)?;
     skip_unsupported(b, warnings);
     let mut task = Task {
         name,
@@ -80,6 +81,20 @@ pub(super) fn decode(
             sidecar: l.body.bool("sidecar")?.unwrap_or(false),
         });
         l.body.finish()?;
+    }
+    for mut a in b.blocks("artifact") {
+        a.no_labels()?;
+        let body = &mut a.body;
+        let artifact = TaskArtifact {
+            getter_source: body.string("source")?.unwrap_or_default(),
+            getter_mode: body.string("mode")?.unwrap_or_else(|| "any".into()),
+            relative_dest: body.string("destination")?.unwrap_or_else(|| "local/".into()),
+            chown: body.bool("chown")?.unwrap_or(false),
+            getter_options: body.string_map("options")?.unwrap_or_default(),
+            getter_headers: body.string_map("headers")?.unwrap_or_default(),
+        };
+        a.body.finish()?;
+        task.artifacts.push(artifact);
     }
     if let Some(mut d) = b.block("dispatch_payload")? {
         d.no_labels()?;

@@ -267,15 +267,25 @@ fn volumes_and_mounts() {
 
 #[test]
 fn unsupported_blocks_warn_unknown_fields_fail() {
-    let src = task_job("      driver = \"exec\"\n      artifact { source = \"x\" }\n      identity { env = true }");
+    let src = task_job("      driver = \"exec\"\n      identity { env = true }");
     let parsed = parse("u.hcl", &src).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed.warnings, vec!["\"identity\" is not supported by berth and is ignored (u.hcl:5)".to_string()]);
+    // What needs Consul or Vault is refused, at every level, naming the block.
+    let err = parse("u.hcl", &task_job("      driver = \"exec\"\n      vault { policies = [\"db\"] }")).unwrap_err();
     assert_eq!(
-        parsed.warnings,
-        vec![
-            "\"artifact\" is not supported by berth and is ignored (u.hcl:5)".to_string(),
-            "\"identity\" is not supported by berth and is ignored (u.hcl:6)".to_string(),
-        ]
+        err.to_string(),
+        "u.hcl:5:7: the \"vault\" block needs Vault, which berth does not have; remove it to run the job without it"
     );
+    let connect =
+        "job \"j\" {\n  group \"g\" {\n    service {\n      connect {\n        sidecar_service {}\n      }\n    \
+                   }\n    task \"t\" {\n      driver = \"exec\"\n    }\n  }\n}\n";
+    let err = parse("c.hcl", connect).unwrap_err().to_string();
+    assert!(err.starts_with("c.hcl:4:7: the \"connect\" block needs Consul Connect"), "{err}");
+    let consul = "job \"j\" {\n  consul { cluster = \"default\" }\n  group \"g\" {\n    task \"t\" { driver = \"exec\" }\n  }\n}\n";
+    assert!(parse("k.hcl", consul)
+        .unwrap_err()
+        .to_string()
+        .starts_with("k.hcl:2:3: the \"consul\" block needs Consul"));
     let err = parse("u.hcl", &task_job("      driver = \"exec\"\n      foo = 1")).unwrap_err();
     assert_eq!(err.to_string(), "u.hcl:5:7: unsupported argument \"foo\" in task \"t\"");
 }
@@ -500,4 +510,59 @@ fn periodic_and_parameterized_blocks_are_read_and_checked_as_nomad_does() {
     assert_eq!(json["ParameterizedJob"]["MetaRequired"], json!(["target"]));
     assert_eq!(json["Payload"], serde_json::Value::Null);
     assert_eq!(json["TaskGroups"][0]["Tasks"][0]["DispatchPayload"]["File"], "in/data.json");
+}
+
+#[test]
+fn functions_work_in_locals_and_job_fields_and_read_files_next_to_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.conf.tpl"), "listen ${port}\n").unwrap();
+    let src = r#"variable "names" {
+  default = ["api", "web"]
+}
+locals {
+  tag  = format("%s-%02d", upper(var.names[1]), 7)
+  conf = templatefile("app.conf.tpl", { port = 8080 })
+}
+job "fn" {
+  meta {
+    tag   = local.tag
+    count = length(var.names)
+    all   = join(",", var.names)
+  }
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      env {
+        CONF = local.conf
+        HOME = lookup({ dev = "/tmp" }, "dev", "/")
+        DIR  = "${NOMAD_TASK_DIR}"
+      }
+      config { command = "true" }
+    }
+  }
+}
+"#;
+    let file = dir.path().join("fn.nomad");
+    let parsed = parse(file.to_str().unwrap(), src).unwrap_or_else(|e| panic!("{e}"));
+    let meta = &parsed.job.meta;
+    assert_eq!((meta["tag"].as_str(), meta["count"].as_str(), meta["all"].as_str()), ("WEB-07", "2", "api,web"));
+    let env = &parsed.job.task_groups[0].tasks[0].env;
+    assert_eq!(env["CONF"], "listen 8080\n");
+    assert_eq!(env["HOME"], "/tmp");
+    assert_eq!(env["DIR"], "${NOMAD_TASK_DIR}", "runtime references stay for the client");
+    let missing = src.replace("app.conf.tpl", "nope.tpl");
+    let e = parse(file.to_str().unwrap(), &missing).unwrap_err().to_string();
+    assert!(e.contains("templatefile") && e.contains("nope.tpl"), "{e}");
+}
+
+#[test]
+fn cni_args_are_read_into_nomads_shape() {
+    let src = "job \"c\" {\n  group \"g\" {\n    network {\n      mode = \"cni/lab\"\n      cni {\n        args = {\n          \
+               IgnoreUnknown = \"1\"\n          VLAN = \"20\"\n        }\n      }\n    }\n    task \"t\" {\n      \
+               driver = \"raw_exec\"\n      config { command = \"true\" }\n    }\n  }\n}\n";
+    let parsed = parse("c.hcl", src).unwrap_or_else(|e| panic!("{e}"));
+    let net = &parsed.job.task_groups[0].networks[0];
+    assert_eq!(net.cni.as_ref().unwrap().args["VLAN"], "20");
+    let json = serde_json::to_value(net).unwrap();
+    assert_eq!(json["CNI"]["Args"]["IgnoreUnknown"], "1");
 }

@@ -191,6 +191,7 @@ pub struct TaskEvent {
     pub exit_code: i64,
     pub signal: i64,
     pub driver_error: String,
+    pub download_error: String,
     pub restart_reason: String,
     pub details: BTreeMap<String, String>,
 }

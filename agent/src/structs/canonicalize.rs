@@ -355,6 +355,10 @@ fn default_service(service: &mut Service, name: &str) {
 
 fn canonicalize_task(task: &mut Task, group_restart: &RestartPolicy, group_prefix: &str) {
     task.restart_policy.get_or_insert_with(|| group_restart.clone());
+    for a in &mut task.artifacts {
+        default_str(&mut a.getter_mode, "any");
+        default_str(&mut a.relative_dest, "local/");
+    }
     let resources = task.resources.get_or_insert_with(Resources::default);
     if resources.cpu == 0 && resources.cores == 0 {
         resources.cpu = 100;
@@ -441,6 +445,9 @@ fn task_problems(task: &Task, tg: &super::TaskGroup, port_labels: &BTreeSet<&str
     }
     if let Some(mode) = task.restart_policy.as_ref().map(|r| r.mode.as_str()).filter(|m| !is_restart_mode(m)) {
         out.push(format!("restart mode {mode:?} must be \"fail\" or \"delay\""));
+    }
+    for a in &task.artifacts {
+        out.extend(a.problems());
     }
     if let Some(d) = &task.dispatch_payload {
         let path = std::path::Path::new(&d.file);

@@ -197,6 +197,26 @@ pub struct Task {
     pub lifecycle: Option<TaskLifecycle>,
     /// Where a dispatched job's payload is written.
     pub dispatch_payload: Option<DispatchPayloadConfig>,
+    /// Files fetched into the task directory before it starts.
+    pub artifacts: Vec<TaskArtifact>,
+}
+
+/// A task's `artifact` block (Nomad's `TaskArtifact`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TaskArtifact {
+    /// The URL (`source`).
+    pub getter_source: String,
+    /// `options`: `checksum = "sha256:…"`, `archive = "false"`.
+    pub getter_options: BTreeMap<String, String>,
+    /// Request headers.
+    pub getter_headers: BTreeMap<String, String>,
+    /// `any` (the default), `file` or `dir`.
+    pub getter_mode: String,
+    /// Where it goes, relative to the task directory (`local/` by default).
+    pub relative_dest: String,
+    /// Hand the files to the task's user (accepted; files belong to the agent's user).
+    pub chown: bool,
 }
 
 /// A task `lifecycle` block.
@@ -348,6 +368,16 @@ pub struct NetworkResource {
     pub hostname: String,
     pub reserved_ports: Vec<Port>,
     pub dynamic_ports: Vec<Port>,
+    /// `cni { args }` for a `cni/<name>` network.
+    #[serde(rename = "CNI")]
+    pub cni: Option<CniConfig>,
+}
+
+/// `cni` inside a network block: `CNI_ARGS` for the plugins.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CniConfig {
+    pub args: BTreeMap<String, String>,
 }
 
 /// `dns` inside a network block.

@@ -4,6 +4,7 @@
 //! existing Nomad clients send and expect.
 
 mod alloc;
+pub mod artifact;
 mod canonicalize;
 mod job;
 mod node;
