@@ -7,7 +7,7 @@ use serde_json::json;
 use super::api::{job_path, ApiClient};
 use super::children;
 use super::format;
-use super::lookup::{job_status_text, resolve};
+use super::lookup::{job_status_text, job_table, resolve};
 use super::monitor::{self, print_failures};
 use crate::structs::{Deployment, Job};
 use crate::util::{format_timestamp, pretty_time_ago, short_id};
@@ -282,18 +282,7 @@ pub async fn status(api: &ApiClient, id: Option<&str>, short: bool, verbose: boo
             println!("No running jobs");
             return 0;
         }
-        let mut rows = vec!["ID|Type|Priority|Status|Submit Date".to_string()];
-        rows.extend(jobs.iter().map(|j| {
-            format!(
-                "{}|{}|{}|{}|{}",
-                j.id,
-                j.job_type,
-                j.priority,
-                job_status_text(j.stop, &j.status),
-                format_timestamp(j.submit_time)
-            )
-        }));
-        println!("{}", format::list(&rows));
+        println!("{}", job_table(&jobs));
         return 0;
     };
     let id = match resolve(api, prefix).await {

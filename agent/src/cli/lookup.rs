@@ -27,21 +27,26 @@ pub async fn resolve(api: &ApiClient, prefix: &str) -> Result<String, i32> {
         1 => Ok(jobs[0].id.clone()),
         _ => {
             eprintln!("Prefix matched multiple jobs\n");
-            let mut rows = vec!["ID|Type|Priority|Status|Submit Date".to_string()];
-            rows.extend(jobs.iter().map(|j| {
-                format!(
-                    "{}|{}|{}|{}|{}",
-                    j.id,
-                    j.job_type,
-                    j.priority,
-                    job_status_text(j.stop, &j.status),
-                    format_timestamp(j.submit_time)
-                )
-            }));
-            eprintln!("{}", format::list(&rows));
+            eprintln!("{}", job_table(&jobs));
             Err(1)
         }
     }
+}
+
+/// Jobs as `job status` lists them (ID, type, priority, status, submit date).
+pub fn job_table(jobs: &[JobListStub]) -> String {
+    let mut rows = vec!["ID|Type|Priority|Status|Submit Date".to_string()];
+    rows.extend(jobs.iter().map(|j| {
+        format!(
+            "{}|{}|{}|{}|{}",
+            j.id,
+            j.job_type,
+            j.priority,
+            job_status_text(j.stop, &j.status),
+            format_timestamp(j.submit_time)
+        )
+    }));
+    format::list(&rows)
 }
 
 /// A job's status as `job status` shows it.
