@@ -8,7 +8,7 @@
 //! already, so calling it again for a running allocation after an agent
 //! restart re-adopts its network without disturbing it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -80,6 +80,9 @@ pub struct BridgeNetwork {
     reaper: Reaper,
     /// Started by the first namespace this network creates.
     spares: std::sync::OnceLock<Spares>,
+    /// Route sockets opened inside the spare namespaces handed out, by
+    /// allocation, until its set-up uses them.
+    inside: std::sync::Mutex<HashMap<String, netlink_sys::Socket>>,
 }
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
@@ -128,8 +131,16 @@ impl BridgeNetwork {
         tokio::spawn(conn);
         let ports = Arc::new(PortMap::open(&cfg.name)?);
         let reaper = Reaper::spawn(cfg.name.clone(), reaper_link, ipam.clone(), ports.clone());
-        let spares = std::sync::OnceLock::new();
-        Ok(BridgeNetwork { cfg, ipam, host, ports, bridge_index: tokio::sync::OnceCell::new(), reaper, spares })
+        Ok(BridgeNetwork {
+            cfg,
+            ipam,
+            host,
+            ports,
+            bridge_index: tokio::sync::OnceCell::new(),
+            reaper,
+            spares: std::sync::OnceLock::new(),
+            inside: Default::default(),
+        })
     }
 
     /// The configuration.
@@ -173,12 +184,28 @@ impl BridgeNetwork {
         if let Some(ns) = NetNs::open(&self.cfg.netns_dir, &name) {
             return Ok(ns);
         }
-        match self.spares.get_or_init(Spares::start).take() {
-            Some(spare) => {
-                let fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", spare.as_raw_fd()));
-                NetNs::adopt(&self.cfg.netns_dir, &name, &fd)
-            }
-            None => NetNs::create(&self.cfg.netns_dir, &name),
+        let Some(spare) = self.spares.get_or_init(Spares::start).take() else {
+            return NetNs::create(&self.cfg.netns_dir, &name);
+        };
+        let fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", spare.ns.as_raw_fd()));
+        let ns = NetNs::adopt(&self.cfg.netns_dir, &name, &fd)?;
+        if let Some(route) = spare.route {
+            self.opened_inside().insert(id.to_string(), route);
+        }
+        Ok(ns)
+    }
+
+    fn opened_inside(&self) -> std::sync::MutexGuard<'_, HashMap<String, netlink_sys::Socket>> {
+        self.inside.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A netlink handle inside the allocation's namespace: over the socket
+    /// its spare came with, or a new one.
+    fn netlink_inside(&self, id: &str, ns: &NetNs) -> Result<rtnetlink::Handle> {
+        let opened = self.opened_inside().remove(id);
+        match opened {
+            Some(socket) => crate::netns::route_handle(socket),
+            None => ns.netlink(),
         }
     }
 
@@ -220,7 +247,7 @@ impl BridgeNetwork {
     }
 
     async fn connect(&self, bridge: u32, ns: &NetNs, net: &AllocNetwork) -> Result<()> {
-        let inside = ns.netlink()?;
+        let inside = self.netlink_inside(&net.id, ns)?;
         let adopted = self.is_connected(bridge, &inside, net).await?;
         // One netlink transaction each, answered within the send.
         if adopted {
@@ -289,6 +316,7 @@ impl BridgeNetwork {
     /// entries and address in that order ([`settled`](Self::settled)
     /// waits for it).
     pub async fn release(&self, id: &str) -> Result<()> {
+        self.opened_inside().remove(id);
         self.reaper.queue(Work::Allocation {
             id: id.to_string(),
             veth: self.host_veth(id),

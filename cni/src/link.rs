@@ -136,6 +136,9 @@ pub async fn ensure_bridge(h: &Handle, name: &str, gateway: Ipv4Net) -> Result<u
 /// hairpin mode on), and `peer_name` placed straight into the namespace
 /// `peer_ns`. Returns the host end's index and the peer's index inside
 /// its namespace.
+///
+/// The creation, the hairpin setting (by name) and the lookup are sent at
+/// once: the kernel handles a socket's requests in the order sent.
 pub async fn create_veth(
     h: &Handle,
     host_name: &str,
@@ -150,21 +153,21 @@ pub async fn create_veth(
         .controller(bridge)
         .up()
         .build();
-    h.link().add(msg).execute().await.map_err(nl_err(format!("creating veth {host_name}")))?;
-    let link = get(h, host_name)
-        .await?
-        .ok_or_else(|| NetError::Config(format!("veth {host_name} vanished after creation")))?;
-    h.link()
-        .set_port(LinkBridgePort::new(link.index).hairpin(true).build())
-        .execute()
-        .await
-        .map_err(nl_err(format!("setting hairpin mode on {host_name}")))?;
+    let create = async { h.link().add(msg).execute().await.map_err(nl_err(format!("creating veth {host_name}"))) };
+    let hairpin = async {
+        let port = LinkBridgePort::new(0).name(host_name.to_string()).hairpin(true).build();
+        h.link().set_port(port).execute().await.map_err(nl_err(format!("setting hairpin mode on {host_name}")))
+    };
+    let ((), (), link) = futures::try_join!(create, hairpin, get(h, host_name))?;
+    let link = link.ok_or_else(|| NetError::Config(format!("veth {host_name} vanished after creation")))?;
     Ok((link.index, link.peer))
 }
 
 /// Inside a namespace: loopback up, `address` on `ifname` (whose index is
 /// looked up unless given), `ifname` up, and a default route via
-/// `gateway`. Each step tolerates having been done.
+/// `gateway`. Each step tolerates having been done. The four requests are
+/// sent at once; the kernel handles them in order, so the route finds
+/// its gateway reachable.
 pub async fn configure_container(
     h: &Handle,
     ifname: &str,
@@ -172,7 +175,6 @@ pub async fn configure_container(
     address: Ipv4Net,
     gateway: Ipv4Addr,
 ) -> Result<()> {
-    loopback_up(h).await?;
     let index = match index {
         Some(i) => i,
         None => {
@@ -182,14 +184,15 @@ pub async fn configure_container(
                 .index
         }
     };
-    add_address(h, index, ifname, address).await?;
-    set_up(h, index, ifname).await?;
-    let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(index).build();
-    match h.route().add(route).execute().await {
-        Ok(()) => Ok(()),
-        Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
-        Err(e) => Err(nl_err(format!("adding default route via {gateway}"))(e)),
-    }
+    let route = async {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(index).build();
+        match h.route().add(route).execute().await {
+            Err(e) if !is_errno(&e, libc::EEXIST) => Err(nl_err(format!("adding default route via {gateway}"))(e)),
+            _ => Ok(()),
+        }
+    };
+    futures::try_join!(loopback_up(h), add_address(h, index, ifname, address), set_up(h, index, ifname), route)?;
+    Ok(())
 }
 
 /// Sets the loopback interface up (index 1 in every namespace).

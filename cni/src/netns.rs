@@ -6,7 +6,7 @@
 //! namespace.
 
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, FromRawFd, IntoRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -131,16 +131,10 @@ impl NetNs {
     /// A netlink handle whose socket lives in this namespace. Needs a tokio
     /// runtime, which drives the connection.
     pub fn netlink(&self) -> Result<rtnetlink::Handle> {
-        let rt = tokio::runtime::Handle::current();
-        let enter = rt.clone();
-        let (conn, handle, _) = self
-            .run(move || {
-                let _guard = enter.enter();
-                rtnetlink::new_connection()
-            })?
+        let socket = self
+            .run(|| netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE))?
             .map_err(io_err(format!("opening netlink in {}", self.path.display())))?;
-        rt.spawn(conn);
-        Ok(handle)
+        route_handle(socket)
     }
 
     fn mount_point(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -154,6 +148,19 @@ impl NetNs {
             .map_err(io_err(format!("creating {}", target.display())))?;
         Ok(target)
     }
+}
+
+/// A netlink handle over `socket`, a route socket opened in whichever
+/// namespace it is to act on (a socket stays in the namespace it was made
+/// in). Needs a tokio runtime, which drives the connection.
+pub(crate) fn route_handle(socket: netlink_sys::Socket) -> Result<rtnetlink::Handle> {
+    socket.set_non_blocking(true).map_err(io_err("making a netlink socket non-blocking"))?;
+    // SAFETY: the descriptor comes from `into_raw_fd` of a socket this
+    // function owns, so nothing else owns or closes it.
+    let socket = unsafe { netlink_sys::TokioSocket::from_raw_fd(socket.into_raw_fd()) };
+    let (conn, handle, _) = rtnetlink::from_socket(socket);
+    tokio::spawn(conn);
+    Ok(handle)
 }
 
 fn bind_mount(source: &Path, target: &Path) -> Result<()> {

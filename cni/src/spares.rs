@@ -8,6 +8,10 @@
 //! milliseconds: making one contends for the kernel's locks with the
 //! set-up that just took one, so it waits for that to finish.
 //!
+//! Each spare comes with a route netlink socket opened inside it, so the
+//! set-up that takes it configures the namespace without a thread that
+//! enters it.
+//!
 //! Spares are held by open file descriptors only: nothing is mounted, so
 //! nothing is left behind when the process ends. The thread returns to
 //! the namespace it started in after making each one, so it never keeps a
@@ -25,9 +29,18 @@ const KEEP: usize = 2;
 /// How long after the last take the thread waits before making one.
 const QUIET: Duration = Duration::from_millis(5);
 
+/// A fresh namespace and, when it could be opened, a route netlink
+/// socket that lives in it.
+pub(crate) struct Spare {
+    /// The namespace file.
+    pub ns: File,
+    /// A `NETLINK_ROUTE` socket created inside it.
+    pub route: Option<netlink_sys::Socket>,
+}
+
 #[derive(Default)]
 struct State {
-    ready: Vec<File>,
+    ready: Vec<Spare>,
     last_take: Option<Instant>,
     stopped: bool,
     /// The last attempt failed (no permission, say): stop trying.
@@ -52,7 +65,7 @@ impl Spares {
     }
 
     /// A fresh namespace, if one is ready; the thread makes another.
-    pub fn take(&self) -> Option<File> {
+    pub fn take(&self) -> Option<Spare> {
         let (lock, cv) = &*self.shared;
         let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
         s.last_take = Some(Instant::now());
@@ -82,11 +95,13 @@ impl Drop for Spares {
 }
 
 /// One new namespace, made on this thread, which then goes back to `home`.
-fn one(home: &File) -> nix::Result<File> {
+fn one(home: &File) -> nix::Result<Spare> {
     unshare(CloneFlags::CLONE_NEWNET)?;
     let made = File::open("/proc/thread-self/ns/net").map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(0)));
+    // Without it the taker opens one itself; not a reason to stop.
+    let route = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).ok();
     setns(home.as_fd(), CloneFlags::CLONE_NEWNET)?;
-    made
+    Ok(Spare { ns: made?, route })
 }
 
 fn make(shared: &(Mutex<State>, Condvar)) {

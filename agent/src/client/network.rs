@@ -113,12 +113,13 @@ impl NetworkHook {
     }
 
     /// The namespace the allocation's tasks will share: a driver's (docker's
-    /// pause container), mounted as `name`, or a new one.
+    /// pause container), mounted as `name`, or a new one made by `fresh`.
     async fn namespace(
         &self,
         alloc: &Allocation,
         dir: &std::path::Path,
         name: &str,
+        fresh: impl FnOnce() -> cni::Result<NetNs>,
     ) -> Result<(NetNs, Option<String>), HookError> {
         for d in self.group_drivers(alloc) {
             if let Some(t) = d.create_network(&alloc.id).await? {
@@ -126,12 +127,14 @@ impl NetworkHook {
                 return Ok((ns, t.holder));
             }
         }
-        Ok((NetNs::create(dir, name)?, None))
+        Ok((fresh()?, None))
     }
 
     async fn setup_bridge(&self, alloc: &Allocation) -> Result<GroupNetwork, HookError> {
         let cfg = self.net.config();
-        let (ns, holder) = self.namespace(alloc, &cfg.netns_dir, &self.net.netns_name(&alloc.id)).await?;
+        let name = self.net.netns_name(&alloc.id);
+        let fresh = || self.net.create_netns(&alloc.id);
+        let (ns, holder) = self.namespace(alloc, &cfg.netns_dir, &name, fresh).await?;
         let network = self.net.setup(&alloc.id, &ns, &port_mappings(alloc)).await?;
         Ok(GroupNetwork { alloc: network, task: TaskNetwork { netns: ns.path().to_path_buf(), holder } })
     }
@@ -139,7 +142,8 @@ impl NetworkHook {
     /// `mode = "none"`: a namespace with loopback only.
     async fn setup_isolated(&self, alloc: &Allocation) -> Result<GroupNetwork, HookError> {
         let dir = &self.external.netns_dir;
-        let (ns, holder) = self.namespace(alloc, dir, &ExternalCni::isolated_netns_name(&alloc.id)).await?;
+        let name = ExternalCni::isolated_netns_name(&alloc.id);
+        let (ns, holder) = self.namespace(alloc, dir, &name, || NetNs::create(dir, &name)).await?;
         let h = ns.netlink()?;
         cni::link::loopback_up(&h).await?;
         let alloc_net = AllocNetwork {
@@ -158,7 +162,9 @@ impl NetworkHook {
     async fn setup_external(&self, alloc: &Allocation, name: &str) -> Result<GroupNetwork, HookError> {
         let ext = &self.external;
         let conf = external::load(&ext.config_dir, name)?;
-        let (ns, holder) = self.namespace(alloc, &ext.netns_dir, &ExternalCni::netns_name(&alloc.id)).await?;
+        let ns_name = ExternalCni::netns_name(&alloc.id);
+        let (ns, holder) =
+            self.namespace(alloc, &ext.netns_dir, &ns_name, || NetNs::create(&ext.netns_dir, &ns_name)).await?;
         let att = ext.attachment(alloc, ns.path().to_path_buf());
         let result = external::add(&conf, &att, &ext.cache_dir).await?;
         let ip = external::result_ipv4(&result).ok_or_else(|| cni::NetError::Plugin {
