@@ -137,6 +137,16 @@ fn nomad_clients_can_drive_jobs() {
         .unwrap();
     assert_eq!(parsed["ID"], "p");
     assert_eq!(parsed["TaskGroups"][0]["Tasks"][0]["Driver"], "raw_exec");
+    // Variables is var-file content, as Nomad's API takes it.
+    let hcl = "variable \"n\" { type = number }\njob \"p\" {\n  group \"g\" {\n    count = var.n\n    task \"t\" {\n      driver = \"raw_exec\"\n      config { command = \"/bin/true\" }\n    }\n  }\n}\n";
+    let parse = |variables: &str| {
+        http.post(format!("{base}/v1/jobs/parse")).json(&json!({"JobHCL": hcl, "Variables": variables})).send().unwrap()
+    };
+    let parsed: Value = parse("n = 3 # three\n").json().unwrap();
+    assert_eq!(parsed["TaskGroups"][0]["Count"], 3);
+    let bad = parse("m = 3\n");
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().unwrap().contains("variables:1:1: variable \"m\" is set here but not declared"));
 }
 
 #[test]

@@ -48,6 +48,39 @@ fn hcl1_flag_and_var_are_accepted() {
 }
 
 #[test]
+fn var_files_and_nomad_var_environment_reach_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = job_file(
+        dir.path(),
+        "v.nomad.hcl",
+        "variable \"n\" { type = number }\nvariable \"dc\" { default = \"a\" }\njob \"v\" {\n  datacenters = [var.dc]\n  group \"g\" {\n    count = var.n\n    task \"t\" {\n      driver = \"raw_exec\"\n      config { command = \"/bin/true\" }\n    }\n  }\n}\n",
+    );
+    let hcl = job_file(dir.path(), "prod.hcl", "n = 2\n");
+    let json = job_file(dir.path(), "dc.json", "{\"dc\": \"home\"}");
+    let run = |args: &[&str], env: Option<(&str, &str)>| {
+        let mut cmd = std::process::Command::new(common::berth());
+        cmd.args(args).stdin(std::process::Stdio::null());
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        common::Run::from(cmd.output().unwrap())
+    };
+    let out = run(&["job", "run", "-output", "-var-file", &hcl, "-var-file", &json, &f], Some(("NOMAD_VAR_n", "7")));
+    assert_eq!(out.code, 0, "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        (v["Job"]["TaskGroups"][0]["Count"].clone(), v["Job"]["Datacenters"][0].clone()),
+        (2.into(), "home".into())
+    );
+    let out = run(&["job", "run", "-output", &f], Some(("NOMAD_VAR_n", "7")));
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["Job"]["TaskGroups"][0]["Count"], 7, "{out:?}");
+    let out = run(&["job", "validate", "-var-file", &dir.path().join("missing.hcl").to_string_lossy(), &f], None);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("Error reading -var-file") && out.stderr.contains("missing.hcl"), "{out:?}");
+}
+
+#[test]
 fn malformed_files_name_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [

@@ -23,6 +23,8 @@ pub struct JobInput<'a> {
     pub file: &'a str,
     /// `-var name=value`.
     pub vars: &'a [String],
+    /// `-var-file` paths.
+    pub var_files: &'a [String],
     /// `-json`: the file is API JSON.
     pub json: bool,
 }
@@ -45,10 +47,15 @@ pub fn load_job(input: &JobInput) -> Result<(Job, Vec<String>), String> {
             serde_json::from_value(v).map_err(|e| format!("Error parsing job file from {}: {e}", input.file))?;
         return Ok((job, vec![]));
     }
-    let mut vars = BTreeMap::new();
+    let mut args = BTreeMap::new();
     for kv in input.vars {
         let (k, v) = kv.split_once('=').ok_or_else(|| format!("Error parsing -var {kv:?}: expected name=value"))?;
-        vars.insert(k.to_string(), v.to_string());
+        args.insert(k.to_string(), v.to_string());
+    }
+    let mut vars = crate::jobspec::VarInputs::args(args).with_env(std::env::vars());
+    for path in input.var_files {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("Error reading -var-file {path}: {e}"))?;
+        vars.files.push((path.clone(), text));
     }
     let parsed =
         crate::jobspec::parse_job(input.file, &text, &vars).map_err(|e| format!("Error getting job struct: {e}"))?;
@@ -248,7 +255,8 @@ pub async fn plan(api: &ApiClient, input: &JobInput<'_>) -> i32 {
         println!("- WARNING: Failed to place all allocations{}.", if system { " on all nodes" } else { "" });
         print_failures(&resp.failed_tg_allocs, "  ");
     }
-    let vars: String = input.vars.iter().map(|v| format!("-var '{v}' ")).collect();
+    let files = input.var_files.iter().map(|f| format!("-var-file '{f}' "));
+    let vars: String = files.chain(input.vars.iter().map(|v| format!("-var '{v}' "))).collect();
     println!("\nJob Modify Index: {}", resp.job_modify_index);
     println!("To submit the job with version verification run:\n");
     println!("berth job run -check-index {} {vars}{}\n", resp.job_modify_index, input.file);

@@ -289,6 +289,10 @@ struct FileArgs {
     /// Variable assignment name=value (repeatable).
     #[arg(long)]
     var: Vec<String>,
+    /// File of variable values, HCL or JSON (repeatable; later files win,
+    /// -var wins over all, NOMAD_VAR_<name> loses to all).
+    #[arg(long)]
+    var_file: Vec<String>,
     /// The file is API JSON.
     #[arg(long)]
     json: bool,
@@ -645,7 +649,7 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
 }
 
 fn input<'a>(args: &'a FileArgs) -> job::JobInput<'a> {
-    job::JobInput { file: &args.file, vars: &args.var, json: args.json }
+    job::JobInput { file: &args.file, vars: &args.var, var_files: &args.var_file, json: args.json }
 }
 
 fn client(flags: &ApiFlags) -> ApiClient {

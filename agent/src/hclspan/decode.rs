@@ -1,5 +1,6 @@
-//! Walking a body: typed attribute getters, blocks by type, free-form
-//! decoding and the unknown-keys check.
+//! Walking a body: typed attribute getters, blocks by type (with
+//! `dynamic` blocks expanded in place), free-form decoding and the
+//! unknown-keys check.
 //!
 //! Every getter consumes the key it reads; `finish` then reports whatever
 //! the caller never asked for, as `unsupported argument "foo" in task "redis"`.
@@ -7,6 +8,7 @@
 //! (`job.nomad:4:11: count: expected a number, found a string`).
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use hcl::Value;
 use hcl_edit::expr::Expression;
@@ -20,11 +22,31 @@ use super::source::Source;
 /// A cursor over one block body (or the file's root body).
 pub struct Decoder<'a> {
     src: &'a Source,
-    scope: &'a Scope,
+    scope: ScopeRef<'a>,
     body: &'a Body,
     /// `task "redis"`, `resources`, ...; empty at the root.
     what: String,
     used: Vec<bool>,
+    /// A `dynamic` block that could not be expanded, reported by `finish`.
+    deferred: Option<HclError>,
+}
+
+/// The scope a body is evaluated in: the caller's, or one a `dynamic`
+/// block made by adding its iterator.
+#[derive(Clone)]
+enum ScopeRef<'a> {
+    Caller(&'a Scope),
+    Iteration(Rc<Scope>),
+}
+
+impl std::ops::Deref for ScopeRef<'_> {
+    type Target = Scope;
+    fn deref(&self) -> &Scope {
+        match self {
+            ScopeRef::Caller(s) => s,
+            ScopeRef::Iteration(s) => s,
+        }
+    }
 }
 
 /// A block taken from a body: its type, labels, position and a decoder for its body.
@@ -67,11 +89,11 @@ impl<'a> Block<'a> {
 impl<'a> Decoder<'a> {
     /// A decoder over the root body of `src`.
     pub fn root(src: &'a Source, scope: &'a Scope) -> Self {
-        Decoder::new(src, scope, src.body(), String::new())
+        Decoder::new(src, ScopeRef::Caller(scope), src.body(), String::new())
     }
 
-    fn new(src: &'a Source, scope: &'a Scope, body: &'a Body, what: String) -> Self {
-        Decoder { src, scope, body, what, used: vec![false; body.len()] }
+    fn new(src: &'a Source, scope: ScopeRef<'a>, body: &'a Body, what: String) -> Self {
+        Decoder { src, scope, body, what, used: vec![false; body.len()], deferred: None }
     }
 
     /// The source being decoded.
@@ -260,29 +282,97 @@ impl<'a> Decoder<'a> {
         serde_json::to_value(value).map_err(|err| self.src.error(expr.span(), format!("unrepresentable value: {err}")))
     }
 
-    /// All blocks of type `ident`, in order.
+    /// All blocks of type `ident`, in order, each `dynamic "ident"` block
+    /// expanded where it stands (an error in one is reported by `finish`).
     pub fn blocks(&mut self, ident: &str) -> Vec<Block<'a>> {
         let mut out = Vec::new();
         for (i, item) in self.body.iter().enumerate() {
-            if let Structure::Block(block) = item {
-                if block.has_ident(ident) {
-                    self.used[i] = true;
-                    let labels: Vec<String> = block.labels.iter().map(|l| l.as_str().to_string()).collect();
-                    let mut what = ident.to_string();
-                    for label in &labels {
-                        what.push_str(&format!(" {label:?}"));
+            let Structure::Block(block) = item else { continue };
+            if block.has_ident(ident) {
+                self.used[i] = true;
+                let labels: Vec<String> = block.labels.iter().map(|l| l.as_str().to_string()).collect();
+                let pos = self.src.span_pos(block.span());
+                out.push(self.block_of(block.ident.as_str(), labels, pos, &block.body, self.scope.clone()));
+            } else if block.has_ident("dynamic") && block.labels.first().is_some_and(|l| l.as_str() == ident) {
+                self.used[i] = true;
+                match self.expand(block) {
+                    Ok(blocks) => out.extend(blocks),
+                    Err(err) => {
+                        self.deferred.get_or_insert(err);
                     }
-                    out.push(Block {
-                        ident: block.ident.as_str(),
-                        labels,
-                        pos: self.src.span_pos(block.span()),
-                        body: Decoder::new(self.src, self.scope, &block.body, what),
-                        src: self.src,
-                    });
                 }
             }
         }
         out
+    }
+
+    fn block_of(
+        &self,
+        ident: &'a str,
+        labels: Vec<String>,
+        pos: Pos,
+        body: &'a Body,
+        scope: ScopeRef<'a>,
+    ) -> Block<'a> {
+        let mut what = ident.to_string();
+        for label in &labels {
+            what.push_str(&format!(" {label:?}"));
+        }
+        Block { ident, labels, pos, body: Decoder::new(self.src, scope, body, what), src: self.src }
+    }
+
+    /// The blocks a `dynamic "name" { for_each iterator labels content {} }`
+    /// block stands for: one per element of `for_each`, each a copy of
+    /// `content` evaluated with the iterator (`<name>.key`, `<name>.value`
+    /// unless `iterator` renames it) in scope.
+    fn expand(&self, dynamic: &'a hcl_edit::structure::Block) -> Result<Vec<Block<'a>>, HclError> {
+        let ident = dynamic.labels[0].as_str();
+        let pos = self.src.span_pos(dynamic.span());
+        let fail = |message: String| HclError::new(self.src.name(), pos, message);
+        if dynamic.labels.len() != 1 {
+            return Err(fail(format!("dynamic block \"{ident}\" takes exactly one label, the type of block it makes")));
+        }
+        let mut spec = Decoder::new(self.src, self.scope.clone(), &dynamic.body, format!("dynamic {ident:?}"));
+        let items: Vec<(Value, Value)> = match spec.eval_attr("for_each")? {
+            Some((Value::Array(items), _)) => {
+                items.into_iter().enumerate().map(|(i, v)| (Value::Number(hcl::Number::from(i as u64)), v)).collect()
+            }
+            Some((Value::Object(map), _)) => {
+                // A map is walked in key order, as HCL does.
+                let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                entries.into_iter().map(|(k, v)| (Value::String(k), v)).collect()
+            }
+            Some((other, expr)) => return Err(spec.type_error("for_each", expr, "a list, set or map", &other)),
+            None => return Err(fail(format!("dynamic block \"{ident}\" needs for_each"))),
+        };
+        let iterator = spec.source_text("iterator").unwrap_or_else(|| ident.to_string());
+        let labels = spec.attr("labels");
+        let mut contents = spec.blocks("content");
+        spec.finish()?;
+        let content = match contents.len() {
+            1 => contents.remove(0),
+            _ => return Err(fail(format!("dynamic block \"{ident}\" needs exactly one content block"))),
+        };
+        content.no_labels()?;
+        let mut out = Vec::with_capacity(items.len());
+        for (key, value) in items {
+            let mut scope = (*self.scope).clone();
+            scope.declare(&iterator, &BTreeMap::from([("key".to_string(), key), ("value".to_string(), value)]));
+            let scope = Rc::new(scope);
+            let labels = match labels {
+                None => vec![],
+                Some(attr) => match scope.eval(self.src, &attr.value)? {
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|l| to_string(l).ok_or_else(|| self.type_error("labels", &attr.value, "strings", l)))
+                        .collect::<Result<_, _>>()?,
+                    other => return Err(self.type_error("labels", &attr.value, "a list of strings", &other)),
+                },
+            };
+            out.push(self.block_of(ident, labels, content.pos, content.body.body, ScopeRef::Iteration(scope)));
+        }
+        Ok(out)
     }
 
     /// The block of type `ident`, if present; more than one is an error.
@@ -335,12 +425,18 @@ impl<'a> Decoder<'a> {
                         return Err(self.src.error(attr.span(), format!("duplicate argument \"{key}\"")));
                     }
                 }
+                Structure::Block(block) if block.has_ident("dynamic") => {
+                    for mut made in self.expand(block)? {
+                        let object = serde_json::Value::Object(made.body.free_form()?.into_iter().collect());
+                        push_block(&mut out, made.ident, object);
+                    }
+                }
                 Structure::Block(block) => {
                     let key = block.ident.as_str();
                     if !block.labels.is_empty() {
                         return Err(self.src.error(block.span(), format!("block \"{key}\" takes no labels")));
                     }
-                    let mut inner = Decoder::new(self.src, self.scope, &block.body, key.to_string());
+                    let mut inner = Decoder::new(self.src, self.scope.clone(), &block.body, key.to_string());
                     let object = serde_json::Value::Object(inner.free_form()?.into_iter().collect());
                     push_block(&mut out, key, object);
                 }
@@ -366,15 +462,22 @@ impl<'a> Decoder<'a> {
                 Structure::Attribute(a) => {
                     self.src.error(a.span(), format!("unsupported argument \"{}\"{}", a.key.as_str(), self.in_what()))
                 }
-                Structure::Block(b) => self
-                    .src
-                    .error(b.span(), format!("unsupported block type \"{}\"{}", b.ident.as_str(), self.in_what())),
+                Structure::Block(b) => {
+                    let name = match (b.ident.as_str(), b.labels.first()) {
+                        ("dynamic", Some(label)) => format!("{} (dynamic)", label.as_str()),
+                        (ident, _) => ident.to_string(),
+                    };
+                    self.src.error(b.span(), format!("unsupported block type \"{name}\"{}", self.in_what()))
+                }
             })
             .collect()
     }
 
     /// Fails on the first attribute or block the caller did not consume.
     pub fn finish(&self) -> Result<(), HclError> {
+        if let Some(err) = &self.deferred {
+            return Err(err.clone());
+        }
         match self.unknown().into_iter().next() {
             Some(err) => Err(err),
             None => Ok(()),
@@ -384,7 +487,7 @@ impl<'a> Decoder<'a> {
     /// Like `finish`, but returns each unconsumed key as a warning
     /// (`file:line:col: unsupported argument "foo" in task "redis"`).
     pub fn finish_lenient(&self) -> Vec<String> {
-        self.unknown().iter().map(ToString::to_string).collect()
+        self.deferred.iter().chain(&self.unknown()).map(ToString::to_string).collect()
     }
 }
 

@@ -20,7 +20,7 @@ use super::source::Source;
 
 /// The variables an expression may reference: named roots (`var`, `local`)
 /// each holding an object of values.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Scope {
     ctx: Context<'static>,
     roots: Vec<String>,

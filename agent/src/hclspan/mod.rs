@@ -25,7 +25,7 @@ mod source;
 
 pub use decode::{Block, Decoder};
 pub use error::{HclError, Pos};
-pub use eval::Scope;
+pub use eval::{kind, Scope};
 pub use source::Source;
 
 /// Re-exported so callers can build variable values for a [`Scope`].

@@ -1,7 +1,5 @@
 //! `/v1/jobs`, `/v1/jobs/parse` and `/v1/job/:id/...` (dispatch and periodic force included).
 
-use std::collections::BTreeMap;
-
 use axum::body::Bytes;
 use axum::extract::{Path, Query};
 use serde::Deserialize;
@@ -77,17 +75,15 @@ pub async fn update(api: ApiState, Path(id): Path<String>, body: Bytes) -> ApiRe
 struct ParseRequest {
     #[serde(rename = "JobHCL")]
     job_hcl: String,
-    /// `name = "value"` lines, as `-var-file` content.
+    /// `-var-file` content (HCL).
     variables: String,
 }
 
 pub async fn parse(api: ApiState, body: Bytes) -> ApiResult {
     let req: ParseRequest = decode_body(&body)?;
-    let mut vars = BTreeMap::new();
-    for line in req.variables.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let (k, v) =
-            line.split_once('=').ok_or_else(|| ApiError::bad_request(format!("invalid variable line {line:?}")))?;
-        vars.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
+    let mut vars = crate::jobspec::VarInputs::default();
+    if !req.variables.trim().is_empty() {
+        vars.files.push(("variables".into(), req.variables));
     }
     let parsed = crate::jobspec::parse_job("input.hcl", &req.job_hcl, &vars)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;

@@ -3,8 +3,6 @@
 //! [`Job`](crate::structs::Job), with Nomad's deprecation warnings.
 //!
 //! ```
-//! use std::collections::BTreeMap;
-//!
 //! let src = r#"
 //! job "hello" {
 //!   group "g" {
@@ -15,7 +13,7 @@
 //!   }
 //! }
 //! "#;
-//! let parsed = berth::jobspec::parse_job("hello.nomad.hcl", src, &BTreeMap::new()).unwrap();
+//! let parsed = berth::jobspec::parse_job("hello.nomad.hcl", src, &Default::default()).unwrap();
 //! assert_eq!(parsed.job.task_groups[0].count, 1);
 //! ```
 
@@ -36,6 +34,7 @@ use std::collections::BTreeMap;
 use crate::hclspan::{Decoder, HclError, Pos, Source};
 use crate::structs::Job;
 
+pub use variables::VarInputs;
 pub use volume::parse_volume;
 
 /// A parsed job and the warnings Nomad would print under `Job Warnings:`.
@@ -51,19 +50,19 @@ pub struct ParsedJob {
 const UNSUPPORTED: [&str; 8] =
     ["affinity", "spread", "migrate", "identity", "scaling", "multiregion", "disconnect", "max_client_disconnect"];
 
-/// Parses a job file. `vars` are `-var name=value` assignments.
-pub fn parse_job(file_name: &str, src: &str, vars: &BTreeMap<String, String>) -> Result<ParsedJob, HclError> {
+/// Parses a job file with its variable values from `vars`.
+pub fn parse_job(file_name: &str, src: &str, vars: &VarInputs) -> Result<ParsedJob, HclError> {
     // `file()` and `templatefile()` read relative to the job file.
     let dir = std::path::Path::new(file_name).parent().filter(|d| !d.as_os_str().is_empty());
     let dir = dir.unwrap_or(std::path::Path::new(".")).to_path_buf();
     crate::hclspan::functions::with_base_dir(&dir, || parse_in_dir(file_name, src, vars))
 }
 
-fn parse_in_dir(file_name: &str, src: &str, vars: &BTreeMap<String, String>) -> Result<ParsedJob, HclError> {
+fn parse_in_dir(file_name: &str, src: &str, vars: &VarInputs) -> Result<ParsedJob, HclError> {
     let source = Source::parse(file_name, src)?;
     let scope = variables::scope(&source, vars)?;
     let mut root = Decoder::root(&source, &scope);
-    root.skip(&["variable", "locals"]);
+    root.skip(&["variable", "variables", "locals"]);
     let mut jobs = root.blocks("job");
     if jobs.len() > 1 {
         return Err(jobs[1].error("only one \"job\" block is allowed per file"));

@@ -11,7 +11,7 @@ use crate::structs::TaskPhase;
 const SECOND: i64 = 1_000_000_000;
 
 fn parse(name: &str, src: &str) -> Result<ParsedJob, HclError> {
-    parse_job(name, src, &BTreeMap::new())
+    parse_job(name, src, &VarInputs::default())
 }
 
 fn example(name: &str) -> ParsedJob {
@@ -157,7 +157,7 @@ fn variables_example() {
     let vars =
         BTreeMap::from([("image".to_string(), "caddy:2".to_string()), ("replicas".to_string(), "5".to_string())]);
     let src = include_str!("../../../examples/variables.nomad.hcl");
-    let job = parse_job("variables.nomad.hcl", src, &vars).expect("parses").job;
+    let job = parse_job("variables.nomad.hcl", src, &VarInputs::args(vars)).expect("parses").job;
     assert_eq!(job.task_groups[0].count, 5);
     assert_eq!(job.task_groups[0].tasks[0].config["image"], json!("caddy:2"));
 }
@@ -169,11 +169,11 @@ fn variable_errors() {
     assert_eq!((err.line, err.column), (1, 1));
     assert!(err.message.contains("variable \"x\" has no default"), "{err}");
     let vars = BTreeMap::from([("x".to_string(), "docker".to_string()), ("y".to_string(), "1".to_string())]);
-    let err = parse_job("v.hcl", src, &vars).unwrap_err();
+    let err = parse_job("v.hcl", src, &VarInputs::args(vars)).unwrap_err();
     assert!(err.message.contains("\"y\" was set with -var but is not declared"), "{err}");
     let vars = BTreeMap::from([("n".to_string(), "many".to_string())]);
-    let err = parse_job("v.hcl", "variable \"n\" { type = number }\n", &vars).unwrap_err();
-    assert!(err.message.contains("is not a number"), "{err}");
+    let err = parse_job("v.hcl", "variable \"n\" { type = number }\n", &VarInputs::args(vars)).unwrap_err();
+    assert!(err.message.contains("the string \"many\" is not compatible with the variable's type number"), "{err}");
 }
 
 #[test]
@@ -565,4 +565,210 @@ fn cni_args_are_read_into_nomads_shape() {
     assert_eq!(net.cni.as_ref().unwrap().args["VLAN"], "20");
     let json = serde_json::to_value(net).unwrap();
     assert_eq!(json["CNI"]["Args"]["IgnoreUnknown"], "1");
+}
+
+const VAR_JOB: &str = r#"variable "image" {
+  type = string
+}
+variable "count" {
+  type    = number
+  default = 1
+  validation {
+    condition     = var.count > 0 && var.count < 10
+    error_message = "The count must be between 1 and 9."
+  }
+}
+variables {
+  region = "home"
+  debug  = false
+}
+job "v" {
+  region = var.region
+  group "g" {
+    count = var.count
+    task "t" {
+      driver = "docker"
+      config { image = var.image }
+      env { DEBUG = var.debug }
+    }
+  }
+}
+"#;
+
+fn with_files(files: &[(&str, &str)]) -> VarInputs {
+    VarInputs { files: files.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect(), ..Default::default() }
+}
+
+#[test]
+fn var_files_env_and_args_apply_in_nomads_order() {
+    let env = [("NOMAD_VAR_image".to_string(), "env:1".to_string()), ("NOMAD_VAR_nope".into(), "x".into())];
+    let job = parse_job("v.hcl", VAR_JOB, &VarInputs::default().with_env(env.clone())).unwrap().job;
+    assert_eq!(job.task_groups[0].tasks[0].config["image"], json!("env:1"));
+    assert_eq!((job.region.as_str(), job.task_groups[0].count), ("home", 1));
+
+    let files = [("a.hcl", "image = \"file:a\"\ncount = 3\n"), ("b.json", r#"{"image": "file:b", "debug": true}"#)];
+    let vars = with_files(&files).with_env(env.clone());
+    let job = parse_job("v.hcl", VAR_JOB, &vars).unwrap().job;
+    assert_eq!(job.task_groups[0].tasks[0].config["image"], json!("file:b"));
+    assert_eq!(job.task_groups[0].count, 3);
+    assert_eq!(job.task_groups[0].tasks[0].env["DEBUG"], "true");
+
+    let mut vars = with_files(&files).with_env(env);
+    vars.args.insert("image".into(), "arg:1".into());
+    vars.args.insert("count".into(), "4".into());
+    let job = parse_job("v.hcl", VAR_JOB, &vars).unwrap().job;
+    assert_eq!(job.task_groups[0].tasks[0].config["image"], json!("arg:1"));
+    assert_eq!(job.task_groups[0].count, 4);
+}
+
+#[test]
+fn var_file_mistakes_name_the_file_and_line() {
+    let err = parse_job("v.hcl", VAR_JOB, &with_files(&[("prod.hcl", "image = \"x\"\n\nzone = \"a\"\n")])).unwrap_err();
+    assert_eq!((err.file.as_str(), err.line), ("prod.hcl", 3), "{err}");
+    assert!(err.message.contains("variable \"zone\" is set here but not declared"), "{err}");
+    let err = parse_job("v.hcl", VAR_JOB, &with_files(&[("prod.hcl", "variable \"image\" {}\n")])).unwrap_err();
+    assert!(err.message.contains("declare variable \"image\" there and write `image = <value>` here"), "{err}");
+    let err = parse_job("v.hcl", VAR_JOB, &with_files(&[("p.json", "[1]")])).unwrap_err();
+    assert!(err.message.contains("not a JSON object of variable values"), "{err}");
+    let err = parse_job("v.hcl", VAR_JOB, &with_files(&[("p.hcl", "image = \"x\"\ncount = \"many\"\n")])).unwrap_err();
+    assert!(
+        err.message.contains("p.hcl:2: the string \"many\" is not compatible with the variable's type number"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validation_rules_check_the_value_in_use() {
+    let mut vars = VarInputs::default();
+    vars.args.insert("image".into(), "x".into());
+    vars.args.insert("count".into(), "12".into());
+    let err = parse_job("v.hcl", VAR_JOB, &vars).unwrap_err();
+    assert_eq!(err.line, 7, "{err}");
+    assert_eq!(
+        err.message,
+        "invalid value for variable \"count\" (from -var count): The count must be between 1 and 9."
+    );
+
+    let bad_rule = |rule: &str| {
+        let src = format!("variable \"n\" {{\n  default = 1\n  validation {{\n{rule}\n  }}\n}}\n");
+        parse_job("r.hcl", &src, &VarInputs::default()).unwrap_err().message
+    };
+    let m = bad_rule("condition = true\nerror_message = \"Never.\"");
+    assert!(m.contains("must refer to var.n"), "{m}");
+    let m = bad_rule("condition = var.n > 0\nerror_message = \"too small\"");
+    assert!(m.contains("at least one full sentence"), "{m}");
+    let m = bad_rule("condition = var.n > 0 && var.other\nerror_message = \"Bad.\"");
+    assert!(m.contains("can only refer to var.n"), "{m}");
+    let m = bad_rule("condition = var.n\nerror_message = \"Bad.\"");
+    assert!(m.contains("must be true or false, not a number"), "{m}");
+    let m = bad_rule("condition = var.n > 0\nerror_message = \"Bad.\"\nseverity = 1");
+    assert!(m.contains("unsupported argument \"severity\" in validation"), "{m}");
+}
+
+#[test]
+fn dynamic_blocks_give_the_same_job_as_written_out() {
+    let dynamic = r#"locals {
+  ports = { http = 8080, admin = 9090 }
+  mounts = ["/srv/a", "/srv/b"]
+}
+job "d" {
+  group "g" {
+    network {
+      dynamic "port" {
+        for_each = local.ports
+        labels   = [port.key]
+        content {
+          static = port.value
+        }
+      }
+    }
+    dynamic "task" {
+      for_each = ["web", "worker"]
+      iterator = t
+      labels   = [t.value]
+      content {
+        driver = "docker"
+        config {
+          image = "app:${t.key}"
+          dynamic "mount" {
+            for_each = local.mounts
+            content {
+              type   = "bind"
+              source = mount.value
+              target = "/data/${mount.key}"
+            }
+          }
+        }
+        env {
+          ROLE = t.value
+          DIR  = "${NOMAD_TASK_DIR}"
+        }
+      }
+    }
+  }
+}
+"#;
+    let written_out = r#"job "d" {
+  group "g" {
+    network {
+      port "admin" { static = 9090 }
+      port "http" { static = 8080 }
+    }
+    task "web" {
+      driver = "docker"
+      config {
+        image = "app:0"
+        mount {
+          type   = "bind"
+          source = "/srv/a"
+          target = "/data/0"
+        }
+        mount {
+          type   = "bind"
+          source = "/srv/b"
+          target = "/data/1"
+        }
+      }
+      env {
+        ROLE = "web"
+        DIR  = "${NOMAD_TASK_DIR}"
+      }
+    }
+    task "worker" {
+      driver = "docker"
+      config {
+        image = "app:1"
+        mount {
+          type   = "bind"
+          source = "/srv/a"
+          target = "/data/0"
+        }
+        mount {
+          type   = "bind"
+          source = "/srv/b"
+          target = "/data/1"
+        }
+      }
+      env {
+        ROLE = "worker"
+        DIR  = "${NOMAD_TASK_DIR}"
+      }
+    }
+  }
+}
+"#;
+    let a = serde_json::to_value(parse("dyn.hcl", dynamic).unwrap().job).unwrap();
+    let b = serde_json::to_value(parse("plain.hcl", written_out).unwrap().job).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a["TaskGroups"][0]["Tasks"][1]["Config"]["mount"][1]["source"], "/srv/b");
+
+    let err =
+        parse("d.hcl", "job \"d\" {\n  dynamic \"group\" {\n    for_each = 3\n    content {}\n  }\n}\n").unwrap_err();
+    assert!(err.message.contains("for_each: expected a list, set or map, found a number"), "{err}");
+    let err = parse("d.hcl", "job \"d\" {\n  dynamic \"group\" {\n    for_each = [1]\n  }\n}\n").unwrap_err();
+    assert_eq!(err.line, 2, "{err}");
+    assert!(err.message.contains("needs exactly one content block"), "{err}");
+    let err =
+        parse("d.hcl", "job \"d\" {\n  dynamic \"gruop\" {\n    for_each = [1]\n    content {}\n  }\n}\n").unwrap_err();
+    assert!(err.message.contains("unsupported block type \"gruop (dynamic)\" in job \"d\""), "{err}");
 }
