@@ -1,5 +1,6 @@
 //! Scheduler throughput: 5,000 simulated nodes, 100 service jobs of 1,000
-//! allocations each, scheduled by the real scheduler with every plan applied
+//! allocations each (a quarter constrained, half spread over racks, a third
+//! with an affinity), scheduled by the real scheduler with every plan applied
 //! to an in-memory state store before the next evaluation, as the server's
 //! eval worker does. A naive first-fit over the same nodes, timed in the same
 //! run, gives a machine-independent baseline.
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use berth::server::scheduler;
 use berth::server::state::{StateStore, WriteBatch};
 use berth::server::Server;
-use berth::structs::{node_status, Constraint, DriverInfo, Job, Node, Resources, Task, TaskGroup};
+use berth::structs::{node_status, Affinity, Constraint, DriverInfo, Job, Node, Resources, Spread, Task, TaskGroup};
 
 const NODE_CPU_MHZ: u64 = 8000;
 const NODE_MEMORY_MB: u64 = 16 * 1024;
@@ -21,6 +22,13 @@ const TASK_CPU_MHZ: u64 = 100;
 const TASK_MEMORY_MB: u64 = 128;
 /// Every `CONSTRAINED_EVERY`th job only runs on `tier = gold` nodes (half of them).
 const CONSTRAINED_EVERY: usize = 4;
+/// Every `SPREAD_EVERY`th job spreads over the nodes' racks, and every
+/// `AFFINITY_EVERY`th prefers `tier = silver`: the scheduler then scores up
+/// to 100 nodes per placement instead of log2(N).
+const SPREAD_EVERY: usize = 2;
+const AFFINITY_EVERY: usize = 3;
+/// Racks, as `meta.rack`.
+const RACKS: usize = 10;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -44,6 +52,7 @@ fn make_node(i: usize) -> Node {
     n.attributes.insert("cpu.numcores".into(), "4".into());
     n.attributes.insert("unique.network.ip-address".into(), format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255));
     n.meta.insert("tier".into(), if i.is_multiple_of(2) { "gold" } else { "silver" }.into());
+    n.meta.insert("rack".into(), format!("r{}", i % RACKS));
     n.drivers.insert("raw_exec".into(), DriverInfo { detected: true, healthy: true, ..Default::default() });
     n
 }
@@ -74,6 +83,17 @@ fn make_job(j: usize, count: u32) -> Job {
         }],
         ..Default::default()
     };
+    if j.is_multiple_of(SPREAD_EVERY) {
+        job.task_groups[0].spreads.push(Spread { attribute: "${meta.rack}".into(), weight: 50, spread_target: vec![] });
+    }
+    if j.is_multiple_of(AFFINITY_EVERY) {
+        job.affinities.push(Affinity {
+            l_target: "${meta.tier}".into(),
+            operand: "=".into(),
+            r_target: "silver".into(),
+            weight: 50,
+        });
+    }
     if j.is_multiple_of(CONSTRAINED_EVERY) {
         job.task_groups[0].constraints.push(Constraint {
             l_target: "${meta.tier}".into(),

@@ -261,6 +261,22 @@ fn impossible_jobs_exit_2_with_reasons() {
     let out = agent.cli(&["job", "run", &f]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stdout.contains("Constraint \"${attr.kernel.name} = plan9\": 1 nodes excluded by filter"), "{out:?}");
+    // An affinity is a preference, never a filter: it shows in the scores.
+    let preferring = raw_exec_job("prefers", 1, "prefers").replace(
+        "group \"g\" {",
+        "affinity {\n    attribute = \"${attr.kernel.name}\"\n    value     = \"linux\"\n    weight    = 80\n  }\n  affinity {\n    attribute = \"${attr.kernel.name}\"\n    value     = \"plan9\"\n    weight    = -20\n  }\n  group \"g\" {",
+    );
+    let f = job_file(root.path(), "prefers.nomad", &preferring);
+    let plan = agent.cli(&["job", "plan", "-verbose", &f]);
+    assert_eq!(plan.code, 1, "{plan:?}");
+    assert!(plan.stdout.contains("Placement scores of task group \"g\""), "{plan:?}");
+    let header = plan.stdout.lines().find(|l| l.starts_with("Node ")).expect("score table");
+    assert!(header.contains("node-affinity") && header.contains("final score"), "{plan:?}");
+    let row = plan.stdout.lines().skip_while(|l| !l.starts_with("Node ")).nth(1).expect("a scored node");
+    // 80 of the 100 weight matched.
+    assert!(row.split_whitespace().any(|c| c == "0.800"), "{plan:?}");
+    let plain = agent.cli(&["job", "plan", &f]);
+    assert!(!plain.stdout.contains("Placement scores"), "{plain:?}");
 }
 
 #[test]

@@ -251,6 +251,9 @@ pub async fn status(api: &ApiClient, prefix: &str, view: StatusView) -> i32 {
             for l in metric_lines(m, "") {
                 println!("{l}");
             }
+            if !m.score_meta_data.is_empty() {
+                println!("\n{}", monitor::score_table(&m.score_meta_data));
+            }
         }
     }
     let ports = &a.allocated_resources.shared.ports;

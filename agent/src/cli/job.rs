@@ -229,7 +229,7 @@ pub fn render_diff(d: &JobDiff) -> String {
 }
 
 /// `job plan`: exit 0 no allocation change, 1 changes, 255 error.
-pub async fn plan(api: &ApiClient, input: &JobInput<'_>) -> i32 {
+pub async fn plan(api: &ApiClient, input: &JobInput<'_>, verbose: bool) -> i32 {
     let (job, warnings) = match load_job(input) {
         Ok(j) => j,
         Err(e) => {
@@ -254,6 +254,12 @@ pub async fn plan(api: &ApiClient, input: &JobInput<'_>) -> i32 {
     } else {
         println!("- WARNING: Failed to place all allocations{}.", if system { " on all nodes" } else { "" });
         print_failures(&resp.failed_tg_allocs, "  ");
+    }
+    if verbose {
+        for (group, top) in &resp.placement_scores {
+            println!("\nPlacement scores of task group {group:?} (its first placement, best nodes first):");
+            println!("{}", monitor::score_table(top));
+        }
     }
     let files = input.var_files.iter().map(|f| format!("-var-file '{f}' "));
     let vars: String = files.chain(input.vars.iter().map(|v| format!("-var '{v}' "))).collect();

@@ -809,7 +809,7 @@ pub async fn run(cli: Cli) -> i32 {
             match command {
                 JobCommand::Init(a) => job::init(a.short, a.file.as_deref()),
                 JobCommand::Run(a) => job::run(&api, &input(&a.file), a.detach, a.check_index, a.output).await,
-                JobCommand::Plan(a) => job::plan(&api, &input(&a)).await,
+                JobCommand::Plan(a) => job::plan(&api, &input(&a), a.verbose).await,
                 JobCommand::Status { id, short, verbose } => job::status(&api, id.as_deref(), short, verbose).await,
                 JobCommand::Stop(a) => job::stop(&api, &a.id, a.purge, a.detach, a.yes).await,
                 JobCommand::Validate(a) => job::validate(&input(&a)),
@@ -848,7 +848,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Run { args, api } => {
             job::run(&client(&api), &input(&args.file), args.detach, args.check_index, args.output).await
         }
-        Command::Plan { args, api } => job::plan(&client(&api), &input(&args)).await,
+        Command::Plan { args, api } => job::plan(&client(&api), &input(&args), args.verbose).await,
         Command::Stop { args, api } => job::stop(&client(&api), &args.id, args.purge, args.detach, args.yes).await,
         Command::Init(a) => job::init(a.short, a.file.as_deref()),
         Command::Validate(a) => job::validate(&input(&a)),

@@ -43,6 +43,21 @@ pub fn metric_lines(m: &AllocMetric, indent: &str) -> Vec<String> {
     out
 }
 
+/// The scores of the best nodes a placement considered, as Nomad's
+/// `alloc status -verbose` table: one column per scorer, then the final score.
+pub fn score_table(top: &[crate::structs::NodeScoreMeta]) -> String {
+    let mut scorers: Vec<&str> = top.iter().flat_map(|m| m.scores.keys().map(|k| k.as_ref())).collect();
+    scorers.sort();
+    scorers.dedup();
+    let mut rows = vec![format!("Node|{}|final score", scorers.join("|"))];
+    for m in top {
+        let cells: Vec<String> =
+            scorers.iter().map(|s| m.scores.get(*s).map(|v| format!("{v:.3}")).unwrap_or_default()).collect();
+        rows.push(format!("{}|{}|{:.3}", m.node_id, cells.join("|"), m.norm_score));
+    }
+    super::format::list(&rows)
+}
+
 /// Prints a group's failure block.
 pub fn print_failures(failed: &BTreeMap<String, AllocMetric>, prefix: &str) {
     for (tg, m) in failed {

@@ -1,7 +1,7 @@
 //! The `group` block: count, network, volumes, policies, services, tasks.
 
 use super::policy::{ReschedulePatch, RestartPatch, UpdatePatch};
-use super::service::{decode_constraint, decode_service};
+use super::service::decode_service;
 use super::{network, skip_unsupported, task};
 use crate::hclspan::{Block, HclError, Pos};
 use crate::structs::{
@@ -35,9 +35,7 @@ pub(super) fn decode(
         shutdown_delay: b.duration("shutdown_delay")?,
         ..TaskGroup::default()
     };
-    for c in b.blocks("constraint") {
-        tg.constraints.push(decode_constraint(c)?);
-    }
+    super::placement::decode(b, &mut tg.constraints, &mut tg.affinities, Some(&mut tg.spreads))?;
     if let Some(net) = b.block("network")? {
         tg.networks.push(network::decode(net, false)?);
     }

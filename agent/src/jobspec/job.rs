@@ -4,7 +4,6 @@
 
 use super::group;
 use super::policy::{ReschedulePatch, UpdatePatch};
-use super::service::decode_constraint;
 use super::{skip_unsupported, Places};
 use crate::hclspan::{Block, HclError};
 use crate::structs::{
@@ -31,9 +30,7 @@ pub(super) fn decode(mut block: Block<'_>, warnings: &mut Vec<String>) -> Result
         meta: b.string_map("meta")?.unwrap_or_default(),
         ..Job::default()
     };
-    for c in b.blocks("constraint") {
-        job.constraints.push(decode_constraint(c)?);
-    }
+    super::placement::decode(b, &mut job.constraints, &mut job.affinities, Some(&mut job.spreads))?;
     if let Some(mut p) = b.block("periodic")? {
         p.no_labels()?;
         let b = &mut p.body;

@@ -20,6 +20,7 @@
 mod group;
 mod job;
 mod network;
+mod placement;
 mod policy;
 mod service;
 mod task;
@@ -47,8 +48,7 @@ pub struct ParsedJob {
 }
 
 /// Nomad blocks berth accepts but does not implement.
-const UNSUPPORTED: [&str; 8] =
-    ["affinity", "spread", "migrate", "identity", "scaling", "multiregion", "disconnect", "max_client_disconnect"];
+const UNSUPPORTED: [&str; 6] = ["migrate", "identity", "scaling", "multiregion", "disconnect", "max_client_disconnect"];
 
 /// Parses a job file with its variable values from `vars`.
 pub fn parse_job(file_name: &str, src: &str, vars: &VarInputs) -> Result<ParsedJob, HclError> {

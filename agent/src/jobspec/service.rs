@@ -1,7 +1,7 @@
-//! `service` (with its `check`s) and `constraint` blocks.
+//! `service` blocks, with their `check`s.
 
 use crate::hclspan::{Block, HclError};
-use crate::structs::{Constraint, Service, ServiceCheck};
+use crate::structs::{Service, ServiceCheck};
 
 /// Decodes a `service` block.
 pub(super) fn decode_service(mut block: Block<'_>) -> Result<Service, HclError> {
@@ -34,32 +34,4 @@ pub(super) fn decode_service(mut block: Block<'_>) -> Result<Service, HclError> 
     }
     block.body.finish()?;
     Ok(service)
-}
-
-/// Decodes a `constraint` block, including Nomad's shorthands
-/// (`distinct_hosts = true`, `regexp = "..."`, `version = "..."`, ...).
-pub(super) fn decode_constraint(mut block: Block<'_>) -> Result<Constraint, HclError> {
-    block.no_labels()?;
-    let b = &mut block.body;
-    let mut c = Constraint {
-        l_target: b.string("attribute")?.unwrap_or_default(),
-        r_target: b.string("value")?.unwrap_or_default(),
-        operand: b.string("operator")?.unwrap_or_else(|| "=".into()),
-    };
-    for operand in ["regexp", "version", "semver", "set_contains", "set_contains_any", "set_contains_all"] {
-        if let Some(value) = b.string(operand)? {
-            c.operand = operand.into();
-            c.r_target = value;
-        }
-    }
-    if let Some(enabled) = b.bool("distinct_hosts")? {
-        c.operand = "distinct_hosts".into();
-        c.r_target = enabled.to_string();
-    }
-    if let Some(property) = b.string("distinct_property")? {
-        c.operand = "distinct_property".into();
-        c.l_target = property;
-    }
-    block.body.finish()?;
-    Ok(c)
 }

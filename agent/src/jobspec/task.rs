@@ -3,7 +3,7 @@
 //! logs.
 
 use super::policy::RestartPatch;
-use super::service::{decode_constraint, decode_service};
+use super::service::decode_service;
 use super::{network, skip_unsupported};
 use crate::hclspan::{Block, HclError};
 use crate::structs::{
@@ -44,9 +44,7 @@ pub(super) fn decode(
     if let Some(resources) = b.block("resources")? {
         task.resources = Some(decode_resources(resources)?);
     }
-    for c in b.blocks("constraint") {
-        task.constraints.push(decode_constraint(c)?);
-    }
+    super::placement::decode(b, &mut task.constraints, &mut task.affinities, None)?;
     for s in b.blocks("service") {
         task.services.push(decode_service(s)?);
     }

@@ -772,3 +772,78 @@ job "d" {
         parse("d.hcl", "job \"d\" {\n  dynamic \"gruop\" {\n    for_each = [1]\n    content {}\n  }\n}\n").unwrap_err();
     assert!(err.message.contains("unsupported block type \"gruop (dynamic)\" in job \"d\""), "{err}");
 }
+
+#[test]
+fn affinity_and_spread_blocks_are_read_defaulted_and_checked() {
+    let src = r#"job "p" {
+  affinity {
+    attribute = "${node.datacenter}"
+    value     = "home"
+  }
+  spread {
+    attribute = "${meta.rack}"
+    target "r1" {
+      percent = 60
+    }
+    target "r2" {
+      percent = 40
+    }
+  }
+  group "g" {
+    affinity {
+      attribute = "${meta.disk}"
+      regexp    = "ssd|nvme"
+      weight    = -30
+    }
+    spread {
+      attribute = "${node.datacenter}"
+      weight    = 100
+    }
+    task "t" {
+      driver = "raw_exec"
+      config { command = "true" }
+      affinity {
+        attribute        = "${attr.cpu.arch}"
+        set_contains_any = "amd64,arm64"
+      }
+    }
+  }
+}
+"#;
+    let json = serde_json::to_value(parse("p.hcl", src).unwrap().job).unwrap();
+    assert_eq!(
+        json["Affinities"],
+        json!([{"LTarget": "${node.datacenter}", "RTarget": "home", "Operand": "=", "Weight": 50}])
+    );
+    assert_eq!(json["Spreads"][0]["Weight"], 50);
+    assert_eq!(
+        json["Spreads"][0]["SpreadTarget"],
+        json!([{"Value": "r1", "Percent": 60}, {"Value": "r2", "Percent": 40}])
+    );
+    let tg = &json["TaskGroups"][0];
+    assert_eq!(tg["Affinities"][0]["Operand"], "regexp");
+    assert_eq!(tg["Affinities"][0]["Weight"], -30);
+    assert_eq!(tg["Spreads"][0]["Weight"], 100);
+    assert_eq!(tg["Tasks"][0]["Affinities"][0]["Operand"], "set_contains_any");
+
+    let job_with = |block: &str| {
+        format!("job \"p\" {{\n  {block}\n  group \"g\" {{\n    task \"t\" {{\n      driver = \"raw_exec\"\n      config {{ command = \"true\" }}\n    }}\n  }}\n}}\n")
+    };
+    let err = |block: &str| parse("p.hcl", &job_with(block)).unwrap_err().to_string();
+    let e = err("affinity {\n    attribute = \"${meta.a}\"\n    value = \"x\"\n    weight = 0\n  }");
+    assert!(e.contains("p.hcl:2:3: affinity weight cannot be zero"), "{e}");
+    let e = err("affinity {\n    attribute = \"${meta.a}\"\n    value = \"x\"\n    weight = 120\n  }");
+    assert!(e.contains("job affinity weight 120 must be within the range [-100,100]"), "{e}");
+    let e = err("affinity {\n    attribute = \"${meta.a}\"\n    operator = \"distinct_hosts\"\n  }");
+    assert!(e.contains("job affinity has unknown operator \"distinct_hosts\""), "{e}");
+    let e = err("spread {\n    attribute = \"${meta.rack}\"\n    target \"a\" {\n      percent = 70\n    }\n    target \"b\" {\n      percent = 40\n    }\n  }");
+    assert!(e.contains("sum of job spread target percentages must not be greater than 100%; got 110%"), "{e}");
+    let e = err("spread {\n    target \"a\" {\n      percent = 10\n    }\n  }");
+    assert!(e.contains("job spread needs an attribute"), "{e}");
+    let task_spread = src.replace(
+        "      affinity {\n        attribute        = \"${attr.cpu.arch}\"",
+        "      spread {\n        attribute        = \"${attr.cpu.arch}\"",
+    );
+    let e = parse("p.hcl", &task_spread).unwrap_err().to_string();
+    assert!(e.contains("unsupported block type \"spread\" in task \"t\""), "{e}");
+}

@@ -219,12 +219,19 @@ impl Server {
         let plan = scheduler::process(&scratch, &eval);
         let old = existing.as_deref().filter(|e| !e.stop);
         let diff = diff::job_diff(old, &job, &plan.desired_updates);
+        let mut placement_scores = std::collections::BTreeMap::new();
+        for a in &plan.place {
+            if let Some(m) = a.metrics.as_ref().filter(|m| !m.score_meta_data.is_empty()) {
+                placement_scores.entry(a.task_group.clone()).or_insert_with(|| m.score_meta_data.clone());
+            }
+        }
         Ok(PlanResult {
             diff,
             annotations: PlanAnnotations { desired_tg_updates: plan.desired_updates },
             failed_tg_allocs: plan.failed_tg_allocs,
             job_modify_index: existing.map(|e| e.job_modify_index).unwrap_or(0),
             warnings: warnings.join("\n"),
+            placement_scores,
         })
     }
 }

@@ -234,6 +234,20 @@ pub struct AllocMetric {
     pub coalesced_failures: u64,
     /// Nanoseconds.
     pub allocation_time: i64,
+    /// The best-scoring nodes considered, highest first (at most 5).
+    pub score_meta_data: Vec<NodeScoreMeta>,
+}
+
+/// One node's scores for a placement: each scorer's (`binpack`,
+/// `job-anti-affinity`, `node-affinity`, `allocation-spread`) and their mean.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NodeScoreMeta {
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    /// By scorer name (the scheduler's are static strings).
+    pub scores: BTreeMap<std::borrow::Cow<'static, str>, f64>,
+    pub norm_score: f64,
 }
 
 /// A request for the scheduler to reconcile a job.

@@ -25,7 +25,7 @@ const CSI_ACCESS_MODES: [&str; 5] = [
 const HOST_ACCESS_MODES: [&str; 4] =
     ["single-node-writer", "single-node-reader-only", "single-node-single-writer", "single-node-multi-writer"];
 const ATTACHMENT_MODES: [&str; 2] = ["file-system", "block-device"];
-const CONSTRAINT_OPERANDS: [&str; 19] = [
+pub(super) const CONSTRAINT_OPERANDS: [&str; 19] = [
     "=",
     "==",
     "is",
@@ -165,6 +165,8 @@ impl Job {
         if service {
             self.update.get_or_insert_with(UpdateStrategy::nomad_default).fill_defaults();
         }
+        self.affinities.iter_mut().for_each(super::Affinity::canonicalize);
+        self.spreads.iter_mut().for_each(super::Spread::canonicalize);
         let job_type = self.job_type.clone();
         let job_name = self.name.clone();
         for tg in &mut self.task_groups {
@@ -182,6 +184,8 @@ impl Job {
                 disk.size_mb = 300;
             }
             tg.networks.iter_mut().for_each(default_network);
+            tg.affinities.iter_mut().for_each(super::Affinity::canonicalize);
+            tg.spreads.iter_mut().for_each(super::Spread::canonicalize);
             let group_prefix = format!("{job_name}-{}", tg.name);
             tg.services.iter_mut().for_each(|s| default_service(s, &group_prefix));
             for task in &mut tg.tasks {
@@ -222,6 +226,10 @@ impl Job {
             out.push(job(format!("reschedule is not allowed for {} jobs", self.job_type)));
         }
         check_constraints(&self.constraints, "job", &mut |m| out.push(job(m)));
+        let preferences = self.affinities.iter().flat_map(|a| a.problems("job"));
+        for m in preferences.chain(self.spreads.iter().flat_map(|s| s.problems("job"))).collect::<Vec<_>>() {
+            out.push(job(m));
+        }
         for m in self.template_problems() {
             out.push(job(m));
         }
@@ -302,6 +310,10 @@ impl Job {
             issue(None, format!("restart mode {mode:?} must be \"fail\" or \"delay\""));
         }
         check_constraints(&tg.constraints, "group", &mut |m| issue(None, m));
+        let preferences = tg.affinities.iter().flat_map(|a| a.problems("group"));
+        for m in preferences.chain(tg.spreads.iter().flat_map(|s| s.problems("group"))).collect::<Vec<_>>() {
+            issue(None, m);
+        }
         if tg.networks.len() > 1 {
             issue(None, "only one network block is allowed per group".into());
         }
@@ -355,6 +367,7 @@ fn default_service(service: &mut Service, name: &str) {
 
 fn canonicalize_task(task: &mut Task, group_restart: &RestartPolicy, group_prefix: &str) {
     task.restart_policy.get_or_insert_with(|| group_restart.clone());
+    task.affinities.iter_mut().for_each(super::Affinity::canonicalize);
     for a in &mut task.artifacts {
         default_str(&mut a.getter_mode, "any");
         default_str(&mut a.relative_dest, "local/");
@@ -502,6 +515,7 @@ fn task_problems(task: &Task, tg: &super::TaskGroup, port_labels: &BTreeSet<&str
         }
     }
     check_constraints(&task.constraints, "task", &mut |m| out.push(m));
+    out.extend(task.affinities.iter().flat_map(|a| a.problems("task")));
     out
 }
 

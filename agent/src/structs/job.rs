@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::{Affinity, Spread};
+
 /// Nomad's warning for HCL1-era task-level networks.
 pub const TASK_NETWORK_DEPRECATED: &str = "task network resources have been deprecated as of Nomad 0.12.0. \
      Please configure networking via group network block.";
@@ -38,6 +40,8 @@ pub struct Job {
     pub datacenters: Vec<String>,
     pub node_pool: String,
     pub constraints: Vec<Constraint>,
+    pub affinities: Vec<Affinity>,
+    pub spreads: Vec<Spread>,
     pub task_groups: Vec<TaskGroup>,
     pub update: Option<UpdateStrategy>,
     pub reschedule: Option<ReschedulePolicy>,
@@ -154,6 +158,8 @@ pub struct TaskGroup {
     pub name: String,
     pub count: u32,
     pub constraints: Vec<Constraint>,
+    pub affinities: Vec<Affinity>,
+    pub spreads: Vec<Spread>,
     pub tasks: Vec<Task>,
     pub restart_policy: Option<RestartPolicy>,
     pub reschedule_policy: Option<ReschedulePolicy>,
@@ -179,6 +185,7 @@ pub struct Task {
     pub env: BTreeMap<String, String>,
     pub services: Vec<Service>,
     pub constraints: Vec<Constraint>,
+    pub affinities: Vec<Affinity>,
     pub resources: Option<Resources>,
     pub restart_policy: Option<RestartPolicy>,
     pub meta: BTreeMap<String, String>,

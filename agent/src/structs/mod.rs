@@ -9,6 +9,7 @@ mod canonicalize;
 mod job;
 mod node;
 mod periodic;
+mod placement;
 mod volume;
 
 pub use alloc::*;
@@ -16,4 +17,5 @@ pub use canonicalize::ValidationIssue;
 pub use job::*;
 pub use node::*;
 pub use periodic::{Schedule, ScheduleError};
+pub use placement::{Affinity, Spread, SpreadTarget, DEFAULT_WEIGHT};
 pub use volume::*;

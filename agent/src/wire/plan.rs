@@ -63,6 +63,10 @@ pub struct PlanResult {
     pub failed_tg_allocs: BTreeMap<String, AllocMetric>,
     pub job_modify_index: u64,
     pub warnings: String,
+    /// Berth's addition: per group, the scores of the best nodes for its
+    /// first placement (what `job plan -verbose` prints).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub placement_scores: BTreeMap<String, Vec<crate::structs::NodeScoreMeta>>,
 }
 
 /// Per-group counts of what a plan would do.

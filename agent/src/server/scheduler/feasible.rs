@@ -42,12 +42,17 @@ pub fn describe(c: &Constraint) -> String {
 /// Evaluates one constraint against a node. `distinct_hosts` and
 /// `distinct_property` depend on other placements and pass here.
 pub fn constraint_holds(c: &Constraint, node: &Node) -> bool {
-    let op = c.operand.as_str();
+    holds(&c.l_target, &c.operand, &c.r_target, node)
+}
+
+/// Evaluates `l_target operand r_target` against a node (a constraint's
+/// or an affinity's three parts).
+pub(super) fn holds(l_target: &str, op: &str, r_target: &str, node: &Node) -> bool {
     if matches!(op, "distinct_hosts" | "distinct_property") {
         return true;
     }
-    let l = node.resolve(&c.l_target);
-    let r = node.resolve(&c.r_target);
+    let l = node.resolve(l_target);
+    let r = node.resolve(r_target);
     match op {
         "is_set" => return l.is_some(),
         "is_not_set" => return l.is_none(),
@@ -154,7 +159,7 @@ pub fn check_node(job: &Job, tg: &TaskGroup, node: &Node) -> Result<(), Infeasib
 }
 
 /// True when a constraint target names a value unique to each node.
-fn target_escapes_class(target: &str) -> bool {
+pub(super) fn target_escapes_class(target: &str) -> bool {
     ["${node.unique.", "${attr.unique.", "${meta.unique."].iter().any(|p| target.starts_with(p))
 }
 

@@ -7,8 +7,10 @@
 //! not be placed in an `AllocMetric`.
 
 mod feasible;
+mod preference;
 mod rank;
 mod reconcile;
+mod score;
 
 use std::collections::BTreeMap;
 

@@ -1,8 +1,12 @@
 //! Picks a node for one allocation: walks the nodes in a shuffled order,
 //! filters with `feasible`, checks CPU, memory and ports against what is
 //! already used (including this plan's own placements), and keeps the best
-//! bin-packing score among a bounded number of candidates, as Nomad's
-//! stack does (log2(N) candidates for service jobs, 2 for batch).
+//! score among a bounded number of candidates, as Nomad's stack does
+//! (log2(N) candidates for service jobs, 2 for batch; with affinities or
+//! spreads, up to 100 so that the preferred nodes are among them). A node's score is the mean of
+//! its bin-packing fit, the job anti-affinity penalty, and the group's
+//! node-affinity and spread scores (`preference`), each counted only when
+//! it applies, as Nomad normalizes them.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -12,6 +16,8 @@ use rand::seq::SliceRandom;
 use rand::RngExt;
 
 use super::feasible::{self, Infeasible};
+use super::preference::Preferences;
+use super::score::{Score, TopNodes};
 use crate::server::csi::claims::{self, Holder};
 use crate::server::state::{PlacementNode, Tables};
 use crate::structs::{
@@ -24,6 +30,9 @@ pub const DEFAULT_MIN_DYNAMIC_PORT: u16 = 20000;
 /// Upper end of the default dynamic port range.
 pub const DEFAULT_MAX_DYNAMIC_PORT: u16 = 32000;
 
+/// How many nodes are scored for a group with affinities or spreads.
+const MAX_PREFERENCE_CANDIDATES: usize = 100;
+
 /// What is in use on a node.
 #[derive(Debug, Default, Clone)]
 struct NodeUsage {
@@ -31,9 +40,53 @@ struct NodeUsage {
     memory_mb: u64,
     disk_mb: u64,
     ports: HashSet<u16>,
-    /// Allocations of the job being placed, per group name, for
-    /// anti-affinity and distinct_hosts (a placer serves a single job).
-    groups: HashMap<String, u32>,
+    /// The node's CPU, memory and disk, copied here so that scoring it
+    /// reads one record.
+    total_cpu: u64,
+    total_memory_mb: u64,
+    total_disk_mb: u64,
+    /// Allocations of the job being placed, per group, for anti-affinity
+    /// and distinct_hosts (a placer serves a single job).
+    groups: GroupCounts,
+}
+
+/// Allocations per group of the job, by the group's position in it
+/// (the first few inline: scoring a node reads them without following a
+/// pointer).
+#[derive(Debug, Default, Clone)]
+struct GroupCounts {
+    first: [u32; 4],
+    rest: Vec<u32>,
+}
+
+impl GroupCounts {
+    fn get(&self, group: usize) -> u32 {
+        match group.checked_sub(self.first.len()) {
+            None => self.first[group],
+            Some(i) => self.rest.get(i).copied().unwrap_or(0),
+        }
+    }
+
+    fn slot(&mut self, group: usize) -> &mut u32 {
+        match group.checked_sub(self.first.len()) {
+            None => &mut self.first[group],
+            Some(i) => {
+                if self.rest.len() <= i {
+                    self.rest.resize(i + 1, 0);
+                }
+                &mut self.rest[i]
+            }
+        }
+    }
+
+    fn add(&mut self, group: usize) {
+        *self.slot(group) += 1;
+    }
+
+    fn remove(&mut self, group: usize) {
+        let n = self.slot(group);
+        *n = n.saturating_sub(1);
+    }
 }
 
 /// A chosen node with the resources granted there.
@@ -46,11 +99,12 @@ pub struct Placement {
 
 /// Static feasibility of the nodes for one group, cached for the evaluation:
 /// by computed class, or by node position when the group's constraints
-/// refer to values unique to each node.
+/// refer to values unique to each node; and the group's preferences.
 struct GroupFeasibility {
     group: String,
     by_class: bool,
     results: Vec<Option<Result<(), Infeasible>>>,
+    preferences: Option<Preferences>,
 }
 
 /// Per-evaluation placement state, for the allocations of one job.
@@ -62,6 +116,8 @@ pub struct Placer<'a> {
     snap: &'a Tables,
     namespace: String,
     job_id: String,
+    /// The job's group names, in order (a group's position keys `NodeUsage::groups`).
+    group_names: Vec<String>,
     nodes: Vec<PlacementNode<'a>>,
     /// Node ID to position, built on first use.
     positions: Option<HashMap<String, usize>>,
@@ -78,7 +134,8 @@ pub struct Placer<'a> {
 
 /// What one allocation of a group asks of a node, computed once per placement.
 struct Ask<'t> {
-    group: &'t str,
+    /// The group's position in the job.
+    group: usize,
     /// The group's slot in `Placer::feasibility`.
     feasibility: usize,
     count: u32,
@@ -109,7 +166,7 @@ impl<'t> Ask<'t> {
                 .collect(),
         };
         Ask {
-            group: &tg.name,
+            group: job.task_groups.iter().position(|g| g.name == tg.name).unwrap_or(usize::MAX),
             feasibility,
             count: tg.count,
             cpu,
@@ -150,6 +207,7 @@ impl<'a> Placer<'a> {
             snap,
             namespace: job.namespace.clone(),
             job_id: job.id.clone(),
+            group_names: job.task_groups.iter().map(|g| g.name.clone()).collect(),
             nodes,
             positions: None,
             mine,
@@ -180,7 +238,13 @@ impl<'a> Placer<'a> {
     fn usage(&mut self, i: usize) -> &mut NodeUsage {
         if self.usage[i].is_none() {
             let node_id = self.nodes[i].node.id.as_str();
-            let mut u = NodeUsage::default();
+            let total = &self.nodes[i].node.node_resources;
+            let mut u = NodeUsage {
+                total_cpu: total.cpu.cpu_shares,
+                total_memory_mb: total.memory.memory_mb,
+                total_disk_mb: total.disk.disk_mb,
+                ..NodeUsage::default()
+            };
             let used = self.nodes[i].allocated;
             if let Some(used) = used {
                 u.cpu = used.cpu;
@@ -201,7 +265,9 @@ impl<'a> Placer<'a> {
                         u.disk_mb = u.disk_mb.saturating_sub(a.allocated_resources.shared.disk_mb);
                         freed_ports.extend(a.allocated_resources.shared.ports.iter().map(|p| p.value));
                     } else {
-                        *u.groups.entry(a.task_group.clone()).or_default() += 1;
+                        if let Some(g) = self.group_names.iter().position(|n| *n == a.task_group) {
+                            u.groups.add(g);
+                        }
                     }
                 }
                 for p in &freed_ports {
@@ -224,6 +290,11 @@ impl<'a> Placer<'a> {
         }
         let Some(i) = self.position(&alloc.node_id) else { return };
         let mine = alloc.job_id == self.job_id && alloc.namespace == self.namespace;
+        let node = self.nodes[i].node;
+        let group = self.feasibility.iter_mut().find(|f| f.group == alloc.task_group).filter(|_| mine);
+        if let Some(prefs) = group.and_then(|f| f.preferences.as_mut()) {
+            prefs.count(node, false);
+        }
         let Some(u) = self.usage[i].as_mut() else { return };
         for t in alloc.allocated_resources.tasks.values() {
             u.cpu = u.cpu.saturating_sub(t.cpu.cpu_shares);
@@ -233,8 +304,8 @@ impl<'a> Placer<'a> {
         for p in &alloc.allocated_resources.shared.ports {
             u.ports.remove(&p.value);
         }
-        if let Some(n) = u.groups.get_mut(&alloc.task_group).filter(|_| mine) {
-            *n = n.saturating_sub(1);
+        if let Some(g) = self.group_names.iter().position(|n| *n == alloc.task_group).filter(|_| mine) {
+            u.groups.remove(g);
         }
     }
 
@@ -244,28 +315,29 @@ impl<'a> Placer<'a> {
         if n == 0 {
             return None;
         }
-        let limit = if job.is_batch_like() { 2 } else { ((n as f64).log2().ceil() as usize).max(2) };
-        let ask = Ask::new(job, tg, index, self.feasibility_slot(job, tg));
-        let mut best: Option<(f64, usize)> = None;
+        let slot = self.feasibility_slot(job, tg);
+        let mut limit = if job.is_batch_like() { 2 } else { ((n as f64).log2().ceil() as usize).max(2) };
+        if self.feasibility[slot].preferences.is_some() {
+            // Preferences only help when the preferred nodes are scored.
+            limit = limit.max(n.min(MAX_PREFERENCE_CANDIDATES));
+        }
+        let ask = Ask::new(job, tg, index, slot);
+        let mut top = TopNodes::default();
         let mut candidates = 0;
         let start = self.offset;
         for step in 0..n {
             let i = (start + step) % n;
-            match self.evaluate(job, tg, &ask, i, metric) {
-                Some(score) => {
-                    candidates += 1;
-                    if best.map(|(s, _)| score > s).unwrap_or(true) {
-                        best = Some((score, i));
-                    }
-                    if candidates >= limit {
-                        self.offset = (i + 1) % n;
-                        break;
-                    }
+            if let Some(score) = self.evaluate(job, tg, &ask, i, metric) {
+                candidates += 1;
+                top.offer(i, score);
+                if candidates >= limit {
+                    self.offset = (i + 1) % n;
+                    break;
                 }
-                None => continue,
             }
         }
-        let (_, i) = best?;
+        let i = top.best()?;
+        metric.score_meta_data = top.into_meta(|i| &self.nodes[i].node.id);
         self.commit(tg, &ask, i)
     }
 
@@ -279,7 +351,10 @@ impl<'a> Placer<'a> {
     ) -> Option<Placement> {
         let i = self.position(node_id)?;
         let ask = Ask::new(job, tg, 0, self.feasibility_slot(job, tg));
-        self.evaluate(job, tg, &ask, i, metric)?;
+        let score = self.evaluate(job, tg, &ask, i, metric)?;
+        let mut top = TopNodes::default();
+        top.offer(i, score);
+        metric.score_meta_data = top.into_meta(|i| &self.nodes[i].node.id);
         self.commit(tg, &ask, i)
     }
 
@@ -355,7 +430,27 @@ impl<'a> Placer<'a> {
         }
         let by_class = !feasible::escapes_class(job, tg);
         let len = if by_class { self.snap.class_count() } else { self.nodes.len() };
-        self.feasibility.push(GroupFeasibility { group: tg.name.clone(), by_class, results: vec![None; len] });
+        let mut preferences = Preferences::new(job, tg, self.snap.class_count(), self.nodes.len());
+        if let Some(prefs) = &mut preferences {
+            let live = self.mine.values().flatten().filter(|a| a.task_group == tg.name && !self.freed.contains(&a.id));
+            let held: Vec<String> = live.map(|a| a.node_id.clone()).collect();
+            for node_id in held {
+                match self.position(&node_id) {
+                    Some(i) => prefs.count(self.nodes[i].node, true),
+                    None => {
+                        if let Some(node) = self.snap.node(&node_id) {
+                            prefs.count(&node, true);
+                        }
+                    }
+                }
+            }
+        }
+        self.feasibility.push(GroupFeasibility {
+            group: tg.name.clone(),
+            by_class,
+            results: vec![None; len],
+            preferences,
+        });
         self.feasibility.len() - 1
     }
 
@@ -381,7 +476,7 @@ impl<'a> Placer<'a> {
     }
 
     /// Scores node `i` for `tg`, or records why it cannot take it.
-    fn evaluate(&mut self, job: &Job, tg: &TaskGroup, ask: &Ask, i: usize, metric: &mut AllocMetric) -> Option<f64> {
+    fn evaluate(&mut self, job: &Job, tg: &TaskGroup, ask: &Ask, i: usize, metric: &mut AllocMetric) -> Option<Score> {
         match self.feasible(job, tg, ask.feasibility, i) {
             Ok(()) => {}
             Err(Infeasible::Datacenter) => return None,
@@ -405,12 +500,9 @@ impl<'a> Placer<'a> {
                 return None;
             }
         }
-        let (total_cpu, total_mem, total_disk) = {
-            let r = &self.nodes[i].node.node_resources;
-            (r.cpu.cpu_shares, r.memory.memory_mb, r.disk.disk_mb)
-        };
         let u = self.usage(i);
-        let collisions = u.groups.get(ask.group).copied().unwrap_or(0);
+        let (total_cpu, total_mem, total_disk) = (u.total_cpu, u.total_memory_mb, u.total_disk_mb);
+        let collisions = u.groups.get(ask.group);
         let exhausted: Option<Option<Cow<'static, str>>> = if ask.distinct && collisions > 0 {
             Some(None)
         } else if u.cpu + ask.cpu > total_cpu {
@@ -438,12 +530,17 @@ impl<'a> Placer<'a> {
             }
             return None;
         }
-        let fit = ((u.cpu + ask.cpu) as f64 / total_cpu.max(1) as f64
+        let binpack = ((u.cpu + ask.cpu) as f64 / total_cpu.max(1) as f64
             + (u.memory_mb + ask.memory_mb) as f64 / total_mem.max(1) as f64)
             / 2.0;
         let collisions = collisions as f64;
         let anti_affinity = if collisions > 0.0 { -(collisions + 1.0) / ask.count.max(1) as f64 } else { 0.0 };
-        Some(fit + anti_affinity)
+        let PlacementNode { node, class, .. } = self.nodes[i];
+        let (affinity, spread) = match self.feasibility[ask.feasibility].preferences.as_mut() {
+            Some(prefs) => (prefs.affinity(node, class, i), prefs.spread(node, i)),
+            None => (0.0, 0.0),
+        };
+        Some(Score::new(binpack, anti_affinity, affinity, spread))
     }
 
     /// Grants resources on node `i` and records them as used.
@@ -496,12 +593,8 @@ impl<'a> Placer<'a> {
                 },
             );
         }
-        match u.groups.get_mut(&tg.name) {
-            Some(n) => *n += 1,
-            None => {
-                u.groups.insert(tg.name.clone(), 1);
-            }
-        }
+        u.groups.add(ask.group);
+
         let mut networks: Vec<_> = network.into_iter().collect();
         for n in &mut networks {
             n.ip = host_ip.clone();
@@ -513,6 +606,9 @@ impl<'a> Placer<'a> {
         }
         let disk_mb = tg.ephemeral_disk_mb();
         u.disk_mb += disk_mb;
+        if let Some(prefs) = self.feasibility[ask.feasibility].preferences.as_mut() {
+            prefs.count(&node, true);
+        }
         Some(Placement {
             node,
             resources: AllocatedResources { tasks, shared: AllocatedSharedResources { disk_mb, networks, ports } },

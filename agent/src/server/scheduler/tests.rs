@@ -1412,3 +1412,107 @@ fn one_writer_per_single_node_writer_volume_even_within_a_plan() {
     let why: Vec<&String> = plan.failed_tg_allocs["web"].constraint_filtered.keys().collect();
     assert_eq!(why, ["CSI plugin local is unhealthy on client a: plugin allocation 1234abcd stopped"]);
 }
+
+// === affinity and spread ===
+
+fn with_meta(h: &Harness, name: &str, key: &str, value: &str) -> String {
+    let mut n = node(name, 8000, 16384);
+    n.meta.insert(key.into(), value.into());
+    h.add_node(n)
+}
+
+fn affinity(l: &str, r: &str, weight: i8) -> crate::structs::Affinity {
+    crate::structs::Affinity { l_target: l.into(), r_target: r.into(), operand: "=".into(), weight }
+}
+
+#[test]
+fn affinity_draws_placements_and_shows_in_the_scores() {
+    let h = Harness::new();
+    let fast: Vec<String> = (0..2).map(|i| with_meta(&h, &format!("ssd-{i}"), "disk", "ssd")).collect();
+    for i in 0..6 {
+        with_meta(&h, &format!("hdd-{i}"), "disk", "hdd");
+    }
+    let mut j = job("db", 2);
+    group(&mut j).affinities.push(affinity("${meta.disk}", "ssd", 100));
+    h.register(j);
+    let plan = h.eval("db");
+    assert_eq!(plan.place.len(), 2);
+    assert!(plan.place.iter().all(|a| fast.contains(&a.node_id)), "an affinity of 100 lost to bin packing");
+    let top = &plan.place[0].metrics.as_ref().unwrap().score_meta_data;
+    assert!(!top.is_empty() && top.len() <= 5);
+    assert_eq!(top[0].scores["node-affinity"], 1.0, "{top:?}");
+    assert!(top.windows(2).all(|w| w[0].norm_score >= w[1].norm_score), "{top:?}");
+    let expected = (top[0].scores["binpack"] + 1.0) / 2.0;
+    assert!((top[0].norm_score - expected).abs() < 1e-9, "mean of the scorers that apply: {top:?}");
+}
+
+#[test]
+fn negative_affinity_keeps_placements_away() {
+    let h = Harness::new();
+    let slow: Vec<String> = (0..4).map(|i| with_meta(&h, &format!("pi-{i}"), "class", "pi")).collect();
+    with_meta(&h, "big-0", "class", "big");
+    with_meta(&h, "big-1", "class", "big");
+    let mut j = job("web", 2);
+    j.affinities.push(affinity("${meta.class}", "pi", -100));
+    h.register(j);
+    let plan = h.eval("web");
+    assert_eq!(plan.place.len(), 2);
+    assert!(plan.place.iter().all(|a| !slow.contains(&a.node_id)));
+    let scores = &plan.place[0].metrics.as_ref().unwrap().score_meta_data;
+    let affinities: Vec<f64> = scores.iter().map(|s| s.scores["node-affinity"]).collect();
+    assert_eq!(affinities, [0.0, 0.0, -1.0, -1.0, -1.0], "the best nodes are the unmatched ones: {scores:?}");
+}
+
+#[test]
+fn even_spread_balances_over_an_attribute() {
+    let h = Harness::new();
+    let mut zone_of = HashMap::new();
+    for (zone, nodes) in [("a", 4), ("b", 1), ("c", 1)] {
+        for i in 0..nodes {
+            zone_of.insert(with_meta(&h, &format!("{zone}-{i}"), "zone", zone), zone);
+        }
+    }
+    let mut j = job("web", 6);
+    group(&mut j).spreads.push(crate::structs::Spread {
+        attribute: "${meta.zone}".into(),
+        weight: 100,
+        spread_target: vec![],
+    });
+    h.register(j);
+    h.eval("web");
+    let mut per_zone: BTreeMap<&str, usize> = BTreeMap::new();
+    for a in h.live("web") {
+        *per_zone.entry(zone_of[&a.node_id]).or_default() += 1;
+    }
+    assert_eq!(per_zone, BTreeMap::from([("a", 2), ("b", 2), ("c", 2)]));
+}
+
+#[test]
+fn spread_targets_split_placements_by_percent_across_evaluations() {
+    let h = Harness::new();
+    let mut rack_of = HashMap::new();
+    for rack in ["r1", "r2"] {
+        for i in 0..3 {
+            rack_of.insert(with_meta(&h, &format!("{rack}-{i}"), "rack", rack), rack);
+        }
+    }
+    let spread = |count| {
+        let mut j = job("web", count);
+        group(&mut j).spreads.push(crate::structs::Spread {
+            attribute: "${meta.rack}".into(),
+            weight: 50,
+            spread_target: vec![crate::structs::SpreadTarget { value: "r1".into(), percent: 70 }],
+        });
+        j
+    };
+    h.register(spread(5));
+    h.eval("web");
+    // Scaling up counts the allocations already placed.
+    h.register(spread(10));
+    h.eval("web");
+    let mut per_rack: BTreeMap<&str, usize> = BTreeMap::new();
+    for a in h.live("web") {
+        *per_rack.entry(rack_of[&a.node_id]).or_default() += 1;
+    }
+    assert_eq!(per_rack, BTreeMap::from([("r1", 7), ("r2", 3)]));
+}
