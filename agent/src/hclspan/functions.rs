@@ -1,7 +1,8 @@
 //! Nomad's HCL2 function library (the parts that need neither Consul nor
 //! Vault), declared into hcl-rs' evaluation context: strings, collections,
 //! numbers, encodings, the job file's neighbourhood (`file`,
-//! `templatefile`, relative to the job file) and hashes. Function values
+//! `templatefile`, relative to the job file) and hashes; `set_time_functions`
+//! adds sets, regexes, dates and times. Function values
 //! are hcl-rs `Value`s; errors name the function.
 
 use std::cell::RefCell;
@@ -559,6 +560,7 @@ pub fn declare(ctx: &mut Context<'_>) {
         ctx.declare_func(name, FuncDef::builder().params(params).variadic_param(rest).build(func));
     }
     ctx.declare_func("lookup", FuncDef::builder().params([Any, Str]).variadic_param(Any).build(lookup));
+    super::set_time_functions::declare(ctx);
 }
 
 #[cfg(test)]

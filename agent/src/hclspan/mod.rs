@@ -21,6 +21,7 @@ mod error;
 mod eval;
 pub mod functions;
 mod hcl1;
+mod set_time_functions;
 mod source;
 
 pub use decode::{Block, Decoder};
