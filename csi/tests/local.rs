@@ -98,8 +98,10 @@ impl Harness {
         stop.send(()).unwrap();
         task.await.unwrap().unwrap();
         assert!(!self.path("csi.sock").exists(), "the socket is removed on shutdown");
-        // A socket file left behind (as after a crash) is replaced.
-        let _stale = std::os::unix::net::UnixListener::bind(self.path("csi.sock")).unwrap();
+        // A socket file left behind (as after a crash) is replaced. Nothing
+        // listens on it: a listener kept open here would take the new
+        // client's connection before the plugin replaced the file.
+        drop(std::os::unix::net::UnixListener::bind(self.path("csi.sock")).unwrap());
         self.server = Some(serve(&self.root).await);
         self.client = connect(&self.root).await;
     }
