@@ -449,3 +449,47 @@ fn lifecycle_tasks_run_in_nomads_order() {
     assert_eq!(std::fs::read_to_string(alloc_dir.join("post.txt")).unwrap_or_default().trim(), "cleaned");
     assert_eq!(agent.cli(&["job", "stop", "-purge", "ordered"]).code, 0);
 }
+
+#[test]
+fn job_scale_changes_a_groups_count_within_its_scaling_bounds() {
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::dev(root.path(), "scale1");
+    // No count: the group starts at its scaling minimum.
+    let src = raw_exec_job("elastic", 1, "elastic").replace(
+        "    count = 1\n",
+        "    scaling {\n      min = 2\n      max = 3\n      policy {\n        cooldown = \"1m\"\n      }\n    }\n",
+    );
+    let f = job_file(root.path(), "elastic.nomad", &src);
+    let out = agent.cli(&["job", "run", &f]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let job = agent.get("/v1/job/elastic");
+    assert_eq!(job["TaskGroups"][0]["Count"], 2, "{job}");
+    assert_eq!(job["TaskGroups"][0]["Scaling"]["Max"], 3);
+    assert_eq!(job["TaskGroups"][0]["Scaling"]["Policy"]["cooldown"], "1m");
+
+    let out = agent.cli(&["job", "scale", "elastic", "3"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    common::wait_for("three running allocations", std::time::Duration::from_secs(30), || {
+        (agent.alloc_ids("elastic", "running").len() == 3).then_some(())
+    });
+    let job = agent.get("/v1/job/elastic");
+    assert_eq!((job["TaskGroups"][0]["Count"].clone(), job["Version"].clone()), (3.into(), 1.into()));
+
+    let out = agent.cli(&["job", "scale", "elastic", "g", "5"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("group count was greater than scaling policy maximum: 5 > 3"), "{out:?}");
+    let out = agent.cli(&["job", "scale", "elastic", "nope", "2"]);
+    assert!(out.stderr.contains("task group \"nope\" specified for scaling does not exist in job"), "{out:?}");
+    let out = agent.cli(&["job", "scale", "-detach", "elastic", "g", "2"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("Job scale successful"), "{out:?}");
+    common::wait_for("two running allocations", std::time::Duration::from_secs(30), || {
+        (agent.alloc_ids("elastic", "running").len() == 2).then_some(())
+    });
+    let bad = src.replace("max = 3", "max = 1");
+    let f = job_file(root.path(), "bad.nomad", &bad);
+    let out = agent.cli(&["job", "validate", &f]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("scaling policy maximum count must not be less than minimum count"), "{out:?}");
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "elastic"]).code, 0);
+}

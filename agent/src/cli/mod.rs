@@ -11,6 +11,7 @@ mod import;
 mod job;
 mod lookup;
 mod monitor;
+mod scale;
 mod volume;
 
 use std::ffi::OsString;
@@ -253,6 +254,17 @@ enum JobCommand {
         id: String,
         /// Payload file, or - for stdin.
         input: Option<String>,
+    },
+    /// Changes a group's count: `job scale <job> [<group>] <count>`.
+    Scale {
+        /// Do not monitor the evaluation.
+        #[arg(long)]
+        detach: bool,
+        /// Job ID or prefix.
+        id: String,
+        /// The group (optional when the job has one), then the count.
+        #[arg(num_args = 1..=2, required = true)]
+        args: Vec<String>,
     },
     /// Periodic job actions.
     Periodic {
@@ -817,6 +829,7 @@ pub async fn run(cli: Cli) -> i32 {
                 JobCommand::Dispatch { meta, detach, id, input } => {
                     children::dispatch(&api, &id, input.as_deref(), &meta, detach).await
                 }
+                JobCommand::Scale { detach, id, args } => scale::scale(&api, &id, &args, detach).await,
                 JobCommand::Periodic { command: PeriodicCommand::Force { detach, id } } => {
                     children::periodic_force(&api, &id, detach).await
                 }

@@ -1,4 +1,4 @@
-//! `/v1/jobs`, `/v1/jobs/parse` and `/v1/job/:id/...` (dispatch and periodic force included).
+//! `/v1/jobs`, `/v1/jobs/parse` and `/v1/job/:id/...` (dispatch, scale and periodic force included).
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query};
@@ -114,6 +114,15 @@ pub async fn deregister(api: ApiState, Path(id): Path<String>, Query(q): RawQuer
 pub async fn dispatch(api: ApiState, Path(id): Path<String>, body: Bytes) -> ApiResult {
     let req: DispatchRequest = if body.is_empty() { DispatchRequest::default() } else { decode_body(&body)? };
     let result = api.server()?.dispatch_job("default", &id, req.payload, req.meta)?;
+    Ok(json_with_index(&result, result.index, false))
+}
+
+pub async fn scale(api: ApiState, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let req: crate::wire::plan::ScaleRequest = decode_body(&body)?;
+    let group = req.target.get("Group").ok_or_else(|| ApiError::bad_request("missing task group name"))?;
+    let count =
+        req.count.ok_or_else(|| ApiError::bad_request("scaling needs a Count (events without one are not kept)"))?;
+    let result = api.server()?.scale_job("default", &id, group, count)?;
     Ok(json_with_index(&result, result.index, false))
 }
 

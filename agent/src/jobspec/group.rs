@@ -5,8 +5,8 @@ use super::service::decode_service;
 use super::{network, skip_unsupported, task};
 use crate::hclspan::{Block, HclError, Pos};
 use crate::structs::{
-    CsiMountOptions, EphemeralDisk, ReschedulePolicy, RestartPolicy, TaskGroup, UpdateStrategy, VolumeRequest,
-    JOB_TYPE_SERVICE,
+    CsiMountOptions, EphemeralDisk, ReschedulePolicy, RestartPolicy, ScalingPolicy, TaskGroup, UpdateStrategy,
+    VolumeRequest, JOB_TYPE_SERVICE,
 };
 
 /// What a group inherits from its job.
@@ -28,9 +28,17 @@ pub(super) fn decode(
     let b = &mut block.body;
     super::refuse_consul_and_vault(b)?;
     skip_unsupported(b, warnings);
+    let count = b.number("count")?;
+    let scaling = match b.block("scaling")? {
+        Some(block) => Some(decode_scaling(block)?),
+        None => None,
+    };
+    // Without a count, a group starts at its scaling minimum (Nomad).
+    let min = scaling.as_ref().and_then(|s: &ScalingPolicy| s.min).and_then(|m| u32::try_from(m).ok());
     let mut tg = TaskGroup {
         name,
-        count: b.number("count")?.unwrap_or(1),
+        count: count.or(min).unwrap_or(1),
+        scaling,
         meta: b.string_map("meta")?.unwrap_or_default(),
         shutdown_delay: b.duration("shutdown_delay")?,
         ..TaskGroup::default()
@@ -139,4 +147,26 @@ fn decode_volume(mut block: Block<'_>) -> Result<(String, VolumeRequest), HclErr
     }
     block.body.finish()?;
     Ok((alias, volume))
+}
+
+/// Decodes a group's `scaling` block (`policy` is kept as written).
+fn decode_scaling(mut block: Block<'_>) -> Result<ScalingPolicy, HclError> {
+    if !block.labels.is_empty() {
+        return Err(
+            block.error("task-level scaling (vertical autoscaling) is Nomad Enterprise; berth scales groups only")
+        );
+    }
+    let b = &mut block.body;
+    let mut scaling = ScalingPolicy {
+        min: b.int("min")?,
+        max: b.int("max")?,
+        enabled: b.bool("enabled")?.unwrap_or(true),
+        ..ScalingPolicy::default()
+    };
+    if let Some(mut policy) = b.block("policy")? {
+        policy.no_labels()?;
+        scaling.policy = policy.body.free_form()?;
+    }
+    block.body.finish()?;
+    Ok(scaling)
 }

@@ -128,6 +128,41 @@ impl Server {
         Ok(registered(eval, index, warnings.join("\n")))
     }
 
+    /// `job scale`: sets a group's count, within its scaling bounds, as a
+    /// new version of the job, and evaluates it.
+    pub fn scale_job(&self, ns: &str, id: &str, group: &str, count: i64) -> Result<RegisterResult, ServerError> {
+        if count < 0 {
+            return Err(ServerError::BadRequest("scaling action count can't be negative".into()));
+        }
+        let (index, eval) = self.state.commit(|snap| {
+            let current = snap.job(ns, id).ok_or_else(|| ServerError::NotFound(format!("job {id:?} not found")))?;
+            if current.is_template() {
+                return Err(ServerError::BadRequest(format!(
+                    "job {id:?} is periodic or parameterized: scale the jobs it launches by changing it"
+                )));
+            }
+            let mut job = (*current).clone();
+            let tg = job.task_groups.iter_mut().find(|g| g.name == group).ok_or_else(|| {
+                ServerError::BadRequest(format!("task group {group:?} specified for scaling does not exist in job"))
+            })?;
+            if let Some(why) = tg.scaling.as_ref().and_then(|s| s.count_problem(count)) {
+                return Err(ServerError::BadRequest(why));
+            }
+            tg.count =
+                u32::try_from(count).map_err(|_| ServerError::BadRequest(format!("count {count} is too large")))?;
+            job.version = current.version + 1;
+            job.submit_time = now_nanos();
+            job.job_modify_index = 0;
+            let eval = Server::new_eval(&job, "job-scaling");
+            let mut batch = WriteBatch::default();
+            batch.jobs.push(job);
+            batch.evals.push(eval.clone());
+            Ok::<_, ServerError>((batch, eval))
+        })?;
+        self.enqueue(&eval);
+        Ok(registered(Some(eval), index, String::new()))
+    }
+
     /// Registers a child of a periodic or parameterized job with its
     /// evaluation, unless a job of its ID exists already (a launch is never
     /// made twice). Returns the evaluation and the index, or `None`.

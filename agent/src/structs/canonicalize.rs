@@ -185,6 +185,10 @@ impl Job {
             }
             tg.networks.iter_mut().for_each(default_network);
             tg.affinities.iter_mut().for_each(super::Affinity::canonicalize);
+            let count = tg.count;
+            if let Some(scaling) = &mut tg.scaling {
+                scaling.canonicalize(count);
+            }
             tg.spreads.iter_mut().for_each(super::Spread::canonicalize);
             let group_prefix = format!("{job_name}-{}", tg.name);
             tg.services.iter_mut().for_each(|s| default_service(s, &group_prefix));
@@ -299,6 +303,14 @@ impl Job {
         };
         if tg.name.is_empty() {
             issue(None, "group has no name".into());
+        }
+        if let Some(scaling) = &tg.scaling {
+            for m in scaling.problems() {
+                issue(None, m);
+            }
+            if let Some(m) = scaling.count_problem(i64::from(tg.count)) {
+                issue(None, format!("scaling policy invalid: {m}"));
+            }
         }
         if tg.tasks.is_empty() {
             issue(None, "group has no tasks".into());

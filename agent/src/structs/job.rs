@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Affinity, Spread};
+use super::{Affinity, ScalingPolicy, Spread};
 
 /// Nomad's warning for HCL1-era task-level networks.
 pub const TASK_NETWORK_DEPRECATED: &str = "task network resources have been deprecated as of Nomad 0.12.0. \
@@ -171,6 +171,7 @@ pub struct TaskGroup {
     pub meta: BTreeMap<String, String>,
     /// Nanoseconds a stopping group waits before its tasks are signalled.
     pub shutdown_delay: Option<i64>,
+    pub scaling: Option<ScalingPolicy>,
 }
 
 /// One unit of work run by a driver.

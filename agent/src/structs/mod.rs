@@ -17,5 +17,5 @@ pub use canonicalize::ValidationIssue;
 pub use job::*;
 pub use node::*;
 pub use periodic::{Schedule, ScheduleError};
-pub use placement::{Affinity, Spread, SpreadTarget, DEFAULT_WEIGHT};
+pub use placement::{Affinity, ScalingPolicy, Spread, SpreadTarget, DEFAULT_WEIGHT};
 pub use volume::*;

@@ -1,6 +1,7 @@
 //! Soft placement preferences: `affinity` (job, group and task) and
-//! `spread` (job and group), with Nomad's defaults and validation. The
-//! scheduler's scoring of them lives in `server::scheduler::preference`.
+//! `spread` (job and group), and a group's `scaling` bounds, with Nomad's
+//! defaults and validation. The scheduler's scoring of preferences lives in
+//! `server::scheduler::preference`.
 
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +97,63 @@ impl Spread {
         }
         if sum > 100 {
             out.push(format!("sum of {level} spread target percentages must not be greater than 100%; got {sum}%"));
+        }
+        out
+    }
+}
+
+/// A group's `scaling { enabled min max policy {} }`: the bounds `job
+/// scale` keeps the count in. The policy is for an autoscaler and kept as
+/// written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ScalingPolicy {
+    #[serde(rename = "Type")]
+    pub policy_type: String,
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+    pub enabled: bool,
+    pub policy: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl ScalingPolicy {
+    /// Nomad's defaults: horizontal, and `min` the group's count.
+    pub fn canonicalize(&mut self, count: u32) {
+        if self.policy_type.is_empty() {
+            self.policy_type = "horizontal".into();
+        }
+        self.min.get_or_insert(i64::from(count));
+    }
+
+    /// Why `count` is outside the bounds, as Nomad says it.
+    pub fn count_problem(&self, count: i64) -> Option<String> {
+        match (self.min, self.max) {
+            (Some(min), _) if count < min => {
+                Some(format!("group count was less than scaling policy minimum: {count} < {min}"))
+            }
+            (_, Some(max)) if count > max => {
+                Some(format!("group count was greater than scaling policy maximum: {count} > {max}"))
+            }
+            _ => None,
+        }
+    }
+
+    /// What is wrong with the bounds themselves.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match self.max {
+            None => out.push("scaling policy needs a max".to_string()),
+            Some(max) if max < 0 => out.push("scaling policy maximum must not be negative".to_string()),
+            Some(max) if self.min.is_some_and(|min| max < min) => {
+                out.push("scaling policy maximum count must not be less than minimum count".to_string())
+            }
+            _ => {}
+        }
+        if self.min.is_some_and(|min| min < 0) {
+            out.push("scaling policy minimum must not be negative".to_string());
+        }
+        if self.policy_type != "horizontal" {
+            out.push(format!("scaling policy type {:?} is not supported (only horizontal)", self.policy_type));
         }
         out
     }

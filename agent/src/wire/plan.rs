@@ -53,6 +53,18 @@ pub struct PeriodicForceResult {
     pub index: u64,
 }
 
+/// Body of `POST /v1/job/:id/scale`, as Nomad's API takes it.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ScaleRequest {
+    /// The new count; Nomad allows none (an event only), berth needs one.
+    pub count: Option<i64>,
+    /// `{"Group": "<name>"}`.
+    pub target: BTreeMap<String, String>,
+    pub message: String,
+    pub policy_override: bool,
+}
+
 /// Answer to `job plan`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
