@@ -564,18 +564,20 @@ pub fn declare(ctx: &mut Context<'_>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use hcl::eval::Evaluate;
 
-    fn eval(expr: &str) -> Result<Value, String> {
+    /// Evaluates `expr` with the whole library.
+    pub(in crate::hclspan) fn eval(expr: &str) -> Result<Value, String> {
         let mut ctx = Context::new();
         declare(&mut ctx);
         let e: hcl::Expression = expr.parse().map_err(|e: hcl::Error| e.to_string())?;
         e.evaluate(&ctx).map_err(|e| e.to_string())
     }
 
-    fn ok(expr: &str) -> String {
+    /// `expr`'s value as JSON; panics on an error.
+    pub(in crate::hclspan) fn ok(expr: &str) -> String {
         serde_json::to_string(&eval(expr).unwrap_or_else(|e| panic!("{expr}: {e}"))).unwrap()
     }
 

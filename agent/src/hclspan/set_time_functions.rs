@@ -207,20 +207,7 @@ pub fn declare(ctx: &mut Context<'_>) {
 
 #[cfg(test)]
 mod tests {
-    use hcl::eval::Evaluate;
-
-    use super::*;
-
-    fn eval(expr: &str) -> Result<Value, String> {
-        let mut ctx = Context::new();
-        declare(&mut ctx);
-        let e: hcl::Expression = expr.parse().map_err(|e: hcl::Error| e.to_string())?;
-        e.evaluate(&ctx).map_err(|e| e.to_string())
-    }
-
-    fn ok(expr: &str) -> String {
-        serde_json::to_string(&eval(expr).unwrap_or_else(|e| panic!("{expr}: {e}"))).unwrap()
-    }
+    use super::super::functions::tests::{eval, ok};
 
     #[test]
     fn sets_conversions_and_regexes() {
