@@ -395,12 +395,22 @@ impl Soak {
     /// A single-node-writer volume held by a job moving between the nodes
     /// while they are killed; a watcher checks it is never mounted on both.
     fn job_rounds(&mut self, rounds: usize, root: &Path) {
+        // The last step may have killed either node after its call had
+        // already succeeded (nothing revives it then): both must run, and
+        // the server have a healthy controller, before the create.
+        for node in &mut self.nodes {
+            node.revive();
+        }
         let server = &self.nodes[0].agent;
-        // The last lifecycle may have killed either node just now: the
-        // server must answer and have a healthy controller before the create.
-        wait_for("a healthy synology controller on the server", Duration::from_secs(60), || {
-            (server.get("/v1/plugin/csi/synology")["ControllersHealthy"].as_u64() >= Some(1)).then_some(())
-        });
+        let waiting = Instant::now();
+        while server.get("/v1/plugin/csi/synology")["ControllersHealthy"].as_u64() < Some(1) {
+            if waiting.elapsed() > Duration::from_secs(60) {
+                let plugin = server.cli(&["plugin", "status", "synology"]).stdout;
+                let logs: String = self.nodes.iter().map(|n| log_tail(&n.agent, 60)).collect();
+                panic!("no healthy synology controller on the server within 60 s:\n{plugin}\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let spec = "id = \"shared\"\nname = \"shared\"\ntype = \"csi\"\nplugin_id = \"synology\"\ncapacity_min = \
                     \"64MiB\"\ncapability {\n  access_mode = \"single-node-writer\"\n  attachment_mode = \
                     \"file-system\"\n}\n";
@@ -520,7 +530,7 @@ fn log_tail(agent: &Agent, lines: usize) -> String {
     let log = agent.log();
     let relevant: Vec<&str> = log
         .lines()
-        .filter(|l| ["alloc", "volume", "shared", "WARN", "ERROR", "starting"].iter().any(|w| l.contains(w)))
+        .filter(|l| ["alloc", "volume", "shared", "plugin", "WARN", "ERROR", "starting"].iter().any(|w| l.contains(w)))
         .collect();
     let tail = relevant[relevant.len().saturating_sub(lines)..].join("\n");
     format!("--- {} log (last {lines} relevant lines)\n{tail}\n", agent.name)
