@@ -286,3 +286,88 @@ fn agent_health_and_leader_headers_follow_the_servers() {
     let (_, (known, _), _) = get(&one, "/v1/agent/self");
     assert_eq!(known, "false");
 }
+
+/// Live allocations of `job` running on each node, by node ID.
+fn running_by_node(server: &Agent, job: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for a in server.allocs(job) {
+        if a["DesiredStatus"] == "run" && a["ClientStatus"] == "running" {
+            *out.entry(a["NodeID"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn a_drain_moves_allocations_at_the_migrate_pace_and_leaves_the_node_ineligible() {
+    let root = tempfile::tempdir().unwrap();
+    let server = server(root.path());
+    let _clients: Vec<Agent> = (1..=2).map(|i| client(root.path(), &format!("client{i}"), server.rpc)).collect();
+    wait_for("two ready nodes", Duration::from_secs(20), || (ready_nodes(&server) == 2).then_some(()));
+    let id_of = |name: &str| -> String {
+        let nodes = server.get("/v1/nodes");
+        let node = nodes.as_array().unwrap().iter().find(|n| n["Name"] == name).unwrap().clone();
+        node["ID"].as_str().unwrap().to_string()
+    };
+    let (one, two) = (id_of("client1"), id_of("client2"));
+    let ineligible = server.cli(&["node", "eligibility", "-disable", &two[..8]]);
+    assert_eq!(ineligible.code, 0, "{ineligible:?}");
+    assert!(ineligible.stdout.contains("ineligible for scheduling"), "{ineligible:?}");
+
+    let marker = format!("d{}", std::process::id());
+    let spec = raw_exec_job("paced", 3, &marker).replacen(
+        "    count = 3\n",
+        "    count = 3\n    migrate {\n      max_parallel = 1\n      min_healthy_time = \"2s\"\n    }\n",
+        1,
+    );
+    let run = server.cli(&["job", "run", &job_file(root.path(), "paced.nomad", &spec)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    wait_for("three running on client1", Duration::from_secs(30), || {
+        (running_by_node(&server, "paced").get(&one) == Some(&3)).then_some(())
+    });
+    assert_eq!(server.cli(&["node", "eligibility", "-enable", &two]).code, 0);
+
+    let drain = server.cli(&["node", "drain", "-enable", "-yes", "-detach", "-deadline", "5m", &one]);
+    assert_eq!(drain.code, 0, "{drain:?}");
+    assert!(drain.stdout.contains("drain strategy set"), "{drain:?}");
+    let refused = server.cli(&["node", "eligibility", "-enable", &one]);
+    assert!(refused.code != 0 && refused.stderr.contains("while it is draining"), "{refused:?}");
+    wait_for("the drain to finish", Duration::from_secs(90), || {
+        let node = server.get(&format!("/v1/node/{one}"));
+        (node["DrainStrategy"].is_null() && running_by_node(&server, "paced").get(&two) == Some(&3)).then_some(())
+    });
+    // max_parallel = 1: each replacement is made only once the one before
+    // has run min_healthy_time (2 s; started times are whole seconds).
+    let mut made: Vec<i64> = server
+        .allocs("paced")
+        .iter()
+        .filter(|a| a["NodeID"] == two.as_str())
+        .map(|a| a["CreateTime"].as_i64().unwrap())
+        .collect();
+    made.sort();
+    let gaps: Vec<i64> = made.windows(2).map(|w| (w[1] - w[0]) / 1_000_000).collect();
+    assert!(gaps.len() == 2 && gaps.iter().all(|ms| *ms >= 1000), "replacements not paced: gaps {gaps:?} ms");
+    let node = server.get(&format!("/v1/node/{one}"));
+    assert_eq!((node["Drain"].as_bool(), node["SchedulingEligibility"].as_str()), (Some(false), Some("ineligible")));
+    assert_eq!(node["LastDrain"]["Status"], "complete", "{node:#}");
+    let migrated =
+        server.allocs("paced").iter().filter(|a| a["DesiredDescription"] == "alloc is being migrated").count();
+    assert_eq!(migrated, 3);
+    let status = server.cli(&["node", "status", &one]);
+    assert!(status.stdout.contains("Node drain complete"), "{status:?}");
+
+    // Back again, all at once: -force, followed to the end.
+    assert_eq!(server.cli(&["node", "eligibility", "-enable", &one]).code, 0);
+    let forced = server.cli(&["node", "drain", "-enable", "-yes", "-force", &two]);
+    assert_eq!(forced.code, 0, "{forced:?}");
+    assert_eq!(forced.stdout.matches("marked for migration").count(), 3, "{forced:?}");
+    assert!(forced.stdout.contains(&format!("Drain complete for node {two}")), "{forced:?}");
+    assert!(forced.stdout.contains("have stopped"), "{forced:?}");
+    wait_for("three running on client1 again", Duration::from_secs(30), || {
+        (running_by_node(&server, "paced").get(&one) == Some(&3)).then_some(())
+    });
+    let undrain = server.cli(&["node", "drain", "-disable", &two]);
+    assert!(undrain.code == 0 && undrain.stdout.contains("drain strategy unset"), "{undrain:?}");
+    assert_eq!(server.get(&format!("/v1/node/{two}"))["SchedulingEligibility"], "eligible");
+    assert_eq!(server.cli(&["job", "stop", "-purge", "paced"]).code, 0);
+}

@@ -10,22 +10,9 @@ use crate::wire::stubs::{AllocListStub, NodeListStub};
 /// `node status [-verbose] [-self] [ID]`.
 pub async fn node_status(api: &ApiClient, id: Option<&str>, verbose: bool, self_node: bool) -> i32 {
     let id = if self_node {
-        match api.get::<serde_json::Value>("/v1/agent/self").await {
-            Ok(v) => {
-                let name = v["config"]["NodeName"].as_str().unwrap_or_default().to_string();
-                let nodes: Vec<NodeListStub> = api.get("/v1/nodes").await.unwrap_or_default();
-                match nodes.into_iter().find(|n| n.name == name) {
-                    Some(n) => Some(n.id),
-                    None => {
-                        eprintln!("This agent is not running a client");
-                        return 1;
-                    }
-                }
-            }
-            Err(e) => {
-                eprintln!("Error querying agent info: {e}");
-                return 1;
-            }
+        match super::lookup::self_node_id(api).await {
+            Ok(id) => Some(id),
+            Err(code) => return code,
         }
     } else {
         id.map(str::to_string)
@@ -79,16 +66,9 @@ pub async fn node_status(api: &ApiClient, id: Option<&str>, verbose: bool, self_
         println!("{}", format::list(&rows));
         return 0;
     };
-    let node_id = match nodes.iter().find(|n| n.id == prefix).or(if nodes.len() == 1 { nodes.first() } else { None }) {
-        Some(n) => n.id.clone(),
-        None if nodes.is_empty() => {
-            eprintln!("No node(s) with prefix {prefix:?} found");
-            return 1;
-        }
-        None => {
-            eprintln!("Prefix matched multiple nodes");
-            return 1;
-        }
+    let node_id = match super::lookup::pick_node(&nodes, &prefix) {
+        Ok(id) => id,
+        Err(code) => return code,
     };
     let node: Node = match api.get(&format!("/v1/node/{node_id}")).await {
         Ok(n) => n,

@@ -6,6 +6,7 @@ mod alloc;
 mod api;
 mod children;
 mod cluster;
+mod drain;
 mod format;
 mod import;
 mod job;
@@ -444,6 +445,64 @@ enum NodeCommand {
         #[arg(long = "self")]
         self_node: bool,
     },
+    /// Drains a node: moves its allocations elsewhere, at each group's
+    /// migrate pace, and keeps new ones off it.
+    Drain(NodeDrainArgs),
+    /// Marks a node eligible or ineligible for new allocations.
+    Eligibility {
+        #[arg(long)]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+        #[arg(long = "self")]
+        self_node: bool,
+        /// Node ID or prefix.
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeDrainArgs {
+    /// Start a drain.
+    #[arg(long)]
+    enable: bool,
+    /// Cancel a drain (the node becomes eligible unless -keep-ineligible).
+    #[arg(long)]
+    disable: bool,
+    /// Follow a running drain.
+    #[arg(long)]
+    monitor: bool,
+    /// How long the drain may take before what is left is stopped.
+    #[arg(long, default_value = "1h")]
+    deadline: String,
+    /// Stop everything now (a deadline of now).
+    #[arg(long)]
+    force: bool,
+    /// Wait as long as allocations take to move.
+    #[arg(long)]
+    no_deadline: bool,
+    /// Leave system jobs' allocations on the node.
+    #[arg(long)]
+    ignore_system: bool,
+    /// With -disable: leave the node ineligible.
+    #[arg(long)]
+    keep_ineligible: bool,
+    /// Return once the drain is set, without following it.
+    #[arg(long)]
+    detach: bool,
+    /// Enable without asking.
+    #[arg(long)]
+    yes: bool,
+    /// A message recorded with the drain.
+    #[arg(short = 'm')]
+    message: Option<String>,
+    /// `key=value` recorded with the drain (repeatable).
+    #[arg(long)]
+    meta: Vec<String>,
+    #[arg(long = "self")]
+    self_node: bool,
+    /// Node ID or prefix.
+    id: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -664,6 +723,37 @@ fn input<'a>(args: &'a FileArgs) -> job::JobInput<'a> {
     job::JobInput { file: &args.file, vars: &args.var, var_files: &args.var_file, json: args.json }
 }
 
+/// `node drain`'s flags as the request wants them.
+fn drain_args(a: &NodeDrainArgs) -> Result<drain::DrainArgs, String> {
+    if a.force && a.no_deadline {
+        return Err("-force and -no-deadline are mutually exclusive".into());
+    }
+    let deadline = match (a.force, a.no_deadline) {
+        (true, _) => -1,
+        (_, true) => 0,
+        _ => crate::util::parse_duration(&a.deadline).map_err(|e| format!("Failed to parse deadline: {e}"))?,
+    };
+    let mut meta = std::collections::BTreeMap::new();
+    for pair in &a.meta {
+        let (k, v) = pair.split_once('=').ok_or_else(|| format!("Error parsing -meta {pair:?}: want key=value"))?;
+        meta.insert(k.to_string(), v.to_string());
+    }
+    if let Some(message) = &a.message {
+        meta.insert("message".into(), message.clone());
+    }
+    Ok(drain::DrainArgs {
+        enable: a.enable,
+        disable: a.disable,
+        deadline,
+        ignore_system: a.ignore_system,
+        keep_ineligible: a.keep_ineligible,
+        detach: a.detach,
+        monitor: a.monitor,
+        yes: a.yes,
+        meta,
+    })
+}
+
 fn client(flags: &ApiFlags) -> ApiClient {
     ApiClient::new(&resolve_address(flags.address.as_deref()))
 }
@@ -854,6 +944,16 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Logs { args, api } => logs(&client(&api), &args).await,
         Command::Node { command: NodeCommand::Status { id, verbose, self_node }, api } => {
             cluster::node_status(&client(&api), id.as_deref(), verbose, self_node).await
+        }
+        Command::Node { command: NodeCommand::Drain(a), api } => match drain_args(&a) {
+            Ok(args) => drain::drain(&client(&api), a.id.as_deref(), a.self_node, &args).await,
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+        Command::Node { command: NodeCommand::Eligibility { enable, disable, self_node, id }, api } => {
+            drain::eligibility(&client(&api), id.as_deref(), self_node, enable, disable).await
         }
         Command::Server { command: ServerCommand::Members, api } => cluster::server_members(&client(&api)).await,
         Command::Eval { command: EvalCommand::Status { id }, api } => cluster::eval_status(&client(&api), &id).await,

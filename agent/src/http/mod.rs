@@ -324,6 +324,8 @@ fn server_routes() -> Router<Api> {
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/node/{id}", get(nodes::read))
         .route("/v1/node/{id}/allocations", get(nodes::allocations))
+        .route("/v1/node/{id}/drain", put(nodes::drain).post(nodes::drain))
+        .route("/v1/node/{id}/eligibility", put(nodes::eligibility).post(nodes::eligibility))
         .route("/v1/volumes", get(volumes::list))
         .route(
             "/v1/volumes/snapshot",

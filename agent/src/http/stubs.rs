@@ -45,6 +45,7 @@ pub fn alloc_stub(a: &Allocation, with_resources: bool) -> AllocListStub {
         allocated_resources: with_resources.then(|| a.allocated_resources.clone()),
         desired_status: a.desired_status.clone(),
         desired_description: a.desired_description.clone(),
+        desired_transition: a.desired_transition.clone(),
         client_status: a.client_status.clone(),
         client_description: a.client_description.clone(),
         task_states: a.task_states.clone(),

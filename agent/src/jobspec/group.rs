@@ -1,6 +1,6 @@
 //! The `group` block: count, network, volumes, policies, services, tasks.
 
-use super::policy::{ReschedulePatch, RestartPatch, UpdatePatch};
+use super::policy::{MigratePatch, ReschedulePatch, RestartPatch, UpdatePatch};
 use super::service::decode_service;
 use super::{network, skip_unsupported, task};
 use crate::hclspan::{Block, HclError, Pos};
@@ -13,6 +13,7 @@ use crate::structs::{
 pub(super) struct Inherited {
     pub job_type: String,
     pub update: Option<UpdatePatch>,
+    pub migrate: Option<MigratePatch>,
     /// The job type's default reschedule policy (zero for system jobs).
     pub reschedule_base: ReschedulePolicy,
     pub reschedule: Option<ReschedulePatch>,
@@ -62,6 +63,10 @@ pub(super) fn decode(
     let reschedule = b.block("reschedule")?.map(ReschedulePatch::decode).transpose()?;
     let update = b.block("update")?.map(UpdatePatch::decode).transpose()?;
     inherit(&mut tg, job, reschedule.as_ref(), update.as_ref());
+    let migrate = b.block("migrate")?.map(MigratePatch::decode).transpose()?;
+    if job.migrate.is_some() || migrate.is_some() {
+        tg.migrate = Some(MigratePatch::merged(job.migrate.iter().chain(&migrate)));
+    }
 
     if let Some(mut disk) = b.block("ephemeral_disk")? {
         disk.no_labels()?;

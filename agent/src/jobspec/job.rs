@@ -3,7 +3,7 @@
 //! in a group of its own), and the `periodic` and `parameterized` blocks.
 
 use super::group;
-use super::policy::{ReschedulePatch, UpdatePatch};
+use super::policy::{MigratePatch, ReschedulePatch, UpdatePatch};
 use super::{skip_unsupported, Places};
 use crate::hclspan::{Block, HclError};
 use crate::structs::{
@@ -58,6 +58,8 @@ pub(super) fn decode(mut block: Block<'_>, warnings: &mut Vec<String>) -> Result
     }
     let update = b.block("update")?.map(UpdatePatch::decode).transpose()?;
     let reschedule = b.block("reschedule")?.map(ReschedulePatch::decode).transpose()?;
+    let migrate = b.block("migrate")?.map(MigratePatch::decode).transpose()?;
+    job.migrate = migrate.as_ref().map(|m| MigratePatch::merged([m]));
     let service = job.job_type == JOB_TYPE_SERVICE;
     job.update = match &update {
         Some(patch) => Some(patch.apply(&UpdateStrategy::nomad_default())),
@@ -67,6 +69,7 @@ pub(super) fn decode(mut block: Block<'_>, warnings: &mut Vec<String>) -> Result
     let inherited = group::Inherited {
         job_type: job.job_type.clone(),
         update,
+        migrate,
         reschedule_base: ReschedulePolicy::default_for(&job.job_type).unwrap_or_default(),
         reschedule,
     };

@@ -1,9 +1,9 @@
-//! `restart`, `reschedule` and `update` blocks. Each decodes to a patch of
+//! `restart`, `reschedule`, `update` and `migrate` blocks. Each decodes to a patch of
 //! only the fields written, so a group or task block overrides just those
 //! fields of the defaults (or of the enclosing level's block), as Nomad merges.
 
 use crate::hclspan::{Block, HclError};
-use crate::structs::{ReschedulePolicy, RestartPolicy, UpdateStrategy};
+use crate::structs::{MigrateStrategy, ReschedulePolicy, RestartPolicy, UpdateStrategy};
 
 /// Copies each `Some` field of a patch onto a target.
 macro_rules! apply_fields {
@@ -129,6 +129,39 @@ impl UpdatePatch {
             auto_promote,
             canary
         );
+        out
+    }
+}
+
+/// The fields a `migrate` block sets.
+#[derive(Debug, Default, Clone)]
+pub(super) struct MigratePatch {
+    max_parallel: Option<i64>,
+    health_check: Option<String>,
+    min_healthy_time: Option<i64>,
+    healthy_deadline: Option<i64>,
+}
+
+impl MigratePatch {
+    pub(super) fn decode(mut block: Block<'_>) -> Result<Self, HclError> {
+        block.no_labels()?;
+        let b = &mut block.body;
+        let patch = MigratePatch {
+            max_parallel: b.number("max_parallel")?,
+            health_check: b.string("health_check")?,
+            min_healthy_time: b.duration("min_healthy_time")?,
+            healthy_deadline: b.duration("healthy_deadline")?,
+        };
+        block.body.finish()?;
+        Ok(patch)
+    }
+
+    /// Nomad's defaults with the job's patch, then the group's, written over.
+    pub(super) fn merged<'a>(patches: impl IntoIterator<Item = &'a MigratePatch>) -> MigrateStrategy {
+        let mut out = MigrateStrategy::default();
+        for patch in patches {
+            apply_fields!(patch, out, max_parallel, health_check, min_healthy_time, healthy_deadline);
+        }
         out
     }
 }

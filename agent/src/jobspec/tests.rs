@@ -58,14 +58,16 @@ fn redis_hcl1_example() {
     let parsed = example("redis.nomad");
     assert_eq!(
         parsed.warnings,
-        vec![
-            "\"migrate\" is not supported by berth and is ignored (redis.nomad:17)".to_string(),
-            crate::structs::TASK_NETWORK_DEPRECATED.to_string(),
-            crate::structs::MBITS_DEPRECATED.to_string(),
-        ]
+        vec![crate::structs::TASK_NETWORK_DEPRECATED.to_string(), crate::structs::MBITS_DEPRECATED.to_string(),]
     );
     let tg = &parsed.job.task_groups[0];
     assert_eq!(tg.count, 3);
+    // The job-level migrate block reaches the group, which drains follow.
+    let migrate = tg.migrate.as_ref().expect("migrate");
+    assert_eq!(
+        (migrate.max_parallel, migrate.min_healthy_time, migrate.healthy_deadline),
+        (1, 10 * SECOND, 300 * SECOND)
+    );
     let update = tg.update.as_ref().expect("update");
     assert_eq!((update.healthy_deadline, update.max_parallel, update.stagger), (180 * SECOND, 1, 30 * SECOND));
     let task = &tg.tasks[0];
@@ -846,4 +848,32 @@ fn affinity_and_spread_blocks_are_read_defaulted_and_checked() {
     );
     let e = parse("p.hcl", &task_spread).unwrap_err().to_string();
     assert!(e.contains("unsupported block type \"spread\" in task \"t\""), "{e}");
+}
+
+#[test]
+fn migrate_blocks_merge_job_then_group_and_only_service_jobs_take_them() {
+    let src =
+        "job \"j\" {\n  migrate {\n    max_parallel = 2\n    min_healthy_time = \"20s\"\n  }\n  group \"a\" {\n    \
+               migrate {\n      health_check = \"task_states\"\n    }\n    task \"t\" { driver = \"exec\" }\n  }\n  \
+               group \"b\" {\n    task \"t\" { driver = \"exec\" }\n  }\n}\n";
+    let job = parse("m.hcl", src).unwrap_or_else(|e| panic!("{e}")).job;
+    let a = job.task_groups[0].migrate.as_ref().expect("migrate");
+    assert_eq!((a.max_parallel, a.health_check.as_str(), a.min_healthy_time), (2, "task_states", 20 * SECOND));
+    assert_eq!(a.healthy_deadline, 300 * SECOND, "unset fields keep Nomad's defaults");
+    let b = job.task_groups[1].migrate.as_ref().expect("the job's block reaches every group");
+    assert_eq!((b.max_parallel, b.health_check.as_str()), (2, "checks"));
+    // A service group without any block gets the defaults.
+    let plain = parse("p.hcl", &task_job("      driver = \"exec\"")).unwrap().job;
+    assert_eq!(plain.task_groups[0].migrate, Some(crate::structs::MigrateStrategy::default()));
+
+    let batch = "job \"j\" {\n  type = \"batch\"\n  group \"g\" {\n    migrate { max_parallel = 1 }\n    task \"t\" { \
+                 driver = \"exec\" }\n  }\n}\n";
+    let err = parse("b.hcl", batch).unwrap_err().to_string();
+    assert!(err.contains("job type \"batch\" does not allow a migrate block"), "{err}");
+    let bad =
+        "job \"j\" {\n  group \"g\" {\n    migrate {\n      max_parallel = -1\n      health_check = \"http\"\n    \
+               }\n    task \"t\" { driver = \"exec\" }\n  }\n}\n";
+    let err = parse("v.hcl", bad).unwrap_err().to_string();
+    assert!(err.starts_with("v.hcl:2:") && err.contains("max_parallel must be >= 0 but found -1"), "{err}");
+    assert!(err.contains("health_check must be \"checks\" or \"task_states\""), "{err}");
 }

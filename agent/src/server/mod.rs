@@ -9,6 +9,7 @@
 pub mod csi;
 pub mod diff;
 mod dispatch;
+mod drain;
 mod jobs;
 mod nodes;
 mod periodic;
@@ -135,6 +136,7 @@ impl Server {
         tokio::spawn(Self::claim_watcher(server.clone()));
         tokio::spawn(Self::controller_detacher(server.clone(), detach_rx));
         tokio::spawn(Self::periodic_launcher(server.clone()));
+        tokio::spawn(Self::drainer(server.clone()));
         server
     }
 

@@ -14,7 +14,7 @@ use crate::structs::{client_status, node_status, Allocation, Deployment, Evaluat
 use crate::util::{now_nanos, now_rfc3339};
 use crate::wire::node::{AllocClientUpdate, NodeAllocIndexes};
 
-fn node_event(subsystem: &str, message: &str) -> NodeEvent {
+pub(super) fn node_event(subsystem: &str, message: &str) -> NodeEvent {
     NodeEvent { message: message.into(), subsystem: subsystem.into(), timestamp: now_rfc3339(), create_index: 0 }
 }
 
@@ -30,6 +30,13 @@ impl Server {
             }
             let was_ready = existing.as_ref().map(|e| e.status == node_status::READY).unwrap_or(false);
             node.events = existing.as_ref().map(|e| e.events.clone()).unwrap_or_default();
+            // Eligibility and drains are the servers' to set, not the client's.
+            if let Some(e) = &existing {
+                node.scheduling_eligibility = e.scheduling_eligibility.clone();
+                node.drain = e.drain;
+                node.drain_strategy = e.drain_strategy.clone();
+                node.last_drain = e.last_drain.clone();
+            }
             if existing.is_none() {
                 node.events.push(node_event("Cluster", "Node registered"));
             } else if !was_ready {

@@ -65,6 +65,7 @@ pub struct Allocation {
     pub allocated_resources: AllocatedResources,
     pub desired_status: String,
     pub desired_description: String,
+    pub desired_transition: super::DesiredTransition,
     pub client_status: String,
     pub client_description: String,
     pub task_states: BTreeMap<String, TaskState>,

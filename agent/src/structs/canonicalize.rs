@@ -179,6 +179,9 @@ impl Job {
             if service {
                 tg.update.get_or_insert_with(|| self.update.clone().unwrap_or_default()).fill_defaults();
             }
+            if tg.migrate.is_none() {
+                tg.migrate = self.migrate.clone().or_else(|| service.then(super::MigrateStrategy::default));
+            }
             let disk = tg.ephemeral_disk.get_or_insert_with(EphemeralDisk::default);
             if disk.size_mb == 0 {
                 disk.size_mb = 300;
@@ -314,6 +317,13 @@ impl Job {
         }
         if tg.tasks.is_empty() {
             issue(None, "group has no tasks".into());
+        }
+        if let Some(migrate) = &tg.migrate {
+            if self.job_type == JOB_TYPE_SERVICE {
+                migrate.problems().into_iter().for_each(|m| issue(None, m));
+            } else {
+                issue(None, format!("job type {:?} does not allow a migrate block", self.job_type));
+            }
         }
         if tg.reschedule_policy.is_some() && self.is_system_like() {
             issue(None, format!("reschedule is not allowed for {} jobs", self.job_type));

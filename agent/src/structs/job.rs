@@ -44,6 +44,8 @@ pub struct Job {
     pub spreads: Vec<Spread>,
     pub task_groups: Vec<TaskGroup>,
     pub update: Option<UpdateStrategy>,
+    /// The job-level `migrate` block; canonicalizing copies it into groups.
+    pub migrate: Option<super::MigrateStrategy>,
     pub reschedule: Option<ReschedulePolicy>,
     pub meta: BTreeMap<String, String>,
     #[serde(rename = "ParentID")]
@@ -164,6 +166,8 @@ pub struct TaskGroup {
     pub restart_policy: Option<RestartPolicy>,
     pub reschedule_policy: Option<ReschedulePolicy>,
     pub update: Option<UpdateStrategy>,
+    /// How a drain moves the group's allocations (service jobs).
+    pub migrate: Option<super::MigrateStrategy>,
     pub networks: Vec<NetworkResource>,
     pub volumes: BTreeMap<String, VolumeRequest>,
     pub services: Vec<Service>,

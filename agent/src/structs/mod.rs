@@ -6,6 +6,7 @@
 mod alloc;
 pub mod artifact;
 mod canonicalize;
+mod drain;
 mod job;
 mod node;
 mod periodic;
@@ -14,6 +15,7 @@ mod volume;
 
 pub use alloc::*;
 pub use canonicalize::ValidationIssue;
+pub use drain::*;
 pub use job::*;
 pub use node::*;
 pub use periodic::{Schedule, ScheduleError};

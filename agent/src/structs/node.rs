@@ -45,7 +45,10 @@ pub struct Node {
     pub status_description: String,
     pub status_updated_at: i64,
     pub scheduling_eligibility: String,
+    /// True while `drain_strategy` is set.
     pub drain: bool,
+    pub drain_strategy: Option<super::DrainStrategy>,
+    pub last_drain: Option<super::DrainMetadata>,
     pub events: Vec<NodeEvent>,
     pub create_index: u64,
     pub modify_index: u64,

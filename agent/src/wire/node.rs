@@ -67,3 +67,32 @@ pub struct AllocClientUpdate {
     /// The allocation's address in its bridge or CNI network.
     pub network_status: Option<crate::structs::AllocNetworkStatus>,
 }
+
+/// `POST /v1/node/:id/drain`: a drain to start, or none to cancel one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NodeDrainRequest {
+    pub drain_spec: Option<crate::structs::DrainSpec>,
+    /// With no spec: make the node eligible again.
+    pub mark_eligible: bool,
+    pub meta: BTreeMap<String, String>,
+}
+
+/// `POST /v1/node/:id/eligibility`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NodeEligibilityRequest {
+    /// `eligible` or `ineligible`.
+    pub eligibility: String,
+}
+
+/// The answer to a drain or eligibility change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NodeUpdateResponse {
+    #[serde(rename = "EvalIDs")]
+    pub eval_ids: Vec<String>,
+    pub eval_create_index: u64,
+    pub node_modify_index: u64,
+    pub index: u64,
+}

@@ -80,6 +80,7 @@ pub struct AllocListStub {
     pub allocated_resources: Option<AllocatedResources>,
     pub desired_status: String,
     pub desired_description: String,
+    pub desired_transition: crate::structs::DesiredTransition,
     pub client_status: String,
     pub client_description: String,
     pub task_states: BTreeMap<String, TaskState>,

@@ -6,6 +6,7 @@
 //! - *lost*: on a node that is down: stopped as lost and replaced;
 //! - *failed*: the client gave up on it: replaced when the reschedule policy
 //!   allows (possibly after a delay, via a follow-up evaluation);
+//! - *migrating*: marked by a node drain: stopped and replaced elsewhere;
 //! - *complete*: a batch allocation that succeeded: counts as done;
 //! - *destructive update*: the group's tasks changed: stop and replace,
 //!   at most `update.max_parallel` at a time;
@@ -46,6 +47,9 @@ fn alloc_name(job_id: &str, group: &str, index: u32) -> String {
     let _ = write!(name, "[{index}]");
     name
 }
+
+/// Why a drained node's allocation stops.
+const MIGRATING: &str = "alloc is being migrated";
 
 /// A placement the plan still has to find a node for.
 struct PlaceRequest {
@@ -175,6 +179,14 @@ impl<'a> Reconciler<'a> {
                 freed.insert(a.id.clone());
                 upd.stop += 1;
                 upd.place += 1;
+                requests.push(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: false });
+                occupied.insert(a.index());
+                continue;
+            }
+            if a.desired_transition.should_migrate() && !a.is_terminal() {
+                self.plan.update.push(stopped(&a, MIGRATING, None));
+                freed.insert(a.id.clone());
+                upd.migrate += 1;
                 requests.push(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: false });
                 occupied.insert(a.index());
                 continue;
@@ -365,6 +377,12 @@ impl<'a> Reconciler<'a> {
                 self.plan.update.push(stopped(&a, "alloc is lost since its node is down", Some(client_status::LOST)));
                 placer.free(&a);
                 upd.stop += 1;
+                continue;
+            }
+            if a.desired_transition.should_migrate() && !a.is_terminal() {
+                self.plan.update.push(stopped(&a, MIGRATING, None));
+                placer.free(&a);
+                upd.migrate += 1;
                 continue;
             }
             if !feasible.contains(&a.node_id) && !node_down {

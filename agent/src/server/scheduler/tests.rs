@@ -778,6 +778,41 @@ fn allocations_on_down_node_are_lost_and_replaced() {
     assert!(plan.place.is_empty() && plan.update.is_empty());
 }
 
+#[test]
+fn allocations_marked_for_migration_move_off_a_draining_node() {
+    let h = Harness::new();
+    h.add_nodes(3, 8000, 16384);
+    h.register(job("web", 3));
+    h.eval("web");
+    h.set_all_client_status("web", client_status::RUNNING);
+    let draining = h.live("web")[0].node_id.clone();
+    h.update_node(&draining, |n| {
+        n.drain = true;
+        n.scheduling_eligibility = "ineligible".into();
+    });
+    // Draining alone moves nothing: the drainer marks what goes.
+    let plan = h.eval("web");
+    assert!(plan.place.is_empty() && plan.update.is_empty());
+    let mut marked = (*h.live("web").into_iter().find(|a| a.node_id == draining).unwrap()).clone();
+    marked.desired_transition.migrate = Some(true);
+    h.apply(WriteBatch { allocs: vec![marked.clone()], ..Default::default() });
+    let plan = h.eval("web");
+    assert_eq!(plan.desired_updates["web"].migrate, 1);
+    assert_eq!(plan.update.len(), 1);
+    assert_eq!(
+        (plan.update[0].id.as_str(), plan.update[0].desired_description.as_str()),
+        (marked.id.as_str(), "alloc is being migrated")
+    );
+    assert_eq!(plan.place.len(), 1);
+    assert_ne!(plan.place[0].node_id, draining);
+    assert_eq!(
+        (plan.place[0].previous_allocation.as_str(), plan.place[0].index()),
+        (marked.id.as_str(), marked.index())
+    );
+    let plan = h.eval("web");
+    assert!(plan.place.is_empty() && plan.update.is_empty());
+}
+
 // === updates ===
 
 #[test]
