@@ -196,3 +196,84 @@ fn periodic_children_launch_on_schedule_never_overlap_and_survive_a_restart() {
     let refused = agent.cli(&["job", "periodic", "force", "tick/periodic-1"]);
     assert_ne!(refused.code, 0, "{refused:?}");
 }
+
+#[test]
+fn a_task_gets_its_workload_identity_signed_verifiable_and_renewed() {
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::dev(root.path(), "ident1");
+    let job = r#"job "whoami" {
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      identity {
+        env  = true
+        file = true
+      }
+      identity {
+        name = "web"
+        aud  = ["example.com", "other"]
+        file = true
+        ttl  = "4s"
+      }
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "echo \"$NOMAD_TOKEN\" > ${NOMAD_TASK_DIR}/env_token; sleep 3600"]
+      }
+    }
+  }
+}
+"#;
+    let run = agent.cli(&["job", "run", &job_file(root.path(), "whoami.nomad", job)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = wait_for("the task to run", Duration::from_secs(30), || {
+        agent.alloc_ids("whoami", "running").into_iter().next()
+    });
+    let task = agent.dir.join("alloc").join(&id).join("t");
+    let token = wait_for("the env token", Duration::from_secs(10), || {
+        std::fs::read_to_string(task.join("local/env_token")).ok().filter(|t| !t.trim().is_empty())
+    });
+    let file = std::fs::read_to_string(task.join("secrets/nomad_token")).unwrap();
+    assert_eq!(token.trim(), file, "NOMAD_TOKEN and secrets/nomad_token hold one token");
+
+    // Anyone can verify it with the published keys; another key cannot.
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(agent.get("/.well-known/jwks.json")).unwrap();
+    let kid = jsonwebtoken::decode_header(&file).unwrap().kid.expect("a key ID");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwks.find(&kid).expect("the signing key is published")).unwrap();
+    let verify = |jwt: &str, aud: &str| {
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        v.set_audience(&[aud]);
+        v.required_spec_claims.clear();
+        jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &v).map(|d| d.claims)
+    };
+    let claims = verify(&file, "nomadproject.io").unwrap();
+    assert_eq!(claims["sub"], "global:default:whoami:g:t:default");
+    assert_eq!((claims["nomad_allocation_id"].as_str(), claims["nomad_task"].as_str()), (Some(id.as_str()), Some("t")));
+    assert!(claims.get("exp").is_none(), "the default identity has no ttl");
+    assert!(verify(&format!("{file}x"), "nomadproject.io").is_err(), "a changed signature fails");
+
+    let named = task.join("secrets/nomad_web.jwt");
+    let first = std::fs::read_to_string(&named).unwrap();
+    let web = verify(&first, "example.com").unwrap();
+    let (iat, exp) = (web["iat"].as_i64().unwrap(), web["exp"].as_i64().unwrap());
+    assert_eq!(exp - iat, 4);
+    // Signed again at half its life: a new token, later expiry.
+    let renewed = wait_for("the renewed token", Duration::from_secs(15), || {
+        std::fs::read_to_string(&named).ok().filter(|t| *t != first)
+    });
+    assert!(verify(&renewed, "other").unwrap()["exp"].as_i64().unwrap() > exp);
+
+    // The token is the task's own: the API never shows it.
+    let alloc = agent.text(&format!("/v1/allocation/{id}"));
+    assert!(!alloc.contains(&file) && !alloc.contains(&renewed));
+    let refused = agent.cli(&[
+        "job",
+        "validate",
+        &job_file(
+            root.path(),
+            "bad.nomad",
+            &job.replace("ttl  = \"4s\"", "ttl = \"4s\"\n        change_mode = \"restart\""),
+        ),
+    ]);
+    assert!(refused.code != 0 && refused.stderr.contains("cannot restart or signal the task"), "{refused:?}");
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "whoami"]).code, 0);
+}

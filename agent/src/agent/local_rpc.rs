@@ -12,6 +12,7 @@ use crate::client::rpc::{RpcError, ServerRpc};
 use crate::server::{Server, ServerError};
 use crate::structs::{Allocation, Node};
 use crate::wire::csi::ClaimGrant;
+use crate::wire::identity::{SignIdentitiesRequest, SignedIdentity};
 use crate::wire::node::{AllocClientUpdate, NodeAllocIndexes};
 
 /// A server error as the client would see it over HTTP: classified by the
@@ -67,5 +68,14 @@ impl ServerRpc for LocalRpc {
         alloc_id: &'a str,
     ) -> BoxFuture<'a, Result<ClaimGrant, RpcError>> {
         async move { self.0.claim_volumes(node_id, alloc_id).await.map_err(from_server) }.boxed()
+    }
+
+    fn sign_identities<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        request: SignIdentitiesRequest,
+    ) -> BoxFuture<'a, Result<Vec<SignedIdentity>, RpcError>> {
+        async move { self.0.sign_identities(node_id, secret, &request).map_err(from_server) }.boxed()
     }
 }

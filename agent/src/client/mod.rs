@@ -11,6 +11,7 @@ pub mod csi;
 pub mod driver;
 pub mod fingerprint;
 pub mod hook;
+mod identity;
 pub mod logs;
 pub mod network;
 pub mod rpc;

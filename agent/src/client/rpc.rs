@@ -12,6 +12,7 @@ use futures::FutureExt;
 
 use crate::structs::{Allocation, Node};
 use crate::wire::csi::ClaimGrant;
+use crate::wire::identity::{SignIdentitiesRequest, SignedIdentity};
 use crate::wire::node::{AllocClientUpdate, AllocFetchRequest, HeartbeatAnswer, NodeAllocIndexes, NODE_SECRET_HEADER};
 
 /// Failures talking to a server.
@@ -81,6 +82,13 @@ pub trait ServerRpc: Send + Sync {
         secret: &'a str,
         alloc_id: &'a str,
     ) -> BoxFuture<'a, Result<ClaimGrant, RpcError>>;
+    /// Has workload identities of one of the node's allocations signed.
+    fn sign_identities<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        request: SignIdentitiesRequest,
+    ) -> BoxFuture<'a, Result<Vec<SignedIdentity>, RpcError>>;
 }
 
 /// Servers reached over HTTP.
@@ -216,6 +224,25 @@ impl ServerRpc for HttpRpc {
                 .call(|c, base| {
                     c.put(format!("{base}/v1/internal/node/{node_id}/csi-claim/{alloc_id}"))
                         .header(NODE_SECRET_HEADER, secret)
+                })
+                .await?;
+            resp.json().await.map_err(|e| RpcError::Failed(e.to_string()))
+        }
+        .boxed()
+    }
+
+    fn sign_identities<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        request: SignIdentitiesRequest,
+    ) -> BoxFuture<'a, Result<Vec<SignedIdentity>, RpcError>> {
+        async move {
+            let resp = self
+                .call(|c, base| {
+                    c.put(format!("{base}/v1/internal/node/{node_id}/identities"))
+                        .header(NODE_SECRET_HEADER, secret)
+                        .json(&request)
                 })
                 .await?;
             resp.json().await.map_err(|e| RpcError::Failed(e.to_string()))

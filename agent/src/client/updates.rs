@@ -134,6 +134,14 @@ mod tests {
         ) -> BoxFuture<'a, Result<ClaimGrant, RpcError>> {
             unimplemented!("not used by updates")
         }
+        fn sign_identities<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: crate::wire::identity::SignIdentitiesRequest,
+        ) -> BoxFuture<'a, Result<Vec<crate::wire::identity::SignedIdentity>, RpcError>> {
+            unimplemented!("not used by updates")
+        }
     }
 
     fn pending(ids: &[&str]) -> Pending {

@@ -1,13 +1,15 @@
 //! Client-to-server endpoints (`/v1/internal/node/...`): register,
 //! heartbeat, the node's allocation indexes (blocking), the allocations
-//! that changed, and status updates. Writes and allocation fetches must
-//! carry the node's secret.
+//! that changed, status updates and workload identities to sign (whose
+//! public keys `/.well-known/jwks.json` serves). Writes, allocation
+//! fetches and signing must carry the node's secret.
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query};
 
 use super::{decode_body, json_with_index, ApiError, ApiResult, ApiState, Headers, QueryOptions};
 use crate::structs::Node;
+use crate::wire::identity::SignIdentitiesRequest;
 use crate::wire::node::{AllocClientUpdate, AllocFetchRequest, HeartbeatAnswer, NODE_SECRET_HEADER};
 
 fn secret(headers: &Headers) -> String {
@@ -70,4 +72,19 @@ pub async fn claim_volumes(api: ApiState, Path((id, alloc)): Path<(String, Strin
     }
     let grant = server.claim_volumes(&id, &alloc).await?;
     Ok(json_with_index(&grant, server.state.index(), false))
+}
+
+/// `PUT /v1/internal/node/:id/identities`: signs workload identities of
+/// one of the node's allocations; only that node may ask.
+pub async fn sign_identities(api: ApiState, Path(id): Path<String>, headers: Headers, body: Bytes) -> ApiResult {
+    let req: SignIdentitiesRequest = decode_body(&body)?;
+    let server = api.server()?;
+    let signed = server.sign_identities(&id, &secret(&headers), &req)?;
+    Ok(json_with_index(&signed, server.state.index(), false))
+}
+
+/// `GET /.well-known/jwks.json`: the keys that verify workload identities.
+pub async fn jwks(api: ApiState) -> ApiResult {
+    let server = api.server()?;
+    Ok(json_with_index(&server.keyring.jwks(), server.state.index(), false))
 }

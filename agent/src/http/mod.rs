@@ -83,7 +83,7 @@ impl From<ServerError> for ApiError {
             ServerError::NotFound(_) => StatusCode::NOT_FOUND,
             ServerError::PermissionDenied => StatusCode::FORBIDDEN,
             ServerError::Plugin(p) => plugin_status(p),
-            ServerError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServerError::State(_) | ServerError::Keyring(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
     }
@@ -353,6 +353,8 @@ fn server_routes() -> Router<Api> {
         .route("/v1/internal/node/{id}/allocations", get(internal::allocations).put(internal::update_allocs))
         .route("/v1/internal/node/{id}/allocations/fetch", put(internal::fetch_allocs))
         .route("/v1/internal/node/{id}/csi-claim/{alloc}", put(internal::claim_volumes))
+        .route("/v1/internal/node/{id}/identities", put(internal::sign_identities))
+        .route("/.well-known/jwks.json", get(internal::jwks))
 }
 
 /// Query parameters as a map (for endpoint-specific flags).

@@ -48,7 +48,7 @@ pub struct ParsedJob {
 }
 
 /// Nomad blocks berth accepts but does not implement.
-const UNSUPPORTED: [&str; 4] = ["identity", "multiregion", "disconnect", "max_client_disconnect"];
+const UNSUPPORTED: [&str; 3] = ["multiregion", "disconnect", "max_client_disconnect"];
 
 /// Parses a job file with its variable values from `vars`.
 pub fn parse_job(file_name: &str, src: &str, vars: &VarInputs) -> Result<ParsedJob, HclError> {

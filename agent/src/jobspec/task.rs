@@ -8,7 +8,7 @@ use super::{network, skip_unsupported};
 use crate::hclspan::{Block, HclError};
 use crate::structs::{
     CsiPluginConfig, DispatchPayloadConfig, LogConfig, Resources, RestartPolicy, Task, TaskArtifact, TaskLifecycle,
-    Template, VolumeMount,
+    Template, VolumeMount, WorkloadIdentity,
 };
 
 /// Decodes a `task "name" { ... }` block; `group_restart` is the group's
@@ -98,6 +98,26 @@ pub(super) fn decode(
         d.no_labels()?;
         task.dispatch_payload = Some(DispatchPayloadConfig { file: d.body.string("file")?.unwrap_or_default() });
         d.body.finish()?;
+    }
+    for mut i in b.blocks("identity") {
+        i.no_labels()?;
+        let body = &mut i.body;
+        let identity = WorkloadIdentity {
+            name: body.string("name")?.unwrap_or_default(),
+            audience: body.strings("aud")?.unwrap_or_default(),
+            env: body.bool("env")?.unwrap_or(false),
+            file: body.bool("file")?.unwrap_or(false),
+            filepath: body.string("filepath")?.unwrap_or_default(),
+            change_mode: body.string("change_mode")?.unwrap_or_default(),
+            change_signal: body.string("change_signal")?.unwrap_or_default(),
+            ttl: body.duration("ttl")?.unwrap_or(0),
+        };
+        i.body.finish()?;
+        if identity.is_default() && task.identity.is_none() {
+            task.identity = Some(identity);
+        } else {
+            task.identities.push(identity);
+        }
     }
     if let Some(mut logs) = b.block("logs")? {
         logs.no_labels()?;

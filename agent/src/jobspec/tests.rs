@@ -269,9 +269,21 @@ fn volumes_and_mounts() {
 
 #[test]
 fn unsupported_blocks_warn_unknown_fields_fail() {
-    let src = task_job("      driver = \"exec\"\n      identity { env = true }");
-    let parsed = parse("u.hcl", &src).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(parsed.warnings, vec!["\"identity\" is not supported by berth and is ignored (u.hcl:5)".to_string()]);
+    let src = "job \"j\" {\n  group \"g\" {\n    disconnect { lost_after = \"1h\" }\n    task \"t\" { driver = \"exec\" }\n  }\n}\n";
+    let parsed = parse("u.hcl", src).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed.warnings, vec!["\"disconnect\" is not supported by berth and is ignored (u.hcl:3)".to_string()]);
+    // Identities are real: the default one and named ones, with Nomad's defaults.
+    let src = task_job("      driver = \"exec\"\n      identity { env = true }\n      identity {\n        name = \"db\"\n        aud = [\"db\"]\n      }");
+    let task = &parse("i.hcl", &src).unwrap_or_else(|e| panic!("{e}")).job.task_groups[0].tasks[0];
+    let default = task.identity.as_ref().expect("default identity");
+    assert_eq!(
+        (default.name.as_str(), default.audience.clone(), default.env),
+        ("default", vec!["nomadproject.io".to_string()], true)
+    );
+    assert_eq!(task.identities[0].file_path(), "secrets/nomad_db.jwt");
+    let err =
+        parse("i.hcl", &task_job("      driver = \"exec\"\n      identity { name = \"db\" }")).unwrap_err().to_string();
+    assert!(err.contains("an alternate identity must have an audience"), "{err}");
     // What needs Consul or Vault is refused, at every level, naming the block.
     let err = parse("u.hcl", &task_job("      driver = \"exec\"\n      vault { policies = [\"db\"] }")).unwrap_err();
     assert_eq!(

@@ -10,7 +10,9 @@ pub mod csi;
 pub mod diff;
 mod dispatch;
 mod drain;
+mod identity;
 mod jobs;
+pub mod keyring;
 mod nodes;
 mod periodic;
 pub mod plan_apply;
@@ -50,6 +52,9 @@ pub enum ServerError {
     /// code decides the HTTP status.
     #[error("{0}")]
     Plugin(crate::wire::csi::PluginError),
+    /// The signing keyring failed (HTTP 500).
+    #[error(transparent)]
+    Keyring(#[from] keyring::KeyringError),
 }
 
 /// How long evaluations of purged jobs are kept.
@@ -99,19 +104,28 @@ pub struct Server {
     heartbeats: parking_lot::Mutex<BTreeMap<String, std::time::Instant>>,
     plugin_calls: std::sync::OnceLock<Arc<dyn crate::wire::csi::PluginCalls>>,
     detach_tx: mpsc::UnboundedSender<csi::ControllerDetach>,
+    /// Signs workload identities.
+    pub keyring: keyring::Keyring,
 }
 
 impl Server {
-    /// Opens the state in `data_dir/server` and starts the eval worker and
-    /// the heartbeat monitor. Pending evaluations from before a restart are
-    /// queued again.
+    /// Opens the state and the keyring in `data_dir/server` and starts the
+    /// eval worker and the heartbeat monitor. Pending evaluations from
+    /// before a restart are queued again.
     pub fn start(data_dir: &Path, config: ServerConfig) -> Result<Arc<Server>, ServerError> {
         let state = Arc::new(StateStore::open(&data_dir.join("server"))?);
-        Ok(Self::start_with_state(state, config))
+        let keyring = keyring::Keyring::open(&data_dir.join("server").join("keystore"))?;
+        Ok(Self::start_with(state, keyring, config))
     }
 
-    /// Starts a server over an existing store.
+    /// Starts a server over an existing store, with a keyring in memory (tests).
+    #[cfg(test)]
     pub fn start_with_state(state: Arc<StateStore>, config: ServerConfig) -> Arc<Server> {
+        let keyring = keyring::Keyring::ephemeral().expect("an in-memory signing key");
+        Self::start_with(state, keyring, config)
+    }
+
+    fn start_with(state: Arc<StateStore>, keyring: keyring::Keyring, config: ServerConfig) -> Arc<Server> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (detach_tx, detach_rx) = mpsc::unbounded_channel();
         let server = Arc::new(Server {
@@ -121,6 +135,7 @@ impl Server {
             heartbeats: Default::default(),
             plugin_calls: Default::default(),
             detach_tx,
+            keyring,
         });
         let snap = server.state.snapshot();
         let now = std::time::Instant::now();

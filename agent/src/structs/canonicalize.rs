@@ -390,6 +390,7 @@ fn default_service(service: &mut Service, name: &str) {
 fn canonicalize_task(task: &mut Task, group_restart: &RestartPolicy, group_prefix: &str) {
     task.restart_policy.get_or_insert_with(|| group_restart.clone());
     task.affinities.iter_mut().for_each(super::Affinity::canonicalize);
+    task.identity.iter_mut().chain(&mut task.identities).for_each(super::WorkloadIdentity::canonicalize);
     for a in &mut task.artifacts {
         default_str(&mut a.getter_mode, "any");
         default_str(&mut a.relative_dest, "local/");
@@ -483,6 +484,16 @@ fn task_problems(task: &Task, tg: &super::TaskGroup, port_labels: &BTreeSet<&str
     }
     for a in &task.artifacts {
         out.extend(a.problems());
+    }
+    let mut identity_names = BTreeSet::new();
+    for identity in task.identity.iter().chain(&task.identities) {
+        if !identity_names.insert(identity.name.as_str()) {
+            out.push(format!("duplicate identity {:?}", identity.name));
+        }
+        out.extend(identity.problems());
+    }
+    if task.identities.iter().any(super::WorkloadIdentity::is_default) {
+        out.push("the default identity is the one without a name (or named \"default\"), given once".into());
     }
     if let Some(d) = &task.dispatch_payload {
         let path = std::path::Path::new(&d.file);

@@ -209,6 +209,11 @@ pub struct Task {
     pub lifecycle: Option<TaskLifecycle>,
     /// Where a dispatched job's payload is written.
     pub dispatch_payload: Option<DispatchPayloadConfig>,
+    /// The task's default workload identity (an `identity` block without
+    /// a name).
+    pub identity: Option<super::WorkloadIdentity>,
+    /// Its named identities.
+    pub identities: Vec<super::WorkloadIdentity>,
     /// Files fetched into the task directory before it starts.
     pub artifacts: Vec<TaskArtifact>,
 }

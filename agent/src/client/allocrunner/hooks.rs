@@ -99,13 +99,19 @@ impl HostVolumeHook {
 /// The ordered hook list of an allocation.
 pub fn build_hooks(root: PathBuf, deps: &super::RunnerDeps) -> Vec<Box<dyn AllocHook>> {
     vec![
-        Box::new(AllocDirHook { root }),
+        Box::new(AllocDirHook { root: root.clone() }),
         Box::new(crate::client::network::NetworkHook::new(
             deps.network.clone(),
             deps.external_cni.clone(),
             deps.drivers.clone(),
         )),
         Box::new(HostVolumeHook { node: deps.node.clone() }),
+        Box::new(crate::client::identity::IdentityHook {
+            rpc: deps.rpc.clone(),
+            node: deps.node.clone(),
+            root,
+            renewals: tokio_util::sync::CancellationToken::new(),
+        }),
         Box::new(crate::client::csi::plugin_hook::CsiPluginHook {
             manager: deps.csi.clone(),
             cancel: tokio_util::sync::CancellationToken::new(),

@@ -365,6 +365,14 @@ mod tests {
             let answer = (self.answer)();
             async move { answer }.boxed()
         }
+        fn sign_identities<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: crate::wire::identity::SignIdentitiesRequest,
+        ) -> BoxFuture<'a, Result<Vec<crate::wire::identity::SignedIdentity>, RpcError>> {
+            unimplemented!("not used by the hook")
+        }
     }
 
     fn hook(answer: fn() -> Result<ClaimGrant, RpcError>) -> (CsiVolumeHook, Arc<Claims>) {
