@@ -27,7 +27,7 @@ pub(super) fn decode(
 ) -> Result<(TaskGroup, Vec<(String, Pos)>), HclError> {
     let name = block.label()?;
     let b = &mut block.body;
-    super::refuse_consul_and_vault(b)?;
+    super::refuse_what_berth_lacks(b)?;
     skip_unsupported(b, warnings);
     let count = b.number("count")?;
     let scaling = match b.block("scaling")? {

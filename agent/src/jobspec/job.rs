@@ -15,7 +15,7 @@ pub(super) fn decode(mut block: Block<'_>, warnings: &mut Vec<String>) -> Result
     let mut places = Places { job: block.pos, ..Places::default() };
     let id = block.label()?;
     let b = &mut block.body;
-    super::refuse_consul_and_vault(b)?;
+    super::refuse_what_berth_lacks(b)?;
     skip_unsupported(b, warnings);
     let mut job = Job {
         id,

@@ -48,7 +48,7 @@ pub struct ParsedJob {
 }
 
 /// Nomad blocks berth accepts but does not implement.
-const UNSUPPORTED: [&str; 3] = ["multiregion", "disconnect", "max_client_disconnect"];
+const UNSUPPORTED: [&str; 2] = ["disconnect", "max_client_disconnect"];
 
 /// Parses a job file with its variable values from `vars`.
 pub fn parse_job(file_name: &str, src: &str, vars: &VarInputs) -> Result<ParsedJob, HclError> {
@@ -103,14 +103,19 @@ impl Places {
     }
 }
 
-/// Blocks that need Consul or Vault, and what each needs. Berth has
-/// neither, so a job asking for them is refused rather than run without.
-const NEEDS_CONSUL_OR_VAULT: [(&str, &str); 3] =
-    [("vault", "Vault"), ("consul", "Consul"), ("connect", "Consul Connect")];
+/// Blocks that need what berth does not have (Consul, Vault, federated
+/// regions), and what each needs: a job asking for them is refused rather
+/// than run without.
+const NEEDS_WHAT_BERTH_LACKS: [(&str, &str); 4] = [
+    ("vault", "Vault"),
+    ("consul", "Consul"),
+    ("connect", "Consul Connect"),
+    ("multiregion", "federated regions (one berth cluster is one region)"),
+];
 
-/// Refuses a block of `NEEDS_CONSUL_OR_VAULT`, naming it and its place.
-fn refuse_consul_and_vault(body: &mut Decoder<'_>) -> Result<(), HclError> {
-    for (name, needs) in NEEDS_CONSUL_OR_VAULT {
+/// Refuses a block of `NEEDS_WHAT_BERTH_LACKS`, naming it and its place.
+fn refuse_what_berth_lacks(body: &mut Decoder<'_>) -> Result<(), HclError> {
+    for (name, needs) in NEEDS_WHAT_BERTH_LACKS {
         if let Some(block) = body.blocks(name).first() {
             return Err(block.error(format!(
                 "the \"{name}\" block needs {needs}, which berth does not have; remove it to run the job without it"

@@ -7,7 +7,7 @@ use crate::structs::{Service, ServiceCheck};
 pub(super) fn decode_service(mut block: Block<'_>) -> Result<Service, HclError> {
     block.no_labels()?;
     let b = &mut block.body;
-    super::refuse_consul_and_vault(b)?;
+    super::refuse_what_berth_lacks(b)?;
     let mut service = Service {
         name: b.string("name")?.unwrap_or_default(),
         tags: b.strings("tags")?.unwrap_or_default(),

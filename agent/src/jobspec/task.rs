@@ -20,7 +20,7 @@ pub(super) fn decode(
 ) -> Result<Task, HclError> {
     let name = block.label()?;
     let b = &mut block.body;
-    super::refuse_consul_and_vault(b)?;
+    super::refuse_what_berth_lacks(b)?;
     skip_unsupported(b, warnings);
     let mut task = Task {
         name,

@@ -295,6 +295,9 @@ fn unsupported_blocks_warn_unknown_fields_fail() {
                    }\n    task \"t\" {\n      driver = \"exec\"\n    }\n  }\n}\n";
     let err = parse("c.hcl", connect).unwrap_err().to_string();
     assert!(err.starts_with("c.hcl:4:7: the \"connect\" block needs Consul Connect"), "{err}");
+    let multi = "job \"j\" {\n  multiregion {\n    region \"west\" {}\n  }\n  group \"g\" {\n    task \"t\" { driver = \"exec\" }\n  }\n}\n";
+    let err = parse("r.hcl", multi).unwrap_err().to_string();
+    assert!(err.starts_with("r.hcl:2:3: the \"multiregion\" block needs federated regions"), "{err}");
     let consul = "job \"j\" {\n  consul { cluster = \"default\" }\n  group \"g\" {\n    task \"t\" { driver = \"exec\" }\n  }\n}\n";
     assert!(parse("k.hcl", consul)
         .unwrap_err()
