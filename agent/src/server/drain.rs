@@ -46,8 +46,7 @@ fn live(a: &Allocation) -> bool {
 /// Whether the drain moves this allocation last: a system job's, or one
 /// running a CSI plugin.
 fn goes_last(a: &Allocation) -> bool {
-    let system = a.job.as_ref().is_some_and(|j| j.is_system_like());
-    system || a.group().is_some_and(|tg| tg.tasks.iter().any(|t| t.csi_plugin_config.is_some()))
+    is_system(a) || a.group().is_some_and(|tg| tg.tasks.iter().any(|t| t.csi_plugin_config.is_some()))
 }
 
 fn is_system(a: &Allocation) -> bool {
@@ -113,7 +112,6 @@ fn drain_step(snap: &Tables, node: &Node, strategy: &DrainStrategy, now: i64) ->
     for a in first.iter().filter(|a| !is_batch(a) && !a.desired_transition.should_migrate()) {
         groups.entry((a.namespace.as_str(), a.job_id.as_str(), a.task_group.as_str())).or_default().push(a);
     }
-    let draining: BTreeSet<&str> = snap.nodes().filter(|n| n.drain_strategy.is_some()).map(|n| n.id.as_str()).collect();
     let mut migrate = Vec::new();
     for ((ns, job_id, group), drainable) in groups {
         let Some(job) = snap.job(ns, job_id) else { continue };
@@ -122,8 +120,9 @@ fn drain_step(snap: &Tables, node: &Node, strategy: &DrainStrategy, now: i64) ->
         let settled = snap
             .allocs_by_job(ns, job_id)
             .iter()
-            .filter(|a| a.task_group == group && live(a) && health_settled(a, &pace, now))
-            .filter(|a| !(a.desired_transition.should_migrate() && draining.contains(a.node_id.as_str())))
+            // A marked allocation is on its way out, healthy or not.
+            .filter(|a| a.task_group == group && live(a) && !a.desired_transition.should_migrate())
+            .filter(|a| health_settled(a, &pace, now))
             .count();
         let threshold = i64::from(tg.count) - pace.max_parallel;
         let allowed = (settled as i64 - threshold).clamp(0, drainable.len() as i64) as usize;
