@@ -147,6 +147,15 @@ fn nomad_clients_can_drive_jobs() {
     let bad = parse("m = 3\n");
     assert_eq!(bad.status(), 400);
     assert!(bad.text().unwrap().contains("variables:1:1: variable \"m\" is set here but not declared"));
+
+    // As Nomad's, the parser takes a fragment; registering it is what fails.
+    let fragment = json!({"JobHCL": "job \"frag\" {\n  datacenters = [\"dc1\"]\n}\n"});
+    let parsed: Value = http.post(format!("{base}/v1/jobs/parse")).json(&fragment).send().unwrap().json().unwrap();
+    assert_eq!(parsed["ID"], "frag");
+    assert_eq!(parsed["TaskGroups"], json!([]));
+    let register = http.post(format!("{base}/v1/jobs")).json(&json!({"Job": parsed})).send().unwrap();
+    assert_eq!(register.status(), 400);
+    assert!(register.text().unwrap().contains("no task groups"));
 }
 
 #[test]

@@ -48,6 +48,20 @@ fn hcl1_flag_and_var_are_accepted() {
 }
 
 #[test]
+fn run_output_prints_a_fragment_that_validate_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let f =
+        job_file(dir.path(), "frag.nomad.hcl", "job \"frag\" {\n  group \"g\" {\n    task \"t\" {\n    }\n  }\n}\n");
+    let out = cli(&["job", "run", "-output", &f]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["Job"]["TaskGroups"][0]["Tasks"][0]["Name"], "t");
+    let out = cli(&["job", "validate", &f]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("frag.nomad.hcl:3") && out.stderr.contains("driver"), "{out:?}");
+}
+
+#[test]
 fn var_files_and_nomad_var_environment_reach_the_job() {
     let dir = tempfile::tempdir().unwrap();
     let f = job_file(

@@ -29,8 +29,14 @@ pub struct JobInput<'a> {
     pub json: bool,
 }
 
-/// Reads and parses a job file; errors are ready to print.
+/// Reads, parses and validates a job file; errors are ready to print.
 pub fn load_job(input: &JobInput) -> Result<(Job, Vec<String>), String> {
+    read_job(input, true)
+}
+
+/// Reads and parses a job file; with `validate` false, a fragment Nomad's
+/// parser accepts (no groups, no driver) is returned as it is.
+fn read_job(input: &JobInput, validate: bool) -> Result<(Job, Vec<String>), String> {
     let text = if input.file == "-" {
         std::io::read_to_string(std::io::stdin()).map_err(|e| format!("Error reading stdin: {e}"))?
     } else {
@@ -57,8 +63,12 @@ pub fn load_job(input: &JobInput) -> Result<(Job, Vec<String>), String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("Error reading -var-file {path}: {e}"))?;
         vars.files.push((path.clone(), text));
     }
-    let parsed =
-        crate::jobspec::parse_job(input.file, &text, &vars).map_err(|e| format!("Error getting job struct: {e}"))?;
+    let decoded =
+        crate::jobspec::decode_job(input.file, &text, &vars).map_err(|e| format!("Error getting job struct: {e}"))?;
+    if !validate {
+        return Ok((decoded.job, decoded.warnings));
+    }
+    let parsed = decoded.validate().map_err(|e| format!("Error getting job struct: {e}"))?;
     Ok((parsed.job, parsed.warnings))
 }
 
@@ -121,7 +131,7 @@ pub fn validate(input: &JobInput) -> i32 {
 
 /// `job run`.
 pub async fn run(api: &ApiClient, input: &JobInput<'_>, detach: bool, check_index: Option<u64>, output: bool) -> i32 {
-    let (job, warnings) = match load_job(input) {
+    let (job, warnings) = match read_job(input, !output) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("{e}");

@@ -85,7 +85,8 @@ pub async fn parse(api: ApiState, body: Bytes) -> ApiResult {
     if !req.variables.trim().is_empty() {
         vars.files.push(("variables".into(), req.variables));
     }
-    let parsed = crate::jobspec::parse_job("input.hcl", &req.job_hcl, &vars)
+    // Nomad's parse endpoint decodes without validating: registering validates.
+    let parsed = crate::jobspec::decode_job("input.hcl", &req.job_hcl, &vars)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let index = api.server.as_ref().map(|s| s.state.index()).unwrap_or(1);
     Ok(json_with_index(&parsed.job, index, false))

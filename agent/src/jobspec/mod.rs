@@ -1,6 +1,7 @@
 //! The jobspec parser: a Nomad job file (HCL2, plus the HCL1-era shapes
-//! seed-era files still use) to a canonicalized, validated
-//! [`Job`](crate::structs::Job), with Nomad's deprecation warnings.
+//! seed-era files still use) to a canonicalized [`Job`](crate::structs::Job),
+//! decoded first and validated apart as Nomad splits them (`decode_job`,
+//! `parse_job`), with Nomad's deprecation warnings.
 //!
 //! ```
 //! let src = r#"
@@ -50,15 +51,22 @@ pub struct ParsedJob {
 /// Nomad blocks berth accepts but does not implement.
 const UNSUPPORTED: [&str; 2] = ["disconnect", "max_client_disconnect"];
 
-/// Parses a job file with its variable values from `vars`.
+/// Parses a job file with its variable values from `vars`, and validates it.
 pub fn parse_job(file_name: &str, src: &str, vars: &VarInputs) -> Result<ParsedJob, HclError> {
+    decode_job(file_name, src, vars)?.validate()
+}
+
+/// Parses a job file without validating it, as Nomad's parser does: a
+/// fragment without groups, tasks or drivers decodes (for `job run -output`
+/// and `/v1/jobs/parse`) and only [`DecodedJob::validate`] rejects it.
+pub fn decode_job(file_name: &str, src: &str, vars: &VarInputs) -> Result<DecodedJob, HclError> {
     // `file()` and `templatefile()` read relative to the job file.
     let dir = std::path::Path::new(file_name).parent().filter(|d| !d.as_os_str().is_empty());
     let dir = dir.unwrap_or(std::path::Path::new(".")).to_path_buf();
-    crate::hclspan::functions::with_base_dir(&dir, || parse_in_dir(file_name, src, vars))
+    crate::hclspan::functions::with_base_dir(&dir, || decode_in_dir(file_name, src, vars))
 }
 
-fn parse_in_dir(file_name: &str, src: &str, vars: &VarInputs) -> Result<ParsedJob, HclError> {
+fn decode_in_dir(file_name: &str, src: &str, vars: &VarInputs) -> Result<DecodedJob, HclError> {
     let source = Source::parse(file_name, src)?;
     let scope = variables::scope(&source, vars)?;
     let mut root = Decoder::root(&source, &scope);
@@ -73,18 +81,37 @@ fn parse_in_dir(file_name: &str, src: &str, vars: &VarInputs) -> Result<ParsedJo
     let mut warnings = Vec::new();
     let (mut job, places) = job::decode(block, &mut warnings)?;
     job.canonicalize();
-    let issues = job.validation_issues();
-    if let Some(first) = issues.first() {
-        let pos = places.locate(first.group.as_deref(), first.task.as_deref());
-        let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
-        return Err(HclError::new(file_name, pos, messages.join("; ")));
-    }
     for w in job.warnings() {
         if !warnings.contains(&w) {
             warnings.push(w);
         }
     }
-    Ok(ParsedJob { job, warnings })
+    Ok(DecodedJob { file_name: file_name.to_string(), job, warnings, places })
+}
+
+/// A job file decoded and canonicalized but not yet validated.
+#[derive(Debug)]
+pub struct DecodedJob {
+    file_name: String,
+    /// The canonicalized job, which may not be runnable.
+    pub job: Job,
+    /// Deprecations.
+    pub warnings: Vec<String>,
+    places: Places,
+}
+
+impl DecodedJob {
+    /// Validates the job as Nomad's servers do; every issue is in the error,
+    /// placed at the block of the first one.
+    pub fn validate(self) -> Result<ParsedJob, HclError> {
+        let issues = self.job.validation_issues();
+        if let Some(first) = issues.first() {
+            let pos = self.places.locate(first.group.as_deref(), first.task.as_deref());
+            let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
+            return Err(HclError::new(&self.file_name, pos, messages.join("; ")));
+        }
+        Ok(ParsedJob { job: self.job, warnings: self.warnings })
+    }
 }
 
 /// Where the job, its groups and tasks start, for validation errors.

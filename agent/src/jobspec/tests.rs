@@ -892,3 +892,21 @@ fn migrate_blocks_merge_job_then_group_and_only_service_jobs_take_them() {
     assert!(err.starts_with("v.hcl:2:") && err.contains("max_parallel must be >= 0 but found -1"), "{err}");
     assert!(err.contains("health_check must be \"checks\" or \"task_states\""), "{err}");
 }
+
+#[test]
+fn a_fragment_decodes_and_only_validation_rejects_it() {
+    // Nomad's split: the parser takes a job without groups or a task without
+    // a driver; the servers' validation refuses them.
+    let src = "job \"fragment\" {\n  datacenters = [\"dc1\"]\n}\n";
+    let decoded = decode_job("fragment.hcl", src, &VarInputs::default()).expect("a fragment decodes");
+    assert_eq!(decoded.job.id, "fragment");
+    assert!(decoded.job.task_groups.is_empty());
+    let err = decoded.validate().unwrap_err();
+    assert!(err.to_string().contains("fragment.hcl:1") && err.message.contains("no task groups"), "{err}");
+
+    let no_driver = "job \"j\" {\n  group \"g\" {\n    task \"t\" {\n    }\n  }\n}\n";
+    let decoded = decode_job("d.hcl", no_driver, &VarInputs::default()).expect("a task without driver decodes");
+    assert_eq!(decoded.job.task_groups[0].tasks[0].name, "t");
+    let err = decoded.validate().unwrap_err();
+    assert!(err.to_string().contains("d.hcl:3") && err.message.contains("driver"), "{err}");
+}
