@@ -128,6 +128,11 @@ impl<'a> Decoder<'a> {
         self.body.has_attribute(key) || self.body.has_blocks(key)
     }
 
+    /// Where the attribute `key` starts, if the body has it (not consumed).
+    pub fn attribute_pos(&self, key: &str) -> Option<Pos> {
+        self.body.get_attribute(key).map(|a| self.src.span_pos(a.span()))
+    }
+
     /// The source text of an attribute's expression, unevaluated (for
     /// type expressions such as `type = list(string)`).
     pub fn source_text(&mut self, key: &str) -> Option<String> {

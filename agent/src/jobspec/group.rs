@@ -2,11 +2,11 @@
 
 use super::policy::{MigratePatch, ReschedulePatch, RestartPatch, UpdatePatch};
 use super::service::decode_service;
-use super::{network, skip_unsupported, task};
+use super::{network, task};
 use crate::hclspan::{Block, HclError, Pos};
 use crate::structs::{
-    CsiMountOptions, EphemeralDisk, ReschedulePolicy, RestartPolicy, ScalingPolicy, TaskGroup, UpdateStrategy,
-    VolumeRequest, JOB_TYPE_SERVICE,
+    CsiMountOptions, DisconnectStrategy, EphemeralDisk, ReschedulePolicy, RestartPolicy, ScalingPolicy, TaskGroup,
+    UpdateStrategy, VolumeRequest, JOB_TYPE_SERVICE,
 };
 
 /// What a group inherits from its job.
@@ -28,7 +28,7 @@ pub(super) fn decode(
     let name = block.label()?;
     let b = &mut block.body;
     super::refuse_what_berth_lacks(b)?;
-    skip_unsupported(b, warnings);
+    let disconnect = decode_disconnect(b, warnings)?;
     let count = b.number("count")?;
     let scaling = match b.block("scaling")? {
         Some(block) => Some(decode_scaling(block)?),
@@ -42,6 +42,7 @@ pub(super) fn decode(
         scaling,
         meta: b.string_map("meta")?.unwrap_or_default(),
         shutdown_delay: b.duration("shutdown_delay")?,
+        disconnect,
         ..TaskGroup::default()
     };
     super::placement::decode(b, &mut tg.constraints, &mut tg.affinities, Some(&mut tg.spreads))?;
@@ -83,12 +84,64 @@ pub(super) fn decode(
     let mut places = Vec::new();
     for t in b.blocks("task") {
         let pos = t.pos;
-        let task = task::decode(t, &restart, warnings)?;
+        let task = task::decode(t, &restart)?;
         places.push((task.name.clone(), pos));
         tg.tasks.push(task);
     }
     block.body.finish()?;
     Ok((tg, places))
+}
+
+/// The `disconnect` block, or what the fields it replaced (Nomad 1.7's
+/// `max_client_disconnect`, `stop_after_client_disconnect` and
+/// `prevent_reschedule_on_lost`) say, with a deprecation warning each.
+fn decode_disconnect(
+    b: &mut crate::hclspan::Decoder<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<DisconnectStrategy>, HclError> {
+    let file = b.source().name().to_string();
+    let block = b.block("disconnect")?;
+    let block_pos = block.as_ref().map(|d| d.pos);
+    let mut strategy = match block {
+        Some(mut d) => {
+            d.no_labels()?;
+            let s = DisconnectStrategy {
+                lost_after: d.body.duration("lost_after")?.unwrap_or(0),
+                replace: d.body.bool("replace")?,
+                reconcile: d.body.string("reconcile")?.unwrap_or_default(),
+                stop_on_client_after: d.body.duration("stop_on_client_after")?,
+            };
+            d.body.finish()?;
+            Some(s)
+        }
+        None => None,
+    };
+    let old_fields = [
+        ("max_client_disconnect", "lost_after"),
+        ("stop_after_client_disconnect", "stop_on_client_after"),
+        ("prevent_reschedule_on_lost", "replace"),
+    ];
+    for (old, new) in old_fields {
+        let Some(pos) = b.attribute_pos(old) else { continue };
+        if let Some(at) = block_pos {
+            return Err(HclError::new(
+                &file,
+                pos,
+                format!(
+                    "{old} and a disconnect block (line {}) cannot both be set; use disconnect {{ {new} }}",
+                    at.line
+                ),
+            ));
+        }
+        warnings.push(format!("{old} is deprecated; use disconnect {{ {new} }} ({file}:{})", pos.line));
+        let s = strategy.get_or_insert_with(DisconnectStrategy::default);
+        match old {
+            "max_client_disconnect" => s.lost_after = b.duration(old)?.unwrap_or(0),
+            "stop_after_client_disconnect" => s.stop_on_client_after = b.duration(old)?,
+            _ => s.replace = b.bool(old)?.map(|prevent| !prevent),
+        }
+    }
+    Ok(strategy)
 }
 
 /// The group's reschedule and update policies: the job type's defaults,
@@ -114,14 +167,10 @@ fn inherit(tg: &mut TaskGroup, job: &Inherited, reschedule: Option<&ReschedulePa
 
 /// A job-level `task "name" { ... }` in a group of its own, named after
 /// it, with one instance and the job's policies (as Nomad wraps them).
-pub(super) fn wrap_task(
-    block: Block<'_>,
-    job: &Inherited,
-    warnings: &mut Vec<String>,
-) -> Result<(TaskGroup, Pos), HclError> {
+pub(super) fn wrap_task(block: Block<'_>, job: &Inherited) -> Result<(TaskGroup, Pos), HclError> {
     let pos = block.pos;
     let restart = RestartPolicy::default_for(&job.job_type);
-    let task = task::decode(block, &restart, warnings)?;
+    let task = task::decode(block, &restart)?;
     let mut tg = TaskGroup { name: task.name.clone(), count: 1, restart_policy: Some(restart), ..TaskGroup::default() };
     inherit(&mut tg, job, None, None);
     tg.tasks.push(task);

@@ -4,7 +4,7 @@
 
 use super::group;
 use super::policy::{MigratePatch, ReschedulePatch, UpdatePatch};
-use super::{skip_unsupported, Places};
+use super::Places;
 use crate::hclspan::{Block, HclError};
 use crate::structs::{
     dispatch_payload, Job, ParameterizedJobConfig, PeriodicConfig, ReschedulePolicy, UpdateStrategy, JOB_TYPE_SERVICE,
@@ -16,7 +16,6 @@ pub(super) fn decode(mut block: Block<'_>, warnings: &mut Vec<String>) -> Result
     let id = block.label()?;
     let b = &mut block.body;
     super::refuse_what_berth_lacks(b)?;
-    skip_unsupported(b, warnings);
     let mut job = Job {
         id,
         name: b.string("name")?.unwrap_or_default(),
@@ -84,7 +83,7 @@ pub(super) fn decode(mut block: Block<'_>, warnings: &mut Vec<String>) -> Result
         job.task_groups.push(tg);
     }
     for t in b.blocks("task") {
-        let (tg, pos) = group::wrap_task(t, &inherited, warnings)?;
+        let (tg, pos) = group::wrap_task(t, &inherited)?;
         places.groups.entry(tg.name.clone()).or_insert(pos);
         places.tasks.entry((tg.name.clone(), tg.name.clone())).or_insert(pos);
         job.task_groups.push(tg);

@@ -48,9 +48,6 @@ pub struct ParsedJob {
     pub warnings: Vec<String>,
 }
 
-/// Nomad blocks berth accepts but does not implement.
-const UNSUPPORTED: [&str; 2] = ["disconnect", "max_client_disconnect"];
-
 /// Parses a job file with its variable values from `vars`, and validates it.
 pub fn parse_job(file_name: &str, src: &str, vars: &VarInputs) -> Result<ParsedJob, HclError> {
     decode_job(file_name, src, vars)?.validate()
@@ -150,12 +147,4 @@ fn refuse_what_berth_lacks(body: &mut Decoder<'_>) -> Result<(), HclError> {
         }
     }
     Ok(())
-}
-
-/// Consumes the blocks berth ignores, warning about each.
-fn skip_unsupported(body: &mut Decoder<'_>, warnings: &mut Vec<String>) {
-    let file = body.source().name().to_string();
-    for (name, pos) in body.skip(&UNSUPPORTED) {
-        warnings.push(format!("\"{name}\" is not supported by berth and is ignored ({file}:{})", pos.line));
-    }
 }

@@ -2,9 +2,9 @@
 //! templates, volume mounts, the CSI plugin role, services, lifecycle and
 //! logs.
 
+use super::network;
 use super::policy::RestartPatch;
 use super::service::decode_service;
-use super::{network, skip_unsupported};
 use crate::hclspan::{Block, HclError};
 use crate::structs::{
     CsiPluginConfig, DispatchPayloadConfig, LogConfig, Resources, RestartPolicy, Task, TaskArtifact, TaskLifecycle,
@@ -13,15 +13,10 @@ use crate::structs::{
 
 /// Decodes a `task "name" { ... }` block; `group_restart` is the group's
 /// restart policy, which a task `restart` block overrides field by field.
-pub(super) fn decode(
-    mut block: Block<'_>,
-    group_restart: &RestartPolicy,
-    warnings: &mut Vec<String>,
-) -> Result<Task, HclError> {
+pub(super) fn decode(mut block: Block<'_>, group_restart: &RestartPolicy) -> Result<Task, HclError> {
     let name = block.label()?;
     let b = &mut block.body;
     super::refuse_what_berth_lacks(b)?;
-    skip_unsupported(b, warnings);
     let mut task = Task {
         name,
         driver: b.string("driver")?.unwrap_or_default(),

@@ -268,10 +268,30 @@ fn volumes_and_mounts() {
 }
 
 #[test]
-fn unsupported_blocks_warn_unknown_fields_fail() {
-    let src = "job \"j\" {\n  group \"g\" {\n    disconnect { lost_after = \"1h\" }\n    task \"t\" { driver = \"exec\" }\n  }\n}\n";
-    let parsed = parse("u.hcl", src).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(parsed.warnings, vec!["\"disconnect\" is not supported by berth and is ignored (u.hcl:3)".to_string()]);
+fn disconnect_identity_and_unknown_fields() {
+    let group = |body: &str| {
+        format!("job \"j\" {{\n  group \"g\" {{\n{body}\n    task \"t\" {{ driver = \"exec\" }}\n  }}\n}}\n")
+    };
+    let parsed =
+        parse("u.hcl", &group("    disconnect {\n      lost_after = \"1h\"\n      replace = false\n    }")).unwrap();
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    let d = parsed.job.task_groups[0].disconnect.clone().expect("disconnect");
+    assert_eq!((d.lost_after, d.replace, d.reconcile.as_str()), (3600 * SECOND, Some(false), "best_score"));
+    // The fields it replaced still mean what they did, with a deprecation.
+    let parsed =
+        parse("u.hcl", &group("    max_client_disconnect = \"5m\"\n    prevent_reschedule_on_lost = true")).unwrap();
+    let d = parsed.job.task_groups[0].disconnect.clone().expect("disconnect");
+    assert_eq!((d.lost_after, d.replace), (300 * SECOND, Some(false)));
+    assert_eq!(parsed.warnings[0], "max_client_disconnect is deprecated; use disconnect { lost_after } (u.hcl:3)");
+    let err = parse("u.hcl", &group("    max_client_disconnect = \"5m\"\n    disconnect { lost_after = \"1m\" }"))
+        .unwrap_err();
+    assert!(err.to_string().contains("u.hcl:3:5: max_client_disconnect and a disconnect block (line 4)"), "{err}");
+    let err = parse(
+        "u.hcl",
+        &group("    disconnect {\n      lost_after = \"1m\"\n      stop_on_client_after = \"1m\"\n    }"),
+    )
+    .unwrap_err();
+    assert!(err.message.contains("lost_after and stop_on_client_after cannot both be set"), "{err}");
     // Identities are real: the default one and named ones, with Nomad's defaults.
     let src = task_job("      driver = \"exec\"\n      identity { env = true }\n      identity {\n        name = \"db\"\n        aud = [\"db\"]\n      }");
     let task = &parse("i.hcl", &src).unwrap_or_else(|e| panic!("{e}")).job.task_groups[0].tasks[0];

@@ -168,8 +168,15 @@ impl Server {
                 .collect();
             for id in expired {
                 server.heartbeats.lock().remove(&id);
-                if let Err(e) = server.mark_node_down(&id) {
-                    tracing::error!(node_id = %id, error = %e, "marking node down");
+                match server.mark_node_down(&id) {
+                    // Disconnected: down once the longest lost_after passes
+                    // (the timer takes the heartbeat deadline again).
+                    Ok(Some(lost_after)) => {
+                        let last = Instant::now() + lost_after.saturating_sub(deadline);
+                        server.heartbeats.lock().insert(id, last);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(node_id = %id, error = %e, "marking node down"),
                 }
             }
             if let Err(e) = server.check_deployment_deadlines() {
@@ -178,26 +185,36 @@ impl Server {
         }
     }
 
-    /// Marks a node down and evaluates every job with allocations on it.
-    pub fn mark_node_down(&self, node_id: &str) -> Result<(), ServerError> {
-        let (_, evals) = self.state.commit(|snap| {
+    /// A node missed its heartbeat deadline: it turns disconnected when
+    /// allocations on it have `disconnect.lost_after` (and the answer is
+    /// the longest, after which it goes down), otherwise down; every job
+    /// with allocations on it is evaluated.
+    pub fn mark_node_down(&self, node_id: &str) -> Result<Option<Duration>, ServerError> {
+        let (_, (evals, lost_after)) = self.state.commit(|snap| {
             let mut batch = WriteBatch::default();
-            let Some(node) = snap.node(node_id) else { return Ok((batch, Vec::new())) };
+            let Some(node) = snap.node(node_id) else { return Ok((batch, (Vec::new(), None))) };
             if node.status == node_status::DOWN {
-                return Ok((batch, Vec::new()));
+                return Ok((batch, (Vec::new(), None)));
             }
-            tracing::warn!(node_id, name = %node.name, "node missed its heartbeat; marking it down");
-            let mut n = (*node).clone();
-            n.status = node_status::DOWN.into();
-            n.status_updated_at = now_nanos() / 1_000_000_000;
-            n.events.push(node_event("Cluster", "Node heartbeat missed"));
-            batch.nodes.push(n);
-            let jobs: BTreeSet<(String, String)> = snap
-                .allocs_by_node(node_id)
+            let live: Vec<_> = snap.allocs_by_node(node_id).into_iter().filter(|a| !a.is_terminal()).collect();
+            let lost_after = live
                 .iter()
-                .filter(|a| !a.is_terminal())
-                .map(|a| (a.namespace.clone(), a.job_id.clone()))
-                .collect();
+                .filter(|a| a.job.as_ref().is_some_and(|j| !j.is_system_like()))
+                .filter_map(|a| a.group().map(|tg| tg.lost_after()))
+                .max()
+                .filter(|l| *l > 0 && node.status != node_status::DISCONNECTED);
+            let mut n = (*node).clone();
+            let (status, event) = match lost_after {
+                Some(_) => (node_status::DISCONNECTED, "Node heartbeat missed; allocations kept as unknown"),
+                None => (node_status::DOWN, "Node heartbeat missed"),
+            };
+            tracing::warn!(node_id, name = %node.name, status, "node missed its heartbeat");
+            n.status = status.into();
+            n.status_updated_at = now_nanos() / 1_000_000_000;
+            n.events.push(node_event("Cluster", event));
+            batch.nodes.push(n);
+            let jobs: BTreeSet<(String, String)> =
+                live.iter().map(|a| (a.namespace.clone(), a.job_id.clone())).collect();
             for (ns, id) in jobs {
                 if let Some(job) = snap.job(&ns, &id) {
                     let mut e = Server::new_eval(&job, "node-update");
@@ -206,12 +223,13 @@ impl Server {
                 }
             }
             let evals = batch.evals.clone();
-            Ok::<_, ServerError>((batch, evals))
+            let lost_after = lost_after.map(|l| Duration::from_nanos(l as u64));
+            Ok::<_, ServerError>((batch, (evals, lost_after)))
         })?;
         for e in &evals {
             self.enqueue(e);
         }
-        Ok(())
+        Ok(lost_after)
     }
 
     /// Applies allocation status reported by a client, and creates the
@@ -221,6 +239,8 @@ impl Server {
             let mut batch = WriteBatch::default();
             let mut failed_jobs: BTreeSet<(String, String)> = BTreeSet::new();
             let mut touched_jobs: BTreeSet<(String, String)> = BTreeSet::new();
+            // Jobs with allocations back from a node that was out of touch.
+            let mut reconnected_jobs: BTreeSet<(String, String)> = BTreeSet::new();
             let mut freed = false;
             for u in updates {
                 let Some(old) = snap.alloc(&u.id) else { continue };
@@ -248,6 +268,9 @@ impl Server {
                 if a.client_terminal() && !old.client_terminal() {
                     freed = true;
                 }
+                if old.client_status == client_status::UNKNOWN && a.client_status != client_status::UNKNOWN {
+                    reconnected_jobs.insert(key.clone());
+                }
                 if a.client_status != old.client_status {
                     touched_jobs.insert(key);
                 }
@@ -258,7 +281,9 @@ impl Server {
             }
             for (ns, id) in &touched_jobs {
                 let Some(job) = snap.job(ns, id) else { continue };
-                if failed_jobs.contains(&(ns.clone(), id.clone())) {
+                if reconnected_jobs.contains(&(ns.clone(), id.clone())) {
+                    batch.evals.push(Server::new_eval(&job, "reconnect"));
+                } else if failed_jobs.contains(&(ns.clone(), id.clone())) {
                     batch.evals.push(Server::new_eval(&job, "alloc-failure"));
                 }
                 if let Some((dep, rolling)) = deployment_progress(snap, &job, &batch.allocs) {

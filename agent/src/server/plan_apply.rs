@@ -51,8 +51,15 @@ pub fn plan_write(snap: &Tables, eval: &Evaluation, plan: Plan) -> PlanWrite {
     }
     batch.evals.push(done);
     batch.evals.extend(plan.followups.iter().cloned());
+    let replaced: BTreeMap<String, String> = plan
+        .place
+        .iter()
+        .filter(|a| !a.previous_allocation.is_empty())
+        .map(|a| (a.previous_allocation.clone(), a.id.clone()))
+        .collect();
     batch.allocs = plan.place;
     batch.allocs.extend(plan.update);
+    link_replacements(snap, &mut batch, replaced);
     batch.deployments.extend(plan.cancel_deployments);
     batch.deployments.extend(plan.deployment);
     if let Some(job) = snap.job(&eval.namespace, &eval.job_id) {
@@ -64,4 +71,21 @@ pub fn plan_write(snap: &Tables, eval: &Evaluation, plan: Plan) -> PlanWrite {
         }
     }
     PlanWrite { batch, followups: plan.followups }
+}
+
+/// Sets `NextAllocation` on each allocation a placement replaces (given as
+/// replaced ID to replacement ID), in the batch or from the snapshot.
+fn link_replacements(snap: &Tables, batch: &mut WriteBatch, mut replaced: BTreeMap<String, String>) {
+    for a in &mut batch.allocs {
+        if let Some(next) = replaced.remove(&a.id) {
+            a.next_allocation = next;
+        }
+    }
+    for (id, next) in replaced {
+        if let Some(old) = snap.alloc(&id) {
+            let mut linked = (*old).clone();
+            linked.next_allocation = next;
+            batch.allocs.push(linked);
+        }
+    }
 }

@@ -29,6 +29,8 @@ pub mod client_status {
     pub const FAILED: &str = "failed";
     /// The node went down.
     pub const LOST: &str = "lost";
+    /// Its node is out of touch and its `disconnect` block keeps it for now.
+    pub const UNKNOWN: &str = "unknown";
 }
 
 /// Evaluation status values.
@@ -95,6 +97,8 @@ pub struct Allocation {
     /// The address the allocation's bridge or CNI network gave it, as its
     /// client reported it.
     pub network_status: Option<AllocNetworkStatus>,
+    /// Status changes the servers made (the node went out of touch, came back).
+    pub alloc_states: Vec<super::AllocState>,
 }
 
 /// Nomad's `AllocNetworkStatus`: the interface and address of an
@@ -331,6 +335,23 @@ impl Allocation {
     /// The client reports it finished, failed or lost.
     pub fn client_terminal(&self) -> bool {
         matches!(self.client_status.as_str(), client_status::COMPLETE | client_status::FAILED | client_status::LOST)
+    }
+
+    /// When the servers last marked it `unknown`, unless they have since
+    /// seen it back (Unix nanoseconds).
+    pub fn unknown_since(&self) -> Option<i64> {
+        let last = self.alloc_states.iter().rev().find(|s| s.field == "ClientStatus")?;
+        (last.value == client_status::UNKNOWN).then_some(last.time_nanos)
+    }
+
+    /// Records that the servers set its client status to `value` at `now`.
+    pub fn record_client_status(&mut self, value: &str, now: i64) {
+        self.alloc_states.push(super::AllocState {
+            field: "ClientStatus".into(),
+            value: value.into(),
+            time: crate::util::rfc3339(now),
+            time_nanos: now,
+        });
     }
 
     /// The job version this allocation runs.

@@ -182,6 +182,9 @@ impl Job {
             if tg.migrate.is_none() {
                 tg.migrate = self.migrate.clone().or_else(|| service.then(super::MigrateStrategy::default));
             }
+            if let Some(d) = &mut tg.disconnect {
+                d.canonicalize();
+            }
             let disk = tg.ephemeral_disk.get_or_insert_with(EphemeralDisk::default);
             if disk.size_mb == 0 {
                 disk.size_mb = 300;
@@ -327,6 +330,9 @@ impl Job {
         }
         if tg.reschedule_policy.is_some() && self.is_system_like() {
             issue(None, format!("reschedule is not allowed for {} jobs", self.job_type));
+        }
+        for m in tg.disconnect.iter().flat_map(|d| d.problems(&self.job_type)) {
+            issue(None, m);
         }
         if let Some(mode) = tg.restart_policy.as_ref().map(|r| r.mode.as_str()).filter(|m| !is_restart_mode(m)) {
             issue(None, format!("restart mode {mode:?} must be \"fail\" or \"delay\""));

@@ -176,6 +176,8 @@ pub struct TaskGroup {
     /// Nanoseconds a stopping group waits before its tasks are signalled.
     pub shutdown_delay: Option<i64>,
     pub scaling: Option<ScalingPolicy>,
+    /// What happens while the group's node is out of touch.
+    pub disconnect: Option<super::DisconnectStrategy>,
 }
 
 /// One unit of work run by a driver.
@@ -583,6 +585,17 @@ impl Job {
 }
 
 impl TaskGroup {
+    /// Nanoseconds its allocations stay `unknown` on a node out of touch
+    /// before they are lost (0: lost at once).
+    pub fn lost_after(&self) -> i64 {
+        self.disconnect.as_ref().map_or(0, |d| d.lost_after)
+    }
+
+    /// Whether its allocations are replaced while they are `unknown`.
+    pub fn replaces_unknown(&self) -> bool {
+        self.disconnect.as_ref().is_none_or(|d| d.replaces())
+    }
+
     /// The group's network: the group-level block, or, for HCL1-era jobs,
     /// the networks declared inside task resources merged into one.
     pub fn effective_network(&self) -> Option<NetworkResource> {

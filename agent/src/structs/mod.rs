@@ -6,6 +6,7 @@
 mod alloc;
 pub mod artifact;
 mod canonicalize;
+mod disconnect;
 mod drain;
 mod identity;
 mod job;
@@ -16,6 +17,7 @@ mod volume;
 
 pub use alloc::*;
 pub use canonicalize::ValidationIssue;
+pub use disconnect::{reconcile, AllocState, DisconnectStrategy};
 pub use drain::*;
 pub use identity::*;
 pub use job::*;

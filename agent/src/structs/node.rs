@@ -13,6 +13,9 @@ pub mod node_status {
     pub const READY: &str = "ready";
     /// Missed its heartbeat deadline.
     pub const DOWN: &str = "down";
+    /// Missed its heartbeat deadline while running allocations whose
+    /// `disconnect.lost_after` keeps them for a while; down after that.
+    pub const DISCONNECTED: &str = "disconnected";
 }
 
 /// A client node.
@@ -149,6 +152,11 @@ impl Node {
             "node.pool" => Some(&self.node_pool),
             _ => None,
         }
+    }
+
+    /// True when it missed its heartbeat deadline (down or disconnected).
+    pub fn out_of_touch(&self) -> bool {
+        self.status == node_status::DOWN || self.status == node_status::DISCONNECTED
     }
 
     /// True when the scheduler may place new allocations here.

@@ -102,6 +102,10 @@ pub struct DesiredUpdates {
     pub destructive_update: u64,
     pub canary: u64,
     pub preemptions: u64,
+    /// Allocations marked unknown because their node is out of touch.
+    pub disconnect: u64,
+    /// Allocations kept as their node came back.
+    pub reconnect: u64,
 }
 
 /// Added, Deleted, Edited or None.

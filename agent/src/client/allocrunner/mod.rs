@@ -502,6 +502,12 @@ async fn run(
                         kill.cancel();
                     }
                     r.persist(true);
+                    // The servers marked it unknown while this node was out
+                    // of touch: tell them again how it is.
+                    if r.alloc.client_status == crate::structs::client_status::UNKNOWN {
+                        r.reported = None;
+                        r.report();
+                    }
                     if kill.is_cancelled() && r.persisted.handles.is_empty() {
                         mark_unstarted_dead(&mut r);
                         r.report();

@@ -6,6 +6,7 @@
 //! then find nodes for the placements (`rank`), recording why a group could
 //! not be placed in an `AllocMetric`.
 
+mod disconnect;
 mod feasible;
 mod preference;
 mod rank;

@@ -4,6 +4,10 @@
 //! Vocabulary (as in Nomad's scheduler):
 //! - *untainted*: desired run, on a live node, not finished: kept as is;
 //! - *lost*: on a node that is down: stopped as lost and replaced;
+//! - *unknown*: on a disconnected node, for a group with
+//!   `disconnect.lost_after`: kept (and replaced unless `replace = false`)
+//!   until `lost_after` passes, then lost; if its node comes back first,
+//!   it or its replacement stays, as `disconnect.reconcile` says;
 //! - *failed*: the client gave up on it: replaced when the reschedule policy
 //!   allows (possibly after a delay, via a follow-up evaluation);
 //! - *migrating*: marked by a node drain: stopped and replaced elsewhere;
@@ -17,12 +21,13 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write;
 use std::sync::Arc;
 
+use super::disconnect;
 use super::rank::Placer;
 use super::{new_id, Plan};
 use crate::server::state::Tables;
 use crate::structs::{
-    client_status, desired, eval_status, AllocMetric, Allocation, Deployment, DeploymentState, Evaluation, Job,
-    RescheduleEvent, ReschedulePolicy, RescheduleTracker, TaskGroup,
+    client_status, desired, eval_status, node_status, AllocMetric, Allocation, Deployment, DeploymentState, Evaluation,
+    Job, RescheduleEvent, ReschedulePolicy, RescheduleTracker, TaskGroup,
 };
 use crate::util::now_nanos;
 use crate::wire::plan::DesiredUpdates;
@@ -52,6 +57,15 @@ fn alloc_name(job_id: &str, group: &str, index: u32) -> String {
 const MIGRATING: &str = "alloc is being migrated";
 
 /// A placement the plan still has to find a node for.
+/// A group's originals and replacements (see `reconnect_choices`).
+#[derive(Default)]
+struct Replacements {
+    /// Allocations with a live replacement that stays.
+    replaced: HashSet<String>,
+    /// Replacements that stop: the original they replaced is back.
+    not_needed: HashSet<String>,
+}
+
 struct PlaceRequest {
     index: u32,
     previous: Option<Arc<Allocation>>,
@@ -172,15 +186,66 @@ impl<'a> Reconciler<'a> {
         let mut occupied: BTreeSet<u32> = BTreeSet::new();
         let mut untainted: Vec<Arc<Allocation>> = Vec::new();
         let mut requests = Vec::new();
-        for a in allocs {
-            let node_down = self.snap.node(&a.node_id).map(|n| n.status == "down").unwrap_or(true);
-            if a.client_status == client_status::LOST || (node_down && !a.client_terminal()) {
+        let replacements = self.reconnect_choices(tg, &allocs);
+        let mut reconnected = Vec::new();
+        for mut a in allocs {
+            if replacements.not_needed.contains(&a.id) {
+                self.plan.update.push(stopped(&a, disconnect::REPLACEMENT_NOT_NEEDED, None));
+                freed.insert(a.id.clone());
+                upd.stop += 1;
+                continue;
+            }
+            let replaced = replacements.replaced.contains(&a.id);
+            let node = self.snap.node(&a.node_id);
+            let out_of_touch = node.as_ref().is_none_or(|n| n.out_of_touch());
+            if out_of_touch && !a.client_terminal() {
+                if let Some(until) = disconnect::unknown_until(tg, &a, node.as_deref(), self.now) {
+                    if a.client_status != client_status::UNKNOWN {
+                        self.mark_unknown(job, &a, until);
+                        upd.disconnect += 1;
+                    }
+                    occupied.insert(a.index());
+                    if tg.replaces_unknown() && !replaced {
+                        upd.place += 1;
+                        requests.push(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: false });
+                    }
+                    continue;
+                }
+            }
+            if a.client_status == client_status::LOST || (out_of_touch && !a.client_terminal()) {
                 self.plan.update.push(stopped(&a, "alloc is lost since its node is down", Some(client_status::LOST)));
                 freed.insert(a.id.clone());
                 upd.stop += 1;
-                upd.place += 1;
-                requests.push(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: false });
                 occupied.insert(a.index());
+                if !replaced {
+                    upd.place += 1;
+                    requests.push(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: false });
+                }
+                continue;
+            }
+            if a.unknown_since().is_some() {
+                // Back from a node that was out of touch.
+                if a.client_status == client_status::UNKNOWN {
+                    // Its client has not said how it is yet.
+                    occupied.insert(a.index());
+                    upd.ignore += 1;
+                    continue;
+                }
+                if replaced {
+                    self.plan.update.push(stopped(&a, disconnect::ORIGINAL_NOT_NEEDED, None));
+                    freed.insert(a.id.clone());
+                    upd.stop += 1;
+                    continue;
+                }
+                let mut back = (*a).clone();
+                back.record_client_status(&a.client_status, self.now);
+                a = Arc::new(back);
+                reconnected.push(a.clone());
+                upd.reconnect += 1;
+            } else if replaced && a.client_terminal() {
+                // Finished while its replacement runs: nothing to redo.
+                self.plan.update.push(stopped(&a, disconnect::ORIGINAL_NOT_NEEDED, None));
+                upd.stop += 1;
                 continue;
             }
             if a.desired_transition.should_migrate() && !a.is_terminal() {
@@ -287,8 +352,58 @@ impl<'a> Reconciler<'a> {
             upd.place += 1;
             requests.push(PlaceRequest { index: next, previous: None, reschedule: false });
         }
+        // Reconnected allocations the plan does not already change.
+        let changed: HashSet<&str> = self.plan.update.iter().map(|u| u.id.as_str()).collect();
+        let recorded: Vec<Allocation> =
+            reconnected.iter().filter(|a| !changed.contains(a.id.as_str())).map(|a| (**a).clone()).collect();
+        self.plan.update.extend(recorded);
         self.plan.desired_updates.insert(tg.name.clone(), upd);
         requests
+    }
+
+    /// Marks `a` unknown, with an evaluation at `until` that finds it lost
+    /// unless its node is back by then.
+    fn mark_unknown(&mut self, job: &Job, a: &Allocation, until: i64) {
+        let followup = Evaluation {
+            id: new_id(),
+            namespace: job.namespace.clone(),
+            priority: job.priority,
+            eval_type: job.job_type.clone(),
+            triggered_by: "max-disconnect-timeout".into(),
+            job_id: job.id.clone(),
+            status: eval_status::PENDING.into(),
+            wait_until: until,
+            previous_eval: self.eval.id.clone(),
+            ..Default::default()
+        };
+        let mut unknown = a.clone();
+        unknown.client_status = client_status::UNKNOWN.into();
+        unknown.client_description = disconnect::UNKNOWN.into();
+        unknown.record_client_status(client_status::UNKNOWN, self.now);
+        unknown.followup_eval_id = followup.id.clone();
+        self.plan.update.push(unknown);
+        self.plan.followups.push(followup);
+    }
+
+    /// Which allocations of a group have a live replacement, and which
+    /// replacements stop because the original they replaced is back and
+    /// stays.
+    fn reconnect_choices(&self, tg: &TaskGroup, allocs: &[Arc<Allocation>]) -> Replacements {
+        let by_id: BTreeMap<&str, &Arc<Allocation>> = allocs.iter().map(|a| (a.id.as_str(), a)).collect();
+        let mut out = Replacements::default();
+        for r in allocs.iter().filter(|r| !r.client_terminal() && !r.previous_allocation.is_empty()) {
+            let Some(original) = by_id.get(r.previous_allocation.as_str()) else { continue };
+            let back = original.unknown_since().is_some()
+                && original.client_status != client_status::UNKNOWN
+                && !original.client_terminal()
+                && self.snap.node(&original.node_id).is_some_and(|n| n.status == node_status::READY);
+            if back && disconnect::keep_original(tg, original, r) {
+                out.not_needed.insert(r.id.clone());
+            } else {
+                out.replaced.insert(original.id.clone());
+            }
+        }
+        out
     }
 
     /// Decides whether a failed allocation is replaced now, later, or never.
@@ -372,7 +487,7 @@ impl<'a> Reconciler<'a> {
         let mut covered: BTreeSet<String> = BTreeSet::new();
         for a in allocs {
             let node = self.snap.node(&a.node_id);
-            let node_down = node.as_ref().map(|n| n.status == "down").unwrap_or(true);
+            let node_down = node.as_ref().is_none_or(|n| n.out_of_touch());
             if node_down && !a.client_terminal() {
                 self.plan.update.push(stopped(&a, "alloc is lost since its node is down", Some(client_status::LOST)));
                 placer.free(&a);

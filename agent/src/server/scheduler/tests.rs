@@ -778,6 +778,90 @@ fn allocations_on_down_node_are_lost_and_replaced() {
     assert!(plan.place.is_empty() && plan.update.is_empty());
 }
 
+/// A two-allocation job whose group keeps allocations of a disconnected
+/// node for a minute, running on two nodes; answers the allocation of
+/// index 0 and its node.
+fn disconnect_job(h: &Harness, replace: bool, strategy: &str) -> (Arc<Allocation>, String) {
+    h.add_nodes(3, 8000, 16384);
+    let mut j = job("web", 2);
+    group(&mut j).disconnect = Some(crate::structs::DisconnectStrategy {
+        lost_after: 60 * 1_000_000_000,
+        replace: Some(replace),
+        reconcile: strategy.into(),
+        ..Default::default()
+    });
+    h.register(j);
+    h.eval("web");
+    h.set_all_client_status("web", client_status::RUNNING);
+    let original = h.live_by_index("web", 0);
+    let node = original.node_id.clone();
+    h.update_node(&node, |n| n.status = node_status::DISCONNECTED.into());
+    (original, node)
+}
+
+#[test]
+fn allocations_of_a_disconnected_node_are_unknown_replaced_and_kept_when_it_returns() {
+    let h = Harness::new();
+    let (original, node) = disconnect_job(&h, true, "keep_original");
+    let plan = h.eval("web");
+    let u = &plan.desired_updates["web"];
+    assert_eq!((u.disconnect, u.place, u.stop), (1, 1, 0), "{u:?}");
+    let unknown = plan.update.iter().find(|a| a.id == original.id).expect("marked unknown");
+    assert_eq!((unknown.client_status.as_str(), unknown.desired_status.as_str()), ("unknown", desired::RUN));
+    assert!(unknown.unknown_since().is_some());
+    let followup = plan.followups.iter().find(|e| e.triggered_by == "max-disconnect-timeout").expect("timeout eval");
+    assert!(followup.wait_until > now_nanos() + 59 * 1_000_000_000);
+    assert_eq!(plan.place[0].previous_allocation, original.id);
+    assert_eq!(h.allocs("web").iter().find(|a| a.id == original.id).unwrap().next_allocation, plan.place[0].id);
+    assert!(h.eval("web").place.is_empty(), "one replacement only");
+
+    // Back: the client says it runs; keep_original stops the replacement.
+    h.update_node(&node, |n| n.status = node_status::READY.into());
+    let replacement = plan.place[0].id.clone();
+    h.set_client_status(&original.id, client_status::RUNNING);
+    let plan = h.eval("web");
+    assert_eq!(plan.desired_updates["web"].reconnect, 1);
+    let stopped = plan.update.iter().find(|a| a.id == replacement).expect("replacement stopped");
+    assert_eq!(stopped.desired_description, super::disconnect::REPLACEMENT_NOT_NEEDED);
+    let back = h.allocs("web").into_iter().find(|a| a.id == original.id).unwrap();
+    assert_eq!((back.desired_status.as_str(), back.unknown_since()), (desired::RUN, None));
+    let plan = h.eval("web");
+    assert!(plan.place.is_empty() && plan.update.is_empty(), "stable: {:?}", plan.desired_updates);
+    assert_eq!(indexes(&h.live("web")), vec![0, 1]);
+}
+
+#[test]
+fn an_unknown_allocation_is_lost_after_lost_after_and_replaced_then_even_without_replace() {
+    let h = Harness::new();
+    let (original, _) = disconnect_job(&h, false, "best_score");
+    let plan = h.eval("web");
+    assert_eq!((plan.desired_updates["web"].disconnect, plan.place.len()), (1, 0), "replace = false places nothing");
+    // lost_after passes.
+    h.update_alloc(&original.id, |a| a.alloc_states[0].time_nanos -= 61 * 1_000_000_000);
+    let plan = h.eval("web");
+    let lost = plan.update.iter().find(|a| a.id == original.id).expect("lost");
+    assert_eq!((lost.client_status.as_str(), lost.desired_status.as_str()), (client_status::LOST, desired::STOP));
+    assert_eq!(plan.place.len(), 1);
+    assert_eq!(plan.place[0].previous_allocation, original.id);
+}
+
+#[test]
+fn a_replacement_that_scored_higher_stays_when_the_original_returns() {
+    let h = Harness::new();
+    let (original, node) = disconnect_job(&h, true, "best_score");
+    let plan = h.eval("web");
+    let replacement = plan.place[0].id.clone();
+    h.set_client_status(&replacement, client_status::RUNNING);
+    h.update_alloc(&original.id, |a| a.metrics = Some(crate::structs::AllocMetric::default()));
+    h.update_node(&node, |n| n.status = node_status::READY.into());
+    h.set_client_status(&original.id, client_status::RUNNING);
+    let plan = h.eval("web");
+    let stopped = plan.update.iter().find(|a| a.id == original.id).expect("original stopped");
+    assert_eq!(stopped.desired_description, super::disconnect::ORIGINAL_NOT_NEEDED);
+    assert!(plan.place.is_empty());
+    assert!(h.live("web").iter().any(|a| a.id == replacement));
+}
+
 #[test]
 fn allocations_marked_for_migration_move_off_a_draining_node() {
     let h = Harness::new();
