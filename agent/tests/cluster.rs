@@ -1,6 +1,7 @@
 //! One server and several clients started from Nomad-style config files on
 //! one host: clients register over the network, a client that stops
-//! heartbeating goes down and its allocations are replaced elsewhere, and
+//! heartbeating goes down and its allocations are replaced elsewhere (or,
+//! with `disconnect { lost_after }`, kept as unknown until it is back), and
 //! system jobs cover every node, including one that joins later.
 
 mod common;
@@ -370,4 +371,63 @@ fn a_drain_moves_allocations_at_the_migrate_pace_and_leaves_the_node_ineligible(
     assert!(undrain.code == 0 && undrain.stdout.contains("drain strategy unset"), "{undrain:?}");
     assert_eq!(server.get(&format!("/v1/node/{two}"))["SchedulingEligibility"], "eligible");
     assert_eq!(server.cli(&["job", "stop", "-purge", "paced"]).code, 0);
+}
+
+/// A client that stops answering (SIGSTOP: its tasks keep running) with an
+/// allocation whose group has `disconnect { lost_after }`: the node turns
+/// disconnected, the allocation unknown, a replacement runs elsewhere; when
+/// the client answers again, `keep_original` keeps the original and stops
+/// the replacement.
+#[test]
+fn a_disconnected_client_keeps_its_allocation_as_unknown_and_gets_it_back() {
+    let root = tempfile::tempdir().unwrap();
+    let server = server(root.path());
+    let clients: Vec<Agent> = (1..=2).map(|i| client(root.path(), &format!("client{i}"), server.rpc)).collect();
+    wait_for("two ready nodes", Duration::from_secs(20), || (ready_nodes(&server) == 2).then_some(()));
+    let marker = format!("dc{}", std::process::id());
+    let spec = raw_exec_job("keep", 1, &marker).replacen(
+        "count = 1",
+        "count = 1\n    disconnect {\n      lost_after = \"5m\"\n      reconcile  = \"keep_original\"\n    }",
+        1,
+    );
+    let run = server.cli(&["job", "run", &job_file(root.path(), "keep.nomad", &spec)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let original = wait_for("running", Duration::from_secs(20), || server.alloc_ids("keep", "running").pop());
+    let alloc = server.get(&format!("/v1/allocation/{original}"));
+    let node = alloc["NodeID"].as_str().unwrap().to_string();
+    let out = clients.iter().find(|c| c.name == alloc["NodeName"].as_str().unwrap()).unwrap();
+    let pid = nix::unistd::Pid::from_raw(out.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    /// Lets the client run again, also when the test fails.
+    struct Resume(nix::unistd::Pid);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    let resumed = Resume(pid);
+
+    wait_for("the node to turn disconnected", Duration::from_secs(20), || {
+        (server.get(&format!("/v1/node/{node}"))["Status"] == "disconnected").then_some(())
+    });
+    let replacement = wait_for("unknown, and a replacement running elsewhere", Duration::from_secs(30), || {
+        let a = server.get(&format!("/v1/allocation/{original}"));
+        let running = server.alloc_ids("keep", "running");
+        (a["ClientStatus"] == "unknown" && a["DesiredStatus"] == "run" && running.len() == 1)
+            .then(|| running[0].clone())
+            .filter(|r| *r != original)
+    });
+    let status = server.cli(&["alloc", "status", &original]);
+    assert!(status.stdout.contains("unknown"), "{status:?}");
+    let summary = server.get("/v1/job/keep/summary");
+    assert_eq!(summary["Summary"]["g"]["Unknown"], 1, "{summary}");
+
+    drop(resumed);
+    wait_for("the original kept and the replacement stopped", Duration::from_secs(30), || {
+        let a = server.get(&format!("/v1/allocation/{original}"));
+        let r = server.get(&format!("/v1/allocation/{replacement}"));
+        (a["ClientStatus"] == "running" && a["DesiredStatus"] == "run" && r["DesiredStatus"] == "stop").then_some(())
+    });
+    assert_eq!(server.get(&format!("/v1/node/{node}"))["Status"], "ready");
+    assert_eq!(server.cli(&["job", "stop", "-purge", "keep"]).code, 0);
 }

@@ -239,6 +239,7 @@ impl Client {
         tokio::spawn(client.clone().sync_updates(rx));
         tokio::spawn(client.clone().membership());
         tokio::spawn(client.clone().watch_allocs());
+        tokio::spawn(client.clone().stop_when_out_of_touch());
         Ok(client)
     }
 
@@ -542,6 +543,34 @@ impl Client {
         }
     }
 
+    /// Stops, on this client's own authority, each allocation whose group's
+    /// `disconnect.stop_on_client_after` has passed since the servers last
+    /// answered a heartbeat (once per allocation, checked every second).
+    async fn stop_when_out_of_touch(self: Arc<Self>) {
+        let mut stopped: HashSet<String> = HashSet::new();
+        loop {
+            self.pause(Duration::from_secs(1)).await;
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let Some((last, _)) = *self.contact.lock() else { continue };
+            let out_for = last.elapsed();
+            let runners = self.runners.lock();
+            stopped.retain(|id| runners.contains_key(id));
+            for (id, ctl) in runners.iter() {
+                let Some(after) = ctl.stop_after.filter(|after| out_for > *after) else { continue };
+                if stopped.insert(id.clone()) {
+                    let why = format!(
+                        "alloc stopped by its client: no answer from the servers for {}s (stop_on_client_after {}s)",
+                        out_for.as_secs(),
+                        after.as_secs()
+                    );
+                    let _ = ctl.commands.send(AllocCommand::Stop(why));
+                }
+            }
+        }
+    }
+
     /// Sleeps, unless the agent shuts down first.
     async fn pause(&self, d: Duration) {
         tokio::select! {
@@ -560,6 +589,7 @@ impl Client {
             match runners.get_mut(&a.id) {
                 Some(ctl) if index > ctl.modify_index => {
                     ctl.modify_index = index;
+                    ctl.stop_after = allocrunner::stop_after(&a);
                     let _ = ctl.commands.send(AllocCommand::Update(Box::new(a)));
                 }
                 Some(_) => {}

@@ -19,6 +19,7 @@ pub fn job_summary(snap: &Tables, job: &Job) -> JobSummary {
             client_status::COMPLETE => s.complete += 1,
             client_status::FAILED => s.failed += 1,
             client_status::LOST => s.lost += 1,
+            client_status::UNKNOWN => s.unknown += 1,
             _ => {}
         }
     }

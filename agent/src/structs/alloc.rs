@@ -344,6 +344,13 @@ impl Allocation {
         (last.value == client_status::UNKNOWN).then_some(last.time_nanos)
     }
 
+    /// Marks it stopped by its own client, for `why` (the servers' copy
+    /// says so too once they see it).
+    pub fn stop_locally(&mut self, why: &str) {
+        self.desired_status = desired::STOP.into();
+        self.desired_description = why.into();
+    }
+
     /// Records that the servers set its client status to `value` at `now`.
     pub fn record_client_status(&mut self, value: &str, now: i64) {
         self.alloc_states.push(super::AllocState {

@@ -9,6 +9,7 @@
 mod hooks;
 mod lifecycle;
 
+use std::time::Duration;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +35,9 @@ pub enum AllocCommand {
     Update(Box<Allocation>),
     /// The allocation is gone from the server: stop and remove everything.
     Destroy,
+    /// The client stops the allocation on its own (it could not reach the
+    /// servers for its group's `disconnect.stop_on_client_after`), saying why.
+    Stop(String),
     /// A request to one task (`task`) or to all of them.
     Control {
         /// The task, or `None` for every task.
@@ -51,6 +55,14 @@ pub struct AllocRunnerCtl {
     pub commands: mpsc::UnboundedSender<AllocCommand>,
     /// The `AllocModifyIndex` last handed to it.
     pub modify_index: u64,
+    /// Its group's `disconnect.stop_on_client_after`.
+    pub stop_after: Option<Duration>,
+}
+
+/// A group's `disconnect.stop_on_client_after`, if any.
+pub fn stop_after(alloc: &Allocation) -> Option<Duration> {
+    let nanos = alloc.group()?.disconnect.as_ref()?.stop_on_client_after?;
+    u64::try_from(nanos).ok().map(Duration::from_nanos)
 }
 
 /// Shared things every alloc runner uses.
@@ -98,9 +110,10 @@ pub fn client_status_of(states: &BTreeMap<String, TaskState>, task_count: usize)
 pub fn spawn(alloc: Allocation, restored: Option<PersistedAlloc>, deps: RunnerDeps) -> AllocRunnerCtl {
     let (tx, rx) = mpsc::unbounded_channel();
     let modify_index = alloc.alloc_modify_index;
+    let stop_after = stop_after(&alloc);
     let span = tracing::info_span!("alloc", alloc_id = %alloc.id);
     tokio::spawn(tracing::Instrument::instrument(run(alloc, restored, deps, rx), span));
-    AllocRunnerCtl { commands: tx, modify_index }
+    AllocRunnerCtl { commands: tx, modify_index, stop_after }
 }
 
 /// How the set-up of an allocation (its prerun hooks) ended.
@@ -194,6 +207,12 @@ impl Runner {
                         break Some(Setup::Stopped { destroy: false });
                     }
                     Some(AllocCommand::Update(a)) => later = Some(a),
+                    Some(AllocCommand::Stop(why)) => {
+                        let mut a = Box::new(alloc.clone());
+                        a.stop_locally(&why);
+                        later = Some(a);
+                        break Some(Setup::Stopped { destroy: false });
+                    }
                     Some(AllocCommand::Control { reply, .. }) => {
                         let _ = reply.send(Err(ControlError::NotRunning));
                     }
@@ -509,6 +528,16 @@ async fn run(
                         r.report();
                     }
                     if kill.is_cancelled() && r.persisted.handles.is_empty() {
+                        mark_unstarted_dead(&mut r);
+                        r.report();
+                    }
+                }
+                Some(AllocCommand::Stop(why)) => {
+                    tracing::warn!(reason = %why, "stopping the allocation");
+                    r.alloc.stop_locally(&why);
+                    kill.cancel();
+                    r.persist(true);
+                    if r.persisted.handles.is_empty() {
                         mark_unstarted_dead(&mut r);
                         r.report();
                     }

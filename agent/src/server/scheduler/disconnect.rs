@@ -26,6 +26,16 @@ pub fn unknown_until(tg: &TaskGroup, a: &Allocation, node: Option<&Node>, now: i
     (until > now).then_some(until)
 }
 
+/// When (Unix nanoseconds) a lost allocation of a group with
+/// `stop_on_client_after` may be replaced: its client stops it that long
+/// after losing the servers, and its tasks get their kill timeout on top.
+pub fn replaceable_at(tg: &TaskGroup, node: Option<&Node>) -> Option<i64> {
+    let stop_after = tg.disconnect.as_ref()?.stop_on_client_after?;
+    let down_at = node?.status_updated_at.saturating_mul(1_000_000_000);
+    let kill = tg.tasks.iter().map(|t| t.kill_timeout.unwrap_or(5_000_000_000)).max().unwrap_or(0);
+    Some(down_at.saturating_add(stop_after).saturating_add(kill))
+}
+
 /// Whether `original`, back from a node that was out of touch, stays
 /// rather than the `replacement` placed meanwhile. A replacement of a
 /// newer job version always stays; otherwise the group's strategy decides.

@@ -212,6 +212,16 @@ impl<'a> Reconciler<'a> {
                     continue;
                 }
             }
+            if out_of_touch && !a.client_terminal() {
+                // Its client stops it itself; replace it once it surely has.
+                let at = disconnect::replaceable_at(tg, node.as_deref()).filter(|at| *at > self.now);
+                if let Some(at) = at {
+                    self.follow_up_at(job, &a, at, "stop-on-client-after");
+                    occupied.insert(a.index());
+                    upd.ignore += 1;
+                    continue;
+                }
+            }
             if a.client_status == client_status::LOST || (out_of_touch && !a.client_terminal()) {
                 self.plan.update.push(stopped(&a, "alloc is lost since its node is down", Some(client_status::LOST)));
                 freed.insert(a.id.clone());
@@ -364,24 +374,36 @@ impl<'a> Reconciler<'a> {
     /// Marks `a` unknown, with an evaluation at `until` that finds it lost
     /// unless its node is back by then.
     fn mark_unknown(&mut self, job: &Job, a: &Allocation, until: i64) {
+        let mut unknown = a.clone();
+        unknown.client_status = client_status::UNKNOWN.into();
+        unknown.client_description = disconnect::UNKNOWN.into();
+        unknown.record_client_status(client_status::UNKNOWN, self.now);
+        unknown.followup_eval_id.clear();
+        self.follow_up_at(job, &unknown, until, "max-disconnect-timeout");
+    }
+
+    /// Updates `a` with a pending evaluation of its job at `at` (unless it
+    /// has one already).
+    fn follow_up_at(&mut self, job: &Job, a: &Allocation, at: i64, triggered_by: &str) {
+        let pending = |id: &str| self.snap.eval(id).is_some_and(|e| e.status == eval_status::PENDING);
+        if !a.followup_eval_id.is_empty() && pending(&a.followup_eval_id) {
+            return;
+        }
         let followup = Evaluation {
             id: new_id(),
             namespace: job.namespace.clone(),
             priority: job.priority,
             eval_type: job.job_type.clone(),
-            triggered_by: "max-disconnect-timeout".into(),
+            triggered_by: triggered_by.into(),
             job_id: job.id.clone(),
             status: eval_status::PENDING.into(),
-            wait_until: until,
+            wait_until: at,
             previous_eval: self.eval.id.clone(),
             ..Default::default()
         };
-        let mut unknown = a.clone();
-        unknown.client_status = client_status::UNKNOWN.into();
-        unknown.client_description = disconnect::UNKNOWN.into();
-        unknown.record_client_status(client_status::UNKNOWN, self.now);
-        unknown.followup_eval_id = followup.id.clone();
-        self.plan.update.push(unknown);
+        let mut marked = a.clone();
+        marked.followup_eval_id = followup.id.clone();
+        self.plan.update.push(marked);
         self.plan.followups.push(followup);
     }
 
@@ -415,26 +437,7 @@ impl<'a> Reconciler<'a> {
         // that replaces it: it runs at the due time, but marking the
         // allocation with it moved its `ModifyTime`, so `due` has slid.
         if due > self.now && a.followup_eval_id != self.eval.id {
-            if a.followup_eval_id.is_empty()
-                || self.snap.eval(&a.followup_eval_id).map(|e| e.status != eval_status::PENDING).unwrap_or(true)
-            {
-                let followup = Evaluation {
-                    id: new_id(),
-                    namespace: job.namespace.clone(),
-                    priority: job.priority,
-                    eval_type: job.job_type.clone(),
-                    triggered_by: "alloc-failure".into(),
-                    job_id: job.id.clone(),
-                    status: eval_status::PENDING.into(),
-                    wait_until: due,
-                    previous_eval: self.eval.id.clone(),
-                    ..Default::default()
-                };
-                let mut marked = (**a).clone();
-                marked.followup_eval_id = followup.id.clone();
-                self.plan.update.push(marked);
-                self.plan.followups.push(followup);
-            }
+            self.follow_up_at(job, a, due, "alloc-failure");
             return None;
         }
         self.plan.update.push(stopped(a, "alloc was rescheduled because it failed", None));

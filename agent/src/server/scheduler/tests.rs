@@ -846,6 +846,34 @@ fn an_unknown_allocation_is_lost_after_lost_after_and_replaced_then_even_without
 }
 
 #[test]
+fn a_lost_allocation_whose_client_stops_it_is_replaced_once_it_surely_has() {
+    let h = Harness::new();
+    h.add_nodes(2, 8000, 16384);
+    let mut j = job("web", 1);
+    group(&mut j).disconnect = Some(crate::structs::DisconnectStrategy {
+        stop_on_client_after: Some(30 * 1_000_000_000),
+        ..Default::default()
+    });
+    h.register(j);
+    h.eval("web");
+    h.set_all_client_status("web", client_status::RUNNING);
+    let original = h.live_by_index("web", 0);
+    let down_at = now_nanos() / 1_000_000_000;
+    h.update_node(&original.node_id, |n| {
+        n.status = node_status::DOWN.into();
+        n.status_updated_at = down_at;
+    });
+    let plan = h.eval("web");
+    assert!(plan.place.is_empty(), "not before stop_on_client_after and the kill timeout");
+    let followup = &plan.followups[0];
+    assert_eq!(followup.triggered_by, "stop-on-client-after");
+    assert_eq!(followup.wait_until, (down_at + 30 + 5) * 1_000_000_000);
+    h.update_node(&original.node_id, |n| n.status_updated_at = down_at - 40);
+    let plan = h.eval("web");
+    assert_eq!((plan.place.len(), plan.update[0].client_status.as_str()), (1, client_status::LOST));
+}
+
+#[test]
 fn a_replacement_that_scored_higher_stays_when_the_original_returns() {
     let h = Harness::new();
     let (original, node) = disconnect_job(&h, true, "best_score");

@@ -660,10 +660,12 @@ impl StateStore {
                     a.create_index = old.create_index;
                     a.create_time = old.create_time;
                     // AllocModifyIndex moves only when the server changes what
-                    // the client acts on, not when the client reports status.
+                    // the client acts on, not when the client reports status
+                    // (but when the servers set it: the client says it again).
                     let server_change = old.desired_status != a.desired_status
                         || old.job_version() != a.job_version()
-                        || old.node_id != a.node_id;
+                        || old.node_id != a.node_id
+                        || old.alloc_states.len() != a.alloc_states.len();
                     a.alloc_modify_index = if server_change { index } else { old.alloc_modify_index };
                 }
                 None => {
