@@ -6,13 +6,20 @@
 //! `${attr.unique.hostname}`, `${meta.x}`) is kept as its literal `${...}`
 //! text for the client to interpolate at run time. A bare reference to an
 //! unknown root outside a string is an error.
+//!
+//! `try` and `can` are evaluated here rather than by hcl-rs, which
+//! evaluates every argument before calling a function: `try` returns its
+//! first argument that evaluates without an error, `can` whether its one
+//! argument does. They work as a whole expression and inside lists,
+//! objects, string templates and other functions' arguments.
 
 use std::collections::BTreeMap;
 
-use hcl::eval::{Context, Evaluate};
+use hcl::eval::{Context, ErrorKind, Evaluate};
 use hcl::Value;
-use hcl_edit::expr::{Expression, ObjectKey};
+use hcl_edit::expr::{Expression, FuncCall, ObjectKey};
 use hcl_edit::template::{Element, Interpolation, Template};
+use hcl_edit::visit::{visit_func_call, Visit};
 use hcl_edit::Span;
 
 use super::error::HclError;
@@ -78,6 +85,7 @@ impl Scope {
             Expression::StringTemplate(t) => self.template(src, expr, t),
             Expression::HeredocTemplate(h) => self.template(src, expr, &h.template),
             Expression::Parenthesis(p) => self.eval(src, p.inner()),
+            Expression::FuncCall(call) => self.call(src, expr, call),
             Expression::Variable(_) | Expression::Traversal(_) => match unknown_root(expr, self) {
                 Some(root) => Err(src.error(
                     expr.span(),
@@ -92,10 +100,55 @@ impl Scope {
         }
     }
 
+    /// A function call: `try` and `can` evaluate their arguments one by
+    /// one here; a call with either inside its arguments gets the
+    /// arguments' values from here; any other goes to hcl-rs whole.
+    fn call(&self, src: &Source, expr: &Expression, call: &FuncCall) -> Result<Value, HclError> {
+        let fail = |message: String| src.error(expr.span(), message);
+        match try_or_can(call) {
+            Some("try") => {
+                let mut first = None;
+                for arg in call.args.iter() {
+                    match self.eval(src, arg) {
+                        Ok(value) => return Ok(value),
+                        Err(err) => first = first.or(Some(err)),
+                    }
+                }
+                Err(fail(match first {
+                    Some(err) => format!("try: no expression succeeded; the first failed with: {}", err.message),
+                    None => "try: at least one argument is required".into(),
+                }))
+            }
+            Some(_) => match (call.args.len(), call.args.get(0)) {
+                (1, Some(arg)) => Ok(Value::Bool(self.eval(src, arg).is_ok())),
+                (n, _) => Err(fail(format!("can takes exactly one argument, not {n}"))),
+            },
+            None if call.args.iter().any(calls_try) => {
+                let mut call_of_values: hcl::expr::FuncCall = call.clone().into();
+                call_of_values.args = call
+                    .args
+                    .iter()
+                    .map(|arg| self.eval(src, arg).map(hcl::Expression::from))
+                    .collect::<Result<_, _>>()?;
+                hcl::Expression::from(call_of_values).evaluate(&self.ctx).map_err(|err| fail(err.kind().to_string()))
+            }
+            None => self.delegate(src, expr),
+        }
+    }
+
     /// Hands an expression to hcl-rs.
     fn delegate(&self, src: &Source, expr: &Expression) -> Result<Value, HclError> {
         let converted: hcl::Expression = expr.clone().into();
-        converted.evaluate(&self.ctx).map_err(|err| src.error(expr.span(), err.kind().to_string()))
+        converted.evaluate(&self.ctx).map_err(|err| {
+            let message = match err.kind() {
+                ErrorKind::UndefinedFunc(f) if matches!(f.to_string().as_str(), "try" | "can") => format!(
+                    "{f} works as a whole expression or inside a list, an object, a string or a function's \
+                     arguments; not inside an operator, a conditional, a for expression or a template directive"
+                ),
+                kind => kind.to_string(),
+            };
+            src.error(expr.span(), message)
+        })
     }
 
     fn template(&self, src: &Source, expr: &Expression, template: &Template) -> Result<Value, HclError> {
@@ -158,6 +211,26 @@ fn unknown_root<'e>(expr: &'e Expression, scope: &Scope) -> Option<&'e str> {
     (!scope.knows(root)).then_some(root)
 }
 
+/// `try` or `can`, if `call` calls one of them.
+fn try_or_can(call: &FuncCall) -> Option<&str> {
+    let name = call.name.name.as_str();
+    (!call.name.is_namespaced() && matches!(name, "try" | "can")).then_some(name)
+}
+
+/// Whether `expr` calls `try` or `can` anywhere inside.
+fn calls_try(expr: &Expression) -> bool {
+    struct Finder(bool);
+    impl Visit for Finder {
+        fn visit_func_call(&mut self, call: &FuncCall) {
+            self.0 |= try_or_can(call).is_some();
+            visit_func_call(self, call);
+        }
+    }
+    let mut finder = Finder(false);
+    finder.visit_expr(expr);
+    finder.0
+}
+
 /// "a string", "a number", ... for type errors.
 pub fn kind(value: &Value) -> &'static str {
     match value {
@@ -212,6 +285,35 @@ mod tests {
         assert!(err.message.contains("\"attr\""), "{err}");
         let err = eval_attr("x = var.missing\n", &[]).expect_err("must fail");
         assert_eq!(err.line, 1);
+    }
+
+    #[test]
+    fn try_and_can_evaluate_their_arguments_lazily() {
+        let vars = [("m", Value::Object([("a".to_string(), Value::from(1))].into_iter().collect()))];
+        let eval = |text: &str| eval_attr(&format!("x = {text}\n"), &vars);
+        assert_eq!(eval("try(var.m.b, var.m.a, 2)").unwrap(), Value::from(1));
+        assert_eq!(eval("try(var.nope, \"fallback\")").unwrap(), Value::from("fallback"));
+        assert_eq!(eval("can(var.m.a)").unwrap(), Value::Bool(true));
+        assert_eq!(eval("can(var.m.b)").unwrap(), Value::Bool(false));
+        assert_eq!(eval("can(attr.kernel.name)").unwrap(), Value::Bool(false));
+        assert_eq!(eval("upper(try(var.m.b, \"a\"))").unwrap(), Value::from("A"));
+        assert_eq!(eval("format(\"%s-%d\", lower(try(var.m.b, \"X\")), 3)").unwrap(), Value::from("x-3"));
+        assert_eq!(
+            eval("[try(var.m.b, 1), { k = can(var.m.a) }]").unwrap(),
+            Value::Array(vec![
+                Value::from(1),
+                Value::Object([("k".to_string(), Value::Bool(true))].into_iter().collect()),
+            ])
+        );
+        assert_eq!(eval("\"v${try(var.m.b, 9)}\"").unwrap(), Value::from("v9"));
+        let err = eval("[\n  try(var.m.b, var.m.c),\n]").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 3));
+        assert!(err.message.starts_with("try: no expression succeeded; the first failed with: "), "{err}");
+        assert!(err.message.ends_with("no such key: `b`"), "{err}");
+        assert!(eval("can(1, 2)").unwrap_err().message.contains("exactly one argument"));
+        assert!(eval("upper(try(var.m.b, 1, 2), 5)").is_err(), "the outer call still checks its arguments");
+        let err = eval("1 + try(var.m.b, 2)").unwrap_err();
+        assert!(err.message.contains("not inside an operator"), "{err}");
     }
 
     #[test]

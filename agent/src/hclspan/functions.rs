@@ -1,58 +1,35 @@
 //! Nomad's HCL2 function library (the parts that need neither Consul nor
-//! Vault), declared into hcl-rs' evaluation context: strings, collections,
-//! numbers, encodings, the job file's neighbourhood (`file`,
-//! `templatefile`, relative to the job file) and hashes; `set_time_functions`
-//! adds sets, regexes, dates and times. Function values
-//! are hcl-rs `Value`s; errors name the function.
-
-use std::cell::RefCell;
-use std::path::{Path, PathBuf};
+//! Vault), declared into hcl-rs' evaluation context. This module owns
+//! strings, collections, numbers, conversions and encodings, and declares
+//! its siblings' functions with its own: `collection_functions` (lists
+//! built from lists, `formatlist`, `csvdecode`), `net_functions` (`cidr*`),
+//! `file_functions` (the job file's neighbourhood, relative to the job
+//! file), `crypto_functions` (hashes, `bcrypt`, `rsadecrypt`) and
+//! `set_time_functions` (sets, regexes, dates and times). `try` and `can`
+//! take their arguments unevaluated, so `Scope::eval` implements them.
+//! Function values are hcl-rs `Value`s; errors name the function.
 
 use base64::Engine;
 use hcl::eval::{Context, FuncArgs, FuncDef, ParamType};
 use hcl::{Number, Value};
-use sha2::Digest;
 
-thread_local! {
-    /// The directory of the job file being parsed (`file` and
-    /// `templatefile` read relative to it). hcl-rs functions are plain
-    /// `fn`s, so the parse sets it for its own thread.
-    static BASE_DIR: RefCell<PathBuf> = RefCell::new(PathBuf::from("."));
-}
+pub use super::file_functions::with_base_dir;
 
-/// Sets the directory `file()` reads relative to, for this thread, until
-/// the guard drops.
-pub fn with_base_dir<T>(dir: &Path, f: impl FnOnce() -> T) -> T {
-    let old = BASE_DIR.with(|b| b.replace(dir.to_path_buf()));
-    let out = f();
-    BASE_DIR.with(|b| *b.borrow_mut() = old);
-    out
-}
+pub(super) type Res = Result<Value, String>;
 
-fn base_path(p: &str) -> PathBuf {
-    let path = Path::new(p);
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        BASE_DIR.with(|b| b.borrow().join(path))
-    }
-}
-
-type Res = Result<Value, String>;
-
-fn s(v: &Value) -> &str {
+pub(super) fn s(v: &Value) -> &str {
     v.as_str().unwrap_or_default()
 }
 
-fn n(v: &Value) -> f64 {
+pub(super) fn n(v: &Value) -> f64 {
     v.as_number().and_then(Number::as_f64).unwrap_or(0.0)
 }
 
-fn num(x: f64) -> Res {
+pub(super) fn num(x: f64) -> Res {
     Number::from_f64(x).map(Value::Number).ok_or_else(|| format!("{x} is not a finite number"))
 }
 
-fn int(v: &Value, what: &str) -> Result<i64, String> {
+pub(super) fn int(v: &Value, what: &str) -> Result<i64, String> {
     let x = n(v);
     if x.fract() != 0.0 {
         return Err(format!("{what} must be a whole number, not {x}"));
@@ -60,14 +37,14 @@ fn int(v: &Value, what: &str) -> Result<i64, String> {
     Ok(x as i64)
 }
 
-fn arr(v: &Value) -> Vec<Value> {
+pub(super) fn arr(v: &Value) -> Vec<Value> {
     match v {
         Value::Array(a) => a.clone(),
         _ => Vec::new(),
     }
 }
 
-fn to_text(v: &Value) -> String {
+pub(super) fn to_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -81,10 +58,6 @@ fn to_json(v: &Value) -> serde_json::Value {
 
 fn from_json(v: serde_json::Value) -> Value {
     serde_json::from_value(v).unwrap_or(Value::Null)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // Strings.
@@ -144,6 +117,9 @@ fn substr(a: FuncArgs) -> Res {
     let end = if length < 0 { chars.len() } else { (offset + length as usize).min(chars.len()) };
     Ok(chars[offset..end].iter().collect::<String>().into())
 }
+fn strlen(a: FuncArgs) -> Res {
+    Ok(Value::from(s(&a[0]).chars().count() as u64))
+}
 fn indent(a: FuncArgs) -> Res {
     let pad = " ".repeat(int(&a[0], "indent spaces")?.max(0) as usize);
     Ok(s(&a[1]).replace('\n', &format!("\n{pad}")).into())
@@ -152,8 +128,12 @@ fn indent(a: FuncArgs) -> Res {
 /// `format` with Go's verbs as HCL has them: `%s %d %f %t %v %q %%`, with
 /// an optional width/precision (`%5.2f`).
 fn format(a: FuncArgs) -> Res {
-    let spec = s(&a[0]);
-    let mut args = a.iter().skip(1);
+    format_values(s(&a[0]), &a[1..]).map(Value::from).map_err(|e| format!("format: {e}"))
+}
+
+/// `spec` formatted with `values` (`format`, and `formatlist` per row).
+pub(super) fn format_values(spec: &str, values: &[Value]) -> Result<String, String> {
+    let mut args = values.iter();
     let mut out = String::new();
     let mut chars = spec.chars().peekable();
     while let Some(c) = chars.next() {
@@ -170,12 +150,12 @@ fn format(a: FuncArgs) -> Res {
                 break;
             }
         }
-        let verb = chars.next().ok_or("format: the string ends inside a verb")?;
+        let verb = chars.next().ok_or("the string ends inside a verb")?;
         if verb == '%' {
             out.push('%');
             continue;
         }
-        let v = args.next().ok_or_else(|| format!("format: not enough arguments for \"{spec}\""))?;
+        let v = args.next().ok_or_else(|| format!("not enough arguments for \"{spec}\""))?;
         let (width, precision) = match flags.split_once('.') {
             Some((w, p)) => (w.parse::<usize>().ok(), p.parse::<usize>().ok()),
             None => (flags.trim_start_matches('-').parse::<usize>().ok(), None),
@@ -185,17 +165,17 @@ fn format(a: FuncArgs) -> Res {
             'q' => serde_json::to_string(&to_text(v)).unwrap_or_default(),
             't' => match v {
                 Value::Bool(b) => b.to_string(),
-                other => return Err(format!("format: %t needs a bool, not {other}")),
+                other => return Err(format!("%t needs a bool, not {other}")),
             },
             'd' => match v.as_number().and_then(Number::as_f64) {
                 Some(x) if x.fract() == 0.0 => format!("{}", x as i64),
-                _ => return Err(format!("format: %d needs a whole number, not {v}")),
+                _ => return Err(format!("%d needs a whole number, not {v}")),
             },
             'f' => match v.as_number().and_then(Number::as_f64) {
                 Some(x) => format!("{x:.*}", precision.unwrap_or(6)),
-                None => return Err(format!("format: %f needs a number, not {v}")),
+                None => return Err(format!("%f needs a number, not {v}")),
             },
-            other => return Err(format!("format: unsupported verb %{other}")),
+            other => return Err(format!("unsupported verb %{other}")),
         };
         let width = width.unwrap_or(0);
         if flags.starts_with('-') {
@@ -206,7 +186,7 @@ fn format(a: FuncArgs) -> Res {
             out.push_str(&format!("{text:>width$}"));
         }
     }
-    Ok(out.into())
+    Ok(out)
 }
 
 // Collections.
@@ -372,6 +352,10 @@ fn signum(a: FuncArgs) -> Res {
 fn pow(a: FuncArgs) -> Res {
     num(n(&a[0]).powf(n(&a[1])))
 }
+/// `log(x, base)`.
+fn log(a: FuncArgs) -> Res {
+    num(n(&a[0]).ln() / n(&a[1]).ln()).map_err(|e| format!("log: {e}"))
+}
 fn max(a: FuncArgs) -> Res {
     a.iter().map(n).reduce(f64::max).map_or_else(|| Err("max needs at least one number".into()), num)
 }
@@ -436,51 +420,7 @@ fn urlencode(a: FuncArgs) -> Res {
     Ok(percent_encoding::utf8_percent_encode(s(&a[0]), percent_encoding::NON_ALPHANUMERIC).to_string().into())
 }
 
-// The job file's neighbourhood.
-fn file(a: FuncArgs) -> Res {
-    let path = base_path(s(&a[0]));
-    std::fs::read_to_string(&path).map(Value::from).map_err(|e| format!("file: {}: {e}", path.display()))
-}
-fn fileexists(a: FuncArgs) -> Res {
-    Ok(Value::Bool(base_path(s(&a[0])).is_file()))
-}
-fn basename(a: FuncArgs) -> Res {
-    Ok(Path::new(s(&a[0])).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default().into())
-}
-fn dirname(a: FuncArgs) -> Res {
-    let parent = Path::new(s(&a[0])).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(if parent.is_empty() { ".".to_string() } else { parent }.into())
-}
-/// `templatefile(path, vars)`: the file as an HCL template over `vars`.
-fn templatefile(a: FuncArgs) -> Res {
-    let path = base_path(s(&a[0]));
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("templatefile: {}: {e}", path.display()))?;
-    let template: hcl::Template = text.parse().map_err(|e| format!("templatefile: {}: {e}", path.display()))?;
-    let mut ctx = Context::new();
-    declare(&mut ctx);
-    if let Some(Value::Object(vars)) = a.get(1) {
-        for (k, v) in vars {
-            ctx.declare_var(k.as_str(), v.clone());
-        }
-    }
-    hcl::eval::Evaluate::evaluate(&template, &ctx)
-        .map(Value::from)
-        .map_err(|e| format!("templatefile: {}: {e}", path.display()))
-}
-
-// Hashes and IDs.
-fn md5(a: FuncArgs) -> Res {
-    Ok(hex(&md5::Md5::digest(s(&a[0]).as_bytes())).into())
-}
-fn sha1(a: FuncArgs) -> Res {
-    Ok(hex(&sha1::Sha1::digest(s(&a[0]).as_bytes())).into())
-}
-fn sha256(a: FuncArgs) -> Res {
-    Ok(hex(&sha2::Sha256::digest(s(&a[0]).as_bytes())).into())
-}
-fn sha512(a: FuncArgs) -> Res {
-    Ok(hex(&sha2::Sha512::digest(s(&a[0]).as_bytes())).into())
-}
+// IDs.
 fn uuidv4(_: FuncArgs) -> Res {
     Ok(uuid::Uuid::new_v4().to_string().into())
 }
@@ -489,7 +429,7 @@ fn uuidv4(_: FuncArgs) -> Res {
 pub fn declare(ctx: &mut Context<'_>) {
     use ParamType::{Any, Number as Num, String as Str};
     let list = || ParamType::array_of(Any);
-    let fixed: [(&str, hcl::eval::Func, Vec<ParamType>); 52] = [
+    let fixed: [(&str, hcl::eval::Func, Vec<ParamType>); 45] = [
         ("upper", upper, vec![Str]),
         ("lower", lower, vec![Str]),
         ("title", title, vec![Str]),
@@ -499,6 +439,7 @@ pub fn declare(ctx: &mut Context<'_>) {
         ("trimsuffix", trimsuffix, vec![Str, Str]),
         ("chomp", chomp, vec![Str]),
         ("strrev", strrev, vec![Str]),
+        ("strlen", strlen, vec![Str]),
         ("split", split, vec![Str, Str]),
         ("replace", replace, vec![Str, Str, Str]),
         ("substr", substr, vec![Str, Num, Num]),
@@ -521,6 +462,7 @@ pub fn declare(ctx: &mut Context<'_>) {
         ("floor", floor, vec![Num]),
         ("signum", signum, vec![Num]),
         ("pow", pow, vec![Num, Num]),
+        ("log", log, vec![Num, Num]),
         ("parseint", parseint, vec![Str, Num]),
         ("tostring", tostring, vec![Any]),
         ("tonumber", tonumber, vec![Any]),
@@ -532,15 +474,6 @@ pub fn declare(ctx: &mut Context<'_>) {
         ("base64encode", base64encode, vec![Str]),
         ("base64decode", base64decode, vec![Str]),
         ("urlencode", urlencode, vec![Str]),
-        ("file", file, vec![Str]),
-        ("fileexists", fileexists, vec![Str]),
-        ("basename", basename, vec![Str]),
-        ("dirname", dirname, vec![Str]),
-        ("templatefile", templatefile, vec![Str, Any]),
-        ("md5", md5, vec![Str]),
-        ("sha1", sha1, vec![Str]),
-        ("sha256", sha256, vec![Str]),
-        ("sha512", sha512, vec![Str]),
         ("uuidv4", uuidv4, vec![]),
     ];
     for (name, func, params) in fixed {
@@ -560,6 +493,10 @@ pub fn declare(ctx: &mut Context<'_>) {
         ctx.declare_func(name, FuncDef::builder().params(params).variadic_param(rest).build(func));
     }
     ctx.declare_func("lookup", FuncDef::builder().params([Any, Str]).variadic_param(Any).build(lookup));
+    super::collection_functions::declare(ctx);
+    super::net_functions::declare(ctx);
+    super::file_functions::declare(ctx);
+    super::crypto_functions::declare(ctx);
     super::set_time_functions::declare(ctx);
 }
 
@@ -603,25 +540,11 @@ pub(super) mod tests {
         assert_eq!(ok(r#"jsonencode({a = [1, "x"]})"#), "\"{\\\"a\\\":[1,\\\"x\\\"]}\"");
         assert_eq!(ok(r#"jsondecode("{\"k\": true}")"#), "{\"k\":true}");
         assert_eq!(ok(r#"base64encode("hi")"#), "\"aGk=\"");
-        assert_eq!(ok(r#"sha256("abc")"#), "\"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"");
+        assert_eq!(ok("log(16, 2)"), "4");
+        assert!(eval("log(0, 10)").unwrap_err().contains("log: "));
+        assert_eq!(ok(r#"strlen("héllo")"#), "5");
         assert_eq!(ok(r#"coalesce("", "b")"#), "\"b\"");
         assert_eq!(ok(r#"distinct(["a", "b", "a"])"#), "[\"a\",\"b\"]");
         assert!(eval(r#"format("%d", "x")"#).unwrap_err().contains("%d needs a whole number"));
-    }
-
-    #[test]
-    fn files_are_read_relative_to_the_job_file() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("motd.txt"), "hello\n").unwrap();
-        std::fs::write(dir.path().join("conf.tpl"), "port = ${port}\nname = ${upper(name)}\n").unwrap();
-        with_base_dir(dir.path(), || {
-            assert_eq!(ok(r#"file("motd.txt")"#), "\"hello\\n\"");
-            assert_eq!(ok(r#"fileexists("nope.txt")"#), "false");
-            assert_eq!(
-                ok(r#"templatefile("conf.tpl", { port = 8080, name = "db" })"#),
-                "\"port = 8080\\nname = DB\\n\""
-            );
-            assert!(eval(r#"file("missing.txt")"#).unwrap_err().contains("missing.txt"));
-        });
     }
 }

@@ -16,11 +16,15 @@
 //! body.finish().unwrap();
 //! ```
 
+mod collection_functions;
+mod crypto_functions;
 mod decode;
 mod error;
 mod eval;
+mod file_functions;
 pub mod functions;
 mod hcl1;
+mod net_functions;
 mod set_time_functions;
 mod source;
 

@@ -1,7 +1,7 @@
-//! The rest of Nomad's HCL2 function library: set functions, type
-//! conversions of collections, regular expressions, dates and times
-//! (`formatdate`, `timeadd`, RFC 3339 timestamps), `uuidv5` and
-//! `abspath`. Declared into the same context as `functions`.
+//! Set functions, type conversions of collections, regular expressions
+//! (`regex`, `regexall`, `regex_replace`), dates and times (`formatdate`,
+//! `timeadd`, RFC 3339 timestamps) and `uuidv5`. Declared into the same
+//! context as `functions`.
 
 use chrono::{DateTime, FixedOffset};
 use hcl::eval::{Context, FuncArgs, FuncDef, ParamType};
@@ -84,6 +84,15 @@ fn regexall(a: FuncArgs) -> Res {
     let (pattern, s) = (a[0].as_str().unwrap_or_default(), a[1].as_str().unwrap_or_default());
     let re = compile(pattern)?;
     Ok(Value::Array(re.captures_iter(s).map(|c| capture(&re, &c)).collect()))
+}
+
+/// `regex_replace(str, pattern, replacement)`: every match replaced, with
+/// `$1`, `${name}` standing for capture groups.
+fn regex_replace(a: FuncArgs) -> Res {
+    let (s, pattern, replacement) =
+        (a[0].as_str().unwrap_or_default(), a[1].as_str().unwrap_or_default(), a[2].as_str().unwrap_or_default());
+    let re = compile(pattern).map_err(|e| format!("regex_replace: {e}"))?;
+    Ok(Value::String(re.replace_all(s, replacement).into_owned()))
 }
 
 fn timestamp_arg(v: &Value) -> Result<DateTime<FixedOffset>, String> {
@@ -174,11 +183,6 @@ fn uuidv5(a: FuncArgs) -> Res {
     Ok(Value::String(uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()))
 }
 
-fn abspath(a: FuncArgs) -> Res {
-    let p = a[0].as_str().unwrap_or_default();
-    std::path::absolute(p).map(|p| Value::String(p.display().to_string())).map_err(|e| format!("abspath {p:?}: {e}"))
-}
-
 /// Declares these functions into `ctx`.
 pub fn declare(ctx: &mut Context<'_>) {
     use ParamType::{Any, String as Str};
@@ -190,10 +194,10 @@ pub fn declare(ctx: &mut Context<'_>) {
         ("tomap", tomap, vec![Any]),
         ("regex", regex_fn, vec![Str, Str]),
         ("regexall", regexall, vec![Str, Str]),
+        ("regex_replace", regex_replace, vec![Str, Str, Str]),
         ("formatdate", formatdate, vec![Str, Str]),
         ("timeadd", timeadd, vec![Str, Str]),
         ("uuidv5", uuidv5, vec![Str, Str]),
-        ("abspath", abspath, vec![Str]),
     ];
     for (name, func, params) in fixed {
         ctx.declare_func(name, FuncDef::new(func, params));
@@ -222,6 +226,11 @@ mod tests {
         assert_eq!(ok(r#"regexall("[a-z]+", "a1bc2")"#), r#"["a","bc"]"#);
         assert!(eval(r#"regex("x", "abc")"#).unwrap_err().contains("did not match"));
         assert!(eval(r#"regex("(", "abc")"#).unwrap_err().contains("invalid regular expression"));
+        assert_eq!(ok(r#"regex_replace("web-01.lab", "(\\w+)-(\\d+)", "$2-$1")"#), r#""01-web.lab""#);
+        assert_eq!(ok(r#"regex_replace("a1b22", "(?P<n>\\d+)", "<$${n}>")"#), r#""a<1>b<22>""#);
+        assert!(eval(r#"regex_replace("x", "[", "y")"#)
+            .unwrap_err()
+            .contains("regex_replace: invalid regular expression"));
     }
 
     #[test]

@@ -382,6 +382,26 @@ fn locals_resolve_in_any_order_and_unknown_ones_fail() {
     assert_eq!(job.meta.get("m").map(String::as_str), Some("x-b"));
     let err = parse("l.hcl", "locals {\n  a = local.nope\n}\n").unwrap_err();
     assert_eq!(err.line, 2);
+    let err = parse("l.hcl", "locals {\n  a = try(local.b, 1)\n  b = try(local.a, 2)\n}\n").unwrap_err();
+    assert!(err.message.contains("local.a, local.b refer to each other in a cycle"), "{err}");
+}
+
+#[test]
+fn try_and_can_in_locals_see_locals_defined_later_and_work_in_job_fields() {
+    let src = concat!(
+        "variable \"ports\" {\n  default = { http = 8080 }\n}\n",
+        "locals {\n  tag = try(local.image.tag, \"latest\")\n  image = { tag = \"v2\" }\n",
+        "  grpc = try(var.ports.grpc, 0)\n}\n",
+        "job \"j\" {\n  meta {\n    tag = local.tag\n    grpc = local.grpc\n",
+        "    http = upper(try(tostring(var.ports.http), \"none\"))\n    tls = can(var.ports.https)\n  }\n",
+        "  group \"g\" {\n    task \"t\" { driver = \"exec\" }\n  }\n}\n",
+    );
+    let job = parse("t.hcl", src).unwrap_or_else(|e| panic!("{e}")).job;
+    let meta = |k: &str| job.meta.get(k).map(String::as_str);
+    assert_eq!(
+        (meta("tag"), meta("grpc"), meta("http"), meta("tls")),
+        (Some("v2"), Some("0"), Some("8080"), Some("false"))
+    );
 }
 
 #[test]

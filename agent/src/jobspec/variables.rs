@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use hcl_edit::expr::{Expression, Traversal, TraversalOperator};
+use hcl_edit::visit::{visit_traversal, Visit};
 use hcl_edit::Span;
 
 use crate::hclspan::{Block, Decoder, HclError, Pos, Scope, Source, Value};
@@ -152,7 +154,9 @@ fn declarations<'a>(src: &'a Source, root: &mut Decoder<'a>) -> Result<Vec<Decla
 }
 
 /// `locals { }`: they may refer to each other in any order, so they are
-/// evaluated until none is left or none more can be.
+/// evaluated until none is left or none more can be. A local waits until
+/// the locals it refers to are known: `try` and `can` would otherwise
+/// take one not evaluated yet for a failure.
 fn locals(src: &Source, root: &mut Decoder<'_>, mut scope: Scope) -> Result<Scope, HclError> {
     let mut pending = Vec::new();
     for mut block in root.blocks("locals") {
@@ -166,7 +170,12 @@ fn locals(src: &Source, root: &mut Decoder<'_>, mut scope: Scope) -> Result<Scop
         let before = pending.len();
         let mut stuck = Vec::new();
         let mut first_error = None;
+        let waiting: Vec<String> = pending.iter().map(|attr| attr.key.as_str().to_string()).collect();
         for attr in pending {
+            if local_refs(&attr.value).iter().any(|name| waiting.contains(name)) {
+                stuck.push(attr);
+                continue;
+            }
             match scope.eval(src, &attr.value) {
                 Ok(value) => {
                     locals.insert(attr.key.as_str().to_string(), value);
@@ -177,13 +186,38 @@ fn locals(src: &Source, root: &mut Decoder<'_>, mut scope: Scope) -> Result<Scop
                 }
             }
         }
-        if let (Some(err), true) = (first_error, stuck.len() == before) {
-            return Err(err);
+        if stuck.len() == before {
+            return Err(first_error.unwrap_or_else(|| {
+                let names: Vec<String> = stuck.iter().map(|attr| format!("local.{}", attr.key.as_str())).collect();
+                src.error(stuck[0].span(), format!("{} refer to each other in a cycle", names.join(", ")))
+            }));
         }
         pending = stuck;
     }
     scope.declare("local", &locals);
     Ok(scope)
+}
+
+/// The names of the locals `expr` refers to (`local.name`, `local["name"]`).
+fn local_refs(expr: &Expression) -> Vec<String> {
+    struct Refs(Vec<String>);
+    impl Visit for Refs {
+        fn visit_traversal(&mut self, node: &Traversal) {
+            if let (Expression::Variable(root), Some(op)) = (&node.expr, node.operators.first()) {
+                match op.value() {
+                    TraversalOperator::GetAttr(name) if root.as_str() == "local" => self.0.push(name.to_string()),
+                    TraversalOperator::Index(Expression::String(name)) if root.as_str() == "local" => {
+                        self.0.push(name.value().clone())
+                    }
+                    _ => {}
+                }
+            }
+            visit_traversal(self, node);
+        }
+    }
+    let mut refs = Refs(Vec::new());
+    refs.visit_expr(expr);
+    refs.0
 }
 
 /// The assignments of a `-var-file`: HCL attributes (values only, no
