@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use berth::server::scheduler;
 use berth::server::state::{StateStore, WriteBatch};
-use berth::server::Server;
-use berth::structs::{node_status, Affinity, Constraint, DriverInfo, Job, Node, Resources, Spread, Task, TaskGroup};
+use berth::structs::{
+    node_status, Affinity, Constraint, DriverInfo, Evaluation, Job, Node, Resources, Spread, Task, TaskGroup,
+};
 
 const NODE_CPU_MHZ: u64 = 8000;
 const NODE_MEMORY_MB: u64 = 16 * 1024;
@@ -157,7 +158,7 @@ fn main() {
     let started = Instant::now();
     for job in &jobs {
         let t0 = Instant::now();
-        let eval = Server::new_eval(job, "job-register");
+        let eval = Evaluation::pending(job, "job-register");
         store.apply(WriteBatch { evals: vec![eval.clone()], ..Default::default() }).expect("create eval");
         let t1 = Instant::now();
         let snap = store.snapshot();

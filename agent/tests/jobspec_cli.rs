@@ -28,6 +28,7 @@ fn every_example_job_validates() {
         let out = cli(&["job", "validate", f.to_str().unwrap()]);
         assert_eq!(out.code, 0, "{}: {out:?}", f.display());
         assert!(out.stdout.contains("Job validation successful"), "{out:?}");
+        assert!(!out.stdout.contains("is ignored"), "berth drops no block: {out:?}");
     }
 }
 

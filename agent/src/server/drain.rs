@@ -252,7 +252,7 @@ impl Server {
             }
             for (ns, id) in &jobs {
                 if let Some(job) = snap.job(ns, id) {
-                    batch.evals.push(Server::new_eval(&job, "node-drain"));
+                    batch.evals.push(Evaluation::pending(&job, "node-drain"));
                 }
             }
             let evals: Vec<Evaluation> = batch.evals.clone();

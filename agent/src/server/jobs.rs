@@ -9,7 +9,7 @@ use super::diff;
 use super::scheduler;
 use super::state::{Tables, WriteBatch};
 use super::{Server, ServerError};
-use crate::structs::{client_status, Allocation, Job};
+use crate::structs::{client_status, Allocation, Evaluation, Job};
 use crate::util::now_nanos;
 use crate::wire::plan::{PlanAnnotations, PlanResult, RegisterResult};
 
@@ -116,7 +116,7 @@ impl Server {
             };
             job.job_modify_index = 0;
             // A periodic or parameterized job only launches children.
-            let eval = (!job.is_template()).then(|| Server::new_eval(&job, "job-register"));
+            let eval = (!job.is_template()).then(|| Evaluation::pending(&job, "job-register"));
             let mut batch = WriteBatch::default();
             batch.jobs.push(job);
             batch.evals.extend(eval.clone());
@@ -153,7 +153,7 @@ impl Server {
             job.version = current.version + 1;
             job.submit_time = now_nanos();
             job.job_modify_index = 0;
-            let eval = Server::new_eval(&job, "job-scaling");
+            let eval = Evaluation::pending(&job, "job-scaling");
             let mut batch = WriteBatch::default();
             batch.jobs.push(job);
             batch.evals.push(eval.clone());
@@ -180,7 +180,7 @@ impl Server {
             child.submit_time = now_nanos();
             child.status = "pending".into();
             child.job_modify_index = 0;
-            let eval = Server::new_eval(&child, triggered_by);
+            let eval = Evaluation::pending(&child, triggered_by);
             let mut batch = WriteBatch::default();
             batch.jobs.push(child);
             batch.evals.push(eval.clone());
@@ -197,7 +197,7 @@ impl Server {
         let (index, eval) = self.state.commit(|snap| {
             let existing = snap.job(ns, id).ok_or_else(|| ServerError::NotFound("job not found".into()))?;
             let mut batch = WriteBatch::default();
-            let eval = (!existing.is_template()).then(|| Server::new_eval(&existing, "job-deregister"));
+            let eval = (!existing.is_template()).then(|| Evaluation::pending(&existing, "job-deregister"));
             if purge {
                 batch.delete_jobs.push((ns.to_string(), id.to_string()));
             } else if !existing.stop {
@@ -231,7 +231,7 @@ impl Server {
             let mut stopped = (*alloc).clone();
             stopped.desired_status = crate::structs::desired::STOP.into();
             stopped.desired_description = "alloc was stopped by the user".into();
-            let eval = Server::new_eval(&job, "alloc-stop");
+            let eval = Evaluation::pending(&job, "alloc-stop");
             let mut batch = WriteBatch::default();
             batch.allocs.push(stopped);
             batch.evals.push(eval.clone());
@@ -250,7 +250,7 @@ impl Server {
         job.version = Self::next_version(existing.as_deref(), &job);
         job.job_modify_index = existing.as_ref().map(|e| e.job_modify_index).unwrap_or(0);
         let scratch = snap.with_job(job.clone());
-        let eval = Server::new_eval(&job, "job-register");
+        let eval = Evaluation::pending(&job, "job-register");
         let plan = scheduler::process(&scratch, &eval);
         let old = existing.as_deref().filter(|e| !e.stop);
         let diff = diff::job_diff(old, &job, &plan.desired_updates);

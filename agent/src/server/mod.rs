@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::structs::{client_status, eval_status, Evaluation, Job};
-use crate::util::{new_id, now_nanos};
+use crate::util::now_nanos;
 use state::{StateError, StateStore, WriteBatch};
 
 /// Failures of server operations, classified for the HTTP edge.
@@ -177,21 +177,6 @@ impl Server {
             });
         } else {
             let _ = self.broker.send(eval.id.clone());
-        }
-    }
-
-    /// A new pending evaluation for a job.
-    pub fn new_eval(job: &Job, triggered_by: &str) -> Evaluation {
-        Evaluation {
-            id: new_id(),
-            namespace: job.namespace.clone(),
-            priority: job.priority,
-            eval_type: job.job_type.clone(),
-            triggered_by: triggered_by.into(),
-            job_id: job.id.clone(),
-            job_modify_index: job.job_modify_index,
-            status: eval_status::PENDING.into(),
-            ..Default::default()
         }
     }
 

@@ -82,7 +82,7 @@ impl Server {
         snap.jobs()
             .filter(|j| j.is_system_like() && !j.stop)
             .map(|j| {
-                let mut e = Server::new_eval(j, "node-update");
+                let mut e = Evaluation::pending(j, "node-update");
                 e.node_id = node_id.to_string();
                 e
             })
@@ -217,7 +217,7 @@ impl Server {
                 live.iter().map(|a| (a.namespace.clone(), a.job_id.clone())).collect();
             for (ns, id) in jobs {
                 if let Some(job) = snap.job(&ns, &id) {
-                    let mut e = Server::new_eval(&job, "node-update");
+                    let mut e = Evaluation::pending(&job, "node-update");
                     e.node_id = node_id.to_string();
                     batch.evals.push(e);
                 }
@@ -282,14 +282,14 @@ impl Server {
             for (ns, id) in &touched_jobs {
                 let Some(job) = snap.job(ns, id) else { continue };
                 if reconnected_jobs.contains(&(ns.clone(), id.clone())) {
-                    batch.evals.push(Server::new_eval(&job, "reconnect"));
+                    batch.evals.push(Evaluation::pending(&job, "reconnect"));
                 } else if failed_jobs.contains(&(ns.clone(), id.clone())) {
-                    batch.evals.push(Server::new_eval(&job, "alloc-failure"));
+                    batch.evals.push(Evaluation::pending(&job, "alloc-failure"));
                 }
                 if let Some((dep, rolling)) = deployment_progress(snap, &job, &batch.allocs) {
                     batch.deployments.push(dep);
                     if rolling {
-                        batch.evals.push(Server::new_eval(&job, "deployment-watcher"));
+                        batch.evals.push(Evaluation::pending(&job, "deployment-watcher"));
                     }
                 }
                 let status = job_status(snap, &job, &batch.allocs);

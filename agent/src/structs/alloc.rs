@@ -290,6 +290,23 @@ pub struct Evaluation {
     pub modify_time: i64,
 }
 
+impl Evaluation {
+    /// A new pending evaluation of `job`, for `triggered_by`.
+    pub fn pending(job: &super::Job, triggered_by: &str) -> Self {
+        Evaluation {
+            id: crate::util::new_id(),
+            namespace: job.namespace.clone(),
+            priority: job.priority,
+            eval_type: job.job_type.clone(),
+            triggered_by: triggered_by.into(),
+            job_id: job.id.clone(),
+            job_modify_index: job.job_modify_index,
+            status: eval_status::PENDING.into(),
+            ..Default::default()
+        }
+    }
+}
+
 /// A rolling update of a service job to a new version.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "PascalCase", default)]

@@ -9,10 +9,10 @@
 mod hooks;
 mod lifecycle;
 
-use std::time::Duration;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;

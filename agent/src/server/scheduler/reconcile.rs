@@ -390,16 +390,9 @@ impl<'a> Reconciler<'a> {
             return;
         }
         let followup = Evaluation {
-            id: new_id(),
-            namespace: job.namespace.clone(),
-            priority: job.priority,
-            eval_type: job.job_type.clone(),
-            triggered_by: triggered_by.into(),
-            job_id: job.id.clone(),
-            status: eval_status::PENDING.into(),
             wait_until: at,
             previous_eval: self.eval.id.clone(),
-            ..Default::default()
+            ..Evaluation::pending(job, triggered_by)
         };
         let mut marked = a.clone();
         marked.followup_eval_id = followup.id.clone();

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use super::{process, Plan};
 use crate::server::state::{StateStore, WriteBatch};
-use crate::server::Server;
 use crate::structs::{
     client_status, desired, eval_status, node_status, Allocation, Constraint, DriverInfo, Evaluation, Job,
     NetworkResource, Node, Port, ReschedulePolicy, RescheduleTracker, Resources, Task, TaskGroup, UpdateStrategy,
@@ -158,7 +157,7 @@ impl Harness {
             j.canonicalize();
             j
         });
-        let eval = Server::new_eval(&job, "job-register");
+        let eval = Evaluation::pending(&job, "job-register");
         let id = eval.id.clone();
         self.apply(WriteBatch { evals: vec![eval], ..Default::default() });
         id
