@@ -11,7 +11,8 @@
  * - the shim starts its own session, enters the network namespace, starts
  *   the task in a new process group with exactly the given environment
  *   (PATH defaulted), stdin from /dev/null and stdout/stderr into rotating
- *   files <log_dir>/<task>.<stream>.<n> (continuing the newest one);
+ *   files <log_dir>/<task>.<stream>.<n> (continuing the newest one; with
+ *   max_files 0, logging is disabled and they go to /dev/null);
  * - it reports "pid N" or "error WHY" on its stdout, then closes it;
  * - when the task has exited and its output is drained, it writes
  *   {"exit_code":N,"signal":S,"error":"..."} to exit_file atomically. */
@@ -108,6 +109,16 @@ static void remove_old(struct rotating *r, const char *name, unsigned long long 
 
 static int rotating_open(struct rotating *r, const struct spec *s, const char *stream) {
     snprintf(r->base, sizeof r->base, "%s.%s", s->task, stream);
+    if (s->max_files == 0) {
+        /* Logging disabled: the stream is read and dropped, no files. */
+        r->keep = 1;
+        r->max_bytes = ULLONG_MAX;
+        r->index = 0;
+        r->size = 0;
+        r->dir = -1;
+        r->fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        return r->fd < 0 ? -1 : 0;
+    }
     r->keep = s->max_files ? s->max_files : 1;
     r->max_bytes = s->max_file_bytes;
     r->index = 0;

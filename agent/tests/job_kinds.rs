@@ -277,3 +277,45 @@ fn a_task_gets_its_workload_identity_signed_verifiable_and_renewed() {
     assert!(refused.code != 0 && refused.stderr.contains("cannot restart or signal the task"), "{refused:?}");
     assert_eq!(agent.cli(&["job", "stop", "-purge", "whoami"]).code, 0);
 }
+
+/// `logs { disabled = true }`: the task runs, its output goes nowhere (no
+/// log file), and the logs API says so; a task beside it keeps its logs.
+#[test]
+fn a_task_with_logging_disabled_runs_and_keeps_no_logs() {
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::dev(root.path(), "nolog1");
+    let task = |name: &str, logs: &str| {
+        format!(
+            "    task \"{name}\" {{\n      driver = \"raw_exec\"\n      {logs}\n      config {{\n        command = \"/bin/sh\"\n        args    = [\"-c\", \"echo said-{name}; touch ${{NOMAD_TASK_DIR}}/ran; sleep 3600\"]\n      }}\n    }}\n"
+        )
+    };
+    let job = format!(
+        "job \"quiet\" {{\n  group \"g\" {{\n{}{}  }}\n}}\n",
+        task("quiet", "logs {\n        disabled = true\n      }"),
+        task("loud", "")
+    );
+    let run = agent.cli(&["job", "run", &job_file(root.path(), "quiet.nomad", &job)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = wait_for("the tasks to run", Duration::from_secs(30), || {
+        agent.alloc_ids("quiet", "running").into_iter().next()
+    });
+    let alloc_dir = agent.dir.join("alloc").join(&id);
+    wait_for("both tasks to start", Duration::from_secs(10), || {
+        (alloc_dir.join("quiet/local/ran").exists() && alloc_dir.join("loud/local/ran").exists()).then_some(())
+    });
+    let loud = wait_for("the loud task's logs", Duration::from_secs(10), || {
+        let out = agent.cli(&["alloc", "logs", &id, "loud"]);
+        out.stdout.contains("said-loud").then_some(out)
+    });
+    assert_eq!(loud.code, 0);
+    let logs: Vec<String> = std::fs::read_dir(alloc_dir.join("alloc/logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(logs.iter().all(|f| !f.starts_with("quiet.")), "no log file for the quiet task: {logs:?}");
+    let quiet = agent.cli(&["alloc", "logs", &id, "quiet"]);
+    assert_ne!(quiet.code, 0, "{quiet:?}");
+    assert!(quiet.stderr.contains("logging is disabled"), "{quiet:?}");
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "quiet"]).code, 0);
+}

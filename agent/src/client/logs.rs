@@ -15,6 +15,17 @@ pub struct Rotation {
     pub max_file_bytes: u64,
 }
 
+impl Rotation {
+    /// No capture at all (`logs { disabled = true }`): the streams are
+    /// drained into /dev/null and no file is made.
+    pub const DISABLED: Rotation = Rotation { max_files: 0, max_file_bytes: u64::MAX };
+
+    /// Whether logging is disabled.
+    pub fn is_disabled(&self) -> bool {
+        self.max_files == 0
+    }
+}
+
 impl Default for Rotation {
     fn default() -> Self {
         Rotation { max_files: 10, max_file_bytes: 10 * 1024 * 1024 }
@@ -47,6 +58,11 @@ pub struct RotatingWriter {
 impl RotatingWriter {
     /// Opens (continuing) the newest file for `<task>.<stream>` in `dir`.
     pub fn open(dir: &Path, task: &str, stream: &str, rotation: Rotation) -> io::Result<Self> {
+        if rotation.is_disabled() {
+            let file = OpenOptions::new().write(true).open("/dev/null")?;
+            let base = format!("{task}.{stream}");
+            return Ok(RotatingWriter { dir: dir.to_path_buf(), base, rotation, index: 0, file, size: 0 });
+        }
         fs::create_dir_all(dir)?;
         let index = log_indexes(dir, task, stream).last().copied().unwrap_or(0);
         let base = format!("{task}.{stream}");

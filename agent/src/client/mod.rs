@@ -373,6 +373,14 @@ impl Client {
         answer.await.unwrap_or(Err(control::ControlError::NotRunning))
     }
 
+    /// Whether a task of an allocation here runs with `logs { disabled }`.
+    pub fn logs_disabled(&self, alloc_id: &str, task: &str) -> bool {
+        let Some(persisted) = self.store.get(alloc_id) else { return false };
+        let group = persisted.alloc.group();
+        let task = group.and_then(|tg| tg.tasks.iter().find(|t| t.name == task));
+        task.and_then(|t| t.log_config.as_ref()).is_some_and(|l| l.disabled)
+    }
+
     /// The directory of an allocation on this client, if it runs here.
     pub fn alloc_root(&self, alloc_id: &str) -> Option<PathBuf> {
         let dir = self.config.data_dir.join("alloc").join(alloc_id);

@@ -180,9 +180,11 @@ impl TaskRunner {
             .task
             .log_config
             .as_ref()
-            .map(|l| Rotation {
-                max_files: l.max_files.max(1),
-                max_file_bytes: l.max_file_size_mb.max(1) * 1024 * 1024,
+            .map(|l| match l.disabled {
+                true => Rotation::DISABLED,
+                false => {
+                    Rotation { max_files: l.max_files.max(1), max_file_bytes: l.max_file_size_mb.max(1) * 1024 * 1024 }
+                }
             })
             .unwrap_or_default();
         Ok(TaskConfig {

@@ -48,6 +48,11 @@ pub async fn logs(
     if !root.join(&task).is_dir() {
         return Err(ApiError::not_found(format!("task {task:?} not found in allocation")));
     }
+    if api.client.as_ref().is_some_and(|c| c.logs_disabled(&alloc_id, &task)) {
+        return Err(ApiError::not_found(format!(
+            "log entry for task {task:?} and log type {stream:?} not found: the task's logging is disabled"
+        )));
+    }
     let log_dir = root.join("alloc/logs");
     let reader = LogReader::new(&log_dir, &task, &stream);
     let offset: u64 = q.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0);

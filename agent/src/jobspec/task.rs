@@ -116,9 +116,12 @@ pub(super) fn decode(mut block: Block<'_>, group_restart: &RestartPolicy) -> Res
     }
     if let Some(mut logs) = b.block("logs")? {
         logs.no_labels()?;
+        // `enabled` is Nomad 1.5's, which its servers drop since 1.6.
+        let enabled = logs.body.bool("enabled")?;
         task.log_config = Some(LogConfig {
             max_files: logs.body.number("max_files")?.unwrap_or(10),
             max_file_size_mb: logs.body.number("max_file_size")?.unwrap_or(10),
+            disabled: logs.body.bool("disabled")?.unwrap_or(enabled == Some(false)),
         });
         logs.body.finish()?;
     }

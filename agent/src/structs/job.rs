@@ -287,13 +287,15 @@ impl Task {
     }
 }
 
-/// A task `logs` block: rotation of the captured stdout/stderr.
+/// A task `logs` block: rotation of the captured stdout/stderr, or none.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct LogConfig {
     pub max_files: u32,
     #[serde(rename = "MaxFileSizeMB")]
     pub max_file_size_mb: u64,
+    /// No capture: stdout and stderr are dropped and the logs API has none.
+    pub disabled: bool,
 }
 
 /// `constraint { attribute operator value }`.
