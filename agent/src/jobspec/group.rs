@@ -190,6 +190,7 @@ fn decode_volume(mut block: Block<'_>) -> Result<(String, VolumeRequest), HclErr
         attachment_mode: b.string("attachment_mode")?.unwrap_or_default(),
         per_alloc: b.bool("per_alloc")?.unwrap_or(false),
         mount_options: None,
+        sticky: b.bool("sticky")?.unwrap_or(false),
     };
     if let Some(mut opts) = b.block("mount_options")? {
         opts.no_labels()?;

@@ -950,3 +950,17 @@ fn a_fragment_decodes_and_only_validation_rejects_it() {
     let err = decoded.validate().unwrap_err();
     assert!(err.to_string().contains("d.hcl:3") && err.message.contains("driver"), "{err}");
 }
+
+#[test]
+fn sticky_volumes_follow_nomads_rules() {
+    let vol = |body: &str| {
+        format!("job \"j\" {{\n  group \"g\" {{\n    volume \"data\" {{\n{body}\n    }}\n    task \"t\" {{ driver = \"exec\" }}\n  }}\n}}\n")
+    };
+    let csi = "      type = \"csi\"\n      source = \"db\"\n      access_mode = \"single-node-writer\"\n      attachment_mode = \"file-system\"\n      sticky = true";
+    let job = parse("s.hcl", &vol(csi)).unwrap_or_else(|e| panic!("{e}")).job;
+    assert!(job.task_groups[0].volumes["data"].sticky);
+    let err = parse("s.hcl", &vol(&format!("{csi}\n      per_alloc = true"))).unwrap_err();
+    assert!(err.message.contains("cannot be per_alloc and sticky"), "{err}");
+    let err = parse("s.hcl", &vol("      type = \"host\"\n      source = \"db\"\n      sticky = true")).unwrap_err();
+    assert!(err.message.contains("sticky needs a dynamic host volume, which berth does not have"), "{err}");
+}

@@ -468,8 +468,18 @@ fn volume_problems(vol: &super::VolumeRequest) -> Vec<String> {
             if vol.per_alloc {
                 out.push("per_alloc is only allowed for csi volumes".into());
             }
+            if vol.sticky {
+                out.push(
+                    "sticky needs a dynamic host volume, which berth does not have (its host volumes are the \
+                     clients' own, configured in their agent files); remove sticky, or use a csi volume"
+                        .into(),
+                );
+            }
         }
         other => out.push(format!("invalid type {other:?}: must be \"host\" or \"csi\"")),
+    }
+    if vol.sticky && vol.per_alloc {
+        out.push("volume cannot be per_alloc and sticky at the same time".into());
     }
     if !attachment.is_empty() && !ATTACHMENT_MODES.contains(&attachment) {
         out.push(format!("invalid attachment_mode {attachment:?}: must be \"file-system\" or \"block-device\""));

@@ -433,6 +433,9 @@ pub struct VolumeRequest {
     pub attachment_mode: String,
     pub per_alloc: bool,
     pub mount_options: Option<CsiMountOptions>,
+    /// Keep the allocation with its volume (dynamic host volumes in Nomad;
+    /// a CSI volume follows its claims anyway).
+    pub sticky: bool,
 }
 
 impl VolumeRequest {
