@@ -474,6 +474,11 @@ fn job_scale_changes_a_groups_count_within_its_scaling_bounds() {
     });
     let job = agent.get("/v1/job/elastic");
     assert_eq!((job["TaskGroups"][0]["Count"].clone(), job["Version"].clone()), (3.into(), 1.into()));
+    let status = agent.get("/v1/job/elastic/scale");
+    assert_eq!((status["JobID"].as_str(), status["JobStopped"].as_bool()), (Some("elastic"), Some(false)));
+    let g = &status["TaskGroups"]["g"];
+    assert_eq!((g["Desired"].as_u64(), g["Placed"].as_u64(), g["Running"].as_u64()), (Some(3), Some(3), Some(3)));
+    assert_eq!((g["Healthy"].as_u64(), g["Unhealthy"].as_u64()), (Some(3), Some(0)), "{status}");
 
     let out = agent.cli(&["job", "scale", "elastic", "g", "5"]);
     assert_eq!(out.code, 1, "{out:?}");

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::stubs::{alloc_stub, job_stub};
 use super::{decode_body, flag, json_with_index, ApiError, ApiResult, ApiState, QueryOptions, RawQuery};
-use crate::server::summary::job_summary;
+use crate::server::summary::{job_scale_status, job_summary};
 use crate::structs::Job;
 use crate::wire::plan::DispatchRequest;
 
@@ -125,6 +125,12 @@ pub async fn scale(api: ApiState, Path(id): Path<String>, body: Bytes) -> ApiRes
         req.count.ok_or_else(|| ApiError::bad_request("scaling needs a Count (events without one are not kept)"))?;
     let result = api.server()?.scale_job("default", &id, group, count)?;
     Ok(json_with_index(&result, result.index, false))
+}
+
+pub async fn scale_status(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOptions>) -> ApiResult {
+    let index = api.block(&q).await?;
+    let (job, snap) = job_or_404(&api, &id)?;
+    Ok(json_with_index(&job_scale_status(&snap, &job), index, q.pretty()))
 }
 
 pub async fn periodic_force(api: ApiState, Path(id): Path<String>) -> ApiResult {

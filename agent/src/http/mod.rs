@@ -306,7 +306,7 @@ fn server_routes() -> Router<Api> {
         .route("/v1/job/{id}", get(jobs::read).put(jobs::update).post(jobs::update).delete(jobs::deregister))
         .route("/v1/job/{id}/plan", put(jobs::plan).post(jobs::plan))
         .route("/v1/job/{id}/dispatch", put(jobs::dispatch).post(jobs::dispatch))
-        .route("/v1/job/{id}/scale", put(jobs::scale).post(jobs::scale))
+        .route("/v1/job/{id}/scale", get(jobs::scale_status).put(jobs::scale).post(jobs::scale))
         .route("/v1/job/{id}/periodic/force", put(jobs::periodic_force).post(jobs::periodic_force))
         .route("/v1/job/{id}/allocations", get(jobs::allocations))
         .route("/v1/job/{id}/evaluations", get(jobs::evaluations))

@@ -116,3 +116,35 @@ pub struct NodeListStub {
     pub create_index: u64,
     pub modify_index: u64,
 }
+
+/// `GET /v1/job/:id/scale`: each group's count and how its allocations
+/// stand (Nomad's `JobScaleStatusResponse`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobScaleStatus {
+    #[serde(rename = "JobID")]
+    pub job_id: String,
+    pub namespace: String,
+    pub job_create_index: u64,
+    pub job_modify_index: u64,
+    pub job_stopped: bool,
+    pub task_groups: BTreeMap<String, TaskGroupScaleStatus>,
+}
+
+/// One group of a [`JobScaleStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TaskGroupScaleStatus {
+    /// The group's count.
+    pub desired: u64,
+    /// Allocations not terminal.
+    pub placed: u64,
+    /// Of those, running.
+    pub running: u64,
+    /// Running with no task restarted (berth's health until checks exist).
+    pub healthy: u64,
+    /// Not terminal, with a task that restarted.
+    pub unhealthy: u64,
+    /// Scaling events; berth keeps none (`job scale` makes a job version).
+    pub events: Vec<serde_json::Value>,
+}
