@@ -110,6 +110,25 @@ fn dispatch_hands_the_task_its_payload_file_and_meta() {
     let status = agent.cli(&["job", "status", "backup"]);
     assert!(status.stdout.contains("Dispatched Jobs") && status.stdout.contains(&child), "{status:?}");
 
+    // An ID prefix and an idempotency token: the second dispatch with the
+    // token makes nothing and names the first one's child.
+    let dispatch = |token: &str| {
+        let args = ["job", "dispatch", "-detach", "-id-prefix-template", "weekly", "-idempotency-token", token];
+        let out = agent.cli(&[&args[..], &["-meta", "target=nas", "backup", &input]].concat());
+        assert_eq!(out.code, 0, "{out:?}");
+        let id = out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("Dispatched Job ID"))
+            .map(|v| v.trim_start_matches([' ', '=']).trim().to_string());
+        (id.unwrap_or_else(|| panic!("no child ID: {out:?}")), out.stdout.contains("Evaluation ID"))
+    };
+    let (first, evaluated) = dispatch("week-49");
+    assert!(first.starts_with("backup/dispatch-weekly-") && evaluated, "{first}");
+    assert_eq!(dispatch("week-49"), (first.clone(), false), "one child per token");
+    let (other, _) = dispatch("week-50");
+    assert_ne!(other, first);
+
     let plain = job_file(root.path(), "plain.nomad", &common::raw_exec_job("plain", 1, "plain-marker"));
     assert_eq!(agent.cli(&["job", "run", "-detach", &plain]).code, 0);
     let refused = agent.cli(&["job", "dispatch", "plain"]);

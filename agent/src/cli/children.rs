@@ -46,8 +46,20 @@ fn meta(pairs: &[String]) -> Result<BTreeMap<String, String>, String> {
 }
 
 /// `job dispatch [-meta k=v]... [-detach] JOB [INPUT]` (INPUT a file, or `-` for stdin).
-pub async fn dispatch(api: &ApiClient, prefix: &str, input: Option<&str>, meta_flags: &[String], detach: bool) -> i32 {
-    let meta = match meta(meta_flags) {
+/// The flags of `job dispatch`.
+pub struct Dispatch {
+    /// `-meta key=value`, repeated.
+    pub meta: Vec<String>,
+    /// `-detach`.
+    pub detach: bool,
+    /// `-id-prefix-template`.
+    pub id_prefix_template: String,
+    /// `-idempotency-token`.
+    pub idempotency_token: String,
+}
+
+pub async fn dispatch(api: &ApiClient, prefix: &str, input: Option<&str>, how: Dispatch) -> i32 {
+    let meta = match meta(&how.meta) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("{e}");
@@ -75,14 +87,26 @@ pub async fn dispatch(api: &ApiClient, prefix: &str, input: Option<&str>, meta_f
         Ok(id) => id,
         Err(code) => return code,
     };
-    let body = DispatchRequest { payload, meta };
-    let resp: DispatchResult = match api.put(&format!("{}/dispatch", job_path(&id)), &body).await {
+    let body = DispatchRequest { payload, meta, id_prefix_template: how.id_prefix_template };
+    let mut path = format!("{}/dispatch", job_path(&id));
+    if !how.idempotency_token.is_empty() {
+        path = format!(
+            "{path}?idempotency_token={}",
+            percent_encoding::utf8_percent_encode(&how.idempotency_token, percent_encoding::NON_ALPHANUMERIC)
+        );
+    }
+    let resp: DispatchResult = match api.put(&path, &body).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("Failed to dispatch job: {e}");
             return 1;
         }
     };
+    // An earlier dispatch with the token made the child: nothing to watch.
+    if resp.eval_id.is_empty() {
+        println!("{}", format::kv(&[format!("Dispatched Job ID|{}", resp.dispatched_job_id)]));
+        return 0;
+    }
     println!(
         "{}",
         format::kv(&[
@@ -90,7 +114,7 @@ pub async fn dispatch(api: &ApiClient, prefix: &str, input: Option<&str>, meta_f
             format!("Evaluation ID|{}", resp.eval_id)
         ])
     );
-    if detach {
+    if how.detach {
         return 0;
     }
     println!();

@@ -251,6 +251,13 @@ enum JobCommand {
         /// Do not monitor the evaluation.
         #[arg(long)]
         detach: bool,
+        /// Put into the child's ID: `<job>/dispatch-<prefix>-<time>-<hex>`.
+        #[arg(long = "id-prefix-template", default_value = "")]
+        id_prefix_template: String,
+        /// Dispatch only once per token: a second dispatch with it answers
+        /// the child the first one made.
+        #[arg(long = "idempotency-token", default_value = "")]
+        idempotency_token: String,
         /// Parameterized job ID or prefix.
         id: String,
         /// Payload file, or - for stdin.
@@ -916,8 +923,9 @@ pub async fn run(cli: Cli) -> i32 {
                 JobCommand::Stop(a) => job::stop(&api, &a.id, a.purge, a.detach, a.yes).await,
                 JobCommand::Validate(a) => job::validate(&input(&a)),
                 JobCommand::Inspect { id } => job::inspect(&api, &id).await,
-                JobCommand::Dispatch { meta, detach, id, input } => {
-                    children::dispatch(&api, &id, input.as_deref(), &meta, detach).await
+                JobCommand::Dispatch { meta, detach, id, input, id_prefix_template, idempotency_token } => {
+                    let how = children::Dispatch { meta, detach, id_prefix_template, idempotency_token };
+                    children::dispatch(&api, &id, input.as_deref(), how).await
                 }
                 JobCommand::Scale { detach, id, args } => scale::scale(&api, &id, &args, detach).await,
                 JobCommand::Periodic { command: PeriodicCommand::Force { detach, id } } => {

@@ -112,9 +112,10 @@ pub async fn deregister(api: ApiState, Path(id): Path<String>, Query(q): RawQuer
     Ok(json_with_index(&result, result.index, false))
 }
 
-pub async fn dispatch(api: ApiState, Path(id): Path<String>, body: Bytes) -> ApiResult {
+pub async fn dispatch(api: ApiState, Path(id): Path<String>, Query(q): RawQuery, body: Bytes) -> ApiResult {
     let req: DispatchRequest = if body.is_empty() { DispatchRequest::default() } else { decode_body(&body)? };
-    let result = api.server()?.dispatch_job("default", &id, req.payload, req.meta)?;
+    let token = q.get("idempotency_token").map(String::as_str).unwrap_or_default();
+    let result = api.server()?.dispatch_job("default", &id, req, token)?;
     Ok(json_with_index(&result, result.index, false))
 }
 

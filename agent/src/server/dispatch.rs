@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::{Server, ServerError};
 use crate::structs::{dispatch_payload, Job};
-use crate::wire::plan::DispatchResult;
+use crate::wire::plan::{DispatchRequest, DispatchResult};
 
 /// What the caller gives a dispatch.
 fn check(parent: &Job, payload: &[u8], meta: &BTreeMap<String, String>) -> Result<(), ServerError> {
@@ -46,38 +46,57 @@ fn check(parent: &Job, payload: &[u8], meta: &BTreeMap<String, String>) -> Resul
     Ok(())
 }
 
-/// The child: the parent's spec under `<parent>/dispatch-<unix time>-<8 hex>`,
-/// with the payload and the parent's meta overlaid by the caller's.
-fn child(parent: &Job, payload: Vec<u8>, meta: BTreeMap<String, String>) -> Job {
+/// The child: the parent's spec under `<parent>/dispatch-<unix time>-<8 hex>`
+/// (`dispatch-<prefix>-…` with an ID prefix template), with the payload and
+/// the parent's meta overlaid by the caller's.
+fn child(parent: &Job, req: DispatchRequest, token: &str) -> Job {
     let mut job = parent.clone();
     let suffix = &crate::util::new_id()[..8];
-    job.id = format!("{}/dispatch-{}-{suffix}", parent.id, chrono::Utc::now().timestamp());
+    let prefix = match req.id_prefix_template.as_str() {
+        "" => String::new(),
+        p => format!("{p}-"),
+    };
+    job.id = format!("{}/dispatch-{prefix}{}-{suffix}", parent.id, chrono::Utc::now().timestamp());
     job.name = job.id.clone();
     job.parent_id = parent.id.clone();
     job.dispatched = true;
-    job.payload = payload;
-    job.meta.extend(meta);
+    job.dispatch_idempotency_token = token.to_string();
+    job.payload = req.payload;
+    job.meta.extend(req.meta);
     job.create_index = 0;
     job.modify_index = 0;
     job
 }
 
 impl Server {
-    /// Dispatches parameterized job `id` (`POST /v1/job/:id/dispatch`).
+    /// Dispatches parameterized job `id` (`POST /v1/job/:id/dispatch`). With
+    /// an idempotency token that a child of the job already has, nothing is
+    /// made and the answer names that child (without an evaluation).
     pub fn dispatch_job(
         &self,
         ns: &str,
         id: &str,
-        payload: Vec<u8>,
-        meta: BTreeMap<String, String>,
+        req: DispatchRequest,
+        token: &str,
     ) -> Result<DispatchResult, ServerError> {
         let parent = self.state.snapshot().job(ns, id).ok_or_else(|| ServerError::NotFound("job not found".into()))?;
-        check(&parent, &payload, &meta)?;
-        let job = child(&parent, payload, meta);
+        check(&parent, &req.payload, &req.meta)?;
+        if req.id_prefix_template.contains('/') {
+            return Err(ServerError::BadRequest("IdPrefixTemplate must not contain a \"/\"".into()));
+        }
+        let job = child(&parent, req, token);
         let dispatched_job_id = job.id.clone();
-        let (eval, index) = self
-            .register_child(job, "job-register")?
-            .ok_or_else(|| ServerError::BadRequest(format!("a job {dispatched_job_id:?} exists already")))?;
+        let Some((eval, index)) = self.register_child(job, "job-register")? else {
+            let snap = self.state.snapshot();
+            let existing = token_holder(&snap, &parent, token)
+                .ok_or_else(|| ServerError::BadRequest(format!("a job {dispatched_job_id:?} exists already")))?;
+            return Ok(DispatchResult {
+                dispatched_job_id: existing.id.clone(),
+                job_create_index: existing.create_index,
+                index: snap.index,
+                ..Default::default()
+            });
+        };
         Ok(DispatchResult {
             dispatched_job_id,
             eval_id: eval.id,
@@ -86,6 +105,16 @@ impl Server {
             index,
         })
     }
+}
+
+/// The child of `parent` dispatched with `token`, if any (none without one).
+pub(super) fn token_holder(snap: &super::state::Tables, parent: &Job, token: &str) -> Option<std::sync::Arc<Job>> {
+    if token.is_empty() {
+        return None;
+    }
+    snap.jobs()
+        .find(|j| j.namespace == parent.namespace && j.parent_id == parent.id && j.dispatch_idempotency_token == token)
+        .cloned()
 }
 
 #[cfg(test)]

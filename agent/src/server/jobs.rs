@@ -164,8 +164,8 @@ impl Server {
     }
 
     /// Registers a child of a periodic or parameterized job with its
-    /// evaluation, unless a job of its ID exists already (a launch is never
-    /// made twice). Returns the evaluation and the index, or `None`.
+    /// evaluation, unless a job of its ID, or a child of its dispatch
+    /// idempotency token, exists already (a launch is never made twice). Returns the evaluation and the index, or `None`.
     pub(super) fn register_child(
         &self,
         mut child: Job,
@@ -173,7 +173,10 @@ impl Server {
     ) -> Result<Option<(crate::structs::Evaluation, u64)>, ServerError> {
         child.canonicalize();
         let (index, eval) = self.state.commit(|snap| {
-            if snap.job(&child.namespace, &child.id).is_some() {
+            let parent = snap.job(&child.namespace, &child.parent_id);
+            let token_taken = parent
+                .is_some_and(|p| super::dispatch::token_holder(snap, &p, &child.dispatch_idempotency_token).is_some());
+            if snap.job(&child.namespace, &child.id).is_some() || token_taken {
                 return Ok::<_, ServerError>((WriteBatch::default(), None));
             }
             child.version = 0;

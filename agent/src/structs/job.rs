@@ -56,6 +56,8 @@ pub struct Job {
     pub parameterized_job: Option<ParameterizedJobConfig>,
     /// A child made by `job dispatch`.
     pub dispatched: bool,
+    /// The idempotency token of the dispatch that made this child.
+    pub dispatch_idempotency_token: String,
     /// The dispatch payload of a dispatched child (base64 in JSON).
     #[serde(with = "base64_bytes")]
     pub payload: Vec<u8>,

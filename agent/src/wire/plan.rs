@@ -28,6 +28,8 @@ pub struct DispatchRequest {
     #[serde(with = "crate::structs::base64_bytes")]
     pub payload: Vec<u8>,
     pub meta: BTreeMap<String, String>,
+    /// Put into the child's ID: `<parent>/dispatch-<prefix>-<time>-<8 hex>`.
+    pub id_prefix_template: String,
 }
 
 /// Answer to a dispatch.
