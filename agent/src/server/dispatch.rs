@@ -159,7 +159,9 @@ mod tests {
 
     #[test]
     fn the_child_carries_payload_and_merged_meta_under_nomads_id() {
-        let c = child(&parent("optional"), b"hello".to_vec(), meta(&[("target", "nas")]));
+        let req =
+            DispatchRequest { payload: b"hello".to_vec(), meta: meta(&[("target", "nas")]), ..Default::default() };
+        let c = child(&parent("optional"), req, "");
         assert!(c.id.starts_with("backup/dispatch-"), "{}", c.id);
         let tail: Vec<&str> = c.id["backup/dispatch-".len()..].split('-').collect();
         assert!(tail[0].parse::<i64>().is_ok() && tail[1].len() == 8, "{}", c.id);
