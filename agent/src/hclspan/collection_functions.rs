@@ -6,7 +6,7 @@
 use hcl::eval::{Context, FuncArgs, FuncDef, ParamType};
 use hcl::Value;
 
-use super::functions::{arr, format_values, int, s, Res};
+use super::func_support::{arr, format_values, int, s, Res};
 use super::kind;
 
 /// `chunklist(list, size)`: the list cut into lists of `size` elements

@@ -8,7 +8,7 @@ use hcl::eval::{Context, FuncArgs, FuncDef, ParamType};
 use hcl::Value;
 use sha2::Digest;
 
-use super::functions::{int, s, Res};
+use super::func_support::{int, s, Res};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -1,8 +1,9 @@
-//! The job file's neighbourhood: `file`, `filebase64`, `fileexists`,
-//! `fileset` and `templatefile` read relative to the job file's directory
-//! (set for each parse with [`with_base_dir`]); `abspath`, `basename`,
-//! `dirname` and `pathexpand` work on the path alone. Declared into the
-//! same context as `functions`.
+//! The job file's neighbourhood: `file`, `filebase64`, `fileexists` and
+//! `fileset` read relative to the job file's directory (set for each parse
+//! with [`with_base_dir`]; `templatefile`, which needs the whole library,
+//! is in `functions` and reads through [`base_path`]); `abspath`,
+//! `basename`, `dirname` and `pathexpand` work on the path alone.
+//! Declared into the same context as `functions`.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -12,7 +13,7 @@ use base64::Engine;
 use hcl::eval::{Context, FuncArgs, FuncDef, ParamType};
 use hcl::Value;
 
-use super::functions::{s, Res};
+use super::func_support::{s, Res};
 
 thread_local! {
     /// The directory of the job file being parsed (the file functions read
@@ -30,7 +31,7 @@ pub fn with_base_dir<T>(dir: &Path, f: impl FnOnce() -> T) -> T {
     out
 }
 
-fn base_path(p: &str) -> PathBuf {
+pub(super) fn base_path(p: &str) -> PathBuf {
     let path = Path::new(p);
     if path.is_absolute() {
         path.to_path_buf()
@@ -79,23 +80,6 @@ fn pathexpand(a: FuncArgs) -> Res {
     let rest = rest.trim_start_matches('/');
     let path = if rest.is_empty() { home } else { home.join(rest) };
     Ok(path.display().to_string().into())
-}
-
-/// `templatefile(path, vars)`: the file as an HCL template over `vars`.
-fn templatefile(a: FuncArgs) -> Res {
-    let path = base_path(s(&a[0]));
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("templatefile: {}: {e}", path.display()))?;
-    let template: hcl::Template = text.parse().map_err(|e| format!("templatefile: {}: {e}", path.display()))?;
-    let mut ctx = Context::new();
-    super::functions::declare(&mut ctx);
-    if let Some(Value::Object(vars)) = a.get(1) {
-        for (k, v) in vars {
-            ctx.declare_var(k.as_str(), v.clone());
-        }
-    }
-    hcl::eval::Evaluate::evaluate(&template, &ctx)
-        .map(Value::from)
-        .map_err(|e| format!("templatefile: {}: {e}", path.display()))
 }
 
 /// `fileset(path, pattern)`: the regular files under `path` (relative to
@@ -256,8 +240,8 @@ fn glob(dir: &Path, rel: &str, pattern: &[Vec<char>], found: &mut BTreeSet<Strin
 
 /// Declares these functions into `ctx`.
 pub fn declare(ctx: &mut Context<'_>) {
-    use ParamType::{Any, String as Str};
-    let fixed: [(&str, hcl::eval::Func, Vec<ParamType>); 9] = [
+    use ParamType::String as Str;
+    let fixed: [(&str, hcl::eval::Func, Vec<ParamType>); 8] = [
         ("file", file, vec![Str]),
         ("filebase64", filebase64, vec![Str]),
         ("fileexists", fileexists, vec![Str]),
@@ -266,7 +250,6 @@ pub fn declare(ctx: &mut Context<'_>) {
         ("dirname", dirname, vec![Str]),
         ("abspath", abspath, vec![Str]),
         ("pathexpand", pathexpand, vec![Str]),
-        ("templatefile", templatefile, vec![Str, Any]),
     ];
     for (name, func, params) in fixed {
         ctx.declare_func(name, FuncDef::new(func, params));

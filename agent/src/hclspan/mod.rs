@@ -22,6 +22,7 @@ mod decode;
 mod error;
 mod eval;
 mod file_functions;
+mod func_support;
 pub mod functions;
 mod hcl1;
 mod net_functions;

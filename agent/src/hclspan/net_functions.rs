@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use hcl::eval::{Context, FuncArgs, FuncDef, ParamType};
 use hcl::Value;
 
-use super::functions::{int, s, Res};
+use super::func_support::{int, s, Res};
 
 /// A prefix: its network address (host bits cleared), its length and the
 /// address width (32 or 128 bits).
