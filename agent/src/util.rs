@@ -155,14 +155,18 @@ pub fn format_bytes(bytes: u64) -> String {
     }
 }
 
-/// "5m ago"-style relative time for tables, from Unix nanoseconds.
+/// "5m ago"-style relative time for tables, from Unix nanoseconds; a
+/// time ahead (a deadline) reads "5m from now".
 pub fn pretty_time_ago(nanos: i64) -> String {
-    let secs = (now_nanos() - nanos).max(0) / 1_000_000_000;
+    let diff = now_nanos() - nanos;
+    // A second of the future is clock noise; more is a deadline.
+    let (secs, suffix) =
+        if diff < -1_000_000_000 { (-diff / 1_000_000_000, "from now") } else { (diff.max(0) / 1_000_000_000, "ago") };
     match secs {
-        0..=59 => format!("{secs}s ago"),
-        60..=3599 => format!("{}m{}s ago", secs / 60, secs % 60),
-        3600..=86399 => format!("{}h{}m ago", secs / 3600, (secs % 3600) / 60),
-        _ => format!("{}d{}h ago", secs / 86400, (secs % 86400) / 3600),
+        0..=59 => format!("{secs}s {suffix}"),
+        60..=3599 => format!("{}m{}s {suffix}", secs / 60, secs % 60),
+        3600..=86399 => format!("{}h{}m {suffix}", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d{}h {suffix}", secs / 86400, (secs % 86400) / 3600),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Periodic and parameterized jobs against a real dev agent: dispatch with
 //! a payload and meta, launches on a cron schedule, overlap prohibited,
-//! and an agent restart that neither loses nor repeats a launch.
+//! an agent restart that neither loses nor repeats a launch, workload
+//! identities, disabled logs and max_run_duration.
 
 mod common;
 
@@ -337,4 +338,46 @@ fn a_task_with_logging_disabled_runs_and_keeps_no_logs() {
     assert_ne!(quiet.code, 0, "{quiet:?}");
     assert!(quiet.stderr.contains("logging is disabled"), "{quiet:?}");
     assert_eq!(agent.cli(&["job", "stop", "-purge", "quiet"]).code, 0);
+}
+
+/// `max_run_duration`: a batch allocation still running when it runs out
+/// is stopped by its client and ends complete, saying why; its poststop
+/// task does not run, and nothing replaces it.
+#[test]
+fn a_batch_allocation_is_stopped_when_its_max_run_duration_runs_out() {
+    let root = tempfile::tempdir().unwrap();
+    let agent = Agent::dev(root.path(), "maxrun1");
+    let job = concat!(
+        "job \"bounded\" {\n  type = \"batch\"\n  group \"g\" {\n    max_run_duration = \"4s\"\n",
+        "    task \"work\" {\n      driver = \"raw_exec\"\n      config {\n        command = \"/bin/sleep\"\n        args = [\"3600\"]\n      }\n    }\n",
+        "    task \"after\" {\n      driver = \"raw_exec\"\n      lifecycle { hook = \"poststop\" }\n",
+        "      config {\n        command = \"/bin/sh\"\n        args = [\"-c\", \"touch ${NOMAD_ALLOC_DIR}/poststop-ran\"]\n      }\n    }\n",
+        "  }\n}\n"
+    );
+    let run = agent.cli(&["job", "run", "-detach", &job_file(root.path(), "bounded.nomad", job)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = wait_for("the allocation to run", Duration::from_secs(30), || {
+        agent.alloc_ids("bounded", "running").into_iter().next()
+    });
+    let status = agent.cli(&["alloc", "status", &id]);
+    let deadline = status.stdout.lines().find(|l| l.starts_with("Max Run Deadline")).unwrap_or_default().to_string();
+    assert!(deadline.ends_with("from now"), "{}", status.stdout);
+    let alloc = wait_for("the allocation to be stopped", Duration::from_secs(30), || {
+        let a = agent.get(&format!("/v1/allocation/{id}"));
+        (a["ClientStatus"] == "complete").then_some(a)
+    });
+    assert_eq!(alloc["ClientDescription"], "allocation exceeded max_run_duration");
+    let events: Vec<String> = alloc["TaskStates"]["work"]["Events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{}: {}", e["Type"].as_str().unwrap(), e["DisplayMessage"].as_str().unwrap()))
+        .collect();
+    assert!(events.contains(&"Killing: allocation exceeded max_run_duration".to_string()), "{events:?}");
+    assert_eq!(alloc["TaskStates"]["after"]["State"], "dead");
+    assert!(!agent.dir.join("alloc").join(&id).join("alloc/poststop-ran").exists(), "the poststop task ran");
+    wait_for("the job to be dead", Duration::from_secs(10), || {
+        (agent.get("/v1/job/bounded")["Status"] == "dead").then_some(())
+    });
+    assert_eq!(agent.allocs("bounded").len(), 1, "nothing replaced it");
 }

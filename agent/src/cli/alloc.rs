@@ -225,6 +225,10 @@ pub async fn status(api: &ApiClient, prefix: &str, view: StatusView) -> i32 {
         format!("Created|{}", pretty_time_ago(a.create_time)),
         format!("Modified|{}", pretty_time_ago(a.modify_time)),
     ];
+    if let Some(deadline) = a.max_run_deadline() {
+        let shown = if verbose { crate::util::format_timestamp(deadline) } else { pretty_time_ago(deadline) };
+        kv.push(format!("Max Run Deadline|{shown}"));
+    }
     if !a.deployment_id.is_empty() {
         kv.push(format!("Deployment ID|{}", id(&a.deployment_id)));
     }

@@ -56,6 +56,9 @@ pub struct PersistedAlloc {
     /// The allocation's CSI volumes are unpublished from this node.
     #[serde(default)]
     pub csi_volumes_released: bool,
+    /// The client stopped it because its `max_run_duration` ran out.
+    #[serde(default)]
+    pub max_run_exceeded: bool,
 }
 
 /// The client state database.

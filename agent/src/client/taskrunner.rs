@@ -80,6 +80,9 @@ pub struct TaskRunner {
     /// Opens when the task's turn comes (its lifecycle phase); `None`
     /// starts it at once.
     pub gate: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Why the allocation kills its tasks, when it is not the usual stop
+    /// (its `max_run_duration` ran out): the Killing event says so.
+    pub kill_reason: Arc<std::sync::OnceLock<String>>,
 }
 
 enum Next {
@@ -147,28 +150,8 @@ impl TaskRunner {
             std::fs::write(&dest, &job.payload).map_err(|e| format!("dispatch payload {}: {e}", d.file))?;
         }
         for tmpl in &self.task.templates {
-            let data = if !tmpl.embedded_tmpl.is_empty() {
-                tmpl.embedded_tmpl.clone()
-            } else {
-                let src = taskenv::interpolate(&tmpl.source_path, &env, &self.node);
-                std::fs::read_to_string(&src).map_err(|e| format!("template source {src}: {e}"))?
-            };
-            let delims = (
-                if tmpl.left_delim.is_empty() { "{{" } else { tmpl.left_delim.as_str() },
-                if tmpl.right_delim.is_empty() { "}}" } else { tmpl.right_delim.as_str() },
-            );
-            let rendered =
-                template::render(&tmpl.dest_path, &data, delims, &env, &self.node).map_err(|e| e.to_string())?;
-            let dest = taskenv::interpolate(&tmpl.dest_path, &env, &self.node);
-            let dest_path = if dest.starts_with('/') { PathBuf::from(&dest) } else { task_dir.join(&dest) };
-            if let Some(parent) = dest_path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| format!("template {dest}: {e}"))?;
-            }
-            std::fs::write(&dest_path, &rendered).map_err(|e| format!("template {dest}: {e}"))?;
-            if let Ok(mode) = u32::from_str_radix(tmpl.perms.trim_start_matches("0o"), 8) {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::set_permissions(&dest_path, std::fs::Permissions::from_mode(mode));
-            }
+            let rendered = template::write(tmpl, &self.alloc_root, &self.task.name, &env, &self.node)
+                .map_err(|e| e.to_string())?;
             if tmpl.envvars {
                 env.extend(template::parse_env_file(&rendered));
             }
@@ -507,7 +490,8 @@ impl TaskRunner {
     /// delay) and releases it.
     async fn stop_task(&mut self, handle: &TaskHandle) {
         self.delay_shutdown(self.task.shutdown_delay).await;
-        self.emit(TaskEvent::new("Killing", "Sent interrupt. Waiting before force killing"));
+        let why = self.kill_reason.get().map_or("Sent interrupt. Waiting before force killing", String::as_str);
+        self.emit(TaskEvent::new("Killing", why.to_string()));
         let default_signal = if self.driver.fs_isolation() { "SIGTERM" } else { "SIGINT" };
         let signal = if self.task.kill_signal.is_empty() { default_signal } else { self.task.kill_signal.as_str() };
         self.driver.stop(handle, signal, self.kill_timeout()).await;

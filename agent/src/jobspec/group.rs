@@ -42,6 +42,7 @@ pub(super) fn decode(
         scaling,
         meta: b.string_map("meta")?.unwrap_or_default(),
         shutdown_delay: b.duration("shutdown_delay")?,
+        max_run_duration: b.duration("max_run_duration")?,
         disconnect,
         ..TaskGroup::default()
     };

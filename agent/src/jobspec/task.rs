@@ -7,8 +7,8 @@ use super::policy::RestartPatch;
 use super::service::decode_service;
 use crate::hclspan::{Block, HclError};
 use crate::structs::{
-    CsiPluginConfig, DispatchPayloadConfig, LogConfig, Resources, RestartPolicy, Task, TaskArtifact, TaskLifecycle,
-    Template, VolumeMount, WorkloadIdentity,
+    ChangeScript, CsiPluginConfig, DispatchPayloadConfig, LogConfig, RequestedDevice, Resources, RestartPolicy, Task,
+    TaskArtifact, TaskLifecycle, Template, VolumeMount, WaitConfig, WorkloadIdentity,
 };
 
 /// Decodes a `task "name" { ... }` block; `group_restart` is the group's
@@ -138,10 +138,19 @@ fn decode_resources(mut block: Block<'_>) -> Result<Resources, HclError> {
         memory_mb: b.number("memory")?.unwrap_or(0),
         memory_max_mb: b.number("memory_max")?.unwrap_or(0),
         disk_mb: b.number("disk")?.unwrap_or(0),
-        networks: Vec::new(),
+        ..Resources::default()
     };
     for net in b.blocks("network") {
         resources.networks.push(network::decode(net, true)?);
+    }
+    for mut d in b.blocks("device") {
+        let mut device = RequestedDevice { name: d.label()?, ..RequestedDevice::default() };
+        if let Some(count) = d.body.number("count")? {
+            device.count = count;
+        }
+        super::placement::decode(&mut d.body, &mut device.constraints, &mut device.affinities, None)?;
+        d.body.finish()?;
+        resources.devices.push(device);
     }
     block.body.finish()?;
     Ok(resources)
@@ -150,17 +159,40 @@ fn decode_resources(mut block: Block<'_>) -> Result<Resources, HclError> {
 fn decode_template(mut block: Block<'_>) -> Result<Template, HclError> {
     block.no_labels()?;
     let b = &mut block.body;
-    let template = Template {
+    let mut template = Template {
         embedded_tmpl: b.string("data")?.unwrap_or_default(),
         source_path: b.string("source")?.unwrap_or_default(),
         dest_path: b.string("destination")?.unwrap_or_default(),
         change_mode: b.string("change_mode")?.unwrap_or_default(),
         change_signal: b.string("change_signal")?.unwrap_or_default(),
+        once: b.bool("once")?.unwrap_or(false),
+        splay: b.duration("splay")?,
         envvars: b.bool("env")?.unwrap_or(false),
         perms: b.string("perms")?.unwrap_or_default(),
+        uid: b.int("uid")?,
+        gid: b.int("gid")?,
         left_delim: b.string("left_delimiter")?.unwrap_or_default(),
         right_delim: b.string("right_delimiter")?.unwrap_or_default(),
+        vault_grace: b.duration("vault_grace")?.unwrap_or(0),
+        err_missing_key: b.bool("error_on_missing_key")?.unwrap_or(false),
+        ..Template::default()
     };
+    if let Some(mut s) = b.block("change_script")? {
+        s.no_labels()?;
+        template.change_script = Some(ChangeScript {
+            command: s.body.string("command")?.unwrap_or_default(),
+            args: s.body.strings("args")?.unwrap_or_default(),
+            timeout: s.body.duration("timeout")?.unwrap_or(0),
+            fail_on_error: s.body.bool("fail_on_error")?.unwrap_or(false),
+            run_on_first_render: s.body.bool("run_on_first_render")?.unwrap_or(false),
+        });
+        s.body.finish()?;
+    }
+    if let Some(mut w) = b.block("wait")? {
+        w.no_labels()?;
+        template.wait = Some(WaitConfig { min: w.body.duration("min")?, max: w.body.duration("max")? });
+        w.body.finish()?;
+    }
     block.body.finish()?;
     Ok(template)
 }

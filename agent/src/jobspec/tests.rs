@@ -964,3 +964,93 @@ fn sticky_volumes_follow_nomads_rules() {
     let err = parse("s.hcl", &vol("      type = \"host\"\n      source = \"db\"\n      sticky = true")).unwrap_err();
     assert!(err.message.contains("sticky needs a dynamic host volume, which berth does not have"), "{err}");
 }
+
+#[test]
+fn template_options_are_read_defaulted_and_checked_as_nomad_does() {
+    let src = task_job(concat!(
+        "      driver = \"raw_exec\"\n",
+        "      template {\n        data = \"x\"\n        destination = \"local/a.conf\"\n",
+        "        change_mode = \"script\"\n        change_script {\n          command = \"/local/reload.sh\"\n",
+        "          args = [\"-q\"]\n          fail_on_error = true\n        }\n",
+        "        splay = \"0s\"\n        once = true\n        uid = 1000\n        gid = -1\n",
+        "        error_on_missing_key = true\n        wait {\n          min = \"2s\"\n          max = \"10s\"\n        }\n",
+        "      }\n",
+        "      template {\n        data = \"y\"\n        destination = \"local/b.conf\"\n        change_mode = \"signal\"\n",
+        "        change_signal = \"sigusr1\"\n        vault_grace = \"15s\"\n      }",
+    ));
+    let parsed = parse("t.hcl", &src).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed.warnings, vec![crate::structs::VAULT_GRACE_DEPRECATED.to_string()]);
+    let json = serde_json::to_value(&parsed.job).unwrap();
+    let tmpls = &json["TaskGroups"][0]["Tasks"][0]["Templates"];
+    assert_eq!(
+        tmpls[0]["ChangeScript"],
+        json!({"Command": "/local/reload.sh", "Args": ["-q"], "Timeout": 5 * SECOND, "FailOnError": true, "RunOnFirstRender": false})
+    );
+    assert_eq!(
+        (&tmpls[0]["Splay"], &tmpls[0]["Once"], &tmpls[0]["Uid"], &tmpls[0]["Gid"], &tmpls[0]["ErrMissingKey"]),
+        (&json!(0), &json!(true), &json!(1000), &json!(-1), &json!(true)),
+        "an explicit splay of 0 stays 0"
+    );
+    assert_eq!(tmpls[0]["Wait"], json!({"Min": 2 * SECOND, "Max": 10 * SECOND}));
+    assert_eq!((&tmpls[1]["ChangeSignal"], &tmpls[1]["Splay"]), (&json!("SIGUSR1"), &json!(5 * SECOND)));
+
+    for (change, want) in [
+        ("min = \"2s\"", "wait min 10s is greater than max 2s"),
+        ("command = \"/local/reload.sh\"", "template change_script needs a command"),
+        ("fail_on_error = true", "run_on_first_render: berth cannot run a command inside a task"),
+        ("destination = \"local/a.conf\"", "template destination \"../../a.conf\" escapes the allocation directory"),
+        ("change_mode = \"script\"", "template change_mode \"reload\" is not restart, signal, script or noop"),
+    ] {
+        let replacement = match change {
+            "min = \"2s\"" => "min = \"10s\"\n          max = \"2s\"".to_string(),
+            "command = \"/local/reload.sh\"" => "command = \"\"".to_string(),
+            "fail_on_error = true" => "run_on_first_render = true".to_string(),
+            "destination = \"local/a.conf\"" => "destination = \"../../a.conf\"".to_string(),
+            _ => "change_mode = \"reload\"".to_string(),
+        };
+        let bad = src.replacen(change, &replacement, 1).replacen("          max = \"10s\"\n", "", 1);
+        let e = parse("t.hcl", &bad).unwrap_err().to_string();
+        assert!(e.contains(want), "{change}: {e}");
+    }
+}
+
+#[test]
+fn devices_are_read_and_leave_the_group_unplaceable_on_berth() {
+    let src = task_job(concat!(
+        "      driver = \"docker\"\n      resources {\n",
+        "        device \"nvidia/gpu\" {\n          count = 2\n",
+        "          constraint {\n            attribute = \"${device.attr.memory}\"\n            operator = \">=\"\n            value = \"2 GiB\"\n          }\n",
+        "          affinity {\n            attribute = \"${device.model}\"\n            value = \"1080ti\"\n            weight = 50\n          }\n",
+        "        }\n        device \"fpga\" {}\n      }",
+    ));
+    let job = parse("d.hcl", &src).unwrap_or_else(|e| panic!("{e}")).job;
+    let json = serde_json::to_value(&job).unwrap();
+    let devices = &json["TaskGroups"][0]["Tasks"][0]["Resources"]["Devices"];
+    assert_eq!((&devices[0]["Name"], &devices[0]["Count"]), (&json!("nvidia/gpu"), &json!(2)));
+    assert_eq!(devices[0]["Constraints"][0]["Operand"], json!(">="));
+    assert_eq!(devices[0]["Affinities"][0]["Weight"], json!(50));
+    assert_eq!((&devices[1]["Name"], &devices[1]["Count"]), (&json!("fpga"), &json!(1)), "count defaults to 1");
+    let e = parse("d.hcl", &src.replace("operator = \">=\"", "operator = \"distinct_hosts\"")).unwrap_err();
+    assert!(e.to_string().contains("device \"nvidia/gpu\" constraint: using unsupported operand"), "{e}");
+}
+
+#[test]
+fn max_run_duration_is_for_batch_groups() {
+    let src = concat!(
+        "job \"j\" {\n  type = \"batch\"\n  group \"g\" {\n    max_run_duration = \"90s\"\n",
+        "    task \"t\" { driver = \"raw_exec\" }\n  }\n}\n"
+    );
+    let job = parse("m.hcl", src).unwrap_or_else(|e| panic!("{e}")).job;
+    assert_eq!(serde_json::to_value(&job).unwrap()["TaskGroups"][0]["MaxRunDuration"], json!(90 * SECOND));
+    let alloc = crate::structs::Allocation {
+        job: Some(std::sync::Arc::new(job.clone())),
+        task_group: "g".into(),
+        create_time: 1_000,
+        ..Default::default()
+    };
+    assert_eq!(alloc.max_run_deadline(), Some(1_000 + 90 * SECOND));
+    let e = parse("m.hcl", &src.replace("batch", "service")).unwrap_err();
+    assert!(e.to_string().contains("job type \"service\" does not allow max_run_duration"), "{e}");
+    let e = parse("m.hcl", &src.replace("\"90s\"", "\"0s\"")).unwrap_err();
+    assert!(e.to_string().contains("max_run_duration must be greater than zero"), "{e}");
+}

@@ -19,6 +19,8 @@ pub mod desired {
 
 /// Client status values reported by the node.
 pub mod client_status {
+    /// Why the client stopped an allocation whose `max_run_duration` ran out.
+    pub const MAX_RUN_DURATION_EXCEEDED: &str = "allocation exceeded max_run_duration";
     /// Not started yet.
     pub const PENDING: &str = "pending";
     /// All tasks running.
@@ -386,6 +388,15 @@ impl Allocation {
     /// The allocation's task group, from the job it carries.
     pub fn group(&self) -> Option<&super::TaskGroup> {
         self.job.as_ref().and_then(|j| j.task_group(&self.task_group))
+    }
+
+    /// When its group's `max_run_duration` runs out (Unix nanoseconds,
+    /// counted from its creation, so a client restart or a task restart
+    /// does not move it); batch and sysbatch jobs only.
+    pub fn max_run_deadline(&self) -> Option<i64> {
+        let job = self.job.as_ref().filter(|j| j.is_batch_like())?;
+        let max = job.task_group(&self.task_group)?.max_run_duration.filter(|d| *d > 0)?;
+        (self.create_time > 0).then(|| self.create_time.saturating_add(max))
     }
 
     /// The names of the allocation's tasks.

@@ -334,6 +334,14 @@ impl Job {
         for m in tg.disconnect.iter().flat_map(|d| d.problems(&self.job_type)) {
             issue(None, m);
         }
+        if let Some(max) = tg.max_run_duration {
+            if max <= 0 {
+                issue(None, "max_run_duration must be greater than zero".into());
+            }
+            if !self.is_batch_like() {
+                issue(None, format!("job type {:?} does not allow max_run_duration", self.job_type));
+            }
+        }
         if let Some(mode) = tg.restart_policy.as_ref().map(|r| r.mode.as_str()).filter(|m| !is_restart_mode(m)) {
             issue(None, format!("restart mode {mode:?} must be \"fail\" or \"delay\""));
         }
@@ -410,12 +418,7 @@ fn canonicalize_task(task: &mut Task, group_restart: &RestartPolicy, group_prefi
     }
     resources.networks.iter_mut().for_each(default_network);
     task.kill_timeout.get_or_insert(5 * SECOND);
-    for tmpl in &mut task.templates {
-        default_str(&mut tmpl.change_mode, "restart");
-        default_str(&mut tmpl.perms, "0644");
-        default_str(&mut tmpl.left_delim, "{{");
-        default_str(&mut tmpl.right_delim, "}}");
-    }
+    task.templates.iter_mut().for_each(super::Template::canonicalize);
     if let Some(plugin) = &mut task.csi_plugin_config {
         default_str(&mut plugin.mount_dir, "/csi");
         default_str(&mut plugin.stage_publish_base_dir, "/local/csi");
@@ -522,6 +525,19 @@ fn task_problems(task: &Task, tg: &super::TaskGroup, port_labels: &BTreeSet<&str
             out.push(format!("volume_mount of undeclared volume {:?}", mount.volume));
         }
     }
+    for device in task.resources.iter().flat_map(|r| &r.devices) {
+        let level = format!("device {:?}", device.name);
+        if device.name.is_empty() {
+            out.push(
+                "device name must be given as one of the following: type, vendor/type, or vendor/type/name".into(),
+            );
+        }
+        for c in device.constraints.iter().filter(|c| c.operand.starts_with("distinct_")) {
+            out.push(format!("{level} constraint: using unsupported operand {:?}", c.operand));
+        }
+        check_constraints(&device.constraints, &level, &mut |m| out.push(m));
+        out.extend(device.affinities.iter().flat_map(|a| a.problems(&level)));
+    }
     if let Some(r) = task.resources.as_ref().filter(|r| r.memory_max_mb > 0 && r.memory_max_mb < r.memory_mb) {
         out.push(format!("memory_max ({} MB) must not be below memory ({} MB)", r.memory_max_mb, r.memory_mb));
     }
@@ -543,20 +559,7 @@ fn task_problems(task: &Task, tg: &super::TaskGroup, port_labels: &BTreeSet<&str
             ));
         }
     }
-    for tmpl in &task.templates {
-        if tmpl.dest_path.is_empty() {
-            out.push("template has no destination".into());
-        }
-        if tmpl.embedded_tmpl.is_empty() && tmpl.source_path.is_empty() {
-            out.push("template needs data or source".into());
-        }
-        if !["", "restart", "signal", "script", "noop"].contains(&tmpl.change_mode.as_str()) {
-            out.push(format!("template change_mode {:?} is not restart, signal, script or noop", tmpl.change_mode));
-        }
-        if tmpl.change_mode == "signal" && tmpl.change_signal.is_empty() {
-            out.push("template change_mode \"signal\" needs a change_signal".into());
-        }
-    }
+    out.extend(task.templates.iter().flat_map(super::Template::problems));
     let ports = task.config.get("ports").and_then(|p| p.as_array()).into_iter().flatten();
     for label in ports.filter_map(|p| p.as_str()) {
         if !port_labels.contains(label) {

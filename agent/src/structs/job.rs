@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Affinity, ScalingPolicy, Spread};
+use super::{Affinity, ScalingPolicy, Spread, Template};
 
 /// Nomad's warning for HCL1-era task-level networks.
 pub const TASK_NETWORK_DEPRECATED: &str = "task network resources have been deprecated as of Nomad 0.12.0. \
@@ -180,6 +180,9 @@ pub struct TaskGroup {
     pub scaling: Option<ScalingPolicy>,
     /// What happens while the group's node is out of touch.
     pub disconnect: Option<super::DisconnectStrategy>,
+    /// Nanoseconds a batch or sysbatch allocation may run, counted from its
+    /// creation, before the client stops it (complete, not failed).
+    pub max_run_duration: Option<i64>,
 }
 
 /// One unit of work run by a driver.
@@ -372,6 +375,25 @@ pub struct Resources {
     pub disk_mb: u64,
     /// Deprecated task-level networks (HCL1 era); merged into the group.
     pub networks: Vec<NetworkResource>,
+    pub devices: Vec<RequestedDevice>,
+}
+
+/// A `device` block: devices of a kind the task needs on its node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RequestedDevice {
+    /// `type`, `vendor/type` or `vendor/type/model` ("nvidia/gpu").
+    pub name: String,
+    pub count: u64,
+    pub constraints: Vec<Constraint>,
+    pub affinities: Vec<Affinity>,
+}
+
+impl Default for RequestedDevice {
+    /// One device, as Nomad asks when `count` is left out.
+    fn default() -> Self {
+        RequestedDevice { name: String::new(), count: 1, constraints: Vec::new(), affinities: Vec::new() }
+    }
 }
 
 /// A `network` block.
@@ -489,21 +511,6 @@ pub struct CsiPluginConfig {
     pub health_timeout: i64,
 }
 
-/// A `template` block.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct Template {
-    pub source_path: String,
-    pub dest_path: String,
-    pub embedded_tmpl: String,
-    pub change_mode: String,
-    pub change_signal: String,
-    pub envvars: bool,
-    pub perms: String,
-    pub left_delim: String,
-    pub right_delim: String,
-}
-
 /// A `service` block.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "PascalCase", default)]
@@ -570,6 +577,9 @@ impl Job {
         };
         for tg in &self.task_groups {
             for task in &tg.tasks {
+                if task.templates.iter().any(|t| t.vault_grace != 0) {
+                    add(super::VAULT_GRACE_DEPRECATED);
+                }
                 let networks = task.resources.iter().flat_map(|r| &r.networks);
                 if networks.clone().next().is_some() {
                     add(TASK_NETWORK_DEPRECATED);

@@ -13,6 +13,7 @@ mod job;
 mod node;
 mod periodic;
 mod placement;
+mod template;
 mod volume;
 
 pub use alloc::*;
@@ -24,4 +25,5 @@ pub use job::*;
 pub use node::*;
 pub use periodic::{Schedule, ScheduleError};
 pub use placement::{Affinity, ScalingPolicy, Spread, SpreadTarget, DEFAULT_WEIGHT};
+pub use template::{destination as template_destination, ChangeScript, Template, WaitConfig, VAULT_GRACE_DEPRECATED};
 pub use volume::*;

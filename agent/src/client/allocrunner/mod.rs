@@ -90,18 +90,20 @@ pub struct RunnerDeps {
     pub rpc: Arc<dyn crate::client::rpc::ServerRpc>,
 }
 
-/// The allocation's client status from its tasks' states.
+/// The allocation's client status from its tasks' states, as Nomad has
+/// it: failed if any task failed, running if any runs (a poststop task
+/// waiting its turn does not hold it pending), complete once every task
+/// is dead.
 pub fn client_status_of(states: &BTreeMap<String, TaskState>, task_count: usize) -> (&'static str, &'static str) {
     if states.values().any(|s| s.failed) {
         return (client_status::FAILED, "Failed tasks");
     }
+    if states.values().any(|s| s.state == task_state::RUNNING) {
+        return (client_status::RUNNING, "Tasks are running");
+    }
     let dead = states.values().filter(|s| s.state == task_state::DEAD).count();
     if task_count > 0 && dead == task_count {
         return (client_status::COMPLETE, "All tasks have completed");
-    }
-    let running = states.values().filter(|s| s.state == task_state::RUNNING).count();
-    if running > 0 && running + dead == task_count {
-        return (client_status::RUNNING, "Tasks are running");
     }
     (client_status::PENDING, "No tasks have started")
 }
@@ -146,6 +148,9 @@ struct Runner {
     controls: BTreeMap<String, mpsc::UnboundedSender<TaskControl>>,
     /// The order of the tasks, once they are started.
     lifecycle: Option<lifecycle::Coordinator>,
+    /// Why the tasks are killed, for their Killing events, when it is not
+    /// a plain stop.
+    kill_reason: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Runner {
@@ -154,7 +159,28 @@ impl Runner {
     }
 
     fn status(&self) -> (&'static str, &'static str) {
+        if self.persisted.max_run_exceeded && all_dead(self) {
+            return (client_status::COMPLETE, client_status::MAX_RUN_DURATION_EXCEEDED);
+        }
         client_status_of(&self.persisted.task_states, self.task_count())
+    }
+
+    /// Its group's `max_run_duration` ran out: every task is stopped,
+    /// poststop ones included (Nomad does not run them then), and the
+    /// allocation ends complete, saying why.
+    fn exceed_max_run(&mut self, kill: &CancellationToken) {
+        tracing::info!("allocation exceeded max_run_duration: stopping its tasks");
+        self.persisted.max_run_exceeded = true;
+        let _ = self.kill_reason.set(client_status::MAX_RUN_DURATION_EXCEEDED.into());
+        kill.cancel();
+        if let Some(order) = &self.lifecycle {
+            order.abandon();
+        }
+        self.persist(true);
+        if self.persisted.handles.is_empty() {
+            mark_unstarted_dead(self);
+        }
+        self.report();
     }
 
     fn persist(&mut self, durable: bool) {
@@ -412,6 +438,7 @@ impl Runner {
             network: None,
             control: control_rx,
             gate: None,
+            kill_reason: self.kill_reason.clone(),
         })
     }
 }
@@ -438,6 +465,7 @@ async fn run(
         network_status: None,
         controls: BTreeMap::new(),
         lifecycle: None,
+        kill_reason: Default::default(),
     };
     let kill = CancellationToken::new();
     let (task_tx, mut task_rx) = mpsc::unbounded_channel::<TaskUpdate>();
@@ -489,7 +517,10 @@ async fn run(
     }
     r.report();
     loop {
+        let max_run = r.alloc.max_run_deadline().filter(|_| !kill.is_cancelled() && !r.persisted.max_run_exceeded);
+        let left = max_run.map(|d| Duration::from_nanos(u64::try_from(d - crate::util::now_nanos()).unwrap_or(0)));
         tokio::select! {
+            _ = tokio::time::sleep(left.unwrap_or_default()), if left.is_some() => r.exceed_max_run(&kill),
             Some(u) = task_rx.recv() => {
                 let failed = u.state.failed;
                 let handle_changed = r.persisted.handles.get(&u.task) != u.handle.as_ref();
@@ -594,7 +625,9 @@ mod tests {
         let mut m = BTreeMap::new();
         assert_eq!(client_status_of(&m, 2).0, "pending");
         m.insert("a".into(), st("running", false));
-        assert_eq!(client_status_of(&m, 2).0, "pending");
+        assert_eq!(client_status_of(&m, 2).0, "running", "one task runs, the other waits its turn");
+        m.insert("b".into(), st("pending", false));
+        assert_eq!(client_status_of(&m, 2).0, "running");
         m.insert("b".into(), st("running", false));
         assert_eq!(client_status_of(&m, 2).0, "running");
         m.insert("b".into(), st("dead", false));

@@ -142,6 +142,12 @@ pub fn check_node(job: &Job, tg: &TaskGroup, node: &Node) -> Result<(), Infeasib
             return Err(Infeasible::Constraint("missing drivers".to_string()));
         }
     }
+    // Berth has no device plugins, so no node fingerprints a device: a
+    // group that asks for one fits nowhere, as on a Nomad cluster whose
+    // clients have no such device.
+    if tg.tasks.iter().flat_map(|t| &t.resources).any(|r| !r.devices.is_empty()) {
+        return Err(Infeasible::Constraint("missing devices".to_string()));
+    }
     let constraints =
         job.constraints.iter().chain(tg.constraints.iter()).chain(tg.tasks.iter().flat_map(|t| t.constraints.iter()));
     for c in constraints {

@@ -500,6 +500,20 @@ fn missing_driver_is_filtered() {
 }
 
 #[test]
+fn a_device_request_is_filtered_on_every_node() {
+    let h = Harness::new();
+    h.add_nodes(2, 4000, 8192);
+    let mut j = job("gpu", 1);
+    let resources = group(&mut j).tasks[0].resources.get_or_insert_with(Default::default);
+    resources.devices.push(crate::structs::RequestedDevice { name: "nvidia/gpu".into(), ..Default::default() });
+    h.register(j);
+    let plan = h.eval("gpu");
+    let m = &plan.failed_tg_allocs["web"];
+    assert_eq!(m.constraint_filtered.get("missing devices"), Some(&2), "{:?}", m.constraint_filtered);
+    assert!(plan.place.is_empty());
+}
+
+#[test]
 fn datacenters_filter_nodes() {
     let h = Harness::new();
     h.add_nodes(2, 4000, 8192);
