@@ -7,23 +7,27 @@
 //! text for the client to interpolate at run time. A bare reference to an
 //! unknown root outside a string is an error.
 //!
-//! `try` and `can` are evaluated here rather than by hcl-rs, which
-//! evaluates every argument before calling a function: `try` returns its
-//! first argument that evaluates without an error, `can` whether its one
-//! argument does. They work as a whole expression and inside lists,
-//! objects, string templates and other functions' arguments.
+//! `try`, `can` and `convert` are evaluated here rather than by hcl-rs,
+//! which evaluates every argument before calling a function: `try`
+//! returns its first argument that evaluates without an error, `can`
+//! whether its one argument does, and `convert`'s second argument is a
+//! type, not a value. An expression holding one of them is walked here
+//! (lists, objects, string templates, other functions' arguments,
+//! operators, conditionals and `for` expressions); hcl-rs evaluates the
+//! rest.
 
 use std::collections::BTreeMap;
 
 use hcl::eval::{Context, ErrorKind, Evaluate};
 use hcl::Value;
-use hcl_edit::expr::{Expression, FuncCall, ObjectKey};
+use hcl_edit::expr::{Expression, ForExpr, FuncCall, ObjectKey};
 use hcl_edit::template::{Element, Interpolation, Template};
 use hcl_edit::visit::{visit_func_call, Visit};
 use hcl_edit::Span;
 
 use super::error::HclError;
 use super::source::Source;
+use super::type_expr::Type;
 
 /// The variables an expression may reference: named roots (`var`, `local`)
 /// each holding an object of values.
@@ -50,6 +54,16 @@ impl Scope {
         if !self.roots.iter().any(|r| r == root) {
             self.roots.push(root.to_string());
         }
+    }
+
+    /// A scope with `name` bound to `value` as well (a `for` variable).
+    fn with(&self, name: &str, value: Value) -> Scope {
+        let mut scope = self.clone();
+        scope.ctx.declare_var(name.to_string(), value);
+        if !scope.knows(name) {
+            scope.roots.push(name.to_string());
+        }
+        scope
     }
 
     fn knows(&self, root: &str) -> bool {
@@ -86,6 +100,21 @@ impl Scope {
             Expression::HeredocTemplate(h) => self.template(src, expr, &h.template),
             Expression::Parenthesis(p) => self.eval(src, p.inner()),
             Expression::FuncCall(call) => self.call(src, expr, call),
+            Expression::Conditional(c) if calls_lazy(expr) => match self.eval(src, &c.cond_expr)? {
+                Value::Bool(true) => self.eval(src, &c.true_expr),
+                Value::Bool(false) => self.eval(src, &c.false_expr),
+                other => Err(src.error(c.cond_expr.span(), format!("the condition is {}, not a bool", kind(&other)))),
+            },
+            Expression::UnaryOp(op) if calls_lazy(expr) => {
+                let operand = hcl::Expression::from(self.eval(src, &op.expr)?);
+                self.evaluate_values(src, expr, hcl::expr::UnaryOp::new(*op.operator.value(), operand).into())
+            }
+            Expression::BinaryOp(op) if calls_lazy(expr) => {
+                let lhs = hcl::Expression::from(self.eval(src, &op.lhs_expr)?);
+                let rhs = hcl::Expression::from(self.eval(src, &op.rhs_expr)?);
+                self.evaluate_values(src, expr, hcl::expr::BinaryOp::new(lhs, *op.operator.value(), rhs).into())
+            }
+            Expression::ForExpr(f) if calls_lazy(expr) => self.for_expr(src, f),
             Expression::Variable(_) | Expression::Traversal(_) => match unknown_root(expr, self) {
                 Some(root) => Err(src.error(
                     expr.span(),
@@ -100,12 +129,72 @@ impl Scope {
         }
     }
 
-    /// A function call: `try` and `can` evaluate their arguments one by
-    /// one here; a call with either inside its arguments gets the
-    /// arguments' values from here; any other goes to hcl-rs whole.
+    /// An operation whose operands are already values, by hcl-rs.
+    fn evaluate_values(&self, src: &Source, expr: &Expression, op: hcl::Expression) -> Result<Value, HclError> {
+        op.evaluate(&self.ctx).map_err(|err| src.error(expr.span(), err.kind().to_string()))
+    }
+
+    /// A `for` expression, one element at a time, its variables bound in
+    /// a scope of its own.
+    fn for_expr(&self, src: &Source, f: &ForExpr) -> Result<Value, HclError> {
+        let collection = &f.intro.collection_expr;
+        let elements: Vec<(Value, Value)> = match self.eval(src, collection)? {
+            Value::Array(items) => items.into_iter().enumerate().map(|(i, v)| (Value::from(i as u64), v)).collect(),
+            Value::Object(attrs) => attrs.into_iter().map(|(k, v)| (Value::String(k), v)).collect(),
+            other => return Err(src.error(collection.span(), format!("cannot iterate over {}", kind(&other)))),
+        };
+        let mut list = Vec::new();
+        let mut object: hcl::Map<String, Value> = hcl::Map::new();
+        for (key, value) in elements {
+            let mut scope = self.with(f.intro.value_var.as_str(), value);
+            if let Some(key_var) = &f.intro.key_var {
+                scope = scope.with(key_var.as_str(), key);
+            }
+            if let Some(cond) = &f.cond {
+                match scope.eval(src, &cond.expr)? {
+                    Value::Bool(true) => {}
+                    Value::Bool(false) => continue,
+                    other => {
+                        return Err(
+                            src.error(cond.expr.span(), format!("the condition is {}, not a bool", kind(&other)))
+                        )
+                    }
+                }
+            }
+            let value = scope.eval(src, &f.value_expr)?;
+            let Some(key_expr) = &f.key_expr else {
+                list.push(value);
+                continue;
+            };
+            let name = match scope.eval(src, key_expr)? {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => return Err(src.error(key_expr.span(), format!("an object key cannot be {}", kind(&other)))),
+            };
+            if f.grouping {
+                match object.entry(name).or_insert_with(|| Value::Array(Vec::new())) {
+                    Value::Array(group) => group.push(value),
+                    _ => unreachable!("grouped values are lists"),
+                }
+            } else if object.contains_key(&name) {
+                return Err(src.error(
+                    key_expr.span(),
+                    format!("duplicate object key {name:?}; add `...` after the value to group them"),
+                ));
+            } else {
+                object.insert(name, value);
+            }
+        }
+        Ok(if f.key_expr.is_some() { Value::Object(object) } else { Value::Array(list) })
+    }
+
+    /// A function call: `try`, `can` and `convert` evaluate their
+    /// arguments here; a call with one of them inside its arguments gets
+    /// the arguments' values from here; any other goes to hcl-rs whole.
     fn call(&self, src: &Source, expr: &Expression, call: &FuncCall) -> Result<Value, HclError> {
         let fail = |message: String| src.error(expr.span(), message);
-        match try_or_can(call) {
+        match lazy_function(call) {
             Some("try") => {
                 let mut first = None;
                 for arg in call.args.iter() {
@@ -119,11 +208,18 @@ impl Scope {
                     None => "try: at least one argument is required".into(),
                 }))
             }
-            Some(_) => match (call.args.len(), call.args.get(0)) {
+            Some("can") => match (call.args.len(), call.args.get(0)) {
                 (1, Some(arg)) => Ok(Value::Bool(self.eval(src, arg).is_ok())),
                 (n, _) => Err(fail(format!("can takes exactly one argument, not {n}"))),
             },
-            None if call.args.iter().any(calls_try) => {
+            Some(_) => match call.args.iter().collect::<Vec<_>>()[..] {
+                [value, ty] => {
+                    let ty = Type::parse(ty).map_err(|e| src.error(ty.span(), format!("convert: {e}")))?;
+                    ty.convert(self.eval(src, value)?).map_err(|e| fail(format!("convert: {e}")))
+                }
+                ref args => Err(fail(format!("convert takes a value and a type, not {} arguments", args.len()))),
+            },
+            None if call.args.iter().any(calls_lazy) => {
                 let mut call_of_values: hcl::expr::FuncCall = call.clone().into();
                 call_of_values.args = call
                     .args
@@ -141,10 +237,11 @@ impl Scope {
         let converted: hcl::Expression = expr.clone().into();
         converted.evaluate(&self.ctx).map_err(|err| {
             let message = match err.kind() {
-                ErrorKind::UndefinedFunc(f) if matches!(f.to_string().as_str(), "try" | "can") => format!(
-                    "{f} works as a whole expression or inside a list, an object, a string or a function's \
-                     arguments; not inside an operator, a conditional, a for expression or a template directive"
-                ),
+                ErrorKind::UndefinedFunc(f) if matches!(f.to_string().as_str(), "try" | "can" | "convert") => {
+                    format!(
+                        "{f} cannot be used inside a template directive or in what an index or attribute is taken of"
+                    )
+                }
                 kind => kind.to_string(),
             };
             src.error(expr.span(), message)
@@ -211,18 +308,18 @@ fn unknown_root<'e>(expr: &'e Expression, scope: &Scope) -> Option<&'e str> {
     (!scope.knows(root)).then_some(root)
 }
 
-/// `try` or `can`, if `call` calls one of them.
-fn try_or_can(call: &FuncCall) -> Option<&str> {
+/// `try`, `can` or `convert`, if `call` calls one of them.
+fn lazy_function(call: &FuncCall) -> Option<&str> {
     let name = call.name.name.as_str();
-    (!call.name.is_namespaced() && matches!(name, "try" | "can")).then_some(name)
+    (!call.name.is_namespaced() && matches!(name, "try" | "can" | "convert")).then_some(name)
 }
 
-/// Whether `expr` calls `try` or `can` anywhere inside.
-fn calls_try(expr: &Expression) -> bool {
+/// Whether `expr` calls `try`, `can` or `convert` anywhere inside.
+fn calls_lazy(expr: &Expression) -> bool {
     struct Finder(bool);
     impl Visit for Finder {
         fn visit_func_call(&mut self, call: &FuncCall) {
-            self.0 |= try_or_can(call).is_some();
+            self.0 |= lazy_function(call).is_some();
             visit_func_call(self, call);
         }
     }
@@ -312,8 +409,61 @@ mod tests {
         assert!(err.message.ends_with("no such key: `b`"), "{err}");
         assert!(eval("can(1, 2)").unwrap_err().message.contains("exactly one argument"));
         assert!(eval("upper(try(var.m.b, 1, 2), 5)").is_err(), "the outer call still checks its arguments");
-        let err = eval("1 + try(var.m.b, 2)").unwrap_err();
-        assert!(err.message.contains("not inside an operator"), "{err}");
+        assert_eq!(eval("1 + try(var.m.b, 2)").unwrap(), Value::from(3));
+        assert_eq!(eval("!can(var.m.b) ? \"absent\" : var.m.b").unwrap(), Value::from("absent"));
+        assert_eq!(
+            eval("can(var.m.a) ? var.m.a : var.m.b").unwrap(),
+            Value::from(1),
+            "the other branch is not evaluated"
+        );
+        assert_eq!(
+            eval("[for k, v in { a = 1, b = \"x\" } : try(v + 1, v) if can(k)]").unwrap(),
+            Value::Array(vec![Value::from(2), Value::from("x")])
+        );
+        assert_eq!(
+            eval("{ for s in [\"a\", \"bb\", \"cc\"] : strlen(s) => try(upper(s), s)... }").unwrap(),
+            Value::Object(
+                [
+                    ("1".to_string(), Value::Array(vec![Value::from("A")])),
+                    ("2".to_string(), Value::Array(vec![Value::from("BB"), Value::from("CC")])),
+                ]
+                .into_iter()
+                .collect()
+            )
+        );
+        let err = eval("{ for s in [\"a\", \"a\"] : s => can(s) }").unwrap_err();
+        assert!(err.message.contains("duplicate object key \"a\""), "{err}");
+        let err = eval("\"%{ if can(var.m.a) }y%{ endif }\"").unwrap_err();
+        assert!(err.message.contains("inside a template directive"), "{err}");
+    }
+
+    #[test]
+    fn convert_takes_a_type() {
+        let vars = [("ports", Value::Array(vec![Value::from("80"), Value::from(443), Value::from("80")]))];
+        let eval = |text: &str| eval_attr(&format!("x = {text}\n"), &vars);
+        assert_eq!(
+            eval("convert(var.ports, list(number))").unwrap(),
+            Value::Array(vec![80.into(), 443.into(), 80.into()])
+        );
+        assert_eq!(eval("convert(var.ports, set(string))").unwrap(), Value::Array(vec!["443".into(), "80".into()]));
+        assert_eq!(eval("convert(\"true\", bool)").unwrap(), Value::Bool(true));
+        assert_eq!(
+            eval("convert({ name = \"db\", port = \"5432\", extra = 1 }, object({ name = string, port = number }))")
+                .unwrap(),
+            Value::Object([("name".to_string(), "db".into()), ("port".to_string(), 5432.into())].into_iter().collect())
+        );
+        assert_eq!(
+            eval("convert([1, \"a\"], tuple([string, string]))").unwrap(),
+            Value::Array(vec!["1".into(), "a".into()])
+        );
+        assert_eq!(eval("length(convert(var.ports, set(string))) + 1").unwrap(), Value::from(3));
+        let err = eval("convert(\"x\", number)").unwrap_err();
+        assert!(err.message.contains("convert: a number is required, not \"x\""), "{err}");
+        let err = eval("convert({ a = 1 }, object({ b = string }))").unwrap_err();
+        assert!(err.message.contains("attribute \"b\" is required"), "{err}");
+        let err = eval("convert(1, lists(string))").unwrap_err();
+        assert!(err.message.contains("lists(…) is not a type constructor"), "{err}");
+        assert!(eval("convert(1)").unwrap_err().message.contains("a value and a type"));
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod hcl1;
 mod net_functions;
 mod set_time_functions;
 mod source;
+mod type_expr;
 
 pub use decode::{Block, Decoder};
 pub use error::{HclError, Pos};
