@@ -285,17 +285,31 @@ fn a_task_gets_its_workload_identity_signed_verifiable_and_renewed() {
     // The token is the task's own: the API never shows it.
     let alloc = agent.text(&format!("/v1/allocation/{id}"));
     assert!(!alloc.contains(&file) && !alloc.contains(&renewed));
-    let refused = agent.cli(&[
-        "job",
-        "validate",
-        &job_file(
-            root.path(),
-            "bad.nomad",
-            &job.replace("ttl  = \"4s\"", "ttl = \"4s\"\n        change_mode = \"restart\""),
-        ),
-    ]);
-    assert!(refused.code != 0 && refused.stderr.contains("cannot restart or signal the task"), "{refused:?}");
     assert_eq!(agent.cli(&["job", "stop", "-purge", "whoami"]).code, 0);
+
+    // change_mode = "signal": each renewal signals the task.
+    let hup = job
+        .replace("job \"whoami\"", "job \"hup\"")
+        .replace(
+            "ttl  = \"4s\"",
+            "ttl  = \"4s\"\n        change_mode   = \"signal\"\n        change_signal = \"sighup\"",
+        )
+        .replace(
+            "echo \\\"$NOMAD_TOKEN\\\" > ${NOMAD_TASK_DIR}/env_token; sleep 3600",
+            "trap 'echo hup >> ${NOMAD_TASK_DIR}/signals' HUP; while true; do sleep 0.2; done",
+        );
+    assert!(hup.contains("trap"), "{hup}");
+    let run = agent.cli(&["job", "run", &job_file(root.path(), "hup.nomad", &hup)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id =
+        wait_for("the task to run", Duration::from_secs(30), || agent.alloc_ids("hup", "running").into_iter().next());
+    let signals = agent.dir.join("alloc").join(&id).join("t/local/signals");
+    wait_for("the renewal's signal", Duration::from_secs(20), || std::fs::read_to_string(&signals).ok());
+    let alloc = agent.get(&format!("/v1/allocation/{id}"));
+    let events = alloc["TaskStates"]["t"]["Events"].as_array().cloned().unwrap_or_default();
+    assert!(events.iter().any(|e| e["Type"] == "Signaling"), "{events:?}");
+    assert_eq!(alloc["TaskStates"]["t"]["Restarts"], 0, "signalled, not restarted");
+    assert_eq!(agent.cli(&["job", "stop", "-purge", "hup"]).code, 0);
 }
 
 /// `logs { disabled = true }`: the task runs, its output goes nowhere (no

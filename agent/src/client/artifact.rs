@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use sha2::Digest;
 
-use crate::structs::artifact::{inside, parse_checksum};
+use crate::structs::artifact::{in_allocation, parse_checksum};
 use crate::structs::TaskArtifact;
 
 /// How long one artifact may take to download (Nomad's `http_read_timeout`).
@@ -25,8 +25,8 @@ pub enum ArtifactError {
     /// Not an http(s) URL.
     #[error("artifact source {0:?} is not supported by berth: only http:// and https:// URLs are (git, s3, gcs and hg sources need go-getter)")]
     Unsupported(String),
-    /// The destination leaves the task directory.
-    #[error("artifact destination {0:?} escapes the task directory")]
+    /// The destination leaves the allocation directory.
+    #[error("artifact destination {0:?} escapes the allocation directory")]
     Escapes(String),
     /// `options { checksum }` cannot be read.
     #[error("artifact {source_url:?}: invalid checksum {checksum:?}: use type:value with md5, sha1, sha256 or sha512")]
@@ -134,7 +134,8 @@ impl Hasher {
 /// fills in runtime references (`${NOMAD_TASK_DIR}`, `${attr.…}`).
 pub async fn fetch_all(
     artifacts: &[TaskArtifact],
-    task_dir: &Path,
+    alloc_root: &Path,
+    task: &str,
     interpolate: impl Fn(&str) -> String,
 ) -> Result<(), ArtifactError> {
     let client = reqwest::Client::builder()
@@ -150,18 +151,19 @@ pub async fn fetch_all(
             relative_dest: interpolate(&a.relative_dest),
             chown: a.chown,
         };
-        fetch(&client, &filled, task_dir).await?;
+        fetch(&client, &filled, alloc_root, task).await?;
     }
     Ok(())
 }
 
-async fn fetch(client: &reqwest::Client, a: &TaskArtifact, task_dir: &Path) -> Result<(), ArtifactError> {
+async fn fetch(client: &reqwest::Client, a: &TaskArtifact, alloc_root: &Path, task: &str) -> Result<(), ArtifactError> {
     let source_url = a.getter_source.clone();
     let url = reqwest::Url::parse(&source_url)
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https"))
         .ok_or_else(|| ArtifactError::Unsupported(source_url.clone()))?;
-    let dest = inside(task_dir, &a.relative_dest).ok_or_else(|| ArtifactError::Escapes(a.relative_dest.clone()))?;
+    let dest = in_allocation(alloc_root, task, &a.relative_dest)
+        .ok_or_else(|| ArtifactError::Escapes(a.relative_dest.clone()))?;
     let checksum = match a.getter_options.get("checksum") {
         Some(c) => Some(
             parse_checksum(c)
@@ -184,7 +186,8 @@ async fn fetch(client: &reqwest::Client, a: &TaskArtifact, task_dir: &Path) -> R
     if !response.status().is_success() {
         return Err(download(format!("bad response code: {}", response.status().as_u16())));
     }
-    std::fs::create_dir_all(task_dir).map_err(|e| unpack(format!("creating {}: {e}", task_dir.display())))?;
+    let task_dir = alloc_root.join(task);
+    std::fs::create_dir_all(&task_dir).map_err(|e| unpack(format!("creating {}: {e}", task_dir.display())))?;
     let partial = task_dir.join(format!(".artifact-{}.part", &crate::util::new_id()[..8]));
     let mut file =
         std::fs::File::create(&partial).map_err(|e| unpack(format!("creating {}: {e}", partial.display())))?;

@@ -3,15 +3,19 @@
 //! the task's environment (`NOMAD_TOKEN`, `NOMAD_TOKEN_<name>`) and into
 //! its secrets directory (`secrets/nomad_token`, `secrets/nomad_<name>.jwt`,
 //! mode 0600). Tokens with a `ttl` are signed again at half their life and
-//! their files rewritten, until the allocation stops.
+//! their files rewritten, until the allocation stops; a renewed identity's
+//! `change_mode` then restarts or signals its task.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::allocrunner::AllocCommand;
+use super::control::TaskAction;
 use super::hook::{AllocHook, HookError, HookResources, HookResult};
 use super::rpc::ServerRpc;
 use crate::structs::{Allocation, Node, WorkloadIdentity};
@@ -29,6 +33,10 @@ pub struct IdentityHook {
     pub root: PathBuf,
     /// Ends the renewals.
     pub renewals: CancellationToken,
+    /// The allocation's own runner, which restarts or signals a task whose
+    /// renewed identity asks for it (weak: it does not keep the runner's
+    /// channel open).
+    pub commands: mpsc::WeakUnboundedSender<AllocCommand>,
 }
 
 /// The identities of the allocation's tasks that want a token somewhere.
@@ -70,6 +78,7 @@ impl AllocHook for IdentityHook {
                     alloc_id: alloc.id.clone(),
                     root: self.root.clone(),
                     identities: expiring,
+                    commands: self.commands.clone(),
                 };
                 tokio::spawn(renewal.run(signed, self.renewals.clone()));
             }
@@ -140,6 +149,24 @@ struct Renewal {
     alloc_id: String,
     root: PathBuf,
     identities: Vec<(String, WorkloadIdentity)>,
+    commands: mpsc::WeakUnboundedSender<AllocCommand>,
+}
+
+/// What renewed `identities` ask of their tasks (`change_mode` restart or
+/// signal), once per task and action.
+fn change_actions(identities: &[(String, WorkloadIdentity)]) -> Vec<(String, TaskAction)> {
+    let mut out: Vec<(String, TaskAction)> = Vec::new();
+    for (task, identity) in identities {
+        let action = match identity.change_mode.as_str() {
+            "restart" => TaskAction::Restart,
+            "signal" => TaskAction::Signal(identity.change_signal.clone()),
+            _ => continue,
+        };
+        if !out.iter().any(|(t, a)| t == task && *a == action) {
+            out.push((task.clone(), action));
+        }
+    }
+    out
 }
 
 /// How long until half of the soonest token's remaining life has passed.
@@ -161,7 +188,10 @@ impl Renewal {
                 _ = stop.cancelled() => return,
             }
             match self.renew().await {
-                Ok(renewed) => tokens = renewed,
+                Ok(renewed) => {
+                    tokens = renewed;
+                    self.apply_change_modes().await;
+                }
                 Err(e) => {
                     tracing::warn!(alloc_id = %self.alloc_id, error = %e, "renewing workload identities");
                     tokio::select! {
@@ -169,6 +199,20 @@ impl Renewal {
                         _ = stop.cancelled() => return,
                     }
                 }
+            }
+        }
+    }
+
+    /// Restarts or signals the tasks whose renewed identity says so,
+    /// through the allocation's runner, as `alloc restart`/`alloc signal`.
+    async fn apply_change_modes(&self) {
+        for (task, action) in change_actions(&self.identities) {
+            let Some(commands) = self.commands.upgrade() else { return };
+            let (reply, answer) = oneshot::channel();
+            let _ = commands.send(AllocCommand::Control { task: Some(task.clone()), action: action.clone(), reply });
+            drop(commands);
+            if let Ok(Err(e)) = answer.await {
+                tracing::warn!(alloc_id = %self.alloc_id, task = %task, ?action, error = %e, "acting on a renewed identity");
             }
         }
     }
@@ -194,6 +238,26 @@ mod tests {
         let tokens = [token(now + 60_000_000_000), token(0), token(now + 20_000_000_000)];
         assert_eq!(renew_in(&tokens, now), Duration::from_secs(10));
         assert_eq!(renew_in(&[token(now - 5)], now), Duration::from_secs(1), "an expired token is renewed soon");
+    }
+
+    #[test]
+    fn renewed_identities_restart_or_signal_their_tasks_once_each() {
+        let id = |name: &str, mode: &str, signal: &str| WorkloadIdentity {
+            name: name.into(),
+            change_mode: mode.into(),
+            change_signal: signal.into(),
+            ..Default::default()
+        };
+        let identities = [
+            ("web".to_string(), id("a", "signal", "SIGHUP")),
+            ("web".to_string(), id("b", "signal", "SIGHUP")),
+            ("web".to_string(), id("c", "noop", "")),
+            ("db".to_string(), id("d", "restart", "")),
+        ];
+        assert_eq!(
+            change_actions(&identities),
+            [("web".to_string(), TaskAction::Signal("SIGHUP".into())), ("db".to_string(), TaskAction::Restart)]
+        );
     }
 
     #[test]

@@ -195,8 +195,9 @@ impl TaskRunner {
         self.emit(TaskEvent::new("Downloading Artifacts", "Client is downloading artifacts"));
         let env = self.environment();
         let node = self.node.clone();
-        let task_dir = self.task_dir();
-        let fetch = artifact::fetch_all(&self.task.artifacts, &task_dir, |v| taskenv::interpolate(v, &env, &node));
+        let fetch = artifact::fetch_all(&self.task.artifacts, &self.alloc_root, &self.task.name, |v| {
+            taskenv::interpolate(v, &env, &node)
+        });
         tokio::select! {
             r = fetch => Some(r),
             _ = self.kill.cancelled() => None,

@@ -11,7 +11,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::taskenv;
-use crate::structs::{template_destination, Node, Template};
+use crate::structs::artifact::in_allocation;
+use crate::structs::{Node, Template};
 
 /// A template that could not be rendered.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -35,7 +36,7 @@ pub fn write(
         tmpl.embedded_tmpl.clone()
     } else {
         let src = taskenv::interpolate(&tmpl.source_path, env, node);
-        let path = template_destination(alloc_root, task, &src)
+        let path = in_allocation(alloc_root, task, &src)
             .ok_or_else(|| err(format!("source {src} escapes the allocation directory")))?;
         std::fs::read_to_string(&path).map_err(|e| err(format!("source {src}: {e}")))?
     };
@@ -45,7 +46,7 @@ pub fn write(
     );
     let rendered = render(&tmpl.dest_path, &data, delims, env, node)?;
     let dest = taskenv::interpolate(&tmpl.dest_path, env, node);
-    let path = template_destination(alloc_root, task, &dest)
+    let path = in_allocation(alloc_root, task, &dest)
         .ok_or_else(|| err(format!("{dest} escapes the allocation directory")))?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;

@@ -7,7 +7,8 @@ use super::policy::{MigratePatch, ReschedulePatch, UpdatePatch};
 use super::Places;
 use crate::hclspan::{Block, HclError};
 use crate::structs::{
-    dispatch_payload, Job, ParameterizedJobConfig, PeriodicConfig, ReschedulePolicy, UpdateStrategy, JOB_TYPE_SERVICE,
+    dispatch_payload, Job, JobUiConfig, JobUiLink, ParameterizedJobConfig, PeriodicConfig, ReschedulePolicy,
+    UpdateStrategy, JOB_TYPE_SERVICE,
 };
 
 /// Decodes the `job "id" { ... }` block.
@@ -44,6 +45,19 @@ pub(super) fn decode(mut block: Block<'_>, warnings: &mut Vec<String>) -> Result
             time_zone: b.string("time_zone")?.unwrap_or_else(|| "UTC".into()),
         });
         p.body.finish()?;
+    }
+    if let Some(mut ui) = b.block("ui")? {
+        ui.no_labels()?;
+        let mut config =
+            JobUiConfig { description: ui.body.string("description")?.unwrap_or_default(), links: Vec::new() };
+        for mut link in ui.body.blocks("link") {
+            link.no_labels()?;
+            let label = link.body.string("label")?.unwrap_or_default();
+            config.links.push(JobUiLink { label, url: link.body.string("url")?.unwrap_or_default() });
+            link.body.finish()?;
+        }
+        ui.body.finish()?;
+        job.ui = Some(config);
     }
     if let Some(mut p) = b.block("parameterized")? {
         p.no_labels()?;

@@ -130,11 +130,12 @@ impl Places {
 /// Blocks that need what berth does not have (Consul, Vault, federated
 /// regions), and what each needs: a job asking for them is refused rather
 /// than run without.
-const NEEDS_WHAT_BERTH_LACKS: [(&str, &str); 4] = [
+const NEEDS_WHAT_BERTH_LACKS: [(&str, &str); 5] = [
     ("vault", "Vault"),
     ("consul", "Consul"),
     ("connect", "Consul Connect"),
     ("multiregion", "federated regions (one berth cluster is one region)"),
+    ("action", "commands run inside a running task (task exec)"),
 ];
 
 /// Refuses a block of `NEEDS_WHAT_BERTH_LACKS`, naming it and its place.

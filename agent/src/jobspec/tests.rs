@@ -492,6 +492,11 @@ fn memory_max_below_memory_is_refused() {
     assert!(e.contains("memory_max (256 MB) must not be below memory (512 MB)"), "{e}");
     let ok = parse("m.hcl", &src.replace("memory_max = 256", "memory_max = 1024")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ok.job.task_groups[0].tasks[0].resources.as_ref().map(|r| r.memory_max_mb), Some(1024));
+    let unlimited =
+        parse("m.hcl", &src.replace("memory_max = 256", "memory_max = -1")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(unlimited.job.task_groups[0].tasks[0].resources.as_ref().map(|r| r.memory_max_mb), Some(-1));
+    let e = parse("m.hcl", &src.replace("memory_max = 256", "memory_max = -2")).unwrap_err().to_string();
+    assert!(e.contains("memory_max -2 must be -1 (no limit), 0 or a size in MB"), "{e}");
 }
 
 #[test]
@@ -1053,4 +1058,24 @@ fn max_run_duration_is_for_batch_groups() {
     assert!(e.to_string().contains("job type \"service\" does not allow max_run_duration"), "{e}");
     let e = parse("m.hcl", &src.replace("\"90s\"", "\"0s\"")).unwrap_err();
     assert!(e.to_string().contains("max_run_duration must be greater than zero"), "{e}");
+}
+
+#[test]
+fn a_ui_block_is_kept_and_an_action_refused() {
+    let src = concat!(
+        "job \"j\" {\n  ui {\n    description = \"Nomad **Example** Job\"\n",
+        "    link {\n      label = \"Docs\"\n      url   = \"https://example.com/docs\"\n    }\n  }\n",
+        "  group \"g\" {\n    task \"t\" {\n      driver = \"raw_exec\"\n",
+        "      action \"hello\" {\n        command = \"/bin/echo\"\n      }\n    }\n  }\n}\n"
+    );
+    let e = parse("u.hcl", src).unwrap_err();
+    assert_eq!((e.line, e.column), (12, 7));
+    assert!(e.message.contains("the \"action\" block needs commands run inside a running task"), "{e}");
+    let job = parse("u.hcl", &src.replace("      action \"hello\" {\n        command = \"/bin/echo\"\n      }\n", ""))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .job;
+    assert_eq!(
+        serde_json::to_value(&job).unwrap()["UI"],
+        json!({"Description": "Nomad **Example** Job", "Links": [{"Label": "Docs", "URL": "https://example.com/docs"}]})
+    );
 }

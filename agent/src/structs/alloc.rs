@@ -143,8 +143,9 @@ pub struct AllocatedCpu {
 pub struct AllocatedMemory {
     #[serde(rename = "MemoryMB")]
     pub memory_mb: u64,
+    /// The hard limit; 0: `memory_mb`, -1: none.
     #[serde(rename = "MemoryMaxMB")]
-    pub memory_max_mb: u64,
+    pub memory_max_mb: i64,
 }
 
 /// Group-wide network resources: the mode and the ports granted.

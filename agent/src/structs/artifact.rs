@@ -1,6 +1,7 @@
 //! Reading a task `artifact` block: its checksum option, where its
-//! destination lands inside the task directory, and what validation
-//! refuses. The client's fetcher uses the same readings.
+//! destination lands, and what validation refuses. The client's fetcher
+//! uses the same readings. [`in_allocation`] is Nomad's file sandbox for
+//! artifact and template paths: inside the allocation directory.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -37,6 +38,17 @@ pub fn inside(root: &Path, dest: &str) -> Option<PathBuf> {
     Some(out)
 }
 
+/// Where a task's path (already interpolated) lands on the client: a
+/// relative path, or an absolute one outside `alloc_root`, is taken from
+/// the task's directory (`alloc_root/task`); `None` if the result leaves
+/// the allocation directory (`../alloc/x`, the shared directory, is in).
+pub fn in_allocation(alloc_root: &Path, task: &str, path: &str) -> Option<PathBuf> {
+    if let Ok(rest) = Path::new(path).strip_prefix(alloc_root) {
+        return inside(alloc_root, &rest.to_string_lossy());
+    }
+    inside(alloc_root, &format!("{task}/{}", path.trim_start_matches('/')))
+}
+
 impl TaskArtifact {
     /// What is wrong with the block before anything is fetched; values
     /// with runtime references are checked once they are filled in.
@@ -53,8 +65,10 @@ impl TaskArtifact {
         if !["any", "file", "dir"].contains(&self.getter_mode.as_str()) {
             out.push(format!("artifact mode {:?} must be \"any\", \"file\" or \"dir\"", self.getter_mode));
         }
-        if !self.relative_dest.contains("${") && inside(Path::new("/task"), &self.relative_dest).is_none() {
-            out.push(format!("artifact destination {:?} escapes the task directory", self.relative_dest));
+        if !self.relative_dest.contains("${")
+            && in_allocation(Path::new("/alloc"), "task", &self.relative_dest).is_none()
+        {
+            out.push(format!("artifact destination {:?} escapes the allocation directory", self.relative_dest));
         }
         if let Some(c) = self.getter_options.get("checksum").filter(|c| !c.contains("${")) {
             if parse_checksum(c).is_none() {
@@ -79,6 +93,15 @@ mod tests {
         assert_eq!(inside(root, "local/../secrets/x"), Some(PathBuf::from("/t/secrets/x")));
         assert_eq!(inside(root, "/local/a"), Some(PathBuf::from("/t/local/a")));
         assert_eq!(inside(root, "../escape"), None);
+        let alloc = Path::new("/data/alloc/a1");
+        let at = |p: &str| in_allocation(alloc, "web", p);
+        assert_eq!(at("local/app.conf"), Some(alloc.join("web/local/app.conf")));
+        assert_eq!(at("/local/app.conf"), Some(alloc.join("web/local/app.conf")), "a driver's view of local/");
+        assert_eq!(at("/etc/passwd"), Some(alloc.join("web/etc/passwd")), "joined onto the task dir, as Nomad");
+        assert_eq!(at("/data/alloc/a1/web/secrets/x"), Some(alloc.join("web/secrets/x")), "a host path inside");
+        assert_eq!(at("../alloc/shared.txt"), Some(alloc.join("alloc/shared.txt")));
+        assert_eq!(at("../../other/x"), None);
+        assert_eq!(at("/data/alloc/a1/../a2/x"), None);
         let bad = TaskArtifact {
             getter_source: "https://x/y".into(),
             getter_mode: "folder".into(),
@@ -88,7 +111,7 @@ mod tests {
         };
         let p = bad.problems();
         assert_eq!(p.len(), 3, "{p:?}");
-        assert!(p[1].contains("escapes the task directory"), "{p:?}");
+        assert!(p[1].contains("escapes the allocation directory"), "{p:?}");
         let git = TaskArtifact {
             getter_source: "git::https://example.com/repo".into(),
             getter_mode: "any".into(),

@@ -538,8 +538,12 @@ fn task_problems(task: &Task, tg: &super::TaskGroup, port_labels: &BTreeSet<&str
         check_constraints(&device.constraints, &level, &mut |m| out.push(m));
         out.extend(device.affinities.iter().flat_map(|a| a.problems(&level)));
     }
-    if let Some(r) = task.resources.as_ref().filter(|r| r.memory_max_mb > 0 && r.memory_max_mb < r.memory_mb) {
-        out.push(format!("memory_max ({} MB) must not be below memory ({} MB)", r.memory_max_mb, r.memory_mb));
+    if let Some(r) = &task.resources {
+        if r.memory_max_mb > 0 && r.memory_max_mb.unsigned_abs() < r.memory_mb {
+            out.push(format!("memory_max ({} MB) must not be below memory ({} MB)", r.memory_max_mb, r.memory_mb));
+        } else if r.memory_max_mb < super::MEMORY_NO_LIMIT {
+            out.push(format!("memory_max {} must be -1 (no limit), 0 or a size in MB", r.memory_max_mb));
+        }
     }
     if let Some(l) = &task.lifecycle {
         if !super::LIFECYCLE_HOOKS.contains(&l.hook.as_str()) {

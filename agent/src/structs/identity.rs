@@ -86,12 +86,6 @@ impl WorkloadIdentity {
                 out.push(format!("{what}: change_mode must be \"noop\", \"restart\" or \"signal\", not {other:?}"))
             }
         }
-        if self.ttl > 0 && matches!(self.change_mode.as_str(), "restart" | "signal") {
-            out.push(format!(
-                "{what}: berth rewrites the token file at half its ttl but cannot restart or signal the task on a \
-                 renewal yet; use change_mode = \"noop\""
-            ));
-        }
         if !self.filepath.is_empty() && (self.filepath.starts_with('/') || self.filepath.split('/').any(|p| p == ".."))
         {
             out.push(format!("{what}: filepath {:?} must stay inside the task directory", self.filepath));

@@ -48,6 +48,9 @@ pub struct Job {
     pub migrate: Option<super::MigrateStrategy>,
     pub reschedule: Option<ReschedulePolicy>,
     pub meta: BTreeMap<String, String>,
+    /// The `ui` block: a description (Markdown) and links for a Web UI.
+    #[serde(rename = "UI")]
+    pub ui: Option<JobUiConfig>,
     #[serde(rename = "ParentID")]
     pub parent_id: String,
     /// Launched on a schedule: the job is a template for its children.
@@ -369,13 +372,35 @@ pub struct Resources {
     pub cores: u64,
     #[serde(rename = "MemoryMB")]
     pub memory_mb: u64,
+    /// `memory_max`: the hard limit when above `memory` (oversubscription);
+    /// 0: `memory` is the limit; -1 ([`MEMORY_NO_LIMIT`]): no limit.
     #[serde(rename = "MemoryMaxMB")]
-    pub memory_max_mb: u64,
+    pub memory_max_mb: i64,
     #[serde(rename = "DiskMB")]
     pub disk_mb: u64,
     /// Deprecated task-level networks (HCL1 era); merged into the group.
     pub networks: Vec<NetworkResource>,
     pub devices: Vec<RequestedDevice>,
+}
+
+/// `memory_max = -1`: the task's memory has no hard limit.
+pub const MEMORY_NO_LIMIT: i64 = -1;
+
+/// A job's `ui` block.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobUiConfig {
+    pub description: String,
+    pub links: Vec<JobUiLink>,
+}
+
+/// A `link` in a job's `ui` block.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct JobUiLink {
+    pub label: String,
+    #[serde(rename = "URL")]
+    pub url: String,
 }
 
 /// A `device` block: devices of a kind the task needs on its node.

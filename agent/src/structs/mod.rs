@@ -25,5 +25,5 @@ pub use job::*;
 pub use node::*;
 pub use periodic::{Schedule, ScheduleError};
 pub use placement::{Affinity, ScalingPolicy, Spread, SpreadTarget, DEFAULT_WEIGHT};
-pub use template::{destination as template_destination, ChangeScript, Template, WaitConfig, VAULT_GRACE_DEPRECATED};
+pub use template::{ChangeScript, Template, WaitConfig, VAULT_GRACE_DEPRECATED};
 pub use volume::*;

@@ -1,13 +1,11 @@
 //! A task `template` block: its fields in Nomad's JSON shape, Nomad's
-//! defaults for it, what validation refuses, and where on a client its
-//! source may be read from and its destination written to (inside the
-//! allocation directory, as Nomad's file sandbox has it).
+//! defaults for it and what validation refuses.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::artifact::inside;
+use super::artifact::in_allocation;
 
 const SECOND: i64 = 1_000_000_000;
 
@@ -96,7 +94,8 @@ impl Template {
         let mut out = Vec::new();
         if self.dest_path.is_empty() {
             out.push("template has no destination".into());
-        } else if !self.dest_path.contains("${") && destination(Path::new("/alloc"), "task", &self.dest_path).is_none()
+        } else if !self.dest_path.contains("${")
+            && in_allocation(Path::new("/alloc"), "task", &self.dest_path).is_none()
         {
             out.push(format!("template destination {:?} escapes the allocation directory", self.dest_path));
         }
@@ -151,36 +150,9 @@ fn parse_perms(perms: &str) -> Option<u32> {
     u32::from_str_radix(perms, 8).ok().filter(|m| *m <= 0o7777)
 }
 
-/// Where a template path (already interpolated) lands on the client: a
-/// relative path, or an absolute one outside `alloc_root`, is taken from
-/// the task's directory (`alloc_root/task`); `None` if the result leaves
-/// the allocation directory.
-pub fn destination(alloc_root: &Path, task: &str, path: &str) -> Option<PathBuf> {
-    let absolute = Path::new(path);
-    if absolute.is_absolute() {
-        if let Ok(rest) = absolute.strip_prefix(alloc_root) {
-            return inside(alloc_root, &rest.to_string_lossy());
-        }
-    }
-    inside(alloc_root, &format!("{task}/{}", path.trim_start_matches('/')))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn destinations_stay_in_the_allocation() {
-        let root = Path::new("/data/alloc/a1");
-        let at = |p: &str| destination(root, "web", p);
-        assert_eq!(at("local/app.conf"), Some(root.join("web/local/app.conf")));
-        assert_eq!(at("/local/app.conf"), Some(root.join("web/local/app.conf")), "a driver's view of local/");
-        assert_eq!(at("/etc/passwd"), Some(root.join("web/etc/passwd")), "joined onto the task dir, as Nomad");
-        assert_eq!(at("/data/alloc/a1/web/secrets/x"), Some(root.join("web/secrets/x")), "a host path inside");
-        assert_eq!(at("../alloc/shared.txt"), Some(root.join("alloc/shared.txt")));
-        assert_eq!(at("../../other/x"), None);
-        assert_eq!(at("/data/alloc/a1/../a2/x"), None);
-    }
 
     #[test]
     fn defaults_and_problems() {

@@ -96,8 +96,12 @@ impl HostVolumeHook {
     }
 }
 
-/// The ordered hook list of an allocation.
-pub fn build_hooks(root: PathBuf, deps: &super::RunnerDeps) -> Vec<Box<dyn AllocHook>> {
+/// The ordered hook list of an allocation; `commands` reaches its runner.
+pub fn build_hooks(
+    root: PathBuf,
+    deps: &super::RunnerDeps,
+    commands: tokio::sync::mpsc::WeakUnboundedSender<super::AllocCommand>,
+) -> Vec<Box<dyn AllocHook>> {
     vec![
         Box::new(AllocDirHook { root: root.clone() }),
         Box::new(crate::client::network::NetworkHook::new(
@@ -111,6 +115,7 @@ pub fn build_hooks(root: PathBuf, deps: &super::RunnerDeps) -> Vec<Box<dyn Alloc
             node: deps.node.clone(),
             root,
             renewals: tokio_util::sync::CancellationToken::new(),
+            commands,
         }),
         Box::new(crate::client::csi::plugin_hook::CsiPluginHook {
             manager: deps.csi.clone(),

@@ -114,7 +114,7 @@ pub fn spawn(alloc: Allocation, restored: Option<PersistedAlloc>, deps: RunnerDe
     let modify_index = alloc.alloc_modify_index;
     let stop_after = stop_after(&alloc);
     let span = tracing::info_span!("alloc", alloc_id = %alloc.id);
-    tokio::spawn(tracing::Instrument::instrument(run(alloc, restored, deps, rx), span));
+    tokio::spawn(tracing::Instrument::instrument(run(alloc, restored, deps, tx.downgrade(), rx), span));
     AllocRunnerCtl { commands: tx, modify_index, stop_after }
 }
 
@@ -452,10 +452,11 @@ async fn run(
     alloc: Allocation,
     restored: Option<PersistedAlloc>,
     deps: RunnerDeps,
+    own_commands: mpsc::WeakUnboundedSender<AllocCommand>,
     mut commands: mpsc::UnboundedReceiver<AllocCommand>,
 ) {
     let root = deps.alloc_dir.join(&alloc.id);
-    let hooks = build_hooks(root, &deps);
+    let hooks = build_hooks(root, &deps, own_commands);
     let mut r = Runner {
         persisted: restored.unwrap_or_else(|| PersistedAlloc { alloc: alloc.clone(), ..Default::default() }),
         alloc,

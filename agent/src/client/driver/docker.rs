@@ -25,10 +25,11 @@ use serde_json::Value;
 
 use super::{parse_signal, Driver, DriverError, ExitResult, TaskConfig, TaskHandle, TaskNetwork};
 use crate::client::logs::{RotatingWriter, Rotation};
-use crate::structs::DriverInfo;
+use crate::structs::{DriverInfo, MEMORY_NO_LIMIT};
 use crate::util::now_rfc3339;
 
 const NAME: &str = "docker";
+const MB: u64 = 1024 * 1024;
 /// Label marking containers berth manages.
 pub const LABEL_MANAGED: &str = "berth.managed";
 /// Label with the allocation ID.
@@ -425,9 +426,12 @@ impl DockerDriver {
             init: c.get("init").and_then(Value::as_bool),
             cpu_shares: Some(cfg.cpu.max(2) as i64),
             // With memory_max, Nomad's docker driver makes memory a soft
-            // reservation and memory_max the hard limit.
-            memory: (cfg.memory_mb > 0).then_some((cfg.memory_mb.max(cfg.memory_max_mb) * 1024 * 1024) as i64),
-            memory_reservation: (cfg.memory_max_mb > cfg.memory_mb).then_some((cfg.memory_mb * 1024 * 1024) as i64),
+            // reservation and memory_max the hard limit (none for -1).
+            memory: (cfg.memory_mb > 0 && cfg.memory_max_mb != MEMORY_NO_LIMIT)
+                .then_some((cfg.memory_mb.max(cfg.memory_max_mb.unsigned_abs()) * MB) as i64),
+            memory_reservation: (cfg.memory_max_mb == MEMORY_NO_LIMIT
+                || cfg.memory_max_mb.unsigned_abs() > cfg.memory_mb)
+                .then_some((cfg.memory_mb * MB) as i64),
             ..Default::default()
         };
         Ok(ContainerCreateBody {
@@ -910,6 +914,9 @@ mod tests {
         c.memory_max_mb = 1024;
         let hc = d.container_body(&c).unwrap().host_config.unwrap();
         assert_eq!((hc.memory, hc.memory_reservation), (Some(1024 * 1024 * 1024), Some(256 * 1024 * 1024)));
+        c.memory_max_mb = MEMORY_NO_LIMIT;
+        let hc = d.container_body(&c).unwrap().host_config.unwrap();
+        assert_eq!((hc.memory, hc.memory_reservation), (None, Some(256 * 1024 * 1024)), "-1: no hard limit");
     }
 
     #[test]

@@ -72,9 +72,10 @@ pub struct TaskConfig {
     pub cpu: u64,
     /// Memory in MB.
     pub memory_mb: u64,
-    /// `memory_max` in MB (0: none): the hard limit where the driver can
-    /// let a task use more than `memory_mb` (oversubscription).
-    pub memory_max_mb: u64,
+    /// `memory_max` in MB: the hard limit where the driver can let a task
+    /// use more than `memory_mb` (oversubscription); 0: `memory_mb` is the
+    /// limit; -1: there is none.
+    pub memory_max_mb: i64,
     /// Ports granted to the allocation.
     pub ports: Vec<crate::structs::AllocatedPort>,
     /// Host directories bound into the task (volume mounts).
