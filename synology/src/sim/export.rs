@@ -22,6 +22,9 @@ use csi::iscsi::{Cmd, HostRunner, Runner};
 
 use super::error::SimError;
 
+/// How long a LUN's removal waits for its commands in flight.
+const LUN_ACTIVE_WAIT: Duration = Duration::from_secs(5);
+
 /// The tgtd control port (`tgtadm -C N`) of the simulator serving `portal`.
 pub fn control_port(portal: SocketAddr) -> u16 {
     portal.port() & 0x7fff
@@ -187,10 +190,22 @@ impl TgtExport {
         Ok(())
     }
 
+    /// Removes a LUN from a target. tgtd refuses while the LUN has
+    /// commands in flight ("this logical unit is still active"), as it has
+    /// for a moment whenever an initiator writes to it (a mounted
+    /// filesystem being resized online): that refusal is waited out.
     fn delete_lun(&self, tid: &str, lun: u32) -> Result<(), SimError> {
         let lun = lun.to_string();
-        self.run(&self.tgtadm(&["--mode", "logicalunit", "--op", "delete", "--tid", tid, "--lun", &lun]))?;
-        Ok(())
+        let cmd = self.tgtadm(&["--mode", "logicalunit", "--op", "delete", "--tid", tid, "--lun", &lun]);
+        let deadline = Instant::now() + LUN_ACTIVE_WAIT;
+        loop {
+            match self.run(&cmd) {
+                Err(SimError::Tgt(e)) if e.contains("still active") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other.map(drop),
+            }
+        }
     }
 
     /// Makes the export match `wanted` (target id → target).
