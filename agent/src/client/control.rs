@@ -19,6 +19,10 @@ pub enum TaskAction {
 /// The answer to one request.
 pub type ControlReply = oneshot::Sender<Result<(), ControlError>>;
 
+/// Hands requests to an allocation's tasks (for a hook that acts on them);
+/// false once the allocation's runner is gone.
+pub type TaskRequester = Box<dyn Fn(String, TaskAction, ControlReply) -> bool + Send + Sync>;
+
 /// A request to one task runner.
 #[derive(Debug)]
 pub struct TaskControl {

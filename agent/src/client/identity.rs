@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::allocrunner::AllocCommand;
-use super::control::TaskAction;
+use super::control::{TaskAction, TaskRequester};
 use super::hook::{AllocHook, HookError, HookResources, HookResult};
 use super::rpc::ServerRpc;
 use crate::structs::{Allocation, Node, WorkloadIdentity};
@@ -33,10 +32,9 @@ pub struct IdentityHook {
     pub root: PathBuf,
     /// Ends the renewals.
     pub renewals: CancellationToken,
-    /// The allocation's own runner, which restarts or signals a task whose
-    /// renewed identity asks for it (weak: it does not keep the runner's
-    /// channel open).
-    pub commands: mpsc::WeakUnboundedSender<AllocCommand>,
+    /// Reaches the allocation's own runner, which restarts or signals a
+    /// task whose renewed identity asks for it.
+    pub tasks: Arc<TaskRequester>,
 }
 
 /// The identities of the allocation's tasks that want a token somewhere.
@@ -78,7 +76,7 @@ impl AllocHook for IdentityHook {
                     alloc_id: alloc.id.clone(),
                     root: self.root.clone(),
                     identities: expiring,
-                    commands: self.commands.clone(),
+                    tasks: Arc::clone(&self.tasks),
                 };
                 tokio::spawn(renewal.run(signed, self.renewals.clone()));
             }
@@ -149,7 +147,7 @@ struct Renewal {
     alloc_id: String,
     root: PathBuf,
     identities: Vec<(String, WorkloadIdentity)>,
-    commands: mpsc::WeakUnboundedSender<AllocCommand>,
+    tasks: Arc<TaskRequester>,
 }
 
 /// What renewed `identities` ask of their tasks (`change_mode` restart or
@@ -207,10 +205,10 @@ impl Renewal {
     /// through the allocation's runner, as `alloc restart`/`alloc signal`.
     async fn apply_change_modes(&self) {
         for (task, action) in change_actions(&self.identities) {
-            let Some(commands) = self.commands.upgrade() else { return };
             let (reply, answer) = oneshot::channel();
-            let _ = commands.send(AllocCommand::Control { task: Some(task.clone()), action: action.clone(), reply });
-            drop(commands);
+            if !(self.tasks)(task.clone(), action.clone(), reply) {
+                return;
+            }
             if let Ok(Err(e)) = answer.await {
                 tracing::warn!(alloc_id = %self.alloc_id, task = %task, ?action, error = %e, "acting on a renewed identity");
             }

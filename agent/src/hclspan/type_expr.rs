@@ -129,7 +129,18 @@ impl Type {
                 }
                 Ok(Value::Object(out))
             }
-            (t, v) => Err(format!("{} is required, not {}", t.describe(), super::eval::kind(&v))),
+            (t, v) => Err(format!("{} is required, not {}", t.describe(), Type::of(&v).describe())),
+        }
+    }
+
+    /// The type a (non-null) value has.
+    fn of(value: &Value) -> Type {
+        match value {
+            Value::Bool(_) => Type::Bool,
+            Value::Number(_) => Type::Number,
+            Value::String(_) => Type::String,
+            Value::Array(_) => Type::List(Box::new(Type::Any)),
+            Value::Object(_) | Value::Null => Type::Object(BTreeMap::new()),
         }
     }
 
