@@ -21,7 +21,7 @@ pub type ControlReply = oneshot::Sender<Result<(), ControlError>>;
 
 /// Hands requests to an allocation's tasks (for a hook that acts on them);
 /// false once the allocation's runner is gone.
-pub type TaskRequester = Box<dyn Fn(String, TaskAction, ControlReply) -> bool + Send + Sync>;
+pub type TaskRequester = std::sync::Arc<dyn Fn(String, TaskAction, ControlReply) -> bool + Send + Sync>;
 
 /// A request to one task runner.
 #[derive(Debug)]

@@ -34,7 +34,7 @@ pub struct IdentityHook {
     pub renewals: CancellationToken,
     /// Reaches the allocation's own runner, which restarts or signals a
     /// task whose renewed identity asks for it.
-    pub tasks: Arc<TaskRequester>,
+    pub tasks: TaskRequester,
 }
 
 /// The identities of the allocation's tasks that want a token somewhere.
@@ -147,7 +147,7 @@ struct Renewal {
     alloc_id: String,
     root: PathBuf,
     identities: Vec<(String, WorkloadIdentity)>,
-    tasks: Arc<TaskRequester>,
+    tasks: TaskRequester,
 }
 
 /// What renewed `identities` ask of their tasks (`change_mode` restart or

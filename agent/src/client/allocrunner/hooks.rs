@@ -116,10 +116,10 @@ pub fn build_hooks(
             root,
             renewals: tokio_util::sync::CancellationToken::new(),
             // Weak: the hook does not keep the runner's channel open.
-            tasks: Arc::new(Box::new(move |task, action, reply| {
+            tasks: Arc::new(move |task, action, reply| {
                 let Some(commands) = commands.upgrade() else { return false };
                 commands.send(super::AllocCommand::Control { task: Some(task), action, reply }).is_ok()
-            })),
+            }),
         }),
         Box::new(crate::client::csi::plugin_hook::CsiPluginHook {
             manager: deps.csi.clone(),
