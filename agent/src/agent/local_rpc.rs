@@ -78,4 +78,17 @@ impl ServerRpc for LocalRpc {
     ) -> BoxFuture<'a, Result<Vec<SignedIdentity>, RpcError>> {
         async move { self.0.sign_identities(node_id, secret, &request).map_err(from_server) }.boxed()
     }
+
+    fn sync_services<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        alloc_id: &'a str,
+        registrations: Vec<crate::structs::ServiceRegistration>,
+    ) -> BoxFuture<'a, Result<(), RpcError>> {
+        async move {
+            self.0.sync_alloc_services(node_id, secret, alloc_id, registrations).map(|_| ()).map_err(from_server)
+        }
+        .boxed()
+    }
 }

@@ -14,6 +14,8 @@ pub enum TaskAction {
     /// Stop the task and start it again in place, outside its restart
     /// policy.
     Restart,
+    /// The same, because a check failed (`check_restart`); says which.
+    RestartUnhealthy(String),
 }
 
 /// The answer to one request.

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::driver::{DriverError, TaskNetwork, VolumeBind};
+use super::driver::{DriverError, TaskHandle, TaskNetwork, VolumeBind};
 use super::rpc::RpcError;
-use crate::structs::{AllocNetworkStatus, Allocation};
+use crate::structs::{AllocNetworkStatus, Allocation, TaskState};
 
 /// Outputs hooks share with the task runners and with each other.
 #[derive(Debug, Default, Clone)]
@@ -122,6 +122,9 @@ pub trait AllocHook: Send + Sync {
     fn prerun<'a>(&'a self, _alloc: &'a Allocation, _res: &'a mut HookResources) -> HookResult<'a> {
         async { Ok(()) }.boxed()
     }
+    /// After a task's state changed: every task's state, and the handles
+    /// of those running.
+    fn task_states(&self, _states: &BTreeMap<String, TaskState>, _handles: &BTreeMap<String, TaskHandle>) {}
     /// After every task has stopped.
     fn postrun<'a>(&'a self, _alloc: &'a Allocation) -> HookResult<'a> {
         async { Ok(()) }.boxed()

@@ -15,6 +15,7 @@ mod identity;
 pub mod logs;
 pub mod network;
 pub mod rpc;
+pub mod services;
 pub mod shim;
 pub mod state;
 mod stats;
@@ -142,6 +143,8 @@ pub struct Client {
     shutdown: CancellationToken,
     network: Arc<cni::BridgeNetwork>,
     csi: Arc<csi::CsiManager>,
+    /// Runs every allocation's service checks.
+    checks: services::CheckScheduler,
     /// When the servers last answered a registration or heartbeat, and the
     /// TTL they gave.
     contact: parking_lot::Mutex<Option<(tokio::time::Instant, Duration)>>,
@@ -228,6 +231,7 @@ impl Client {
             shutdown,
             network,
             csi: Arc::new(csi::CsiManager::new(client_dir.join("csi"), config_probe_interval)),
+            checks: services::CheckScheduler::start(),
             contact: parking_lot::Mutex::new(None),
             usage: Default::default(),
         });
@@ -288,6 +292,7 @@ impl Client {
             external_cni: Arc::new(self.config.external_cni()),
             csi: self.csi.clone(),
             rpc: self.rpc.clone(),
+            checks: self.checks.clone(),
         }
     }
 

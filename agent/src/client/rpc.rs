@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::structs::{Allocation, Node};
+use crate::structs::{Allocation, Node, ServiceRegistration};
 use crate::wire::csi::ClaimGrant;
 use crate::wire::identity::{SignIdentitiesRequest, SignedIdentity};
 use crate::wire::node::{AllocClientUpdate, AllocFetchRequest, HeartbeatAnswer, NodeAllocIndexes, NODE_SECRET_HEADER};
@@ -89,6 +89,15 @@ pub trait ServerRpc: Send + Sync {
         secret: &'a str,
         request: SignIdentitiesRequest,
     ) -> BoxFuture<'a, Result<Vec<SignedIdentity>, RpcError>>;
+    /// Makes `registrations` the whole set of one allocation's services
+    /// in the registry (empty: deregisters them all).
+    fn sync_services<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        alloc_id: &'a str,
+        registrations: Vec<ServiceRegistration>,
+    ) -> BoxFuture<'a, Result<(), RpcError>>;
 }
 
 /// Servers reached over HTTP.
@@ -246,6 +255,25 @@ impl ServerRpc for HttpRpc {
                 })
                 .await?;
             resp.json().await.map_err(|e| RpcError::Failed(e.to_string()))
+        }
+        .boxed()
+    }
+
+    fn sync_services<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        alloc_id: &'a str,
+        registrations: Vec<ServiceRegistration>,
+    ) -> BoxFuture<'a, Result<(), RpcError>> {
+        async move {
+            self.call(|c, base| {
+                c.put(format!("{base}/v1/internal/node/{node_id}/services/{alloc_id}"))
+                    .header(NODE_SECRET_HEADER, secret)
+                    .json(&registrations)
+            })
+            .await
+            .map(|_| ())
         }
         .boxed()
     }

@@ -462,9 +462,13 @@ impl TaskRunner {
                         self.emit(TaskEvent::new("Signaling", format!("Task being sent signal {signal}")));
                         let _ = reply.send(driver.signal(handle, &signal).await.map_err(ControlError::from));
                     }
-                    TaskAction::Restart => {
-                        let mut ev = TaskEvent::new("Restart Signaled", "User requested task to restart");
-                        ev.restart_reason = "User requested task to restart".into();
+                    TaskAction::Restart | TaskAction::RestartUnhealthy(_) => {
+                        let why = match action {
+                            TaskAction::RestartUnhealthy(why) => why,
+                            _ => "User requested task to restart".to_string(),
+                        };
+                        let mut ev = TaskEvent::new("Restart Signaled", why.clone());
+                        ev.restart_reason = why;
                         self.emit(ev);
                         self.stop_task(handle).await;
                         let _ = reply.send(Ok(()));

@@ -142,6 +142,15 @@ mod tests {
         ) -> BoxFuture<'a, Result<Vec<crate::wire::identity::SignedIdentity>, RpcError>> {
             unimplemented!("not used by updates")
         }
+        fn sync_services<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: &'a str,
+            _: Vec<crate::structs::ServiceRegistration>,
+        ) -> BoxFuture<'a, Result<(), RpcError>> {
+            unimplemented!("not used by updates")
+        }
     }
 
     fn pending(ids: &[&str]) -> Pending {

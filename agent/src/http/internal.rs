@@ -12,7 +12,8 @@ use crate::structs::Node;
 use crate::wire::identity::SignIdentitiesRequest;
 use crate::wire::node::{AllocClientUpdate, AllocFetchRequest, HeartbeatAnswer, NODE_SECRET_HEADER};
 
-fn secret(headers: &Headers) -> String {
+/// The node secret a client request carries.
+pub(super) fn secret(headers: &Headers) -> String {
     headers.get(NODE_SECRET_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
 

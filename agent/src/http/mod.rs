@@ -12,6 +12,7 @@ mod internal;
 mod jobs;
 mod logs;
 mod nodes;
+mod services;
 mod volumes;
 
 pub mod stubs;
@@ -314,6 +315,12 @@ fn server_routes() -> Router<Api> {
         .route("/v1/job/{id}/versions", get(jobs::versions))
         .route("/v1/job/{id}/deployment", get(jobs::deployment))
         .route("/v1/job/{id}/deployments", get(jobs::deployments))
+        .route("/v1/job/{id}/services", get(services::of_job))
+        .route("/v1/services", get(services::list))
+        .route("/v1/service/{name}", get(services::read))
+        .route("/v1/service/{name}/{id}", axum::routing::delete(services::delete))
+        .route("/v1/allocation/{id}/services", get(services::of_alloc))
+        .route("/v1/allocation/{id}/checks", get(services::checks))
         .route("/v1/allocations", get(allocs::list))
         .route("/v1/allocation/{id}", get(allocs::read))
         .route("/v1/allocation/{id}/stop", put(allocs::stop).post(allocs::stop))
@@ -354,6 +361,7 @@ fn server_routes() -> Router<Api> {
         .route("/v1/internal/node/{id}/allocations/fetch", put(internal::fetch_allocs))
         .route("/v1/internal/node/{id}/csi-claim/{alloc}", put(internal::claim_volumes))
         .route("/v1/internal/node/{id}/identities", put(internal::sign_identities))
+        .route("/v1/internal/node/{id}/services/{alloc}", put(services::sync))
         .route("/.well-known/jwks.json", get(internal::jwks))
 }
 

@@ -17,6 +17,7 @@ mod nodes;
 mod periodic;
 pub mod plan_apply;
 pub mod scheduler;
+pub mod services;
 pub mod state;
 pub mod summary;
 pub mod telemetry;

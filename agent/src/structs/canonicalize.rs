@@ -369,6 +369,10 @@ impl Job {
         if !tg.tasks.is_empty() && tg.tasks.iter().all(|t| t.phase() != super::TaskPhase::Main) {
             issue(None, "group has no main task (every task has a lifecycle block)".into());
         }
+        let all_tasks: BTreeSet<&str> = tg.tasks.iter().map(|t| t.name.as_str()).collect();
+        for m in tg.services.iter().flat_map(|s| s.problems(true, &labels, &all_tasks)).collect::<Vec<_>>() {
+            issue(None, m);
+        }
         let mut task_names = BTreeSet::new();
         for task in &tg.tasks {
             if !task_names.insert(task.name.as_str()) {
@@ -394,9 +398,17 @@ fn default_network(net: &mut NetworkResource) {
 fn default_service(service: &mut Service, name: &str) {
     default_str(&mut service.name, name);
     default_str(&mut service.provider, "nomad");
+    default_str(&mut service.address_mode, super::address_mode::AUTO);
+    default_str(&mut service.on_update, super::on_update::REQUIRE_HEALTHY);
     for check in &mut service.checks {
         if check.name.is_empty() {
             check.name = format!("service: {:?} check", service.name);
+        }
+        default_str(&mut check.address_mode, super::address_mode::HOST);
+        default_str(&mut check.on_update, &service.on_update);
+        if check.check_type == "http" {
+            default_str(&mut check.protocol, "http");
+            default_str(&mut check.method, "GET");
         }
     }
 }
@@ -503,6 +515,13 @@ fn task_problems(task: &Task, tg: &super::TaskGroup, port_labels: &BTreeSet<&str
     }
     for a in &task.artifacts {
         out.extend(a.problems());
+    }
+    let own = BTreeSet::from([task.name.as_str()]);
+    for s in &task.services {
+        out.extend(s.problems(false, port_labels, &own));
+        if !s.task_name.is_empty() {
+            out.push(format!("service {:?}: task is only for group services", s.name));
+        }
     }
     let mut identity_names = BTreeSet::new();
     for identity in task.identity.iter().chain(&task.identities) {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Affinity, ScalingPolicy, Spread, Template};
+use super::{Affinity, ScalingPolicy, Service, Spread, Template};
 
 /// Nomad's warning for HCL1-era task-level networks.
 pub const TASK_NETWORK_DEPRECATED: &str = "task network resources have been deprecated as of Nomad 0.12.0. \
@@ -536,35 +536,9 @@ pub struct CsiPluginConfig {
     pub health_timeout: i64,
 }
 
-/// A `service` block.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct Service {
-    pub name: String,
-    pub tags: Vec<String>,
-    pub port_label: String,
-    pub provider: String,
-    pub address_mode: String,
-    pub checks: Vec<ServiceCheck>,
-    pub meta: BTreeMap<String, String>,
-}
-
-/// A `check` inside a service.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct ServiceCheck {
-    pub name: String,
-    #[serde(rename = "Type")]
-    pub check_type: String,
-    pub path: String,
-    pub protocol: String,
-    pub port_label: String,
-    pub method: String,
-    /// Nanoseconds.
-    pub interval: i64,
-    /// Nanoseconds.
-    pub timeout: i64,
-}
+/// What a job with `provider = "consul"` services is told.
+pub const CONSUL_PROVIDER_NOTE: &str = "services with provider \"consul\" are registered in berth's own service \
+     registry (as provider \"nomad\"): berth has no Consul";
 
 impl Job {
     /// A periodic job that launches children (not one of them).
@@ -615,6 +589,10 @@ impl Job {
             }
             if tg.networks.iter().any(|n| n.mbits > 0) {
                 add(MBITS_DEPRECATED);
+            }
+            let mut services = tg.services.iter().chain(tg.tasks.iter().flat_map(|t| &t.services));
+            if services.any(|s| s.provider == "consul") {
+                add(CONSUL_PROVIDER_NOTE);
             }
         }
         out

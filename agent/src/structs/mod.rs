@@ -13,6 +13,7 @@ mod job;
 mod node;
 mod periodic;
 mod placement;
+mod service;
 mod template;
 mod volume;
 
@@ -25,5 +26,6 @@ pub use job::*;
 pub use node::*;
 pub use periodic::{Schedule, ScheduleError};
 pub use placement::{Affinity, ScalingPolicy, Spread, SpreadTarget, DEFAULT_WEIGHT};
+pub use service::*;
 pub use template::{ChangeScript, Template, WaitConfig, VAULT_GRACE_DEPRECATED};
 pub use volume::*;

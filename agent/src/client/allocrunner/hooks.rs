@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 
+use crate::client::control::TaskRequester;
 use crate::client::hook::{AllocHook, HookError, HookResources, HookResult};
 use crate::structs::{Allocation, Node};
 
@@ -96,6 +97,15 @@ impl HostVolumeHook {
     }
 }
 
+/// Hands a hook's requests to the runner's tasks. Weak: the hook does not
+/// keep the runner's channel open.
+fn requester(commands: tokio::sync::mpsc::WeakUnboundedSender<super::AllocCommand>) -> TaskRequester {
+    Arc::new(move |task, action, reply| {
+        let Some(commands) = commands.upgrade() else { return false };
+        commands.send(super::AllocCommand::Control { task: Some(task), action, reply }).is_ok()
+    })
+}
+
 /// The ordered hook list of an allocation; `commands` reaches its runner.
 pub fn build_hooks(
     root: PathBuf,
@@ -115,12 +125,15 @@ pub fn build_hooks(
             node: deps.node.clone(),
             root,
             renewals: tokio_util::sync::CancellationToken::new(),
-            // Weak: the hook does not keep the runner's channel open.
-            tasks: Arc::new(move |task, action, reply| {
-                let Some(commands) = commands.upgrade() else { return false };
-                commands.send(super::AllocCommand::Control { task: Some(task), action, reply }).is_ok()
-            }),
+            tasks: requester(commands.clone()),
         }),
+        Box::new(crate::client::services::ServiceHook::new(
+            deps.rpc.clone(),
+            deps.node.clone(),
+            deps.drivers.clone(),
+            deps.checks.clone(),
+            requester(commands),
+        )),
         Box::new(crate::client::csi::plugin_hook::CsiPluginHook {
             manager: deps.csi.clone(),
             cancel: tokio_util::sync::CancellationToken::new(),

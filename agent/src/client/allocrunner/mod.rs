@@ -88,6 +88,8 @@ pub struct RunnerDeps {
     pub csi: Arc<crate::client::csi::CsiManager>,
     /// The servers (CSI claims).
     pub rpc: Arc<dyn crate::client::rpc::ServerRpc>,
+    /// The client's check scheduler.
+    pub checks: crate::client::services::CheckScheduler,
 }
 
 /// The allocation's client status from its tasks' states, as Nomad has
@@ -535,6 +537,9 @@ async fn run(
                 }
                 if let Some(order) = &r.lifecycle {
                     order.advance(&r.persisted.task_states);
+                }
+                for h in &r.hooks {
+                    h.task_states(&r.persisted.task_states, &r.persisted.handles);
                 }
                 r.persist(handle_changed);
                 r.report();

@@ -373,6 +373,15 @@ mod tests {
         ) -> BoxFuture<'a, Result<Vec<crate::wire::identity::SignedIdentity>, RpcError>> {
             unimplemented!("not used by the hook")
         }
+        fn sync_services<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: &'a str,
+            _: Vec<crate::structs::ServiceRegistration>,
+        ) -> BoxFuture<'a, Result<(), RpcError>> {
+            unimplemented!("not used by the hook")
+        }
     }
 
     fn hook(answer: fn() -> Result<ClaimGrant, RpcError>) -> (CsiVolumeHook, Arc<Claims>) {

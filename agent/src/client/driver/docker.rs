@@ -757,6 +757,15 @@ impl Driver for DockerDriver {
         .boxed()
     }
 
+    fn paused<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, bool> {
+        async move {
+            let (Some(state), Ok(docker)) = (Self::state_of(handle), self.docker()) else { return false };
+            let inspect = docker.inspect_container(&state.id, None::<InspectContainerOptions>).await;
+            inspect.ok().and_then(|i| i.state).and_then(|s| s.paused).unwrap_or(false)
+        }
+        .boxed()
+    }
+
     fn destroy<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, ()> {
         async move {
             let (Some(state), Ok(docker)) = (Self::state_of(handle), self.docker()) else { return };

@@ -166,6 +166,12 @@ pub trait Driver: Send + Sync {
     /// After a client restart: re-attaches what the driver keeps for a task
     /// (its log pump) and tells whether the task is still running.
     fn recover<'a>(&'a self, handle: &'a TaskHandle) -> BoxFuture<'a, bool>;
+    /// True when the task is frozen (a paused container): it holds its
+    /// sockets but answers nothing, so its checks fail whatever a probe
+    /// of the kernel's side of them says.
+    fn paused<'a>(&'a self, _handle: &'a TaskHandle) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
     /// Releases what the task left behind once it will not run again
     /// (a stopped container, say).
     fn destroy<'a>(&'a self, _handle: &'a TaskHandle) -> BoxFuture<'a, ()> {

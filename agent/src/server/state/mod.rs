@@ -8,6 +8,7 @@
 //! only then applied to memory and announced to blocking queries.
 
 mod persist;
+mod services;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::structs::{Allocation, CsiVolume, Deployment, Evaluation, Job, Node};
+use crate::structs::{Allocation, CsiVolume, Deployment, Evaluation, Job, Node, ServiceRegistration};
 
 pub use persist::ns_key;
 
@@ -73,6 +74,10 @@ pub struct WriteBatch {
     pub volumes: Vec<CsiVolume>,
     /// CSI volumes (namespace, id) to remove.
     pub delete_volumes: Vec<(String, String)>,
+    /// Service registrations to insert or replace.
+    pub services: Vec<ServiceRegistration>,
+    /// Service registrations (by ID) to remove.
+    pub delete_services: Vec<String>,
 }
 
 impl WriteBatch {
@@ -89,6 +94,8 @@ impl WriteBatch {
             && self.delete_deployments.is_empty()
             && self.volumes.is_empty()
             && self.delete_volumes.is_empty()
+            && self.services.is_empty()
+            && self.delete_services.is_empty()
     }
 }
 
@@ -212,6 +219,8 @@ pub struct Tables {
     /// IDs of the allocations holding claims, by volume key (`ns_key`):
     /// derived from the allocations on every write.
     claims: HashMap<String, BTreeSet<String>>,
+    /// Service registrations by ID, and their IDs by allocation.
+    services: services::ServiceTable,
 }
 
 impl Tables {
@@ -375,6 +384,12 @@ impl Tables {
         }
         for (ns, id) in batch.delete_volumes {
             self.volumes.remove(&ns_key(&ns, &id));
+        }
+        for id in batch.delete_services {
+            self.services.remove(&id);
+        }
+        for r in batch.services {
+            self.services.insert(r);
         }
     }
 
@@ -696,6 +711,7 @@ impl StateStore {
             d.create_index = current.deployment(&d.id).map(|o| o.create_index).unwrap_or(index);
             d.modify_index = index;
         }
+        current.retire_services(&mut batch, index);
         if let Some(p) = &self.persist {
             if let Err(e) = p.commit(index, &batch, &persist::Retention::of(&current, &batch)) {
                 *self.commit_error.lock() = Some(e.to_string());

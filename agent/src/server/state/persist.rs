@@ -26,6 +26,7 @@ const EVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("evals");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("csi_volumes");
+const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("service_registrations");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The redb file behind a server's state.
@@ -177,7 +178,7 @@ impl Persist {
         std::fs::create_dir_all(dir).map_err(|e| StateError::Io(dir.display().to_string(), e))?;
         let db = Database::create(dir.join("state.db"))?;
         let txn = db.begin_write()?;
-        for def in [JOBS, JOB_VERSIONS, ALLOCS, EVALS, NODES, DEPLOYMENTS, VOLUMES] {
+        for def in [JOBS, JOB_VERSIONS, ALLOCS, EVALS, NODES, DEPLOYMENTS, VOLUMES, SERVICES] {
             txn.open_table(def)?;
         }
         txn.open_table(META)?;
@@ -225,6 +226,9 @@ impl Persist {
         }
         for volume in load(&txn, VOLUMES, "csi_volumes")? {
             tables.insert_volume(volume);
+        }
+        for registration in load(&txn, SERVICES, "service_registrations")? {
+            tables.services.insert(registration);
         }
         Ok(tables)
     }
@@ -293,6 +297,13 @@ impl Persist {
             }
             for (ns, id) in &batch.delete_volumes {
                 volumes.remove(ns_key(ns, id).as_str())?;
+            }
+            let mut services = txn.open_table(SERVICES)?;
+            for id in &batch.delete_services {
+                services.remove(id.as_str())?;
+            }
+            for r in &batch.services {
+                services.insert(r.id.as_str(), to_json(r)?.as_slice())?;
             }
             txn.open_table(META)?.insert("index", index)?;
         }
