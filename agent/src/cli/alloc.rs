@@ -278,6 +278,10 @@ pub async fn status(api: &ApiClient, prefix: &str, view: StatusView) -> i32 {
         }
         println!("{}", format::list(&rows));
     }
+    let checks = super::service::alloc_checks_section(api, &a.id).await;
+    if !checks.is_empty() {
+        println!("\n{checks}");
+    }
     let tasks: Vec<String> = a.task_names();
     if short {
         let mut rows = vec!["Name|State|Last Event|Time|Lifecycle".to_string()];

@@ -13,6 +13,7 @@ mod job;
 mod lookup;
 mod monitor;
 mod scale;
+mod service;
 mod volume;
 
 use std::ffi::OsString;
@@ -80,6 +81,13 @@ enum Command {
     Server {
         #[command(subcommand)]
         command: ServerCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Interacts with the native service registry.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
         #[command(flatten)]
         api: ApiFlags,
     },
@@ -691,6 +699,27 @@ struct SynologyPluginArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Lists the registered services and their tags.
+    List,
+    /// Shows the instances of one service, with their checks.
+    Info {
+        /// Every field of each instance.
+        #[arg(long)]
+        verbose: bool,
+        /// Service name.
+        name: String,
+    },
+    /// Removes one registration (its client registers it again while it runs).
+    Delete {
+        /// Service name.
+        name: String,
+        /// Registration ID.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ServerCommand {
     /// Lists the servers.
     Members,
@@ -962,6 +991,14 @@ pub async fn run(cli: Cli) -> i32 {
         },
         Command::Node { command: NodeCommand::Eligibility { enable, disable, self_node, id }, api } => {
             drain::eligibility(&client(&api), id.as_deref(), self_node, enable, disable).await
+        }
+        Command::Service { command, api } => {
+            let api = client(&api);
+            match command {
+                ServiceCommand::List => service::list_services(&api).await,
+                ServiceCommand::Info { verbose, name } => service::info(&api, &name, verbose).await,
+                ServiceCommand::Delete { name, id } => service::delete(&api, &name, &id).await,
+            }
         }
         Command::Server { command: ServerCommand::Members, api } => cluster::server_members(&client(&api)).await,
         Command::Eval { command: EvalCommand::Status { id }, api } => cluster::eval_status(&client(&api), &id).await,
