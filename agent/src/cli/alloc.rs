@@ -231,6 +231,15 @@ pub async fn status(api: &ApiClient, prefix: &str, view: StatusView) -> i32 {
     }
     if !a.deployment_id.is_empty() {
         kv.push(format!("Deployment ID|{}", id(&a.deployment_id)));
+        let health = match a.deployment_status.as_ref().and_then(|d| d.healthy) {
+            Some(true) => "healthy",
+            Some(false) => "unhealthy",
+            None => "unset",
+        };
+        kv.push(format!("Deployment Health|{health}"));
+        if a.is_canary() {
+            kv.push("Canary|true".into());
+        }
     }
     if let Some(t) = &a.reschedule_tracker {
         kv.push(format!("Reschedule Attempts|{}", t.events.len()));

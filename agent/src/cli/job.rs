@@ -9,8 +9,9 @@ use super::children;
 use super::format;
 use super::lookup::{job_status_text, job_table, resolve};
 use super::monitor::{self, print_failures};
+use super::tables::alloc_table;
 use crate::structs::{Deployment, Job};
-use crate::util::{format_timestamp, pretty_time_ago, short_id};
+use crate::util::format_timestamp;
 use crate::wire::plan::{FieldDiff, JobDiff, ObjectDiff, PlanResult, RegisterResult};
 use crate::wire::stubs::{AllocListStub, JobListStub, JobSummary};
 
@@ -369,7 +370,7 @@ pub async fn status(api: &ApiClient, id: Option<&str>, short: bool, verbose: boo
     if job.job_type == "service" {
         if let Ok(Some(dep)) = api.get::<Option<Deployment>>(&format!("{}/deployment", job_path(&id))).await {
             println!("\nLatest Deployment");
-            monitor::print_deployment(&dep);
+            super::tables::print_deployment(&dep);
         }
     }
     let allocs: Vec<AllocListStub> = api.get(&format!("{}/allocations", job_path(&id))).await.unwrap_or_default();
@@ -378,42 +379,7 @@ pub async fn status(api: &ApiClient, id: Option<&str>, short: bool, verbose: boo
         println!("No allocations placed");
         return 0;
     }
-    let mut rows = vec![if verbose {
-        "ID|Eval ID|Node ID|Node Name|Task Group|Version|Desired|Status|Created|Modified"
-    } else {
-        "ID|Node ID|Task Group|Version|Desired|Status|Created|Modified"
-    }
-    .to_string()];
-    for a in &allocs {
-        rows.push(if verbose {
-            format!(
-                "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
-                a.id,
-                a.eval_id,
-                a.node_id,
-                a.node_name,
-                a.task_group,
-                a.job_version,
-                a.desired_status,
-                a.client_status,
-                format_timestamp(a.create_time),
-                format_timestamp(a.modify_time)
-            )
-        } else {
-            format!(
-                "{}|{}|{}|{}|{}|{}|{}|{}",
-                short_id(&a.id),
-                short_id(&a.node_id),
-                a.task_group,
-                a.job_version,
-                a.desired_status,
-                a.client_status,
-                pretty_time_ago(a.create_time),
-                pretty_time_ago(a.modify_time)
-            )
-        });
-    }
-    println!("{}", format::list(&rows));
+    println!("{}", alloc_table(&allocs, verbose));
     0
 }
 

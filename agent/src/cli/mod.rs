@@ -6,6 +6,7 @@ mod alloc;
 mod api;
 mod children;
 mod cluster;
+mod deployment;
 mod drain;
 mod format;
 mod import;
@@ -14,6 +15,7 @@ mod lookup;
 mod monitor;
 mod scale;
 mod service;
+mod tables;
 mod volume;
 
 use std::ffi::OsString;
@@ -88,6 +90,13 @@ enum Command {
     Service {
         #[command(subcommand)]
         command: ServiceCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Interacts with deployments.
+    Deployment {
+        #[command(subcommand)]
+        command: DeploymentCommand,
         #[command(flatten)]
         api: ApiFlags,
     },
@@ -286,6 +295,27 @@ enum JobCommand {
     Periodic {
         #[command(subcommand)]
         command: PeriodicCommand,
+    },
+    /// Shows the job's versions.
+    History {
+        /// With each version's diff against the one before.
+        #[arg(short = 'p')]
+        diffs: bool,
+        /// Only this version.
+        #[arg(long)]
+        version: Option<u64>,
+        /// Job ID or prefix.
+        id: String,
+    },
+    /// Registers an earlier version's specification as the job's next.
+    Revert {
+        /// Do not monitor the evaluation.
+        #[arg(long)]
+        detach: bool,
+        /// Job ID or prefix.
+        id: String,
+        /// The version to go back to.
+        version: u64,
     },
 }
 
@@ -720,6 +750,56 @@ enum ServiceCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum DeploymentCommand {
+    /// Lists deployments.
+    List {
+        /// Full IDs.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Shows a deployment.
+    Status {
+        /// With its allocations and full IDs.
+        #[arg(long)]
+        verbose: bool,
+        /// Deployment ID or prefix.
+        id: String,
+    },
+    /// Promotes the canaries of a deployment (all groups unless -group).
+    Promote {
+        /// A group to promote (repeatable).
+        #[arg(long)]
+        group: Vec<String>,
+        /// Do not monitor the evaluation.
+        #[arg(long)]
+        detach: bool,
+        /// Deployment ID or prefix.
+        id: String,
+    },
+    /// Marks a deployment failed (rolling back when it auto-reverts).
+    Fail {
+        /// Do not monitor the evaluation.
+        #[arg(long)]
+        detach: bool,
+        /// Deployment ID or prefix.
+        id: String,
+    },
+    /// Pauses a deployment: nothing more is replaced until it resumes.
+    Pause {
+        /// Deployment ID or prefix.
+        id: String,
+    },
+    /// Resumes a paused deployment.
+    Resume {
+        /// Do not monitor the evaluation.
+        #[arg(long)]
+        detach: bool,
+        /// Deployment ID or prefix.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ServerCommand {
     /// Lists the servers.
     Members,
@@ -960,6 +1040,8 @@ pub async fn run(cli: Cli) -> i32 {
                 JobCommand::Periodic { command: PeriodicCommand::Force { detach, id } } => {
                     children::periodic_force(&api, &id, detach).await
                 }
+                JobCommand::History { diffs, version, id } => deployment::history(&api, &id, diffs, version).await,
+                JobCommand::Revert { detach, id, version } => deployment::revert(&api, &id, version, detach).await,
             }
         }
         Command::Alloc { command, api } => {
@@ -998,6 +1080,20 @@ pub async fn run(cli: Cli) -> i32 {
                 ServiceCommand::List => service::list_services(&api).await,
                 ServiceCommand::Info { verbose, name } => service::info(&api, &name, verbose).await,
                 ServiceCommand::Delete { name, id } => service::delete(&api, &name, &id).await,
+            }
+        }
+        Command::Deployment { command, api } => {
+            use deployment::Change;
+            let api = client(&api);
+            match command {
+                DeploymentCommand::List { verbose } => deployment::list_deployments(&api, verbose).await,
+                DeploymentCommand::Status { verbose, id } => deployment::status(&api, &id, verbose).await,
+                DeploymentCommand::Promote { group, detach, id } => {
+                    deployment::change(&api, &id, Change::Promote(group), detach).await
+                }
+                DeploymentCommand::Fail { detach, id } => deployment::change(&api, &id, Change::Fail, detach).await,
+                DeploymentCommand::Pause { id } => deployment::change(&api, &id, Change::Pause, true).await,
+                DeploymentCommand::Resume { detach, id } => deployment::change(&api, &id, Change::Resume, detach).await,
             }
         }
         Command::Server { command: ServerCommand::Members, api } => cluster::server_members(&client(&api)).await,

@@ -8,8 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::api::{job_path, ApiClient};
-use super::format;
-use crate::structs::{AllocMetric, Deployment, Evaluation};
+use crate::structs::{deployment_status, AllocMetric, Deployment, Evaluation};
 use crate::util::short_id;
 use crate::wire::stubs::AllocListStub;
 
@@ -142,45 +141,55 @@ pub async fn monitor(api: &ApiClient, eval_id: &str, watch_deployment: bool) -> 
     0
 }
 
+/// Follows the deployment of the job's current version to its end, and
+/// the rollback deployment a failed one starts when it auto-reverts; 0
+/// only when the first succeeds.
 async fn monitor_deployment(api: &ApiClient, job_id: &str) -> i32 {
     let job: crate::structs::Job = match api.get(&job_path(job_id)).await {
         Ok(j) => j,
         Err(_) => return 0,
     };
-    let mut printed = false;
-    loop {
-        let dep: Option<Deployment> = api.get(&format!("{}/deployment", job_path(job_id))).await.unwrap_or(None);
-        let Some(dep) = dep.filter(|d| d.job_version == job.version) else { return 0 };
-        if !printed {
-            println!("==> {}: Monitoring deployment {:?}", ts(), short_id(&dep.id));
-            printed = true;
+    let latest =
+        || async { api.get::<Option<Deployment>>(&format!("{}/deployment", job_path(job_id))).await.unwrap_or(None) };
+    let Some(dep) = latest().await.filter(|d| d.job_version == job.version) else { return 0 };
+    let ended = follow(api, &dep.id).await;
+    if ended.as_ref().is_some_and(|d| d.status == deployment_status::SUCCESSFUL) {
+        return 0;
+    }
+    if ended.is_some_and(|d| d.status == deployment_status::FAILED && d.auto_reverts()) {
+        // The rollback's deployment starts once its evaluation is placed.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some(rollback) = latest().await.filter(|r| r.id != dep.id) {
+            println!();
+            follow(api, &rollback.id).await;
         }
-        if dep.status != "running" {
-            let mark = if dep.status == "successful" { "✓" } else { "!" };
+    }
+    1
+}
+
+/// Prints a deployment's progress until it ends; `None` if it cannot be
+/// read.
+async fn follow(api: &ApiClient, id: &str) -> Option<Deployment> {
+    println!("==> {}: Monitoring deployment {:?}", ts(), short_id(id));
+    let mut described = String::new();
+    loop {
+        let dep: Deployment = match api.get(&format!("/v1/deployment/{id}")).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("{}: Error fetching deployment: {e}", ts());
+                return None;
+            }
+        };
+        if dep.status_description != described {
+            println!("    {}: {}", ts(), dep.status_description);
+            described = dep.status_description.clone();
+        }
+        if !dep.is_active() {
+            let mark = if dep.status == deployment_status::SUCCESSFUL { "✓" } else { "!" };
             println!("  {mark} Deployment {:?} {}\n", short_id(&dep.id), dep.status);
-            print_deployment(&dep);
-            return if dep.status == "successful" { 0 } else { 1 };
+            super::tables::print_deployment(&dep);
+            return Some(dep);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Prints a deployment's KV block and its per-group table.
-pub fn print_deployment(dep: &Deployment) {
-    println!(
-        "{}",
-        format::kv(&[
-            format!("ID|{}", short_id(&dep.id)),
-            format!("Job ID|{}", dep.job_id),
-            format!("Job Version|{}", dep.job_version),
-            format!("Status|{}", dep.status),
-            format!("Description|{}", dep.status_description),
-        ])
-    );
-    println!("\nDeployed");
-    let mut rows = vec!["Task Group|Desired|Placed|Healthy|Unhealthy".to_string()];
-    for (tg, s) in &dep.task_groups {
-        rows.push(format!("{tg}|{}|{}|{}|{}", s.desired_total, s.placed_allocs, s.healthy_allocs, s.unhealthy_allocs));
-    }
-    println!("{}", format::list(&rows));
 }

@@ -16,6 +16,8 @@ pub enum TaskAction {
     Restart,
     /// The same, because a check failed (`check_restart`); says which.
     RestartUnhealthy(String),
+    /// Record this event in the task's state (the allocation's health).
+    Event(crate::structs::TaskEvent),
 }
 
 /// The answer to one request.

@@ -25,6 +25,26 @@ pub struct HookResources {
     pub task_binds: BTreeMap<String, Vec<VolumeBind>>,
     /// Extra environment of a task (before its own `env`), by task name.
     pub task_env: BTreeMap<String, BTreeMap<String, String>>,
+    /// How the checks of the allocation's services stand, as they change
+    /// (none when it has no services).
+    pub checks: Option<tokio::sync::watch::Receiver<ChecksHealth>>,
+}
+
+/// How the checks a deployment waits for stand: the services whose
+/// checks do not all pass (none: every one passes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChecksHealth {
+    /// Names of the services with a check that does not pass.
+    pub failing: Vec<String>,
+    /// The checks a deployment waits for.
+    pub total: usize,
+}
+
+impl ChecksHealth {
+    /// Every check a deployment waits for passes.
+    pub fn passing(&self) -> bool {
+        self.failing.is_empty()
+    }
 }
 
 /// An allocation's network (bridge, CNI or `none`), as its tasks see it.
@@ -125,6 +145,11 @@ pub trait AllocHook: Send + Sync {
     /// After a task's state changed: every task's state, and the handles
     /// of those running.
     fn task_states(&self, _states: &BTreeMap<String, TaskState>, _handles: &BTreeMap<String, TaskHandle>) {}
+    /// The servers updated the allocation in place (a new job version
+    /// that restarts no task), while its tasks run.
+    fn update<'a>(&'a self, _alloc: &'a Allocation) -> HookResult<'a> {
+        async { Ok(()) }.boxed()
+    }
     /// After every task has stopped.
     fn postrun<'a>(&'a self, _alloc: &'a Allocation) -> HookResult<'a> {
         async { Ok(()) }.boxed()

@@ -59,6 +59,9 @@ pub struct PersistedAlloc {
     /// The client stopped it because its `max_run_duration` ran out.
     #[serde(default)]
     pub max_run_exceeded: bool,
+    /// Its health in a deployment (the deployment's ID), once decided.
+    #[serde(default)]
+    pub health: Option<(String, crate::structs::AllocDeploymentStatus)>,
 }
 
 /// The client state database.

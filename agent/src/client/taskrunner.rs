@@ -462,6 +462,10 @@ impl TaskRunner {
                         self.emit(TaskEvent::new("Signaling", format!("Task being sent signal {signal}")));
                         let _ = reply.send(driver.signal(handle, &signal).await.map_err(ControlError::from));
                     }
+                    TaskAction::Event(event) => {
+                        self.emit(event);
+                        let _ = reply.send(Ok(()));
+                    }
                     TaskAction::Restart | TaskAction::RestartUnhealthy(_) => {
                         let why = match action {
                             TaskAction::RestartUnhealthy(why) => why,

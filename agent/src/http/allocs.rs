@@ -1,5 +1,5 @@
-//! `/v1/allocations`, `/v1/allocation/:id`, `/v1/evaluations`,
-//! `/v1/evaluation/:id` and `/v1/deployment/:id`.
+//! `/v1/allocations`, `/v1/allocation/:id`, `/v1/evaluations` and
+//! `/v1/evaluation/:id`.
 
 use axum::extract::{Path, Query};
 
@@ -59,11 +59,4 @@ pub async fn eval_allocs(api: ApiState, Path(id): Path<String>, Query(q): Query<
     let snap = api.server()?.state.snapshot();
     let list: Vec<_> = snap.allocs().filter(|a| a.eval_id == id).map(|a| alloc_stub(a, false)).collect();
     Ok(json_with_index(&list, index, q.pretty()))
-}
-
-pub async fn deployment(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOptions>) -> ApiResult {
-    let index = api.block(&q).await?;
-    let snap = api.server()?.state.snapshot();
-    let dep = by_prefix(snap.deployments().map(|d| (d.id.as_str(), d.clone())), &id, "deployment")?;
-    Ok(json_with_index(&*dep, index, q.pretty()))
 }

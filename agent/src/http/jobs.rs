@@ -134,6 +134,13 @@ pub async fn scale_status(api: ApiState, Path(id): Path<String>, Query(q): Query
     Ok(json_with_index(&job_scale_status(&snap, &job), index, q.pretty()))
 }
 
+/// `job revert`: the specification of an earlier version as the next.
+pub async fn revert(api: ApiState, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let req: crate::wire::deployment::RevertRequest = decode_body(&body)?;
+    let result = api.server()?.revert_job("default", &id, req.job_version, req.enforce_prior_version)?;
+    Ok(json_with_index(&result, result.index, false))
+}
+
 pub async fn periodic_force(api: ApiState, Path(id): Path<String>) -> ApiResult {
     let result = api.server()?.force_periodic("default", &id)?;
     Ok(json_with_index(&result, result.index, false))
@@ -180,11 +187,22 @@ pub async fn summary(api: ApiState, Path(id): Path<String>, Query(q): Query<Quer
     Ok(json_with_index(&job_summary(&snap, &job), index, q.pretty()))
 }
 
-pub async fn versions(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOptions>) -> ApiResult {
+/// A job's versions, newest first; with `?diffs=true`, each one's diff
+/// against the version before it.
+pub async fn versions(
+    api: ApiState,
+    Path(id): Path<String>,
+    Query(q): Query<QueryOptions>,
+    Query(raw): RawQuery,
+) -> ApiResult {
     let index = api.block(&q).await?;
     let (_, snap) = job_or_404(&api, &id)?;
     let versions: Vec<Job> = snap.job_versions("default", &id).iter().map(|j| (**j).clone()).collect();
-    Ok(json_with_index(&serde_json::json!({ "Versions": versions, "Diffs": null }), index, q.pretty()))
+    let diffs = flag(&raw, "diffs").then(|| {
+        let none = std::collections::BTreeMap::new();
+        versions.windows(2).map(|w| crate::server::diff::job_diff(Some(&w[1]), &w[0], &none)).collect::<Vec<_>>()
+    });
+    Ok(json_with_index(&serde_json::json!({ "Versions": versions, "Diffs": diffs }), index, q.pretty()))
 }
 
 pub async fn deployment(api: ApiState, Path(id): Path<String>, Query(q): Query<QueryOptions>) -> ApiResult {

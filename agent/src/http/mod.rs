@@ -7,6 +7,7 @@
 mod agent;
 mod allocs;
 mod control;
+mod deployments;
 mod forward;
 mod internal;
 mod jobs;
@@ -313,6 +314,7 @@ fn server_routes() -> Router<Api> {
         .route("/v1/job/{id}/evaluations", get(jobs::evaluations))
         .route("/v1/job/{id}/summary", get(jobs::summary))
         .route("/v1/job/{id}/versions", get(jobs::versions))
+        .route("/v1/job/{id}/revert", put(jobs::revert).post(jobs::revert))
         .route("/v1/job/{id}/deployment", get(jobs::deployment))
         .route("/v1/job/{id}/deployments", get(jobs::deployments))
         .route("/v1/job/{id}/services", get(services::of_job))
@@ -327,7 +329,16 @@ fn server_routes() -> Router<Api> {
         .route("/v1/evaluations", get(allocs::evals))
         .route("/v1/evaluation/{id}", get(allocs::eval))
         .route("/v1/evaluation/{id}/allocations", get(allocs::eval_allocs))
-        .route("/v1/deployment/{id}", get(allocs::deployment))
+        .route("/v1/deployments", get(deployments::list))
+        .route("/v1/deployment/{id}", get(deployments::read))
+        .route("/v1/deployment/allocations/{id}", get(deployments::allocations))
+        .route("/v1/deployment/promote/{id}", put(deployments::promote).post(deployments::promote))
+        .route("/v1/deployment/fail/{id}", put(deployments::fail).post(deployments::fail))
+        .route("/v1/deployment/pause/{id}", put(deployments::pause).post(deployments::pause))
+        .route(
+            "/v1/deployment/allocation-health/{id}",
+            put(deployments::allocation_health).post(deployments::allocation_health),
+        )
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/node/{id}", get(nodes::read))
         .route("/v1/node/{id}/allocations", get(nodes::allocations))

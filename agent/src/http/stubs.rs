@@ -53,6 +53,7 @@ pub fn alloc_stub(a: &Allocation, with_resources: bool) -> AllocListStub {
         reschedule_tracker: a.reschedule_tracker.clone(),
         previous_allocation: a.previous_allocation.clone(),
         next_allocation: a.next_allocation.clone(),
+        deployment_status: a.deployment_status.clone(),
         create_index: a.create_index,
         modify_index: a.modify_index,
         create_time: a.create_time,

@@ -21,7 +21,7 @@ fn registered(eval: Option<crate::structs::Evaluation>, index: u64, warnings: St
 }
 
 /// The user-controlled part of a job, for "did the spec change?".
-fn spec(job: &Job) -> Job {
+pub(super) fn spec(job: &Job) -> Job {
     Job {
         status: String::new(),
         status_description: String::new(),
@@ -126,6 +126,37 @@ impl Server {
             self.enqueue(eval);
         }
         Ok(registered(eval, index, warnings.join("\n")))
+    }
+
+    /// `job revert`: registers version `version`'s specification as the
+    /// job's next version (refused unless the current version is
+    /// `prior`, when given).
+    pub fn revert_job(
+        &self,
+        ns: &str,
+        id: &str,
+        version: u64,
+        prior: Option<u64>,
+    ) -> Result<RegisterResult, ServerError> {
+        let snap = self.state.snapshot();
+        let job = snap.job(ns, id).ok_or_else(|| ServerError::NotFound(format!("job {id:?} not found")))?;
+        if let Some(p) = prior.filter(|p| *p != job.version) {
+            return Err(ServerError::BadRequest(format!(
+                "Current job has version {}; enforcing version {p}",
+                job.version
+            )));
+        }
+        if version == job.version {
+            return Err(ServerError::BadRequest("can't revert to current version".into()));
+        }
+        let target = snap
+            .job_versions(ns, id)
+            .into_iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| ServerError::NotFound(format!("job {id:?} has no version {version}")))?;
+        let spec = Job { stable: false, ..(*target).clone() };
+        // Registered only over the job as it was read here.
+        self.register_job(spec, Some(job.job_modify_index))
     }
 
     /// `job scale`: sets a group's count, within its scaling bounds, as a

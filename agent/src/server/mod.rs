@@ -7,6 +7,7 @@
 //! `update_allocs`, …); each is one state-store batch.
 
 pub mod csi;
+mod deployments;
 pub mod diff;
 mod dispatch;
 mod drain;
@@ -31,6 +32,7 @@ use tokio::sync::mpsc;
 
 use crate::structs::{client_status, eval_status, Evaluation, Job};
 use crate::util::now_nanos;
+pub use deployments::DeploymentAction;
 use state::{StateError, StateStore, WriteBatch};
 
 /// Failures of server operations, classified for the HTTP edge.

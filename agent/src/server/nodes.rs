@@ -3,14 +3,14 @@
 //! replaced), allocation status reported by clients, and deployment
 //! progress derived from it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::jobs::job_status;
 use super::state::{Tables, WriteBatch};
 use super::{Server, ServerError};
-use crate::structs::{client_status, node_status, Allocation, Deployment, Evaluation, Job, Node, NodeEvent};
+use crate::structs::{client_status, node_status, Allocation, Evaluation, Node, NodeEvent};
 use crate::util::{now_nanos, now_rfc3339};
 use crate::wire::node::{AllocClientUpdate, NodeAllocIndexes};
 
@@ -132,28 +132,6 @@ impl Server {
         Ok(allocs)
     }
 
-    /// Fails running deployments whose groups missed their progress
-    /// deadline (so `job run` stops waiting, as Nomad's does).
-    pub fn check_deployment_deadlines(&self) -> Result<(), ServerError> {
-        self.state.commit(|snap| {
-            let now = now_nanos();
-            let mut batch = WriteBatch::default();
-            for d in snap.deployments().filter(|d| d.status == "running") {
-                let missed = d.task_groups.values().any(|s| {
-                    s.require_progress_by > 0 && now > s.require_progress_by && s.healthy_allocs < s.desired_total
-                });
-                if missed {
-                    let mut failed = (**d).clone();
-                    failed.status = "failed".into();
-                    failed.status_description = "Failed due to progress deadline".into();
-                    batch.deployments.push(failed);
-                }
-            }
-            Ok::<_, ServerError>((batch, ()))
-        })?;
-        Ok(())
-    }
-
     pub(super) async fn heartbeat_monitor(server: Arc<Server>) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -254,6 +232,15 @@ impl Server {
                 if u.network_status.is_some() {
                     a.network_status = u.network_status;
                 }
+                // The client's verdict on its health in its deployment, unless
+                // an operator's came first.
+                let undecided = old.deployment_status.as_ref().is_none_or(|d| d.healthy.is_none());
+                if let Some(mut health) = u.deployment_status.filter(|_| undecided) {
+                    if u.health_deployment_id == old.deployment_id && !old.deployment_id.is_empty() {
+                        health.canary = old.is_canary();
+                        a.deployment_status = Some(health);
+                    }
+                }
                 if u.csi_volumes_released && !old.csi_volumes_released {
                     a.csi_volumes_released = true;
                     freed = true;
@@ -271,7 +258,7 @@ impl Server {
                 if old.client_status == client_status::UNKNOWN && a.client_status != client_status::UNKNOWN {
                     reconnected_jobs.insert(key.clone());
                 }
-                if a.client_status != old.client_status {
+                if a.client_status != old.client_status || a.deployment_status != old.deployment_status {
                     touched_jobs.insert(key);
                 }
                 batch.allocs.push(a);
@@ -286,18 +273,15 @@ impl Server {
                 } else if failed_jobs.contains(&(ns.clone(), id.clone())) {
                     batch.evals.push(Evaluation::pending(&job, "alloc-failure"));
                 }
-                if let Some((dep, rolling)) = deployment_progress(snap, &job, &batch.allocs) {
-                    batch.deployments.push(dep);
-                    if rolling {
-                        batch.evals.push(Evaluation::pending(&job, "deployment-watcher"));
-                    }
-                }
                 let status = job_status(snap, &job, &batch.allocs);
                 if status != job.status {
                     let mut j = (*job).clone();
                     j.status = status;
                     batch.jobs.push(j);
                 }
+                let overlay = std::mem::take(&mut batch.allocs);
+                super::deployments::track(snap, &job, &overlay, &mut batch);
+                batch.allocs = overlay;
             }
             let evals = batch.evals.clone();
             let released: Vec<Allocation> = batch
@@ -318,58 +302,4 @@ impl Server {
         }
         Ok(())
     }
-}
-
-/// Updates the job's running deployment from its allocations (with
-/// `overlay` taking precedence). Returns the deployment and whether older
-/// allocations still wait for their rolling update.
-fn deployment_progress(snap: &Tables, job: &Job, overlay: &[Allocation]) -> Option<(Deployment, bool)> {
-    let dep = snap.latest_deployment(&job.namespace, &job.id)?;
-    if dep.status != "running" || dep.job_version != job.version {
-        return None;
-    }
-    let mut allocs: HashMap<String, Allocation> =
-        snap.allocs_by_job(&job.namespace, &job.id).into_iter().map(|a| (a.id.clone(), (*a).clone())).collect();
-    for a in overlay.iter().filter(|a| a.job_id == job.id) {
-        allocs.insert(a.id.clone(), a.clone());
-    }
-    let mut d = (*dep).clone();
-    let mut complete = true;
-    let mut rolling = false;
-    let mut unhealthy_any = false;
-    for tg in &job.task_groups {
-        let current = allocs.values().filter(|a| a.task_group == tg.name && a.job_version() == job.version);
-        let healthy =
-            current.clone().filter(|a| a.client_status == client_status::RUNNING && !a.server_terminal()).count();
-        let unhealthy = current.filter(|a| a.client_status == client_status::FAILED).count();
-        let older = allocs
-            .values()
-            .filter(|a| a.task_group == tg.name && a.job_version() < job.version && !a.is_terminal())
-            .count();
-        let state = d.task_groups.entry(tg.name.clone()).or_default();
-        if healthy as u32 > state.healthy_allocs && state.progress_deadline > 0 {
-            state.require_progress_by = now_nanos() + state.progress_deadline;
-        }
-        state.healthy_allocs = healthy as u32;
-        state.unhealthy_allocs = unhealthy as u32;
-        unhealthy_any |= unhealthy > 0;
-        if healthy < tg.count as usize || older > 0 {
-            complete = false;
-        }
-        if older > 0 {
-            rolling = true;
-        }
-    }
-    if unhealthy_any {
-        d.status = "failed".into();
-        d.status_description = "Failed due to unhealthy allocations".into();
-        rolling = false;
-    } else if complete {
-        d.status = "successful".into();
-        d.status_description = "Deployment completed successfully".into();
-    }
-    if d == *dep {
-        return None;
-    }
-    Some((d, rolling))
 }

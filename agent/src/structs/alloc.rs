@@ -1,4 +1,4 @@
-//! Allocations, evaluations, deployments and their status vocabulary,
+//! Allocations, evaluations and their status vocabulary,
 //! shaped like Nomad's API structs.
 
 use std::collections::BTreeMap;
@@ -79,6 +79,8 @@ pub struct Allocation {
     pub next_allocation: String,
     #[serde(rename = "DeploymentID")]
     pub deployment_id: String,
+    /// Its health within its deployment, as its client found it.
+    pub deployment_status: Option<super::AllocDeploymentStatus>,
     /// A delayed evaluation that will reschedule this failed allocation.
     #[serde(rename = "FollowupEvalID")]
     pub followup_eval_id: String,
@@ -308,37 +310,6 @@ impl Evaluation {
             ..Default::default()
         }
     }
-}
-
-/// A rolling update of a service job to a new version.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct Deployment {
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub namespace: String,
-    #[serde(rename = "JobID")]
-    pub job_id: String,
-    pub job_version: u64,
-    pub status: String,
-    pub status_description: String,
-    pub task_groups: BTreeMap<String, DeploymentState>,
-    pub create_index: u64,
-    pub modify_index: u64,
-}
-
-/// Progress of one task group within a deployment.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct DeploymentState {
-    pub desired_total: u32,
-    pub placed_allocs: u32,
-    pub healthy_allocs: u32,
-    pub unhealthy_allocs: u32,
-    /// Nanoseconds: the progress deadline of the group.
-    pub progress_deadline: i64,
-    /// Unix nanoseconds by which the group must make progress (0: none).
-    pub require_progress_by: i64,
 }
 
 impl Allocation {

@@ -6,6 +6,7 @@
 mod alloc;
 pub mod artifact;
 mod canonicalize;
+mod deployment;
 mod disconnect;
 mod drain;
 mod identity;
@@ -19,6 +20,7 @@ mod volume;
 
 pub use alloc::*;
 pub use canonicalize::ValidationIssue;
+pub use deployment::*;
 pub use disconnect::{reconcile, AllocState, DisconnectStrategy};
 pub use drain::*;
 pub use identity::*;

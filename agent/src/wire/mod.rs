@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod csi;
+pub mod deployment;
 pub mod identity;
 pub mod node;
 pub mod plan;

@@ -66,6 +66,11 @@ pub struct AllocClientUpdate {
     pub csi_volumes_released: bool,
     /// The allocation's address in its bridge or CNI network.
     pub network_status: Option<crate::structs::AllocNetworkStatus>,
+    /// Its health in the deployment `health_deployment_id`, once decided.
+    pub deployment_status: Option<crate::structs::AllocDeploymentStatus>,
+    /// The deployment `deployment_status` is about.
+    #[serde(rename = "HealthDeploymentID", default)]
+    pub health_deployment_id: String,
 }
 
 /// `POST /v1/node/:id/drain`: a drain to start, or none to cancel one.

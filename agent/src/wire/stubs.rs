@@ -89,6 +89,8 @@ pub struct AllocListStub {
     pub reschedule_tracker: Option<RescheduleTracker>,
     pub previous_allocation: String,
     pub next_allocation: String,
+    /// Its health in its deployment, and whether it is a canary.
+    pub deployment_status: Option<crate::structs::AllocDeploymentStatus>,
     pub create_index: u64,
     pub modify_index: u64,
     pub create_time: i64,

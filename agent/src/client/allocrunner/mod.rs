@@ -6,6 +6,7 @@
 //! `Control` of its tasks) come in over a channel; it owns its state and
 //! nothing else touches it.
 
+mod health;
 mod hooks;
 mod lifecycle;
 
@@ -14,12 +15,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::control::{self, ControlError, ControlReply, TaskAction, TaskControl};
 use super::driver::{Driver, VolumeBind};
-use super::hook::{AllocHook, HookError, HookResources};
+use super::hook::{AllocHook, ChecksHealth, HookError, HookResources};
 use super::network::ExternalCni;
 use super::state::{ClientState, PersistedAlloc};
 use super::taskrunner::{task_state, TaskRunner, TaskUpdate};
@@ -143,7 +144,7 @@ struct Runner {
     persisted: PersistedAlloc,
     deps: RunnerDeps,
     hooks: Vec<Box<dyn AllocHook>>,
-    reported: Option<(String, BTreeMap<String, TaskState>, bool)>,
+    reported: Option<Reported>,
     /// The address the network hook gave the allocation (bridge, CNI).
     network_status: Option<crate::structs::AllocNetworkStatus>,
     /// The request channels of the task runners, by task.
@@ -153,7 +154,14 @@ struct Runner {
     /// Why the tasks are killed, for their Killing events, when it is not
     /// a plain stop.
     kill_reason: Arc<std::sync::OnceLock<String>>,
+    /// Its health in its deployment, while undecided.
+    health: Option<health::HealthTracker>,
+    /// How its services' checks stand, when it has any.
+    checks: Option<ChecksHealth>,
 }
+
+/// What was last reported: status, task states, volumes released, health.
+type Reported = (String, BTreeMap<String, TaskState>, bool, Option<(String, crate::structs::AllocDeploymentStatus)>);
 
 impl Runner {
     fn task_count(&self) -> usize {
@@ -194,11 +202,17 @@ impl Runner {
 
     fn report(&mut self) {
         let (status, desc) = self.status();
-        let now = (status.to_string(), self.persisted.task_states.clone(), self.persisted.csi_volumes_released);
+        let now = (
+            status.to_string(),
+            self.persisted.task_states.clone(),
+            self.persisted.csi_volumes_released,
+            self.persisted.health.clone(),
+        );
         if self.reported.as_ref() == Some(&now) {
             return;
         }
         self.reported = Some(now);
+        let (health_deployment_id, deployment_status) = self.persisted.health.clone().unzip();
         let _ = self.deps.updates.send(AllocClientUpdate {
             id: self.alloc.id.clone(),
             client_status: status.into(),
@@ -206,7 +220,58 @@ impl Runner {
             task_states: self.persisted.task_states.clone(),
             csi_volumes_released: self.persisted.csi_volumes_released,
             network_status: self.network_status.clone(),
+            deployment_status,
+            health_deployment_id: health_deployment_id.unwrap_or_default(),
         });
+    }
+
+    /// Tells the hooks of an in-place update (their errors are logged: the
+    /// tasks run on).
+    async fn update_hooks(&self) {
+        for hook in &self.hooks {
+            if let Err(e) = hook.update(&self.alloc).await {
+                tracing::warn!(hook = hook.name(), error = %e, "updating the allocation in place");
+            }
+        }
+    }
+
+    /// Starts tracking its health when it is in a deployment that has not
+    /// had its verdict from this client.
+    fn track_health(&mut self) {
+        let dep = &self.alloc.deployment_id;
+        let decided = self.persisted.health.as_ref().is_some_and(|(d, _)| d == dep);
+        if decided || self.health.as_ref().is_some_and(|t| &t.deployment_id == dep) {
+            return;
+        }
+        let now = crate::util::now_nanos();
+        self.health = health::HealthTracker::for_alloc(&self.alloc, now);
+        if let Some(t) = &mut self.health {
+            t.tasks(&self.persisted.task_states);
+            if let Some(c) = &self.checks {
+                t.checks(c, now);
+            }
+        }
+        self.judge_health();
+    }
+
+    /// Records and reports the health verdict, once there is one; an
+    /// unhealthy allocation's running tasks get an `Alloc Unhealthy` event.
+    fn judge_health(&mut self) {
+        let now = crate::util::now_nanos();
+        let Some(tracker) = &self.health else { return };
+        let Some(verdict) = tracker.verdict(now) else { return };
+        let healthy = verdict == health::Verdict::Healthy;
+        if let health::Verdict::Unhealthy(why) = verdict {
+            tracing::info!(deployment_id = %tracker.deployment_id, reason = %why, "allocation unhealthy");
+            let (reply, _) = oneshot::channel();
+            self.control(None, TaskAction::Event(TaskEvent::new("Alloc Unhealthy", why)), reply);
+        }
+        let status =
+            crate::structs::AllocDeploymentStatus { healthy: Some(healthy), timestamp: now, ..Default::default() };
+        self.persisted.health = Some((tracker.deployment_id.clone(), status));
+        self.health = None;
+        self.persist(true);
+        self.report();
     }
 
     /// Runs the prerun hooks, unless a stop, a removal or the agent's
@@ -469,7 +534,10 @@ async fn run(
         controls: BTreeMap::new(),
         lifecycle: None,
         kill_reason: Default::default(),
+        health: None,
+        checks: None,
     };
+    let mut checks: Option<watch::Receiver<ChecksHealth>> = None;
     let kill = CancellationToken::new();
     let (task_tx, mut task_rx) = mpsc::unbounded_channel::<TaskUpdate>();
     // Done when every task has ended (a failed one ends the others, and
@@ -491,12 +559,16 @@ async fn run(
         }
     } else {
         match r.setup(&mut commands).await {
-            Setup::Ready(res) => match r.start_tasks(&kill, &task_tx, &res) {
-                Ok(()) if res.network.as_ref().is_some_and(|n| n.is_addressed()) => {
-                    r.network_status = res.network.as_ref().map(|n| n.status());
-                    r.persist(false)
+            Setup::Ready(mut res) => match r.start_tasks(&kill, &task_tx, &res) {
+                Ok(()) => {
+                    if res.network.as_ref().is_some_and(|n| n.is_addressed()) {
+                        r.network_status = res.network.as_ref().map(|n| n.status());
+                    }
+                    checks = res.checks.take();
+                    r.checks = checks.as_ref().map(|c| c.borrow().clone());
+                    r.persist(false);
+                    r.track_health();
                 }
-                Ok(()) => r.persist(false),
                 Err(e) => r.setup_failed(&e, &kill, &task_tx).await,
             },
             Setup::Failed { hook, error } => r.setup_failed(&format!("{hook} hook: {error}"), &kill, &task_tx).await,
@@ -520,10 +592,22 @@ async fn run(
     }
     r.report();
     loop {
+        let health_wake = r.health.as_ref().map(|t| nanos_until(t.wake_at()));
         let max_run = r.alloc.max_run_deadline().filter(|_| !kill.is_cancelled() && !r.persisted.max_run_exceeded);
-        let left = max_run.map(|d| Duration::from_nanos(u64::try_from(d - crate::util::now_nanos()).unwrap_or(0)));
+        let left = max_run.map(nanos_until);
         tokio::select! {
             _ = tokio::time::sleep(left.unwrap_or_default()), if left.is_some() => r.exceed_max_run(&kill),
+            _ = tokio::time::sleep(health_wake.unwrap_or_default()), if health_wake.is_some() => r.judge_health(),
+            health = changed(&mut checks), if checks.is_some() => match health {
+                Some(h) => {
+                    if let Some(t) = &mut r.health {
+                        t.checks(&h, crate::util::now_nanos());
+                    }
+                    r.checks = Some(h);
+                    r.judge_health();
+                }
+                None => checks = None,
+            },
             Some(u) = task_rx.recv() => {
                 let failed = u.state.failed;
                 let handle_changed = r.persisted.handles.get(&u.task) != u.handle.as_ref();
@@ -541,7 +625,11 @@ async fn run(
                 for h in &r.hooks {
                     h.task_states(&r.persisted.task_states, &r.persisted.handles);
                 }
+                if let Some(t) = &mut r.health {
+                    t.tasks(&r.persisted.task_states);
+                }
                 r.persist(handle_changed);
+                r.judge_health();
                 r.report();
                 if finished(&r) || (kill.is_cancelled() && r.persisted.handles.is_empty() && all_dead(&r)) {
                     r.run_postrun().await;
@@ -556,6 +644,13 @@ async fn run(
                     r.alloc = *a;
                     if r.alloc.server_terminal() {
                         kill.cancel();
+                        r.health = None;
+                    } else if !kill.is_cancelled() {
+                        r.update_hooks().await;
+                        if let Some(rx) = &mut checks {
+                            r.checks = Some(rx.borrow_and_update().clone());
+                        }
+                        r.track_health();
                     }
                     r.persist(true);
                     // The servers marked it unknown while this node was out
@@ -596,6 +691,19 @@ async fn run(
             _ = r.deps.shutdown.cancelled() => return,
         }
     }
+}
+
+/// The time from now to `at` (Unix nanoseconds), zero once past.
+fn nanos_until(at: i64) -> Duration {
+    Duration::from_nanos(u64::try_from(at.saturating_sub(crate::util::now_nanos())).unwrap_or(0))
+}
+
+/// The next health of the checks, or `None` once their watcher is gone.
+async fn changed(checks: &mut Option<watch::Receiver<ChecksHealth>>) -> Option<ChecksHealth> {
+    let rx = checks.as_mut()?;
+    rx.changed().await.ok()?;
+    let health = rx.borrow_and_update().clone();
+    Some(health)
 }
 
 fn all_dead(r: &Runner) -> bool {

@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::control::{TaskAction, TaskRequester};
 use super::driver::{Driver, TaskHandle};
-use super::hook::{AllocHook, HookResources, HookResult};
+use super::hook::{AllocHook, ChecksHealth, HookResources, HookResult};
 use super::rpc::ServerRpc;
 use super::taskrunner::task_state;
 use crate::structs::{Allocation, Node, ServiceRegistration, TaskState};
@@ -61,6 +61,9 @@ impl ServiceHook {
 
 enum Message {
     Tasks(BTreeMap<String, TaskState>, BTreeMap<String, TaskHandle>),
+    /// The allocation's services as its new job version has them; the
+    /// reply comes once the checks' health reflects them.
+    Update(state::Services, oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -78,6 +81,9 @@ impl AllocHook for ServiceHook {
             let alloc_ip = res.network.as_ref().filter(|n| n.is_addressed()).map(|n| n.alloc.ip.to_string());
             let places = address::Places::new(alloc, &self.node, alloc_ip);
             let (tx, rx) = mpsc::unbounded_channel();
+            let state = state::ServicesState::new(alloc, services, places);
+            let (health, checks) = watch::channel(state.health());
+            res.checks = Some(checks);
             let watcher = Watcher {
                 alloc_id: alloc.id.clone(),
                 node: self.node.clone(),
@@ -85,7 +91,8 @@ impl AllocHook for ServiceHook {
                 drivers: self.drivers.clone(),
                 checks: self.checks.clone(),
                 tasks: self.tasks.clone(),
-                state: state::ServicesState::new(alloc, services, places),
+                state,
+                health,
                 synced: None,
             };
             tokio::spawn(watcher.run(rx));
@@ -99,6 +106,20 @@ impl AllocHook for ServiceHook {
         if let Some(tx) = self.watcher.lock().as_ref() {
             let _ = tx.send(Message::Tasks(states.clone(), handles.clone()));
         }
+    }
+
+    fn update<'a>(&'a self, alloc: &'a Allocation) -> HookResult<'a> {
+        async move {
+            let watcher = self.watcher.lock().clone();
+            if let Some(tx) = watcher {
+                let (done, wait) = oneshot::channel();
+                if tx.send(Message::Update(state::Services::of(alloc), done)).is_ok() {
+                    let _ = wait.await;
+                }
+            }
+            Ok(())
+        }
+        .boxed()
     }
 
     fn postrun<'a>(&'a self, _alloc: &'a Allocation) -> HookResult<'a> {
@@ -126,6 +147,8 @@ struct Watcher {
     checks: CheckScheduler,
     tasks: TaskRequester,
     state: state::ServicesState,
+    /// How the checks stand, for the deployment health of the allocation.
+    health: watch::Sender<ChecksHealth>,
     /// What the registry was last told (`None`: nothing yet, or it failed).
     synced: Option<Vec<ServiceRegistration>>,
 }
@@ -137,6 +160,7 @@ impl Watcher {
     async fn run(mut self, mut messages: mpsc::UnboundedReceiver<Message>) {
         let (results_tx, mut results) = mpsc::unbounded_channel::<(String, Outcome)>();
         let mut handles = BTreeMap::new();
+        let mut updated = None;
         loop {
             let retry = self.synced.is_none() && self.state.any_active();
             tokio::select! {
@@ -149,17 +173,16 @@ impl Watcher {
                             .map(|(name, _)| name.clone())
                             .collect();
                         let change = self.state.set_running(running);
-                        for id in change.stopped {
-                            self.checks.remove(&id);
-                        }
-                        for check in change.started {
-                            self.checks.add(check, results_tx.clone());
-                        }
+                        self.apply(change, &results_tx);
+                    }
+                    Some(Message::Update(services, done)) => {
+                        let change = self.state.set_services(services);
+                        self.apply(change, &results_tx);
+                        updated = Some(done);
                     }
                     Some(Message::Stop(done)) => {
-                        for id in self.state.set_running(Default::default()).stopped {
-                            self.checks.remove(&id);
-                        }
+                        let change = self.state.set_running(Default::default());
+                        self.apply(change, &results_tx);
                         self.sync(Vec::new()).await;
                         let _ = done.send(());
                         return;
@@ -185,10 +208,25 @@ impl Watcher {
                 }
                 _ = tokio::time::sleep(SYNC_RETRY), if retry => {}
             }
+            let health = self.state.health();
+            self.health.send_if_modified(|was| std::mem::replace(was, health.clone()) != health);
+            if let Some(done) = updated.take() {
+                let _ = done.send(());
+            }
             let wanted = self.state.registrations(&self.alloc_id);
             if self.synced.as_ref() != Some(&wanted) {
                 self.sync(wanted).await;
             }
+        }
+    }
+
+    /// Stops and starts checks on the client's scheduler as `change` says.
+    fn apply(&self, change: state::Change, results: &mpsc::UnboundedSender<(String, Outcome)>) {
+        for id in change.stopped {
+            self.checks.remove(&id);
+        }
+        for check in change.started {
+            self.checks.add(check, results.clone());
         }
     }
 

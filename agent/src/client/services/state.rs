@@ -11,7 +11,10 @@ use sha2::{Digest, Sha256};
 use super::address::Places;
 use super::probe::{Outcome, Probe};
 use super::scheduler::ScheduledCheck;
-use crate::structs::{check_status, Allocation, CheckQueryResult, Service, ServiceCheck, ServiceRegistration};
+use crate::client::hook::ChecksHealth;
+use crate::structs::{
+    check_mode, check_status, on_update, Allocation, CheckQueryResult, Service, ServiceCheck, ServiceRegistration,
+};
 
 /// One `service` block of the allocation.
 #[derive(Debug, Clone)]
@@ -182,6 +185,37 @@ impl ServicesState {
         change
     }
 
+    /// The allocation's services as a new job version has them (an
+    /// in-place update): a check that is the same as before and probes the
+    /// same place keeps running with its status and counts; the others
+    /// stop, and the checks of live services start afresh.
+    pub fn set_services(&mut self, entries: Services) -> Change {
+        let before = std::mem::take(&mut self.checks);
+        let probes: BTreeMap<&String, Result<Probe, String>> =
+            before.iter().map(|(id, c)| (id, self.probe(&self.entries.0[c.entry], &c.check))).collect();
+        let running = std::mem::take(&mut self.running);
+        self.entries = entries;
+        let mut change = self.set_running(running);
+        let (mut started, mut kept) = (Vec::new(), BTreeSet::new());
+        for check in std::mem::take(&mut change.started) {
+            let (Some(old), Some(new)) = (before.get(&check.id), self.checks.get(&check.id)) else {
+                started.push(check);
+                continue;
+            };
+            let same = old.check == new.check && old.task == new.task && probes[&check.id] == Ok(check.probe.clone());
+            if !same {
+                started.push(check);
+                continue;
+            }
+            let state = CheckState { entry: new.entry, ..old.clone() };
+            self.checks.insert(check.id.clone(), state);
+            kept.insert(check.id);
+        }
+        change.started = started;
+        change.stopped = before.into_keys().filter(|id| !kept.contains(id)).collect();
+        change
+    }
+
     fn probe(&self, entry: &Entry, check: &ServiceCheck) -> Result<Probe, String> {
         let (ip, port) = self.places.check(&entry.service, check)?;
         let addr = format!("{ip}:{port}");
@@ -257,6 +291,27 @@ impl ServicesState {
         state.counts_from = Instant::now() + Duration::from_nanos(restart.grace.max(0) as u64);
         let task = state.task.clone()?;
         Some((task, format!("healthcheck: check {:?} unhealthy", state.check.name)))
+    }
+
+    /// How the checks a deployment waits for stand: a check of a service
+    /// not live yet does not pass; a warning passes with
+    /// `on_update = "ignore_warnings"`; `on_update = "ignore"` is not
+    /// looked at.
+    pub fn health(&self) -> ChecksHealth {
+        let mut health = ChecksHealth::default();
+        for entry in &self.entries.0 {
+            let mut ok = true;
+            for check in entry.service.checks.iter().filter(|c| c.mode() == check_mode::HEALTHINESS) {
+                health.total += 1;
+                let status = self.checks.get(&self.check_id(entry, check)).map(|c| c.result.status.as_str());
+                ok &= status == Some(check_status::SUCCESS)
+                    || (status == Some(check_status::WARNING) && check.on_update == on_update::IGNORE_WARNINGS);
+            }
+            if !ok && !health.failing.contains(&entry.service.name) {
+                health.failing.push(entry.service.name.clone());
+            }
+        }
+        health
     }
 
     /// The registrations of the live services with their checks' results,
@@ -407,5 +462,26 @@ mod tests {
         });
         let id = run_redis(&mut graced);
         assert_eq!(graced.record(&id, outcome(false)), None, "failures in the grace period do not count");
+    }
+
+    #[test]
+    fn an_in_place_update_keeps_unchanged_checks_and_restarts_changed_ones() {
+        let mut s = tcp(|_| {});
+        let id = run_redis(&mut s);
+        s.record(&id, outcome(true));
+        let same = alloc(s.checks[&id].check.clone());
+        let change = s.set_services(Services::of(&same));
+        assert!(change.started.is_empty() && change.stopped.is_empty(), "{change:?}");
+        assert_eq!(s.registrations("a1")[0].checks[0].status, check_status::SUCCESS, "keeps its status");
+        assert!(s.health().passing());
+
+        let mut changed = s.checks[&id].check.clone();
+        changed.interval = 5_000_000_000;
+        let change = s.set_services(Services::of(&alloc(changed)));
+        assert_eq!(change.stopped, [id]);
+        assert_eq!(change.started.len(), 1);
+        assert_eq!(change.started[0].interval, Duration::from_secs(5));
+        assert_eq!(s.registrations("a1")[0].checks[0].status, check_status::PENDING, "starts afresh");
+        assert!(!s.health().passing());
     }
 }

@@ -22,7 +22,7 @@ use crate::structs::{AllocMetric, Allocation, Deployment, Evaluation};
 use crate::wire::plan::DesiredUpdates;
 
 pub use feasible::{constraint_holds, glob_match};
-pub use reconcile::tasks_updated;
+pub use reconcile::{reschedule_eligible, tasks_updated};
 
 /// The scheduler's output for one evaluation.
 #[derive(Debug, Clone, Default)]

@@ -26,8 +26,9 @@ use super::rank::Placer;
 use super::{new_id, Plan};
 use crate::server::state::Tables;
 use crate::structs::{
-    client_status, desired, eval_status, node_status, AllocMetric, Allocation, Deployment, DeploymentState, Evaluation,
-    Job, RescheduleEvent, ReschedulePolicy, RescheduleTracker, TaskGroup,
+    client_status, deployment_description, deployment_status, desired, eval_status, node_status, AllocDeploymentStatus,
+    AllocMetric, Allocation, Deployment, Evaluation, Job, RescheduleEvent, ReschedulePolicy, RescheduleTracker,
+    TaskGroup, JOB_TYPE_SERVICE,
 };
 use crate::util::now_nanos;
 use crate::wire::plan::DesiredUpdates;
@@ -70,6 +71,15 @@ struct PlaceRequest {
     index: u32,
     previous: Option<Arc<Allocation>>,
     reschedule: bool,
+    /// A canary of the job's new version, placed beside the old one.
+    canary: bool,
+}
+
+impl PlaceRequest {
+    /// A placement at `index`, replacing `previous` if any.
+    fn at(index: u32, previous: Option<Arc<Allocation>>) -> PlaceRequest {
+        PlaceRequest { index, previous, reschedule: false, canary: false }
+    }
 }
 
 /// One evaluation's reconciliation.
@@ -78,6 +88,8 @@ pub struct Reconciler<'a> {
     eval: &'a Evaluation,
     now: i64,
     plan: Plan,
+    /// Canaries each group wants in this job version's deployment.
+    canaries: BTreeMap<String, u32>,
 }
 
 fn stopped(a: &Allocation, description: &str, client: Option<&str>) -> Allocation {
@@ -89,6 +101,13 @@ fn stopped(a: &Allocation, description: &str, client: Option<&str>) -> Allocatio
         s.client_description = description.into();
     }
     s
+}
+
+/// Whether a failed allocation may still be replaced under its group's
+/// reschedule policy at `now`.
+pub fn reschedule_eligible(job: &Job, a: &Allocation, now: i64) -> bool {
+    let policy = job.task_group(&a.task_group).and_then(|tg| tg.reschedule_policy.clone()).unwrap_or_default();
+    reschedule_delay(&policy, a.reschedule_tracker.as_ref(), now).is_some()
 }
 
 fn reschedule_delay(policy: &ReschedulePolicy, tracker: Option<&RescheduleTracker>, now: i64) -> Option<i64> {
@@ -121,7 +140,7 @@ fn reschedule_delay(policy: &ReschedulePolicy, tracker: Option<&RescheduleTracke
 impl<'a> Reconciler<'a> {
     /// A reconciler for `eval` over `snap`.
     pub fn new(snap: &'a Tables, eval: &'a Evaluation) -> Self {
-        Reconciler { snap, eval, now: now_nanos(), plan: Plan::default() }
+        Reconciler { snap, eval, now: now_nanos(), plan: Plan::default(), canaries: BTreeMap::new() }
     }
 
     /// Runs the reconciliation and returns the plan.
@@ -207,7 +226,7 @@ impl<'a> Reconciler<'a> {
                     occupied.insert(a.index());
                     if tg.replaces_unknown() && !replaced {
                         upd.place += 1;
-                        requests.push(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: false });
+                        requests.push(PlaceRequest::at(a.index(), Some(a.clone())));
                     }
                     continue;
                 }
@@ -229,7 +248,7 @@ impl<'a> Reconciler<'a> {
                 occupied.insert(a.index());
                 if !replaced {
                     upd.place += 1;
-                    requests.push(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: false });
+                    requests.push(PlaceRequest::at(a.index(), Some(a.clone())));
                 }
                 continue;
             }
@@ -262,7 +281,7 @@ impl<'a> Reconciler<'a> {
                 self.plan.update.push(stopped(&a, MIGRATING, None));
                 freed.insert(a.id.clone());
                 upd.migrate += 1;
-                requests.push(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: false });
+                requests.push(PlaceRequest::at(a.index(), Some(a.clone())));
                 occupied.insert(a.index());
                 continue;
             }
@@ -274,7 +293,7 @@ impl<'a> Reconciler<'a> {
                     self.plan.update.push(stopped(&a, "alloc complete; replacing", None));
                     freed.insert(a.id.clone());
                     upd.place += 1;
-                    requests.push(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: false });
+                    requests.push(PlaceRequest::at(a.index(), Some(a.clone())));
                     occupied.insert(a.index());
                 }
                 client_status::FAILED => {
@@ -322,36 +341,7 @@ impl<'a> Reconciler<'a> {
             }
             untainted = keep;
         }
-        // Updates to the new job version.
-        let max_parallel = tg.update.as_ref().map(|u| u.max_parallel).unwrap_or(0) as usize;
-        let in_flight = untainted
-            .iter()
-            .filter(|a| a.job_version() == job.version && a.client_status == client_status::PENDING)
-            .count();
-        let mut budget = if max_parallel == 0 { usize::MAX } else { max_parallel.saturating_sub(in_flight) };
-        untainted.sort_by_key(|a| a.index());
-        for a in untainted {
-            if a.job_version() == job.version {
-                upd.ignore += 1;
-                continue;
-            }
-            let old_tg = a.job.as_ref().and_then(|j| j.task_group(&tg.name));
-            let destructive = old_tg.map(|old| tasks_updated(old, tg)).unwrap_or(true);
-            if !destructive {
-                let mut updated = (*a).clone();
-                updated.job = Some(job.clone());
-                self.plan.update.push(updated);
-                upd.in_place_update += 1;
-            } else if budget > 0 {
-                budget -= 1;
-                self.plan.update.push(stopped(&a, "alloc is being updated due to job update", None));
-                freed.insert(a.id.clone());
-                upd.destructive_update += 1;
-                requests.push(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: false });
-            } else {
-                upd.ignore += 1;
-            }
-        }
+        self.roll_out(job, tg, untainted, &mut upd, &mut requests, freed);
         // Scale up into the lowest free indexes.
         let mut next = 0u32;
         while occupied.len() < desired_count {
@@ -360,7 +350,7 @@ impl<'a> Reconciler<'a> {
             }
             occupied.insert(next);
             upd.place += 1;
-            requests.push(PlaceRequest { index: next, previous: None, reschedule: false });
+            requests.push(PlaceRequest::at(next, None));
         }
         // Reconnected allocations the plan does not already change.
         let changed: HashSet<&str> = self.plan.update.iter().map(|u| u.id.as_str()).collect();
@@ -369,6 +359,81 @@ impl<'a> Reconciler<'a> {
         self.plan.update.extend(recorded);
         self.plan.desired_updates.insert(tg.name.clone(), upd);
         requests
+    }
+
+    /// Moves a group's kept allocations to the job's version: in place
+    /// when only non-task fields changed; otherwise canaries first (when
+    /// the group has them and its deployment is not promoted), then
+    /// destructive updates, no more at a time than `max_parallel` less the
+    /// new allocations not yet healthy, and none while the deployment is
+    /// paused or failed.
+    fn roll_out(
+        &mut self,
+        job: &Arc<Job>,
+        tg: &TaskGroup,
+        mut untainted: Vec<Arc<Allocation>>,
+        upd: &mut DesiredUpdates,
+        requests: &mut Vec<PlaceRequest>,
+        freed: &mut HashSet<String>,
+    ) {
+        let update = tg.update.as_ref().filter(|u| u.max_parallel > 0 && job.job_type == JOB_TYPE_SERVICE);
+        let dep = self.snap.latest_deployment(&job.namespace, &job.id).filter(|d| d.job_version == job.version);
+        let held = dep.as_ref().is_some_and(|d| d.status != deployment_status::RUNNING);
+        let promoted = dep.as_ref().and_then(|d| d.task_groups.get(&tg.name)).is_some_and(|s| s.promoted);
+        let current = |a: &Allocation| a.job_version() == job.version;
+        let not_ready = untainted.iter().filter(|a| current(a) && !a.is_healthy()).count();
+        let mut budget = match update {
+            None => usize::MAX,
+            Some(_) if held => 0,
+            Some(u) => (u.max_parallel as usize).saturating_sub(not_ready),
+        };
+        let canary_indexes: BTreeSet<u32> =
+            untainted.iter().filter(|a| current(a) && a.is_canary()).map(|a| a.index()).collect();
+        untainted.sort_by_key(|a| a.index());
+        let mut destructive = Vec::new();
+        for a in untainted {
+            if current(&a) {
+                upd.ignore += 1;
+                continue;
+            }
+            let old_tg = a.job.as_ref().and_then(|j| j.task_group(&tg.name));
+            if old_tg.is_some_and(|old| !tasks_updated(old, tg)) {
+                let mut updated = (*a).clone();
+                updated.job = Some(job.clone());
+                self.plan.update.push(updated);
+                upd.in_place_update += 1;
+            } else {
+                destructive.push(a);
+            }
+        }
+        let canaries = update.map_or(0, |u| u.canary);
+        if canaries > 0 && !promoted && !destructive.is_empty() {
+            self.canaries.insert(tg.name.clone(), canaries);
+            let missing = (canaries as usize).saturating_sub(canary_indexes.len());
+            let beside = destructive.iter().filter(|a| !canary_indexes.contains(&a.index())).take(missing);
+            for a in beside.filter(|_| !held) {
+                upd.canary += 1;
+                requests.push(PlaceRequest { canary: true, ..PlaceRequest::at(a.index(), None) });
+            }
+            upd.ignore += destructive.len() as u64;
+            return;
+        }
+        for a in destructive {
+            if canary_indexes.contains(&a.index()) {
+                // A promoted canary took its place.
+                self.plan.update.push(stopped(&a, "alloc not needed due to job update", None));
+                freed.insert(a.id.clone());
+                upd.stop += 1;
+            } else if budget > 0 {
+                budget -= 1;
+                self.plan.update.push(stopped(&a, "alloc is being updated due to job update", None));
+                freed.insert(a.id.clone());
+                upd.destructive_update += 1;
+                requests.push(PlaceRequest::at(a.index(), Some(a.clone())));
+            } else {
+                upd.ignore += 1;
+            }
+        }
     }
 
     /// Marks `a` unknown, with an evaluation at `until` that finds it lost
@@ -434,7 +499,7 @@ impl<'a> Reconciler<'a> {
             return None;
         }
         self.plan.update.push(stopped(a, "alloc was rescheduled because it failed", None));
-        Some(PlaceRequest { index: a.index(), previous: Some(a.clone()), reschedule: true })
+        Some(PlaceRequest { reschedule: true, ..PlaceRequest::at(a.index(), Some(a.clone())) })
     }
 
     /// Finds nodes for a group's placements.
@@ -533,8 +598,7 @@ impl<'a> Reconciler<'a> {
             match placer.place_on(job, tg, node_id, &mut attempt) {
                 Some(p) => {
                     let index = 0;
-                    let alloc =
-                        self.new_alloc(job, tg, PlaceRequest { index, previous: None, reschedule: false }, p, attempt);
+                    let alloc = self.new_alloc(job, tg, PlaceRequest::at(index, None), p, attempt);
                     self.plan.place.push(alloc);
                     upd.place += 1;
                 }
@@ -576,6 +640,9 @@ impl<'a> Reconciler<'a> {
             });
             tracker = Some(t);
         }
+        // A canary's replacement is a canary too.
+        let canary =
+            req.canary || req.previous.as_ref().is_some_and(|p| p.is_canary() && p.job_version() == job.version);
         Allocation {
             id: new_id(),
             namespace: job.namespace.clone(),
@@ -592,27 +659,36 @@ impl<'a> Reconciler<'a> {
             previous_allocation: req.previous.map(|p| p.id.clone()).unwrap_or_default(),
             reschedule_tracker: tracker,
             metrics: Some(metric),
+            deployment_status: canary.then(|| AllocDeploymentStatus { canary, ..Default::default() }),
             ..Default::default()
         }
     }
 
-    /// Service jobs get a deployment per job version that places or updates.
+    /// Service jobs whose groups have an `update` block get a deployment
+    /// per job version that places or updates allocations; it takes in
+    /// this plan's placements and in-place updates of those groups.
     fn finish_deployment(&mut self, job: &Arc<Job>) {
-        if job.job_type != crate::structs::JOB_TYPE_SERVICE {
+        let rolled = |tg: &&TaskGroup| tg.update.as_ref().is_some_and(|u| u.max_parallel > 0);
+        if job.job_type != JOB_TYPE_SERVICE || !job.task_groups.iter().any(|tg| rolled(&tg)) {
             return;
         }
-        let latest = self.snap.latest_deployment(&job.namespace, &job.id);
+        let snap = self.snap;
+        let latest = snap.latest_deployment(&job.namespace, &job.id);
         let current = latest.filter(|d| d.job_version == job.version);
-        let touched = !self.plan.place.is_empty()
-            || self.plan.desired_updates.values().any(|u| u.destructive_update + u.in_place_update > 0);
-        let dep = match current {
+        let in_place = |a: &Allocation| {
+            a.job_version() == job.version
+                && a.desired_status == desired::RUN
+                && snap.alloc(&a.id).is_some_and(|old| old.job_version() != job.version)
+        };
+        let touched = !self.plan.place.is_empty() || self.plan.update.iter().any(in_place);
+        let mut dep = match current {
             Some(d) => (*d).clone(),
             None if touched => {
-                for old in self.snap.deployments() {
-                    if old.namespace == job.namespace && old.job_id == job.id && old.status == "running" {
+                for old in snap.deployments() {
+                    if old.namespace == job.namespace && old.job_id == job.id && old.is_active() {
                         let mut c = (**old).clone();
-                        c.status = "cancelled".into();
-                        c.status_description = "Cancelled due to newer version of job".into();
+                        c.status = deployment_status::CANCELLED.into();
+                        c.status_description = deployment_description::NEWER_JOB.into();
                         self.plan.cancel_deployments.push(c);
                     }
                 }
@@ -621,29 +697,42 @@ impl<'a> Reconciler<'a> {
                     namespace: job.namespace.clone(),
                     job_id: job.id.clone(),
                     job_version: job.version,
-                    status: "running".into(),
-                    status_description: "Deployment is running".into(),
-                    task_groups: BTreeMap::new(),
+                    status: deployment_status::RUNNING.into(),
+                    status_description: deployment_description::RUNNING.into(),
                     ..Default::default()
                 }
             }
             None => return,
         };
-        if dep.status != "running" {
+        if !dep.is_active() {
             return;
         }
-        let mut dep = dep;
-        for tg in &job.task_groups {
-            let state = dep.task_groups.entry(tg.name.clone()).or_insert_with(DeploymentState::default);
+        for tg in job.task_groups.iter().filter(rolled) {
+            let Some(update) = &tg.update else { continue };
+            let state = dep.task_groups.entry(tg.name.clone()).or_default();
             state.desired_total = tg.count;
-            state.placed_allocs += self.plan.place.iter().filter(|a| a.task_group == tg.name).count() as u32;
-            state.progress_deadline = tg.update.as_ref().map(|u| u.progress_deadline).unwrap_or(0);
+            state.auto_revert = update.auto_revert;
+            state.auto_promote = update.auto_promote;
+            if let Some(n) = self.canaries.get(&tg.name) {
+                state.desired_canaries = *n;
+            }
+            state.progress_deadline = update.progress_deadline;
             if state.progress_deadline > 0 && state.require_progress_by == 0 {
                 state.require_progress_by = self.now + state.progress_deadline;
             }
-        }
-        for a in &mut self.plan.place {
-            a.deployment_id = dep.id.clone();
+            let group = |a: &&mut Allocation| a.task_group == tg.name;
+            for a in self.plan.place.iter_mut().filter(group) {
+                a.deployment_id = dep.id.clone();
+                state.placed_allocs += 1;
+                if a.is_canary() {
+                    state.placed_canaries.push(a.id.clone());
+                }
+            }
+            for a in self.plan.update.iter_mut().filter(group).filter(|a| in_place(a) && a.deployment_id != dep.id) {
+                a.deployment_id = dep.id.clone();
+                a.deployment_status = None;
+                state.placed_allocs += 1;
+            }
         }
         self.plan.deployment = Some(dep);
     }

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use super::{process, Plan};
 use crate::server::state::{StateStore, WriteBatch};
 use crate::structs::{
-    client_status, desired, eval_status, node_status, Allocation, Constraint, DriverInfo, Evaluation, Job,
-    NetworkResource, Node, Port, ReschedulePolicy, RescheduleTracker, Resources, Task, TaskGroup, UpdateStrategy,
-    JOB_TYPE_BATCH, JOB_TYPE_SYSTEM,
+    client_status, deployment_status, desired, eval_status, node_status, AllocDeploymentStatus, Allocation, Constraint,
+    Deployment, DriverInfo, Evaluation, Job, NetworkResource, Node, Port, ReschedulePolicy, RescheduleTracker,
+    Resources, Task, TaskGroup, UpdateStrategy, JOB_TYPE_BATCH, JOB_TYPE_SYSTEM,
 };
 use crate::util::{new_id, now_nanos};
 
@@ -217,6 +217,23 @@ impl Harness {
         for a in self.live(job_id) {
             self.set_client_status(&a.id, status);
         }
+    }
+
+    /// Every live allocation of the job runs, and is healthy in its
+    /// deployment (as its client reports once it has been).
+    fn set_all_healthy(&self, job_id: &str) {
+        for a in self.live(job_id) {
+            self.update_alloc(&a.id, |a| {
+                a.client_status = client_status::RUNNING.into();
+                let canary = a.is_canary();
+                a.deployment_status = Some(AllocDeploymentStatus { healthy: Some(true), canary, ..Default::default() });
+            });
+        }
+    }
+
+    /// The job's latest deployment.
+    fn deployment(&self, job_id: &str) -> Deployment {
+        (*self.store.snapshot().latest_deployment("default", job_id).expect("a deployment")).clone()
     }
 
     /// Checks that no ready node holds more than it offers, and that no two
@@ -1037,23 +1054,99 @@ fn max_parallel_limits_destructive_updates_per_eval() {
     assert_eq!((u.destructive_update, u.ignore), (1, 2));
     assert_eq!(plan.place.len(), 1);
     assert_eq!(plan.update.len(), 1);
-    // While the new allocation is pending, the next eval updates nothing more.
+    // While the new allocation is pending, and while it runs but is not
+    // healthy yet, the next eval updates nothing more.
     let plan = h.eval("web");
     assert_eq!(plan.desired_updates["web"].destructive_update, 0);
     assert!(plan.place.is_empty());
-    // Once it runs, the next one goes.
     h.set_all_client_status("web", client_status::RUNNING);
+    assert_eq!(h.eval("web").desired_updates["web"].destructive_update, 0);
+    // Once it is healthy, the next one goes.
+    h.set_all_healthy("web");
     let plan = h.eval("web");
     assert_eq!(plan.desired_updates["web"].destructive_update, 1);
-    h.set_all_client_status("web", client_status::RUNNING);
+    h.set_all_healthy("web");
     let plan = h.eval("web");
     assert_eq!(plan.desired_updates["web"].destructive_update, 1);
-    h.set_all_client_status("web", client_status::RUNNING);
+    h.set_all_healthy("web");
     let plan = h.eval("web");
     assert_eq!(plan.desired_updates["web"], super::DesiredUpdates { ignore: 3, ..Default::default() });
     let live = h.live("web");
     assert_eq!(indexes(&live), vec![0, 1, 2]);
     assert!(live.iter().all(|a| a.job_version() == 1));
+}
+
+#[test]
+fn a_failed_or_paused_deployment_updates_nothing_more() {
+    let h = Harness::new();
+    h.add_nodes(3, 8000, 16384);
+    let mut j = job("web", 3);
+    j.update = Some(UpdateStrategy { max_parallel: 1, ..Default::default() });
+    h.register(j);
+    h.eval("web");
+    h.set_all_healthy("web");
+    h.update_job("web", |j| {
+        group(j).tasks[0].config.insert("args".into(), serde_json::json!(["7200"]));
+    });
+    assert_eq!(h.eval("web").desired_updates["web"].destructive_update, 1);
+    h.set_all_healthy("web");
+    for held in [deployment_status::PAUSED, deployment_status::FAILED] {
+        let mut d = h.deployment("web");
+        d.status = held.into();
+        h.apply(WriteBatch { deployments: vec![d], ..Default::default() });
+        let plan = h.eval("web");
+        assert_eq!(plan.desired_updates["web"].destructive_update, 0, "{held} deployment");
+        assert!(plan.place.is_empty());
+    }
+    let live = h.live("web");
+    assert_eq!(live.iter().filter(|a| a.job_version() == 0).count(), 2, "the old version keeps running");
+}
+
+#[test]
+fn canaries_run_beside_the_old_version_until_promoted() {
+    let h = Harness::new();
+    h.add_nodes(3, 8000, 16384);
+    let mut j = job("web", 3);
+    j.update = Some(UpdateStrategy { max_parallel: 1, canary: 1, ..Default::default() });
+    h.register(j);
+    let first = h.eval("web");
+    assert!(first.place.iter().all(|a| !a.is_canary()), "a new job has no canaries");
+    assert_eq!(h.deployment("web").task_groups["web"].desired_canaries, 0);
+    h.set_all_healthy("web");
+    h.update_job("web", |j| {
+        group(j).tasks[0].config.insert("args".into(), serde_json::json!(["7200"]));
+    });
+    let plan = h.eval("web");
+    let u = &plan.desired_updates["web"];
+    assert_eq!((u.canary, u.destructive_update, u.stop), (1, 0, 0));
+    assert_eq!(plan.place.len(), 1);
+    let canary = &plan.place[0];
+    assert!(canary.is_canary() && canary.previous_allocation.is_empty());
+    let dep = h.deployment("web");
+    let state = &dep.task_groups["web"];
+    assert_eq!((state.desired_canaries, state.placed_canaries.clone()), (1, vec![canary.id.clone()]));
+    assert!(dep.requires_promotion());
+    // Healthy, not promoted: still nothing more.
+    h.set_all_healthy("web");
+    let plan = h.eval("web");
+    assert!(plan.place.is_empty() && plan.update.is_empty(), "waits for promotion: {:?}", plan.desired_updates);
+    assert_eq!(h.live("web").len(), 4, "three old beside one canary");
+    // Promoted: the old allocation beside the canary stops unreplaced, and
+    // the rest roll one at a time.
+    let mut d = h.deployment("web");
+    d.task_groups.get_mut("web").unwrap().promoted = true;
+    h.apply(WriteBatch { deployments: vec![d], ..Default::default() });
+    let plan = h.eval("web");
+    let u = &plan.desired_updates["web"];
+    assert_eq!((u.stop, u.destructive_update, u.canary), (1, 1, 0));
+    for _ in 0..3 {
+        h.set_all_healthy("web");
+        h.eval("web");
+    }
+    let live = h.live("web");
+    assert_eq!(indexes(&live), vec![0, 1, 2]);
+    assert!(live.iter().all(|a| a.job_version() == 1));
+    assert!(live.iter().any(|a| a.id == canary.id), "the canary stays");
 }
 
 // === failures and rescheduling ===
