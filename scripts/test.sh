@@ -43,10 +43,11 @@ log "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 log "cargo test"
 cargo test --locked --workspace -- --test-threads=2
-log "benchmark smoke runs (scheduler: 500 nodes x 10,000 placements; agent: 10 allocations; network: 20 allocations; CSI: 10 volumes; scale: 10 clients x 30 allocations; Synology: 3 volumes; kernel iSCSI: 3 volumes; jobspec: 100 groups)"
+log "benchmark smoke runs (scheduler: 500 nodes x 10,000 placements; agent: 10 allocations; network: 20 allocations; CSI: 10 volumes; scale: 10 clients x 30 allocations; Synology: 3 volumes; kernel iSCSI: 3 volumes; jobspec: 100 groups; checks: 100 for 5 s)"
 BERTH_BENCH_NODES=500 BERTH_BENCH_JOBS=10 cargo bench --locked -p berth --bench scheduler
 BERTH_BENCH_ROUNDS=5 cargo bench --locked -p berth --bench jobspec
 BERTH_BENCH_QUICK=1 cargo bench --locked -p berth --bench agent
+BERTH_BENCH_CHECKS=100 BERTH_BENCH_WINDOW_SECS=5 cargo bench --locked -p berth --bench checks
 BERTH_BENCH_QUICK=1 cargo bench --locked -p berth --bench docker
 BERTH_BENCH_CLIENTS=10 BERTH_BENCH_ALLOCS=30 BERTH_BENCH_IDLE_SECS=10 cargo bench --locked -p berth --bench scale
 BERTH_BENCH_VOLUMES=3 cargo bench --locked -p berth --bench synology

@@ -3,6 +3,7 @@
 use super::api::ApiClient;
 use super::format;
 use super::monitor::print_failures;
+use super::tables::alloc_table;
 use crate::structs::{Evaluation, Node};
 use crate::util::{pretty_time_ago, short_id};
 use crate::wire::stubs::{AllocListStub, NodeListStub};
@@ -139,21 +140,7 @@ pub async fn node_status(api: &ApiClient, id: Option<&str>, verbose: bool, self_
     if allocs.is_empty() {
         println!("No allocations placed");
     } else {
-        let mut rows = vec!["ID|Node ID|Task Group|Version|Desired|Status|Created|Modified".to_string()];
-        for a in &allocs {
-            rows.push(format!(
-                "{}|{}|{}|{}|{}|{}|{}|{}",
-                short_id(&a.id),
-                short_id(&a.node_id),
-                a.task_group,
-                a.job_version,
-                a.desired_status,
-                a.client_status,
-                pretty_time_ago(a.create_time),
-                pretty_time_ago(a.modify_time)
-            ));
-        }
-        println!("{}", format::list(&rows));
+        println!("{}", alloc_table(&allocs, false));
     }
     0
 }

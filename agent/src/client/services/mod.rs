@@ -74,10 +74,9 @@ impl AllocHook for ServiceHook {
 
     fn prerun<'a>(&'a self, alloc: &'a Allocation, res: &'a mut HookResources) -> HookResult<'a> {
         async move {
+            // A watcher even for no services: an in-place update may add some.
             let services = state::Services::of(alloc);
-            if services.is_empty() {
-                return Ok(());
-            }
+            let synced = services.is_empty().then(Vec::new);
             let alloc_ip = res.network.as_ref().filter(|n| n.is_addressed()).map(|n| n.alloc.ip.to_string());
             let places = address::Places::new(alloc, &self.node, alloc_ip);
             let (tx, rx) = mpsc::unbounded_channel();
@@ -93,7 +92,7 @@ impl AllocHook for ServiceHook {
                 tasks: self.tasks.clone(),
                 state,
                 health,
-                synced: None,
+                synced,
             };
             tokio::spawn(watcher.run(rx));
             *self.watcher.lock() = Some(tx);
@@ -161,6 +160,7 @@ impl Watcher {
         let (results_tx, mut results) = mpsc::unbounded_channel::<(String, Outcome)>();
         let mut handles = BTreeMap::new();
         let mut updated = None;
+        let mut seen = None;
         loop {
             let retry = self.synced.is_none() && self.state.any_active();
             tokio::select! {
@@ -208,14 +208,18 @@ impl Watcher {
                 }
                 _ = tokio::time::sleep(SYNC_RETRY), if retry => {}
             }
-            let health = self.state.health();
-            self.health.send_if_modified(|was| std::mem::replace(was, health.clone()) != health);
+            // A steady check's result changes nothing: skip the work.
+            if seen != Some(self.state.revision()) || self.synced.is_none() {
+                seen = Some(self.state.revision());
+                let health = self.state.health();
+                self.health.send_if_modified(|was| std::mem::replace(was, health.clone()) != health);
+                let wanted = self.state.registrations(&self.alloc_id);
+                if self.synced.as_ref() != Some(&wanted) {
+                    self.sync(wanted).await;
+                }
+            }
             if let Some(done) = updated.take() {
                 let _ = done.send(());
-            }
-            let wanted = self.state.registrations(&self.alloc_id);
-            if self.synced.as_ref() != Some(&wanted) {
-                self.sync(wanted).await;
             }
         }
     }

@@ -87,6 +87,9 @@ pub struct ServicesState {
     places: Places,
     running: BTreeSet<String>,
     checks: BTreeMap<String, CheckState>,
+    /// Counts the changes to what is registered and to the checks' health,
+    /// so that a steady check's results cost no recomputation.
+    revision: u64,
 }
 
 impl ServicesState {
@@ -99,7 +102,14 @@ impl ServicesState {
             places,
             running: BTreeSet::new(),
             checks: BTreeMap::new(),
+            revision: 0,
         }
+    }
+
+    /// Changes with what [`ServicesState::registrations`] and
+    /// [`ServicesState::health`] return (it may change without them).
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     fn live(&self, entry: &Entry) -> bool {
@@ -126,6 +136,7 @@ impl ServicesState {
     /// The tasks running now: checks of services that came alive start
     /// (with fresh counts), those of services that did not stay stop.
     pub fn set_running(&mut self, running: BTreeSet<String>) -> Change {
+        self.revision += 1;
         let was: Vec<bool> = self.entries.0.iter().map(|e| self.live(e)).collect();
         self.running = running;
         let mut change = Change::default();
@@ -272,6 +283,7 @@ impl ServicesState {
         }
         .to_string();
         if status != before || state.result.output.is_empty() {
+            self.revision += 1;
             state.result.status = status.clone();
             state.result.output = outcome.output;
             state.result.status_code = outcome.status_code;
@@ -319,6 +331,10 @@ impl ServicesState {
     /// out (and said so in the log).
     pub fn registrations(&self, alloc_id: &str) -> Vec<ServiceRegistration> {
         let mut out = Vec::new();
+        let mut by_entry: BTreeMap<usize, Vec<CheckQueryResult>> = BTreeMap::new();
+        for c in self.checks.values() {
+            by_entry.entry(c.entry).or_default().push(c.result.clone());
+        }
         for (i, entry) in self.entries.0.iter().enumerate() {
             if !self.live(entry) {
                 continue;
@@ -331,7 +347,7 @@ impl ServicesState {
                 }
             };
             let owner = if entry.task.is_empty() { format!("group-{}", self.group) } else { entry.task.clone() };
-            let checks = self.checks.values().filter(|c| c.entry == i).map(|c| c.result.clone()).collect();
+            let checks = by_entry.remove(&i).unwrap_or_default();
             out.push(ServiceRegistration {
                 id: ServiceRegistration::id_for(alloc_id, &owner, &entry.service),
                 service_name: entry.service.name.clone(),
