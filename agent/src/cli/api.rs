@@ -117,6 +117,12 @@ impl ApiClient {
         Self::decode(resp, &url).await
     }
 
+    /// DELETE, for answers without a body (204).
+    pub async fn delete_empty(&self, path: &str) -> Result<(), ApiClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.delete(&url), &url).await.map(drop)
+    }
+
     /// DELETE and decode the answer.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiClientError> {
         let url = format!("{}{path}", self.base);

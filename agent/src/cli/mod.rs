@@ -13,9 +13,11 @@ mod import;
 mod job;
 mod lookup;
 mod monitor;
+mod operator;
 mod scale;
 mod service;
 mod tables;
+mod var;
 mod volume;
 
 use std::ffi::OsString;
@@ -90,6 +92,20 @@ enum Command {
     Service {
         #[command(subcommand)]
         command: ServiceCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Interacts with Nomad Variables.
+    Var {
+        #[command(subcommand)]
+        command: var::VarCommand,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Cluster operations (the root keyring).
+    Operator {
+        #[command(subcommand)]
+        command: operator::OperatorCommand,
         #[command(flatten)]
         api: ApiFlags,
     },
@@ -1082,6 +1098,8 @@ pub async fn run(cli: Cli) -> i32 {
                 ServiceCommand::Delete { name, id } => service::delete(&api, &name, &id).await,
             }
         }
+        Command::Var { command, api } => var::run(&client(&api), command).await,
+        Command::Operator { command, api } => operator::run(&client(&api), command).await,
         Command::Deployment { command, api } => {
             use deployment::Change;
             let api = client(&api);

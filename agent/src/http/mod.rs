@@ -14,6 +14,7 @@ mod jobs;
 mod logs;
 mod nodes;
 mod services;
+mod variables;
 mod volumes;
 
 pub mod stubs;
@@ -323,6 +324,13 @@ fn server_routes() -> Router<Api> {
         .route("/v1/service/{name}/{id}", axum::routing::delete(services::delete))
         .route("/v1/allocation/{id}/services", get(services::of_alloc))
         .route("/v1/allocation/{id}/checks", get(services::checks))
+        .route("/v1/vars", get(variables::list))
+        .route(
+            "/v1/var/{*path}",
+            get(variables::read).put(variables::write).post(variables::write).delete(variables::delete),
+        )
+        .route("/v1/operator/keyring/keys", get(variables::keys))
+        .route("/v1/operator/keyring/rotate", put(variables::rotate).post(variables::rotate))
         .route("/v1/allocations", get(allocs::list))
         .route("/v1/allocation/{id}", get(allocs::read))
         .route("/v1/allocation/{id}/stop", put(allocs::stop).post(allocs::stop))
@@ -373,6 +381,7 @@ fn server_routes() -> Router<Api> {
         .route("/v1/internal/node/{id}/csi-claim/{alloc}", put(internal::claim_volumes))
         .route("/v1/internal/node/{id}/identities", put(internal::sign_identities))
         .route("/v1/internal/node/{id}/services/{alloc}", put(services::sync))
+        .route("/v1/internal/node/{id}/variables", put(variables::for_workload))
         .route("/.well-known/jwks.json", get(internal::jwks))
 }
 

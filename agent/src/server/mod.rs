@@ -22,6 +22,7 @@ pub mod services;
 pub mod state;
 pub mod summary;
 pub mod telemetry;
+mod variables;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,6 +35,7 @@ use crate::structs::{client_status, eval_status, Evaluation, Job};
 use crate::util::now_nanos;
 pub use deployments::DeploymentAction;
 use state::{StateError, StateStore, WriteBatch};
+pub use variables::{Applied, VarOp};
 
 /// Failures of server operations, classified for the HTTP edge.
 #[derive(Debug, thiserror::Error)]
@@ -107,8 +109,9 @@ pub struct Server {
     heartbeats: parking_lot::Mutex<BTreeMap<String, std::time::Instant>>,
     plugin_calls: std::sync::OnceLock<Arc<dyn crate::wire::csi::PluginCalls>>,
     detach_tx: mpsc::UnboundedSender<csi::ControllerDetach>,
-    /// Signs workload identities.
+    /// Encrypts Variables and signs workload identities.
     pub keyring: keyring::Keyring,
+    variable_locks: parking_lot::Mutex<variables::LockTimers>,
 }
 
 impl Server {
@@ -139,7 +142,9 @@ impl Server {
             plugin_calls: Default::default(),
             detach_tx,
             keyring,
+            variable_locks: Default::default(),
         });
+        server.arm_variable_locks();
         let snap = server.state.snapshot();
         let now = std::time::Instant::now();
         for node in snap.nodes().filter(|n| n.status != "down") {
@@ -155,6 +160,7 @@ impl Server {
         tokio::spawn(Self::controller_detacher(server.clone(), detach_rx));
         tokio::spawn(Self::periodic_launcher(server.clone()));
         tokio::spawn(Self::drainer(server.clone()));
+        tokio::spawn(Self::variable_lock_monitor(server.clone()));
         server
     }
 

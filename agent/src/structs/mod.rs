@@ -16,6 +16,7 @@ mod periodic;
 mod placement;
 mod service;
 mod template;
+mod variable;
 mod volume;
 
 pub use alloc::*;
@@ -30,4 +31,5 @@ pub use periodic::{Schedule, ScheduleError};
 pub use placement::{Affinity, ScalingPolicy, Spread, SpreadTarget, DEFAULT_WEIGHT};
 pub use service::*;
 pub use template::{ChangeScript, Template, WaitConfig, VAULT_GRACE_DEPRECATED};
+pub use variable::*;
 pub use volume::*;

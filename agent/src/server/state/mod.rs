@@ -1,5 +1,6 @@
 //! The server's state store: jobs (with every version), evaluations,
-//! allocations, deployments, nodes and CSI volumes.
+//! allocations, deployments, nodes, CSI volumes, service registrations
+//! and (encrypted) Variables.
 //!
 //! Reads come from an in-memory copy (`Tables`) whose objects are shared
 //! `Arc`s that are never modified in place; a reader takes a cheap
@@ -9,6 +10,7 @@
 
 mod persist;
 mod services;
+mod variables;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -20,6 +22,7 @@ use tokio::sync::watch;
 use crate::structs::{Allocation, CsiVolume, Deployment, Evaluation, Job, Node, ServiceRegistration};
 
 pub use persist::ns_key;
+pub use variables::StoredVariable;
 
 /// Failures of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,10 @@ pub struct WriteBatch {
     pub services: Vec<ServiceRegistration>,
     /// Service registrations (by ID) to remove.
     pub delete_services: Vec<String>,
+    /// Variables to insert or replace.
+    pub variables: Vec<StoredVariable>,
+    /// Variables (namespace, path) to remove.
+    pub delete_variables: Vec<(String, String)>,
 }
 
 impl WriteBatch {
@@ -96,6 +103,8 @@ impl WriteBatch {
             && self.delete_volumes.is_empty()
             && self.services.is_empty()
             && self.delete_services.is_empty()
+            && self.variables.is_empty()
+            && self.delete_variables.is_empty()
     }
 }
 
@@ -221,6 +230,8 @@ pub struct Tables {
     claims: HashMap<String, BTreeSet<String>>,
     /// Service registrations by ID, and their IDs by allocation.
     services: services::ServiceTable,
+    /// Variables, encrypted.
+    variables: variables::VariableTable,
 }
 
 impl Tables {
@@ -390,6 +401,12 @@ impl Tables {
         }
         for r in batch.services {
             self.services.insert(r);
+        }
+        for (ns, path) in batch.delete_variables {
+            self.variables.remove(&ns_key(&ns, &path));
+        }
+        for v in batch.variables {
+            self.variables.insert(ns_key(&v.meta.namespace, &v.meta.path), Arc::new(v));
         }
     }
 
@@ -712,6 +729,7 @@ impl StateStore {
             d.modify_index = index;
         }
         current.retire_services(&mut batch, index);
+        current.index_variables(&mut batch, index, now);
         if let Some(p) = &self.persist {
             if let Err(e) = p.commit(index, &batch, &persist::Retention::of(&current, &batch)) {
                 *self.commit_error.lock() = Some(e.to_string());

@@ -27,6 +27,7 @@ const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("csi_volumes");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("service_registrations");
+const VARIABLES: TableDefinition<&str, &[u8]> = TableDefinition::new("variables");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The redb file behind a server's state.
@@ -178,7 +179,7 @@ impl Persist {
         std::fs::create_dir_all(dir).map_err(|e| StateError::Io(dir.display().to_string(), e))?;
         let db = Database::create(dir.join("state.db"))?;
         let txn = db.begin_write()?;
-        for def in [JOBS, JOB_VERSIONS, ALLOCS, EVALS, NODES, DEPLOYMENTS, VOLUMES, SERVICES] {
+        for def in [JOBS, JOB_VERSIONS, ALLOCS, EVALS, NODES, DEPLOYMENTS, VOLUMES, SERVICES, VARIABLES] {
             txn.open_table(def)?;
         }
         txn.open_table(META)?;
@@ -229,6 +230,9 @@ impl Persist {
         }
         for registration in load(&txn, SERVICES, "service_registrations")? {
             tables.services.insert(registration);
+        }
+        for variable in load::<super::StoredVariable>(&txn, VARIABLES, "variables")? {
+            tables.variables.insert(ns_key(&variable.meta.namespace, &variable.meta.path), Arc::new(variable));
         }
         Ok(tables)
     }
@@ -304,6 +308,13 @@ impl Persist {
             }
             for r in &batch.services {
                 services.insert(r.id.as_str(), to_json(r)?.as_slice())?;
+            }
+            let mut variables = txn.open_table(VARIABLES)?;
+            for (ns, path) in &batch.delete_variables {
+                variables.remove(ns_key(ns, path).as_str())?;
+            }
+            for v in &batch.variables {
+                variables.insert(ns_key(&v.meta.namespace, &v.meta.path).as_str(), to_json(v)?.as_slice())?;
             }
             txn.open_table(META)?.insert("index", index)?;
         }
