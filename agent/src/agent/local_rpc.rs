@@ -91,4 +91,13 @@ impl ServerRpc for LocalRpc {
         }
         .boxed()
     }
+
+    fn template_reads<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        request: crate::wire::template::TemplateReadRequest,
+    ) -> BoxFuture<'a, Result<crate::wire::template::TemplateReadAnswer, RpcError>> {
+        async move { self.0.template_reads(node_id, secret, &request).await.map_err(from_server) }.boxed()
+    }
 }

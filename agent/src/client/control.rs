@@ -14,8 +14,9 @@ pub enum TaskAction {
     /// Stop the task and start it again in place, outside its restart
     /// policy.
     Restart,
-    /// The same, because a check failed (`check_restart`); says which.
-    RestartUnhealthy(String),
+    /// The same, because of what the client saw (a check's
+    /// `check_restart`, a template re-rendered); says what.
+    RestartFor(String),
     /// Record this event in the task's state (the allocation's health).
     Event(crate::structs::TaskEvent),
 }

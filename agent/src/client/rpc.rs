@@ -14,6 +14,7 @@ use crate::structs::{Allocation, Node, ServiceRegistration};
 use crate::wire::csi::ClaimGrant;
 use crate::wire::identity::{SignIdentitiesRequest, SignedIdentity};
 use crate::wire::node::{AllocClientUpdate, AllocFetchRequest, HeartbeatAnswer, NodeAllocIndexes, NODE_SECRET_HEADER};
+use crate::wire::template::{TemplateReadAnswer, TemplateReadRequest};
 
 /// Failures talking to a server.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +99,14 @@ pub trait ServerRpc: Send + Sync {
         alloc_id: &'a str,
         registrations: Vec<ServiceRegistration>,
     ) -> BoxFuture<'a, Result<(), RpcError>>;
+    /// What one task's templates read, once the state passes the
+    /// request's `min_index` (or its wait elapses).
+    fn template_reads<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        request: TemplateReadRequest,
+    ) -> BoxFuture<'a, Result<TemplateReadAnswer, RpcError>>;
 }
 
 /// Servers reached over HTTP.
@@ -274,6 +283,29 @@ impl ServerRpc for HttpRpc {
             })
             .await
             .map(|_| ())
+        }
+        .boxed()
+    }
+
+    fn template_reads<'a>(
+        &'a self,
+        node_id: &'a str,
+        secret: &'a str,
+        request: TemplateReadRequest,
+    ) -> BoxFuture<'a, Result<TemplateReadAnswer, RpcError>> {
+        async move {
+            // The server may add up to 1/16 of the wait at random.
+            let wait = Duration::from_millis(request.wait_ms);
+            let timeout = wait + wait / 16 + Duration::from_secs(10);
+            let resp = self
+                .call(|c, base| {
+                    c.put(format!("{base}/v1/internal/node/{node_id}/template-reads"))
+                        .header(NODE_SECRET_HEADER, secret)
+                        .timeout(timeout)
+                        .json(&request)
+                })
+                .await?;
+            resp.json().await.map_err(|e| RpcError::Failed(e.to_string()))
         }
         .boxed()
     }

@@ -83,6 +83,13 @@ pub struct TaskRunner {
     /// Why the allocation kills its tasks, when it is not the usual stop
     /// (its `max_run_duration` ran out): the Killing event says so.
     pub kill_reason: Arc<std::sync::OnceLock<String>>,
+    /// The task's templates, until their first render hands them to the
+    /// watcher that re-renders them.
+    pub templates: Option<template::TemplateSet>,
+    /// What the `env = true` templates set, as last rendered.
+    pub template_env: Arc<parking_lot::Mutex<BTreeMap<String, String>>>,
+    /// This runner's own control channel (the template watcher's requests).
+    pub control_tx: mpsc::UnboundedSender<TaskControl>,
 }
 
 enum Next {
@@ -149,13 +156,7 @@ impl TaskRunner {
             }
             std::fs::write(&dest, &job.payload).map_err(|e| format!("dispatch payload {}: {e}", d.file))?;
         }
-        for tmpl in &self.task.templates {
-            let rendered = template::write(tmpl, &self.alloc_root, &self.task.name, &env, &self.node)
-                .map_err(|e| e.to_string())?;
-            if tmpl.envvars {
-                env.extend(template::parse_env_file(&rendered));
-            }
-        }
+        env.extend(self.template_env.lock().clone());
         let config: BTreeMap<String, serde_json::Value> =
             self.task.config.iter().map(|(k, v)| (k.clone(), taskenv::interpolate_json(v, &env, &self.node))).collect();
         let resources = self.alloc.allocated_resources.tasks.get(&self.task.name);
@@ -188,6 +189,45 @@ impl TaskRunner {
             events: None,
             network: self.network.as_ref().map(|n| n.task.clone()),
         })
+    }
+
+    /// Renders the task's templates the first time (waiting for variables
+    /// that do not exist yet, with a "Template" event saying which), then
+    /// hands them to a watcher that renders them again when what they
+    /// read changes. `None` if the task was killed meanwhile.
+    async fn render_templates(&mut self, mut set: template::TemplateSet) -> Option<Result<(), template::RenderError>> {
+        let env = self.environment();
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let kill = self.kill.clone();
+        let rendered = {
+            let render = set.render_all(&env, |m| {
+                let _ = tx.send(m.to_string());
+            });
+            tokio::pin!(render);
+            loop {
+                tokio::select! {
+                    r = &mut render => break r,
+                    Some(m) = rx.recv() => self.emit(TaskEvent::new("Template", m)),
+                    _ = kill.cancelled() => return None,
+                }
+            }
+        };
+        while let Ok(m) = rx.try_recv() {
+            self.emit(TaskEvent::new("Template", m));
+        }
+        if let Err(e) = rendered {
+            return Some(Err(e));
+        }
+        *self.template_env.lock() = set.env_additions();
+        let watch = template::watch(set, self.template_env.clone(), self.control_tx.clone());
+        let kill = self.kill.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = watch => {}
+                _ = kill.cancelled() => {}
+            }
+        });
+        Some(Ok(()))
     }
 
     /// Downloads the task's artifacts; `None` if the task was killed meanwhile.
@@ -291,6 +331,22 @@ impl TaskRunner {
                                 return;
                             }
                             continue;
+                        }
+                    }
+                }
+                if let Some(set) = self.templates.take().filter(|s| !s.is_empty()) {
+                    match self.render_templates(set).await {
+                        Some(Ok(())) => {}
+                        None => {
+                            self.mark_dead(self.state.failed);
+                            return;
+                        }
+                        Some(Err(e)) => {
+                            let mut ev = TaskEvent::new("Setup Failure", format!("failed to setup task: {e}"));
+                            ev.driver_error = e.to_string();
+                            self.emit(ev);
+                            self.mark_dead(true);
+                            return;
                         }
                     }
                 }
@@ -466,9 +522,9 @@ impl TaskRunner {
                         self.emit(event);
                         let _ = reply.send(Ok(()));
                     }
-                    TaskAction::Restart | TaskAction::RestartUnhealthy(_) => {
+                    TaskAction::Restart | TaskAction::RestartFor(_) => {
                         let why = match action {
-                            TaskAction::RestartUnhealthy(why) => why,
+                            TaskAction::RestartFor(why) => why,
                             _ => "User requested task to restart".to_string(),
                         };
                         let mut ev = TaskEvent::new("Restart Signaled", why.clone());

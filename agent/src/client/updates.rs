@@ -151,6 +151,14 @@ mod tests {
         ) -> BoxFuture<'a, Result<(), RpcError>> {
             unimplemented!("not used by updates")
         }
+        fn template_reads<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: crate::wire::template::TemplateReadRequest,
+        ) -> BoxFuture<'a, Result<crate::wire::template::TemplateReadAnswer, RpcError>> {
+            unimplemented!("not used by updates")
+        }
     }
 
     fn pending(ids: &[&str]) -> Pending {

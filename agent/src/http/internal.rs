@@ -84,6 +84,15 @@ pub async fn sign_identities(api: ApiState, Path(id): Path<String>, headers: Hea
     Ok(json_with_index(&signed, server.state.index(), false))
 }
 
+/// `PUT /v1/internal/node/:id/template-reads`: what a task's templates
+/// read, waiting for the state to pass `MinIndex` first.
+pub async fn template_reads(api: ApiState, Path(id): Path<String>, headers: Headers, body: Bytes) -> ApiResult {
+    let req: crate::wire::template::TemplateReadRequest = decode_body(&body)?;
+    let server = api.server()?;
+    let answer = server.template_reads(&id, &secret(&headers), &req).await?;
+    Ok(json_with_index(&answer, answer.index, false))
+}
+
 /// `GET /.well-known/jwks.json`: the keys that verify workload identities.
 pub async fn jwks(api: ApiState) -> ApiResult {
     let server = api.server()?;

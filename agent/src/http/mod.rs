@@ -381,7 +381,7 @@ fn server_routes() -> Router<Api> {
         .route("/v1/internal/node/{id}/csi-claim/{alloc}", put(internal::claim_volumes))
         .route("/v1/internal/node/{id}/identities", put(internal::sign_identities))
         .route("/v1/internal/node/{id}/services/{alloc}", put(services::sync))
-        .route("/v1/internal/node/{id}/variables", put(variables::for_workload))
+        .route("/v1/internal/node/{id}/template-reads", put(internal::template_reads))
         .route("/.well-known/jwks.json", get(internal::jwks))
 }
 

@@ -1,19 +1,15 @@
 //! Nomad Variables' endpoints: `/v1/vars` (metadata, by prefix),
 //! `/v1/var/:path` (read, write with `?cas=`, `?lock-acquire`,
 //! `?lock-renew`, `?lock-release`, delete), the keyring's
-//! `/v1/operator/keyring/keys` and `/rotate`, and the read a client makes
-//! for a task's templates (its own job's paths only).
+//! `/v1/operator/keyring/keys` and `/rotate`.
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 
-use super::internal::secret;
-use super::{decode_body, json_with_index, ApiError, ApiResult, ApiState, Headers, QueryOptions, RawQuery};
+use super::{decode_body, json_with_index, ApiError, ApiResult, ApiState, QueryOptions, RawQuery};
 use crate::server::{Applied, VarOp};
 use crate::structs::{Variable, VariableMetadata};
-use crate::wire::variables::WorkloadVariablesRequest;
 
 fn namespace(raw: &std::collections::HashMap<String, String>) -> String {
     raw.get("namespace").filter(|n| !n.is_empty()).cloned().unwrap_or_else(|| "default".into())
@@ -132,14 +128,4 @@ pub async fn rotate(api: ApiState, Query(raw): RawQuery) -> ApiResult {
         server.rekey_variables()?;
     }
     Ok(json_with_index(&serde_json::json!({ "Key": key }), server.state.index(), false))
-}
-
-/// `PUT /v1/internal/node/:id/variables`: what a task's templates read,
-/// asked by the node running it.
-pub async fn for_workload(api: ApiState, Path(node): Path<String>, headers: Headers, body: Bytes) -> ApiResult {
-    let request: WorkloadVariablesRequest = decode_body(&body)?;
-    let server = api.server()?;
-    let index = server.state.index();
-    let found = server.workload_variables(&node, &secret(&headers), &request)?;
-    Ok(json_with_index(&found, index, false).into_response())
 }

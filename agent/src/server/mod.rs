@@ -22,6 +22,7 @@ pub mod services;
 pub mod state;
 pub mod summary;
 pub mod telemetry;
+mod template_reads;
 mod variables;
 
 use std::collections::BTreeMap;

@@ -12,10 +12,7 @@ use base64::Engine;
 
 use super::state::{ns_key, StoredVariable, Tables, WriteBatch};
 use super::{Server, ServerError};
-use crate::structs::{
-    items_size, validate_path, workload_may_read, Variable, VariableLock, VariableMetadata, MAX_VARIABLE_SIZE,
-};
-use crate::wire::variables::WorkloadVariablesRequest;
+use crate::structs::{items_size, validate_path, Variable, VariableLock, VariableMetadata, MAX_VARIABLE_SIZE};
 
 /// What a write asks for (Nomad's `VarOp`, with the check index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,37 +276,6 @@ impl Server {
                 tracing::error!(error = %e, "expiring variable locks");
             }
         }
-    }
-
-    /// The variables a task's templates read: the one at the request's
-    /// path, or with `list` those under it, of the allocation's namespace,
-    /// only where the task may read (its job's paths). Only the node that
-    /// runs the allocation may ask.
-    pub fn workload_variables(
-        &self,
-        node_id: &str,
-        secret: &str,
-        request: &WorkloadVariablesRequest,
-    ) -> Result<Vec<Variable>, ServerError> {
-        let snap = self.state.snapshot();
-        let node = snap.node(node_id).ok_or_else(|| ServerError::NotFound(format!("node {node_id} not found")))?;
-        if node.secret_id != secret {
-            return Err(ServerError::PermissionDenied);
-        }
-        let alloc = snap
-            .alloc(&request.alloc_id)
-            .filter(|a| a.node_id == node_id)
-            .ok_or_else(|| ServerError::NotFound(format!("allocation {} not found on this node", request.alloc_id)))?;
-        let may_read = |path: &str| workload_may_read(path, &alloc.job_id, &alloc.task_group, &request.task);
-        if !request.list {
-            if !may_read(&request.path) {
-                return Err(ServerError::PermissionDenied);
-            }
-            return Ok(self.read_variable(&snap, &alloc.namespace, &request.path)?.into_iter().collect());
-        }
-        let readable =
-            snap.variables_with_prefix(Some(&alloc.namespace), &request.path).filter(|v| may_read(&v.meta.path));
-        readable.map(|v| self.open_variable(v)).collect()
     }
 
     /// Re-seals every variable not under the active root key (`keyring

@@ -12,7 +12,7 @@ pub mod node;
 pub mod plan;
 pub mod stats;
 pub mod stubs;
-pub mod variables;
+pub mod template;
 
 /// Header carrying `k=v,k=v` CSI secrets on volume deletes, as in Nomad.
 pub const SECRETS_HEADER: &str = "X-Nomad-CSI-Secrets";

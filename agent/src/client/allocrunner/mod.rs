@@ -486,7 +486,7 @@ impl Runner {
                 format!("task {:?}: driver {:?} is not available on this client", task.name, task.driver)
             })?;
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        self.controls.insert(task.name.clone(), control_tx);
+        self.controls.insert(task.name.clone(), control_tx.clone());
         Ok(TaskRunner {
             alloc: self.alloc.clone(),
             task: task.clone(),
@@ -506,6 +506,20 @@ impl Runner {
             control: control_rx,
             gate: None,
             kill_reason: self.kill_reason.clone(),
+            templates: Some(crate::client::template::TemplateSet::new(
+                task.templates.clone(),
+                Arc::new(crate::client::template::RpcTemplateReader {
+                    rpc: self.deps.rpc.clone(),
+                    node: self.deps.node.clone(),
+                    alloc_id: self.alloc.id.clone(),
+                    task: task.name.clone(),
+                }),
+                self.deps.alloc_dir.join(&self.alloc.id),
+                task.name.clone(),
+                self.deps.node.clone(),
+            )),
+            template_env: Default::default(),
+            control_tx: control_tx.clone(),
         })
     }
 }

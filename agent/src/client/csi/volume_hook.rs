@@ -382,6 +382,14 @@ mod tests {
         ) -> BoxFuture<'a, Result<(), RpcError>> {
             unimplemented!("not used by the hook")
         }
+        fn template_reads<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: crate::wire::template::TemplateReadRequest,
+        ) -> BoxFuture<'a, Result<crate::wire::template::TemplateReadAnswer, RpcError>> {
+            unimplemented!("not used by the hook")
+        }
     }
 
     fn hook(answer: fn() -> Result<ClaimGrant, RpcError>) -> (CsiVolumeHook, Arc<Claims>) {

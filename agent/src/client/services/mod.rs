@@ -203,7 +203,7 @@ impl Watcher {
                     if let Some((task, why)) = self.state.record(&id, outcome) {
                         tracing::info!(alloc_id = %self.alloc_id, task = %task, "{why}: restarting the task");
                         let (reply, _) = oneshot::channel();
-                        (self.tasks)(task, TaskAction::RestartUnhealthy(why), reply);
+                        (self.tasks)(task, TaskAction::RestartFor(why), reply);
                     }
                 }
                 _ = tokio::time::sleep(SYNC_RETRY), if retry => {}
