@@ -14,6 +14,32 @@ use crate::structs::{client_status, node_status, Allocation, Evaluation, Node, N
 use crate::util::{now_nanos, now_rfc3339};
 use crate::wire::node::{AllocClientUpdate, NodeAllocIndexes};
 
+/// The node, when `secret` is its secret: what a client's request proves
+/// first.
+pub(super) fn authenticated_node(snap: &Tables, node_id: &str, secret: &str) -> Result<Arc<Node>, ServerError> {
+    let node = snap.node(node_id).ok_or_else(|| ServerError::NotFound(format!("node {node_id} not found")))?;
+    if node.secret_id != secret {
+        return Err(ServerError::PermissionDenied);
+    }
+    Ok(node)
+}
+
+/// The node and one of its allocations, for a request about that
+/// allocation from that node.
+pub(super) fn authenticated_alloc(
+    snap: &Tables,
+    node_id: &str,
+    secret: &str,
+    alloc_id: &str,
+) -> Result<(Arc<Node>, Arc<Allocation>), ServerError> {
+    let node = authenticated_node(snap, node_id, secret)?;
+    let alloc = snap
+        .alloc(alloc_id)
+        .filter(|a| a.node_id == node_id)
+        .ok_or_else(|| ServerError::NotFound(format!("allocation {alloc_id} not found on this node")))?;
+    Ok((node, alloc))
+}
+
 pub(super) fn node_event(subsystem: &str, message: &str) -> NodeEvent {
     NodeEvent { message: message.into(), subsystem: subsystem.into(), timestamp: now_rfc3339(), create_index: 0 }
 }
@@ -122,10 +148,7 @@ impl Server {
         ids: &[String],
     ) -> Result<Vec<Allocation>, ServerError> {
         let snap = self.state.snapshot();
-        let node = snap.node(node_id).ok_or_else(|| ServerError::NotFound(format!("node {node_id} not found")))?;
-        if node.secret_id != secret {
-            return Err(ServerError::PermissionDenied);
-        }
+        authenticated_node(&snap, node_id, secret)?;
         let allocs: Vec<Allocation> =
             ids.iter().filter_map(|id| snap.alloc(id)).filter(|a| a.node_id == node_id).map(|a| (*a).clone()).collect();
         metrics::counter!("berth.server.node_allocations.sent").increment(allocs.len() as u64);

@@ -24,14 +24,7 @@ impl Server {
         registrations: Vec<ServiceRegistration>,
     ) -> Result<u64, ServerError> {
         let (index, ()) = self.state.commit(|snap| {
-            let node = snap.node(node_id).ok_or_else(|| ServerError::NotFound(format!("node {node_id} not found")))?;
-            if node.secret_id != secret {
-                return Err(ServerError::PermissionDenied);
-            }
-            let alloc = snap
-                .alloc(alloc_id)
-                .filter(|a| a.node_id == node_id)
-                .ok_or_else(|| ServerError::NotFound(format!("allocation {alloc_id} not found on this node")))?;
+            let (node, alloc) = super::nodes::authenticated_alloc(snap, node_id, secret, alloc_id)?;
             let prefix = format!("_nomad-task-{alloc_id}-");
             if let Some(bad) = registrations.iter().find(|r| !r.id.starts_with(&prefix)) {
                 return Err(ServerError::BadRequest(format!(

@@ -24,14 +24,7 @@ impl Server {
         request: &TemplateReadRequest,
     ) -> Result<TemplateReadAnswer, ServerError> {
         let snap = self.state.snapshot();
-        let node = snap.node(node_id).ok_or_else(|| ServerError::NotFound(format!("node {node_id} not found")))?;
-        if node.secret_id != secret {
-            return Err(ServerError::PermissionDenied);
-        }
-        let alloc = snap
-            .alloc(&request.alloc_id)
-            .filter(|a| a.node_id == node_id)
-            .ok_or_else(|| ServerError::NotFound(format!("allocation {} not found on this node", request.alloc_id)))?;
+        let (_, alloc) = super::nodes::authenticated_alloc(&snap, node_id, secret, &request.alloc_id)?;
         let may_read = |path: &str| workload_may_read(path, &alloc.job_id, &alloc.task_group, &request.task);
         for read in &request.reads {
             if let TemplateRead::Variable { path } = read {
