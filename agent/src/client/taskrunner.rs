@@ -193,8 +193,9 @@ impl TaskRunner {
 
     /// Renders the task's templates the first time (waiting for variables
     /// that do not exist yet, with a "Template" event saying which), then
-    /// hands them to a watcher that renders them again when what they
-    /// read changes. `None` if the task was killed meanwhile.
+    /// hands those that read from the servers to a watcher that renders
+    /// them again when what they read changes. `None` if the task was
+    /// killed meanwhile.
     async fn render_templates(&mut self, mut set: template::TemplateSet) -> Option<Result<(), template::RenderError>> {
         let env = self.environment();
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
@@ -219,6 +220,9 @@ impl TaskRunner {
             return Some(Err(e));
         }
         *self.template_env.lock() = set.env_additions();
+        if !set.follows_servers() {
+            return Some(Ok(()));
+        }
         let watch = template::watch(set, self.template_env.clone(), self.control_tx.clone());
         let kill = self.kill.clone();
         tokio::spawn(async move {

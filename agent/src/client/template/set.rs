@@ -114,6 +114,12 @@ impl TemplateSet {
         self.templates.is_empty()
     }
 
+    /// True when the templates read anything from the servers (only then
+    /// can they change).
+    pub fn follows_servers(&self) -> bool {
+        !self.data.is_empty()
+    }
+
     /// What the `env = true` templates set, from their last render.
     pub fn env_additions(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
@@ -353,6 +359,7 @@ mod tests {
         let file = dir.path().join("web/local/app.env");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "PW=s3cret\nDB=10.0.0.1:5432\n");
         assert_eq!(set.env_additions()["DB"], "10.0.0.1:5432");
+        assert!(set.follows_servers());
 
         // Writes that do not change the output do not count; a moved db does.
         let writer = fake.clone();
