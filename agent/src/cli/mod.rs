@@ -831,10 +831,18 @@ enum EvalCommand {
 }
 
 /// Rewrites Nomad's single-dash long flags (`-dev`, `-address=x`) into
-/// clap's `--dev`; short flags (`-f`, `-n`), `-` and negative numbers stay.
+/// clap's `--dev`; short flags (`-f`, `-n`), `-` and negative numbers stay,
+/// and so does everything after `--` and the child command of `var lock`
+/// (`berth var lock locks/a ls -la`).
 pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    let mut out = Vec::new();
+    /// `var lock`'s flags that take the next argument as their value.
+    const LOCK_VALUE_FLAGS: &[&str] = &["ttl", "delay", "backoff", "shell", "address", "region", "namespace", "token"];
+    let mut out: Vec<OsString> = Vec::new();
     let mut passthrough = false;
+    // For `var lock`: positionals seen after `lock`, and whether the next
+    // argument is a flag's value.
+    let mut lock_positionals: Option<usize> = None;
+    let mut value_next = false;
     for arg in args {
         let Some(s) = arg.to_str() else {
             out.push(arg);
@@ -845,8 +853,26 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
             out.push(arg);
             continue;
         }
+        if let Some(seen) = lock_positionals.as_mut() {
+            if value_next {
+                value_next = false;
+            } else if let Some(flag) = s.strip_prefix('-').map(|f| f.trim_start_matches('-')) {
+                value_next = !flag.contains('=') && LOCK_VALUE_FLAGS.contains(&flag);
+            } else {
+                *seen += 1;
+                if *seen == 2 {
+                    passthrough = true;
+                    out.push(arg);
+                    continue;
+                }
+            }
+        }
         let long_single = s.starts_with('-') && !s.starts_with("--") && s.len() > 2 && s[1..].parse::<f64>().is_err();
+        let starts_lock = s == "lock" && out.len() == 2 && out[1] == "var";
         out.push(if long_single { OsString::from(format!("-{s}")) } else { arg });
+        if starts_lock {
+            lock_positionals = Some(0);
+        }
     }
     out
 }
@@ -1211,6 +1237,16 @@ mod tests {
         );
         assert_eq!(norm(&["berth", "logs", "-f", "-n", "5", "-"]), ["berth", "logs", "-f", "-n", "5", "-"]);
         assert_eq!(norm(&["berth", "x", "-5", "--", "-raw"]), ["berth", "x", "-5", "--", "-raw"]);
+        // `var lock`'s child keeps its own flags.
+        assert_eq!(
+            norm(&["berth", "var", "lock", "-ttl", "20s", "-verbose", "locks/a", "ls", "-la", "-color"]),
+            ["berth", "var", "lock", "--ttl", "20s", "--verbose", "locks/a", "ls", "-la", "-color"]
+        );
+        let cli = Cli::try_parse_from(norm(&["berth", "var", "lock", "-shell=false", "locks/a", "ls", "-la"])).unwrap();
+        let Command::Var { command: var::VarCommand::Lock { shell, path, child, .. }, .. } = cli.command else {
+            panic!("not var lock")
+        };
+        assert_eq!((shell, path.as_str(), child), (false, "locks/a", vec!["ls".to_string(), "-la".to_string()]));
     }
 
     #[test]
